@@ -1,0 +1,1 @@
+"""Oddity: anomaly detection served as gRPC microservices."""

@@ -1,0 +1,171 @@
+"""The server interceptor: request id, logs, metrics and the error -> status-code mapping.
+
+Every RPC passes through one wrapper that
+  - takes the caller's `x-request-id` (or makes one) into the request's log context,
+  - times the call and counts it by final status code,
+  - turns domain errors into their gRPC status with the error's message, and any other
+    exception into INTERNAL with a fixed text, so no internals leak.
+Wrapped handlers are cached per method: the per-call cost stays a few microseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from oddity.common import errors
+from oddity.common.logging import get_logger, start_request
+from oddity.common.metrics import RpcMetrics
+
+REQUEST_ID_KEY = "x-request-id"
+
+STATUS_BY_ERROR: tuple[tuple[type[errors.OddityError], grpc.StatusCode], ...] = (
+    (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+)
+
+log = get_logger("oddity.rpc")
+
+
+def status_for(error: errors.OddityError) -> grpc.StatusCode:
+    for error_type, code in STATUS_BY_ERROR:
+        if isinstance(error, error_type):
+            return code
+    return grpc.StatusCode.UNKNOWN
+
+
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY:
+            return value if isinstance(value, str) else value.decode(errors="replace")
+    return secrets.token_hex(8)
+
+
+class _Call:
+    """Bookkeeping of one RPC: log context, timing, metrics, error mapping."""
+
+    __slots__ = ("code", "context", "fields", "in_flight", "method", "owner", "start")
+
+    def __init__(self, owner: ServerInterceptor, method: str, in_flight: Any, context: grpc.aio.ServicerContext) -> None:
+        self.owner, self.method, self.in_flight, self.context = owner, method, in_flight, context
+        self.fields = start_request(request_id=_request_id(context), rpc=method)
+        self.code = grpc.StatusCode.OK
+        in_flight.inc()
+        self.start = time.perf_counter()
+
+    async def fail(self, exc: BaseException) -> None:
+        """Record the status for an exception and abort the call with it (unless it already ended)."""
+        if isinstance(exc, asyncio.CancelledError):
+            self.code = grpc.StatusCode.CANCELLED
+            return
+        if isinstance(exc, grpc.aio.AbortError):
+            self.code = self.context.code() or grpc.StatusCode.UNKNOWN
+            return
+        if isinstance(exc, errors.OddityError):
+            self.code = status_for(exc)
+            log.warning("request failed", code=self.code.name, error=exc.message)
+            await self.context.abort(self.code, exc.message)
+        self.code = grpc.StatusCode.INTERNAL
+        log.error("unhandled error", exc_info=exc)
+        await self.context.abort(
+            self.code, f"internal error; see the server log for request id {self.fields['request_id']}"
+        )
+
+    def finish(self) -> None:
+        elapsed = time.perf_counter() - self.start
+        self.in_flight.dec()
+        owner = self.owner
+        owner.latency(self.method).observe(elapsed)
+        owner.counter(self.method, self.code).inc()
+        if owner.access_log:
+            log.info("request", code=self.code.name, duration_ms=round(elapsed * 1000, 3))
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps every handler of a server; see the module docstring."""
+
+    def __init__(self, service: str, metrics: RpcMetrics, *, access_log: bool = False) -> None:
+        self.service = service
+        self.metrics = metrics
+        self.access_log = access_log
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
+        self._latency: dict[str, Any] = {}
+        self._counters: dict[tuple[str, grpc.StatusCode], Any] = {}
+
+    def latency(self, method: str):
+        child = self._latency.get(method)
+        if child is None:
+            child = self._latency[method] = self.metrics.latency.labels(self.service, method)
+        return child
+
+    def counter(self, method: str, code: grpc.StatusCode):
+        key = (method, code)
+        child = self._counters.get(key)
+        if child is None:
+            child = self._counters[key] = self.metrics.requests.labels(self.service, method, code.name)
+        return child
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(method.rsplit("/", 1)[-1], handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        in_flight = self.metrics.in_flight.labels(self.service, method)
+        behavior = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+
+        if inspect.isasyncgenfunction(behavior):
+
+            async def wrapped(request, context):
+                call = _Call(self, method, in_flight, context)
+                try:
+                    async for item in behavior(request, context):
+                        yield item
+                except BaseException as exc:
+                    await call.fail(exc)
+                    raise
+                finally:
+                    call.finish()
+
+        else:
+            # Unary responses, and streaming handlers that write with context.write().
+
+            async def wrapped(request, context):
+                call = _Call(self, method, in_flight, context)
+                try:
+                    return await behavior(request, context)
+                except BaseException as exc:
+                    await call.fail(exc)
+                    raise
+                finally:
+                    call.finish()
+
+        serializers = (handler.request_deserializer, handler.response_serializer)
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(wrapped, *serializers)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(wrapped, *serializers)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(wrapped, *serializers)
+        return grpc.stream_stream_rpc_method_handler(wrapped, *serializers)

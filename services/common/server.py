@@ -1,0 +1,184 @@
+"""Server bootstrap shared by the services: gRPC server, health, reflection, interceptors,
+/metrics and graceful shutdown.
+
+A service plugs in through the `Service` protocol; the host owns everything around it:
+
+    host = ServiceHost(service, settings, registry=registry)
+    await host.start()        # bind, serve liveness; the service reports readiness itself
+    ...
+    await host.stop()         # NOT_SERVING, drain in-flight RPCs within the grace period, release
+
+`run_until_signal` runs one or more hosts until SIGTERM or SIGINT and stops them gracefully.
+Credentials, extra interceptors and the metrics registry are passed in, never hard-wired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Sequence
+from typing import Protocol
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
+
+from oddity.common.interceptors import ServerInterceptor
+from oddity.common.logging import get_logger
+from oddity.common.metrics import MetricsEndpoint, RpcMetrics, start_metrics_endpoint
+from oddity.common.settings import ServiceSettings
+
+log = get_logger("oddity.server")
+
+LIVENESS = ""  # grpc.health.v1: the empty service name answers "is the process up".
+
+
+class Readiness:
+    """The service's readiness as seen by grpc.health.v1 (its own service name)."""
+
+    def __init__(self, health: HealthServicer, service_name: str) -> None:
+        self._health = health
+        self._name = service_name
+        self.ready = False
+
+    async def set(self, ready: bool) -> None:
+        if ready == self.ready:
+            return
+        self.ready = ready
+        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self._health.set(self._name, status)
+        log.info("readiness changed", grpc_service=self._name, ready=ready)
+
+
+class Service(Protocol):
+    """What a service plugs into the host."""
+
+    #: Fully qualified gRPC service name, e.g. "oddity.v1.Detector"; also its readiness name.
+    name: str
+
+    def register(self, server: grpc.aio.Server) -> None:
+        """Add the servicer(s) to the server."""
+
+    async def start(self, readiness: Readiness) -> None:
+        """Start background work; call readiness.set(True) once requests can be served."""
+
+    async def stop(self) -> None:
+        """Release resources; called after the server has drained."""
+
+
+class ServiceHost:
+    """One gRPC server (plus /metrics) around one service."""
+
+    def __init__(
+        self,
+        service: Service,
+        settings: ServiceSettings,
+        *,
+        registry: CollectorRegistry,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        credentials: grpc.ServerCredentials | None = None,
+        options: Sequence[tuple[str, object]] = (),
+    ) -> None:
+        self.service = service
+        self.settings = settings
+        self.registry = registry
+        self._interceptors = [
+            ServerInterceptor(service.name, RpcMetrics(registry), access_log=settings.access_log),
+            *interceptors,
+        ]
+        self._credentials = credentials
+        self._options = [
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            # Fail loudly on a port already in use instead of silently sharing it.
+            ("grpc.so_reuseport", 0),
+            *options,
+        ]
+        self.server: grpc.aio.Server | None = None
+        self.health = HealthServicer()
+        self.readiness = Readiness(self.health, service.name)
+        self.metrics: MetricsEndpoint | None = None
+        self.port = 0
+        self._stopped = asyncio.Event()
+
+    @property
+    def address(self) -> str:
+        return f"{self.settings.host}:{self.port}"
+
+    async def start(self) -> int:
+        """Bind and start serving; returns the bound gRPC port."""
+        settings = self.settings
+        server = grpc.aio.server(interceptors=self._interceptors, options=self._options)
+        self.service.register(server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            [self.service.name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            server,
+        )
+        target = f"{settings.host}:{settings.port}"
+        if self._credentials is None:
+            self.port = server.add_insecure_port(target)
+        else:
+            self.port = server.add_secure_port(target, self._credentials)
+        if self.port == 0:
+            raise RuntimeError(f"could not bind {target}")
+        await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set(self.service.name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await server.start()
+        self.server = server
+        if settings.metrics_port is not None:
+            self.metrics = start_metrics_endpoint(self.registry, settings.metrics_host, settings.metrics_port)
+        log.info(
+            "serving",
+            grpc_service=self.service.name,
+            host=settings.host,
+            port=self.port,
+            metrics_port=self.metrics.port if self.metrics else None,
+        )
+        await self.service.start(self.readiness)
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful stop: NOT_SERVING, refuse new RPCs, let in-flight ones finish within the
+        grace period, then release the service."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        grace = self.settings.grace_period_seconds if grace is None else grace
+        log.info("stopping", grpc_service=self.service.name, grace_seconds=grace)
+        await self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            await self.server.stop(grace)
+        try:
+            await self.service.stop()
+        finally:
+            if self.metrics is not None:
+                self.metrics.close()
+            log.info("stopped", grpc_service=self.service.name)
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+
+async def run_until_signal(hosts: Sequence[ServiceHost]) -> None:
+    """Start the hosts, wait for SIGTERM/SIGINT, stop them gracefully."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    started: list[ServiceHost] = []
+    try:
+        for host in hosts:
+            await host.start()
+            started.append(host)
+        await stop.wait()
+        log.info("signal received; shutting down")
+    finally:
+        results = await asyncio.gather(*(host.stop() for host in reversed(started)), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                log.error("stop failed", exc_info=result)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,51 @@
+"""oddity.v1.Tensor <-> numpy. The raw-bytes path decodes without copying."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from oddity.common.errors import InvalidArgument
+from oddity.v1 import tensor_pb2
+
+FLOAT32_LE = np.dtype("<f4")
+
+
+def tensor_to_array(tensor: tensor_pb2.Tensor, *, field: str = "rows") -> np.ndarray:
+    """Decode a float32 tensor to a 2-D array [rows, features] (read-only on the raw path)."""
+    shape = [int(d) for d in tensor.shape]
+    if any(d < 0 for d in shape):
+        raise InvalidArgument(f"{field}.shape {shape} has a negative dimension")
+    has_raw, n_values = bool(tensor.raw_data), len(tensor.values)
+    if has_raw and n_values:
+        raise InvalidArgument(f"{field}: set raw_data or values, not both")
+    if has_raw:
+        if not shape:
+            raise InvalidArgument(f"{field}.shape is required with raw_data")
+        expected = math.prod(shape) * FLOAT32_LE.itemsize
+        if len(tensor.raw_data) != expected:
+            raise InvalidArgument(
+                f"{field}.raw_data has {len(tensor.raw_data)} bytes; shape {shape} needs {expected} "
+                "(little-endian float32)"
+            )
+        array = np.frombuffer(tensor.raw_data, dtype=FLOAT32_LE)
+    else:
+        if not shape:
+            shape = [n_values]
+        if math.prod(shape) != n_values:
+            raise InvalidArgument(f"{field}.values has {n_values} numbers; shape {shape} needs {math.prod(shape)}")
+        array = np.asarray(tensor.values, dtype=np.float32)
+    if len(shape) == 1:
+        shape = [1, shape[0]]
+    if len(shape) != 2:
+        raise InvalidArgument(f"{field}.shape {shape} must be [rows, features] or [features]")
+    if shape[0] == 0 or shape[1] == 0:
+        raise InvalidArgument(f"{field} is empty (shape {shape})")
+    return array.reshape(shape)
+
+
+def array_to_tensor(array: np.ndarray) -> tensor_pb2.Tensor:
+    """Encode an array as float32 raw bytes (the fast path)."""
+    data = np.ascontiguousarray(array, dtype=FLOAT32_LE)
+    return tensor_pb2.Tensor(shape=list(data.shape), raw_data=data.tobytes())

@@ -1,0 +1,1 @@
+"""The detector: serves versioned ONNX anomaly models from a model repository."""

@@ -1,0 +1,220 @@
+"""The detector's use cases, free of protobuf: score rows, list/get/load/unload models.
+
+Small requests are scored on the event loop (a thread hop costs more than the model);
+large ones run on a small worker pool so the loop keeps serving while ONNX Runtime works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from oddity.common.errors import InvalidArgument, NotFound, ResourceExhausted
+from oddity.common.logging import annotate_request
+from oddity.detector.metrics import DetectorMetrics
+from oddity.detector.model import LoadedModel, Scores
+from oddity.detector.registry import ModelRegistry, ModelStatus
+
+
+@dataclass(frozen=True)
+class DetectInput:
+    model: str
+    rows: np.ndarray  # [N, D] float32
+    version: int = 0
+    feature_names: Sequence[str] = ()
+    routing_values: Sequence[float] = ()
+    threshold_percentile: float | None = None
+    explain_top_k: int = 0
+
+
+@dataclass(frozen=True)
+class DetectOutput:
+    model: str
+    version: int
+    kind: str
+    feature_names: list[str]
+    scores: Scores
+
+
+@dataclass(frozen=True)
+class DetectLimits:
+    max_rows: int = 65536
+    inline_max_values: int = 32768
+
+
+def check_rows(model: LoadedModel, rows: np.ndarray, feature_names: Sequence[str]) -> np.ndarray:
+    """Validate rows against the model's manifest; reorder named columns to its order."""
+    n, d = rows.shape
+    if feature_names:
+        rows = _order_columns(model, rows, list(feature_names))
+    elif d != model.dimension:
+        names = f" ({', '.join(model.feature_names)})" if model.feature_names and model.dimension <= 16 else ""
+        raise InvalidArgument(
+            f"rows have {d} features; model {model.name!r} v{model.version} expects {model.dimension}{names}"
+        )
+    finite = np.isfinite(rows)
+    if not finite.all():
+        row, column = (int(i[0]) for i in np.nonzero(~finite))
+        name = model.feature_names[column] if model.feature_names else f"#{column}"
+        raise InvalidArgument(f"row {row}, feature {name!r} is {rows[row, column]} (NaN and Inf are not scored)")
+    return rows
+
+
+def _order_columns(model: LoadedModel, rows: np.ndarray, names: list[str]) -> np.ndarray:
+    if len(names) != rows.shape[1]:
+        raise InvalidArgument(f"{len(names)} feature_names for rows with {rows.shape[1]} features")
+    if not model.feature_names:
+        raise InvalidArgument(f"model {model.name!r} has no feature names; send rows without feature_names")
+    if names == model.feature_names:
+        return rows
+    expected = model.feature_names
+    missing = [f for f in expected if f not in names]
+    unknown = [f for f in names if f not in expected]
+    if missing or unknown or len(set(names)) != len(names):
+        parts = []
+        if missing:
+            parts.append(f"missing {missing}")
+        if unknown:
+            parts.append(f"unknown {unknown}")
+        if len(set(names)) != len(names):
+            parts.append("duplicate names")
+        raise InvalidArgument(f"feature_names do not match model {model.name!r}: " + "; ".join(parts))
+    order = [names.index(f) for f in expected]
+    return np.ascontiguousarray(rows[:, order])
+
+
+class DetectorService:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        metrics: DetectorMetrics,
+        *,
+        limits: DetectLimits,
+        workers: int = 2,
+    ) -> None:
+        self.registry = registry
+        self.metrics = metrics
+        self.limits = limits
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="oddity-infer")
+        self._per_model: dict[str, tuple] = {}
+        # Told whether any model serves after every scan, load and unload (readiness).
+        self.on_serving_changed: Callable[[bool], Awaitable[None]] | None = None
+
+    async def detect(self, request: DetectInput) -> DetectOutput:
+        n = request.rows.shape[0]
+        if n > self.limits.max_rows:
+            raise ResourceExhausted(f"request has {n} rows; the limit is {self.limits.max_rows} per request")
+        percentile = request.threshold_percentile
+        if percentile is not None and not 0.0 < percentile < 100.0:
+            raise InvalidArgument(f"threshold_percentile must lie in (0, 100), got {percentile}")
+        model = self.registry.acquire(request.model)
+        handed_off = False
+        try:
+            annotate_request(model=model.name, version=model.version)
+            if request.version and request.version != model.version:
+                raise NotFound(
+                    f"version {request.version} of model {model.name!r} is not serving (serving {model.version})"
+                )
+            if request.explain_top_k > model.dimension:
+                raise InvalidArgument(
+                    f"explain_top_k {request.explain_top_k} exceeds the model's {model.dimension} features"
+                )
+            rows = check_rows(model, request.rows, request.feature_names)
+            start = time.perf_counter()
+            if rows.size <= self.limits.inline_max_values:
+                scores = self._score(model, rows, request)
+            else:
+                future = asyncio.get_running_loop().run_in_executor(
+                    self._pool, self._score_and_release, model, rows, request
+                )
+                handed_off = True  # the worker returns the lease, even if this call is cancelled
+                scores = await future
+            self._record(model, n, scores, time.perf_counter() - start)
+            return DetectOutput(
+                model=model.name, version=model.version, kind=model.kind, feature_names=model.feature_names, scores=scores
+            )
+        finally:
+            if not handed_off:
+                model.release()
+
+    @staticmethod
+    def _score(model: LoadedModel, rows: np.ndarray, request: DetectInput) -> Scores:
+        return model.score(
+            rows,
+            request.routing_values,
+            threshold_percentile=request.threshold_percentile,
+            explain_top_k=request.explain_top_k,
+        )
+
+    def _score_and_release(self, model: LoadedModel, rows: np.ndarray, request: DetectInput) -> Scores:
+        try:
+            return self._score(model, rows, request)
+        finally:
+            model.release()
+
+    def _record(self, model: LoadedModel, n: int, scores: Scores, seconds: float) -> None:
+        children = self._per_model.get(model.name)
+        if children is None:
+            m = self.metrics
+            children = (m.rows.labels(model.name), m.inference_seconds.labels(model.name), m.fallback_rows.labels(model.name))
+            self._per_model[model.name] = children
+        rows, latency, fallback = children
+        rows.inc(n)
+        latency.observe(seconds)
+        if n == 1:
+            if scores.is_anomaly[0]:
+                self.metrics.anomalies.labels(model.name, scores.groups[0]).inc()
+            if scores.fallback[0]:
+                fallback.inc()
+            return
+        if scores.is_anomaly.any():
+            flagged = np.asarray(scores.groups, dtype=object)[scores.is_anomaly]
+            for group, count in zip(*np.unique(flagged, return_counts=True), strict=True):
+                self.metrics.anomalies.labels(model.name, group).inc(int(count))
+        fallback_count = int(scores.fallback.sum())
+        if fallback_count:
+            fallback.inc(fallback_count)
+
+    # -- model management ---------------------------------------------------------------
+
+    def list_models(self) -> list[ModelStatus]:
+        return self.registry.statuses()
+
+    def get_model(self, name: str) -> ModelStatus:
+        return self.registry.status(name)
+
+    async def load_model(self, name: str, version: int = 0) -> ModelStatus:
+        if version < 0:
+            raise InvalidArgument(f"version must be >= 0, got {version}")
+        try:
+            return await asyncio.to_thread(self.registry.load, name, version)
+        finally:
+            await self._serving_changed()
+
+    async def unload_model(self, name: str) -> ModelStatus:
+        try:
+            return await asyncio.to_thread(self.registry.unload, name)
+        finally:
+            await self._serving_changed()
+
+    async def refresh(self) -> bool:
+        try:
+            return await asyncio.to_thread(self.registry.refresh)
+        finally:
+            await self._serving_changed()
+
+    async def _serving_changed(self) -> None:
+        if self.on_serving_changed is not None:
+            await self.on_serving_changed(self.registry.has_models)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.registry.close()
+
+
+

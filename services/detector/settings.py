@@ -1,0 +1,41 @@
+"""Detector settings: flags (--model-repository ...) or env vars (ODDITY_DETECTOR_MODEL_REPOSITORY ...)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from oddity.common.settings import ServiceSettings
+
+
+class DetectorSettings(ServiceSettings):
+    """Settings of the detector service."""
+
+    model_config = SettingsConfigDict(env_prefix="ODDITY_DETECTOR_", cli_prog_name="oddity-detector")
+
+    port: int = Field(50052, ge=0, le=65535, description="gRPC port; 0 picks a free one (logged at start).")
+    metrics_port: int | None = Field(9102, ge=0, le=65535, description="Prometheus /metrics port; unset to disable.")
+    model_repository: Path = Field(
+        Path("volumes/models"), description="Model repository: <repository>/<model>/<version>/manifest.json."
+    )
+    poll_interval_seconds: float = Field(
+        2.0, gt=0, description="How often the repository is scanned for new versions."
+    )
+    pinned_versions: dict[str, int] = Field(
+        default_factory=dict, description='Versions to serve instead of the newest, e.g. {"sensors": 3}.'
+    )
+    max_rows_per_request: int = Field(
+        65536, gt=0, description="Largest number of rows in one Detect request; more -> RESOURCE_EXHAUSTED."
+    )
+    intra_op_threads: int = Field(1, ge=1, description="ONNX Runtime threads per inference call.")
+    inference_workers: int = Field(
+        2, ge=1, description="Threads that run large batches outside the event loop (about one per core)."
+    )
+    inline_max_values: int = Field(
+        32768,
+        ge=0,
+        description="Requests up to rows x features values are scored on the event loop; larger ones on a worker.",
+    )
+    warmup_batch_size: int = Field(64, ge=1, description="Batch size of the warm-up run of every new version.")

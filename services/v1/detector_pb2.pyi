@@ -1,0 +1,139 @@
+from oddity.v1 import manifest_pb2 as _manifest_pb2
+from oddity.v1 import tensor_pb2 as _tensor_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class DetectRequest(_message.Message):
+    __slots__ = ("model", "version", "rows", "feature_names", "routing_values", "threshold_percentile", "explain_top_k")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_NAMES_FIELD_NUMBER: _ClassVar[int]
+    ROUTING_VALUES_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_PERCENTILE_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_TOP_K_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: int
+    rows: _tensor_pb2.Tensor
+    feature_names: _containers.RepeatedScalarFieldContainer[str]
+    routing_values: _containers.RepeatedScalarFieldContainer[float]
+    threshold_percentile: float
+    explain_top_k: int
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., rows: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., feature_names: _Optional[_Iterable[str]] = ..., routing_values: _Optional[_Iterable[float]] = ..., threshold_percentile: _Optional[float] = ..., explain_top_k: _Optional[int] = ...) -> None: ...
+
+class FeatureContribution(_message.Message):
+    __slots__ = ("name", "index", "contribution", "error")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    index: int
+    contribution: float
+    error: float
+    def __init__(self, name: _Optional[str] = ..., index: _Optional[int] = ..., contribution: _Optional[float] = ..., error: _Optional[float] = ...) -> None: ...
+
+class Explanation(_message.Message):
+    __slots__ = ("features",)
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    features: _containers.RepeatedCompositeFieldContainer[FeatureContribution]
+    def __init__(self, features: _Optional[_Iterable[_Union[FeatureContribution, _Mapping]]] = ...) -> None: ...
+
+class DetectResponse(_message.Message):
+    __slots__ = ("model", "model_version", "kind", "scores", "normalized_scores", "is_anomaly", "thresholds", "confidences", "groups", "fallback", "explanations")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZED_SCORES_FIELD_NUMBER: _ClassVar[int]
+    IS_ANOMALY_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCES_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    EXPLANATIONS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    model_version: int
+    kind: str
+    scores: _containers.RepeatedScalarFieldContainer[float]
+    normalized_scores: _containers.RepeatedScalarFieldContainer[float]
+    is_anomaly: _containers.RepeatedScalarFieldContainer[bool]
+    thresholds: _containers.RepeatedScalarFieldContainer[float]
+    confidences: _containers.RepeatedScalarFieldContainer[float]
+    groups: _containers.RepeatedScalarFieldContainer[str]
+    fallback: _containers.RepeatedScalarFieldContainer[bool]
+    explanations: _containers.RepeatedCompositeFieldContainer[Explanation]
+    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[int] = ..., kind: _Optional[str] = ..., scores: _Optional[_Iterable[float]] = ..., normalized_scores: _Optional[_Iterable[float]] = ..., is_anomaly: _Optional[_Iterable[bool]] = ..., thresholds: _Optional[_Iterable[float]] = ..., confidences: _Optional[_Iterable[float]] = ..., groups: _Optional[_Iterable[str]] = ..., fallback: _Optional[_Iterable[bool]] = ..., explanations: _Optional[_Iterable[_Union[Explanation, _Mapping]]] = ...) -> None: ...
+
+class ModelStatus(_message.Message):
+    __slots__ = ("name", "serving_version", "available_versions", "pinned_version", "unloaded", "kind", "last_error")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SERVING_VERSION_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    PINNED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    UNLOADED_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    serving_version: int
+    available_versions: _containers.RepeatedScalarFieldContainer[int]
+    pinned_version: int
+    unloaded: bool
+    kind: str
+    last_error: str
+    def __init__(self, name: _Optional[str] = ..., serving_version: _Optional[int] = ..., available_versions: _Optional[_Iterable[int]] = ..., pinned_version: _Optional[int] = ..., unloaded: _Optional[bool] = ..., kind: _Optional[str] = ..., last_error: _Optional[str] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelStatus]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelStatus, _Mapping]]] = ...) -> None: ...
+
+class GetModelRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class GetModelResponse(_message.Message):
+    __slots__ = ("status", "manifest")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    status: ModelStatus
+    manifest: _manifest_pb2.ModelManifest
+    def __init__(self, status: _Optional[_Union[ModelStatus, _Mapping]] = ..., manifest: _Optional[_Union[_manifest_pb2.ModelManifest, _Mapping]] = ...) -> None: ...
+
+class LoadModelRequest(_message.Message):
+    __slots__ = ("model", "version")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: int
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class LoadModelResponse(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: ModelStatus
+    def __init__(self, status: _Optional[_Union[ModelStatus, _Mapping]] = ...) -> None: ...
+
+class UnloadModelRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class UnloadModelResponse(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: ModelStatus
+    def __init__(self, status: _Optional[_Union[ModelStatus, _Mapping]] = ...) -> None: ...

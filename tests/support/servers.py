@@ -1,0 +1,155 @@
+"""Real servers for tests: in a background thread (fast) or as a child process (signals,
+memory). Both bind 127.0.0.1 on an ephemeral port and stop by themselves."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+
+from oddity.common.server import ServiceHost
+
+
+class ServerThread:
+    """Runs one ServiceHost on its own event loop in a daemon thread."""
+
+    def __init__(self, make_host: Callable[[], ServiceHost]) -> None:
+        self._make_host = make_host
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="test-server", daemon=True)
+        self._started: queue.Queue = queue.Queue()
+        self.host: ServiceHost | None = None
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self.host = self._make_host()
+            self._loop.run_until_complete(self.host.start())
+        except BaseException as exc:
+            self._started.put(exc)
+            return
+        self._started.put(None)
+        self._loop.run_until_complete(self.host.wait_stopped())
+        # Let the stop coroutine scheduled by stop() run to its end.
+        pending = [t for t in asyncio.all_tasks(self._loop) if not t.done()]
+        if pending:
+            self._loop.run_until_complete(asyncio.wait(pending, timeout=30))
+        self._loop.close()
+
+    def start(self) -> ServerThread:
+        self._thread.start()
+        error = self._started.get(timeout=60)
+        if error is not None:
+            raise error
+        return self
+
+    @property
+    def port(self) -> int:
+        return self.host.port
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def call(self, coro_factory: Callable[[], object], timeout: float = 30):
+        """Run a coroutine on the server's loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coro_factory(), self._loop).result(timeout)
+
+    def stop(self, grace: float = 1.0) -> None:
+        if self.host is None or not self._thread.is_alive():
+            return
+        future = asyncio.run_coroutine_threadsafe(self.host.stop(grace), self._loop)
+        future.result(timeout=60)
+        self._thread.join(timeout=60)
+
+
+def channel(target: str) -> grpc.Channel:
+    limit = 256 * 1024 * 1024
+    return grpc.insecure_channel(
+        target, options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+    )
+
+
+class ServiceProcess:
+    """A service started as a child process (its console script's module); the bound port is
+    read from its JSON 'serving' log line."""
+
+    def __init__(self, module: str, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.module = module
+        self.args = args
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+        self.metrics_port = 0
+        self.lines: list[str] = []
+        self._lines: queue.Queue = queue.Queue()
+
+    def start(self, timeout: float = 60) -> ServiceProcess:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", self.module, "--host", "127.0.0.1", "--port", "0", "--metrics-host", "127.0.0.1",
+             "--metrics-port", "0", *self.args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=self.env,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        while True:
+            try:
+                line = self._lines.get(timeout=timeout)
+            except queue.Empty:
+                self.kill()
+                raise TimeoutError(f"{self.module} did not start; output:\n" + "\n".join(self.lines)) from None
+            if line is None:
+                raise RuntimeError(f"{self.module} exited with {self.proc.wait()}:\n" + "\n".join(self.lines))
+            event = _json(line)
+            if event.get("event") == "serving":
+                self.port = int(event["port"])
+                self.metrics_port = int(event.get("metrics_port") or 0)
+                return self
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            line = line.rstrip("\n")
+            self.lines.append(line)
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def events(self, name: str) -> list[dict]:
+        return [e for e in map(_json, list(self.lines)) if e.get("event") == name]
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def terminate(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+
+def _json(line: str) -> dict:
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[2]
