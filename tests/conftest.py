@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import urllib.request
+
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from oddity.common.logging import configure_logging
 from oddity.common.metrics import new_registry
@@ -39,6 +42,18 @@ class DetectorHandle:
     @property
     def metrics_port(self) -> int:
         return self.server.host.metrics.port
+
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as response:
+            return response.read().decode()
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Value of one sample from the live /metrics endpoint (0 when absent)."""
+        for family in text_string_to_metric_families(self.metrics_text()):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return sample.value
+        return 0.0
 
     def close(self) -> None:
         self.channel.close()

@@ -51,6 +51,48 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
     return secrets.token_hex(8)
 
 
+class _Undecodable:
+    """Stands in for a request whose bytes did not parse, so the handler can answer
+    INVALID_ARGUMENT instead of grpc's UNKNOWN with an internal exception text."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # DecodeError and friends
+            return _Undecodable(exc)
+
+    return deserialize
+
+
+def _reject_undecodable(behavior):
+    async def reject(request, context):
+        raise errors.InvalidArgument(f"request is not a valid protobuf message: {request.error}")
+
+    if inspect.isasyncgenfunction(behavior):
+
+        async def checked_stream(request, context):
+            if isinstance(request, _Undecodable):
+                await reject(request, context)
+            async for item in behavior(request, context):
+                yield item
+
+        return checked_stream
+
+    async def checked(request, context):
+        if isinstance(request, _Undecodable):
+            await reject(request, context)
+        return await behavior(request, context)
+
+    return checked
+
+
 class _Call:
     """Bookkeeping of one RPC: log context, timing, metrics, error mapping."""
 
@@ -134,6 +176,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         in_flight = self.metrics.in_flight.labels(self.service, method)
         behavior = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+        deserializer = handler.request_deserializer
+        if deserializer is not None and not handler.request_streaming:
+            behavior = _reject_undecodable(behavior)
+            deserializer = _tolerant(deserializer)
 
         if inspect.isasyncgenfunction(behavior):
 
@@ -161,7 +207,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 finally:
                     call.finish()
 
-        serializers = (handler.request_deserializer, handler.response_serializer)
+        serializers = (deserializer, handler.response_serializer)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(wrapped, *serializers)
         if handler.unary_stream:

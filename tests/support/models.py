@@ -25,8 +25,10 @@ IR_VERSION = 8  # onnxruntime 1.31 reads IR <= 13; onnx 1.23 would write 14 by d
 QUANTILE_LEVELS = np.linspace(0.0, 1.0, 1001)
 
 
-def autoencoder_graph(mean: np.ndarray, scale: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray]]) -> bytes:
-    """ONNX bytes: z = (x - mean) / scale; dense layers with ReLU between; errors in z space."""
+def autoencoder_graph(
+    mean: np.ndarray, scale: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray]], activation: str | None = "Relu"
+) -> bytes:
+    """ONNX bytes: z = (x - mean) / scale; dense layers (activation between); errors in z space."""
     d = mean.shape[0]
     inits = [
         numpy_helper.from_array(mean.astype(np.float32), "mean"),
@@ -44,8 +46,8 @@ def autoencoder_graph(mean: np.ndarray, scale: np.ndarray, layers: list[tuple[np
         ]
         nodes.append(helper.make_node("Gemm", [current, f"w{i}", f"b{i}"], [f"h{i}"]))
         current = f"h{i}"
-        if i < len(layers) - 1:
-            nodes.append(helper.make_node("Relu", [current], [f"a{i}"]))
+        if activation and i < len(layers) - 1:
+            nodes.append(helper.make_node(activation, [current], [f"a{i}"]))
             current = f"a{i}"
     nodes += [
         helper.make_node("Sub", [current, "z"], ["diff"]),
@@ -102,7 +104,7 @@ def fit_pca_group(rows: np.ndarray, *, components: int, percentile: float = 95.0
     z = (train - mean) / scale
     _, _, vt = np.linalg.svd(z, full_matrices=False)
     v = vt[:components]
-    model = autoencoder_graph(mean, scale, [(v.T, np.zeros(components)), (v, np.zeros(len(mean)))])
+    model = autoencoder_graph(mean, scale, [(v.T, np.zeros(components)), (v, np.zeros(len(mean)))], activation=None)
     heldout_scores = score_with_onnx(model, heldout).astype(np.float64)
     return FittedGroup(
         onnx=model,

@@ -11,10 +11,12 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from oddity.common.server import ServiceHost
 
@@ -117,6 +119,10 @@ class ServiceProcess:
                 self.metrics_port = int(event.get("metrics_port") or 0)
                 return self
 
+    def wait_ready(self, service: str, timeout: float = 60) -> None:
+        """Poll grpc.health.v1 until the service's readiness is SERVING."""
+        wait_serving(self.target, service, timeout)
+
     def _read(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
         for line in self.proc.stdout:
@@ -141,6 +147,19 @@ class ServiceProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=30)
+
+
+def wait_serving(target: str, service: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    with channel(target) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        while True:
+            status = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout).status
+            if status == health_pb2.HealthCheckResponse.SERVING:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{service} at {target} is still {status}")
+            time.sleep(0.05)
 
 
 def _json(line: str) -> dict:

@@ -1,0 +1,116 @@
+"""The detector as a process: graceful SIGTERM under load, and flat memory across swaps."""
+
+import threading
+import time
+import urllib.request
+
+import grpc
+import numpy as np
+import psutil
+import pytest
+
+from oddity.v1 import detector_pb2, detector_pb2_grpc
+from tests.support import models
+from tests.support.client import detect_request
+from tests.support.servers import ServiceProcess, channel
+
+
+def in_flight(process: ServiceProcess) -> float:
+    url = f"http://127.0.0.1:{process.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("oddity_grpc_requests_in_flight") and 'method="Detect"' in line:
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def publish_heavy(repository, d=64, hidden=(2048, 2048)):
+    """A slow model, so that requests are still running when SIGTERM arrives."""
+    graph = models.random_autoencoder(d, hidden)
+    fitted = models.FittedGroup(
+        onnx=graph,
+        threshold=1.0,
+        quantiles=np.linspace(0, 2, len(models.QUANTILE_LEVELS)),
+        heldout_scores=np.zeros(1),
+        train_samples=1,
+        validation_samples=1,
+    )
+    models.publish_simple(repository, "heavy", fitted, dimension=d)
+
+
+def test_sigterm_drains_in_flight_requests_and_exits_zero(repository):
+    publish_heavy(repository)
+    process = ServiceProcess(
+        "oddity.detector.main",
+        ["--model-repository", str(repository), "--grace-period-seconds", "30", "--inference-workers", "1"],
+    ).start()
+    process.wait_ready("oddity.v1.Detector")
+    try:
+        rows = np.random.default_rng(0).normal(size=(3000, 64)).astype(np.float32)
+        results: list[object] = []
+        with channel(process.target) as ch:
+            stub = detector_pb2_grpc.DetectorStub(ch)
+            stub.Detect(detect_request("heavy", rows[:1]), timeout=30)
+            futures = [stub.Detect.future(detect_request("heavy", rows), timeout=60) for _ in range(4)]
+            deadline = time.monotonic() + 30
+            while in_flight(process) < 4:
+                assert time.monotonic() < deadline, "requests never reached the server"
+                time.sleep(0.01)
+            process.proc.send_signal(15)
+            for future in futures:
+                try:
+                    results.append(future.result())
+                except grpc.RpcError as exc:
+                    results.append(exc)
+        assert process.proc.wait(timeout=60) == 0
+        assert all(isinstance(r, detector_pb2.DetectResponse) and len(r.scores) == 3000 for r in results), results
+        assert process.events("stopped"), "no graceful stop in the log"
+    finally:
+        process.kill()
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_across_swaps(repository):
+    d = 769
+    fitted = [
+        models.FittedGroup(
+            onnx=models.random_autoencoder(d, (256, 64, 256), seed=s),
+            threshold=1.0,
+            quantiles=np.linspace(0, 2, len(models.QUANTILE_LEVELS)),
+            heldout_scores=np.zeros(1),
+            train_samples=1,
+            validation_samples=1,
+        )
+        for s in range(2)
+    ]
+    models.publish_simple(repository, "mem", fitted[0], dimension=d)
+    process = ServiceProcess("oddity.detector.main", ["--model-repository", str(repository), "--poll-interval-seconds", "60"]).start()
+    process.wait_ready("oddity.v1.Detector")
+    rows = np.random.default_rng(0).normal(size=(64, d)).astype(np.float32)
+    try:
+        rss = psutil.Process(process.proc.pid)
+        with channel(process.target) as ch:
+            stub = detector_pb2_grpc.DetectorStub(ch)
+
+            def cycle(i: int) -> None:
+                version = models.publish_simple(repository, "mem", fitted[i % 2], dimension=d)
+                assert stub.LoadModel(detector_pb2.LoadModelRequest(model="mem"), timeout=30).status.serving_version == version
+                assert stub.Detect(detect_request("mem", rows), timeout=30).model_version == version
+                # Keep the folder small, as the trainer's retention does.
+                for old in (repository / "mem").iterdir():
+                    if old.name.isdigit() and int(old.name) < version - 2:
+                        for f in old.iterdir():
+                            f.unlink()
+                        old.rmdir()
+
+            for i in range(30):  # warm-up: allocator pools and ORT arenas reach their steady size
+                cycle(i)
+            baseline = rss.memory_info().rss
+            for i in range(200):
+                cycle(i)
+            final = rss.memory_info().rss
+        growth = (final - baseline) / baseline
+        print(f"rss baseline {baseline / 2**20:.1f} MiB, after 200 swaps {final / 2**20:.1f} MiB ({growth:+.1%})")
+        assert growth < 0.10
+    finally:
+        process.kill()

@@ -1,0 +1,180 @@
+"""The model repository as the detector sees it: complete versions only, newest first,
+pins, LoadModel / UnloadModel, and failures that never touch the serving version."""
+
+import os
+import shutil
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from oddity.common import bundle
+from oddity.v1 import detector_pb2
+from tests.support import models
+from tests.support.client import detect_request
+
+D = 6
+
+
+@pytest.fixture(scope="module")
+def fits():
+    return [models.fit_pca_group(models.normal_rows(800, D, seed=s), components=2, seed=s) for s in range(3)]
+
+
+def serving_version(detector, name="m") -> int:
+    return detector.stub.Detect(detect_request(name, models.normal_rows(1, D))).model_version
+
+
+def wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def stage_copy(repository, source_version: int, target_version: int):
+    """Copy a version folder by hand (not through the publisher)."""
+    target = repository / "m" / str(target_version)
+    shutil.copytree(repository / "m" / str(source_version), target)
+    manifest = bundle.read_manifest(target)
+    manifest.version = target_version
+    (target / bundle.MANIFEST_FILE).write_text(bundle.manifest_to_json(manifest))
+    return target
+
+
+def test_new_version_serves_within_two_poll_intervals(repository, detector, fits):
+    models.publish_simple(repository, "m", fits[0], dimension=D)
+    assert wait_for(lambda: detector.registry.has_models)
+    assert serving_version(detector) == 1
+    published = time.monotonic()
+    models.publish_simple(repository, "m", fits[1], dimension=D)
+    assert wait_for(lambda: serving_version(detector) == 2, timeout=2 * 0.2 + 1.0)
+    assert time.monotonic() - published < 2 * 0.2 + 1.0
+    rows = models.normal_rows(4, D)
+    np.testing.assert_allclose(
+        detector.stub.Detect(detect_request("m", rows)).scores, models.score_with_onnx(fits[1].onnx, rows), rtol=1e-5
+    )
+
+
+def test_half_copied_version_is_skipped_until_complete(repository, detector, fits):
+    models.publish_simple(repository, "m", fits[0], dimension=D)
+    detector.stub.LoadModel(detector_pb2.LoadModelRequest(model="m"))
+    target = stage_copy(repository, 1, 2)
+    data = (target / "all.onnx").read_bytes()
+    (target / "all.onnx").write_bytes(data[: len(data) // 3])  # the copy is still running
+    detector.stub.LoadModel(detector_pb2.LoadModelRequest(model="m"))
+    assert serving_version(detector) == 1
+    status = detector.stub.GetModel(detector_pb2.GetModelRequest(model="m")).status
+    assert "version 2" in status.last_error and "sha256" in status.last_error
+    assert list(status.available_versions) == [1, 2]
+    (target / "all.onnx").write_bytes(data)  # the copy finishes
+    assert wait_for(lambda: serving_version(detector) == 2)
+
+
+def test_sha_mismatch_and_corrupt_onnx_are_never_served(repository, detector, fits):
+    models.publish_simple(repository, "m", fits[0], dimension=D)
+    detector.stub.LoadModel(detector_pb2.LoadModelRequest(model="m"))
+    # v2: the manifest names another file's hash.
+    target = stage_copy(repository, 1, 2)
+    (target / "all.onnx").write_bytes(fits[2].onnx)
+    # v3: the hash matches but the bytes are not an ONNX model.
+    target = stage_copy(repository, 1, 3)
+    garbage = b"\x08\x07garbage" * 100
+    (target / "all.onnx").write_bytes(garbage)
+    manifest = bundle.read_manifest(target)
+    manifest.groups[0].sha256 = bundle.sha256_bytes(garbage)
+    (target / bundle.MANIFEST_FILE).write_text(bundle.manifest_to_json(manifest))
+    for _ in range(5):  # several polls
+        time.sleep(0.2)
+        assert serving_version(detector) == 1
+    status = detector.stub.GetModel(detector_pb2.GetModelRequest(model="m")).status
+    assert status.serving_version == 1
+    assert "ONNX Runtime cannot load" in status.last_error or "sha256" in status.last_error
+    with pytest.raises(grpc.RpcError) as info:
+        detector.stub.LoadModel(detector_pb2.LoadModelRequest(model="m", version=3))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "ONNX Runtime cannot load all.onnx" in info.value.details()
+    with pytest.raises(grpc.RpcError) as info:
+        detector.stub.LoadModel(detector_pb2.LoadModelRequest(model="m", version=2))
+    assert "sha256 of all.onnx" in info.value.details()
+    assert serving_version(detector) == 1
+    # Rejections are counted once per bad folder, not once per poll.
+    metrics = detector.metrics_text()
+    assert 'oddity_detector_rejected_versions_total{model="m",reason="load_failed"}' in metrics
+    assert detector.metric("oddity_detector_rejected_versions_total", model="m", reason="incomplete") <= 2
+
+
+def test_graph_with_wrong_interface_is_refused(repository, detector, fits):
+    models.publish_simple(repository, "m", fits[0], dimension=D)
+    detector.stub.LoadModel(detector_pb2.LoadModelRequest(model="m"))
+    wrong = models.fit_pca_group(models.normal_rows(500, D + 1), components=2)
+    models.publish(
+        repository, "m", {"all": (models.group_proto("all", wrong), wrong.onnx)}, dimension=D
+    )  # manifest says D features, graph takes D + 1
+    with pytest.raises(grpc.RpcError) as info:
+        detector.stub.LoadModel(detector_pb2.LoadModelRequest(model="m", version=2))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "does not take [N, 6] rows" in info.value.details()
+    assert serving_version(detector) == 1
+
+
+def test_pin_unload_and_load(repository, detector, fits):
+    for fit in fits:
+        models.publish_simple(repository, "m", fit, dimension=D)
+    detector.stub.LoadModel(detector_pb2.LoadModelRequest(model="m"))
+    assert serving_version(detector) == 3
+    pinned = detector.stub.LoadModel(detector_pb2.LoadModelRequest(model="m", version=1)).status
+    assert pinned.serving_version == 1 and pinned.pinned_version == 1
+    time.sleep(0.5)  # polls do not move a pinned model
+    assert serving_version(detector) == 1
+    unloaded = detector.stub.UnloadModel(detector_pb2.UnloadModelRequest(model="m")).status
+    assert unloaded.unloaded and unloaded.serving_version == 0
+    time.sleep(0.5)  # polls do not bring it back
+    with pytest.raises(grpc.RpcError) as info:
+        detector.stub.Detect(detect_request("m", models.normal_rows(1, D)))
+    assert info.value.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE)
+    latest = detector.stub.LoadModel(detector_pb2.LoadModelRequest(model="m")).status
+    assert latest.serving_version == 3 and latest.pinned_version == 0 and not latest.unloaded
+    listed = detector.stub.ListModels(detector_pb2.ListModelsRequest()).models
+    assert [(m.name, m.serving_version, list(m.available_versions)) for m in listed] == [("m", 3, [1, 2, 3])]
+    got = detector.stub.GetModel(detector_pb2.GetModelRequest(model="m"))
+    assert got.manifest.version == 3 and got.manifest.groups[0].sha256 == bundle.sha256_bytes(fits[2].onnx)
+
+
+def test_pinned_version_from_settings(repository, fits):
+    from tests.conftest import start_detector
+
+    for fit in fits:
+        models.publish_simple(repository, "m", fit, dimension=D)
+    handle = start_detector(repository, pinned_versions={"m": 2})
+    try:
+        assert serving_version(handle) == 2
+    finally:
+        handle.close()
+
+
+def test_removed_model_folder_stops_serving(repository, detector, fits):
+    models.publish_simple(repository, "m", fits[0], dimension=D)
+    models.publish_simple(repository, "other", fits[1], dimension=D)
+    assert wait_for(lambda: len(detector.stub.ListModels(detector_pb2.ListModelsRequest()).models) == 2)
+    shutil.rmtree(repository / "m")
+    assert wait_for(lambda: [m.name for m in detector.stub.ListModels(detector_pb2.ListModelsRequest()).models] == ["other"])
+    assert serving_version(detector, "other") == 1
+
+
+def test_old_version_is_released_after_its_requests_finish(repository, detector, fits):
+    models.publish_simple(repository, "m", fits[0], dimension=D)
+    detector.stub.LoadModel(detector_pb2.LoadModelRequest(model="m"))
+    old = detector.registry.acquire("m")  # a request in flight on v1
+    models.publish_simple(repository, "m", fits[1], dimension=D)
+    detector.stub.LoadModel(detector_pb2.LoadModelRequest(model="m"))
+    assert serving_version(detector) == 2
+    assert not old.released and detector.registry.draining() == 1
+    scores = old.score(models.normal_rows(2, D))  # still usable by its request
+    assert len(scores.scores) == 2
+    old.release()
+    assert old.released and detector.registry.draining() == 0
+    assert os.path.isdir(repository / "m" / "1")  # the detector never writes to the repository
