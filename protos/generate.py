@@ -62,7 +62,9 @@ def main() -> int:
         if args.check:
             stale = _stale_files(generated)
             if stale:
-                print("stale generated stubs: " + ", ".join(stale) + "; run: python protos/generate.py", file=sys.stderr)
+                print(
+                    "stale generated stubs: " + ", ".join(stale) + "; run: python protos/generate.py", file=sys.stderr
+                )
                 return 1
             print("generated stubs are current")
             return 0

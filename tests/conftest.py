@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-
-import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families

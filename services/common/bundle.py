@@ -25,6 +25,7 @@ import shutil
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 from google.protobuf import json_format
@@ -118,9 +119,7 @@ def validate_manifest(manifest: manifest_pb2.ModelManifest, *, name: str, versio
     if manifest.input_dimension <= 0:
         raise BundleError(f"input_dimension must be positive, got {manifest.input_dimension}")
     if manifest.feature_names and len(manifest.feature_names) != manifest.input_dimension:
-        raise BundleError(
-            f"{len(manifest.feature_names)} feature_names for input_dimension {manifest.input_dimension}"
-        )
+        raise BundleError(f"{len(manifest.feature_names)} feature_names for input_dimension {manifest.input_dimension}")
     if len(set(manifest.feature_names)) != len(manifest.feature_names):
         raise BundleError("feature_names has duplicates")
     if manifest.task == manifest_pb2.MODEL_TASK_CLASSIFICATION and not manifest.class_labels:
@@ -145,9 +144,9 @@ def _validate_group(manifest: manifest_pb2.ModelManifest, group: manifest_pb2.Mo
         raise BundleError(f"{where}: the catch-all group takes no bounds")
     if group.name != ALL_GROUP and manifest.routing_key and not bounded:
         raise BundleError(f"{where}: needs bounds on {manifest.routing_key!r}")
-    if bounded and group.bounds.HasField("lower") and group.bounds.HasField("upper"):
-        if group.bounds.lower >= group.bounds.upper:
-            raise BundleError(f"{where}: lower bound {group.bounds.lower} is not below upper {group.bounds.upper}")
+    both_ends = bounded and group.bounds.HasField("lower") and group.bounds.HasField("upper")
+    if both_ends and group.bounds.lower >= group.bounds.upper:
+        raise BundleError(f"{where}: lower bound {group.bounds.lower} is not below upper {group.bounds.upper}")
     if group.status != manifest_pb2.GROUP_STATUS_ACTIVE:
         return
     file_name = group.onnx_file
@@ -160,9 +159,9 @@ def _validate_group(manifest: manifest_pb2.ModelManifest, group: manifest_pb2.Mo
         if len(q.probabilities) < 2 or len(q.probabilities) != len(q.values):
             raise BundleError(f"{where}: the quantile table needs >= 2 matching probabilities and values")
         probs, values = list(q.probabilities), list(q.values)
-        if any(not 0.0 <= p <= 1.0 for p in probs) or any(b <= a for a, b in zip(probs, probs[1:], strict=False)):
+        if any(not 0.0 <= p <= 1.0 for p in probs) or any(b <= a for a, b in pairwise(probs)):
             raise BundleError(f"{where}: quantile probabilities must rise strictly within [0, 1]")
-        if any(b < a for a, b in zip(values, values[1:], strict=False)):
+        if any(b < a for a, b in pairwise(values)):
             raise BundleError(f"{where}: quantile values must not fall")
         if not 0.0 < group.threshold_percentile < 100.0:
             raise BundleError(f"{where}: threshold_percentile must lie in (0, 100)")
@@ -225,9 +224,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def publish_version(
-    repository: Path, manifest: manifest_pb2.ModelManifest, onnx_files: Mapping[str, bytes]
-) -> int:
+def publish_version(repository: Path, manifest: manifest_pb2.ModelManifest, onnx_files: Mapping[str, bytes]) -> int:
     """Write a new version atomically and return its number.
 
     The files go into a temporary folder inside the model folder, are fsynced, and the folder

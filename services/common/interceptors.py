@@ -98,7 +98,9 @@ class _Call:
 
     __slots__ = ("code", "context", "fields", "in_flight", "method", "owner", "start")
 
-    def __init__(self, owner: ServerInterceptor, method: str, in_flight: Any, context: grpc.aio.ServicerContext) -> None:
+    def __init__(
+        self, owner: ServerInterceptor, method: str, in_flight: Any, context: grpc.aio.ServicerContext
+    ) -> None:
         self.owner, self.method, self.in_flight, self.context = owner, method, in_flight, context
         self.fields = start_request(request_id=_request_id(context), rpc=method)
         self.code = grpc.StatusCode.OK

@@ -125,7 +125,9 @@ class LoadedModel:
             try:
                 session = ort.InferenceSession(onnx, config.options(), providers=["CPUExecutionProvider"])
             except Exception as exc:  # ORT raises its own exception types for bad graphs
-                raise ModelLoadError(f"group {group.name!r}: ONNX Runtime cannot load {group.onnx_file}: {exc}") from exc
+                raise ModelLoadError(
+                    f"group {group.name!r}: ONNX Runtime cannot load {group.onnx_file}: {exc}"
+                ) from exc
             has_feature_errors = self._check_signature(group.name, session)
         probabilities = np.asarray(group.quantiles.probabilities, dtype=np.float64)
         values = np.asarray(group.quantiles.values, dtype=np.float64)
@@ -311,7 +313,9 @@ class LoadedModel:
                 thresholds[mask] = group.threshold
                 normalized_thresholds[mask] = group.normalized_threshold
             else:
-                thresholds[mask] = scoring.threshold_at(threshold_percentile, group.probabilities, group.quantile_values)
+                thresholds[mask] = scoring.threshold_at(
+                    threshold_percentile, group.probabilities, group.quantile_values
+                )
                 normalized_thresholds[mask] = threshold_percentile / 100.0
         is_anomaly = raw > thresholds
         names = [g.name for g in groups]

@@ -92,7 +92,9 @@ class ModelRegistry:
             model = state.serving if state is not None else None
             if model is None:
                 if not self.has_models:
-                    raise Unavailable("no model is loaded yet; the detector is still starting or the repository is empty")
+                    raise Unavailable(
+                        "no model is loaded yet; the detector is still starting or the repository is empty"
+                    )
                 if state is not None and state.unloaded:
                     raise NotFound(f"model {name!r} is unloaded on this detector; LoadModel serves it again")
                 raise NotFound(f"model {name!r} not found")

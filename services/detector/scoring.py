@@ -41,10 +41,8 @@ def top_contributions(feature_errors: np.ndarray, k: int) -> tuple[np.ndarray, n
     """
     n, d = feature_errors.shape
     k = min(k, d)
-    if k < d:
-        top = np.argpartition(-feature_errors, k - 1, axis=1)[:, :k]
-    else:
-        top = np.broadcast_to(np.arange(d), (n, d))
+    # argpartition finds the k largest without a full sort; with k == d every column is taken.
+    top = np.argpartition(-feature_errors, k - 1, axis=1)[:, :k] if k < d else np.broadcast_to(np.arange(d), (n, d))
     top_errors = np.take_along_axis(feature_errors, top, axis=1)
     order = np.argsort(-top_errors, axis=1, kind="stable")
     top = np.take_along_axis(top, order, axis=1)

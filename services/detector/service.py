@@ -49,7 +49,7 @@ class DetectLimits:
 
 def check_rows(model: LoadedModel, rows: np.ndarray, feature_names: Sequence[str]) -> np.ndarray:
     """Validate rows against the model's manifest; reorder named columns to its order."""
-    n, d = rows.shape
+    d = rows.shape[1]
     if feature_names:
         rows = _order_columns(model, rows, list(feature_names))
     elif d != model.dimension:
@@ -136,7 +136,11 @@ class DetectorService:
                 scores = await future
             self._record(model, n, scores, time.perf_counter() - start)
             return DetectOutput(
-                model=model.name, version=model.version, kind=model.kind, feature_names=model.feature_names, scores=scores
+                model=model.name,
+                version=model.version,
+                kind=model.kind,
+                feature_names=model.feature_names,
+                scores=scores,
             )
         finally:
             if not handed_off:
@@ -161,7 +165,11 @@ class DetectorService:
         children = self._per_model.get(model.name)
         if children is None:
             m = self.metrics
-            children = (m.rows.labels(model.name), m.inference_seconds.labels(model.name), m.fallback_rows.labels(model.name))
+            children = (
+                m.rows.labels(model.name),
+                m.inference_seconds.labels(model.name),
+                m.fallback_rows.labels(model.name),
+            )
             self._per_model[model.name] = children
         rows, latency, fallback = children
         rows.inc(n)
@@ -215,6 +223,3 @@ class DetectorService:
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         self.registry.close()
-
-
-

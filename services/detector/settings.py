@@ -20,9 +20,7 @@ class DetectorSettings(ServiceSettings):
     model_repository: Path = Field(
         Path("volumes/models"), description="Model repository: <repository>/<model>/<version>/manifest.json."
     )
-    poll_interval_seconds: float = Field(
-        2.0, gt=0, description="How often the repository is scanned for new versions."
-    )
+    poll_interval_seconds: float = Field(2.0, gt=0, description="How often the repository is scanned for new versions.")
     pinned_versions: dict[str, int] = Field(
         default_factory=dict, description='Versions to serve instead of the newest, e.g. {"sensors": 3}.'
     )

@@ -34,13 +34,13 @@ def test_corrupt_or_partial_versions_are_refused(repository, fitted):
     with pytest.raises(bundle.BundleError, match=r"sha256 of all.onnx .* \(incomplete copy or corrupt file\)"):
         bundle.load_verified_version(repository, "m", 1)
     onnx_path.unlink()
-    with pytest.raises(bundle.BundleError, match="all.onnx missing"):
+    with pytest.raises(bundle.BundleError, match=r"all\.onnx missing"):
         bundle.load_verified_version(repository, "m", 1)
     (repository / "m" / "1" / bundle.MANIFEST_FILE).write_text("{not json")
     with pytest.raises(bundle.BundleError, match="not a valid manifest"):
         bundle.load_verified_version(repository, "m", 1)
     (repository / "m" / "1" / bundle.MANIFEST_FILE).unlink()
-    with pytest.raises(bundle.BundleError, match="manifest.json missing"):
+    with pytest.raises(bundle.BundleError, match=r"manifest\.json missing"):
         bundle.load_verified_version(repository, "m", 1)
 
 

@@ -54,7 +54,7 @@ def test_normalized_score_is_monotone_in_the_raw_score(serving):
     order = np.argsort(response.scores)
     normalized = np.array(response.normalized_scores)[order]
     assert np.all(np.diff(normalized) >= 0)
-    assert 0.0 <= normalized.min() and normalized.max() <= 1.0
+    assert normalized.min() >= 0.0 and normalized.max() <= 1.0
 
 
 @pytest.mark.parametrize("percentile", [80.0, 90.0, 99.0])
@@ -126,7 +126,11 @@ def routed(repository, detector):
         "age_6_9": (models.group_proto("age_6_9", fits["age_6_9"], lower=6, upper=9), fits["age_6_9"].onnx),
         "age_9_12": (
             models.group_proto(
-                "age_9_12", None, lower=9, upper=12, upper_inclusive=True,
+                "age_9_12",
+                None,
+                lower=9,
+                upper=12,
+                upper_inclusive=True,
                 status=manifest_pb2.GROUP_STATUS_INSUFFICIENT_DATA,
             ),
             None,
@@ -146,13 +150,14 @@ def test_rows_are_scored_by_their_group(routed):
     assert not any(response.fallback)
     np.testing.assert_allclose(response.scores[:3], models.score_with_onnx(fits["age_3_6"].onnx, rows[:3]), rtol=1e-5)
     np.testing.assert_allclose(response.scores[3:], models.score_with_onnx(fits["age_6_9"].onnx, rows[3:]), rtol=1e-5)
-    assert list(response.thresholds) == [pytest.approx(fits["age_3_6"].threshold)] * 3 + [
-        pytest.approx(fits["age_6_9"].threshold)
-    ] * 3
+    assert (
+        list(response.thresholds)
+        == [pytest.approx(fits["age_3_6"].threshold)] * 3 + [pytest.approx(fits["age_6_9"].threshold)] * 3
+    )
 
 
 def test_a_group_without_a_model_falls_back_to_all(routed):
-    detector, fits, young, _ = routed
+    detector, _, young, _ = routed
     response = detector.stub.Detect(detect_request("drawings", young[:4], routing_values=[12, 10, 4, 99]))
     assert list(response.groups) == ["all", "all", "age_3_6", "all"]
     assert list(response.fallback) == [True, True, False, True]

@@ -127,7 +127,12 @@ def test_garbage_bytes_do_not_crash_the_server(server):
 
 def test_model_management_errors(server):
     cases = [
-        (server.stub.GetModel, detector_pb2.GetModelRequest(model="nope"), grpc.StatusCode.NOT_FOUND, "'nope' not found"),
+        (
+            server.stub.GetModel,
+            detector_pb2.GetModelRequest(model="nope"),
+            grpc.StatusCode.NOT_FOUND,
+            "'nope' not found",
+        ),
         (server.stub.LoadModel, detector_pb2.LoadModelRequest(model="../etc"), grpc.StatusCode.NOT_FOUND, "not found"),
         (
             server.stub.LoadModel,
@@ -135,7 +140,12 @@ def test_model_management_errors(server):
             grpc.StatusCode.NOT_FOUND,
             "version 9 of model 'sensors' not found",
         ),
-        (server.stub.UnloadModel, detector_pb2.UnloadModelRequest(model="nope"), grpc.StatusCode.NOT_FOUND, "not loaded"),
+        (
+            server.stub.UnloadModel,
+            detector_pb2.UnloadModelRequest(model="nope"),
+            grpc.StatusCode.NOT_FOUND,
+            "not loaded",
+        ),
     ]
     for method, request, code, message in cases:
         with pytest.raises(grpc.RpcError) as info:

@@ -6,7 +6,6 @@ import threading
 import time
 
 import grpc
-import numpy as np
 import pytest
 
 from oddity.v1 import detector_pb2, detector_pb2_grpc
@@ -32,7 +31,9 @@ def detector_process(repository):
 
 def test_publish_under_load_loses_no_request(repository, detector_process):
     # Each version is a different model, so a score tells which version computed it.
-    fits = [models.fit_pca_group(models.normal_rows(600, D, seed=v), components=1 + v % 3, seed=v) for v in range(VERSIONS)]
+    fits = [
+        models.fit_pca_group(models.normal_rows(600, D, seed=v), components=1 + v % 3, seed=v) for v in range(VERSIONS)
+    ]
     probe = models.normal_rows(1, D, seed=99) * 2
     expected = {v + 1: float(models.score_with_onnx(fit.onnx, probe)[0]) for v, fit in enumerate(fits)}
     assert len({round(s, 4) for s in expected.values()}) == VERSIONS
@@ -90,6 +91,8 @@ def test_publish_under_load_loses_no_request(repository, detector_process):
         versions = [v for _, v, _ in responses]
         assert versions == sorted(versions), "a client went back to an older version"
         for _, version, score in responses:
-            assert score == pytest.approx(expected[version], rel=1e-4), f"response names v{version} but another scored it"
+            assert score == pytest.approx(expected[version], rel=1e-4), (
+                f"response names v{version} but another scored it"
+            )
     served = {v for responses in seen for _, v, _ in responses}
     assert served >= {1, VERSIONS}

@@ -1,6 +1,5 @@
 """The detector as a process: graceful SIGTERM under load, and flat memory across swaps."""
 
-import threading
 import time
 import urllib.request
 
@@ -84,7 +83,9 @@ def test_memory_stays_flat_across_swaps(repository):
         for s in range(2)
     ]
     models.publish_simple(repository, "mem", fitted[0], dimension=d)
-    process = ServiceProcess("oddity.detector.main", ["--model-repository", str(repository), "--poll-interval-seconds", "60"]).start()
+    process = ServiceProcess(
+        "oddity.detector.main", ["--model-repository", str(repository), "--poll-interval-seconds", "60"]
+    ).start()
     process.wait_ready("oddity.v1.Detector")
     rows = np.random.default_rng(0).normal(size=(64, d)).astype(np.float32)
     try:
@@ -94,7 +95,10 @@ def test_memory_stays_flat_across_swaps(repository):
 
             def cycle(i: int) -> None:
                 version = models.publish_simple(repository, "mem", fitted[i % 2], dimension=d)
-                assert stub.LoadModel(detector_pb2.LoadModelRequest(model="mem"), timeout=30).status.serving_version == version
+                assert (
+                    stub.LoadModel(detector_pb2.LoadModelRequest(model="mem"), timeout=30).status.serving_version
+                    == version
+                )
                 assert stub.Detect(detect_request("mem", rows), timeout=30).model_version == version
                 # Keep the folder small, as the trainer's retention does.
                 for old in (repository / "mem").iterdir():

@@ -161,7 +161,9 @@ def test_removed_model_folder_stops_serving(repository, detector, fits):
     models.publish_simple(repository, "other", fits[1], dimension=D)
     assert wait_for(lambda: len(detector.stub.ListModels(detector_pb2.ListModelsRequest()).models) == 2)
     shutil.rmtree(repository / "m")
-    assert wait_for(lambda: [m.name for m in detector.stub.ListModels(detector_pb2.ListModelsRequest()).models] == ["other"])
+    assert wait_for(
+        lambda: [m.name for m in detector.stub.ListModels(detector_pb2.ListModelsRequest()).models] == ["other"]
+    )
     assert serving_version(detector, "other") == 1
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -73,9 +74,7 @@ def random_autoencoder(d: int, hidden: tuple[int, ...] = (256, 64, 256), seed: i
     """An untrained autoencoder of a given shape (for timing)."""
     rng = np.random.default_rng(seed)
     sizes = [d, *hidden, d]
-    layers = [
-        (rng.normal(0, 1 / np.sqrt(a), (a, b)), np.zeros(b)) for a, b in zip(sizes[:-1], sizes[1:], strict=False)
-    ]
+    layers = [(rng.normal(0, 1 / np.sqrt(a), (a, b)), np.zeros(b)) for a, b in pairwise(sizes)]
     return autoencoder_graph(np.zeros(d), np.ones(d), layers)
 
 

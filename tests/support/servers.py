@@ -97,8 +97,20 @@ class ServiceProcess:
 
     def start(self, timeout: float = 60) -> ServiceProcess:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module, "--host", "127.0.0.1", "--port", "0", "--metrics-host", "127.0.0.1",
-             "--metrics-port", "0", *self.args],
+            [
+                sys.executable,
+                "-m",
+                self.module,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--metrics-host",
+                "127.0.0.1",
+                "--metrics-port",
+                "0",
+                *self.args,
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
