@@ -41,7 +41,12 @@ class DetectorApp:
         self.service = DetectorService(
             self.registry,
             self.metrics,
-            limits=DetectLimits(max_rows=settings.max_rows_per_request, inline_max_values=settings.inline_max_values),
+            limits=DetectLimits(
+                max_rows=settings.max_rows_per_request,
+                inline_max_values=settings.inline_max_values,
+                max_batch_rows=settings.max_batch_rows,
+                max_batch_delay=settings.max_batch_delay_ms / 1000,
+            ),
             workers=settings.inference_workers,
         )
         self._poller: asyncio.Task | None = None

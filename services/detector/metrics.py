@@ -26,6 +26,12 @@ class DetectorMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.batch_requests = Histogram(
+            "oddity_detector_batch_requests",
+            "Requests coalesced into one ONNX Runtime call by the micro-batcher.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=registry,
+        )
         self.serving_version = Gauge(
             "oddity_detector_serving_version", "Version serving per model (0: none).", ["model"], registry=registry
         )

@@ -65,6 +65,12 @@ class GroupModel:
     normalized_threshold: float
     has_feature_errors: bool
 
+    def decision(self, percentile: float | None) -> tuple[float, float]:
+        """(threshold, normalized threshold): the manifest's, or those of a request percentile."""
+        if percentile is None:
+            return self.threshold, self.normalized_threshold
+        return scoring.threshold_at(percentile, self.probabilities, self.quantile_values), percentile / 100.0
+
     def contains(self, values: np.ndarray) -> np.ndarray:
         upper_ok = values <= self.upper if self.upper_inclusive else values < self.upper
         return (values >= self.lower) & upper_ok
@@ -83,6 +89,19 @@ class Scores:
     fallback: np.ndarray
     # Present when top-k explanations were asked for: indices, errors, shares, each [N, k].
     explanations: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def slice(self, start: int, stop: int) -> Scores:
+        """Rows start..stop, for splitting a micro-batch back into its requests."""
+        return Scores(
+            scores=self.scores[start:stop],
+            normalized=self.normalized[start:stop],
+            is_anomaly=self.is_anomaly[start:stop],
+            thresholds=self.thresholds[start:stop],
+            confidences=self.confidences[start:stop],
+            groups=self.groups[start:stop],
+            fallback=self.fallback[start:stop],
+            explanations=None if self.explanations is None else tuple(a[start:stop] for a in self.explanations),
+        )
 
 
 class LoadedModel:
@@ -303,29 +322,31 @@ class LoadedModel:
                 raw[mask] = results[0].reshape(-1)
                 if errors is not None:
                     errors[mask] = results[1]
-        normalized = np.empty(n, dtype=np.float64)
-        thresholds = np.empty(n, dtype=np.float64)
-        normalized_thresholds = np.empty(n, dtype=np.float64)
-        for position, group in enumerate(groups):
-            mask = slice(None) if len(groups) == 1 else row_group == position
-            normalized[mask] = scoring.normalize(raw[mask], group.probabilities, group.quantile_values)
-            if threshold_percentile is None:
-                thresholds[mask] = group.threshold
-                normalized_thresholds[mask] = group.normalized_threshold
-            else:
-                thresholds[mask] = scoring.threshold_at(
-                    threshold_percentile, group.probabilities, group.quantile_values
-                )
-                normalized_thresholds[mask] = threshold_percentile / 100.0
-        is_anomaly = raw > thresholds
-        names = [g.name for g in groups]
+        if len(groups) == 1:
+            group = groups[0]
+            threshold, normalized_threshold = group.decision(threshold_percentile)
+            normalized = scoring.normalize(raw, group.probabilities, group.quantile_values)
+            thresholds = np.full(n, threshold)
+            is_anomaly = raw > threshold
+            group_names = [group.name] * n
+        else:
+            normalized = np.empty(n, dtype=np.float64)
+            thresholds = np.empty(n, dtype=np.float64)
+            normalized_threshold = np.empty(n, dtype=np.float64)
+            for position, group in enumerate(groups):
+                mask = row_group == position
+                normalized[mask] = scoring.normalize(raw[mask], group.probabilities, group.quantile_values)
+                thresholds[mask], normalized_threshold[mask] = group.decision(threshold_percentile)
+            is_anomaly = raw > thresholds
+            names = [g.name for g in groups]
+            group_names = [names[i] for i in row_group.tolist()]
         return Scores(
             scores=raw,
             normalized=normalized,
             is_anomaly=is_anomaly,
             thresholds=thresholds,
-            confidences=scoring.confidence(normalized, normalized_thresholds, is_anomaly),
-            groups=[names[0]] * n if len(groups) == 1 else [names[i] for i in row_group.tolist()],
+            confidences=scoring.confidence(normalized, normalized_threshold, is_anomaly),
+            groups=group_names,
             fallback=fallback,
             explanations=scoring.top_contributions(errors, explain_top_k) if errors is not None else None,
         )

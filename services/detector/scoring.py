@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+_EPS = 1e-12
+
 
 def normalize(scores: np.ndarray, probabilities: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Empirical CDF of each score among held-out normal scores, in [0, 1].
@@ -20,17 +22,21 @@ def threshold_at(percentile: float, probabilities: np.ndarray, values: np.ndarra
     return float(np.interp(percentile / 100.0, probabilities, values))
 
 
-def confidence(normalized: np.ndarray, normalized_threshold: np.ndarray, is_anomaly: np.ndarray) -> np.ndarray:
+def confidence(normalized: np.ndarray, normalized_threshold: np.ndarray | float, is_anomaly: np.ndarray) -> np.ndarray:
     """Distance from the decision boundary in percentile space, in [0, 1].
 
     With q the normalized score and t the normalized threshold: anomalies get
     (q - t) / (1 - t), normal rows (t - q) / t. 0 means on the boundary, 1 means as far
     from it as the held-out distribution allows.
     """
-    t = np.broadcast_to(normalized_threshold, normalized.shape)
-    above = np.divide(normalized - t, 1.0 - t, out=np.ones_like(normalized), where=t < 1.0)
-    below = np.divide(t - normalized, t, out=np.ones_like(normalized), where=t > 0.0)
-    return np.clip(np.where(is_anomaly, above, below), 0.0, 1.0)
+    # Keeping t off 0 and 1 avoids dividing by zero; the limits (1 at the far ends) still hold.
+    # (np.minimum/np.maximum: np.clip's dispatch costs more than the arithmetic on small arrays.)
+    if isinstance(normalized_threshold, float):
+        t = min(max(normalized_threshold, _EPS), 1.0 - _EPS)
+    else:
+        t = np.minimum(np.maximum(normalized_threshold, _EPS), 1.0 - _EPS)
+    distance = np.where(is_anomaly, (normalized - t) / (1.0 - t), (t - normalized) / t)
+    return np.minimum(np.maximum(distance, 0.0), 1.0)
 
 
 def top_contributions(feature_errors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

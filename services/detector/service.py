@@ -16,12 +16,13 @@ import numpy as np
 
 from oddity.common.errors import InvalidArgument, NotFound, ResourceExhausted
 from oddity.common.logging import annotate_request
+from oddity.detector.batching import MicroBatcher
 from oddity.detector.metrics import DetectorMetrics
 from oddity.detector.model import LoadedModel, Scores
 from oddity.detector.registry import ModelRegistry, ModelStatus
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class DetectInput:
     model: str
     rows: np.ndarray  # [N, D] float32
@@ -32,7 +33,7 @@ class DetectInput:
     explain_top_k: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class DetectOutput:
     model: str
     version: int
@@ -45,6 +46,8 @@ class DetectOutput:
 class DetectLimits:
     max_rows: int = 65536
     inline_max_values: int = 32768
+    max_batch_rows: int = 256
+    max_batch_delay: float = 0.002
 
 
 def check_rows(model: LoadedModel, rows: np.ndarray, feature_names: Sequence[str]) -> np.ndarray:
@@ -101,6 +104,11 @@ class DetectorService:
         self.metrics = metrics
         self.limits = limits
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="oddity-infer")
+        self._batcher = MicroBatcher(
+            max_batch_rows=limits.max_batch_rows,
+            max_delay=limits.max_batch_delay,
+            observe_batch=metrics.batch_requests.observe,
+        )
         self._per_model: dict[str, tuple] = {}
         # Told whether any model serves after every scan, load and unload (readiness).
         self.on_serving_changed: Callable[[bool], Awaitable[None]] | None = None
@@ -126,7 +134,9 @@ class DetectorService:
                 )
             rows = check_rows(model, request.rows, request.feature_names)
             start = time.perf_counter()
-            if rows.size <= self.limits.inline_max_values:
+            if rows.size <= self.limits.inline_max_values and not request.explain_top_k:
+                scores = await self._batcher.score(model, rows, request.routing_values, request.threshold_percentile)
+            elif rows.size <= self.limits.inline_max_values:
                 scores = self._score(model, rows, request)
             else:
                 future = asyncio.get_running_loop().run_in_executor(

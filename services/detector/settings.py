@@ -36,4 +36,10 @@ class DetectorSettings(ServiceSettings):
         ge=0,
         description="Requests up to rows x features values are scored on the event loop; larger ones on a worker.",
     )
+    max_batch_rows: int = Field(
+        256, ge=1, description="Small concurrent requests are coalesced into ONNX calls of up to this many rows."
+    )
+    max_batch_delay_ms: float = Field(
+        2.0, ge=0, description="Under load, how long a micro-batch may wait for more requests (0: never wait)."
+    )
     warmup_batch_size: int = Field(64, ge=1, description="Batch size of the warm-up run of every new version.")

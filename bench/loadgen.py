@@ -1,0 +1,69 @@
+"""A closed-loop load generator: `concurrency` callers, each sending the next request as
+soon as the last one returns, for a fixed time. Requests are serialized once up front and
+replies are not parsed, so the client spends its CPU on transport only (the same for every
+server it is pointed at)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+LIMIT = 256 * 1024 * 1024
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    errors: int
+    seconds: float
+    latencies_ms: np.ndarray
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+    def percentile(self, p: float) -> float:
+        return float(np.percentile(self.latencies_ms, p)) if len(self.latencies_ms) else float("nan")
+
+
+async def _run(target: str, method: str, payload: bytes, concurrency: int, seconds: float, warmup: float) -> LoadResult:
+    options = [("grpc.max_receive_message_length", LIMIT), ("grpc.max_send_message_length", LIMIT)]
+    async with grpc.aio.insecure_channel(target, options=options) as channel:
+        call = channel.unary_unary(method)  # bytes in, bytes out
+        await call(payload, timeout=60)
+        latencies: list[float] = []
+        errors = 0
+        measuring = False
+        stop_at = time.perf_counter() + warmup + seconds
+
+        async def caller() -> None:
+            nonlocal errors
+            while True:
+                start = time.perf_counter()
+                if start >= stop_at:
+                    return
+                try:
+                    await call(payload, timeout=60)
+                except grpc.aio.AioRpcError:
+                    errors += 1
+                    continue
+                if measuring:
+                    latencies.append(time.perf_counter() - start)
+
+        tasks = [asyncio.create_task(caller()) for _ in range(concurrency)]
+        await asyncio.sleep(warmup)
+        measuring = True
+        begin = time.perf_counter()
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - begin
+    return LoadResult(len(latencies), errors, elapsed, np.array(latencies) * 1000)
+
+
+def run_load(
+    target: str, method: str, payload: bytes, *, concurrency: int, seconds: float, warmup: float = 0.5
+) -> LoadResult:
+    return asyncio.run(_run(target, method, payload, concurrency, seconds, warmup))

@@ -1,0 +1,124 @@
+"""Micro-batching of small concurrent requests.
+
+Concurrent requests for the same model version (and the same threshold percentile) are
+coalesced into one ONNX Runtime call, so the per-call costs of ONNX Runtime and numpy (and
+of reading the weights from memory, which dominates one-row calls) are paid once per batch
+instead of once per request. Batches run on the event loop: a thread hop per batch costs
+more than it saves at these sizes.
+
+The first request of a batch schedules its flush; requests arriving before the flush join
+it. When requests overlap (most arrivals find another request in progress) the flush waits
+up to `max_delay`, or until `max_batch_rows` rows have joined, to let a batch form. When
+they do not (a lone caller), the flush runs on the next loop iteration and nothing waits.
+
+A batch that fails (say one request routes to a group without a model) is retried request
+by request, so only the guilty request fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from oddity.common.errors import OddityError
+from oddity.detector.model import LoadedModel, Scores
+
+
+@dataclass(slots=True)
+class _Waiting:
+    rows: np.ndarray
+    routing_values: Sequence[float]
+    future: asyncio.Future
+
+
+@dataclass(slots=True)
+class _Batch:
+    waiting: list[_Waiting]
+    rows: int = 0
+
+
+class MicroBatcher:
+    def __init__(
+        self,
+        max_batch_rows: int = 256,
+        max_delay: float = 0.002,
+        observe_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self.max_batch_rows = max_batch_rows
+        self.max_delay = max_delay
+        self._observe_batch = observe_batch  # told the number of requests of every flushed batch
+        self._pending: dict[tuple, _Batch] = {}
+        self._active = 0  # requests between entering score() and leaving it
+        self._overlap = 0.0  # running share of arrivals that found another request in progress
+
+    async def score(
+        self, model: LoadedModel, rows: np.ndarray, routing_values: Sequence[float], threshold_percentile: float | None
+    ) -> Scores:
+        # Requests without routing values go to the catch-all group; they only batch with their own kind.
+        key = (model, threshold_percentile, len(routing_values) > 0)
+        loop = asyncio.get_running_loop()
+        waiting = _Waiting(rows, routing_values, loop.create_future())
+        self._overlap = 0.9 * self._overlap + (0.1 if self._active else 0.0)
+        self._active += 1
+        try:
+            batch = self._pending.get(key)
+            if batch is None:
+                batch = self._pending[key] = _Batch(waiting=[])
+                if self._overlap > 0.5 and self.max_delay > 0:
+                    loop.call_later(self.max_delay, self._flush, key, batch)
+                else:
+                    loop.call_soon(self._flush, key, batch)
+            batch.waiting.append(waiting)
+            batch.rows += rows.shape[0]
+            if batch.rows >= self.max_batch_rows:
+                self._flush(key, batch)
+            return await waiting.future
+        finally:
+            self._active -= 1
+
+    def _flush(self, key: tuple, batch: _Batch) -> None:
+        if self._pending.get(key) is not batch:
+            return  # already flushed because it was full
+        del self._pending[key]
+        model, percentile, routed = key
+        waiting = batch.waiting
+        if self._observe_batch is not None:
+            self._observe_batch(len(waiting))
+        if len(waiting) > 1:
+            rows = np.concatenate([w.rows for w in waiting])
+            routing: Sequence[float] = ()
+            if routed:
+                routing = np.concatenate([np.broadcast_to(w.routing_values, (w.rows.shape[0],)) for w in waiting])
+            try:
+                scores = model.score(rows, routing, threshold_percentile=percentile)
+            except OddityError:
+                pass  # somebody's input is at fault: score one by one below
+            except Exception as exc:
+                for w in waiting:
+                    _deliver(w, exc)
+                return
+            else:
+                start = 0
+                for w in waiting:
+                    stop = start + w.rows.shape[0]
+                    _deliver(w, scores.slice(start, stop))
+                    start = stop
+                return
+        for w in waiting:
+            try:
+                result: Scores | BaseException = model.score(w.rows, w.routing_values, threshold_percentile=percentile)
+            except Exception as exc:
+                result = exc
+            _deliver(w, result)
+
+
+def _deliver(waiting: _Waiting, result: Scores | BaseException) -> None:
+    if waiting.future.done():  # the caller was cancelled meanwhile
+        return
+    if isinstance(result, BaseException):
+        waiting.future.set_exception(result)
+    else:
+        waiting.future.set_result(result)
