@@ -273,6 +273,19 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
+def prune_versions(model_dir: Path, keep: int) -> list[int]:
+    """Delete all but the newest `keep` version folders; returns the versions removed.
+
+    Detectors hold loaded versions in memory, so removing a folder never breaks serving."""
+    if keep < 1:
+        raise ValueError("keep must be >= 1")
+    versions = list_versions(model_dir)
+    removed = versions[:-keep]
+    for version in removed:
+        shutil.rmtree(model_dir / str(version), ignore_errors=True)
+    return removed
+
+
 def remove_stale_temp_dirs(repository: Path) -> list[Path]:
     """Delete temporary folders left by a publisher that died mid-write."""
     removed = []

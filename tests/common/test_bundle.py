@@ -96,3 +96,11 @@ def test_signature_changes_when_a_file_changes(repository, fitted):
     os.utime(folder / "all.onnx", ns=(1, 1))
     assert bundle.version_signature(folder) != before
     assert np.isfinite(fitted.threshold)
+
+
+def test_prune_keeps_the_newest_versions(repository, fitted):
+    for _ in range(5):
+        models.publish_simple(repository, "m", fitted, dimension=6)
+    assert bundle.prune_versions(repository / "m", keep=2) == [1, 2, 3]
+    assert bundle.list_versions(repository / "m") == [4, 5]
+    assert models.publish_simple(repository, "m", fitted, dimension=6) == 6

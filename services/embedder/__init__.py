@@ -1,0 +1,1 @@
+"""The embedder: turns images and text into vectors with ONNX-exported encoders."""
