@@ -114,3 +114,29 @@ def test_memory_stays_flat_across_swaps(repository):
         assert growth < 0.10
     finally:
         process.kill()
+
+
+def test_json_logs_carry_request_id_model_and_version(repository):
+    fit = models.fit_pca_group(models.normal_rows(300, 4), components=1)
+    models.publish_simple(repository, "logged", fit, dimension=4)
+    process = ServiceProcess("oddity.detector.main", ["--model-repository", str(repository)]).start()
+    try:
+        process.wait_ready("oddity.v1.Detector")
+        with channel(process.target) as ch:
+            stub = detector_pb2_grpc.DetectorStub(ch)
+            with pytest.raises(grpc.RpcError):
+                stub.Detect(
+                    detect_request("logged", np.zeros((1, 3), np.float32)), metadata=[("x-request-id", "abc-123")]
+                )
+        deadline = time.monotonic() + 10
+        while not [e for e in process.events("request failed") if e.get("request_id") == "abc-123"]:
+            assert time.monotonic() < deadline, "\n".join(process.lines)
+            time.sleep(0.05)
+        event = next(e for e in process.events("request failed") if e.get("request_id") == "abc-123")
+        assert event["model"] == "logged" and event["version"] == 1 and event["rpc"] == "Detect"
+        assert event["code"] == "INVALID_ARGUMENT" and "expects 4" in event["error"]
+        assert event["service"] == "detector" and event["level"] == "warning" and "timestamp" in event
+        loaded = process.events("version loaded")
+        assert loaded and loaded[0]["model"] == "logged"
+    finally:
+        process.kill()
