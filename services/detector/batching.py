@@ -7,9 +7,11 @@ instead of once per request. Batches run on the event loop: a thread hop per bat
 more than it saves at these sizes.
 
 The first request of a batch schedules its flush; requests arriving before the flush join
-it. When requests overlap (most arrivals find another request in progress) the flush waits
-up to `max_delay`, or until `max_batch_rows` rows have joined, to let a batch form. When
-they do not (a lone caller), the flush runs on the next loop iteration and nothing waits.
+it. Waiting pays only under load, so the batcher learns whether it does: a batch that
+waited (up to `max_delay`, or until `max_batch_rows` rows joined) records how many requests
+joined it. While waiting batches gather company the next batch waits too; once they stop
+(a lone caller) batches flush on the next loop iteration and nothing waits, except one
+probe every `PROBE_EVERY` batches that checks whether load has come back.
 
 A batch that fails (say one request routes to a group without a model) is retried request
 by request, so only the guilty request fails.
@@ -38,6 +40,10 @@ class _Waiting:
 class _Batch:
     waiting: list[_Waiting]
     rows: int = 0
+    waited: bool = False
+
+
+PROBE_EVERY = 128
 
 
 class MicroBatcher:
@@ -51,8 +57,8 @@ class MicroBatcher:
         self.max_delay = max_delay
         self._observe_batch = observe_batch  # told the number of requests of every flushed batch
         self._pending: dict[tuple, _Batch] = {}
-        self._active = 0  # requests between entering score() and leaving it
-        self._overlap = 0.0  # running share of arrivals that found another request in progress
+        self._company = 1.0  # running mean of requests that joined a waiting batch (start by waiting)
+        self._batches = 0
 
     async def score(
         self, model: LoadedModel, rows: np.ndarray, routing_values: Sequence[float], threshold_percentile: float | None
@@ -61,23 +67,20 @@ class MicroBatcher:
         key = (model, threshold_percentile, len(routing_values) > 0)
         loop = asyncio.get_running_loop()
         waiting = _Waiting(rows, routing_values, loop.create_future())
-        self._overlap = 0.9 * self._overlap + (0.1 if self._active else 0.0)
-        self._active += 1
-        try:
-            batch = self._pending.get(key)
-            if batch is None:
-                batch = self._pending[key] = _Batch(waiting=[])
-                if self._overlap > 0.5 and self.max_delay > 0:
-                    loop.call_later(self.max_delay, self._flush, key, batch)
-                else:
-                    loop.call_soon(self._flush, key, batch)
-            batch.waiting.append(waiting)
-            batch.rows += rows.shape[0]
-            if batch.rows >= self.max_batch_rows:
-                self._flush(key, batch)
-            return await waiting.future
-        finally:
-            self._active -= 1
+        batch = self._pending.get(key)
+        if batch is None:
+            batch = self._pending[key] = _Batch(waiting=[])
+            self._batches += 1
+            if self.max_delay > 0 and (self._company >= 0.5 or self._batches % PROBE_EVERY == 0):
+                batch.waited = True
+                loop.call_later(self.max_delay, self._flush, key, batch)
+            else:
+                loop.call_soon(self._flush, key, batch)
+        batch.waiting.append(waiting)
+        batch.rows += rows.shape[0]
+        if batch.rows >= self.max_batch_rows:
+            self._flush(key, batch)
+        return await waiting.future
 
     def _flush(self, key: tuple, batch: _Batch) -> None:
         if self._pending.get(key) is not batch:
@@ -87,6 +90,8 @@ class MicroBatcher:
         waiting = batch.waiting
         if self._observe_batch is not None:
             self._observe_batch(len(waiting))
+        if batch.waited:
+            self._company = 0.8 * self._company + 0.2 * min(len(waiting) - 1, 4)
         if len(waiting) > 1:
             rows = np.concatenate([w.rows for w in waiting])
             routing: Sequence[float] = ()
