@@ -17,19 +17,19 @@ def tensor_to_array(tensor: tensor_pb2.Tensor, *, field: str = "rows") -> np.nda
     shape = [int(d) for d in tensor.shape]
     if any(d < 0 for d in shape):
         raise InvalidArgument(f"{field}.shape {shape} has a negative dimension")
-    has_raw, n_values = bool(tensor.raw_data), len(tensor.values)
-    if has_raw and n_values:
+    # Read the field once: every access to a bytes field copies it out of the message.
+    raw, n_values = tensor.raw_data, len(tensor.values)
+    if raw and n_values:
         raise InvalidArgument(f"{field}: set raw_data or values, not both")
-    if has_raw:
+    if raw:
         if not shape:
             raise InvalidArgument(f"{field}.shape is required with raw_data")
         expected = math.prod(shape) * FLOAT32_LE.itemsize
-        if len(tensor.raw_data) != expected:
+        if len(raw) != expected:
             raise InvalidArgument(
-                f"{field}.raw_data has {len(tensor.raw_data)} bytes; shape {shape} needs {expected} "
-                "(little-endian float32)"
+                f"{field}.raw_data has {len(raw)} bytes; shape {shape} needs {expected} (little-endian float32)"
             )
-        array = np.frombuffer(tensor.raw_data, dtype=FLOAT32_LE)
+        array = np.frombuffer(raw, dtype=FLOAT32_LE)
     else:
         if not shape:
             shape = [n_values]

@@ -31,7 +31,11 @@ class DetectorApp:
     def __init__(self, settings: DetectorSettings, registry: CollectorRegistry) -> None:
         self.settings = settings
         self.metrics = DetectorMetrics(registry)
-        config = SessionConfig(intra_op_threads=settings.intra_op_threads, warmup_batch_size=settings.warmup_batch_size)
+        config = SessionConfig(
+            intra_op_threads=settings.intra_op_threads,
+            bulk_intra_op_threads=settings.bulk_intra_op_threads,
+            warmup_batch_size=settings.warmup_batch_size,
+        )
         self.registry = ModelRegistry(
             settings.model_repository,
             lambda verified: LoadedModel(verified, config),

@@ -31,13 +31,16 @@ class SessionConfig:
     """How ONNX Runtime sessions are built."""
 
     intra_op_threads: int = 1
+    # Large requests get a second session with more threads: shorter latency for big batches,
+    # while one-row calls keep the single-threaded session (no thread wake-ups).
+    bulk_intra_op_threads: int = 2
     # Spinning threads burn a core each while idle; off leaves the CPU to gRPC.
     allow_spinning: bool = False
     warmup_batch_size: int = 64
 
-    def options(self) -> ort.SessionOptions:
+    def options(self, threads: int) -> ort.SessionOptions:
         options = ort.SessionOptions()
-        options.intra_op_num_threads = self.intra_op_threads
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -58,6 +61,7 @@ class GroupModel:
     active: bool
     status: str
     session: ort.InferenceSession | None
+    bulk_session: ort.InferenceSession | None
     threshold: float
     threshold_percentile: float
     probabilities: np.ndarray
@@ -138,11 +142,19 @@ class LoadedModel:
     ) -> GroupModel:
         bounds = group.bounds
         active = group.status == manifest_pb2.GROUP_STATUS_ACTIVE
-        session, has_feature_errors = None, False
+        session = bulk_session = None
+        has_feature_errors = False
         if active:
             assert onnx is not None  # load_verified_version returns bytes for every active group
             try:
-                session = ort.InferenceSession(onnx, config.options(), providers=["CPUExecutionProvider"])
+                session = ort.InferenceSession(
+                    onnx, config.options(config.intra_op_threads), providers=["CPUExecutionProvider"]
+                )
+                bulk_session = session
+                if config.bulk_intra_op_threads != config.intra_op_threads:
+                    bulk_session = ort.InferenceSession(
+                        onnx, config.options(config.bulk_intra_op_threads), providers=["CPUExecutionProvider"]
+                    )
             except Exception as exc:  # ORT raises its own exception types for bad graphs
                 raise ModelLoadError(
                     f"group {group.name!r}: ONNX Runtime cannot load {group.onnx_file}: {exc}"
@@ -159,6 +171,7 @@ class LoadedModel:
             active=active,
             status=manifest_pb2.GroupStatus.Name(group.status),
             session=session,
+            bulk_session=bulk_session,
             threshold=group.threshold,
             threshold_percentile=group.threshold_percentile,
             probabilities=probabilities,
@@ -187,13 +200,14 @@ class LoadedModel:
     def _warm_up(self, group: GroupModel, batch_size: int) -> None:
         """Run the session once per batch shape so the first request pays no set-up cost, and
         prove the outputs have the promised shapes."""
-        for n in sorted({1, max(1, batch_size)}):
+        runs = [(group.session, 1), (group.session, batch_size), (group.bulk_session, batch_size)]
+        for session, n in runs:
             rows = np.zeros((n, self.dimension), dtype=np.float32)
             try:
-                outputs = group.session.run(None, {bundle.INPUT_NAME: rows})
+                outputs = session.run(None, {bundle.INPUT_NAME: rows})
             except Exception as exc:
                 raise ModelLoadError(f"group {group.name!r}: warm-up failed: {exc}") from exc
-            by_name = dict(zip([o.name for o in group.session.get_outputs()], outputs, strict=True))
+            by_name = dict(zip([o.name for o in session.get_outputs()], outputs, strict=True))
             score = np.asarray(by_name[bundle.SCORE_OUTPUT])
             if score.reshape(-1).shape != (n,):
                 raise ModelLoadError(f"group {group.name!r}: score output has shape {score.shape} for {n} rows")
@@ -238,7 +252,7 @@ class LoadedModel:
 
     def _close(self) -> None:
         for group in self.groups:
-            group.session = None
+            group.session = group.bulk_session = None
         self._released.set()
 
     # -- scoring --------------------------------------------------------------------------
@@ -300,8 +314,9 @@ class LoadedModel:
         *,
         threshold_percentile: float | None = None,
         explain_top_k: int = 0,
+        bulk: bool = False,
     ) -> Scores:
-        """Score validated rows [N, D] (float32, finite)."""
+        """Score validated rows [N, D] (float32, finite); `bulk` picks the multi-threaded sessions."""
         n = rows.shape[0]
         groups, row_group, fallback = self.route(routing_values, n)
         if explain_top_k and not all(g.has_feature_errors for g in groups):
@@ -310,7 +325,8 @@ class LoadedModel:
             )
         outputs = [bundle.SCORE_OUTPUT, bundle.FEATURE_ERRORS_OUTPUT] if explain_top_k else [bundle.SCORE_OUTPUT]
         if len(groups) == 1:
-            results = groups[0].session.run(outputs, {bundle.INPUT_NAME: rows})
+            session = groups[0].bulk_session if bulk else groups[0].session
+            results = session.run(outputs, {bundle.INPUT_NAME: rows})
             raw = results[0].reshape(-1).astype(np.float64)
             errors = results[1] if explain_top_k else None
         else:
@@ -318,7 +334,8 @@ class LoadedModel:
             errors = np.empty(rows.shape, dtype=np.float32) if explain_top_k else None
             for position, group in enumerate(groups):
                 mask = row_group == position
-                results = group.session.run(outputs, {bundle.INPUT_NAME: np.ascontiguousarray(rows[mask])})
+                session = group.bulk_session if bulk else group.session
+                results = session.run(outputs, {bundle.INPUT_NAME: np.ascontiguousarray(rows[mask])})
                 raw[mask] = results[0].reshape(-1)
                 if errors is not None:
                     errors[mask] = results[1]

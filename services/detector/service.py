@@ -157,17 +157,18 @@ class DetectorService:
                 model.release()
 
     @staticmethod
-    def _score(model: LoadedModel, rows: np.ndarray, request: DetectInput) -> Scores:
+    def _score(model: LoadedModel, rows: np.ndarray, request: DetectInput, *, bulk: bool = False) -> Scores:
         return model.score(
             rows,
             request.routing_values,
             threshold_percentile=request.threshold_percentile,
             explain_top_k=request.explain_top_k,
+            bulk=bulk,
         )
 
     def _score_and_release(self, model: LoadedModel, rows: np.ndarray, request: DetectInput) -> Scores:
         try:
-            return self._score(model, rows, request)
+            return self._score(model, rows, request, bulk=True)
         finally:
             model.release()
 

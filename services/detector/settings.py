@@ -27,7 +27,10 @@ class DetectorSettings(ServiceSettings):
     max_rows_per_request: int = Field(
         65536, gt=0, description="Largest number of rows in one Detect request; more -> RESOURCE_EXHAUSTED."
     )
-    intra_op_threads: int = Field(1, ge=1, description="ONNX Runtime threads per inference call.")
+    intra_op_threads: int = Field(1, ge=1, description="ONNX Runtime threads per call for small requests.")
+    bulk_intra_op_threads: int = Field(
+        2, ge=1, description="ONNX Runtime threads per call for large requests (those run on a worker)."
+    )
     inference_workers: int = Field(
         2, ge=1, description="Threads that run large batches outside the event loop (about one per core)."
     )
