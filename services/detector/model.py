@@ -93,6 +93,10 @@ class Scores:
     fallback: np.ndarray
     # Present when top-k explanations were asked for: indices, errors, shares, each [N, k].
     explanations: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    # Classifiers: predicted class index per row and class probabilities [N, C]; the anomaly
+    # columns above are empty and confidences hold the predicted class's probability.
+    classes: np.ndarray | None = None
+    probabilities: np.ndarray | None = None
 
     def slice(self, start: int, stop: int) -> Scores:
         """Rows start..stop, for splitting a micro-batch back into its requests."""
@@ -105,6 +109,8 @@ class Scores:
             groups=self.groups[start:stop],
             fallback=self.fallback[start:stop],
             explanations=None if self.explanations is None else tuple(a[start:stop] for a in self.explanations),
+            classes=None if self.classes is None else self.classes[start:stop],
+            probabilities=None if self.probabilities is None else self.probabilities[start:stop],
         )
 
 
@@ -113,8 +119,8 @@ class LoadedModel:
 
     def __init__(self, verified: bundle.VerifiedVersion, config: SessionConfig) -> None:
         manifest = verified.manifest
-        if manifest.task != manifest_pb2.MODEL_TASK_ANOMALY_DETECTION:
-            raise ModelLoadError(f"task {manifest_pb2.ModelTask.Name(manifest.task)} is not served by this detector")
+        self.is_classifier = manifest.task == manifest_pb2.MODEL_TASK_CLASSIFICATION
+        self.class_labels = list(manifest.class_labels)
         self.manifest = manifest
         self.name = manifest.name
         self.version = int(manifest.version)
@@ -193,8 +199,9 @@ class LoadedModel:
         if len(shape) != 2 or (isinstance(shape[1], int) and shape[1] != self.dimension):
             raise ModelLoadError(f"group {group!r}: input shape {shape} does not take [N, {self.dimension}] rows")
         outputs = {o.name for o in session.get_outputs()}
-        if bundle.SCORE_OUTPUT not in outputs:
-            raise ModelLoadError(f"group {group!r}: graph has no output named {bundle.SCORE_OUTPUT!r}")
+        required = bundle.PROBABILITIES_OUTPUT if self.is_classifier else bundle.SCORE_OUTPUT
+        if required not in outputs:
+            raise ModelLoadError(f"group {group!r}: graph has no output named {required!r}")
         return bundle.FEATURE_ERRORS_OUTPUT in outputs
 
     def _warm_up(self, group: GroupModel, batch_size: int) -> None:
@@ -208,11 +215,45 @@ class LoadedModel:
             except Exception as exc:
                 raise ModelLoadError(f"group {group.name!r}: warm-up failed: {exc}") from exc
             by_name = dict(zip([o.name for o in session.get_outputs()], outputs, strict=True))
+            if self.is_classifier:
+                shape = np.shape(by_name[bundle.PROBABILITIES_OUTPUT])
+                if shape != (n, len(self.class_labels)):
+                    raise ModelLoadError(
+                        f"group {group.name!r}: probabilities output has shape {shape}, "
+                        f"expected [N, {len(self.class_labels)}] for classes {self.class_labels}"
+                    )
+                continue
             score = np.asarray(by_name[bundle.SCORE_OUTPUT])
             if score.reshape(-1).shape != (n,):
                 raise ModelLoadError(f"group {group.name!r}: score output has shape {score.shape} for {n} rows")
             if group.has_feature_errors and np.shape(by_name[bundle.FEATURE_ERRORS_OUTPUT]) != (n, self.dimension):
                 raise ModelLoadError(f"group {group.name!r}: feature_errors output is not [N, {self.dimension}]")
+
+    def _classify(self, rows, groups, row_group, fallback, threshold_percentile, explain_top_k, bulk) -> Scores:
+        if threshold_percentile is not None or explain_top_k:
+            raise FailedPrecondition(
+                f"model {self.name!r} is a classifier: threshold_percentile and explain_top_k do not apply"
+            )
+        probabilities = np.empty((rows.shape[0], len(self.class_labels)), dtype=np.float32)
+        for position, group in enumerate(groups):
+            session = group.bulk_session if bulk else group.session
+            mask = row_group == position
+            part = rows if len(groups) == 1 else np.ascontiguousarray(rows[mask])
+            probabilities[mask] = session.run([bundle.PROBABILITIES_OUTPUT], {bundle.INPUT_NAME: part})[0]
+        classes = np.argmax(probabilities, axis=1)
+        empty = np.empty(0)
+        names = [g.name for g in groups]
+        return Scores(
+            scores=empty,
+            normalized=empty,
+            is_anomaly=np.empty(0, dtype=bool),
+            thresholds=empty,
+            confidences=probabilities[np.arange(len(classes)), classes].astype(np.float64),
+            groups=[names[i] for i in row_group.tolist()],
+            fallback=fallback,
+            classes=classes,
+            probabilities=probabilities,
+        )
 
     # -- leases ---------------------------------------------------------------------------
 
@@ -319,6 +360,8 @@ class LoadedModel:
         """Score validated rows [N, D] (float32, finite); `bulk` picks the multi-threaded sessions."""
         n = rows.shape[0]
         groups, row_group, fallback = self.route(routing_values, n)
+        if self.is_classifier:
+            return self._classify(rows, groups, row_group, fallback, threshold_percentile, explain_top_k, bulk)
         if explain_top_k and not all(g.has_feature_errors for g in groups):
             raise FailedPrecondition(
                 f"model {self.name!r} ({self.kind}) does not report per-feature errors; set explain_top_k to 0"

@@ -40,6 +40,7 @@ class DetectOutput:
     kind: str
     feature_names: list[str]
     scores: Scores
+    class_labels: list[str]
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,7 @@ class DetectorService:
                 kind=model.kind,
                 feature_names=model.feature_names,
                 scores=scores,
+                class_labels=model.class_labels,
             )
         finally:
             if not handed_off:
@@ -185,7 +187,7 @@ class DetectorService:
         rows, latency, fallback = children
         rows.inc(n)
         latency.observe(seconds)
-        if n == 1:
+        if n == 1 and scores.is_anomaly.size:
             if scores.is_anomaly[0]:
                 self.metrics.anomalies.labels(model.name, scores.groups[0]).inc()
             if scores.fallback[0]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from oddity.common.tensors import tensor_to_array
+from oddity.common.tensors import array_to_tensor, tensor_to_array
 from oddity.detector.registry import ModelStatus
 from oddity.detector.service import DetectInput, DetectorService, DetectOutput
 from oddity.v1 import detector_pb2, detector_pb2_grpc
@@ -46,6 +46,11 @@ def detect_response(output: DetectOutput) -> detector_pb2.DetectResponse:
         groups=s.groups,
         fallback=s.fallback.tolist(),
     )
+    if s.classes is not None:
+        labels = output.class_labels
+        response.predicted_classes.extend([labels[i] for i in s.classes.tolist()])
+        response.probabilities.CopyFrom(array_to_tensor(s.probabilities))
+        response.class_labels.extend(labels)
     if s.explanations is not None:
         indices, errors, shares = s.explanations
         names = output.feature_names

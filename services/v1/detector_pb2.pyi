@@ -45,7 +45,7 @@ class Explanation(_message.Message):
     def __init__(self, features: _Optional[_Iterable[_Union[FeatureContribution, _Mapping]]] = ...) -> None: ...
 
 class DetectResponse(_message.Message):
-    __slots__ = ("model", "model_version", "kind", "scores", "normalized_scores", "is_anomaly", "thresholds", "confidences", "groups", "fallback", "explanations")
+    __slots__ = ("model", "model_version", "kind", "scores", "normalized_scores", "is_anomaly", "thresholds", "confidences", "groups", "fallback", "explanations", "predicted_classes", "probabilities", "class_labels")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +57,9 @@ class DetectResponse(_message.Message):
     GROUPS_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_FIELD_NUMBER: _ClassVar[int]
     EXPLANATIONS_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    CLASS_LABELS_FIELD_NUMBER: _ClassVar[int]
     model: str
     model_version: int
     kind: str
@@ -68,7 +71,10 @@ class DetectResponse(_message.Message):
     groups: _containers.RepeatedScalarFieldContainer[str]
     fallback: _containers.RepeatedScalarFieldContainer[bool]
     explanations: _containers.RepeatedCompositeFieldContainer[Explanation]
-    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[int] = ..., kind: _Optional[str] = ..., scores: _Optional[_Iterable[float]] = ..., normalized_scores: _Optional[_Iterable[float]] = ..., is_anomaly: _Optional[_Iterable[bool]] = ..., thresholds: _Optional[_Iterable[float]] = ..., confidences: _Optional[_Iterable[float]] = ..., groups: _Optional[_Iterable[str]] = ..., fallback: _Optional[_Iterable[bool]] = ..., explanations: _Optional[_Iterable[_Union[Explanation, _Mapping]]] = ...) -> None: ...
+    predicted_classes: _containers.RepeatedScalarFieldContainer[str]
+    probabilities: _tensor_pb2.Tensor
+    class_labels: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[int] = ..., kind: _Optional[str] = ..., scores: _Optional[_Iterable[float]] = ..., normalized_scores: _Optional[_Iterable[float]] = ..., is_anomaly: _Optional[_Iterable[bool]] = ..., thresholds: _Optional[_Iterable[float]] = ..., confidences: _Optional[_Iterable[float]] = ..., groups: _Optional[_Iterable[str]] = ..., fallback: _Optional[_Iterable[bool]] = ..., explanations: _Optional[_Iterable[_Union[Explanation, _Mapping]]] = ..., predicted_classes: _Optional[_Iterable[str]] = ..., probabilities: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., class_labels: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ModelStatus(_message.Message):
     __slots__ = ("name", "serving_version", "available_versions", "pinned_version", "unloaded", "kind", "last_error")

@@ -1,0 +1,151 @@
+"""Reading a dataset's rows: files -> one table -> float32 features (+ labels, routing values).
+
+Bad rows are dropped and counted, never silently scored; a file that cannot be read at all
+fails the load with a message that names the file and the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from oddity.trainer.spec import SPEC_FILE, DatasetSpec
+
+SUFFIX_FORMATS = {".csv": "csv", ".xlsx": "xlsx", ".xls": "xls", ".parquet": "parquet", ".jsonl": "jsonl"}
+
+
+class DataError(Exception):
+    """The data cannot be used; the message says which file and why."""
+
+
+@dataclass
+class Dataset:
+    """Rows ready for training."""
+
+    features: np.ndarray  # [N, D] float32, finite
+    feature_names: list[str]
+    labels: np.ndarray | None  # [N] strings, for classifiers
+    routing: np.ndarray | None  # [N] float64 routing values
+    files: list[Path]
+    dropped_rows: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def source_files(folder: Path, spec: DatasetSpec) -> list[Path]:
+    files: list[Path] = []
+    for source in spec.sources:
+        matches = sorted(p for p in folder.glob(source.path) if p.is_file())
+        files.extend(m for m in matches if m not in files)
+    return files
+
+
+def fingerprint(folder: Path, spec: DatasetSpec) -> str:
+    """Content hash of the spec and every source file: unchanged data, unchanged fingerprint."""
+    digest = hashlib.sha256()
+    spec_path = folder / SPEC_FILE
+    if spec_path.exists():
+        digest.update(spec_path.read_bytes())
+    for path in source_files(folder, spec):
+        digest.update(str(path.relative_to(folder)).encode())
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read(path: Path, fmt: str) -> tuple[pd.DataFrame, int]:
+    """One file as a table, and the number of malformed lines skipped."""
+    try:
+        if fmt == "csv":
+            data = path.read_bytes()
+            try:
+                text = data.decode("utf-8-sig")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path.name} is not UTF-8 text (byte {exc.start}): save it as UTF-8 CSV") from exc
+            if not text.strip():
+                raise DataError(f"{path.name} is empty")
+            # Lines with the wrong number of fields are skipped; pandas reports each one in a warning.
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", pd.errors.ParserWarning)
+                frame = pd.read_csv(io.StringIO(text), on_bad_lines="warn")
+            skipped = sum(str(w.message).count("Skipping line") for w in caught)
+            return frame, skipped
+        if fmt in ("xlsx", "xls"):
+            return pd.read_excel(path, engine="openpyxl" if fmt == "xlsx" else "xlrd"), 0
+        if fmt == "parquet":
+            return pd.read_parquet(path), 0
+        return pd.read_json(path, lines=True), 0
+    except DataError:
+        raise
+    except pd.errors.EmptyDataError as exc:
+        raise DataError(f"{path.name} is empty") from exc
+    except Exception as exc:  # each reader raises its own types for corrupt files
+        raise DataError(f"{path.name} cannot be read as {fmt}: {type(exc).__name__}: {exc}") from exc
+
+
+def load_dataset(folder: Path, spec: DatasetSpec, data_path: Path | None = None) -> Dataset:
+    """Read the dataset's files (or `data_path`, an override) into training rows."""
+    files = [data_path] if data_path is not None else source_files(folder, spec)
+    if not files:
+        raise DataError(f"no files match {[s.path for s in spec.sources]}")
+    formats = {s.path: s.format for s in spec.sources}
+    frames, skipped = [], 0
+    for path in files:
+        fmt = next((f for pattern, f in formats.items() if f and path.match(pattern)), None)
+        fmt = fmt or SUFFIX_FORMATS.get(path.suffix.lower())
+        if fmt is None:
+            raise DataError(f"{path.name}: unknown format; set `format` in the source")
+        frame, bad = _read(path, fmt)
+        frames.append(frame)
+        skipped += bad
+    table = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    if table.empty:
+        raise DataError("the data has no rows")
+    return _to_dataset(table, spec, files, skipped)
+
+
+def _to_dataset(table: pd.DataFrame, spec: DatasetSpec, files: list[Path], skipped: int) -> Dataset:
+    table.columns = [str(c).strip() for c in table.columns]
+    selection = spec.selection
+    special = {c for c in (spec.label, spec.routing.key if spec.routing else None) if c}
+    if selection.columns:
+        names = list(selection.columns)
+    else:
+        numeric = [c for c in table.columns if pd.api.types.is_numeric_dtype(table[c])]
+        names = [c for c in numeric if c not in set(selection.exclude) | special]
+    required = [*names, *sorted(special)]
+    missing = [c for c in required if c not in table.columns]
+    if missing:
+        raise DataError(f"missing columns {missing}; the file has {list(table.columns)}")
+    if not names:
+        raise DataError("no feature columns: list them under `features` or provide numeric columns")
+    numeric_part = table[names + ([spec.routing.key] if spec.routing else [])].apply(pd.to_numeric, errors="coerce")
+    values = numeric_part.to_numpy(dtype=np.float64)
+    good = np.isfinite(values).all(axis=1)
+    if spec.label:
+        good &= table[spec.label].notna().to_numpy()
+    dropped = int((~good).sum()) + skipped
+    notes = [f"dropped {dropped} malformed rows"] if dropped else []
+    values = values[good]
+    if len(values) == 0:
+        raise DataError(f"no usable rows: all {len(table)} rows have missing or non-numeric values")
+    features = values[:, : len(names)].astype(np.float32)
+    if not np.isfinite(features).all():
+        raise DataError("feature values overflow float32")
+    routing = values[:, len(names)] if spec.routing else None
+    labels = table[spec.label].to_numpy()[good].astype(str) if spec.label else None
+    return Dataset(
+        features=features,
+        feature_names=names,
+        labels=labels,
+        routing=routing,
+        files=files,
+        dropped_rows=dropped,
+        notes=notes,
+    )

@@ -1,0 +1,233 @@
+"""One training run for one dataset: load -> split per group -> fit -> export ONNX ->
+validate -> manifest. Publishing is the caller's step, so a run that fails anywhere leaves
+the model repository untouched.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from oddity.common import bundle
+from oddity.trainer import validation
+from oddity.trainer.data import Dataset
+from oddity.trainer.learners import make_learner
+from oddity.trainer.spec import DatasetSpec
+from oddity.v1 import manifest_pb2
+
+ABSOLUTE_MIN_ROWS = 20  # below this even a forced run cannot split train / calibration / test
+
+# progress(phase, fields): phase is loading, training, validating, exporting, publishing
+Progress = Callable[[str, dict[str, Any]], None]
+
+
+class Skipped(Exception):
+    """Nothing was trained, on purpose (too few rows); the message says why."""
+
+
+@dataclass
+class GroupPlan:
+    name: str
+    mask: np.ndarray
+    lower: float | None = None
+    upper: float | None = None
+    upper_inclusive: bool = False
+
+
+@dataclass
+class TrainedModel:
+    """A validated model version, ready to publish."""
+
+    manifest: manifest_pb2.ModelManifest
+    onnx_files: dict[str, bytes]
+    metrics: dict[str, float] = field(default_factory=dict)
+    group_samples: dict[str, int] = field(default_factory=dict)
+    durations: dict[str, float] = field(default_factory=dict)
+
+
+def plan_groups(spec: DatasetSpec, data: Dataset) -> list[GroupPlan]:
+    n = len(data.features)
+    if spec.routing is None:
+        return [GroupPlan(bundle.ALL_GROUP, np.ones(n, dtype=bool))]
+    key, bounds, values = spec.routing.key, spec.routing.bounds, data.routing
+    plans = []
+    for i, (low, high) in enumerate(itertools.pairwise(bounds)):
+        last = i == len(bounds) - 2
+        mask = (values >= low) & ((values <= high) if last else (values < high))
+        plans.append(GroupPlan(f"{key}_{low:g}_{high:g}", mask, low, high, last))
+    if spec.routing.all_group:
+        plans.append(GroupPlan(bundle.ALL_GROUP, np.ones(n, dtype=bool)))
+    return plans
+
+
+def train(
+    spec: DatasetSpec,
+    data: Dataset,
+    *,
+    fingerprint: str,
+    force: bool = False,
+    kind: str | None = None,
+    live: bundle.VerifiedVersion | None = None,
+    progress: Progress | None = None,
+) -> TrainedModel:
+    """Train, export and validate every group; raises Skipped, ValidationFailed or ValueError."""
+    report = progress or (lambda phase, fields: None)
+    kind = kind or spec.model.kind
+    n = len(data.features)
+    if n < spec.min_samples and not force:
+        raise Skipped(f"not enough samples: {n} < min_samples {spec.min_samples}")
+    manifest = manifest_pb2.ModelManifest(
+        name=spec.name,
+        kind=kind,
+        task=manifest_pb2.MODEL_TASK_CLASSIFICATION
+        if spec.is_classifier
+        else manifest_pb2.MODEL_TASK_ANOMALY_DETECTION,
+        feature_names=data.feature_names,
+        input_dimension=len(data.feature_names),
+        routing_key=spec.routing.key if spec.routing else "",
+        data_fingerprint=fingerprint,
+        dataset=spec.name,
+    )
+    trained = TrainedModel(manifest=manifest, onnx_files={})
+    rng = np.random.default_rng(int(spec.model.params.get("seed", 0)))
+    live_groups = {g.name: g for g in live.manifest.groups} if live is not None else {}
+    for plan in plan_groups(spec, data):
+        count = int(plan.mask.sum())
+        trained.group_samples[plan.name] = count
+        group = manifest.groups.add(name=plan.name, train_samples=count)
+        if plan.lower is not None:
+            group.bounds.lower, group.bounds.upper = plan.lower, plan.upper
+            group.bounds.upper_inclusive = plan.upper_inclusive
+        if count < ABSOLUTE_MIN_ROWS or (count < spec.min_samples and not force):
+            group.status = manifest_pb2.GROUP_STATUS_INSUFFICIENT_DATA
+            group.status_message = f"{count} rows < min_samples {spec.min_samples}"
+            continue
+        _train_group(spec, data, plan, group, kind, rng, trained, live, live_groups.get(plan.name), report)
+    if not bundle.active_groups(manifest):
+        raise Skipped(
+            "every group is below min_samples: " + ", ".join(f"{g.name}={g.train_samples}" for g in manifest.groups)
+        )
+    manifest.training_metrics.update(trained.metrics)
+    manifest.created_at.GetCurrentTime()
+    return trained
+
+
+def _train_group(
+    spec: DatasetSpec,
+    data: Dataset,
+    plan: GroupPlan,
+    group: manifest_pb2.ModelGroup,
+    kind: str,
+    rng: np.random.Generator,
+    trained: TrainedModel,
+    live: bundle.VerifiedVersion | None,
+    live_group: manifest_pb2.ModelGroup | None,
+    report: Progress,
+) -> None:
+    rows = data.features[plan.mask]
+    labels = data.labels[plan.mask] if data.labels is not None else None
+    order = rng.permutation(len(rows))
+    n_holdout = max(4, int(len(rows) * spec.validation.holdout_fraction))
+    holdout, train_idx = order[:n_holdout], order[n_holdout:]
+    calibration, test = holdout[: n_holdout // 2], holdout[n_holdout // 2 :]
+
+    start = time.perf_counter()
+    report("training", {"group": plan.name})
+    learner = make_learner(kind, spec.model.params)
+    learner.fit(
+        rows[train_idx],
+        labels[train_idx] if labels is not None else None,
+        progress=lambda epoch, total, loss: report(
+            "training", {"group": plan.name, "epoch": epoch, "total_epochs": total, "loss": loss}
+        ),
+    )
+    trained.durations["train"] = trained.durations.get("train", 0.0) + time.perf_counter() - start
+
+    start = time.perf_counter()
+    report("exporting", {"group": plan.name})
+    onnx_model = learner.to_onnx()
+    session = validation.onnx_session(onnx_model)
+    trained.durations["export"] = trained.durations.get("export", 0.0) + time.perf_counter() - start
+
+    start = time.perf_counter()
+    report("validating", {"group": plan.name})
+    gate = spec.validation
+    prefix = f"{plan.name}." if plan.name != bundle.ALL_GROUP else ""
+    if learner.is_classifier:
+        probabilities = validation.onnx_probabilities(session, rows[holdout])
+        parity = validation.check_parity(probabilities, learner.predict_proba(rows[holdout]), gate.parity_tolerance)
+        accuracy, balanced = _classification_metrics(learner.classes_, probabilities, labels[holdout])
+        trained.manifest.class_labels[:] = [str(c) for c in learner.classes_]
+        if live is not None and live_group is not None and list(live.manifest.class_labels) == list(learner.classes_):
+            live_session = validation.onnx_session(live.onnx[plan.name])
+            _, live_balanced = _classification_metrics(
+                learner.classes_, validation.onnx_probabilities(live_session, rows[holdout]), labels[holdout]
+            )
+            validation.check_regression(balanced, live_balanced, gate.regression_tolerance, "balanced accuracy", True)
+        group.metrics.update({"accuracy": accuracy, "balanced_accuracy": balanced})
+        trained.metrics.update({f"{prefix}accuracy": accuracy, f"{prefix}balanced_accuracy": balanced})
+    else:
+        scores = validation.onnx_scores(session, rows[holdout])
+        parity = validation.check_parity(scores, learner.score_samples(rows[holdout])[0], gate.parity_tolerance)
+        split = len(calibration)
+        calibrated = validation.calibrate(scores[:split], scores[split:], spec.threshold_percentile)
+        validation.check_anomaly_rate(calibrated.test_anomaly_rate, gate.anomaly_rate, plan.name)
+        if (
+            live_group is not None
+            and live_group.status == manifest_pb2.GROUP_STATUS_ACTIVE
+            and _same_inputs(live, trained.manifest)
+        ):
+            live_scores = validation.onnx_scores(validation.onnx_session(live.onnx[plan.name]), rows[test])
+            live_rate = float(np.mean(live_scores > live_group.threshold))
+            expected = 1 - spec.threshold_percentile / 100
+            validation.check_regression(
+                abs(calibrated.test_anomaly_rate - expected),
+                abs(live_rate - expected),
+                gate.regression_tolerance,
+                f"group {plan.name!r}: distance from the expected anomaly rate",
+                False,
+            )
+        group.threshold = calibrated.threshold
+        group.threshold_percentile = spec.threshold_percentile
+        group.quantiles.probabilities.extend(validation.QUANTILE_LEVELS.tolist())
+        group.quantiles.values.extend(calibrated.quantiles.tolist())
+        group.metrics.update({"test_anomaly_rate": calibrated.test_anomaly_rate})
+        trained.metrics[f"{prefix}test_anomaly_rate"] = calibrated.test_anomaly_rate
+    if hasattr(learner, "epochs_run_"):
+        group.metrics["epochs"] = learner.epochs_run_
+        group.metrics["validation_loss"] = learner.best_loss_
+    group.metrics["parity_max_abs_diff"] = parity
+    trained.metrics[f"{prefix}parity_max_abs_diff"] = parity
+    group.status = manifest_pb2.GROUP_STATUS_ACTIVE
+    group.onnx_file = f"{plan.name}.onnx"
+    group.train_samples = len(train_idx)
+    group.validation_samples = len(holdout)
+    trained.onnx_files[group.onnx_file] = onnx_model
+    trained.durations["validate"] = trained.durations.get("validate", 0.0) + time.perf_counter() - start
+
+
+def _same_inputs(live: bundle.VerifiedVersion | None, manifest: manifest_pb2.ModelManifest) -> bool:
+    return live is not None and list(live.manifest.feature_names) == list(manifest.feature_names)
+
+
+def _classification_metrics(classes: np.ndarray, probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    predicted = classes[np.argmax(probabilities, axis=1)]
+    accuracy = float(np.mean(predicted == labels))
+    recalls = [float(np.mean(predicted[labels == c] == c)) for c in classes if np.any(labels == c)]
+    return accuracy, float(np.mean(recalls))
+
+
+def live_version(repository: Path, name: str) -> bundle.VerifiedVersion | None:
+    """The newest complete version in the repository, if any."""
+    for version in reversed(bundle.list_versions(repository / name)):
+        try:
+            return bundle.load_verified_version(repository, name, version)
+        except bundle.BundleError:
+            continue
+    return None

@@ -1,0 +1,99 @@
+"""Writing versions into the model repository (the trainer is its only writer) and telling
+the detectors. Every change — a new model, a rollback, a threshold move — is a new version
+number, so every detector replica and every log line agrees on what serves."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from oddity.common import bundle
+from oddity.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from oddity.common.logging import get_logger
+from oddity.v1 import detector_pb2, detector_pb2_grpc, manifest_pb2
+
+log = get_logger("oddity.trainer.publisher")
+
+
+class Publisher:
+    def __init__(self, repository: Path, detectors: Sequence[str] = (), notify_timeout: float = 5.0) -> None:
+        self.repository = repository
+        self.detectors = list(detectors)
+        self.notify_timeout = notify_timeout
+
+    def publish(self, manifest: manifest_pb2.ModelManifest, onnx_files: dict[str, bytes], keep: int) -> int:
+        version = bundle.publish_version(self.repository, manifest, onnx_files)
+        removed = bundle.prune_versions(self.repository / manifest.name, keep)
+        log.info("version published", model=manifest.name, version=version, pruned=removed)
+        self.notify(manifest.name)
+        return version
+
+    def rollback(self, name: str, version: int, keep: int) -> tuple[int, int]:
+        """Republish an earlier version's bundle as a new version; returns (new, restored)."""
+        versions = bundle.list_versions(self.repository / name)
+        if not versions:
+            raise NotFound(f"model {name!r} has no versions")
+        if version == 0:
+            if len(versions) < 2:
+                raise FailedPrecondition(f"model {name!r} has no earlier version to roll back to")
+            version = versions[-2]
+        if version not in versions:
+            raise NotFound(f"version {version} of model {name!r} not found (kept: {versions})")
+        source = self._verified(name, version)
+        manifest = manifest_pb2.ModelManifest()
+        manifest.CopyFrom(source.manifest)
+        manifest.description = f"rollback to version {version}"
+        manifest.created_at.GetCurrentTime()
+        files = {g.onnx_file: source.onnx[g.name] for g in bundle.active_groups(manifest)}
+        return self.publish(manifest, files, keep), version
+
+    def set_threshold(self, name: str, percentile: float, keep: int) -> tuple[int, dict[str, float]]:
+        """Republish the live version with thresholds at another percentile of each group's
+        held-out normal scores (its quantile table); returns (new version, thresholds)."""
+        if not 0.0 < percentile < 100.0:
+            raise InvalidArgument(f"percentile must lie in (0, 100), got {percentile}")
+        versions = bundle.list_versions(self.repository / name)
+        if not versions:
+            raise NotFound(f"model {name!r} has no versions")
+        source = self._verified(name, versions[-1])
+        if source.manifest.task != manifest_pb2.MODEL_TASK_ANOMALY_DETECTION:
+            raise FailedPrecondition(f"model {name!r} is a classifier; it has no anomaly threshold")
+        manifest = manifest_pb2.ModelManifest()
+        manifest.CopyFrom(source.manifest)
+        thresholds = {}
+        for group in bundle.active_groups(manifest):
+            q = group.quantiles
+            group.threshold = float(np.interp(percentile / 100.0, list(q.probabilities), list(q.values)))
+            group.threshold_percentile = percentile
+            thresholds[group.name] = group.threshold
+        manifest.description = f"threshold moved to percentile {percentile:g} from version {source.manifest.version}"
+        manifest.created_at.GetCurrentTime()
+        files = {g.onnx_file: source.onnx[g.name] for g in bundle.active_groups(manifest)}
+        return self.publish(manifest, files, keep), thresholds
+
+    def _verified(self, name: str, version: int) -> bundle.VerifiedVersion:
+        try:
+            return bundle.load_verified_version(self.repository, name, version)
+        except bundle.BundleError as exc:
+            raise FailedPrecondition(f"version {version} of model {name!r} is not complete: {exc}") from exc
+
+    def notify(self, name: str) -> None:
+        """Ask each configured detector to load the model now; detectors that cannot be reached
+        pick it up on their next poll."""
+        for target in self.detectors:
+            try:
+                with grpc.insecure_channel(target) as channel:
+                    detector_pb2_grpc.DetectorStub(channel).LoadModel(
+                        detector_pb2.LoadModelRequest(model=name), timeout=self.notify_timeout
+                    )
+            except grpc.RpcError as exc:
+                log.warning(
+                    "detector not notified; it will poll",
+                    detector=target,
+                    model=name,
+                    code=exc.code().name,
+                    error=exc.details(),
+                )

@@ -1,0 +1,120 @@
+"""gRPC front end of the trainer: protobuf in, domain call, protobuf out."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf import struct_pb2, timestamp_pb2
+
+from oddity.trainer.jobs import Job
+from oddity.trainer.service import DatasetStatus, TrainerService
+from oddity.v1 import trainer_pb2, trainer_pb2_grpc
+
+JOB_STATES = {
+    "queued": trainer_pb2.JOB_STATE_QUEUED,
+    "running": trainer_pb2.JOB_STATE_RUNNING,
+    "succeeded": trainer_pb2.JOB_STATE_SUCCEEDED,
+    "failed": trainer_pb2.JOB_STATE_FAILED,
+    "skipped": trainer_pb2.JOB_STATE_SKIPPED,
+}
+
+
+def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def job_to_proto(job: Job) -> trainer_pb2.Job:
+    return trainer_pb2.Job(
+        id=job.id,
+        dataset=job.dataset,
+        state=JOB_STATES[job.state],
+        phase=job.phase,
+        epoch=job.epoch,
+        total_epochs=job.total_epochs,
+        loss=job.loss,
+        group=job.group,
+        message=job.message,
+        trigger=job.trigger,
+        created_at=_timestamp(job.created_at),
+        started_at=_timestamp(job.started_at),
+        finished_at=_timestamp(job.finished_at),
+        published_version=job.published_version,
+        metrics=job.metrics,
+    )
+
+
+def status_to_proto(status: DatasetStatus) -> trainer_pb2.DatasetStatus:
+    return trainer_pb2.DatasetStatus(
+        dataset=status.dataset,
+        valid=status.valid,
+        error=status.error,
+        model=status.model,
+        kind=status.kind,
+        training_in_progress=status.training_in_progress,
+        last_training_time=_timestamp(status.last_training_time),
+        auto_training=trainer_pb2.AutoTraining(
+            policy=status.policy,
+            enabled=status.auto_enabled,
+            interval_hours=status.interval_hours,
+            debounce_seconds=status.debounce_seconds,
+            min_samples=status.min_samples,
+        ),
+        samples=status.samples,
+        group_samples=status.group_samples,
+        last_error=status.last_error,
+        live_version=status.live_version,
+        data_fingerprint=status.data_fingerprint,
+    )
+
+
+def event_to_proto(event: dict) -> trainer_pb2.HistoryEvent:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(datetime.fromisoformat(event["timestamp"]))
+    details = struct_pb2.Struct()
+    details.update(event.get("details") or {})
+    return trainer_pb2.HistoryEvent(
+        timestamp=stamp,
+        event_type=event.get("event_type", ""),
+        dataset=event.get("dataset", ""),
+        message=event.get("message", ""),
+        details=details,
+    )
+
+
+class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
+    def __init__(self, service: TrainerService) -> None:
+        self._service = service
+
+    async def Train(self, request, context):
+        job = await self._service.train(
+            request.dataset, force=request.force, data_path=request.data_path, model_kind=request.model_kind
+        )
+        return trainer_pb2.TrainResponse(job=job_to_proto(job))
+
+    async def GetJob(self, request, context):
+        return trainer_pb2.GetJobResponse(job=job_to_proto(self._service.get_job(request.job_id)))
+
+    async def WatchJob(self, request, context):
+        async for job in self._service.watch_job(request.job_id):
+            yield trainer_pb2.WatchJobResponse(job=job_to_proto(job))
+
+    async def GetStatus(self, request, context):
+        statuses = self._service.statuses(request.dataset)
+        return trainer_pb2.GetStatusResponse(datasets=[status_to_proto(s) for s in statuses])
+
+    async def History(self, request, context):
+        events = self._service.history.read(request.dataset, tuple(request.event_types), request.limit or 100)
+        return trainer_pb2.HistoryResponse(events=[event_to_proto(e) for e in events])
+
+    async def Rollback(self, request, context):
+        version, restored = await self._service.rollback(request.dataset, request.version)
+        return trainer_pb2.RollbackResponse(version=version, restored_from=restored)
+
+    async def SetThreshold(self, request, context):
+        return trainer_pb2.SetThresholdResponse(
+            version=await self._service.set_threshold(request.dataset, request.percentile)
+        )

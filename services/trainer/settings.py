@@ -1,0 +1,36 @@
+"""Trainer settings: flags (--data-volume ...) or env vars (ODDITY_TRAINER_DATA_VOLUME ...)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from oddity.common.settings import ServiceSettings
+
+
+class TrainerSettings(ServiceSettings):
+    """Settings of the trainer service."""
+
+    model_config = SettingsConfigDict(env_prefix="ODDITY_TRAINER_", cli_prog_name="oddity-trainer")
+
+    port: int = Field(50053, ge=0, le=65535, description="gRPC port; 0 picks a free one (logged at start).")
+    metrics_port: int | None = Field(9103, ge=0, le=65535, description="Prometheus /metrics port; unset to disable.")
+    data_volume: Path = Field(
+        Path("volumes/data"),
+        description="Data volume: datasets/<name>/dataset.yaml + files; history and job state under .oddity/.",
+    )
+    model_repository: Path = Field(Path("volumes/models"), description="Where versions are published.")
+    detectors: list[str] = Field(
+        default_factory=list,
+        description='Detector addresses told to load new versions at once, e.g. ["localhost:50052"].',
+    )
+    max_concurrent_jobs: int = Field(1, ge=1, description="Training jobs that may run at the same time.")
+    watch: bool = Field(True, description="React to file-system events on the data volume.")
+    force_polling: bool = Field(
+        False, description="Poll the file system instead of using events (network volumes often deliver none)."
+    )
+    scan_interval_seconds: float = Field(
+        30.0, gt=0, description="Fingerprint every dataset this often, as a fallback for missed events."
+    )

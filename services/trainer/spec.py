@@ -1,0 +1,167 @@
+"""Dataset specs: the `dataset.yaml` in each dataset folder of the data volume.
+
+A bad spec marks only its own dataset invalid (with the message in GetStatus); the others
+keep working. See docs/datasets.md for the full reference with an example per model kind.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from oddity.common.bundle import is_valid_model_name
+
+SPEC_FILE = "dataset.yaml"
+
+DETECTOR_KINDS = ("autoencoder", "isolation_forest", "one_class_svm")
+CLASSIFIER_KINDS = ("random_forest", "svm", "logistic")
+ModelKind = Literal["autoencoder", "isolation_forest", "one_class_svm", "random_forest", "svm", "logistic"]
+FORMATS = ("csv", "xlsx", "xls", "parquet", "jsonl")
+
+
+class SpecError(Exception):
+    """dataset.yaml is missing, unreadable or invalid."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Source(_Strict):
+    """Files to read, relative to the dataset folder (glob patterns allowed)."""
+
+    path: str
+    format: Literal["csv", "xlsx", "xls", "parquet", "jsonl"] | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        if Path(value).is_absolute() or ".." in Path(value).parts:
+            raise ValueError(f"source path {value!r} must stay inside the dataset folder")
+        return value
+
+
+class FeatureSelection(_Strict):
+    """Either an explicit column list, or every numeric column minus the excluded ones."""
+
+    columns: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+
+
+class Routing(_Strict):
+    """Train one model per group of a numeric column, e.g. age bounds [3, 6, 9, 12] ->
+    groups 3-6, 6-9, 9-12 (the last one closed above), plus `all` when all_group is set."""
+
+    key: str
+    bounds: list[float] = Field(min_length=2)
+    all_group: bool = True
+
+    @field_validator("bounds")
+    @classmethod
+    def _rising(cls, value: list[float]) -> list[float]:
+        if any(b <= a for a, b in itertools.pairwise(value)):
+            raise ValueError("routing bounds must rise strictly")
+        return value
+
+
+class ModelSpec(_Strict):
+    kind: ModelKind = "autoencoder"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class Retrain(_Strict):
+    """When to retrain: on data changes (debounced), every N hours, or only when asked."""
+
+    policy: Literal["on_change", "interval", "manual"] = "on_change"
+    debounce_seconds: float = Field(5.0, ge=0)
+    interval_hours: float = Field(24.0, gt=0)
+
+
+class Validation(_Strict):
+    """The gate a new model must pass before it is published."""
+
+    # Anomaly rate on held-out normal rows (not used to set the threshold) must lie in here.
+    anomaly_rate: tuple[float, float] = (0.01, 0.10)
+    # Held-out share of the rows (half calibrates thresholds, half tests them).
+    holdout_fraction: float = Field(0.2, gt=0.05, lt=0.5)
+    # ONNX Runtime vs the framework model, max abs difference of scores/probabilities.
+    parity_tolerance: float = Field(1e-3, gt=0)
+    # Allowed loss against the live version on the same held-out rows (anomaly rate for
+    # detectors, balanced accuracy for classifiers).
+    regression_tolerance: float = Field(0.05, ge=0)
+
+    @field_validator("anomaly_rate")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0.0 <= low < high <= 1.0:
+            raise ValueError("anomaly_rate must be [low, high] with 0 <= low < high <= 1")
+        return value
+
+
+class DatasetSpec(_Strict):
+    """One dataset folder's spec."""
+
+    name: str = ""  # model name; defaults to the folder name
+    sources: list[Source] = Field(min_length=1)
+    features: list[str] | FeatureSelection = Field(default_factory=FeatureSelection)
+    label: str | None = None
+    routing: Routing | None = None
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    min_samples: int = Field(50, ge=1)
+    threshold_percentile: float = Field(95.0, gt=0, lt=100)
+    retrain: Retrain = Field(default_factory=Retrain)
+    validation: Validation = Field(default_factory=Validation)
+    keep_versions: int = Field(5, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DatasetSpec:
+        classifier = self.model.kind in CLASSIFIER_KINDS
+        if classifier and not self.label:
+            raise ValueError(f"model kind {self.model.kind!r} is a classifier and needs a label column")
+        if not classifier and self.label:
+            raise ValueError(
+                f"model kind {self.model.kind!r} is an anomaly detector; remove label or pick a classifier"
+            )
+        if classifier and self.routing is not None:
+            raise ValueError("classifiers are trained on one group; remove routing")
+        if self.name and not is_valid_model_name(self.name):
+            raise ValueError(f"name {self.name!r} may only use letters, digits, '.', '_' and '-'")
+        return self
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.model.kind in CLASSIFIER_KINDS
+
+    @property
+    def selection(self) -> FeatureSelection:
+        if isinstance(self.features, list):
+            return FeatureSelection(columns=self.features)
+        return self.features
+
+
+def load_spec(folder: Path) -> DatasetSpec:
+    """Read and validate `<folder>/dataset.yaml`; SpecError names the problem."""
+    path = folder / SPEC_FILE
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise SpecError(f"{SPEC_FILE} missing") from exc
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{SPEC_FILE} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise SpecError(f"{SPEC_FILE} must be a mapping")
+    try:
+        spec = DatasetSpec.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors())
+        raise SpecError(f"{SPEC_FILE}: {problems}") from exc
+    if not spec.name:
+        if not is_valid_model_name(folder.name):
+            raise SpecError(f"folder name {folder.name!r} is not a valid model name; set `name`")
+        spec.name = folder.name
+    return spec

@@ -1,0 +1,81 @@
+"""The validation gate: what a model must prove before it is published.
+
+Held-out rows are split in two: the calibration half sets the threshold and the quantile
+table (thresholds taken on training errors overfit), the test half checks them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnxruntime as ort
+
+from oddity.common import bundle
+
+QUANTILE_LEVELS = np.linspace(0.0, 1.0, 1001)
+
+
+class ValidationFailed(Exception):
+    """The model is sound enough to run but not good enough to publish; the message says why."""
+
+
+@dataclass
+class Calibration:
+    threshold: float
+    quantiles: np.ndarray  # values at QUANTILE_LEVELS
+    test_anomaly_rate: float
+
+
+@dataclass
+class GateReport:
+    parity_max_abs_diff: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def onnx_session(model: bytes) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def onnx_scores(session: ort.InferenceSession, rows: np.ndarray) -> np.ndarray:
+    return session.run([bundle.SCORE_OUTPUT], {bundle.INPUT_NAME: rows.astype(np.float32)})[0].astype(np.float64)
+
+
+def onnx_probabilities(session: ort.InferenceSession, rows: np.ndarray) -> np.ndarray:
+    return session.run([bundle.PROBABILITIES_OUTPUT], {bundle.INPUT_NAME: rows.astype(np.float32)})[0]
+
+
+def check_parity(onnx_values: np.ndarray, framework_values: np.ndarray, tolerance: float) -> float:
+    """Max abs difference between ONNX Runtime and the framework, relative to the values' scale."""
+    diff = float(np.max(np.abs(onnx_values - framework_values))) if onnx_values.size else 0.0
+    scale = max(1.0, float(np.max(np.abs(framework_values)))) if framework_values.size else 1.0
+    if not np.isfinite(diff) or diff > tolerance * scale:
+        raise ValidationFailed(f"ONNX export differs from the trained model by {diff:.3g} (tolerance {tolerance:g})")
+    return diff
+
+
+def calibrate(calibration_scores: np.ndarray, test_scores: np.ndarray, percentile: float) -> Calibration:
+    if not np.isfinite(calibration_scores).all() or not np.isfinite(test_scores).all():
+        raise ValidationFailed("the model produces non-finite scores on held-out rows")
+    threshold = float(np.percentile(calibration_scores, percentile))
+    return Calibration(
+        threshold=threshold,
+        quantiles=np.quantile(calibration_scores, QUANTILE_LEVELS),
+        test_anomaly_rate=float(np.mean(test_scores > threshold)),
+    )
+
+
+def check_anomaly_rate(rate: float, bounds: tuple[float, float], group: str) -> None:
+    low, high = bounds
+    if not low <= rate <= high:
+        raise ValidationFailed(
+            f"group {group!r}: {rate:.1%} of held-out normal rows are flagged, outside [{low:.0%}, {high:.0%}]"
+        )
+
+
+def check_regression(new: float, live: float, tolerance: float, what: str, higher_is_better: bool) -> None:
+    worse = live - new if higher_is_better else new - live
+    if worse > tolerance:
+        raise ValidationFailed(f"{what} is {new:.3f} against {live:.3f} for the live version (tolerance {tolerance})")
