@@ -14,7 +14,7 @@ from oddity.common.metrics import new_registry
 from oddity.common.server import ServiceHost
 from oddity.detector.app import DetectorApp
 from oddity.detector.settings import DetectorSettings
-from oddity.v1 import detector_pb2_grpc
+from oddity.v1 import detector_pb2_grpc, trainer_pb2_grpc
 from tests.support.servers import ServerThread, channel
 
 configure_logging(level="warning", json=True)
@@ -79,6 +79,56 @@ def start_detector(repository: Path, **overrides) -> DetectorHandle:
 
     server = ServerThread(make_host).start()
     return DetectorHandle(server, holder["app"])
+
+
+class TrainerHandle:
+    def __init__(self, server: ServerThread, app) -> None:
+        self.server = server
+        self.app = app
+        self.channel = channel(server.target)
+        self.stub = trainer_pb2_grpc.TrainerStub(self.channel)
+
+    @property
+    def service(self):
+        return self.app.service
+
+    def close(self) -> None:
+        self.channel.close()
+        self.server.stop()
+
+
+def start_trainer(data_volume: Path, repository: Path, **overrides) -> TrainerHandle:
+    from oddity.trainer.app import TrainerApp
+    from oddity.trainer.settings import TrainerSettings
+
+    settings = TrainerSettings(
+        host="127.0.0.1",
+        port=0,
+        metrics_host="127.0.0.1",
+        metrics_port=0,
+        data_volume=data_volume,
+        model_repository=repository,
+        force_polling=overrides.pop("force_polling", True),
+        scan_interval_seconds=overrides.pop("scan_interval_seconds", 1.0),
+        grace_period_seconds=2,
+        **overrides,
+    )
+    holder: dict = {}
+
+    def make_host() -> ServiceHost:
+        registry = new_registry(process_metrics=False)
+        holder["app"] = TrainerApp(settings, registry)
+        return ServiceHost(holder["app"], settings, registry=registry)
+
+    server = ServerThread(make_host).start()
+    return TrainerHandle(server, holder["app"])
+
+
+@pytest.fixture
+def data_volume(tmp_path: Path) -> Path:
+    path = tmp_path / "data"
+    (path / "datasets").mkdir(parents=True)
+    return path
 
 
 @pytest.fixture

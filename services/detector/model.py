@@ -183,7 +183,7 @@ class LoadedModel:
             probabilities=probabilities,
             quantile_values=values,
             normalized_threshold=float(scoring.normalize(np.array([group.threshold]), probabilities, values)[0])
-            if active
+            if active and not self.is_classifier
             else 0.0,
             has_feature_errors=has_feature_errors,
         )

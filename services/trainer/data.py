@@ -135,6 +135,12 @@ def _to_dataset(table: pd.DataFrame, spec: DatasetSpec, files: list[Path], skipp
     values = values[good]
     if len(values) == 0:
         raise DataError(f"no usable rows: all {len(table)} rows have missing or non-numeric values")
+    share = dropped / (len(table) + skipped)
+    if share > spec.validation.max_bad_row_fraction:
+        raise DataError(
+            f"{dropped} of {len(table) + skipped} rows ({share:.0%}) are malformed (missing, non-numeric or "
+            f"wrong field count), more than max_bad_row_fraction {spec.validation.max_bad_row_fraction:.0%}"
+        )
     features = values[:, : len(names)].astype(np.float32)
     if not np.isfinite(features).all():
         raise DataError("feature values overflow float32")

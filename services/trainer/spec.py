@@ -90,6 +90,8 @@ class Validation(_Strict):
     holdout_fraction: float = Field(0.2, gt=0.05, lt=0.5)
     # ONNX Runtime vs the framework model, max abs difference of scores/probabilities.
     parity_tolerance: float = Field(1e-3, gt=0)
+    # More malformed rows than this share fails the run instead of dropping them.
+    max_bad_row_fraction: float = Field(0.1, ge=0, le=1)
     # Allowed loss against the live version on the same held-out rows (anomaly rate for
     # detectors, balanced accuracy for classifiers).
     regression_tolerance: float = Field(0.05, ge=0)
