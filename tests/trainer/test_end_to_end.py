@@ -72,7 +72,7 @@ def test_dropped_csv_is_trained_published_and_served(stack, data_volume):
 
 
 def test_isolation_forest_serves_on_the_same_scale(stack, data_volume):
-    trainer, detector = stack
+    _, detector = stack
     normal = datasets.sensor_frame(2000, seed=3)
     spec = datasets.autoencoder_spec(model={"kind": "isolation_forest", "params": {"n_estimators": 50}})
     datasets.write_dataset(data_volume, "forest", spec, {"normal.csv": normal})
@@ -84,7 +84,7 @@ def test_isolation_forest_serves_on_the_same_scale(stack, data_volume):
     response = detector.stub.Detect(detect_request("forest", rows))
     assert response.kind == "isolation_forest"
     normalized = np.array(response.normalized_scores)
-    assert 0 <= normalized.min() and normalized.max() <= 1
+    assert normalized.min() >= 0 and normalized.max() <= 1
     assert roc_auc_score(np.r_[np.zeros(300), np.ones(300)], normalized) >= 0.95
     assert np.mean(response.is_anomaly[:300]) < 0.15
 
@@ -121,10 +121,10 @@ def test_classifier_serves_classes_and_probabilities(stack, data_volume):
     np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=1e-5)
     assert np.mean(np.array(response.predicted_classes) == sample.decisionLOD.to_numpy()) > 0.8
     assert not response.scores and not response.is_anomaly  # anomaly columns stay empty for classifiers
-    completed = [
+    completed = next(
         e
         for e in trainer.stub.History(trainer_pb2.HistoryRequest(dataset="lod")).events
         if e.event_type == "TRAINING_COMPLETED"
-    ][0]
+    )
     assert completed.details["metrics"]["accuracy"] > 0.8
     assert completed.details["metrics"]["balanced_accuracy"] > 0.7
