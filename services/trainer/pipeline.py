@@ -177,7 +177,7 @@ def _train_group(
         parity = validation.check_parity(scores, learner.score_samples(rows[holdout])[0], gate.parity_tolerance)
         split = len(calibration)
         calibrated = validation.calibrate(scores[:split], scores[split:], spec.threshold_percentile)
-        validation.check_anomaly_rate(calibrated.test_anomaly_rate, gate.anomaly_rate, plan.name)
+        validation.check_anomaly_rate(calibrated.test_anomaly_rate, len(test), gate.anomaly_rate, plan.name)
         if (
             live_group is not None
             and live_group.status == manifest_pb2.GROUP_STATUS_ACTIVE

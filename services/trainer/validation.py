@@ -67,11 +67,16 @@ def calibrate(calibration_scores: np.ndarray, test_scores: np.ndarray, percentil
     )
 
 
-def check_anomaly_rate(rate: float, bounds: tuple[float, float], group: str) -> None:
+def check_anomaly_rate(rate: float, n: int, bounds: tuple[float, float], group: str) -> None:
+    """The rate on n test rows must be consistent with [low, high]: its 99% Wilson interval
+    has to overlap the bounds, so a few hundred rows judge tightly and thirty rows loosely."""
     low, high = bounds
-    if not low <= rate <= high:
+    z = 2.576
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    if centre - half > high or centre + half < low:
         raise ValidationFailed(
-            f"group {group!r}: {rate:.1%} of held-out normal rows are flagged, outside [{low:.0%}, {high:.0%}]"
+            f"group {group!r}: {rate:.1%} of {n} held-out normal rows are flagged, outside [{low:.0%}, {high:.0%}]"
         )
 
 

@@ -1,0 +1,155 @@
+"""The Trainer API: jobs and their progress, min_samples, rollback, thresholds, history."""
+
+import grpc
+import numpy as np
+import pytest
+
+from oddity.common import bundle
+from oddity.v1 import trainer_pb2
+from tests.conftest import start_detector, start_trainer
+from tests.support import datasets
+from tests.support.client import detect_request
+from tests.trainer.test_robustness import run_job
+
+
+@pytest.fixture
+def stack(data_volume, repository):
+    detector = start_detector(repository)
+    trainer = start_trainer(data_volume, repository, detectors=[detector.server.target])
+    yield trainer, detector
+    trainer.close()
+    detector.close()
+
+
+def manual_spec(epochs: int = 5, **overrides) -> dict:
+    return datasets.autoencoder_spec(
+        retrain={"policy": "manual"}, model={"kind": "autoencoder", "params": {"epochs": epochs}}, **overrides
+    )
+
+
+def test_below_min_samples_is_skipped_unless_forced(stack, data_volume):
+    trainer, detector = stack
+    datasets.write_dataset(data_volume, "small", manual_spec(min_samples=500), {"rows.csv": datasets.sensor_frame(300)})
+    job = run_job(trainer, "small")
+    assert job.state == trainer_pb2.JOB_STATE_SKIPPED
+    assert "not enough samples: 300 < min_samples 500" in job.message
+    forced = run_job(trainer, "small", force=True)
+    assert forced.state == trainer_pb2.JOB_STATE_SUCCEEDED and forced.published_version == 1
+    assert detector.stub.Detect(detect_request("small", np.zeros((1, 8), np.float32))).model_version == 1
+
+
+def test_watch_job_streams_epochs_and_a_second_train_is_refused(stack, data_volume):
+    trainer, _ = stack
+    datasets.write_dataset(data_volume, "slow", manual_spec(epochs=40), {"rows.csv": datasets.sensor_frame(4000)})
+    job = trainer.stub.Train(trainer_pb2.TrainRequest(dataset="slow")).job
+    with pytest.raises(grpc.RpcError) as info:
+        trainer.stub.Train(trainer_pb2.TrainRequest(dataset="slow"))
+    assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert f"already training (job {job.id})" in info.value.details()
+    updates = [u.job for u in trainer.stub.WatchJob(trainer_pb2.WatchJobRequest(job_id=job.id), timeout=120)]
+    epochs = [u.epoch for u in updates if u.phase == "training" and u.epoch]
+    assert epochs and epochs == sorted(epochs) and all(u.loss > 0 for u in updates if u.epoch)
+    assert {"training", "validating", "publishing"} <= {u.phase for u in updates}
+    assert updates[-1].state == trainer_pb2.JOB_STATE_SUCCEEDED
+    assert trainer.stub.GetJob(trainer_pb2.GetJobRequest(job_id=job.id)).job.published_version == 1
+
+
+def test_unknown_names_and_kinds(stack, data_volume):
+    trainer, _ = stack
+    datasets.write_dataset(data_volume, "plain", manual_spec(), {"rows.csv": datasets.sensor_frame(300)})
+    cases = [
+        (trainer.stub.Train, trainer_pb2.TrainRequest(dataset="nope"), grpc.StatusCode.NOT_FOUND, "dataset 'nope'"),
+        (
+            trainer.stub.Train,
+            trainer_pb2.TrainRequest(dataset="plain", model_kind="magic"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "unknown model_kind 'magic'",
+        ),
+        (
+            trainer.stub.Train,
+            trainer_pb2.TrainRequest(dataset="plain", model_kind="svm"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "does not fit dataset 'plain'",
+        ),
+        (trainer.stub.GetJob, trainer_pb2.GetJobRequest(job_id="x"), grpc.StatusCode.NOT_FOUND, "job 'x' not found"),
+        (
+            trainer.stub.Rollback,
+            trainer_pb2.RollbackRequest(dataset="plain"),
+            grpc.StatusCode.NOT_FOUND,
+            "has no versions",
+        ),
+        (
+            trainer.stub.SetThreshold,
+            trainer_pb2.SetThresholdRequest(dataset="plain", percentile=150),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "percentile must lie in (0, 100)",
+        ),
+    ]
+    for method, request, code, message in cases:
+        with pytest.raises(grpc.RpcError) as info:
+            method(request)
+        assert info.value.code() == code and message in info.value.details(), info.value.details()
+
+
+def test_rollback_threshold_and_retraining_keep_versions_and_history_consistent(stack, data_volume, repository):
+    trainer, detector = stack
+    folder = datasets.write_dataset(data_volume, "line", manual_spec(), {"rows.csv": datasets.sensor_frame(1500)})
+    assert run_job(trainer, "line").published_version == 1
+    datasets.sensor_frame(1500, seed=7).to_csv(folder / "rows.csv", mode="a", header=False, index=False)
+    assert run_job(trainer, "line").published_version == 2
+    v1 = bundle.load_verified_version(repository, "line", 1)
+
+    rolled = trainer.stub.Rollback(trainer_pb2.RollbackRequest(dataset="line"))
+    assert (rolled.version, rolled.restored_from) == (3, 1)
+    v3 = bundle.load_verified_version(repository, "line", 3)
+    assert v3.onnx == v1.onnx and v3.manifest.data_fingerprint == v1.manifest.data_fingerprint
+    probe = datasets.sensor_frame(200, seed=11).to_numpy(np.float32)
+    served = detector.stub.Detect(detect_request("line", probe))
+    assert served.model_version == 3
+
+    moved = trainer.stub.SetThreshold(trainer_pb2.SetThresholdRequest(dataset="line", percentile=80))
+    assert moved.version == 4
+    v4 = bundle.load_verified_version(repository, "line", 4)
+    assert v4.onnx == v3.onnx and v4.manifest.groups[0].threshold_percentile == 80
+    assert v4.manifest.groups[0].threshold < v3.manifest.groups[0].threshold
+    stricter = detector.stub.Detect(detect_request("line", probe))
+    assert stricter.model_version == 4 and sum(stricter.is_anomaly) > sum(served.is_anomaly)
+
+    assert run_job(trainer, "line").published_version == 5
+    events = trainer.stub.History(trainer_pb2.HistoryRequest(dataset="line")).events
+    published = [int(e.details["version"]) for e in events if e.event_type == "PUBLISHED"]
+    assert published == [1, 2, 3, 4, 5]
+    types = {e.event_type for e in events}
+    assert {"TRAINING_STARTED", "TRAINING_COMPLETED", "PUBLISHED", "ROLLED_BACK", "THRESHOLD_CHANGED"} <= types
+    only_rollbacks = trainer.stub.History(trainer_pb2.HistoryRequest(dataset="line", event_types=["ROLLED_BACK"]))
+    assert [e.details["restored_from"] for e in only_rollbacks.events] == [1]
+    assert trainer.stub.GetStatus(trainer_pb2.GetStatusRequest(dataset="line")).datasets[0].live_version == 5
+
+
+def test_every_event_type_reaches_the_history_log(stack, data_volume):
+    trainer, _ = stack
+    folder = datasets.write_dataset(
+        data_volume, "all_events", manual_spec(min_samples=100), {"rows.csv": datasets.sensor_frame(600)}
+    )
+    run_job(trainer, "all_events")
+    run_job(trainer, "all_events")
+    trainer.stub.Rollback(trainer_pb2.RollbackRequest(dataset="all_events"))
+    trainer.stub.SetThreshold(trainer_pb2.SetThresholdRequest(dataset="all_events", percentile=90))
+    (folder / "rows.csv").write_bytes(b"")
+    run_job(trainer, "all_events")  # fails: empty file
+    datasets.sensor_frame(50).to_csv(folder / "rows.csv", index=False)
+    run_job(trainer, "all_events")  # skipped: below min_samples
+    lines = (data_volume / ".oddity" / "history.jsonl").read_text().splitlines()
+    import json
+
+    events = [json.loads(line) for line in lines]
+    assert {e["event_type"] for e in events} == {
+        "TRAINING_STARTED",
+        "TRAINING_COMPLETED",
+        "TRAINING_FAILED",
+        "TRAINING_SKIPPED",
+        "PUBLISHED",
+        "ROLLED_BACK",
+        "THRESHOLD_CHANGED",
+    }
+    assert all(set(e) == {"timestamp", "event_type", "dataset", "message", "details"} for e in events)

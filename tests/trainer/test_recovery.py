@@ -1,0 +1,84 @@
+"""A trainer killed mid-training publishes nothing; the next start cleans up and reports the
+interrupted job as failed."""
+
+import json
+import signal
+
+from oddity.common import bundle
+from oddity.v1 import trainer_pb2, trainer_pb2_grpc
+from tests.support import datasets
+from tests.support.servers import ServiceProcess, channel
+
+
+def start(data_volume, repository) -> ServiceProcess:
+    process = ServiceProcess(
+        "oddity.trainer.main",
+        ["--data-volume", str(data_volume), "--model-repository", str(repository), "--no-watch"],
+    ).start()
+    process.wait_ready("oddity.v1.Trainer")
+    return process
+
+
+def test_kill_during_training_then_restart(data_volume, repository):
+    spec = datasets.autoencoder_spec(
+        retrain={"policy": "manual"},
+        model={"kind": "autoencoder", "params": {"epochs": 500, "patience": 500}},
+    )
+    datasets.write_dataset(data_volume, "crashy", spec, {"rows.csv": datasets.sensor_frame(3000)})
+    process = start(data_volume, repository)
+    try:
+        with channel(process.target) as ch:
+            stub = trainer_pb2_grpc.TrainerStub(ch)
+            job = stub.Train(trainer_pb2.TrainRequest(dataset="crashy")).job
+            for update in stub.WatchJob(trainer_pb2.WatchJobRequest(job_id=job.id), timeout=120):
+                if update.job.epoch >= 2:
+                    break
+        # A publisher that died mid-write leaves a hidden temporary folder behind.
+        stale = repository / "crashy" / f"{bundle.TEMP_PREFIX}deadbeef"
+        stale.mkdir(parents=True)
+        (stale / "all.onnx").write_bytes(b"half a model")
+        process.proc.send_signal(signal.SIGKILL)
+        process.proc.wait(timeout=30)
+    finally:
+        process.kill()
+    assert bundle.list_versions(repository / "crashy") == []
+
+    restarted = start(data_volume, repository)
+    try:
+        assert not stale.exists()
+        with channel(restarted.target) as ch:
+            stub = trainer_pb2_grpc.TrainerStub(ch)
+            old = stub.GetJob(trainer_pb2.GetJobRequest(job_id=job.id)).job
+            assert old.state == trainer_pb2.JOB_STATE_FAILED and "interrupted" in old.message
+            failed = stub.History(trainer_pb2.HistoryRequest(dataset="crashy", event_types=["TRAINING_FAILED"]))
+            assert [e.details["job_id"] for e in failed.events] == [job.id]
+            status = stub.GetStatus(trainer_pb2.GetStatusRequest(dataset="crashy")).datasets[0]
+            assert not status.training_in_progress and status.live_version == 0
+    finally:
+        restarted.terminate()
+    lines = (data_volume / ".oddity" / "history.jsonl").read_text().splitlines()
+    assert [json.loads(line)["event_type"] for line in lines] == ["TRAINING_STARTED", "TRAINING_FAILED"]
+
+
+def test_sigterm_during_training_ends_the_job_and_exits_zero(data_volume, repository):
+    spec = datasets.autoencoder_spec(
+        retrain={"policy": "manual"},
+        model={"kind": "autoencoder", "params": {"epochs": 500, "patience": 500}},
+    )
+    datasets.write_dataset(data_volume, "stopping", spec, {"rows.csv": datasets.sensor_frame(3000)})
+    process = start(data_volume, repository)
+    try:
+        with channel(process.target) as ch:
+            stub = trainer_pb2_grpc.TrainerStub(ch)
+            job = stub.Train(trainer_pb2.TrainRequest(dataset="stopping")).job
+            for update in stub.WatchJob(trainer_pb2.WatchJobRequest(job_id=job.id), timeout=120):
+                if update.job.epoch >= 2:
+                    break
+        assert process.terminate(timeout=60) == 0
+    finally:
+        process.kill()
+    assert bundle.list_versions(repository / "stopping") == []
+    events = [json.loads(line) for line in (data_volume / ".oddity" / "history.jsonl").read_text().splitlines()]
+    assert [e["event_type"] for e in events] == ["TRAINING_STARTED", "TRAINING_FAILED"]
+    assert "shutting down" in events[-1]["message"]
+    assert not list((data_volume / ".oddity" / "running").glob("*.json"))  # nothing left to recover
