@@ -75,9 +75,7 @@ class TrainerApp:
         self._debounce[name] = asyncio.create_task(self._after_quiet(name))
 
     async def _after_quiet(self, name: str) -> None:
-        state = self.service._datasets.get(name)
-        delay = state.spec.retrain.debounce_seconds if state is not None and state.spec is not None else 1.0
-        await asyncio.sleep(delay)
+        await asyncio.sleep(self.service.debounce_seconds(name))
         self._debounce.pop(name, None)
         try:
             await self.service.auto_train("file_change", only={name})

@@ -147,6 +147,10 @@ class TrainerService:
         self.metrics.invalid_datasets.set(sum(1 for s in self._datasets.values() if s.error))
         return changed
 
+    def debounce_seconds(self, dataset: str, default: float = 1.0) -> float:
+        state = self._datasets.get(dataset)
+        return state.spec.retrain.debounce_seconds if state is not None and state.spec is not None else default
+
     def _live_fingerprint(self, model: str) -> str:
         live = pipeline.live_version(self.repository, model)
         return live.manifest.data_fingerprint if live is not None else ""

@@ -1,7 +1,10 @@
 """The Trainer API: jobs and their progress, min_samples, rollback, thresholds, history."""
 
+import json
+
 import grpc
 import numpy as np
+import pandas as pd
 import pytest
 
 from oddity.common import bundle
@@ -140,8 +143,6 @@ def test_every_event_type_reaches_the_history_log(stack, data_volume):
     datasets.sensor_frame(50).to_csv(folder / "rows.csv", index=False)
     run_job(trainer, "all_events")  # skipped: below min_samples
     lines = (data_volume / ".oddity" / "history.jsonl").read_text().splitlines()
-    import json
-
     events = [json.loads(line) for line in lines]
     assert {e["event_type"] for e in events} == {
         "TRAINING_STARTED",
@@ -153,3 +154,36 @@ def test_every_event_type_reaches_the_history_log(stack, data_volume):
         "THRESHOLD_CHANGED",
     }
     assert all(set(e) == {"timestamp", "event_type", "dataset", "message", "details"} for e in events)
+
+
+def test_groups_train_apart_and_small_groups_fall_back(stack, data_volume, repository):
+    trainer, detector = stack
+    young = datasets.sensor_frame(900, seed=1)
+    young["age"] = np.random.default_rng(0).uniform(3, 6, len(young))
+    older = datasets.sensor_frame(900, seed=2) + 3.0
+    older["age"] = np.random.default_rng(1).uniform(6, 9, len(older))
+    oldest = datasets.sensor_frame(40, seed=3)
+    oldest["age"] = 10.0
+    spec = manual_spec(min_samples=300, routing={"key": "age", "bounds": [3, 6, 9, 12], "all_group": True})
+    datasets.write_dataset(data_volume, "kids", spec, {"rows.csv": pd.concat([young, older, oldest])})
+    job = run_job(trainer, "kids")
+    assert job.state == trainer_pb2.JOB_STATE_SUCCEEDED, job.message
+    manifest = bundle.load_verified_version(repository, "kids", 1).manifest
+    status = {g.name: g.status for g in manifest.groups}
+    assert status == {
+        "age_3_6": 1,
+        "age_6_9": 1,
+        "age_9_12": 2,
+        "all": 1,  # 1 = active, 2 = insufficient data
+    }
+    assert manifest.routing_key == "age" and "age" not in manifest.feature_names
+    rows = np.vstack(
+        [
+            young.drop(columns="age").to_numpy()[:2],
+            older.drop(columns="age").to_numpy()[:2],
+            oldest.drop(columns="age").to_numpy()[:1],
+        ]
+    ).astype(np.float32)
+    response = detector.stub.Detect(detect_request("kids", rows, routing_values=[4, 5, 7, 8, 10]))
+    assert list(response.groups) == ["age_3_6", "age_3_6", "age_6_9", "age_6_9", "all"]
+    assert list(response.fallback) == [False, False, False, False, True]
