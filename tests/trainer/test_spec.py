@@ -1,0 +1,78 @@
+"""dataset.yaml parsing and the file formats the trainer reads."""
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from oddity.trainer.data import DataError, load_dataset
+from oddity.trainer.spec import SpecError, load_spec
+from oddity.trainer.validation import ValidationFailed, check_anomaly_rate
+from tests.support.servers import repo_root
+
+
+def spec_examples() -> list[str]:
+    text = (repo_root() / "docs" / "datasets.md").read_text()
+    return re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
+
+
+@pytest.mark.parametrize("example", spec_examples())
+def test_documented_examples_are_valid_specs(tmp_path, example):
+    (tmp_path / "dataset.yaml").write_text(example)
+    spec = load_spec(tmp_path)
+    assert spec.name == tmp_path.name
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("sources: [{path: a.csv}]\nmodel: {kind: svm}\n", "needs a label column"),
+        ("sources: [{path: a.csv}]\nlabel: y\n", "anomaly detector; remove label"),
+        ("sources: [{path: ../outside.csv}]\n", "must stay inside the dataset folder"),
+        ("sources: [{path: a.csv}]\nrouting: {key: age, bounds: [6, 3]}\n", "must rise strictly"),
+        ("sources: [{path: a.csv}]\nthreshold_percentile: 100\n", "threshold_percentile"),
+        ("sources: [{path: a.csv}]\nsurprise: 1\n", "surprise"),
+        ("- just\n- a list\n", "must be a mapping"),
+        ("sources: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_bad_specs_name_the_problem(tmp_path, text, message):
+    (tmp_path / "dataset.yaml").write_text(text)
+    with pytest.raises(SpecError, match=re.escape(message)):
+        load_spec(tmp_path)
+
+
+def test_missing_spec(tmp_path):
+    with pytest.raises(SpecError, match=r"dataset\.yaml missing"):
+        load_spec(tmp_path)
+
+
+@pytest.mark.parametrize("suffix", ["csv", "xlsx", "parquet", "jsonl"])
+def test_every_format_loads_the_same_rows(tmp_path, suffix):
+    frame = pd.DataFrame({"a": [1.0, 2.0, 3.0], "b": [4.0, 5.0, 6.0], "name": ["x", "y", "z"]})
+    path = tmp_path / f"data.{suffix}"
+    {
+        "csv": lambda: frame.to_csv(path, index=False),
+        "xlsx": lambda: frame.to_excel(path, index=False),
+        "parquet": lambda: frame.to_parquet(path),
+        "jsonl": lambda: frame.to_json(path, orient="records", lines=True),
+    }[suffix]()
+    (tmp_path / "dataset.yaml").write_text(f"sources: [{{path: 'data.{suffix}'}}]\nmin_samples: 1\n")
+    data = load_dataset(tmp_path, load_spec(tmp_path))
+    assert data.feature_names == ["a", "b"]  # every numeric column
+    np.testing.assert_array_equal(data.features, [[1, 4], [2, 5], [3, 6]])
+
+
+def test_no_matching_files(tmp_path):
+    (tmp_path / "dataset.yaml").write_text("sources: [{path: '*.csv'}]\n")
+    with pytest.raises(DataError, match="no files match"):
+        load_dataset(tmp_path, load_spec(tmp_path))
+
+
+def test_anomaly_rate_gate_is_tight_on_many_rows_and_loose_on_few():
+    check_anomaly_rate(0.12, 30, (0.01, 0.10), "all")  # 4 of 30: consistent with <= 10%
+    with pytest.raises(ValidationFailed, match=r"12\.0% of 2000 held-out normal rows"):
+        check_anomaly_rate(0.12, 2000, (0.01, 0.10), "all")
+    with pytest.raises(ValidationFailed, match="outside"):
+        check_anomaly_rate(0.0, 5000, (0.01, 0.10), "all")
