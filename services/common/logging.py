@@ -67,6 +67,8 @@ def configure_logging(*, level: str = "info", json: bool = True, service: str | 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(level_no, logging.INFO))
+    # One line per batch of file events is noise at info level.
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)
 
 
 def _add_service(service: str):
