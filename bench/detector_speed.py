@@ -65,14 +65,7 @@ def main() -> None:
     cells = [tuple(int(v) for v in cell.split("x")) for cell in args.cells.split(",")]
 
     model = models.random_autoencoder(D, (256, 64, 256))
-    fitted = models.FittedGroup(
-        onnx=model,
-        threshold=1.0,
-        quantiles=np.linspace(0.5, 1.5, len(models.QUANTILE_LEVELS)),
-        heldout_scores=np.zeros(1),
-        train_samples=1,
-        validation_samples=1,
-    )
+    fitted = models.timing_group(model)
     print(f"machine: {os.cpu_count()} cores; model {D}->256->64->256->{D}; {args.rounds} rounds x {args.seconds}s")
     print("\n(a) in-process ONNX Runtime, 2 threads (compute limit)")
     limit = {}

@@ -37,17 +37,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--clients", type=int, default=4)
     args = parser.parse_args()
-    fitted = [
-        models.FittedGroup(
-            onnx=models.random_autoencoder(D, (256, 64, 256), seed=s),
-            threshold=1.0,
-            quantiles=np.linspace(0.5, 1.5, len(models.QUANTILE_LEVELS)),
-            heldout_scores=np.zeros(1),
-            train_samples=1,
-            validation_samples=1,
-        )
-        for s in range(2)
-    ]
+    fitted = [models.timing_group(models.random_autoencoder(D, (256, 64, 256), seed=s)) for s in range(2)]
     row = np.random.default_rng(0).normal(size=(1, D)).astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp:
         repository = Path(tmp) / "models"

@@ -1,9 +1,9 @@
-"""Fixtures: temporary volumes and real detector servers on 127.0.0.1."""
+"""Fixtures: temporary volumes and real services on 127.0.0.1 (detector, trainer)."""
 
 from __future__ import annotations
 
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,29 +14,40 @@ from oddity.common.metrics import new_registry
 from oddity.common.server import ServiceHost
 from oddity.detector.app import DetectorApp
 from oddity.detector.settings import DetectorSettings
+from oddity.trainer.app import TrainerApp
+from oddity.trainer.settings import TrainerSettings
 from oddity.v1 import detector_pb2_grpc, trainer_pb2_grpc
 from tests.support.servers import ServerThread, channel
 
 configure_logging(level="warning", json=True)
 
-
-@pytest.fixture
-def repository(tmp_path: Path) -> Path:
-    path = tmp_path / "models"
-    path.mkdir()
-    return path
+# Every service under test binds loopback on ephemeral ports and stops quickly.
+LOOPBACK = {"host": "127.0.0.1", "port": 0, "metrics_host": "127.0.0.1", "metrics_port": 0, "grace_period_seconds": 2}
 
 
-class DetectorHandle:
-    def __init__(self, server: ServerThread, app: DetectorApp) -> None:
-        self.server = server
-        self.app = app
-        self.channel = channel(server.target)
-        self.stub = detector_pb2_grpc.DetectorStub(self.channel)
+class ServiceHandle:
+    """A service app running in a background thread, with a client stub on a real channel."""
+
+    def __init__(self, make_app: Callable, settings, stub_class) -> None:
+        holder: dict = {}
+
+        def make_host() -> ServiceHost:
+            registry = new_registry(process_metrics=False)
+            holder["app"] = make_app(settings, registry)
+            return ServiceHost(holder["app"], settings, registry=registry)
+
+        self.server = ServerThread(make_host).start()
+        self.app = holder["app"]
+        self.channel = channel(self.server.target)
+        self.stub = stub_class(self.channel)
 
     @property
     def registry(self):
         return self.app.registry
+
+    @property
+    def service(self):
+        return self.app.service
 
     @property
     def metrics_port(self) -> int:
@@ -59,69 +70,24 @@ class DetectorHandle:
         self.server.stop()
 
 
-def start_detector(repository: Path, **overrides) -> DetectorHandle:
-    settings = DetectorSettings(
-        host="127.0.0.1",
-        port=0,
-        metrics_host="127.0.0.1",
-        metrics_port=0,
-        model_repository=repository,
-        poll_interval_seconds=overrides.pop("poll_interval_seconds", 0.2),
-        grace_period_seconds=2,
-        **overrides,
-    )
-    holder: dict = {}
-
-    def make_host() -> ServiceHost:
-        registry = new_registry(process_metrics=False)
-        holder["app"] = DetectorApp(settings, registry)
-        return ServiceHost(holder["app"], settings, registry=registry)
-
-    server = ServerThread(make_host).start()
-    return DetectorHandle(server, holder["app"])
+def start_detector(repository: Path, **overrides) -> ServiceHandle:
+    overrides.setdefault("poll_interval_seconds", 0.2)
+    settings = DetectorSettings(**LOOPBACK, model_repository=repository, **overrides)
+    return ServiceHandle(DetectorApp, settings, detector_pb2_grpc.DetectorStub)
 
 
-class TrainerHandle:
-    def __init__(self, server: ServerThread, app) -> None:
-        self.server = server
-        self.app = app
-        self.channel = channel(server.target)
-        self.stub = trainer_pb2_grpc.TrainerStub(self.channel)
-
-    @property
-    def service(self):
-        return self.app.service
-
-    def close(self) -> None:
-        self.channel.close()
-        self.server.stop()
+def start_trainer(data_volume: Path, repository: Path, **overrides) -> ServiceHandle:
+    overrides.setdefault("force_polling", True)
+    overrides.setdefault("scan_interval_seconds", 1.0)
+    settings = TrainerSettings(**LOOPBACK, data_volume=data_volume, model_repository=repository, **overrides)
+    return ServiceHandle(TrainerApp, settings, trainer_pb2_grpc.TrainerStub)
 
 
-def start_trainer(data_volume: Path, repository: Path, **overrides) -> TrainerHandle:
-    from oddity.trainer.app import TrainerApp
-    from oddity.trainer.settings import TrainerSettings
-
-    settings = TrainerSettings(
-        host="127.0.0.1",
-        port=0,
-        metrics_host="127.0.0.1",
-        metrics_port=0,
-        data_volume=data_volume,
-        model_repository=repository,
-        force_polling=overrides.pop("force_polling", True),
-        scan_interval_seconds=overrides.pop("scan_interval_seconds", 1.0),
-        grace_period_seconds=2,
-        **overrides,
-    )
-    holder: dict = {}
-
-    def make_host() -> ServiceHost:
-        registry = new_registry(process_metrics=False)
-        holder["app"] = TrainerApp(settings, registry)
-        return ServiceHost(holder["app"], settings, registry=registry)
-
-    server = ServerThread(make_host).start()
-    return TrainerHandle(server, holder["app"])
+@pytest.fixture
+def repository(tmp_path: Path) -> Path:
+    path = tmp_path / "models"
+    path.mkdir()
+    return path
 
 
 @pytest.fixture
@@ -132,7 +98,7 @@ def data_volume(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def detector(repository: Path) -> Iterator[DetectorHandle]:
+def detector(repository: Path) -> Iterator[ServiceHandle]:
     handle = start_detector(repository)
     yield handle
     handle.close()

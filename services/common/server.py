@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import grpc
@@ -26,9 +26,9 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from oddity.common.interceptors import ServerInterceptor
-from oddity.common.logging import get_logger
-from oddity.common.metrics import MetricsEndpoint, RpcMetrics, start_metrics_endpoint
-from oddity.common.settings import ServiceSettings
+from oddity.common.logging import configure_logging, get_logger
+from oddity.common.metrics import MetricsEndpoint, RpcMetrics, new_registry, start_metrics_endpoint
+from oddity.common.settings import ServiceSettings, load_settings
 
 log = get_logger("oddity.server")
 
@@ -182,3 +182,19 @@ async def run_until_signal(hosts: Sequence[ServiceHost]) -> None:
                 log.error("stop failed", exc_info=result)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+
+
+def run_service(
+    make_app: Callable[[ServiceSettings, CollectorRegistry], Service],
+    settings_class: type[ServiceSettings],
+    service_label: str,
+    argv: list[str] | None = None,
+) -> int:
+    """A console script's whole body: settings from flags/env, JSON logs, one host, run
+    until SIGTERM."""
+    settings = load_settings(settings_class, argv)
+    configure_logging(level=settings.log_level, json=settings.log_json, service=service_label)
+    registry = new_registry()
+    host = ServiceHost(make_app(settings, registry), settings, registry=registry)
+    asyncio.run(run_until_signal([host]))
+    return 0

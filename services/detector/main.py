@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
-from oddity.common.logging import configure_logging
-from oddity.common.metrics import new_registry
-from oddity.common.server import ServiceHost, run_until_signal
-from oddity.common.settings import load_settings
+from oddity.common.server import run_service
 from oddity.detector.app import DetectorApp
 from oddity.detector.settings import DetectorSettings
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = load_settings(DetectorSettings, argv)
-    configure_logging(level=settings.log_level, json=settings.log_json, service="detector")
-    registry = new_registry()
-    host = ServiceHost(DetectorApp(settings, registry), settings, registry=registry)
-    asyncio.run(run_until_signal([host]))
-    return 0
+    return run_service(DetectorApp, DetectorSettings, "detector", argv)
 
 
 if __name__ == "__main__":

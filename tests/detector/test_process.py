@@ -27,14 +27,7 @@ def in_flight(process: ServiceProcess) -> float:
 def publish_heavy(repository, d=64, hidden=(2048, 2048)):
     """A slow model, so that requests are still running when SIGTERM arrives."""
     graph = models.random_autoencoder(d, hidden)
-    fitted = models.FittedGroup(
-        onnx=graph,
-        threshold=1.0,
-        quantiles=np.linspace(0, 2, len(models.QUANTILE_LEVELS)),
-        heldout_scores=np.zeros(1),
-        train_samples=1,
-        validation_samples=1,
-    )
+    fitted = models.timing_group(graph)
     models.publish_simple(repository, "heavy", fitted, dimension=d)
 
 
@@ -72,17 +65,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(repository):
 @pytest.mark.slow
 def test_memory_stays_flat_across_swaps(repository):
     d = 769
-    fitted = [
-        models.FittedGroup(
-            onnx=models.random_autoencoder(d, (256, 64, 256), seed=s),
-            threshold=1.0,
-            quantiles=np.linspace(0, 2, len(models.QUANTILE_LEVELS)),
-            heldout_scores=np.zeros(1),
-            train_samples=1,
-            validation_samples=1,
-        )
-        for s in range(2)
-    ]
+    fitted = [models.timing_group(models.random_autoencoder(d, (256, 64, 256), seed=s)) for s in range(2)]
     models.publish_simple(repository, "mem", fitted[0], dimension=d)
     process = ServiceProcess(
         "oddity.detector.main", ["--model-repository", str(repository), "--poll-interval-seconds", "60"]

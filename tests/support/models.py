@@ -88,6 +88,19 @@ class FittedGroup:
     validation_samples: int
 
 
+def timing_group(onnx: bytes) -> FittedGroup:
+    """An untrained graph with a made-up score distribution (threshold 1.0): for timing and
+    swap tests, where what the scores mean does not matter."""
+    return FittedGroup(
+        onnx=onnx,
+        threshold=1.0,
+        quantiles=np.linspace(0.5, 1.5, len(QUANTILE_LEVELS)),
+        heldout_scores=np.zeros(1),
+        train_samples=1,
+        validation_samples=1,
+    )
+
+
 def score_with_onnx(model: bytes, rows: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     return session.run(["score"], {"input": rows.astype(np.float32)})[0]

@@ -19,20 +19,26 @@ def start(data_volume, repository) -> ServiceProcess:
     return process
 
 
-def test_kill_during_training_then_restart(data_volume, repository):
+def start_long_training(process: ServiceProcess, data_volume, dataset: str) -> trainer_pb2.Job:
+    """Start a 500-epoch job and return once it is two epochs in."""
     spec = datasets.autoencoder_spec(
         retrain={"policy": "manual"},
         model={"kind": "autoencoder", "params": {"epochs": 500, "patience": 500}},
     )
-    datasets.write_dataset(data_volume, "crashy", spec, {"rows.csv": datasets.sensor_frame(3000)})
+    datasets.write_dataset(data_volume, dataset, spec, {"rows.csv": datasets.sensor_frame(3000)})
+    with channel(process.target) as ch:
+        stub = trainer_pb2_grpc.TrainerStub(ch)
+        job = stub.Train(trainer_pb2.TrainRequest(dataset=dataset)).job
+        for update in stub.WatchJob(trainer_pb2.WatchJobRequest(job_id=job.id), timeout=120):
+            if update.job.epoch >= 2:
+                return job
+    raise AssertionError("the job ended before its second epoch")
+
+
+def test_kill_during_training_then_restart(data_volume, repository):
     process = start(data_volume, repository)
     try:
-        with channel(process.target) as ch:
-            stub = trainer_pb2_grpc.TrainerStub(ch)
-            job = stub.Train(trainer_pb2.TrainRequest(dataset="crashy")).job
-            for update in stub.WatchJob(trainer_pb2.WatchJobRequest(job_id=job.id), timeout=120):
-                if update.job.epoch >= 2:
-                    break
+        job = start_long_training(process, data_volume, "crashy")
         # A publisher that died mid-write leaves a hidden temporary folder behind.
         stale = repository / "crashy" / f"{bundle.TEMP_PREFIX}deadbeef"
         stale.mkdir(parents=True)
@@ -61,19 +67,9 @@ def test_kill_during_training_then_restart(data_volume, repository):
 
 
 def test_sigterm_during_training_ends_the_job_and_exits_zero(data_volume, repository):
-    spec = datasets.autoencoder_spec(
-        retrain={"policy": "manual"},
-        model={"kind": "autoencoder", "params": {"epochs": 500, "patience": 500}},
-    )
-    datasets.write_dataset(data_volume, "stopping", spec, {"rows.csv": datasets.sensor_frame(3000)})
     process = start(data_volume, repository)
     try:
-        with channel(process.target) as ch:
-            stub = trainer_pb2_grpc.TrainerStub(ch)
-            job = stub.Train(trainer_pb2.TrainRequest(dataset="stopping")).job
-            for update in stub.WatchJob(trainer_pb2.WatchJobRequest(job_id=job.id), timeout=120):
-                if update.job.epoch >= 2:
-                    break
+        start_long_training(process, data_volume, "stopping")
         assert process.terminate(timeout=60) == 0
     finally:
         process.kill()
