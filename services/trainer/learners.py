@@ -296,9 +296,11 @@ class SvmLearner(_SklearnClassifier):
     PARAMS = {"C", "gamma", "kernel", "class_weight"}
 
     def _estimator(self):
+        from sklearn.calibration import CalibratedClassifierCV
         from sklearn.svm import SVC
 
-        return SVC(probability=True, random_state=self.seed, **self.params)
+        # Probabilities from a calibrated SVC (SVC(probability=True) is deprecated in scikit-learn).
+        return CalibratedClassifierCV(SVC(random_state=self.seed, **self.params), ensemble=False)
 
 
 class LogisticLearner(_SklearnClassifier):

@@ -220,10 +220,12 @@ class TrainerService:
             details.update(model=spec.name, kind=kind)
             self.history.append("TRAINING_STARTED", dataset, f"training {kind} for {dataset}", **details)
             digest = fingerprint(state.folder, spec)
+            live = pipeline.live_version(self.repository, spec.name)
+            if job.trigger == "interval" and live is not None and live.manifest.data_fingerprint == digest:
+                raise pipeline.Skipped(f"data unchanged since version {live.manifest.version}")
             data = load_dataset(state.folder, spec, data_path)
             state.samples = len(data.features)
             details.update(samples=state.samples, dropped_rows=data.dropped_rows)
-            live = pipeline.live_version(self.repository, spec.name)
             trained = pipeline.train(
                 spec,
                 data,

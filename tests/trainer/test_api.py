@@ -1,6 +1,7 @@
 """The Trainer API: jobs and their progress, min_samples, rollback, thresholds, history."""
 
 import json
+import time
 
 import grpc
 import numpy as np
@@ -25,9 +26,8 @@ def stack(data_volume, repository):
 
 
 def manual_spec(epochs: int = 5, **overrides) -> dict:
-    return datasets.autoencoder_spec(
-        retrain={"policy": "manual"}, model={"kind": "autoencoder", "params": {"epochs": epochs}}, **overrides
-    )
+    overrides.setdefault("retrain", {"policy": "manual"})
+    return datasets.autoencoder_spec(model={"kind": "autoencoder", "params": {"epochs": epochs}}, **overrides)
 
 
 def test_below_min_samples_is_skipped_unless_forced(stack, data_volume):
@@ -188,3 +188,35 @@ def test_groups_train_apart_and_small_groups_fall_back(stack, data_volume, repos
     response = detector.stub.Detect(detect_request("kids", rows, routing_values=[4, 5, 7, 8, 10]))
     assert list(response.groups) == ["age_3_6", "age_3_6", "age_6_9", "age_6_9", "all"]
     assert list(response.fallback) == [False, False, False, False, True]
+
+
+def test_a_model_failing_the_gate_is_not_published(stack, data_volume, repository):
+    trainer, _ = stack
+    spec = manual_spec(validation={"anomaly_rate": [0.5, 0.9]})  # a 95th-percentile threshold flags ~5%
+    datasets.write_dataset(data_volume, "gated", spec, {"rows.csv": datasets.sensor_frame(2000)})
+    job = run_job(trainer, "gated")
+    assert job.state == trainer_pb2.JOB_STATE_FAILED
+    assert "held-out normal rows are flagged, outside [50%, 90%]" in job.message
+    assert bundle.list_versions(repository / "gated") == []
+    failed = trainer.stub.History(trainer_pb2.HistoryRequest(dataset="gated", event_types=["TRAINING_FAILED"]))
+    assert "outside [50%, 90%]" in failed.events[-1].details["reason"]
+
+
+def test_interval_policy_retrains_on_its_clock_and_skips_unchanged_data(data_volume, repository):
+    spec = manual_spec(retrain={"policy": "interval", "interval_hours": 0.0005})  # 1.8 s
+    datasets.write_dataset(data_volume, "clock", spec, {"rows.csv": datasets.sensor_frame(600)})
+    trainer = start_trainer(data_volume, repository, scan_interval_seconds=0.5)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            events = trainer.stub.History(trainer_pb2.HistoryRequest(dataset="clock")).events
+            if any(e.event_type == "TRAINING_SKIPPED" for e in events):
+                break
+            assert time.monotonic() < deadline, [e.message for e in events]
+            time.sleep(0.2)
+        published = [e for e in events if e.event_type == "PUBLISHED"]
+        skipped = next(e for e in events if e.event_type == "TRAINING_SKIPPED")
+        assert len(published) == 1 and "data unchanged since version 1" in skipped.message
+        assert skipped.details["trigger"] == "interval"
+    finally:
+        trainer.close()

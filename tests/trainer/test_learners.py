@@ -1,0 +1,52 @@
+"""Every model kind trains, exports an ONNX graph that keeps the bundle contract, and
+matches its framework model; the same data and parameters give the same model."""
+
+import numpy as np
+import pytest
+
+from oddity.common import bundle
+from oddity.trainer.learners import LEARNERS, make_learner
+from oddity.trainer.validation import onnx_probabilities, onnx_scores, onnx_session
+from tests.support.models import normal_rows
+
+ROWS = normal_rows(800, 6, seed=0)
+LABELS = np.where(ROWS[:, 0] + ROWS[:, 1] > 0, "up", "down")
+
+
+@pytest.mark.parametrize("kind", sorted(LEARNERS))
+def test_each_kind_exports_a_graph_that_matches_the_framework(kind):
+    params = {"epochs": 5} if kind == "autoencoder" else {}
+    learner = make_learner(kind, params)
+    learner.fit(ROWS, LABELS if learner.is_classifier else None)
+    session = onnx_session(learner.to_onnx())
+    assert [i.name for i in session.get_inputs()] == [bundle.INPUT_NAME]
+    outputs = {o.name for o in session.get_outputs()}
+    if learner.is_classifier:
+        assert {bundle.LABEL_OUTPUT, bundle.PROBABILITIES_OUTPUT} <= outputs
+        np.testing.assert_allclose(onnx_probabilities(session, ROWS), learner.predict_proba(ROWS), atol=1e-5)
+        assert list(learner.classes_) == ["down", "up"]
+    else:
+        assert bundle.SCORE_OUTPUT in outputs
+        scores = onnx_scores(session, ROWS)
+        assert scores.shape == (len(ROWS),)
+        np.testing.assert_allclose(scores, learner.score_samples(ROWS)[0], rtol=1e-4, atol=1e-5)
+        shifted = onnx_scores(session, ROWS + 5 * ROWS.std(axis=0))
+        assert np.median(shifted) > np.percentile(scores, 95)  # higher = more anomalous, for every kind
+
+
+def test_autoencoder_is_deterministic_and_explains():
+    first = make_learner("autoencoder", {"epochs": 8, "seed": 3}).fit(ROWS)
+    second = make_learner("autoencoder", {"epochs": 8, "seed": 3}).fit(ROWS)
+    assert first.to_onnx() == second.to_onnx()
+    session = onnx_session(first.to_onnx())
+    errors = session.run([bundle.FEATURE_ERRORS_OUTPUT], {bundle.INPUT_NAME: ROWS[:10]})[0]
+    assert errors.shape == (10, 6)
+    np.testing.assert_allclose(errors.mean(axis=1), onnx_scores(session, ROWS[:10]), rtol=1e-5)
+    assert first.epochs_run_ <= 8 and len(first.history_) == first.epochs_run_
+
+
+def test_unknown_parameters_are_refused():
+    with pytest.raises(ValueError, match=r"unknown autoencoder parameters \['depth'\]"):
+        make_learner("autoencoder", {"depth": 3})
+    with pytest.raises(ValueError, match="unknown model kind 'magic'"):
+        make_learner("magic", {})
