@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +21,8 @@ from oddity.v1 import detector_pb2_grpc, trainer_pb2_grpc
 from tests.support.servers import ServerThread, channel
 
 configure_logging(level="warning", json=True)
+# These machines reach no model hub: fail at once instead of retrying a download.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # Every service under test binds loopback on ephemeral ports and stops quickly.
 LOOPBACK = {"host": "127.0.0.1", "port": 0, "metrics_host": "127.0.0.1", "metrics_port": 0, "grace_period_seconds": 2}

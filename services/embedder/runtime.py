@@ -1,0 +1,73 @@
+"""A served encoder: an exported ONNX graph, its preprocessing, and one inference call per
+batch. Needs onnxruntime, tokenizers and Pillow; never torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from oddity.common.errors import InvalidArgument
+from oddity.embedder.models import read_meta
+from oddity.embedder.preprocessing import ImageLimits, ImagePreprocessor, TextPreprocessor
+
+
+@dataclass(frozen=True)
+class Item:
+    """One request item: encoded image bytes or text."""
+
+    image: bytes | None = None
+    text: str | None = None
+
+
+class EmbeddingModel:
+    def __init__(self, name: str, folder: Path, *, limits: ImageLimits, intra_op_threads: int = 2) -> None:
+        self.name = name
+        self.folder = folder
+        self.meta = read_meta(folder)
+        self.modality: str = self.meta["modality"]
+        self.dimension: int = int(self.meta["dimension"])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(
+            str(folder / self.meta["graph"]), options, providers=["CPUExecutionProvider"]
+        )
+        if self.modality == "image":
+            self._images = ImagePreprocessor(self.meta["preprocessing"], limits)
+        else:
+            self._texts = TextPreprocessor(folder, self.meta["preprocessing"])
+
+    def check(self, items: list[Item], first_index: int = 0) -> None:
+        """Cheap checks before queueing: every item has the model's modality."""
+        for offset, item in enumerate(items):
+            if (item.image if self.modality == "image" else item.text) is None:
+                other = "text" if self.modality == "image" else "an image"
+                raise InvalidArgument(
+                    f"item {first_index + offset}: model {self.name!r} embeds {self.modality}s, the item is {other}"
+                )
+
+    def prepare(self, items: list[Item], first_index: int = 0) -> dict[str, np.ndarray]:
+        """Decode and preprocess (raises InvalidArgument naming the item)."""
+        if self.modality == "image":
+            return {"pixel_values": self._images([i.image for i in items], first_index)}
+        return self._texts([i.text for i in items], first_index)
+
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run(["embedding"], inputs)[0].astype(np.float32, copy=False)
+
+    def embed(self, items: list[Item]) -> np.ndarray:
+        return self.run(self.prepare(items))
+
+    def info(self) -> dict:
+        return {
+            "name": self.name,
+            "model_id": self.meta["model_id"],
+            "revision": self.meta["revision"],
+            "dimension": self.dimension,
+            "modality": self.modality,
+            "precision": self.meta["precision"],
+            "preprocessing": {k: str(v) for k, v in self.meta["preprocessing"].items()},
+        }

@@ -1,0 +1,103 @@
+"""Export and serving parity: the ONNX path gives the embeddings transformers gives, and the
+numpy/PIL preprocessing gives the pixels the model's own processor gives."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from oddity.embedder.export import ExportError, ensure_exported
+from oddity.embedder.models import ModelSource
+from oddity.embedder.preprocessing import ImageLimits
+from oddity.embedder.runtime import EmbeddingModel, Item
+from tests.support import encoders
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def png(array: np.ndarray, mode: str | None = None) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode=mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def sample_images(seed=0) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    shapes = [(64, 64), (48, 80), (120, 90), (33, 200)]
+    return [png(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in shapes]
+
+
+@pytest.fixture(scope="module")
+def vit(tmp_path_factory):
+    return encoders.tiny_vit(tmp_path_factory.mktemp("vit"))
+
+
+@pytest.mark.parametrize("make", [encoders.tiny_vit, encoders.tiny_dinov2], ids=["vit", "dinov2"])
+def test_image_embeddings_match_transformers(tmp_path, make):
+    import torch
+    from transformers import AutoImageProcessor, AutoModel
+
+    weights = make(tmp_path / "weights")
+    folder = ensure_exported(ModelSource(model_id=str(weights), modality="image"), tmp_path / "cache")
+    served = EmbeddingModel("m", folder, limits=ImageLimits())
+    images = sample_images()
+    got = served.embed([Item(image=i) for i in images])
+
+    processor = AutoImageProcessor.from_pretrained(weights)
+    model = AutoModel.from_pretrained(weights).eval()
+    pil = [Image.open(io.BytesIO(i)).convert("RGB") for i in images]
+    pixels = processor(images=pil, return_tensors="np")["pixel_values"]
+    np.testing.assert_allclose(served.prepare([Item(image=i) for i in images])["pixel_values"], pixels, atol=2e-2)
+    with torch.no_grad():
+        expected = model(pixel_values=torch.from_numpy(pixels)).pooler_output.numpy()
+    assert got.shape == expected.shape
+    assert cosine(got, expected).min() >= 0.9999
+
+
+def test_text_embeddings_match_transformers_with_minilm(tmp_path):
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    source = ModelSource(model_id=encoders.minilm_path(), modality="text")
+    served = EmbeddingModel("text", ensure_exported(source, tmp_path / "cache"), limits=ImageLimits())
+    texts = [
+        "A child drew a house with a red roof.",
+        "Sensor 4 reported a pressure spike.",
+        "ok",
+        "word " * 600,
+    ]  # the last one is truncated to the model's 512 tokens
+    got = served.embed([Item(text=t) for t in texts])
+    assert got.shape == (4, 384)
+    tokenizer = AutoTokenizer.from_pretrained(source.model_id)
+    model = AutoModel.from_pretrained(source.model_id).eval()
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=512, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    expected = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=1).numpy()
+    assert cosine(got, expected).min() >= 0.9999
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+def test_export_is_cached_and_keyed_by_settings(tmp_path, vit):
+    cache = tmp_path / "cache"
+    fp32 = ensure_exported(ModelSource(model_id=str(vit), modality="image"), cache)
+    mtime = (fp32 / "model.onnx").stat().st_mtime_ns
+    assert ensure_exported(ModelSource(model_id=str(vit), modality="image"), cache) == fp32
+    assert (fp32 / "model.onnx").stat().st_mtime_ns == mtime  # not exported again
+    int8 = ensure_exported(ModelSource(model_id=str(vit), modality="image", precision="int8"), cache)
+    assert int8 != fp32 and (int8 / "model.int8.onnx").exists()
+    images = [Item(image=i) for i in sample_images(1)]
+    full = EmbeddingModel("f", fp32, limits=ImageLimits()).embed(images)
+    quantized = EmbeddingModel("q", int8, limits=ImageLimits()).embed(images)
+    assert cosine(full, quantized).min() > 0.98  # random weights quantize worse than trained ones
+    assert not [p for p in cache.iterdir() if p.name.startswith(".export-")]
+
+
+def test_unreachable_weights_say_how_to_provide_them(tmp_path):
+    with pytest.raises(ExportError, match="Provide the weights as a local directory"):
+        ensure_exported(ModelSource(model_id="no-such-org/no-such-model", modality="image"), tmp_path)
+    assert not list(tmp_path.iterdir())
