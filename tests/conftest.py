@@ -15,9 +15,11 @@ from oddity.common.metrics import new_registry
 from oddity.common.server import ServiceHost
 from oddity.detector.app import DetectorApp
 from oddity.detector.settings import DetectorSettings
+from oddity.embedder.app import EmbedderApp
+from oddity.embedder.settings import EmbedderSettings
 from oddity.trainer.app import TrainerApp
 from oddity.trainer.settings import TrainerSettings
-from oddity.v1 import detector_pb2_grpc, trainer_pb2_grpc
+from oddity.v1 import detector_pb2_grpc, embedder_pb2_grpc, trainer_pb2_grpc
 from tests.support.servers import ServerThread, channel
 
 configure_logging(level="warning", json=True)
@@ -84,6 +86,12 @@ def start_trainer(data_volume: Path, repository: Path, **overrides) -> ServiceHa
     overrides.setdefault("scan_interval_seconds", 1.0)
     settings = TrainerSettings(**LOOPBACK, data_volume=data_volume, model_repository=repository, **overrides)
     return ServiceHandle(TrainerApp, settings, trainer_pb2_grpc.TrainerStub)
+
+
+def start_embedder(cache_dir: Path, models: dict, **overrides) -> ServiceHandle:
+    overrides.setdefault("default_model", next(iter(models)))
+    settings = EmbedderSettings(**LOOPBACK, cache_dir=cache_dir, models=models, **overrides)
+    return ServiceHandle(EmbedderApp, settings, embedder_pb2_grpc.EmbedderStub)
 
 
 @pytest.fixture

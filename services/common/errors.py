@@ -37,3 +37,8 @@ class Unavailable(OddityError):
 
 class AlreadyExists(OddityError):
     """The thing to create is already there (e.g. a job already running)."""
+
+
+class Internal(OddityError):
+    """Work failed on the server side for a reason worth telling the caller (e.g. a failed
+    inference batch); unexpected bugs are not raised as this."""

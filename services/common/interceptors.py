@@ -32,6 +32,7 @@ STATUS_BY_ERROR: tuple[tuple[type[errors.OddityError], grpc.StatusCode], ...] = 
     (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
     (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (errors.Internal, grpc.StatusCode.INTERNAL),
 )
 
 log = get_logger("oddity.rpc")

@@ -55,6 +55,23 @@ class EmbeddingModel:
             return {"pixel_values": self._images([i.image for i in items], first_index)}
         return self._texts([i.text for i in items], first_index)
 
+    def request_payload(self, items: list[Item], first_index: int = 0):
+        """The part of preprocessing done per request, so a bad item fails only its own request:
+        images are decoded and turned into pixels; texts are checked (tokenized per batch)."""
+        if self.modality == "image":
+            return self._images([i.image for i in items], first_index)
+        texts = [i.text for i in items]
+        for offset, text in enumerate(texts):
+            if not text.strip():
+                raise InvalidArgument(f"item {first_index + offset}: empty text")
+        return texts
+
+    def run_batch(self, payloads: list) -> np.ndarray:
+        """One ONNX call for several requests' payloads; rows in payload order."""
+        if self.modality == "image":
+            return self.run({"pixel_values": np.concatenate(payloads)})
+        return self.run(self._texts([text for texts in payloads for text in texts]))
+
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         return self.session.run(["embedding"], inputs)[0].astype(np.float32, copy=False)
 

