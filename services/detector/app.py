@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from oddity.common.logging import get_logger
 from oddity.common.server import Readiness
+from oddity.detector.embedding import EmbedderClient
 from oddity.detector.metrics import DetectorMetrics
 from oddity.detector.model import LoadedModel, SessionConfig
 from oddity.detector.registry import ModelRegistry
@@ -60,6 +61,10 @@ class DetectorApp:
 
     async def start(self, readiness: Readiness) -> None:
         self.service.on_serving_changed = readiness.set
+        if self.settings.embedder:
+            self.service.embedder = EmbedderClient(
+                self.settings.embedder, self.settings.embedder_timeout_seconds, self.settings.max_message_bytes
+            )
         if not self.settings.model_repository.is_dir():
             log.warning("model repository missing; waiting for it", path=str(self.settings.model_repository))
         await self.refresh()
@@ -82,4 +87,6 @@ class DetectorApp:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
+        if self.service.embedder is not None:
+            await self.service.embedder.close()
         await asyncio.to_thread(self.service.close)

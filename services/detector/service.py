@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from oddity.common.errors import InvalidArgument, NotFound, ResourceExhausted
+from oddity.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from oddity.common.logging import annotate_request
 from oddity.detector.batching import MicroBatcher
 from oddity.detector.metrics import DetectorMetrics
@@ -41,6 +41,16 @@ class DetectOutput:
     feature_names: list[str]
     scores: Scores
     class_labels: list[str]
+
+
+@dataclass(slots=True)
+class DetectImagesInput:
+    model: str
+    images: Sequence[bytes] = ()
+    texts: Sequence[str] = ()
+    routing_values: Sequence[float] = ()
+    extra_features: np.ndarray | None = None  # [items, extra]
+    threshold_percentile: float | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +121,7 @@ class DetectorService:
             observe_batch=metrics.batch_requests.observe,
         )
         self._per_model: dict[str, tuple] = {}
+        self.embedder = None  # EmbedderClient, set by the app when an embedder is configured
         # Told whether any model serves after every scan, load and unload (readiness).
         self.on_serving_changed: Callable[[bool], Awaitable[None]] | None = None
 
@@ -200,6 +211,63 @@ class DetectorService:
         fallback_count = int(scores.fallback.sum())
         if fallback_count:
             fallback.inc(fallback_count)
+
+    async def detect_images(self, request: DetectImagesInput) -> tuple[DetectOutput, str, str]:
+        """Embed the items with the embedder model the manifest names, append the extra
+        features, score. Returns (output, embedder model id, revision)."""
+        if self.embedder is None:
+            raise Unavailable("no embedder is configured on this detector (--embedder)")
+        n = len(request.images) + len(request.texts)
+        if n == 0:
+            raise InvalidArgument("the request has no images or texts")
+        if request.images and request.texts:
+            raise InvalidArgument("send images or texts, not both")
+        with self.registry.lease(request.model) as model:
+            source = model.manifest.embedding if model.manifest.HasField("embedding") else None
+            version = model.version
+        if source is None:
+            raise FailedPrecondition(f"model {request.model!r} was not trained on embeddings; use Detect")
+        if (source.modality == "image") != bool(request.images):
+            raise InvalidArgument(f"model {request.model!r} scores {source.modality}s")
+        vectors, response = await self.embedder.embed(
+            source.model, images=list(request.images), texts=list(request.texts)
+        )
+        served = (response.model_id, response.revision, vectors.shape[1])
+        if served != (source.model_id, source.revision, source.dimension):
+            raise FailedPrecondition(
+                f"model {request.model!r} v{version} was trained on vectors of {source.model_id} "
+                f"(revision {source.revision}, {source.dimension} values); the embedder serves {served[0]} "
+                f"(revision {served[1]}, {served[2]} values)"
+            )
+        extra = self._extra_features(source, request, n)
+        rows = np.hstack([vectors, extra]).astype(np.float32) if extra is not None else vectors
+        output = await self.detect(
+            DetectInput(
+                model=request.model,
+                rows=rows,
+                version=version,
+                routing_values=request.routing_values,
+                threshold_percentile=request.threshold_percentile,
+            )
+        )
+        return output, response.model_id, response.revision
+
+    @staticmethod
+    def _extra_features(source, request: DetectImagesInput, n: int) -> np.ndarray | None:
+        names = list(source.extra_features)
+        if not names:
+            return None
+        if request.extra_features is not None:
+            if request.extra_features.shape != (n, len(names)):
+                raise InvalidArgument(
+                    f"extra_features has shape {list(request.extra_features.shape)}; expected [{n}, {len(names)}] "
+                    f"for {names}"
+                )
+            return request.extra_features
+        values = np.asarray(request.routing_values, dtype=np.float64)
+        if len(names) == 1 and len(values) in (1, n):
+            return np.broadcast_to(values, (n,)).reshape(n, 1)
+        raise InvalidArgument(f"send extra_features for {names} (or one routing value per item)")
 
     # -- model management ---------------------------------------------------------------
 

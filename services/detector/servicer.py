@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from oddity.common.tensors import array_to_tensor, tensor_to_array
 from oddity.detector.registry import ModelStatus
-from oddity.detector.service import DetectInput, DetectorService, DetectOutput
+from oddity.detector.service import DetectImagesInput, DetectInput, DetectorService, DetectOutput
 from oddity.v1 import detector_pb2, detector_pb2_grpc
 
 
@@ -63,12 +63,30 @@ def detect_response(output: DetectOutput) -> detector_pb2.DetectResponse:
     return response
 
 
+def detect_images_input(request: detector_pb2.DetectImagesRequest) -> DetectImagesInput:
+    has_extra = request.HasField("extra_features")
+    return DetectImagesInput(
+        model=request.model,
+        images=list(request.images),
+        texts=list(request.texts),
+        routing_values=request.routing_values,
+        extra_features=tensor_to_array(request.extra_features, field="extra_features") if has_extra else None,
+        threshold_percentile=request.threshold_percentile if request.HasField("threshold_percentile") else None,
+    )
+
+
 class DetectorServicer(detector_pb2_grpc.DetectorServicer):
     def __init__(self, service: DetectorService) -> None:
         self._service = service
 
     async def Detect(self, request, context):
         return detect_response(await self._service.detect(detect_input(request)))
+
+    async def DetectImages(self, request, context):
+        output, model_id, revision = await self._service.detect_images(detect_images_input(request))
+        return detector_pb2.DetectImagesResponse(
+            result=detect_response(output), embedder_model_id=model_id, embedder_revision=revision
+        )
 
     async def ListModels(self, request, context):
         return detector_pb2.ListModelsResponse(models=[status_to_proto(s) for s in self._service.list_models()])

@@ -45,4 +45,6 @@ class DetectorSettings(ServiceSettings):
     max_batch_delay_ms: float = Field(
         2.0, ge=0, description="Under load, how long a micro-batch may wait for more requests (0: never wait)."
     )
+    embedder: str = Field("", description="Embedder address for DetectImages, e.g. 127.0.0.1:50051 (empty: none).")
+    embedder_timeout_seconds: float = Field(10.0, gt=0, description="Deadline of one Embed call.")
     warmup_batch_size: int = Field(64, ge=1, description="Batch size of the warm-up run of every new version.")

@@ -8,6 +8,32 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class DetectImagesRequest(_message.Message):
+    __slots__ = ("model", "images", "texts", "routing_values", "extra_features", "threshold_percentile")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    ROUTING_VALUES_FIELD_NUMBER: _ClassVar[int]
+    EXTRA_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_PERCENTILE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    images: _containers.RepeatedScalarFieldContainer[bytes]
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    routing_values: _containers.RepeatedScalarFieldContainer[float]
+    extra_features: _tensor_pb2.Tensor
+    threshold_percentile: float
+    def __init__(self, model: _Optional[str] = ..., images: _Optional[_Iterable[bytes]] = ..., texts: _Optional[_Iterable[str]] = ..., routing_values: _Optional[_Iterable[float]] = ..., extra_features: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., threshold_percentile: _Optional[float] = ...) -> None: ...
+
+class DetectImagesResponse(_message.Message):
+    __slots__ = ("result", "embedder_model_id", "embedder_revision")
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDER_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDER_REVISION_FIELD_NUMBER: _ClassVar[int]
+    result: DetectResponse
+    embedder_model_id: str
+    embedder_revision: str
+    def __init__(self, result: _Optional[_Union[DetectResponse, _Mapping]] = ..., embedder_model_id: _Optional[str] = ..., embedder_revision: _Optional[str] = ...) -> None: ...
+
 class DetectRequest(_message.Message):
     __slots__ = ("model", "version", "rows", "feature_names", "routing_values", "threshold_percentile", "explain_top_k")
     MODEL_FIELD_NUMBER: _ClassVar[int]

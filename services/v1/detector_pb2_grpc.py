@@ -61,6 +61,11 @@ class DetectorStub:
                 request_serializer=oddity_dot_v1_dot_detector__pb2.UnloadModelRequest.SerializeToString,
                 response_deserializer=oddity_dot_v1_dot_detector__pb2.UnloadModelResponse.FromString,
                 _registered_method=True)
+        self.DetectImages = channel.unary_unary(
+                '/oddity.v1.Detector/DetectImages',
+                request_serializer=oddity_dot_v1_dot_detector__pb2.DetectImagesRequest.SerializeToString,
+                response_deserializer=oddity_dot_v1_dot_detector__pb2.DetectImagesResponse.FromString,
+                _registered_method=True)
 
 
 class DetectorServicer:
@@ -104,6 +109,16 @@ class DetectorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DetectImages(self, request, context):
+        """Scores images (or texts) of a model trained on embeddings: the detector asks the
+        embedder for the vectors the model was trained on, appends the extra features and
+        scores them. Embedder down -> UNAVAILABLE; an embedder serving another model than the
+        manifest names -> FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DetectorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -131,6 +146,11 @@ def add_DetectorServicer_to_server(servicer, server):
                     servicer.UnloadModel,
                     request_deserializer=oddity_dot_v1_dot_detector__pb2.UnloadModelRequest.FromString,
                     response_serializer=oddity_dot_v1_dot_detector__pb2.UnloadModelResponse.SerializeToString,
+            ),
+            'DetectImages': grpc.unary_unary_rpc_method_handler(
+                    servicer.DetectImages,
+                    request_deserializer=oddity_dot_v1_dot_detector__pb2.DetectImagesRequest.FromString,
+                    response_serializer=oddity_dot_v1_dot_detector__pb2.DetectImagesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -270,6 +290,33 @@ class Detector:
             '/oddity.v1.Detector/UnloadModel',
             oddity_dot_v1_dot_detector__pb2.UnloadModelRequest.SerializeToString,
             oddity_dot_v1_dot_detector__pb2.UnloadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DetectImages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oddity.v1.Detector/DetectImages',
+            oddity_dot_v1_dot_detector__pb2.DetectImagesRequest.SerializeToString,
+            oddity_dot_v1_dot_detector__pb2.DetectImagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

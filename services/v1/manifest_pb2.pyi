@@ -83,8 +83,24 @@ class ModelGroup(_message.Message):
     metrics: _containers.ScalarMap[str, float]
     def __init__(self, name: _Optional[str] = ..., bounds: _Optional[_Union[RoutingBounds, _Mapping]] = ..., onnx_file: _Optional[str] = ..., sha256: _Optional[str] = ..., threshold: _Optional[float] = ..., threshold_percentile: _Optional[float] = ..., quantiles: _Optional[_Union[QuantileTable, _Mapping]] = ..., train_samples: _Optional[int] = ..., validation_samples: _Optional[int] = ..., status: _Optional[_Union[GroupStatus, str]] = ..., status_message: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
+class EmbeddingSource(_message.Message):
+    __slots__ = ("model", "model_id", "revision", "dimension", "modality", "extra_features")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    MODALITY_FIELD_NUMBER: _ClassVar[int]
+    EXTRA_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    model_id: str
+    revision: str
+    dimension: int
+    modality: str
+    extra_features: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., model_id: _Optional[str] = ..., revision: _Optional[str] = ..., dimension: _Optional[int] = ..., modality: _Optional[str] = ..., extra_features: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class ModelManifest(_message.Message):
-    __slots__ = ("name", "version", "kind", "task", "feature_names", "input_dimension", "routing_key", "groups", "class_labels", "training_metrics", "data_fingerprint", "created_at", "dataset", "description")
+    __slots__ = ("name", "version", "kind", "task", "feature_names", "input_dimension", "routing_key", "groups", "class_labels", "training_metrics", "data_fingerprint", "created_at", "dataset", "description", "embedding")
     class TrainingMetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +122,7 @@ class ModelManifest(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     kind: str
@@ -120,4 +137,5 @@ class ModelManifest(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     dataset: str
     description: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., kind: _Optional[str] = ..., task: _Optional[_Union[ModelTask, str]] = ..., feature_names: _Optional[_Iterable[str]] = ..., input_dimension: _Optional[int] = ..., routing_key: _Optional[str] = ..., groups: _Optional[_Iterable[_Union[ModelGroup, _Mapping]]] = ..., class_labels: _Optional[_Iterable[str]] = ..., training_metrics: _Optional[_Mapping[str, float]] = ..., data_fingerprint: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dataset: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
+    embedding: EmbeddingSource
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., kind: _Optional[str] = ..., task: _Optional[_Union[ModelTask, str]] = ..., feature_names: _Optional[_Iterable[str]] = ..., input_dimension: _Optional[int] = ..., routing_key: _Optional[str] = ..., groups: _Optional[_Iterable[_Union[ModelGroup, _Mapping]]] = ..., class_labels: _Optional[_Iterable[str]] = ..., training_metrics: _Optional[_Mapping[str, float]] = ..., data_fingerprint: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dataset: _Optional[str] = ..., description: _Optional[str] = ..., embedding: _Optional[_Union[EmbeddingSource, _Mapping]] = ...) -> None: ...
