@@ -36,6 +36,7 @@ class TrainerApp:
             Publisher(settings.model_repository, settings.detectors),
             TrainerMetrics(registry),
             max_concurrent_jobs=settings.max_concurrent_jobs,
+            embedder=settings.embedder,
         )
         self._tasks: list[asyncio.Task] = []
         self._debounce: dict[str, asyncio.Task] = {}

@@ -38,6 +38,14 @@ class Dataset:
 
 
 def source_files(folder: Path, spec: DatasetSpec) -> list[Path]:
+    if spec.images is not None:
+        root = folder / spec.images.path
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+        metadata = folder / spec.images.metadata if spec.images.metadata else None
+        return files + ([metadata] if metadata is not None and metadata.is_file() else [])
+    if spec.texts is not None:
+        path = folder / spec.texts.path
+        return [path] if path.is_file() else []
     files: list[Path] = []
     for source in spec.sources:
         matches = sorted(p for p in folder.glob(source.path) if p.is_file())

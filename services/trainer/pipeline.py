@@ -75,6 +75,7 @@ def train(
     kind: str | None = None,
     live: bundle.VerifiedVersion | None = None,
     progress: Progress | None = None,
+    embedding: manifest_pb2.EmbeddingSource | None = None,
 ) -> TrainedModel:
     """Train, export and validate every group; raises Skipped, ValidationFailed or ValueError."""
     report = progress or (lambda phase, fields: None)
@@ -94,6 +95,8 @@ def train(
         data_fingerprint=fingerprint,
         dataset=spec.name,
     )
+    if embedding is not None:
+        manifest.embedding.CopyFrom(embedding)
     trained = TrainedModel(manifest=manifest, onnx_files={})
     rng = np.random.default_rng(int(spec.model.params.get("seed", 0)))
     live_groups = {g.name: g for g in live.manifest.groups} if live is not None else {}

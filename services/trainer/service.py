@@ -21,6 +21,7 @@ from oddity.common.errors import AlreadyExists, InvalidArgument, NotFound
 from oddity.common.logging import get_logger
 from oddity.trainer import pipeline
 from oddity.trainer.data import DataError, fingerprint, load_dataset
+from oddity.trainer.embedded import EmbedderConnection, EmbedderUnavailable, EmbeddingCache, load_embedded_dataset
 from oddity.trainer.history import History
 from oddity.trainer.jobs import FAILED, RUNNING, SKIPPED, SUCCEEDED, Job, JobBoard, now
 from oddity.trainer.learners import LEARNERS
@@ -86,8 +87,11 @@ class TrainerService:
         metrics: TrainerMetrics,
         *,
         max_concurrent_jobs: int = 1,
+        embedder: str = "127.0.0.1:50051",
     ) -> None:
         self.data_volume = data_volume
+        self.embedder_target = embedder
+        self.embedding_cache = EmbeddingCache(data_volume / STATE_DIR / "embeddings")
         self.datasets_root = data_volume / DATASETS_DIR
         self.publisher = publisher
         self.metrics = metrics
@@ -223,7 +227,17 @@ class TrainerService:
             live = pipeline.live_version(self.repository, spec.name)
             if job.trigger == "interval" and live is not None and live.manifest.data_fingerprint == digest:
                 raise pipeline.Skipped(f"data unchanged since version {live.manifest.version}")
-            data = load_dataset(state.folder, spec, data_path)
+            embedding = None
+            if spec.is_embedded:
+                self._progress(job, "embedding", {})
+                connection = EmbedderConnection(self.embedder_target)
+                try:
+                    data, embedding, stats = load_embedded_dataset(state.folder, spec, connection, self.embedding_cache)
+                finally:
+                    connection.close()
+                details.update(embedding=stats)
+            else:
+                data = load_dataset(state.folder, spec, data_path)
             state.samples = len(data.features)
             details.update(samples=state.samples, dropped_rows=data.dropped_rows)
             trained = pipeline.train(
@@ -234,6 +248,7 @@ class TrainerService:
                 kind=kind,
                 live=live,
                 progress=lambda phase, fields: self._progress(job, phase, fields),
+                embedding=embedding,
             )
             state.group_samples = trained.group_samples
             self.jobs.update(job, phase="publishing", group="")
@@ -269,7 +284,7 @@ class TrainerService:
         except pipeline.Skipped as exc:
             self.history.append("TRAINING_SKIPPED", dataset, str(exc), reason=str(exc), **details)
             self._finish(job, SKIPPED, str(exc), started)
-        except (SpecError, DataError, ValidationFailed, ValueError, Interrupted) as exc:
+        except (SpecError, DataError, ValidationFailed, ValueError, Interrupted, EmbedderUnavailable) as exc:
             reason = f"{type(exc).__name__}: {exc}" if isinstance(exc, ValueError) else str(exc)
             state.last_error = reason
             self.history.append("TRAINING_FAILED", dataset, reason, reason=reason, **details)

@@ -26,6 +26,7 @@ class TrainerSettings(ServiceSettings):
         default_factory=list,
         description='Detector addresses told to load new versions at once, e.g. ["localhost:50052"].',
     )
+    embedder: str = Field("127.0.0.1:50051", description="Embedder address, for image and text datasets.")
     max_concurrent_jobs: int = Field(1, ge=1, description="Training jobs that may run at the same time.")
     watch: bool = Field(True, description="React to file-system events on the data volume.")
     force_polling: bool = Field(

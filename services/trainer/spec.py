@@ -68,6 +68,36 @@ class Routing(_Strict):
         return value
 
 
+class ImageSource(_Strict):
+    """Images to embed: a folder, with a metadata CSV (file name + extra columns such as age)
+    or one subfolder per group whose name is the value of `folder_column`."""
+
+    path: str = "images"
+    metadata: str | None = "metadata.csv"
+    file_column: str = "file_name"
+    folder_column: str | None = None
+
+    @model_validator(mode="after")
+    def _one_way(self) -> ImageSource:
+        if self.folder_column:
+            self.metadata = None
+        return self
+
+
+class TextSource(_Strict):
+    """Texts to embed: a CSV with one text per row (plus extra columns)."""
+
+    path: str
+    text_column: str = "text"
+
+
+class EmbedderSpec(_Strict):
+    """Which embedder model turns the items into vectors."""
+
+    model: str = "vit"
+    batch_size: int = Field(32, ge=1, le=1024)
+
+
 class ModelSpec(_Strict):
     kind: ModelKind = "autoencoder"
     params: dict[str, Any] = Field(default_factory=dict)
@@ -109,7 +139,13 @@ class DatasetSpec(_Strict):
     """One dataset folder's spec."""
 
     name: str = ""  # model name; defaults to the folder name
-    sources: list[Source] = Field(min_length=1)
+    sources: list[Source] = Field(default_factory=list)
+    # Image or text datasets: items are embedded by the embedder, then the extra numeric
+    # columns (e.g. age) are appended to each vector.
+    images: ImageSource | None = None
+    texts: TextSource | None = None
+    embedder: EmbedderSpec = Field(default_factory=EmbedderSpec)
+    extra_features: list[str] = Field(default_factory=list)
     features: list[str] | FeatureSelection = Field(default_factory=FeatureSelection)
     label: str | None = None
     routing: Routing | None = None
@@ -122,6 +158,9 @@ class DatasetSpec(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> DatasetSpec:
+        kinds = [k for k, v in (("sources", self.sources), ("images", self.images), ("texts", self.texts)) if v]
+        if len(kinds) != 1:
+            raise ValueError("give exactly one of sources (tables), images or texts")
         classifier = self.model.kind in CLASSIFIER_KINDS
         if classifier and not self.label:
             raise ValueError(f"model kind {self.model.kind!r} is a classifier and needs a label column")
@@ -134,6 +173,10 @@ class DatasetSpec(_Strict):
         if self.name and not is_valid_model_name(self.name):
             raise ValueError(f"name {self.name!r} may only use letters, digits, '.', '_' and '-'")
         return self
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.images is not None or self.texts is not None
 
     @property
     def is_classifier(self) -> bool:
