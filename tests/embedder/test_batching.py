@@ -1,0 +1,65 @@
+"""The dynamic batcher on its own: gathering, splitting, and failing every waiting caller."""
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from oddity.common.errors import Internal
+from oddity.embedder.batching import DynamicBatcher
+
+
+def run_batches(run, payloads, **options):
+    async def main():
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            batcher = DynamicBatcher(run, pool, **options)
+            try:
+                return await asyncio.gather(*(batcher.submit(p, len(p)) for p in payloads), return_exceptions=True)
+            finally:
+                await batcher.close()
+
+    return asyncio.run(main())
+
+
+def test_concurrent_requests_share_calls_and_get_their_own_rows():
+    calls = []
+
+    def run(payloads):
+        calls.append(sum(len(p) for p in payloads))
+        return np.concatenate([np.asarray(p, dtype=np.float32).reshape(-1, 1) for p in payloads])
+
+    payloads = [[i * 10 + k for k in range(1 + i % 3)] for i in range(10)]
+    results = run_batches(run, payloads, max_batch_size=8, max_wait=0.05)
+    for payload, rows in zip(payloads, results, strict=True):
+        np.testing.assert_array_equal(rows.ravel(), payload)
+    assert max(calls) <= 8 and len(calls) < len(payloads)
+
+
+def test_a_failed_batch_fails_every_waiting_caller_with_the_reason():
+    def run(payloads):
+        raise RuntimeError("out of memory in the encoder")
+
+    results = run_batches(run, [[1], [2], [3]], max_batch_size=8, max_wait=0.05)
+    assert all(isinstance(r, Internal) for r in results)
+    assert all("out of memory in the encoder" in r.message and "batch of 3 items" in r.message for r in results)
+
+
+def test_the_batcher_keeps_working_after_a_failure():
+    state = {"fail": True}
+
+    def run(payloads):
+        if state.pop("fail", False):
+            raise ValueError("bad batch")
+        return np.ones((sum(len(p) for p in payloads), 2), np.float32)
+
+    async def main():
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            batcher = DynamicBatcher(run, pool, max_batch_size=4, max_wait=0.01)
+            with pytest.raises(Internal):
+                await batcher.submit([1], 1)
+            rows = await batcher.submit([1, 2], 2)
+            await batcher.close()
+            return rows
+
+    assert asyncio.run(main()).shape == (2, 2)
