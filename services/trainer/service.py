@@ -263,16 +263,8 @@ class TrainerService:
                 phase_seconds={k: round(v, 3) for k, v in trained.durations.items()},
             )
             self.history.append("TRAINING_COMPLETED", dataset, f"trained {kind} on {state.samples} rows", **details)
-            self.history.append(
-                "PUBLISHED",
-                dataset,
-                f"published {spec.name} version {version}",
-                version=version,
-                job_id=job.id,
-                model=spec.name,
-            )
+            self._published(dataset, spec.name, version, job_id=job.id)
             state.last_training_time, state.last_error = now(), ""
-            self.metrics.live_version.labels(dataset).set(version)
             self._finish(
                 job,
                 SUCCEEDED,
@@ -386,6 +378,12 @@ class TrainerService:
             raise InvalidArgument(f"dataset {dataset!r} is invalid: {state.error}")
         return state.spec
 
+    def _published(self, dataset: str, model: str, version: int, **details) -> None:
+        self.history.append(
+            "PUBLISHED", dataset, f"published {model} version {version}", version=version, model=model, **details
+        )
+        self.metrics.live_version.labels(dataset).set(version)
+
     async def rollback(self, dataset: str, version: int) -> tuple[int, int]:
         spec = await asyncio.to_thread(self._spec, dataset)
         new, restored = await asyncio.to_thread(self.publisher.rollback, spec.name, version, spec.keep_versions)
@@ -397,14 +395,7 @@ class TrainerService:
             restored_from=restored,
             model=spec.name,
         )
-        self.history.append(
-            "PUBLISHED",
-            dataset,
-            f"published {spec.name} version {new}",
-            version=new,
-            model=spec.name,
-            reason="rollback",
-        )
+        self._published(dataset, spec.name, new, reason="rollback")
         return new, restored
 
     async def set_threshold(self, dataset: str, percentile: float) -> int:
@@ -421,14 +412,7 @@ class TrainerService:
             thresholds=thresholds,
             model=spec.name,
         )
-        self.history.append(
-            "PUBLISHED",
-            dataset,
-            f"published {spec.name} version {version}",
-            version=version,
-            model=spec.name,
-            reason="threshold",
-        )
+        self._published(dataset, spec.name, version, reason="threshold")
         return version
 
     async def close(self) -> None:
