@@ -53,6 +53,23 @@ def source_files(folder: Path, spec: DatasetSpec) -> list[Path]:
     return files
 
 
+# path -> (size, mtime_ns, sha256): periodic scans rehash only files that changed.
+_file_digests: dict[Path, tuple[int, int, str]] = {}
+
+
+def file_digest(path: Path) -> str:
+    stat = path.stat()
+    cached = _file_digests.get(path)
+    if cached is not None and cached[:2] == (stat.st_size, stat.st_mtime_ns):
+        return cached[2]
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    _file_digests[path] = (stat.st_size, stat.st_mtime_ns, digest.hexdigest())
+    return digest.hexdigest()
+
+
 def fingerprint(folder: Path, spec: DatasetSpec) -> str:
     """Content hash of the spec and every source file: unchanged data, unchanged fingerprint."""
     digest = hashlib.sha256()
@@ -61,9 +78,7 @@ def fingerprint(folder: Path, spec: DatasetSpec) -> str:
         digest.update(spec_path.read_bytes())
     for path in source_files(folder, spec):
         digest.update(str(path.relative_to(folder)).encode())
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
+        digest.update(file_digest(path).encode())
     return digest.hexdigest()
 
 

@@ -338,8 +338,8 @@ class TrainerService:
 
     # -- status, history, rollback, thresholds -----------------------------------------------
 
-    def statuses(self, dataset: str = "") -> list[DatasetStatus]:
-        self.scan()
+    async def statuses(self, dataset: str = "") -> list[DatasetStatus]:
+        await asyncio.to_thread(self.scan)  # fingerprints read files: off the event loop
         if dataset and dataset not in self._datasets:
             raise NotFound(f"dataset {dataset!r} not found")
         names = [dataset] if dataset else sorted(self._datasets)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 
 from google.protobuf import struct_pb2, timestamp_pb2
@@ -103,11 +104,13 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             yield trainer_pb2.WatchJobResponse(job=job_to_proto(job))
 
     async def GetStatus(self, request, context):
-        statuses = self._service.statuses(request.dataset)
+        statuses = await self._service.statuses(request.dataset)
         return trainer_pb2.GetStatusResponse(datasets=[status_to_proto(s) for s in statuses])
 
     async def History(self, request, context):
-        events = self._service.history.read(request.dataset, tuple(request.event_types), request.limit or 100)
+        events = await asyncio.to_thread(
+            self._service.history.read, request.dataset, tuple(request.event_types), request.limit or 100
+        )
         return trainer_pb2.HistoryResponse(events=[event_to_proto(e) for e in events])
 
     async def Rollback(self, request, context):
