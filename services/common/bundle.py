@@ -295,13 +295,3 @@ def remove_stale_temp_dirs(repository: Path) -> list[Path]:
                 shutil.rmtree(entry.path, ignore_errors=True)
                 removed.append(Path(entry.path))
     return removed
-
-
-def manifest_summary(manifest: manifest_pb2.ModelManifest) -> dict:
-    """A short dict for logs."""
-    return {
-        "model": manifest.name,
-        "version": manifest.version,
-        "kind": manifest.kind,
-        "groups": [g.name for g in active_groups(manifest)],
-    }

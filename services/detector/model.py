@@ -9,7 +9,6 @@ with.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -128,18 +127,14 @@ class LoadedModel:
         self.dimension = int(manifest.input_dimension)
         self.feature_names = list(manifest.feature_names)
         self.routing_key = manifest.routing_key
-        self.loaded_at = time.time()
-        start = time.perf_counter()
         self.groups = [self._load_group(i, g, verified.onnx.get(g.name), config) for i, g in enumerate(manifest.groups)]
         self.all_group = next((g for g in self.groups if g.name == bundle.ALL_GROUP and g.active), None)
         self._bounded = [g for g in self.groups if g.name != bundle.ALL_GROUP]
         self._single = self.groups[0] if not self.routing_key else None
-        self.load_seconds = time.perf_counter() - start
         self._lock = threading.Lock()
         self._leases = 0
         self._retired = False
         self._released = threading.Event()
-        self.retired_at: float | None = None
 
     # -- loading --------------------------------------------------------------------------
 
@@ -275,21 +270,13 @@ class LoadedModel:
         """No new leases; the sessions go once the running requests are done."""
         with self._lock:
             self._retired = True
-            self.retired_at = time.time()
             done = self._leases == 0
         if done:
             self._close()
 
     @property
-    def in_flight(self) -> int:
-        return self._leases
-
-    @property
     def released(self) -> bool:
         return self._released.is_set()
-
-    def wait_released(self, timeout: float | None = None) -> bool:
-        return self._released.wait(timeout)
 
     def _close(self) -> None:
         for group in self.groups:

@@ -7,7 +7,7 @@ import contextlib
 import json
 import os
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -139,11 +139,3 @@ class JobBoard:
             if job is not None:
                 found.append(self.add(job))
         return found
-
-
-def job_summary(job: Job) -> dict:
-    data = asdict(job)
-    for key in ("created_at", "started_at", "finished_at"):
-        if data[key] is not None:
-            data[key] = data[key].isoformat()
-    return data

@@ -6,7 +6,7 @@ table (thresholds taken on training errors overfit), the test half checks them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
@@ -25,12 +25,6 @@ class Calibration:
     threshold: float
     quantiles: np.ndarray  # values at QUANTILE_LEVELS
     test_anomaly_rate: float
-
-
-@dataclass
-class GateReport:
-    parity_max_abs_diff: float
-    metrics: dict[str, float] = field(default_factory=dict)
 
 
 def onnx_session(model: bytes) -> ort.InferenceSession:

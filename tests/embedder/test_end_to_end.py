@@ -193,3 +193,19 @@ def test_embedder_down_or_different_is_refused(tmp_path, repository):
     finally:
         detector.close()
         embedder.close()
+
+
+def test_training_with_the_embedder_down_fails_with_the_reason(data_volume, repository):
+    rng = np.random.default_rng(3)
+    folder = data_volume / "datasets" / "offline"
+    write_drawings(folder, rng.uniform(3, 12, 40), rng)
+    spec = {"images": {"path": "images"}, "extra_features": ["age"], "retrain": {"policy": "manual"}}
+    (folder / "dataset.yaml").write_text(yaml.safe_dump(spec))
+    trainer = start_trainer(data_volume, repository, embedder=f"127.0.0.1:{free_port()}")
+    try:
+        job = run_job(trainer, "offline")
+        assert job.state == trainer_pb2.JOB_STATE_FAILED and "embedder at 127.0.0.1" in job.message
+        assert trainer.stub.GetStatus(trainer_pb2.GetStatusRequest(dataset="offline")).datasets[0].valid
+    finally:
+        trainer.close()
+    assert bundle.list_versions(repository / "offline") == []
