@@ -156,8 +156,14 @@ class TrainerService:
         return state.spec.retrain.debounce_seconds if state is not None and state.spec is not None else default
 
     def _live_fingerprint(self, model: str) -> str:
-        live = pipeline.live_version(self.repository, model)
-        return live.manifest.data_fingerprint if live is not None else ""
+        """Data fingerprint in the newest version's manifest (only the manifest is read: scans
+        run often, and the trainer wrote these versions itself)."""
+        for version in reversed(bundle.list_versions(self.repository / model)):
+            try:
+                return bundle.read_manifest(self.repository / model / str(version)).data_fingerprint
+            except bundle.BundleError:
+                continue
+        return ""
 
     # -- jobs ------------------------------------------------------------------------------
 
