@@ -110,6 +110,14 @@ class ImagePreprocessor:
         return batch
 
 
+def check_texts(texts: list[str], first_index: int = 0) -> list[str]:
+    """Refuse empty texts, naming the item."""
+    for offset, text in enumerate(texts):
+        if not text.strip():
+            raise InvalidArgument(f"item {first_index + offset}: empty text")
+    return texts
+
+
 class TextPreprocessor:
     """Tokenization with truncation to the model's maximum length and per-batch padding."""
 
@@ -122,9 +130,7 @@ class TextPreprocessor:
         self.inputs = config["inputs"]
 
     def __call__(self, texts: list[str], first_index: int = 0) -> dict[str, np.ndarray]:
-        for offset, text in enumerate(texts):
-            if not text.strip():
-                raise InvalidArgument(f"item {first_index + offset}: empty text")
+        check_texts(texts, first_index)
         encoded = self.tokenizer.encode_batch(texts)
         columns = {
             "input_ids": [e.ids for e in encoded],

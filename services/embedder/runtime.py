@@ -11,7 +11,7 @@ import onnxruntime as ort
 
 from oddity.common.errors import InvalidArgument
 from oddity.embedder.models import read_meta
-from oddity.embedder.preprocessing import ImageLimits, ImagePreprocessor, TextPreprocessor
+from oddity.embedder.preprocessing import ImageLimits, ImagePreprocessor, TextPreprocessor, check_texts
 
 
 @dataclass(frozen=True)
@@ -60,11 +60,7 @@ class EmbeddingModel:
         images are decoded and turned into pixels; texts are checked (tokenized per batch)."""
         if self.modality == "image":
             return self._images([i.image for i in items], first_index)
-        texts = [i.text for i in items]
-        for offset, text in enumerate(texts):
-            if not text.strip():
-                raise InvalidArgument(f"item {first_index + offset}: empty text")
-        return texts
+        return check_texts([i.text for i in items], first_index)
 
     def run_batch(self, payloads: list) -> np.ndarray:
         """One ONNX call for several requests' payloads; rows in payload order."""
