@@ -1,10 +1,10 @@
-"""Generate the Python stubs for protos/ into services/v1 (import path oddity.v1).
+"""Generate the Python stubs for protos/ into services/common/oddity/v1 (import path oddity.v1).
 
     python protos/generate.py          # write the stubs
     python protos/generate.py --check  # exit 1 when the committed stubs are stale
 
-protoc writes `from oddity.v1 import x_pb2`; services/ is the `oddity` package,
-so the generated code imports without any sys.path changes.
+protoc writes `from oddity.v1 import x_pb2`; the stubs ship in the oddity-common
+distribution, whose folder path is its import path, so they import as written.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from grpc_tools import protoc
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
 PROTO_PACKAGE = Path("oddity") / "v1"
-TARGET = ROOT / "services" / "v1"
+TARGET = ROOT / "services" / "common" / "oddity" / "v1"
 INIT_TEXT = '"""Generated from protos/oddity/v1 by protos/generate.py; do not edit."""\n'
 
 
@@ -55,7 +55,7 @@ def _stale_files(generated: Path) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="fail when services/v1 differs from protos/")
+    parser.add_argument("--check", action="store_true", help="fail when the committed stubs differ from protos/")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         generated = _generate(Path(tmp))

@@ -1,1 +1,0 @@
-"""Oddity: anomaly detection served as gRPC microservices."""
