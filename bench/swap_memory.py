@@ -22,7 +22,7 @@ import grpc
 import numpy as np
 import psutil
 
-from oddity.common import bundle
+from oddity.trainer import bundle_writer
 from oddity.v1 import detector_pb2, detector_pb2_grpc
 from tests.support import models
 from tests.support.client import detect_request
@@ -76,7 +76,7 @@ def main() -> None:
                     status = stub.LoadModel(detector_pb2.LoadModelRequest(model="swap"), timeout=60).status
                     load_ms.append((time.perf_counter() - start) * 1000)
                     assert status.serving_version == version
-                    bundle.prune_versions(repository / "swap", keep=3)
+                    bundle_writer.prune_versions(repository / "swap", keep=3)
                     done = i + 1 - args.warmup
                     if done == 0:
                         baseline = process.memory_info().rss

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from oddity.common.logging import configure_logging
-from oddity.common.metrics import new_registry
+from oddity.common.metrics import new_metrics_registry
 from oddity.common.server import ServiceHost
 from oddity.detector.app import DetectorApp
 from oddity.detector.settings import DetectorSettings
@@ -37,9 +37,9 @@ class ServiceHandle:
         holder: dict = {}
 
         def make_host() -> ServiceHost:
-            registry = new_registry(process_metrics=False)
-            holder["app"] = make_app(settings, registry)
-            return ServiceHost(holder["app"], settings, registry=registry)
+            metrics_registry = new_metrics_registry(process_metrics=False)
+            holder["app"] = make_app(settings, metrics_registry)
+            return ServiceHost(holder["app"], settings, metrics_registry=metrics_registry)
 
         self.server = ServerThread(make_host).start()
         self.app = holder["app"]

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from oddity.common import bundle
+from oddity.trainer import bundle_writer
 from oddity.v1 import manifest_pb2
 from tests.support import models
 
@@ -85,7 +86,7 @@ def test_temporary_and_odd_folders_are_not_versions(repository, fitted):
     (repository / "m" / "latest").mkdir()
     (repository / "m" / "0").mkdir()
     assert bundle.list_versions(repository / "m") == [1]
-    assert bundle.remove_stale_temp_dirs(repository) == [repository / "m" / ".tmp-abc"]
+    assert bundle_writer.remove_stale_temp_dirs(repository) == [repository / "m" / ".tmp-abc"]
     assert not (repository / "m" / ".tmp-abc").exists()
 
 
@@ -101,6 +102,6 @@ def test_signature_changes_when_a_file_changes(repository, fitted):
 def test_prune_keeps_the_newest_versions(repository, fitted):
     for _ in range(5):
         models.publish_simple(repository, "m", fitted, dimension=6)
-    assert bundle.prune_versions(repository / "m", keep=2) == [1, 2, 3]
+    assert bundle_writer.prune_versions(repository / "m", keep=2) == [1, 2, 3]
     assert bundle.list_versions(repository / "m") == [4, 5]
     assert models.publish_simple(repository, "m", fitted, dimension=6) == 6

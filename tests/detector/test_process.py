@@ -8,7 +8,7 @@ import numpy as np
 import psutil
 import pytest
 
-from oddity.common import bundle
+from oddity.trainer import bundle_writer
 from oddity.v1 import detector_pb2, detector_pb2_grpc
 from tests.support import models
 from tests.support.client import detect_request
@@ -84,7 +84,7 @@ def test_memory_stays_flat_across_swaps(repository):
                     == version
                 )
                 assert stub.Detect(detect_request("mem", rows), timeout=30).model_version == version
-                bundle.prune_versions(repository / "mem", keep=3)  # as the trainer's retention does
+                bundle_writer.prune_versions(repository / "mem", keep=3)  # as the trainer's retention does
 
             for i in range(30):  # warm-up: allocator pools and ORT arenas reach their steady size
                 cycle(i)

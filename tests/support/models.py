@@ -18,7 +18,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from oddity.common import bundle
+from oddity.trainer import bundle_writer
 from oddity.v1 import manifest_pb2
 
 OPSET = 17
@@ -190,7 +190,7 @@ def publish(
         manifest.groups.append(group)
         if data is not None:
             files[group.onnx_file] = data
-    return bundle.publish_version(repository, manifest, files)
+    return bundle_writer.publish_version(repository, manifest, files)
 
 
 def publish_simple(repository: Path, name: str, fitted: FittedGroup, *, dimension: int, feature_names=None) -> int:

@@ -29,7 +29,7 @@ def test_each_kind_exports_a_graph_that_matches_the_framework(kind):
         assert bundle.SCORE_OUTPUT in outputs
         scores = onnx_scores(session, ROWS)
         assert scores.shape == (len(ROWS),)
-        np.testing.assert_allclose(scores, learner.score_samples(ROWS)[0], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(scores, learner.anomaly_scores(ROWS)[0], rtol=1e-4, atol=1e-5)
         shifted = onnx_scores(session, ROWS + 5 * ROWS.std(axis=0))
         assert np.median(shifted) > np.percentile(scores, 95)  # higher = more anomalous, for every kind
 

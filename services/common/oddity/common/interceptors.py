@@ -20,29 +20,11 @@ from typing import Any
 import grpc
 
 from oddity.common import errors
-from oddity.common.logging import get_logger, start_request
+from oddity.common.logging import REQUEST_ID_KEY, get_logger, start_request
 from oddity.common.metrics import RpcMetrics
-
-REQUEST_ID_KEY = "x-request-id"
-
-STATUS_BY_ERROR: tuple[tuple[type[errors.OddityError], grpc.StatusCode], ...] = (
-    (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
-    (errors.NotFound, grpc.StatusCode.NOT_FOUND),
-    (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
-    (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
-    (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
-    (errors.Internal, grpc.StatusCode.INTERNAL),
-)
+from oddity.common.status import status_for
 
 log = get_logger("oddity.rpc")
-
-
-def status_for(error: errors.OddityError) -> grpc.StatusCode:
-    for error_type, code in STATUS_BY_ERROR:
-        if isinstance(error, error_type):
-            return code
-    return grpc.StatusCode.UNKNOWN
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:

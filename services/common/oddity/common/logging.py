@@ -14,6 +14,9 @@ from typing import Any
 
 import structlog
 
+# gRPC metadata key of the request id: taken from callers, passed on to every outbound call.
+REQUEST_ID_KEY = "x-request-id"
+
 _request_fields: ContextVar[dict[str, Any] | None] = ContextVar("oddity_request_fields", default=None)
 
 
@@ -22,6 +25,12 @@ def start_request(**fields: Any) -> dict[str, Any]:
     current = dict(fields)
     _request_fields.set(current)
     return current
+
+
+def current_request_id() -> str | None:
+    """The request id of the call being handled, if any (to pass on to outbound calls)."""
+    fields = _request_fields.get()
+    return fields.get("request_id") if fields else None
 
 
 def annotate_request(**fields: Any) -> None:

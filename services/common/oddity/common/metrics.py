@@ -23,20 +23,22 @@ from prometheus_client.process_collector import ProcessCollector
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
-def new_registry(*, process_metrics: bool = True) -> CollectorRegistry:
-    """A fresh registry; with process metrics (CPU, memory, fds, GC) as a service exposes them."""
-    registry = CollectorRegistry(auto_describe=True)
+def new_metrics_registry(*, process_metrics: bool = True) -> CollectorRegistry:
+    """A fresh Prometheus registry; with process metrics (CPU, memory, fds, GC) as a service
+    exposes them."""
+    metrics_registry = CollectorRegistry(auto_describe=True)
     if process_metrics:
-        ProcessCollector(registry=registry)
-        PlatformCollector(registry=registry)
-        GCCollector(registry=registry)
-    return registry
+        ProcessCollector(registry=metrics_registry)
+        PlatformCollector(registry=metrics_registry)
+        GCCollector(registry=metrics_registry)
+    return metrics_registry
 
 
 class RpcMetrics:
     """Per-RPC metrics recorded by the server interceptor."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, metrics_registry: CollectorRegistry) -> None:
+        registry = metrics_registry
         self.requests = Counter(
             "oddity_grpc_requests",
             "gRPC requests handled, by final status code.",
@@ -75,6 +77,6 @@ class MetricsEndpoint:
         self.thread.join(timeout=5)
 
 
-def start_metrics_endpoint(registry: CollectorRegistry, host: str, port: int) -> MetricsEndpoint:
-    server, thread = start_http_server(port, addr=host, registry=registry)
+def start_metrics_endpoint(metrics_registry: CollectorRegistry, host: str, port: int) -> MetricsEndpoint:
+    server, thread = start_http_server(port, addr=host, registry=metrics_registry)
     return MetricsEndpoint(server=server, thread=thread)

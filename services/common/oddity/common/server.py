@@ -1,9 +1,11 @@
 """Server bootstrap shared by the services: gRPC server, health, reflection, interceptors,
 /metrics and graceful shutdown.
 
-A service plugs in through the `Service` protocol; the host owns everything around it:
+A service plugs in as a `HostedApp` (DetectorApp, TrainerApp, EmbedderApp: wiring, background
+work and readiness; the use cases live in each service's `*Service` class); the host owns
+everything around it:
 
-    host = ServiceHost(service, settings, registry=registry)
+    host = ServiceHost(app, settings, metrics_registry=metrics_registry)
     await host.start()        # bind, serve liveness; the service reports readiness itself
     ...
     await host.stop()         # NOT_SERVING, drain in-flight RPCs within the grace period, release
@@ -27,7 +29,7 @@ from prometheus_client import CollectorRegistry
 
 from oddity.common.interceptors import ServerInterceptor
 from oddity.common.logging import configure_logging, get_logger
-from oddity.common.metrics import MetricsEndpoint, RpcMetrics, new_registry, start_metrics_endpoint
+from oddity.common.metrics import MetricsEndpoint, RpcMetrics, new_metrics_registry, start_metrics_endpoint
 from oddity.common.settings import ServiceSettings, load_settings
 
 log = get_logger("oddity.server")
@@ -52,7 +54,7 @@ class Readiness:
         log.info("readiness changed", grpc_service=self._name, ready=ready)
 
 
-class Service(Protocol):
+class HostedApp(Protocol):
     """What a service plugs into the host."""
 
     #: Fully qualified gRPC service name, e.g. "oddity.v1.Detector"; also its readiness name.
@@ -73,19 +75,19 @@ class ServiceHost:
 
     def __init__(
         self,
-        service: Service,
+        app: HostedApp,
         settings: ServiceSettings,
         *,
-        registry: CollectorRegistry,
+        metrics_registry: CollectorRegistry,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
         credentials: grpc.ServerCredentials | None = None,
         options: Sequence[tuple[str, object]] = (),
     ) -> None:
-        self.service = service
+        self.app = app
         self.settings = settings
-        self.registry = registry
+        self.metrics_registry = metrics_registry
         self._interceptors = [
-            ServerInterceptor(service.name, RpcMetrics(registry), access_log=settings.access_log),
+            ServerInterceptor(app.name, RpcMetrics(metrics_registry), access_log=settings.access_log),
             *interceptors,
         ]
         self._credentials = credentials
@@ -98,7 +100,7 @@ class ServiceHost:
         ]
         self.server: grpc.aio.Server | None = None
         self.health = HealthServicer()
-        self.readiness = Readiness(self.health, service.name)
+        self.readiness = Readiness(self.health, app.name)
         self.metrics: MetricsEndpoint | None = None
         self.port = 0
         self._stopped = asyncio.Event()
@@ -111,10 +113,10 @@ class ServiceHost:
         """Bind and start serving; returns the bound gRPC port."""
         settings = self.settings
         server = grpc.aio.server(interceptors=self._interceptors, options=self._options)
-        self.service.register(server)
+        self.app.register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            [self.service.name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            [self.app.name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
             server,
         )
         target = f"{settings.host}:{settings.port}"
@@ -125,19 +127,19 @@ class ServiceHost:
         if self.port == 0:
             raise RuntimeError(f"could not bind {target}")
         await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
-        await self.health.set(self.service.name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set(self.app.name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.start()
         self.server = server
         if settings.metrics_port is not None:
-            self.metrics = start_metrics_endpoint(self.registry, settings.metrics_host, settings.metrics_port)
+            self.metrics = start_metrics_endpoint(self.metrics_registry, settings.metrics_host, settings.metrics_port)
         log.info(
             "serving",
-            grpc_service=self.service.name,
+            grpc_service=self.app.name,
             host=settings.host,
             port=self.port,
             metrics_port=self.metrics.port if self.metrics else None,
         )
-        await self.service.start(self.readiness)
+        await self.app.start(self.readiness)
         return self.port
 
     async def stop(self, grace: float | None = None) -> None:
@@ -147,16 +149,16 @@ class ServiceHost:
             return
         self._stopped.set()
         grace = self.settings.grace_period_seconds if grace is None else grace
-        log.info("stopping", grpc_service=self.service.name, grace_seconds=grace)
+        log.info("stopping", grpc_service=self.app.name, grace_seconds=grace)
         await self.health.enter_graceful_shutdown()
         if self.server is not None:
             await self.server.stop(grace)
         try:
-            await self.service.stop()
+            await self.app.stop()
         finally:
             if self.metrics is not None:
                 self.metrics.close()
-            log.info("stopped", grpc_service=self.service.name)
+            log.info("stopped", grpc_service=self.app.name)
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
@@ -185,7 +187,7 @@ async def run_until_signal(hosts: Sequence[ServiceHost]) -> None:
 
 
 def run_service(
-    make_app: Callable[[ServiceSettings, CollectorRegistry], Service],
+    make_app: Callable[[ServiceSettings, CollectorRegistry], HostedApp],
     settings_class: type[ServiceSettings],
     service_label: str,
     argv: list[str] | None = None,
@@ -194,7 +196,7 @@ def run_service(
     until SIGTERM."""
     settings = load_settings(settings_class, argv)
     configure_logging(level=settings.log_level, json=settings.log_json, service=service_label)
-    registry = new_registry()
-    host = ServiceHost(make_app(settings, registry), settings, registry=registry)
+    metrics_registry = new_metrics_registry()
+    host = ServiceHost(make_app(settings, metrics_registry), settings, metrics_registry=metrics_registry)
     asyncio.run(run_until_signal([host]))
     return 0

@@ -25,13 +25,13 @@ SERVICE_NAME = detector_pb2.DESCRIPTOR.services_by_name["Detector"].full_name
 
 
 class DetectorApp:
-    """Implements oddity.common.server.Service for the detector."""
+    """Implements oddity.common.server.HostedApp for the detector."""
 
     name = SERVICE_NAME
 
-    def __init__(self, settings: DetectorSettings, registry: CollectorRegistry) -> None:
+    def __init__(self, settings: DetectorSettings, metrics_registry: CollectorRegistry) -> None:
         self.settings = settings
-        self.metrics = DetectorMetrics(registry)
+        self.metrics = DetectorMetrics(metrics_registry)
         config = SessionConfig(
             intra_op_threads=settings.intra_op_threads,
             bulk_intra_op_threads=settings.bulk_intra_op_threads,

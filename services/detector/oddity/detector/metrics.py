@@ -8,7 +8,8 @@ from oddity.common.metrics import LATENCY_BUCKETS
 
 
 class DetectorMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, metrics_registry: CollectorRegistry) -> None:
+        registry = metrics_registry
         self.rows = Counter("oddity_detector_rows", "Rows scored.", ["model"], registry=registry)
         self.anomalies = Counter(
             "oddity_detector_anomalies", "Rows flagged as anomalous.", ["model", "group"], registry=registry

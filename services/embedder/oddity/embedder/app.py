@@ -18,13 +18,13 @@ SERVICE_NAME = embedder_pb2.DESCRIPTOR.services_by_name["Embedder"].full_name
 
 
 class EmbedderApp:
-    """Implements oddity.common.server.Service for the embedder."""
+    """Implements oddity.common.server.HostedApp for the embedder."""
 
     name = SERVICE_NAME
 
-    def __init__(self, settings: EmbedderSettings, registry: CollectorRegistry) -> None:
+    def __init__(self, settings: EmbedderSettings, metrics_registry: CollectorRegistry) -> None:
         self.settings = settings
-        self.service = EmbedderService(settings, EmbedderMetrics(registry))
+        self.service = EmbedderService(settings, EmbedderMetrics(metrics_registry))
         self._loading: asyncio.Task | None = None
 
     def register(self, server: grpc.aio.Server) -> None:

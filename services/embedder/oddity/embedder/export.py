@@ -14,10 +14,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
+from oddity.common import bundle
 from oddity.embedder.models import META_FILE, ModelSource, write_meta
-
-OPSET = 17
-IR_VERSION = 8
 
 
 class ExportError(Exception):
@@ -74,11 +72,11 @@ def _onnx_export(module, args, path: Path, input_names: list[str], dynamic_axes:
             input_names=input_names,
             output_names=["embedding"],
             dynamic_axes={**dynamic_axes, "embedding": {0: "batch"}},
-            opset_version=OPSET,
+            opset_version=bundle.OPSET,
             dynamo=False,
         )
     model = onnx.load_from_string(buffer.getvalue())
-    model.ir_version = IR_VERSION
+    model.ir_version = bundle.IR_VERSION
     onnx.save(model, path)
 
 

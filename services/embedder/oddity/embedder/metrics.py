@@ -6,7 +6,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class EmbedderMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, metrics_registry: CollectorRegistry) -> None:
+        registry = metrics_registry
         self.items = Counter("oddity_embedder_items", "Items embedded.", ["model"], registry=registry)
         self.batch_items = Histogram(
             "oddity_embedder_batch_items",

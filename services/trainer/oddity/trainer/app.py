@@ -25,16 +25,16 @@ SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["Trainer"].full_name
 
 
 class TrainerApp:
-    """Implements oddity.common.server.Service for the trainer."""
+    """Implements oddity.common.server.HostedApp for the trainer."""
 
     name = SERVICE_NAME
 
-    def __init__(self, settings: TrainerSettings, registry: CollectorRegistry) -> None:
+    def __init__(self, settings: TrainerSettings, metrics_registry: CollectorRegistry) -> None:
         self.settings = settings
         self.service = TrainerService(
             settings.data_volume,
             Publisher(settings.model_repository, settings.detectors),
-            TrainerMetrics(registry),
+            TrainerMetrics(metrics_registry),
             max_concurrent_jobs=settings.max_concurrent_jobs,
             embedder=settings.embedder,
         )

@@ -19,10 +19,6 @@ from onnx import helper, numpy_helper
 
 from oddity.common import bundle
 
-OPSET = 17
-ML_OPSET = 3
-IR_VERSION = 8  # what onnxruntime >= 1.16 reads; onnx 1.23 would write 14
-
 # progress(epoch, total_epochs, loss)
 Progress = Callable[[int, int, float], None]
 
@@ -140,7 +136,7 @@ class AutoencoderLearner:
 
         return Scorer().eval()
 
-    def score_samples(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def anomaly_scores(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(scores, feature errors) computed by torch: the parity reference."""
         import torch
 
@@ -165,11 +161,11 @@ class AutoencoderLearner:
                     bundle.SCORE_OUTPUT: {0: "N"},
                     bundle.FEATURE_ERRORS_OUTPUT: {0: "N"},
                 },
-                opset_version=OPSET,
+                opset_version=bundle.OPSET,
                 dynamo=False,
             )
         model = onnx.load_from_string(buffer.getvalue())
-        model.ir_version = IR_VERSION
+        model.ir_version = bundle.IR_VERSION
         return model.SerializeToString()
 
 
@@ -206,7 +202,7 @@ class _SklearnLearner:
         return convert_sklearn(
             self.pipeline_,
             initial_types=[(bundle.INPUT_NAME, FloatTensorType([None, d]))],
-            target_opset={"": OPSET, "ai.onnx.ml": ML_OPSET},
+            target_opset={"": bundle.OPSET, "ai.onnx.ml": bundle.ML_OPSET},
             options=options,
             # skl2onnx's identity-removal pass takes seconds on tree ensembles and saves nothing
             # that ONNX Runtime's own optimizer does not.
@@ -215,7 +211,7 @@ class _SklearnLearner:
 
 
 class _SklearnDetector(_SklearnLearner):
-    def score_samples(self, x: np.ndarray) -> tuple[np.ndarray, None]:
+    def anomaly_scores(self, x: np.ndarray) -> tuple[np.ndarray, None]:
         # scikit-learn: higher decision_function = more normal; Oddity: higher = more anomalous.
         return -self.pipeline_.decision_function(x).astype(np.float64), None
 
@@ -232,7 +228,7 @@ class _SklearnDetector(_SklearnLearner):
         )
         del graph.output[:]
         graph.output.append(helper.make_tensor_value_info(bundle.SCORE_OUTPUT, onnx.TensorProto.FLOAT, ["N"]))
-        model.ir_version = IR_VERSION
+        model.ir_version = bundle.IR_VERSION
         return model.SerializeToString()
 
 
@@ -277,7 +273,7 @@ class _SklearnClassifier(_SklearnLearner):
             node.output[:] = [renames.get(o, o) for o in node.output]
         for output in graph.output:
             output.name = renames.get(output.name, output.name)
-        model.ir_version = IR_VERSION
+        model.ir_version = bundle.IR_VERSION
         return model.SerializeToString()
 
 

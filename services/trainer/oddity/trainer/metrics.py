@@ -6,7 +6,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class TrainerMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, metrics_registry: CollectorRegistry) -> None:
+        registry = metrics_registry
         self.jobs = Counter(
             "oddity_trainer_jobs", "Training jobs by outcome.", ["dataset", "outcome"], registry=registry
         )

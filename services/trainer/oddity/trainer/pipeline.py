@@ -9,7 +9,6 @@ import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -177,7 +176,7 @@ def _train_group(
         trained.metrics.update({f"{prefix}accuracy": accuracy, f"{prefix}balanced_accuracy": balanced})
     else:
         scores = validation.onnx_scores(session, rows[holdout])
-        parity = validation.check_parity(scores, learner.score_samples(rows[holdout])[0], gate.parity_tolerance)
+        parity = validation.check_parity(scores, learner.anomaly_scores(rows[holdout])[0], gate.parity_tolerance)
         split = len(calibration)
         calibrated = validation.calibrate(scores[:split], scores[split:], spec.threshold_percentile)
         validation.check_anomaly_rate(calibrated.test_anomaly_rate, len(test), gate.anomaly_rate, plan.name)
@@ -198,7 +197,7 @@ def _train_group(
             )
         group.threshold = calibrated.threshold
         group.threshold_percentile = spec.threshold_percentile
-        group.quantiles.probabilities.extend(validation.QUANTILE_LEVELS.tolist())
+        group.quantiles.probabilities.extend(bundle.QUANTILE_LEVELS.tolist())
         group.quantiles.values.extend(calibrated.quantiles.tolist())
         group.metrics.update({"test_anomaly_rate": calibrated.test_anomaly_rate})
         trained.metrics[f"{prefix}test_anomaly_rate"] = calibrated.test_anomaly_rate
@@ -226,11 +225,3 @@ def _classification_metrics(classes: np.ndarray, probabilities: np.ndarray, labe
     return accuracy, float(np.mean(recalls))
 
 
-def live_version(repository: Path, name: str) -> bundle.VerifiedVersion | None:
-    """The newest complete version in the repository, if any."""
-    for version in reversed(bundle.list_versions(repository / name)):
-        try:
-            return bundle.load_verified_version(repository, name, version)
-        except bundle.BundleError:
-            continue
-    return None

@@ -13,6 +13,7 @@ import numpy as np
 from oddity.common import bundle
 from oddity.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from oddity.common.logging import get_logger
+from oddity.trainer import bundle_writer
 from oddity.v1 import detector_pb2, detector_pb2_grpc, manifest_pb2
 
 log = get_logger("oddity.trainer.publisher")
@@ -25,8 +26,8 @@ class Publisher:
         self.notify_timeout = notify_timeout
 
     def publish(self, manifest: manifest_pb2.ModelManifest, onnx_files: dict[str, bytes], keep: int) -> int:
-        version = bundle.publish_version(self.repository, manifest, onnx_files)
-        removed = bundle.prune_versions(self.repository / manifest.name, keep)
+        version = bundle_writer.publish_version(self.repository, manifest, onnx_files)
+        removed = bundle_writer.prune_versions(self.repository / manifest.name, keep)
         log.info("version published", model=manifest.name, version=version, pruned=removed)
         self.notify(manifest.name)
         return version

@@ -19,7 +19,7 @@ from pathlib import Path
 from oddity.common import bundle
 from oddity.common.errors import AlreadyExists, InvalidArgument, NotFound
 from oddity.common.logging import get_logger
-from oddity.trainer import pipeline
+from oddity.trainer import bundle_writer, pipeline
 from oddity.trainer.data import DataError, fingerprint, load_dataset
 from oddity.trainer.embedded import EmbedderConnection, EmbedderUnavailable, EmbeddingCache, load_embedded_dataset
 from oddity.trainer.history import History
@@ -110,7 +110,7 @@ class TrainerService:
 
     def recover(self) -> list[Job]:
         """After a crash: drop half-written versions, report interrupted jobs as failed."""
-        removed = bundle.remove_stale_temp_dirs(self.repository)
+        removed = bundle_writer.remove_stale_temp_dirs(self.repository)
         if removed:
             log.warning("removed unfinished versions", folders=[str(p) for p in removed])
         interrupted = self.jobs.interrupted()
@@ -179,7 +179,7 @@ class TrainerService:
         override = self._resolve_data_path(data_path) if data_path else None
         if model_kind and model_kind not in LEARNERS:
             raise InvalidArgument(f"unknown model_kind {model_kind!r}; choose one of {sorted(LEARNERS)}")
-        if model_kind and (model_kind in ("random_forest", "svm", "logistic")) != state.spec.is_classifier:
+        if model_kind and bundle.KINDS[model_kind].is_classifier != state.spec.is_classifier:
             raise InvalidArgument(
                 f"model_kind {model_kind!r} does not fit dataset {dataset!r} (label: {state.spec.label})"
             )
@@ -230,7 +230,7 @@ class TrainerService:
             details.update(model=spec.name, kind=kind)
             self.history.append("TRAINING_STARTED", dataset, f"training {kind} for {dataset}", **details)
             digest = fingerprint(state.folder, spec)
-            live = pipeline.live_version(self.repository, spec.name)
+            live = bundle.newest_complete_version(self.repository, spec.name)
             if job.trigger == "interval" and live is not None and live.manifest.data_fingerprint == digest:
                 raise pipeline.Skipped(f"data unchanged since version {live.manifest.version}")
             embedding = None

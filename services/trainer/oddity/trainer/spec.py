@@ -13,13 +13,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from oddity.common.bundle import is_valid_model_name
+from oddity.common.bundle import KINDS, is_valid_model_name
 
 SPEC_FILE = "dataset.yaml"
-
-DETECTOR_KINDS = ("autoencoder", "isolation_forest", "one_class_svm")
-CLASSIFIER_KINDS = ("random_forest", "svm", "logistic")
-ModelKind = Literal["autoencoder", "isolation_forest", "one_class_svm", "random_forest", "svm", "logistic"]
 FORMATS = ("csv", "xlsx", "xls", "parquet", "jsonl")
 
 
@@ -99,8 +95,15 @@ class EmbedderSpec(_Strict):
 
 
 class ModelSpec(_Strict):
-    kind: ModelKind = "autoencoder"
+    kind: str = "autoencoder"
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("kind")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in KINDS:
+            raise ValueError(f"unknown model kind {value!r}; choose one of {sorted(KINDS)}")
+        return value
 
 
 class Retrain(_Strict):
@@ -161,7 +164,7 @@ class DatasetSpec(_Strict):
         kinds = [k for k, v in (("sources", self.sources), ("images", self.images), ("texts", self.texts)) if v]
         if len(kinds) != 1:
             raise ValueError("give exactly one of sources (tables), images or texts")
-        classifier = self.model.kind in CLASSIFIER_KINDS
+        classifier = KINDS[self.model.kind].is_classifier
         if classifier and not self.label:
             raise ValueError(f"model kind {self.model.kind!r} is a classifier and needs a label column")
         if not classifier and self.label:
@@ -180,7 +183,7 @@ class DatasetSpec(_Strict):
 
     @property
     def is_classifier(self) -> bool:
-        return self.model.kind in CLASSIFIER_KINDS
+        return KINDS[self.model.kind].is_classifier
 
     @property
     def selection(self) -> FeatureSelection:

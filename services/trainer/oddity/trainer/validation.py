@@ -13,8 +13,6 @@ import onnxruntime as ort
 
 from oddity.common import bundle
 
-QUANTILE_LEVELS = np.linspace(0.0, 1.0, 1001)
-
 
 class ValidationFailed(Exception):
     """The model is sound enough to run but not good enough to publish; the message says why."""
@@ -23,7 +21,7 @@ class ValidationFailed(Exception):
 @dataclass
 class Calibration:
     threshold: float
-    quantiles: np.ndarray  # values at QUANTILE_LEVELS
+    quantiles: np.ndarray  # values at bundle.QUANTILE_LEVELS
     test_anomaly_rate: float
 
 
@@ -56,7 +54,7 @@ def calibrate(calibration_scores: np.ndarray, test_scores: np.ndarray, percentil
     threshold = float(np.percentile(calibration_scores, percentile))
     return Calibration(
         threshold=threshold,
-        quantiles=np.quantile(calibration_scores, QUANTILE_LEVELS),
+        quantiles=np.quantile(calibration_scores, bundle.QUANTILE_LEVELS),
         test_anomaly_rate=float(np.mean(test_scores > threshold)),
     )
 

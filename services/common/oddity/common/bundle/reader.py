@@ -1,0 +1,113 @@
+"""Reading a model repository: which models and versions exist, and a version proven
+complete (manifest valid, every active group's ONNX bytes matching their sha256).
+
+Reason to change: how versions are found and verified on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from oddity.common.bundle.contract import (
+    MANIFEST_FILE,
+    BundleError,
+    active_groups,
+    is_valid_model_name,
+    parse_manifest,
+    validate_manifest,
+)
+from oddity.v1 import manifest_pb2
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def list_models(repository: Path) -> list[str]:
+    """Model folders in the repository (hidden and oddly named entries are ignored)."""
+    try:
+        entries = list(os.scandir(repository))
+    except FileNotFoundError:
+        return []
+    return sorted(e.name for e in entries if e.is_dir() and is_valid_model_name(e.name))
+
+
+def list_versions(model_dir: Path) -> list[int]:
+    """Integer-named version folders, ascending. Temporary folders are not versions."""
+    try:
+        entries = list(os.scandir(model_dir))
+    except FileNotFoundError:
+        return []
+    return sorted(int(e.name) for e in entries if e.name.isdigit() and int(e.name) > 0 and e.is_dir())
+
+
+def read_manifest(version_dir: Path) -> manifest_pb2.ModelManifest:
+    path = version_dir / MANIFEST_FILE
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise BundleError(f"{MANIFEST_FILE} missing") from exc
+    return parse_manifest(data)
+
+
+@dataclass(frozen=True)
+class VerifiedVersion:
+    """A complete version: its manifest and the verified bytes of each active group's ONNX file."""
+
+    path: Path
+    manifest: manifest_pb2.ModelManifest
+    onnx: Mapping[str, bytes]  # group name -> file content
+
+
+def load_verified_version(repository: Path, name: str, version: int) -> VerifiedVersion:
+    """Read a version and prove it complete. The bytes returned are the bytes hashed, so what
+    gets loaded is exactly what was verified."""
+    path = repository / name / str(version)
+    manifest = read_manifest(path)
+    validate_manifest(manifest, name=name, version=version)
+    onnx: dict[str, bytes] = {}
+    for group in active_groups(manifest):
+        file_path = path / group.onnx_file
+        try:
+            data = file_path.read_bytes()
+        except FileNotFoundError as exc:
+            raise BundleError(f"group {group.name!r}: {group.onnx_file} missing") from exc
+        digest = sha256_bytes(data)
+        if digest != group.sha256:
+            raise BundleError(
+                f"group {group.name!r}: sha256 of {group.onnx_file} is {digest[:12]}…, manifest says "
+                f"{group.sha256[:12]}… (incomplete copy or corrupt file)"
+            )
+        onnx[group.name] = data
+    return VerifiedVersion(path=path, manifest=manifest, onnx=onnx)
+
+
+def newest_complete_version(repository: Path, name: str) -> VerifiedVersion | None:
+    """The newest complete version of a model, if any."""
+    for version in reversed(list_versions(repository / name)):
+        try:
+            return load_verified_version(repository, name, version)
+        except BundleError:
+            continue
+    return None
+
+
+def version_signature(version_dir: Path) -> tuple:
+    """Cheap fingerprint of a version folder (names, sizes, mtimes): a changed signature means
+    the folder must be checked again."""
+    try:
+        entries = sorted(os.scandir(version_dir), key=lambda e: e.name)
+    except FileNotFoundError:
+        return ()
+    signature = []
+    for entry in entries:
+        try:
+            st = entry.stat()
+        except FileNotFoundError:
+            continue
+        signature.append((entry.name, st.st_size, st.st_mtime_ns))
+    return tuple(signature)

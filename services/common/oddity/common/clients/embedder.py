@@ -1,0 +1,89 @@
+"""Client of the embedder: items in, vectors out (used by the detector's DetectImages and the
+trainer's image and text datasets).
+
+Reason to change: the Embedder API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from oddity.common.clients.channel import RemoteService
+from oddity.common.tensors import tensor_to_array
+from oddity.v1 import embedder_pb2, embedder_pb2_grpc
+
+SERVICE = embedder_pb2.DESCRIPTOR.services_by_name["Embedder"].full_name
+
+
+@dataclass(frozen=True)
+class EmbedderModel:
+    """What the embedder says of one served model."""
+
+    name: str
+    model_id: str
+    revision: str
+    precision: str
+    modality: str  # "image" or "text"
+    dimension: int
+    is_default: bool = False
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    vectors: np.ndarray  # [items, dimension] float32
+    model: str
+    model_id: str
+    revision: str
+
+
+class EmbedderClient(RemoteService):
+    service = SERVICE
+    label = "embedder"
+
+    def __init__(self, target: str, **kwargs) -> None:
+        super().__init__(target, **kwargs)
+        self._stub = embedder_pb2_grpc.EmbedderStub(self.channel)
+
+    async def embed(
+        self,
+        model: str,
+        *,
+        images: Sequence[bytes] = (),
+        texts: Sequence[str] = (),
+        timeout: float | None = None,
+        request_id: str | None = None,
+    ) -> Embeddings:
+        items = [embedder_pb2.EmbedItem(image=i) for i in images] + [embedder_pb2.EmbedItem(text=t) for t in texts]
+        response = await self._call(
+            self._stub.Embed,
+            embedder_pb2.EmbedRequest(model=model, items=items),
+            timeout=timeout,
+            request_id=request_id,
+        )
+        return Embeddings(
+            vectors=tensor_to_array(response.embeddings, field="embeddings"),
+            model=response.model,
+            model_id=response.model_id,
+            revision=response.revision,
+        )
+
+    async def models(self, model: str = "", *, request_id: str | None = None) -> list[EmbedderModel]:
+        """The served models (or the one named)."""
+        response = await self._call(
+            self._stub.GetInfo, embedder_pb2.GetInfoRequest(model=model), request_id=request_id
+        )
+        return [
+            EmbedderModel(
+                name=m.name,
+                model_id=m.model_id,
+                revision=m.revision,
+                precision=m.precision,
+                modality=m.modality,
+                dimension=m.dimension,
+                is_default=m.is_default,
+            )
+            for m in response.models
+        ]
