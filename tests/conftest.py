@@ -47,8 +47,8 @@ class ServiceHandle:
         self.stub = stub_class(self.channel)
 
     @property
-    def registry(self):
-        return self.app.registry
+    def model_registry(self):
+        return self.app.model_registry
 
     @property
     def service(self):

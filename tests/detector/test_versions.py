@@ -47,7 +47,7 @@ def stage_copy(repository, source_version: int, target_version: int):
 
 def test_new_version_serves_within_two_poll_intervals(repository, detector, fits):
     models.publish_simple(repository, "m", fits[0], dimension=D)
-    assert wait_for(lambda: detector.registry.has_models)
+    assert wait_for(lambda: detector.model_registry.has_models)
     assert serving_version(detector) == 1
     published = time.monotonic()
     models.publish_simple(repository, "m", fits[1], dimension=D)
@@ -170,13 +170,13 @@ def test_removed_model_folder_stops_serving(repository, detector, fits):
 def test_old_version_is_released_after_its_requests_finish(repository, detector, fits):
     models.publish_simple(repository, "m", fits[0], dimension=D)
     detector.stub.LoadModel(detector_pb2.LoadModelRequest(model="m"))
-    old = detector.registry.acquire("m")  # a request in flight on v1
+    old = detector.model_registry.acquire("m")  # a request in flight on v1
     models.publish_simple(repository, "m", fits[1], dimension=D)
     detector.stub.LoadModel(detector_pb2.LoadModelRequest(model="m"))
     assert serving_version(detector) == 2
-    assert not old.released and detector.registry.draining() == 1
+    assert not old.released and detector.model_registry.draining() == 1
     scores = old.score(models.normal_rows(2, D))  # still usable by its request
     assert len(scores.scores) == 2
     old.release()
-    assert old.released and detector.registry.draining() == 0
+    assert old.released and detector.model_registry.draining() == 0
     assert os.path.isdir(repository / "m" / "1")  # the detector never writes to the repository

@@ -37,14 +37,14 @@ class DetectorApp:
             bulk_intra_op_threads=settings.bulk_intra_op_threads,
             warmup_batch_size=settings.warmup_batch_size,
         )
-        self.registry = ModelRegistry(
+        self.model_registry = ModelRegistry(
             settings.model_repository,
             lambda verified: LoadedModel(verified, config),
             self.metrics,
             pinned=settings.pinned_versions,
         )
         self.service = DetectorService(
-            self.registry,
+            self.model_registry,
             self.metrics,
             limits=DetectLimits(
                 max_rows=settings.max_rows_per_request,
