@@ -144,9 +144,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Any:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
@@ -158,7 +158,36 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
-    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def _wrap_stream(self, method: str, behavior: Any, in_flight: Any) -> Callable[..., Any]:
+        async def wrapped(request, context):
+            call = _Call(self, method, in_flight, context)
+            try:
+                async for item in behavior(request, context):
+                    yield item
+            except BaseException as exc:
+                await call.fail(exc)
+                raise
+            finally:
+                call.finish()
+
+        return wrapped
+
+    def _wrap_unary(self, method: str, behavior: Any, in_flight: Any) -> Callable[..., Any]:
+        """Unary responses, and streaming handlers that write with context.write()."""
+
+        async def wrapped(request, context):
+            call = _Call(self, method, in_flight, context)
+            try:
+                return await behavior(request, context)
+            except BaseException as exc:
+                await call.fail(exc)
+                raise
+            finally:
+                call.finish()
+
+        return wrapped
+
+    def _wrap(self, method: str, handler: Any) -> Any:
         in_flight = self.metrics.in_flight.labels(self.service, method)
         behavior = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
         deserializer = handler.request_deserializer
@@ -166,32 +195,11 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             behavior = _reject_undecodable(behavior)
             deserializer = _tolerant(deserializer)
 
-        if inspect.isasyncgenfunction(behavior):
-
-            async def wrapped(request, context):
-                call = _Call(self, method, in_flight, context)
-                try:
-                    async for item in behavior(request, context):
-                        yield item
-                except BaseException as exc:
-                    await call.fail(exc)
-                    raise
-                finally:
-                    call.finish()
-
-        else:
-            # Unary responses, and streaming handlers that write with context.write().
-
-            async def wrapped(request, context):
-                call = _Call(self, method, in_flight, context)
-                try:
-                    return await behavior(request, context)
-                except BaseException as exc:
-                    await call.fail(exc)
-                    raise
-                finally:
-                    call.finish()
-
+        wrapped = (
+            self._wrap_stream(method, behavior, in_flight)
+            if inspect.isasyncgenfunction(behavior)
+            else self._wrap_unary(method, behavior, in_flight)
+        )
         serializers = (deserializer, handler.response_serializer)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(wrapped, *serializers)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -33,6 +33,8 @@ from oddity.common.metrics import MetricsEndpoint, RpcMetrics, new_metrics_regis
 from oddity.common.settings import ServiceSettings, load_settings
 
 log = get_logger("oddity.server")
+
+SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
 
 LIVENESS = ""  # grpc.health.v1: the empty service name answers "is the process up".
 
@@ -187,8 +189,8 @@ async def run_until_signal(hosts: Sequence[ServiceHost]) -> None:
 
 
 def run_service(
-    make_app: Callable[[ServiceSettings, CollectorRegistry], HostedApp],
-    settings_class: type[ServiceSettings],
+    make_app: Callable[[SettingsT, CollectorRegistry], HostedApp],
+    settings_class: type[SettingsT],
     service_label: str,
     argv: list[str] | None = None,
 ) -> int:

@@ -68,7 +68,7 @@ def _onnx_export(module, args, path: Path, input_names: list[str], dynamic_axes:
         torch.onnx.export(
             module,
             args,
-            buffer,
+            buffer,  # type: ignore[arg-type]  # torch writes to file objects too
             input_names=input_names,
             output_names=["embedding"],
             dynamic_axes={**dynamic_axes, "embedding": {0: "batch"}},

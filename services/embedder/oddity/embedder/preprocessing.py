@@ -32,7 +32,7 @@ def decode_image(data: bytes, index: int, limits: ImageLimits) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image: Image.Image = Image.open(io.BytesIO(data))
             if image.format not in IMAGE_FORMATS:
                 raise InvalidArgument(
                     f"item {index}: {image.format} images are not accepted (PNG, JPEG, BMP, WebP, GIF)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import onnxruntime as ort
@@ -52,15 +53,15 @@ class EmbeddingModel:
     def prepare(self, items: list[Item], first_index: int = 0) -> dict[str, np.ndarray]:
         """Decode and preprocess (raises InvalidArgument naming the item)."""
         if self.modality == "image":
-            return {"pixel_values": self._images([i.image for i in items], first_index)}
-        return self._texts([i.text for i in items], first_index)
+            return {"pixel_values": self._images(_images(items), first_index)}
+        return self._texts(_texts(items), first_index)
 
     def request_payload(self, items: list[Item], first_index: int = 0):
         """The part of preprocessing done per request, so a bad item fails only its own request:
         images are decoded and turned into pixels; texts are checked (tokenized per batch)."""
         if self.modality == "image":
-            return self._images([i.image for i in items], first_index)
-        return check_texts([i.text for i in items], first_index)
+            return self._images(_images(items), first_index)
+        return check_texts(_texts(items), first_index)
 
     def run_batch(self, payloads: list) -> np.ndarray:
         """One ONNX call for several requests' payloads; rows in payload order."""
@@ -84,3 +85,12 @@ class EmbeddingModel:
             "precision": self.meta["precision"],
             "preprocessing": {k: str(v) for k, v in self.meta["preprocessing"].items()},
         }
+
+
+# check() has proved that every item carries the model's modality.
+def _images(items: list[Item]) -> list[bytes]:
+    return cast(list[bytes], [i.image for i in items])
+
+
+def _texts(items: list[Item]) -> list[str]:
+    return cast(list[str], [i.text for i in items])
