@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -33,13 +33,15 @@ LOOPBACK = {"host": "127.0.0.1", "port": 0, "metrics_host": "127.0.0.1", "metric
 class ServiceHandle:
     """A service app running in a background thread, with a client stub on a real channel."""
 
-    def __init__(self, make_app: Callable, settings, stub_class) -> None:
+    def __init__(self, make_app: Callable, settings, stub_class, interceptors: Sequence = ()) -> None:
         holder: dict = {}
 
         def make_host() -> ServiceHost:
             metrics_registry = new_metrics_registry(process_metrics=False)
             holder["app"] = make_app(settings, metrics_registry)
-            return ServiceHost(holder["app"], settings, metrics_registry=metrics_registry)
+            return ServiceHost(
+                holder["app"], settings, metrics_registry=metrics_registry, interceptors=interceptors
+            )
 
         self.server = ServerThread(make_host).start()
         self.app = holder["app"]
@@ -77,21 +79,21 @@ class ServiceHandle:
 
 def start_detector(repository: Path, **overrides) -> ServiceHandle:
     overrides.setdefault("poll_interval_seconds", 0.2)
-    settings = DetectorSettings(**LOOPBACK, model_repository=repository, **overrides)
+    settings = DetectorSettings(**{**LOOPBACK, **overrides}, model_repository=repository)
     return ServiceHandle(DetectorApp, settings, detector_pb2_grpc.DetectorStub)
 
 
 def start_trainer(data_volume: Path, repository: Path, **overrides) -> ServiceHandle:
     overrides.setdefault("force_polling", True)
     overrides.setdefault("scan_interval_seconds", 1.0)
-    settings = TrainerSettings(**LOOPBACK, data_volume=data_volume, model_repository=repository, **overrides)
+    settings = TrainerSettings(**{**LOOPBACK, **overrides}, data_volume=data_volume, model_repository=repository)
     return ServiceHandle(TrainerApp, settings, trainer_pb2_grpc.TrainerStub)
 
 
-def start_embedder(cache_dir: Path, models: dict, **overrides) -> ServiceHandle:
+def start_embedder(cache_dir: Path, models: dict, interceptors: Sequence = (), **overrides) -> ServiceHandle:
     overrides.setdefault("default_model", next(iter(models)))
-    settings = EmbedderSettings(**LOOPBACK, cache_dir=cache_dir, models=models, **overrides)
-    return ServiceHandle(EmbedderApp, settings, embedder_pb2_grpc.EmbedderStub)
+    settings = EmbedderSettings(**{**LOOPBACK, **overrides}, cache_dir=cache_dir, models=models)
+    return ServiceHandle(EmbedderApp, settings, embedder_pb2_grpc.EmbedderStub, interceptors)
 
 
 @pytest.fixture

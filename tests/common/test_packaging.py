@@ -1,9 +1,18 @@
-"""Packaging guarantees: stubs current, detector free of torch, generated imports clean."""
+"""Packaging guarantees: one distribution per service folder whose folder path is its import
+path, stubs current, and a detector install that pulls neither torch nor transformers."""
 
+import importlib.util
+import re
 import subprocess
 import sys
+import tomllib
+from importlib import metadata
+
+from packaging.requirements import Requirement
 
 from tests.support.servers import repo_root
+
+SERVICES = ("common", "detector", "trainer", "embedder")
 
 
 def test_generated_stubs_are_current():
@@ -13,7 +22,49 @@ def test_generated_stubs_are_current():
     assert result.returncode == 0, result.stderr
 
 
-def test_detector_imports_neither_torch_nor_transformers():
+def test_each_service_folder_is_one_distribution_whose_folder_path_is_its_import_path():
+    root = repo_root()
+    for name in SERVICES:
+        folder = root / "services" / name
+        project = tomllib.loads((folder / "pyproject.toml").read_text())["project"]
+        assert project["name"] == f"oddity-{name}"
+        assert not (folder / "oddity" / "__init__.py").exists(), "oddity must stay a namespace package"
+        for path in sorted((folder / "oddity").rglob("*.py")):
+            module = ".".join(path.relative_to(folder).with_suffix("").parts).removesuffix(".__init__")
+            spec = importlib.util.find_spec(module)
+            assert spec is not None and spec.origin == str(path), module
+    assert "package-dir" not in (root / "pyproject.toml").read_text()
+
+
+def _closure(distribution: str) -> set[str]:
+    """Every distribution that installing `distribution` pulls in (no extras)."""
+    seen: set[str] = set()
+    pending = [distribution]
+    while pending:
+        name = re.sub(r"[-_.]+", "-", pending.pop()).lower()
+        if name in seen:
+            continue
+        seen.add(name)
+        for line in metadata.requires(name) or ():
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                pending.append(requirement.name)
+    return seen
+
+
+def test_detector_install_pulls_neither_torch_nor_transformers():
+    closure = _closure("oddity-detector")
+    assert {"oddity-common", "onnxruntime", "grpcio"} <= closure
+    assert not {"torch", "transformers"} & closure
+
+
+def test_embedder_serving_install_pulls_neither_torch_nor_transformers():
+    closure = _closure("oddity-embedder")
+    assert {"oddity-common", "onnxruntime", "tokenizers", "pillow"} <= closure
+    assert not {"torch", "transformers"} & closure
+
+
+def test_detector_runs_without_importing_torch_or_transformers():
     code = (
         "import sys, oddity.detector.main, oddity.v1.detector_pb2_grpc;"
         "bad = [m for m in ('torch', 'transformers') if m in sys.modules];"
