@@ -2,6 +2,8 @@
 
 Messages are shown to clients, so they name the field, row or item at fault and never
 carry internals.
+
+Reason to change: a new kind of expected failure.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ Every RPC passes through one wrapper that
   - turns domain errors into their gRPC status with the error's message, and any other
     exception into INTERNAL with a fixed text, so no internals leak.
 Wrapped handlers are cached per method: the per-call cost stays a few microseconds.
+
+Reason to change: what every incoming RPC gets (request ids, logs, metrics, status mapping).
 """
 
 from __future__ import annotations

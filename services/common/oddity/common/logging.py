@@ -3,6 +3,8 @@
 Request-scoped fields (request id, model, version) live in one context variable that the
 RPC interceptor sets per call and the services annotate; every log line of that call
 carries them. Standard-library loggers (grpc, ...) are rendered the same way.
+
+Reason to change: the log format or the request-scoped fields.
 """
 
 from __future__ import annotations

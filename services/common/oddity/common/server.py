@@ -12,6 +12,8 @@ everything around it:
 
 `run_until_signal` runs one or more hosts until SIGTERM or SIGINT and stops them gracefully.
 Credentials, extra interceptors and the metrics registry are passed in, never hard-wired.
+
+Reason to change: the lifecycle of a gRPC server (start, health, reflection, drain, stop).
 """
 
 from __future__ import annotations

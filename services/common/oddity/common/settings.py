@@ -1,5 +1,8 @@
 """Settings shared by every service. Each service subclasses ServiceSettings with its own
-env prefix (ODDITY_DETECTOR_, ...); values come from flags, then env vars, then defaults."""
+env prefix (ODDITY_DETECTOR_, ...); values come from flags, then env vars, then defaults.
+
+Reason to change: settings every service shares (network, lifecycle, logging).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""oddity.v1.Tensor <-> numpy. The raw-bytes path decodes without copying."""
+"""oddity.v1.Tensor <-> numpy. The raw-bytes path decodes without copying.
+
+Reason to change: the Tensor wire format.
+"""
 
 from __future__ import annotations
 

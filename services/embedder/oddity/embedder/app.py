@@ -1,4 +1,7 @@
-"""The embedder as a hosted service: loads (exports) its models, then reports ready."""
+"""The embedder as a hosted service: loads (exports) its models, then reports ready.
+
+Reason to change: how the embedder is wired and when it reports ready.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +11,9 @@ import grpc
 from prometheus_client import CollectorRegistry
 
 from oddity.common.server import Readiness
+from oddity.embedder.grpc_api import EmbedderServicer
 from oddity.embedder.metrics import EmbedderMetrics
 from oddity.embedder.service import EmbedderService
-from oddity.embedder.servicer import EmbedderServicer
 from oddity.embedder.settings import EmbedderSettings
 from oddity.v1 import embedder_pb2, embedder_pb2_grpc
 

@@ -1,7 +1,10 @@
 """Dynamic batching: concurrent requests are gathered up to `max_batch_size` items or
 `max_wait` seconds, whichever comes first, and run as one ONNX call on a worker thread.
 While a batch runs, the next one gathers. A failed batch fails every waiting caller with
-the reason."""
+the reason.
+
+Reason to change: how concurrent requests are batched.
+"""
 
 from __future__ import annotations
 

@@ -4,6 +4,8 @@ This is the only module of the embedder that needs torch and transformers; servi
 onnxruntime, tokenizers and Pillow only. Loading goes through transformers'
 `from_pretrained`, so a hub id and a local directory work alike; on a machine without hub
 access a hub id fails, and the error says how to provide the weights.
+
+Reason to change: how Hugging Face models become ONNX graphs.
 """
 
 from __future__ import annotations

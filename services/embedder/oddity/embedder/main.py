@@ -1,4 +1,7 @@
-"""`oddity-embedder`: settings -> app -> host -> run until SIGTERM."""
+"""`oddity-embedder`: settings -> app -> host -> run until SIGTERM.
+
+Reason to change: the console script.
+"""
 
 from __future__ import annotations
 

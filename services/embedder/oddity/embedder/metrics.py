@@ -1,4 +1,7 @@
-"""Embedder metrics, declared once against the registry passed in."""
+"""Embedder metrics, declared once against the registry passed in.
+
+Reason to change: what the embedder measures.
+"""
 
 from __future__ import annotations
 

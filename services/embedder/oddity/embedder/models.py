@@ -1,4 +1,7 @@
-"""Which encoders an embedder serves, and where exported graphs are cached."""
+"""Which encoders an embedder serves, and where exported graphs are cached.
+
+Reason to change: how served models are named, sourced and cached.
+"""
 
 from __future__ import annotations
 

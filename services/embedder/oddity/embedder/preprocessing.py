@@ -1,6 +1,9 @@
 """Turning request items into model inputs, without torch or transformers: images with
 Pillow + numpy (the same steps as the model's own image processor), text with the
-`tokenizers` library."""
+`tokenizers` library.
+
+Reason to change: how images and texts become model inputs.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """A served encoder: an exported ONNX graph, its preprocessing, and one inference call per
-batch. Needs onnxruntime, tokenizers and Pillow; never torch."""
+batch. Needs onnxruntime, tokenizers and Pillow; never torch.
+
+Reason to change: how one exported encoder runs.
+"""
 
 from __future__ import annotations
 

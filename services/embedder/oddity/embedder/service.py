@@ -1,4 +1,7 @@
-"""The embedder's use cases, free of protobuf: load (export once, cached) and serve models."""
+"""The embedder's use cases, free of protobuf: load (export once, cached) and serve models.
+
+Reason to change: the embedder's use cases.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Embedder settings: flags (--models ...) or env vars (ODDITY_EMBEDDER_MODELS ...)."""
+"""Embedder settings: flags (--models ...) or env vars (ODDITY_EMBEDDER_MODELS ...).
+
+Reason to change: the embedder's settings.
+"""
 
 from __future__ import annotations
 

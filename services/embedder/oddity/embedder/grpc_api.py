@@ -1,4 +1,7 @@
-"""gRPC front end of the embedder: protobuf in, domain call, protobuf out."""
+"""gRPC front end of the embedder: protobuf in, domain call, protobuf out.
+
+Reason to change: the Embedder protobuf API.
+"""
 
 from __future__ import annotations
 
