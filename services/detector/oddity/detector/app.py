@@ -12,10 +12,11 @@ from oddity.common.logging import get_logger
 from oddity.common.server import Readiness
 from oddity.detector.embedding import EmbedderClient
 from oddity.detector.metrics import DetectorMetrics
-from oddity.detector.model import LoadedModel, SessionConfig
+from oddity.detector.model import LoadedModel
 from oddity.detector.registry import ModelRegistry
 from oddity.detector.service import DetectLimits, DetectorService
 from oddity.detector.servicer import DetectorServicer
+from oddity.detector.sessions import SessionConfig
 from oddity.detector.settings import DetectorSettings
 from oddity.v1 import detector_pb2, detector_pb2_grpc
 

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from oddity.common.errors import OddityError
-from oddity.detector.model import LoadedModel, Scores
+from oddity.detector.model import LoadedModel
+from oddity.detector.scoring import Scores
 
 
 @dataclass(slots=True)

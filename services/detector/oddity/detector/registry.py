@@ -21,7 +21,8 @@ from oddity.common import bundle
 from oddity.common.errors import FailedPrecondition, NotFound, Unavailable
 from oddity.common.logging import get_logger
 from oddity.detector.metrics import DetectorMetrics
-from oddity.detector.model import LoadedModel, ModelLoadError
+from oddity.detector.model import LoadedModel
+from oddity.detector.sessions import ModelLoadError
 
 log = get_logger("oddity.detector.registry")
 

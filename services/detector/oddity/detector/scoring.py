@@ -1,9 +1,24 @@
-"""Turning raw scores into decisions: normalized scores, thresholds, confidence and
-feature contributions. Pure numpy, shared by every model kind."""
+"""Turning a version's ONNX Runtime outputs into answers: the per-request scoring that
+assembles `Scores` (raw scores, normalized scores, thresholds, decisions, confidences,
+feature contributions; class probabilities for classifiers), and the pure numpy rules it
+uses, shared by every model kind.
+
+Reason to change: what a score means (normalization, thresholds, confidence, contributions,
+the columns of an answer).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
 import numpy as np
+import onnxruntime as ort
+
+from oddity.common import bundle
+from oddity.common.errors import FailedPrecondition
+from oddity.detector.sessions import GroupSessions
+from oddity.v1 import manifest_pb2
 
 _EPS = 1e-12
 
@@ -32,7 +47,7 @@ def confidence(normalized: np.ndarray, normalized_threshold: np.ndarray | float,
     # Keeping t off 0 and 1 avoids dividing by zero; the limits (1 at the far ends) still hold.
     # (np.minimum/np.maximum: np.clip's dispatch costs more than the arithmetic on small arrays.)
     if isinstance(normalized_threshold, float):
-        t = min(max(normalized_threshold, _EPS), 1.0 - _EPS)
+        t: np.ndarray | float = min(max(normalized_threshold, _EPS), 1.0 - _EPS)
     else:
         t = np.minimum(np.maximum(normalized_threshold, _EPS), 1.0 - _EPS)
     distance = np.where(is_anomaly, (normalized - t) / (1.0 - t), (t - normalized) / t)
@@ -56,3 +71,214 @@ def top_contributions(feature_errors: np.ndarray, k: int) -> tuple[np.ndarray, n
     totals = feature_errors.sum(axis=1, keepdims=True)
     shares = np.divide(top_errors, totals, out=np.zeros_like(top_errors, dtype=np.float64), where=totals > 0)
     return top, top_errors, shares
+
+
+@dataclass(slots=True)
+class Scores:
+    """Per-row results of one request."""
+
+    scores: np.ndarray
+    normalized: np.ndarray
+    is_anomaly: np.ndarray
+    thresholds: np.ndarray
+    confidences: np.ndarray
+    groups: list[str]
+    fallback: np.ndarray
+    # Present when top-k explanations were asked for: indices, errors, shares, each [N, k].
+    explanations: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    # Classifiers: predicted class index per row and class probabilities [N, C]; the anomaly
+    # columns above are empty and confidences hold the predicted class's probability.
+    classes: np.ndarray | None = None
+    probabilities: np.ndarray | None = None
+
+    def slice(self, start: int, stop: int) -> Scores:
+        """Rows start..stop, for splitting a micro-batch back into its requests."""
+        explanations = self.explanations
+        return Scores(
+            scores=self.scores[start:stop],
+            normalized=self.normalized[start:stop],
+            is_anomaly=self.is_anomaly[start:stop],
+            thresholds=self.thresholds[start:stop],
+            confidences=self.confidences[start:stop],
+            groups=self.groups[start:stop],
+            fallback=self.fallback[start:stop],
+            explanations=None
+            if explanations is None
+            else (explanations[0][start:stop], explanations[1][start:stop], explanations[2][start:stop]),
+            classes=None if self.classes is None else self.classes[start:stop],
+            probabilities=None if self.probabilities is None else self.probabilities[start:stop],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class GroupScorer:
+    """One active group: its sessions and its score distribution (threshold, quantile table)."""
+
+    name: str
+    session: ort.InferenceSession
+    bulk_session: ort.InferenceSession
+    has_feature_errors: bool
+    threshold: float
+    probabilities: np.ndarray
+    quantile_values: np.ndarray
+    normalized_threshold: float
+
+    def decision(self, percentile: float | None) -> tuple[float, float]:
+        """(threshold, normalized threshold): the manifest's, or those of a request percentile."""
+        if percentile is None:
+            return self.threshold, self.normalized_threshold
+        return threshold_at(percentile, self.probabilities, self.quantile_values), percentile / 100.0
+
+
+class ModelScorer:
+    """Scores the routed rows of one model version."""
+
+    def __init__(
+        self,
+        model: str,
+        kind: str,
+        groups: Mapping[int, GroupScorer],
+        *,
+        is_classifier: bool = False,
+        class_labels: Sequence[str] = (),
+    ) -> None:
+        self.model = model
+        self.kind = kind
+        self.is_classifier = is_classifier
+        self.class_labels = list(class_labels)
+        self._groups = dict(groups)  # by manifest index; active groups only
+
+    @classmethod
+    def from_manifest(cls, manifest: manifest_pb2.ModelManifest, sessions: Mapping[str, GroupSessions]) -> ModelScorer:
+        is_classifier = manifest.task == manifest_pb2.MODEL_TASK_CLASSIFICATION
+        groups = {}
+        for index, group in enumerate(manifest.groups):
+            loaded = sessions.get(group.name)
+            if loaded is None:
+                continue  # not active: routing sends its rows elsewhere
+            probabilities = np.asarray(group.quantiles.probabilities, dtype=np.float64)
+            values = np.asarray(group.quantiles.values, dtype=np.float64)
+            groups[index] = GroupScorer(
+                name=group.name,
+                session=loaded.session,
+                bulk_session=loaded.bulk_session,
+                has_feature_errors=loaded.has_feature_errors,
+                threshold=group.threshold,
+                probabilities=probabilities,
+                quantile_values=values,
+                normalized_threshold=0.0
+                if is_classifier
+                else float(normalize(np.array([group.threshold]), probabilities, values)[0]),
+            )
+        return cls(
+            manifest.name, manifest.kind, groups, is_classifier=is_classifier, class_labels=manifest.class_labels
+        )
+
+    def release(self) -> None:
+        """Drop the sessions (the version's last request is done)."""
+        self._groups = {}
+
+    def score(
+        self,
+        rows: np.ndarray,
+        used: Sequence[int],
+        row_group: np.ndarray,
+        fallback: np.ndarray,
+        threshold_percentile: float | None,
+        explain_top_k: int,
+        bulk: bool,
+    ) -> Scores:
+        """Score validated rows [N, D] routed by `Router.route` (`used`, `row_group`, `fallback`);
+        `bulk` picks the multi-threaded sessions."""
+        if self.is_classifier:
+            return self._classify(rows, used, row_group, fallback, threshold_percentile, explain_top_k, bulk)
+        groups = self._groups
+        n = rows.shape[0]
+        if explain_top_k and not all(groups[i].has_feature_errors for i in used):
+            raise FailedPrecondition(
+                f"model {self.model!r} ({self.kind}) does not report per-feature errors; set explain_top_k to 0"
+            )
+        outputs = [bundle.SCORE_OUTPUT, bundle.FEATURE_ERRORS_OUTPUT] if explain_top_k else [bundle.SCORE_OUTPUT]
+        errors: np.ndarray | None = None
+        if len(used) == 1:
+            group = groups[used[0]]
+            session = group.bulk_session if bulk else group.session
+            results = session.run(outputs, {bundle.INPUT_NAME: rows})
+            raw = results[0].reshape(-1).astype(np.float64)
+            if explain_top_k:
+                errors = results[1]
+            threshold, normalized_threshold = group.decision(threshold_percentile)
+            normalized = normalize(raw, group.probabilities, group.quantile_values)
+            thresholds = np.full(n, threshold)
+            is_anomaly = raw > threshold
+            confidences = confidence(normalized, normalized_threshold, is_anomaly)
+            group_names = [group.name] * n
+        else:
+            raw = np.empty(n, dtype=np.float64)
+            if explain_top_k:
+                errors = np.empty(rows.shape, dtype=np.float32)
+            normalized = np.empty(n, dtype=np.float64)
+            thresholds = np.empty(n, dtype=np.float64)
+            normalized_thresholds = np.empty(n, dtype=np.float64)
+            names = []
+            for position, index in enumerate(used):
+                group = groups[index]
+                names.append(group.name)
+                mask = row_group == position
+                session = group.bulk_session if bulk else group.session
+                results = session.run(outputs, {bundle.INPUT_NAME: np.ascontiguousarray(rows[mask])})
+                raw[mask] = results[0].reshape(-1)
+                if errors is not None:
+                    errors[mask] = results[1]
+                normalized[mask] = normalize(raw[mask], group.probabilities, group.quantile_values)
+                thresholds[mask], normalized_thresholds[mask] = group.decision(threshold_percentile)
+            is_anomaly = raw > thresholds
+            confidences = confidence(normalized, normalized_thresholds, is_anomaly)
+            group_names = [names[i] for i in row_group.tolist()]
+        return Scores(
+            scores=raw,
+            normalized=normalized,
+            is_anomaly=is_anomaly,
+            thresholds=thresholds,
+            confidences=confidences,
+            groups=group_names,
+            fallback=fallback,
+            explanations=top_contributions(errors, explain_top_k) if errors is not None else None,
+        )
+
+    def _classify(
+        self,
+        rows: np.ndarray,
+        used: Sequence[int],
+        row_group: np.ndarray,
+        fallback: np.ndarray,
+        threshold_percentile: float | None,
+        explain_top_k: int,
+        bulk: bool,
+    ) -> Scores:
+        if threshold_percentile is not None or explain_top_k:
+            raise FailedPrecondition(
+                f"model {self.model!r} is a classifier: threshold_percentile and explain_top_k do not apply"
+            )
+        probabilities = np.empty((rows.shape[0], len(self.class_labels)), dtype=np.float32)
+        names = []
+        for position, index in enumerate(used):
+            group = self._groups[index]
+            names.append(group.name)
+            session = group.bulk_session if bulk else group.session
+            mask = row_group == position
+            part = rows if len(used) == 1 else np.ascontiguousarray(rows[mask])
+            probabilities[mask] = session.run([bundle.PROBABILITIES_OUTPUT], {bundle.INPUT_NAME: part})[0]
+        classes = np.argmax(probabilities, axis=1)
+        empty = np.empty(0)
+        return Scores(
+            scores=empty,
+            normalized=empty,
+            is_anomaly=np.empty(0, dtype=bool),
+            thresholds=empty,
+            confidences=probabilities[np.arange(len(classes)), classes].astype(np.float64),
+            groups=[names[i] for i in row_group.tolist()],
+            fallback=fallback,
+            classes=classes,
+            probabilities=probabilities,
+        )

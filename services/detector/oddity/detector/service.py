@@ -18,8 +18,9 @@ from oddity.common.errors import FailedPrecondition, InvalidArgument, NotFound, 
 from oddity.common.logging import annotate_request
 from oddity.detector.batching import MicroBatcher
 from oddity.detector.metrics import DetectorMetrics
-from oddity.detector.model import LoadedModel, Scores
+from oddity.detector.model import LoadedModel
 from oddity.detector.registry import ModelRegistry, ModelStatus
+from oddity.detector.scoring import Scores
 
 
 @dataclass(slots=True)
