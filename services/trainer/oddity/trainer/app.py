@@ -1,4 +1,9 @@
-"""The trainer as a hosted service: recovery, file watching, periodic scans, the servicer."""
+"""The trainer as a hosted service: builds its parts (the clients of the embedder and the
+detectors on the running loop), recovers after a crash, feeds file events and the periodic
+scan to the auto-training policy, and stops in order (policy, jobs, clients).
+
+Reason to change: which parts make the trainer and what drives them.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,22 @@ import grpc
 from prometheus_client import CollectorRegistry
 from watchfiles import awatch
 
+from oddity.common.clients import DetectorAdminClient, EmbedderClient, RemoteService
+from oddity.common.errors import Unavailable
 from oddity.common.logging import get_logger
 from oddity.common.server import Readiness
+from oddity.trainer.announcer import Announcer
+from oddity.trainer.auto_training import AutoTrainer
+from oddity.trainer.catalogue import DatasetCatalogue
+from oddity.trainer.embedding_cache import EmbeddingCache
+from oddity.trainer.grpc_api import TrainerServicer
+from oddity.trainer.history import History
+from oddity.trainer.jobs import JobBoard
+from oddity.trainer.loop_calls import LoopBridge
 from oddity.trainer.metrics import TrainerMetrics
 from oddity.trainer.publisher import Publisher
+from oddity.trainer.runner import EmbedderAccess, JobRunner
 from oddity.trainer.service import TrainerService
-from oddity.trainer.servicer import TrainerServicer
 from oddity.trainer.settings import TrainerSettings
 from oddity.v1 import trainer_pb2, trainer_pb2_grpc
 
@@ -31,71 +46,96 @@ class TrainerApp:
 
     def __init__(self, settings: TrainerSettings, metrics_registry: CollectorRegistry) -> None:
         self.settings = settings
-        self.service = TrainerService(
-            settings.data_volume,
-            Publisher(settings.model_repository, settings.detectors),
-            TrainerMetrics(metrics_registry),
-            max_concurrent_jobs=settings.max_concurrent_jobs,
-            embedder=settings.embedder,
-        )
-        self._tasks: list[asyncio.Task] = []
-        self._debounce: dict[str, asyncio.Task] = {}
+        self.metrics = TrainerMetrics(metrics_registry)
+        self.service: TrainerService | None = None
+        self.runner: JobRunner | None = None
+        self.policy: AutoTrainer | None = None
+        self._clients: list[RemoteService] = []
+        self._tasks: list[asyncio.Task[None]] = []
 
     def register(self, server: grpc.aio.Server) -> None:
-        trainer_pb2_grpc.add_TrainerServicer_to_server(TrainerServicer(self.service), server)
+        trainer_pb2_grpc.add_TrainerServicer_to_server(TrainerServicer(self._started_service), server)
+
+    def _started_service(self) -> TrainerService:
+        if self.service is None:
+            raise Unavailable("the trainer is starting")
+        return self.service
 
     async def start(self, readiness: Readiness) -> None:
-        self.service.datasets_root.mkdir(parents=True, exist_ok=True)
-        self.settings.model_repository.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(self.service.recover)
-        self.service.jobs.bind(asyncio.get_running_loop())
-        await self.service.auto_train("startup")
-        if self.settings.watch:
-            self._tasks.append(asyncio.create_task(self._watch(), name="oddity-trainer-watch"))
-        self._tasks.append(asyncio.create_task(self._scan(), name="oddity-trainer-scan"))
+        settings = self.settings
+        settings.datasets_root.mkdir(parents=True, exist_ok=True)
+        settings.model_repository.mkdir(parents=True, exist_ok=True)
+        loop = asyncio.get_running_loop()
+        embedder = EmbedderClient(
+            settings.embedder,
+            timeout=settings.embedder_connect_timeout_seconds,
+            wait_for_ready=True,  # training is batch work: wait out an embedder restart
+            max_message_bytes=settings.max_message_bytes,
+        )
+        detectors = [
+            DetectorAdminClient(target, timeout=settings.detector_timeout_seconds) for target in settings.detectors
+        ]
+        self._clients = [embedder, *detectors]
+
+        history = History(settings.state_dir / "history.jsonl")
+        publisher = Publisher(settings.model_repository)
+        announcer = Announcer(history, self.metrics, detectors)
+        catalogue = DatasetCatalogue(settings.datasets_root, settings.model_repository, self.metrics)
+        self.runner = JobRunner(
+            JobBoard(settings.state_dir / "running", loop),
+            publisher,
+            announcer,
+            history,
+            self.metrics,
+            LoopBridge(loop),
+            EmbedderAccess(
+                client=embedder,
+                cache=EmbeddingCache(settings.state_dir / "embeddings"),
+                connect_timeout=settings.embedder_connect_timeout_seconds,
+                batch_timeout=settings.embedder_timeout_seconds,
+            ),
+            max_concurrent_jobs=settings.max_concurrent_jobs,
+        )
+        service = TrainerService(settings.data_volume, catalogue, self.runner, publisher, announcer, history)
+        await asyncio.to_thread(service.recover)
+        self.service = service
+        self.policy = AutoTrainer(catalogue, self.runner)
+        await self.policy.startup()
+        if settings.watch:
+            self._tasks.append(asyncio.create_task(self._watch(self.policy), name="oddity-trainer-watch"))
+        self._tasks.append(asyncio.create_task(self._scan(self.policy), name="oddity-trainer-scan"))
         await readiness.set(True)
 
-    async def _watch(self) -> None:
-        """File events, debounced per dataset by its spec's debounce_seconds."""
-        root = self.service.datasets_root
+    async def _watch(self, policy: AutoTrainer) -> None:
+        """File events under the datasets folder, by dataset folder."""
+        root = self.settings.datasets_root
         async for changes in awatch(
             root, force_polling=self.settings.force_polling, recursive=True, step=100, rust_timeout=1000
         ):
             names = set()
             for _, path in changes:
-                relative = Path(path).relative_to(root) if Path(path).is_relative_to(root) else None
-                if relative is not None and relative.parts:
-                    names.add(relative.parts[0])
-            for name in names:
-                self._schedule(name)
+                if Path(path).is_relative_to(root) and Path(path).relative_to(root).parts:
+                    names.add(Path(path).relative_to(root).parts[0])
+            policy.files_changed(names)
 
-    def _schedule(self, name: str) -> None:
-        previous = self._debounce.pop(name, None)
-        if previous is not None:
-            previous.cancel()
-        self._debounce[name] = asyncio.create_task(self._after_quiet(name))
-
-    async def _after_quiet(self, name: str) -> None:
-        await asyncio.sleep(self.service.debounce_seconds(name))
-        self._debounce.pop(name, None)
-        try:
-            await self.service.auto_train("file_change", only={name})
-        except Exception:
-            log.exception("automatic training failed to start", dataset=name)
-
-    async def _scan(self) -> None:
-        """Fallback for missed events and the clock for interval datasets."""
+    async def _scan(self, policy: AutoTrainer) -> None:
+        """The periodic scan: fallback for missed events and the clock of interval datasets."""
         while True:
             await asyncio.sleep(self.settings.scan_interval_seconds)
             try:
-                await self.service.auto_train("scan")
+                await policy.scan()
             except Exception:
                 log.exception("dataset scan failed")
 
     async def stop(self) -> None:
-        for task in [*self._tasks, *self._debounce.values()]:
+        for task in self._tasks:
             task.cancel()
-        for task in [*self._tasks, *self._debounce.values()]:
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.service.close()
+        if self.policy is not None:
+            await self.policy.close()
+        if self.runner is not None:
+            await self.runner.close()
+        for client in self._clients:
+            await client.close()

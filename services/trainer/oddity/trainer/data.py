@@ -2,6 +2,8 @@
 
 Bad rows are dropped and counted, never silently scored; a file that cannot be read at all
 fails the load with a message that names the file and the reason.
+
+Reason to change: which files and formats are read, and what makes a row usable.
 """
 
 from __future__ import annotations
@@ -40,9 +42,9 @@ class Dataset:
 def source_files(folder: Path, spec: DatasetSpec) -> list[Path]:
     if spec.images is not None:
         root = folder / spec.images.path
-        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+        images = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
         metadata = folder / spec.images.metadata if spec.images.metadata else None
-        return files + ([metadata] if metadata is not None and metadata.is_file() else [])
+        return images + ([metadata] if metadata is not None and metadata.is_file() else [])
     if spec.texts is not None:
         path = folder / spec.texts.path
         return [path] if path.is_file() else []
@@ -117,10 +119,10 @@ def load_dataset(folder: Path, spec: DatasetSpec, data_path: Path | None = None)
     files = [data_path] if data_path is not None else source_files(folder, spec)
     if not files:
         raise DataError(f"no files match {[s.path for s in spec.sources]}")
-    formats = {s.path: s.format for s in spec.sources}
+    formats: dict[str, str | None] = {s.path: s.format for s in spec.sources}
     frames, skipped = [], 0
     for path in files:
-        fmt = next((f for pattern, f in formats.items() if f and path.match(pattern)), None)
+        fmt: str | None = next((f for pattern, f in formats.items() if f and path.match(pattern)), None)
         fmt = fmt or SUFFIX_FORMATS.get(path.suffix.lower())
         if fmt is None:
             raise DataError(f"{path.name}: unknown format; set `format` in the source")

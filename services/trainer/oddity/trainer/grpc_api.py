@@ -1,9 +1,13 @@
-"""gRPC front end of the trainer: protobuf in, domain call, protobuf out."""
+"""gRPC front end of the trainer: protobuf in, domain call, protobuf out.
+
+Reason to change: the Trainer API's messages (protos/oddity/v1/trainer.proto).
+"""
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
 
@@ -72,7 +76,7 @@ def status_to_proto(status: DatasetStatus) -> trainer_pb2.DatasetStatus:
     )
 
 
-def event_to_proto(event: dict) -> trainer_pb2.HistoryEvent:
+def event_to_proto(event: dict[str, Any]) -> trainer_pb2.HistoryEvent:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(datetime.fromisoformat(event["timestamp"]))
     details = struct_pb2.Struct()
@@ -87,37 +91,37 @@ def event_to_proto(event: dict) -> trainer_pb2.HistoryEvent:
 
 
 class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
-    def __init__(self, service: TrainerService) -> None:
+    """`service()` returns the trainer's use cases (it raises UNAVAILABLE until the trainer has
+    started: the servicer is registered before the server starts, the use cases need the loop)."""
+
+    def __init__(self, service: Callable[[], TrainerService]) -> None:
         self._service = service
 
     async def Train(self, request, context):
-        job = await self._service.train(
+        job = await self._service().train(
             request.dataset, force=request.force, data_path=request.data_path, model_kind=request.model_kind
         )
         return trainer_pb2.TrainResponse(job=job_to_proto(job))
 
     async def GetJob(self, request, context):
-        return trainer_pb2.GetJobResponse(job=job_to_proto(self._service.get_job(request.job_id)))
+        return trainer_pb2.GetJobResponse(job=job_to_proto(self._service().get_job(request.job_id)))
 
     async def WatchJob(self, request, context):
-        async for job in self._service.watch_job(request.job_id):
+        async for job in self._service().watch_job(request.job_id):
             yield trainer_pb2.WatchJobResponse(job=job_to_proto(job))
 
     async def GetStatus(self, request, context):
-        statuses = await self._service.statuses(request.dataset)
+        statuses = await self._service().statuses(request.dataset)
         return trainer_pb2.GetStatusResponse(datasets=[status_to_proto(s) for s in statuses])
 
     async def History(self, request, context):
-        events = await asyncio.to_thread(
-            self._service.history.read, request.dataset, tuple(request.event_types), request.limit or 100
-        )
+        events = await self._service().history(request.dataset, tuple(request.event_types), request.limit or 100)
         return trainer_pb2.HistoryResponse(events=[event_to_proto(e) for e in events])
 
     async def Rollback(self, request, context):
-        version, restored = await self._service.rollback(request.dataset, request.version)
+        version, restored = await self._service().rollback(request.dataset, request.version)
         return trainer_pb2.RollbackResponse(version=version, restored_from=restored)
 
     async def SetThreshold(self, request, context):
-        return trainer_pb2.SetThresholdResponse(
-            version=await self._service.set_threshold(request.dataset, request.percentile)
-        )
+        version = await self._service().set_threshold(request.dataset, request.percentile)
+        return trainer_pb2.SetThresholdResponse(version=version)

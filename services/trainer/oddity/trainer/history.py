@@ -1,5 +1,8 @@
 """The training history: one JSON object per line on the data volume,
-{timestamp, event_type, dataset, message, details}."""
+{timestamp, event_type, dataset, message, details}.
+
+Reason to change: the history's format and event types.
+"""
 
 from __future__ import annotations
 

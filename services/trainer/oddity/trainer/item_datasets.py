@@ -1,27 +1,40 @@
-"""Image and text datasets: items -> vectors from the embedder (over gRPC, in batches, cached
-by content hash so unchanged files are never embedded again) -> rows with the extra numeric
-columns appended."""
+"""Image and text datasets turned into training rows: the items (a folder of images with a
+metadata CSV or one subfolder per value, or a CSV of texts) -> vectors from the embedder (in
+batches, cached by content hash) -> rows with the extra numeric columns appended.
+
+An item the embedder refuses (an undecodable image, an empty text) is dropped and counted;
+the rest of its batch is embedded one by one.
+
+Reason to change: how image and text items become rows.
+"""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-import grpc
 import numpy as np
 import pandas as pd
 
-from oddity.common.tensors import tensor_to_array
+from oddity.common.clients import EmbedderModel
+from oddity.common.errors import FailedPrecondition, InvalidArgument
 from oddity.trainer.data import DataError, Dataset
-from oddity.trainer.spec import DatasetSpec
-from oddity.v1 import embedder_pb2, embedder_pb2_grpc, manifest_pb2
+from oddity.trainer.embedding_cache import EmbeddingCache, content_digest
+from oddity.trainer.spec import DatasetSpec, ImageSource, TextSource
+from oddity.v1 import manifest_pb2
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif"}
 
 
-class EmbedderUnavailable(Exception):
-    """The embedder cannot be reached or does not serve the model the spec names."""
+class ItemEmbedder(Protocol):
+    """What a dataset needs of the embedder (blocking calls; see job_embedder.JobEmbedder)."""
+
+    def model(self, name: str) -> EmbedderModel: ...
+
+    def embed(self, model: str, modality: str, contents: list[bytes]) -> np.ndarray:
+        """Vectors [items, dimension]; raises InvalidArgument when an item is refused."""
+        ...
 
 
 @dataclass
@@ -31,13 +44,13 @@ class _Items:
     table: pd.DataFrame  # extra columns, one row per item
 
 
-def _image_items(folder: Path, spec: DatasetSpec) -> _Items:
-    source = spec.images
+def _image_items(folder: Path, source: ImageSource) -> _Items:
     root = folder / source.path
     if not root.is_dir():
         raise DataError(f"image folder {source.path!r} not found")
+    paths: list[Path] = []
     if source.folder_column:
-        rows, paths = [], []
+        rows = []
         for sub in sorted(p for p in root.iterdir() if p.is_dir()):
             try:
                 value = float(sub.name)
@@ -71,8 +84,7 @@ def _image_items(folder: Path, spec: DatasetSpec) -> _Items:
     return _Items(contents, names, table.iloc[keep].reset_index(drop=True))
 
 
-def _text_items(folder: Path, spec: DatasetSpec) -> _Items:
-    source = spec.texts
+def _text_items(folder: Path, source: TextSource) -> _Items:
     try:
         table = pd.read_csv(folder / source.path)
     except Exception as exc:
@@ -84,86 +96,31 @@ def _text_items(folder: Path, spec: DatasetSpec) -> _Items:
     return _Items([t.encode() for t in texts], [f"row {i + 2}" for i in range(len(texts))], table)
 
 
-class EmbeddingCache:
-    """Vectors by content hash, one .npy per item, under a folder per embedder model+revision."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def folder(self, info: embedder_pb2.ModelInfo) -> Path:
-        key = hashlib.sha256(f"{info.model_id}\n{info.revision}\n{info.precision}".encode()).hexdigest()[:20]
-        return self.root / f"{info.name}-{key}"
-
-    @staticmethod
-    def _path(folder: Path, digest: str) -> Path:
-        return folder / digest[:2] / f"{digest}.npy"
-
-    def get(self, folder: Path, digest: str) -> np.ndarray | None:
-        try:
-            return np.load(self._path(folder, digest))
-        except (FileNotFoundError, ValueError, OSError):
-            return None
-
-    def put(self, folder: Path, digest: str, vector: np.ndarray) -> None:
-        path = self._path(folder, digest)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(".tmp.npy")
-        np.save(temporary, vector.astype(np.float32))
-        temporary.replace(path)
-
-
-class EmbedderConnection:
-    def __init__(self, target: str, timeout: float = 120.0) -> None:
-        self.target = target
-        self.timeout = timeout
-        self._channel = grpc.insecure_channel(
-            target,
-            options=[("grpc.max_receive_message_length", 256 << 20), ("grpc.max_send_message_length", 256 << 20)],
-        )
-        self.stub = embedder_pb2_grpc.EmbedderStub(self._channel)
-
-    def info(self, model: str) -> embedder_pb2.ModelInfo:
-        try:
-            models = self.stub.GetInfo(embedder_pb2.GetInfoRequest(model=model), timeout=10).models
-        except grpc.RpcError as exc:
-            raise EmbedderUnavailable(f"embedder at {self.target}: {exc.code().name}: {exc.details()}") from exc
-        return models[0]
-
-    def embed(self, model: str, modality: str, contents: list[bytes]) -> np.ndarray:
-        items = [
-            embedder_pb2.EmbedItem(image=c) if modality == "image" else embedder_pb2.EmbedItem(text=c.decode())
-            for c in contents
-        ]
-        response = self.stub.Embed(embedder_pb2.EmbedRequest(model=model, items=items), timeout=self.timeout)
-        return tensor_to_array(response.embeddings, field="embeddings")
-
-    def close(self) -> None:
-        self._channel.close()
-
-
-def load_embedded_dataset(
-    folder: Path, spec: DatasetSpec, connection: EmbedderConnection, cache: EmbeddingCache
+def load_item_dataset(
+    folder: Path, spec: DatasetSpec, embedder: ItemEmbedder, cache: EmbeddingCache
 ) -> tuple[Dataset, manifest_pb2.EmbeddingSource, dict[str, int]]:
     """Rows for training an image or text dataset; also what made the vectors and cache stats."""
-    items = _image_items(folder, spec) if spec.images is not None else _text_items(folder, spec)
-    modality = "image" if spec.images is not None else "text"
-    info = connection.info(spec.embedder.model)
+    if spec.images is not None:
+        items, modality = _image_items(folder, spec.images), "image"
+    elif spec.texts is not None:
+        items, modality = _text_items(folder, spec.texts), "text"
+    else:
+        raise ValueError("the spec names no images or texts")
+    info = embedder.model(spec.embedder.model)
     if info.modality != modality:
-        raise EmbedderUnavailable(
-            f"embedder model {info.name!r} embeds {info.modality}s, the dataset holds {modality}s"
-        )
+        raise FailedPrecondition(f"embedder model {info.name!r} embeds {info.modality}s, the dataset holds {modality}s")
     cache_folder = cache.folder(info)
-    digests = [hashlib.sha256(c).hexdigest() for c in items.contents]
+    digests = [content_digest(c) for c in items.contents]
     vectors: list[np.ndarray | None] = [cache.get(cache_folder, d) for d in digests]
     missing = [i for i, v in enumerate(vectors) if v is None or v.shape != (info.dimension,)]
     dropped: list[int] = []
     size = spec.embedder.batch_size
     for start in range(0, len(missing), size):
         chunk = missing[start : start + size]
-        for index, vector in _embed_chunk(connection, info.name, modality, items, chunk, dropped):
+        for index, vector in _embed_chunk(embedder, info.name, modality, items, chunk, dropped):
             vectors[index] = vector
             cache.put(cache_folder, digests[index], vector)
-    good = [i for i, v in enumerate(vectors) if v is not None]  # unreadable items got no vector
+    good = [(i, v) for i, v in enumerate(vectors) if v is not None]  # refused items got no vector
     if not good:
         raise DataError(f"no item could be embedded ({len(dropped)} unreadable)")
     extra_names = list(spec.extra_features)
@@ -172,12 +129,12 @@ def load_embedded_dataset(
     missing_columns = [c for c in needed if c not in items.table.columns]
     if missing_columns:
         raise DataError(f"missing columns {missing_columns}; the metadata has {list(items.table.columns)}")
-    table = items.table.iloc[good].reset_index(drop=True)
+    table = items.table.iloc[[i for i, _ in good]].reset_index(drop=True)
     numeric = (
         table[needed].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64) if needed else np.empty((len(good), 0))
     )
     finite = np.isfinite(numeric).all(axis=1)
-    matrix = np.vstack([vectors[i] for i in good])[finite]
+    matrix = np.vstack([v for _, v in good])[finite]
     extra = numeric[finite][:, : len(extra_names)]
     features = np.hstack([matrix, extra]).astype(np.float32)
     routing = numeric[finite][:, needed.index(routing_key)] if routing_key else None
@@ -204,24 +161,25 @@ def load_embedded_dataset(
         "items": len(items.contents),
         "embedded": len(missing) - len(dropped),
         "cached": len(items.contents) - len(missing),
+        "refused": len(dropped),
     }
     return dataset, source, stats
 
 
-def _embed_chunk(connection, model, modality, items, chunk, dropped):
-    """Embed a batch; when the embedder refuses it (a bad item), embed one by one and drop the bad ones."""
+def _embed_chunk(
+    embedder: ItemEmbedder, model: str, modality: str, items: _Items, chunk: list[int], dropped: list[int]
+) -> list[tuple[int, np.ndarray]]:
+    """Embed a batch; when the embedder refuses it (a bad item), embed one by one and drop the
+    refused items (appended to `dropped`)."""
     try:
-        rows = connection.embed(model, modality, [items.contents[i] for i in chunk])
+        rows = embedder.embed(model, modality, [items.contents[i] for i in chunk])
         return list(zip(chunk, rows, strict=True))
-    except grpc.RpcError as exc:
-        if exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
-            raise EmbedderUnavailable(f"embedder at {connection.target}: {exc.code().name}: {exc.details()}") from exc
+    except InvalidArgument:
+        pass
     result = []
     for index in chunk:
         try:
-            result.append((index, connection.embed(model, modality, [items.contents[index]])[0]))
-        except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
-                raise EmbedderUnavailable(f"embedder at {connection.target}: {exc.details()}") from exc
+            result.append((index, embedder.embed(model, modality, [items.contents[index]])[0]))
+        except InvalidArgument:
             dropped.append(index)
     return result

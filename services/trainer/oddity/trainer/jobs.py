@@ -1,4 +1,11 @@
-"""Training jobs: their state, progress subscribers, and a record that survives a crash."""
+"""Training jobs: their state, progress subscribers, and a record that survives a crash.
+
+A job is an immutable snapshot; every change replaces the board's snapshot at once, so a
+reader on the event loop (GetJob, WatchJob) never sees half of an update made by a worker
+thread (e.g. state "failed" without its message).
+
+Reason to change: what a job is and how its progress is seen and survives a crash.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +13,13 @@ import asyncio
 import contextlib
 import json
 import os
+import threading
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, SKIPPED = "queued", "running", "succeeded", "failed", "skipped"
 TERMINAL = (SUCCEEDED, FAILED, SKIPPED)
@@ -19,7 +29,7 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Job:
     dataset: str
     trigger: str
@@ -45,57 +55,63 @@ class Job:
 class JobBoard:
     """All jobs of this trainer process, and who is watching them.
 
-    Changes come from worker threads; `changed` is called on the event loop (via
-    call_soon_threadsafe) and wakes every watcher of that job.
+    Changes may come from worker threads; watchers are woken on the event loop.
     """
 
-    def __init__(self, state_dir: Path, keep: int = 1000) -> None:
+    def __init__(self, state_dir: Path, loop: asyncio.AbstractEventLoop, keep: int = 1000) -> None:
         self.state_dir = state_dir
         self.keep = keep
-        self.jobs: dict[str, Job] = {}
-        self._watchers: dict[str, set[asyncio.Queue]] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self._jobs: dict[str, Job] = {}
+        self._lock = threading.Lock()
+        self._watchers: dict[str, set[asyncio.Queue[None]]] = {}
 
     def add(self, job: Job) -> Job:
-        self.jobs[job.id] = job
-        if len(self.jobs) > self.keep:
-            for old in [j for j in self.jobs.values() if j.done][: len(self.jobs) - self.keep]:
-                del self.jobs[old.id]
+        with self._lock:
+            self._jobs[job.id] = job
+            if len(self._jobs) > self.keep:
+                for old in [j for j in self._jobs.values() if j.done][: len(self._jobs) - self.keep]:
+                    del self._jobs[old.id]
         return job
 
-    def running_for(self, dataset: str) -> Job | None:
-        return next((j for j in self.jobs.values() if j.dataset == dataset and not j.done), None)
+    def get(self, job_id: str) -> Job | None:
+        return self._jobs.get(job_id)
 
-    def update(self, job: Job, **fields) -> None:
-        """Called from any thread."""
-        for key, value in fields.items():
-            setattr(job, key, value)
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._wake, job.id)
+    def running_for(self, dataset: str) -> Job | None:
+        return next((j for j in list(self._jobs.values()) if j.dataset == dataset and not j.done), None)
+
+    def update(self, job_id: str, **fields: Any) -> Job:
+        """Replace the job's snapshot; callable from any thread."""
+        with self._lock:
+            job = replace(self._jobs[job_id], **fields)
+            self._jobs[job_id] = job
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._wake, job_id)
+        return job
 
     def _wake(self, job_id: str) -> None:
         for queue in self._watchers.get(job_id, ()):
             queue.put_nowait(None)
 
-    async def watch(self, job: Job):
-        """Yield the job now and after every change, until it ends."""
-        queue: asyncio.Queue = asyncio.Queue()
-        self._watchers.setdefault(job.id, set()).add(queue)
+    async def watch(self, job_id: str) -> AsyncIterator[Job]:
+        """Yield the job now and after every change, until it ends (changes in a burst are
+        coalesced: a watcher sees the newest snapshot)."""
+        queue: asyncio.Queue[None] = asyncio.Queue()
+        self._watchers.setdefault(job_id, set()).add(queue)
         try:
+            job = self._jobs[job_id]
             while True:
                 yield job
                 if job.done:
                     return
                 await queue.get()
-                while not queue.empty():  # coalesce bursts of progress
+                while not queue.empty():
                     queue.get_nowait()
+                job = self._jobs.get(job_id, job)
         finally:
-            self._watchers[job.id].discard(queue)
-            if not self._watchers[job.id]:
-                del self._watchers[job.id]
+            self._watchers[job_id].discard(queue)
+            if not self._watchers[job_id]:
+                del self._watchers[job_id]
 
     # -- crash record ----------------------------------------------------------------------
 
@@ -114,14 +130,15 @@ class JobBoard:
             )
         )
 
-    def mark_finished(self, job: Job) -> None:
+    def mark_finished(self, job_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.state_dir / f"{job.id}.json")
+            os.unlink(self.state_dir / f"{job_id}.json")
 
     def interrupted(self) -> list[Job]:
         """Jobs a previous process left running; their records are removed."""
         found = []
         for path in sorted(self.state_dir.glob("*.json")) if self.state_dir.exists() else []:
+            job: Job | None
             try:
                 record = json.loads(path.read_text())
                 job = Job(

@@ -2,15 +2,19 @@
 `fit` returns self, learned attributes end in `_`) and exports an ONNX graph that keeps the
 bundle contract: input "input" takes raw features (scaling inside the graph); anomaly
 detectors output "score" (higher = more anomalous, autoencoders also "feature_errors"),
-classifiers output "label" (class index) and "probabilities".
+classifiers output "label" (class index) and "probabilities". Which kinds exist and what
+task each serves is `oddity.common.bundle.KINDS`; LEARNERS has one learner per kind.
+
+Reason to change: how a model kind is fitted and exported to ONNX.
 """
 
 from __future__ import annotations
 
-import io
 import itertools
+import tempfile
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,11 +33,20 @@ def _check_params(kind: str, params: dict[str, Any], allowed: set[str]) -> None:
         raise ValueError(f"unknown {kind} parameters {unknown}; allowed: {sorted(allowed)}")
 
 
-class AutoencoderLearner:
+class _Learner:
+    """What every learner shares: its kind, and what the kinds table says of it."""
+
+    kind = ""
+
+    @property
+    def is_classifier(self) -> bool:
+        return bundle.KINDS[self.kind].is_classifier
+
+
+class AutoencoderLearner(_Learner):
     """Dense autoencoder (torch) with standardization folded into the exported graph."""
 
     kind = "autoencoder"
-    is_classifier = False
     PARAMS = {
         "hidden",
         "bottleneck",
@@ -147,13 +160,13 @@ class AutoencoderLearner:
     def to_onnx(self) -> bytes:
         import torch
 
-        buffer = io.BytesIO()
-        with warnings.catch_warnings():
+        with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
+            path = Path(folder) / "model.onnx"
             torch.onnx.export(
                 self._scorer(),
                 (torch.zeros(2, len(self.mean_)),),
-                buffer,
+                path,
                 input_names=[bundle.INPUT_NAME],
                 output_names=[bundle.SCORE_OUTPUT, bundle.FEATURE_ERRORS_OUTPUT],
                 dynamic_axes={
@@ -164,16 +177,14 @@ class AutoencoderLearner:
                 opset_version=bundle.OPSET,
                 dynamo=False,
             )
-        model = onnx.load_from_string(buffer.getvalue())
+            model = onnx.load(path)
         model.ir_version = bundle.IR_VERSION
         return model.SerializeToString()
 
 
-class _SklearnLearner:
+class _SklearnLearner(_Learner):
     """Shared by the scikit-learn kinds: a StandardScaler + estimator pipeline, exported with skl2onnx."""
 
-    kind = ""
-    is_classifier = False
     PARAMS: set[str] = set()
 
     def __init__(self, **params: Any) -> None:
@@ -253,8 +264,6 @@ class OneClassSvmLearner(_SklearnDetector):
 
 
 class _SklearnClassifier(_SklearnLearner):
-    is_classifier = True
-
     def fit(self, x: np.ndarray, y: np.ndarray | None = None, progress: Progress | None = None):
         assert y is not None
         self.classes_, encoded = np.unique(y, return_inverse=True)

@@ -1,6 +1,8 @@
 """One training run for one dataset: load -> split per group -> fit -> export ONNX ->
 validate -> manifest. Publishing is the caller's step, so a run that fails anywhere leaves
 the model repository untouched.
+
+Reason to change: the steps of a training run and what its manifest records.
 """
 
 from __future__ import annotations
@@ -55,10 +57,12 @@ def plan_groups(spec: DatasetSpec, data: Dataset) -> list[GroupPlan]:
     if spec.routing is None:
         return [GroupPlan(bundle.ALL_GROUP, np.ones(n, dtype=bool))]
     key, bounds, values = spec.routing.key, spec.routing.bounds, data.routing
+    if values is None:
+        raise ValueError(f"the rows carry no values of the routing key {key!r}")
     plans = []
     for i, (low, high) in enumerate(itertools.pairwise(bounds)):
         last = i == len(bounds) - 2
-        mask = (values >= low) & ((values <= high) if last else (values < high))
+        mask: np.ndarray = (values >= low) & ((values <= high) if last else (values < high))
         plans.append(GroupPlan(f"{key}_{low:g}_{high:g}", mask, low, high, last))
     if spec.routing.all_group:
         plans.append(GroupPlan(bundle.ALL_GROUP, np.ones(n, dtype=bool)))
@@ -85,9 +89,7 @@ def train(
     manifest = manifest_pb2.ModelManifest(
         name=spec.name,
         kind=kind,
-        task=manifest_pb2.MODEL_TASK_CLASSIFICATION
-        if spec.is_classifier
-        else manifest_pb2.MODEL_TASK_ANOMALY_DETECTION,
+        task=manifest_pb2.ModelTask.ValueType(bundle.KINDS[kind].task),
         feature_names=data.feature_names,
         input_dimension=len(data.feature_names),
         routing_key=spec.routing.key if spec.routing else "",
@@ -161,7 +163,9 @@ def _train_group(
     report("validating", {"group": plan.name})
     gate = spec.validation
     prefix = f"{plan.name}." if plan.name != bundle.ALL_GROUP else ""
-    if learner.is_classifier:
+    if bundle.KINDS[kind].is_classifier:
+        if labels is None:
+            raise ValueError(f"{kind} is a classifier and the rows carry no labels")
         probabilities = validation.onnx_probabilities(session, rows[holdout])
         parity = validation.check_parity(probabilities, learner.predict_proba(rows[holdout]), gate.parity_tolerance)
         accuracy, balanced = _classification_metrics(learner.classes_, probabilities, labels[holdout])
@@ -181,7 +185,8 @@ def _train_group(
         calibrated = validation.calibrate(scores[:split], scores[split:], spec.threshold_percentile)
         validation.check_anomaly_rate(calibrated.test_anomaly_rate, len(test), gate.anomaly_rate, plan.name)
         if (
-            live_group is not None
+            live is not None
+            and live_group is not None
             and live_group.status == manifest_pb2.GROUP_STATUS_ACTIVE
             and _same_inputs(live, trained.manifest)
         ):
@@ -223,5 +228,3 @@ def _classification_metrics(classes: np.ndarray, probabilities: np.ndarray, labe
     accuracy = float(np.mean(predicted == labels))
     recalls = [float(np.mean(predicted[labels == c] == c)) for c in classes if np.any(labels == c)]
     return accuracy, float(np.mean(recalls))
-
-

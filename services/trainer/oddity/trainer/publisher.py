@@ -1,35 +1,40 @@
-"""Writing versions into the model repository (the trainer is its only writer) and telling
-the detectors. Every change — a new model, a rollback, a threshold move — is a new version
-number, so every detector replica and every log line agrees on what serves."""
+"""The trainer's decisions about versions: a new model, a rollback, a threshold move each
+becomes a new version number (written by bundle_writer), so every detector replica and every
+log line agrees on what serves. Telling others about a version is the announcer's job.
+
+Reason to change: what a new model, a rollback or a threshold move writes.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
-import grpc
 import numpy as np
 
 from oddity.common import bundle
 from oddity.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from oddity.common.logging import get_logger
 from oddity.trainer import bundle_writer
-from oddity.v1 import detector_pb2, detector_pb2_grpc, manifest_pb2
+from oddity.v1 import manifest_pb2
 
 log = get_logger("oddity.trainer.publisher")
 
 
 class Publisher:
-    def __init__(self, repository: Path, detectors: Sequence[str] = (), notify_timeout: float = 5.0) -> None:
+    def __init__(self, repository: Path) -> None:
         self.repository = repository
-        self.detectors = list(detectors)
-        self.notify_timeout = notify_timeout
+
+    def remove_unfinished(self) -> list[Path]:
+        """After a crash: delete the temporary folders of versions that were never renamed."""
+        removed = bundle_writer.remove_stale_temp_dirs(self.repository)
+        if removed:
+            log.warning("removed unfinished versions", folders=[str(p) for p in removed])
+        return removed
 
     def publish(self, manifest: manifest_pb2.ModelManifest, onnx_files: dict[str, bytes], keep: int) -> int:
         version = bundle_writer.publish_version(self.repository, manifest, onnx_files)
         removed = bundle_writer.prune_versions(self.repository / manifest.name, keep)
         log.info("version published", model=manifest.name, version=version, pruned=removed)
-        self.notify(manifest.name)
         return version
 
     def rollback(self, name: str, version: int, keep: int) -> tuple[int, int]:
@@ -80,21 +85,3 @@ class Publisher:
             return bundle.load_verified_version(self.repository, name, version)
         except bundle.BundleError as exc:
             raise FailedPrecondition(f"version {version} of model {name!r} is not complete: {exc}") from exc
-
-    def notify(self, name: str) -> None:
-        """Ask each configured detector to load the model now; detectors that cannot be reached
-        pick it up on their next poll."""
-        for target in self.detectors:
-            try:
-                with grpc.insecure_channel(target) as channel:
-                    detector_pb2_grpc.DetectorStub(channel).LoadModel(
-                        detector_pb2.LoadModelRequest(model=name), timeout=self.notify_timeout
-                    )
-            except grpc.RpcError as exc:
-                log.warning(
-                    "detector not notified; it will poll",
-                    detector=target,
-                    model=name,
-                    code=exc.code().name,
-                    error=exc.details(),
-                )

@@ -1,4 +1,8 @@
-"""Trainer settings: flags (--data-volume ...) or env vars (ODDITY_TRAINER_DATA_VOLUME ...)."""
+"""Trainer settings: flags (--data-volume ...) or env vars (ODDITY_TRAINER_DATA_VOLUME ...),
+and the layout of the data volume they imply.
+
+Reason to change: the trainer's settings.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +31,21 @@ class TrainerSettings(ServiceSettings):
         description='Detector addresses told to load new versions at once, e.g. ["localhost:50052"].',
     )
     embedder: str = Field("127.0.0.1:50051", description="Embedder address, for image and text datasets.")
+    embedder_connect_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="How long a training job waits for the embedder's first answer (an embedder that is "
+        "missing when the job starts fails the job after this).",
+    )
+    embedder_timeout_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="How long one batch of a training job may wait for the embedder once embedding has "
+        "begun, e.g. while the embedder restarts.",
+    )
+    detector_timeout_seconds: float = Field(
+        5.0, gt=0, description="Deadline of telling a detector to load a new version (it also polls)."
+    )
     max_concurrent_jobs: int = Field(1, ge=1, description="Training jobs that may run at the same time.")
     watch: bool = Field(True, description="React to file-system events on the data volume.")
     force_polling: bool = Field(
@@ -35,3 +54,12 @@ class TrainerSettings(ServiceSettings):
     scan_interval_seconds: float = Field(
         30.0, gt=0, description="Fingerprint every dataset this often, as a fallback for missed events."
     )
+
+    @property
+    def datasets_root(self) -> Path:
+        return self.data_volume / "datasets"
+
+    @property
+    def state_dir(self) -> Path:
+        """History, crash records of running jobs and the embedding cache."""
+        return self.data_volume / ".oddity"

@@ -2,6 +2,8 @@
 
 A bad spec marks only its own dataset invalid (with the message in GetStatus); the others
 keep working. See docs/datasets.md for the full reference with an example per model kind.
+
+Reason to change: what a dataset.yaml may say.
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ class EmbedderSpec(_Strict):
     """Which embedder model turns the items into vectors."""
 
     model: str = "vit"
-    batch_size: int = Field(32, ge=1, le=1024)
+    batch_size: int = Field(default=32, ge=1, le=1024)
 
 
 class ModelSpec(_Strict):
@@ -110,8 +112,8 @@ class Retrain(_Strict):
     """When to retrain: on data changes (debounced), every N hours, or only when asked."""
 
     policy: Literal["on_change", "interval", "manual"] = "on_change"
-    debounce_seconds: float = Field(5.0, ge=0)
-    interval_hours: float = Field(24.0, gt=0)
+    debounce_seconds: float = Field(default=5.0, ge=0)
+    interval_hours: float = Field(default=24.0, gt=0)
 
 
 class Validation(_Strict):
@@ -120,14 +122,14 @@ class Validation(_Strict):
     # Anomaly rate on held-out normal rows (not used to set the threshold) must lie in here.
     anomaly_rate: tuple[float, float] = (0.01, 0.10)
     # Held-out share of the rows (half calibrates thresholds, half tests them).
-    holdout_fraction: float = Field(0.2, gt=0.05, lt=0.5)
+    holdout_fraction: float = Field(default=0.2, gt=0.05, lt=0.5)
     # ONNX Runtime vs the framework model, max abs difference of scores/probabilities.
-    parity_tolerance: float = Field(1e-3, gt=0)
+    parity_tolerance: float = Field(default=1e-3, gt=0)
     # More malformed rows than this share fails the run instead of dropping them.
-    max_bad_row_fraction: float = Field(0.1, ge=0, le=1)
+    max_bad_row_fraction: float = Field(default=0.1, ge=0, le=1)
     # Allowed loss against the live version on the same held-out rows (anomaly rate for
     # detectors, balanced accuracy for classifiers).
-    regression_tolerance: float = Field(0.05, ge=0)
+    regression_tolerance: float = Field(default=0.05, ge=0)
 
     @field_validator("anomaly_rate")
     @classmethod

@@ -2,6 +2,8 @@
 
 Held-out rows are split in two: the calibration half sets the threshold and the quantile
 table (thresholds taken on training errors overfit), the test half checks them.
+
+Reason to change: what a model must prove before it is published.
 """
 
 from __future__ import annotations

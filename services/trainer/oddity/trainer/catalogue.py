@@ -1,0 +1,118 @@
+"""The dataset catalogue: which datasets the data volume holds, their specs or the errors that
+make them invalid, their content fingerprints, and which of them changed since the live
+version of their model was trained.
+
+`refresh()` rereads the data volume (specs and fingerprints; it reads files, so call it off
+the event loop) and replaces the catalogue's entries; everything else reads those entries.
+
+Reason to change: how datasets are found and described (folders, specs, fingerprints).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from oddity.common import bundle
+from oddity.common.errors import InvalidArgument, NotFound
+from oddity.common.logging import get_logger
+from oddity.trainer.data import fingerprint
+from oddity.trainer.metrics import TrainerMetrics
+from oddity.trainer.spec import DatasetSpec, SpecError, load_spec
+
+log = get_logger("oddity.trainer.catalogue")
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """One dataset folder as last read."""
+
+    name: str
+    folder: Path
+    spec: DatasetSpec | None = None  # None: the spec is invalid (see error)
+    error: str = ""
+    fingerprint: str = ""
+
+    @property
+    def model(self) -> str:
+        return self.spec.name if self.spec is not None else self.name
+
+
+class DatasetCatalogue:
+    def __init__(self, root: Path, repository: Path, metrics: TrainerMetrics) -> None:
+        self.root = root
+        self.repository = repository
+        self.metrics = metrics
+        self._entries: dict[str, DatasetEntry] = {}
+        self._lock = threading.Lock()
+
+    def refresh(self) -> set[str]:
+        """Reread every dataset folder; returns the names of the valid datasets whose data
+        changed since their model's live version was trained (by content fingerprint)."""
+        with self._lock:
+            names = (
+                sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+                if self.root.is_dir()
+                else []
+            )
+            entries: dict[str, DatasetEntry] = {}
+            changed = set()
+            for name in names:
+                entry = entries[name] = self._read(name, self._entries.get(name))
+                if (
+                    entry.spec is not None
+                    and not entry.error
+                    and entry.fingerprint != self._live_fingerprint(entry.spec.name)
+                ):
+                    changed.add(name)
+            self._entries = entries
+            self.metrics.invalid_datasets.set(sum(1 for e in entries.values() if e.error))
+            return changed
+
+    def _read(self, name: str, previous: DatasetEntry | None) -> DatasetEntry:
+        folder = self.root / name
+        try:
+            spec = load_spec(folder)
+        except SpecError as exc:
+            if previous is None or previous.error != str(exc):
+                log.warning("invalid dataset spec", dataset=name, error=str(exc))
+            return DatasetEntry(name, folder, error=str(exc))
+        try:
+            digest = fingerprint(folder, spec)
+        except OSError as exc:
+            return DatasetEntry(name, folder, spec, error=f"cannot read the data: {exc}")
+        return DatasetEntry(name, folder, spec, fingerprint=digest)
+
+    def _live_fingerprint(self, model: str) -> str:
+        """Data fingerprint in the newest version's manifest (only the manifest is read: scans
+        run often, and the trainer wrote these versions itself)."""
+        for version in reversed(bundle.list_versions(self.repository / model)):
+            try:
+                return bundle.read_manifest(self.repository / model / str(version)).data_fingerprint
+            except bundle.BundleError:
+                continue
+        return ""
+
+    def entries(self) -> list[DatasetEntry]:
+        return [self._entries[name] for name in sorted(self._entries)]
+
+    def find(self, name: str) -> DatasetEntry | None:
+        return self._entries.get(name)
+
+    def get(self, name: str) -> DatasetEntry:
+        entry = self._entries.get(name)
+        if entry is None:
+            raise NotFound(f"dataset {name!r} not found under {self.root}")
+        return entry
+
+    def valid(self, name: str) -> tuple[DatasetEntry, DatasetSpec]:
+        """The entry and its spec; NotFound or InvalidArgument (with the spec's error)."""
+        entry = self.get(name)
+        if entry.spec is None:
+            raise InvalidArgument(f"dataset {name!r} is invalid: {entry.error}")
+        return entry, entry.spec
+
+    def live_version(self, model: str) -> int:
+        versions = bundle.list_versions(self.repository / model)
+        return versions[-1] if versions else 0

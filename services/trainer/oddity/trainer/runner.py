@@ -1,0 +1,247 @@
+"""The job runner: runs one training job on a worker thread from loading the data to
+publishing the version, at most `max_concurrent_jobs` at once, so the gRPC loop keeps
+answering.
+
+Every outcome is recorded: TRAINING_STARTED, then TRAINING_COMPLETED (and PUBLISHED),
+TRAINING_SKIPPED or TRAINING_FAILED in the history; the outcome metric; a crash record while
+the job runs, which the next start reports as an interrupted (failed) job. A failed job never
+touches the live model. When the trainer stops, running jobs end at their next step.
+
+Reason to change: how a job runs and what its outcomes record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from oddity.common import bundle
+from oddity.common.clients import EmbedderClient
+from oddity.common.errors import OddityError
+from oddity.common.logging import get_logger
+from oddity.trainer import pipeline
+from oddity.trainer.announcer import Announcer
+from oddity.trainer.data import DataError, fingerprint, load_dataset
+from oddity.trainer.embedding_cache import EmbeddingCache
+from oddity.trainer.history import History
+from oddity.trainer.item_datasets import load_item_dataset
+from oddity.trainer.job_embedder import JobEmbedder
+from oddity.trainer.jobs import FAILED, RUNNING, SKIPPED, SUCCEEDED, Job, JobBoard, now
+from oddity.trainer.loop_calls import Interrupted, LoopBridge
+from oddity.trainer.metrics import TrainerMetrics
+from oddity.trainer.publisher import Publisher
+from oddity.trainer.spec import SpecError, load_spec
+from oddity.trainer.validation import ValidationFailed
+
+log = get_logger("oddity.trainer.runner")
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """What to run: the dataset, what started it, and the Train request's overrides."""
+
+    dataset: str
+    folder: Path
+    trigger: str  # api, file_change, scan, interval, startup
+    force: bool = False
+    data_path: Path | None = None
+    model_kind: str | None = None
+
+
+@dataclass(frozen=True)
+class LastRun:
+    """What the latest jobs of a dataset found (shown by GetStatus)."""
+
+    trained_at: datetime | None = None  # last successful run
+    error: str = ""  # reason of the last failure, cleared by a success
+    samples: int = 0
+    group_samples: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EmbedderAccess:
+    """The embedder for image and text datasets, and how long a job waits for it."""
+
+    client: EmbedderClient
+    cache: EmbeddingCache
+    connect_timeout: float
+    batch_timeout: float
+
+
+class JobRunner:
+    def __init__(
+        self,
+        board: JobBoard,
+        publisher: Publisher,
+        announcer: Announcer,
+        history: History,
+        metrics: TrainerMetrics,
+        bridge: LoopBridge,
+        embedder: EmbedderAccess,
+        *,
+        max_concurrent_jobs: int = 1,
+    ) -> None:
+        self.board = board
+        self.publisher = publisher
+        self.announcer = announcer
+        self.history = history
+        self.metrics = metrics
+        self.bridge = bridge
+        self.embedder = embedder
+        self._slots = asyncio.Semaphore(max_concurrent_jobs)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._last_runs: dict[str, LastRun] = {}
+
+    def running_for(self, dataset: str) -> Job | None:
+        return self.board.running_for(dataset)
+
+    def last_run(self, dataset: str) -> LastRun:
+        return self._last_runs.get(dataset, LastRun())
+
+    def recover(self) -> list[Job]:
+        """Report the jobs a killed trainer left running as failed (interrupted)."""
+        interrupted = self.board.interrupted()
+        for job in interrupted:
+            self.history.append(
+                "TRAINING_FAILED", job.dataset, job.message, job_id=job.id, reason="interrupted", trigger=job.trigger
+            )
+            self.metrics.jobs.labels(job.dataset, FAILED).inc()
+        return interrupted
+
+    def submit(self, request: JobRequest) -> Job:
+        """Queue a job (on the event loop); it runs when a slot is free."""
+        job = self.board.add(Job(dataset=request.dataset, trigger=request.trigger))
+        task = asyncio.create_task(self._run(job.id, request), name=f"oddity-job-{job.id}")
+        self._tasks[job.id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(job.id, None))
+        return job
+
+    async def wait(self, job_id: str) -> None:
+        """Until the job has ended (its outcome recorded)."""
+        task = self._tasks.get(job_id)
+        if task is not None:
+            await asyncio.shield(task)
+
+    async def close(self) -> None:
+        """Stop: running jobs end at their next step (recorded as failed)."""
+        self.bridge.stop()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    async def _run(self, job_id: str, request: JobRequest) -> None:
+        async with self._slots:
+            self.metrics.running.inc()
+            try:
+                await asyncio.to_thread(self._execute, job_id, request)
+            finally:
+                self.metrics.running.dec()
+
+    def _execute(self, job_id: str, request: JobRequest) -> None:
+        """Worker thread: one job from start to end; every outcome is recorded."""
+        started = time.perf_counter()
+        job = self.board.update(job_id, state=RUNNING, phase="loading", started_at=now())
+        self.board.mark_running(job)
+        dataset = request.dataset
+        details: dict[str, Any] = {"job_id": job_id, "trigger": request.trigger}
+        run = self.last_run(dataset)
+        try:
+            self.bridge.check()
+            spec = load_spec(request.folder)
+            kind = request.model_kind or spec.model.kind
+            details.update(model=spec.name, kind=kind)
+            self.history.append("TRAINING_STARTED", dataset, f"training {kind} for {dataset}", **details)
+            digest = fingerprint(request.folder, spec)
+            live = bundle.newest_complete_version(self.publisher.repository, spec.name)
+            if request.trigger == "interval" and live is not None and live.manifest.data_fingerprint == digest:
+                raise pipeline.Skipped(f"data unchanged since version {live.manifest.version}")
+            embedding = None
+            if spec.is_embedded:
+                self._progress(job_id, "embedding", {})
+                embedder = JobEmbedder(
+                    self.embedder.client,
+                    self.bridge,
+                    request_id=job_id,
+                    connect_timeout=self.embedder.connect_timeout,
+                    batch_timeout=self.embedder.batch_timeout,
+                )
+                data, embedding, stats = load_item_dataset(request.folder, spec, embedder, self.embedder.cache)
+                details.update(embedding=stats)
+            else:
+                data = load_dataset(request.folder, spec, request.data_path)
+            run = self._remember(dataset, replace(run, samples=len(data.features)))
+            details.update(samples=len(data.features), dropped_rows=data.dropped_rows)
+            trained = pipeline.train(
+                spec,
+                data,
+                fingerprint=digest,
+                force=request.force,
+                kind=kind,
+                live=live,
+                progress=lambda phase, fields: self._progress(job_id, phase, fields),
+                embedding=embedding,
+            )
+            run = self._remember(dataset, replace(run, group_samples=trained.group_samples))
+            self._progress(job_id, "publishing", {"group": ""})
+            publish_start = time.perf_counter()
+            version = self.publisher.publish(trained.manifest, trained.onnx_files, spec.keep_versions)
+            trained.durations["publish"] = time.perf_counter() - publish_start
+            details.update(
+                metrics=trained.metrics,
+                group_samples=trained.group_samples,
+                duration_seconds=round(time.perf_counter() - started, 3),
+                phase_seconds={k: round(v, 3) for k, v in trained.durations.items()},
+            )
+            self.history.append(
+                "TRAINING_COMPLETED", dataset, f"trained {kind} on {len(data.features)} rows", **details
+            )
+            self.announcer.record(dataset, spec.name, version, job_id=job_id)
+            # Published: from here on the job succeeds, even if the trainer is stopping.
+            self.bridge.call(self.announcer.notify(spec.name, request_id=job_id), interruptible=False)
+            self._remember(dataset, replace(run, trained_at=now(), error=""))
+            self._finish(
+                job_id,
+                dataset,
+                SUCCEEDED,
+                f"published version {version}",
+                started,
+                published_version=version,
+                metrics=trained.metrics,
+            )
+        except pipeline.Skipped as exc:
+            self.history.append("TRAINING_SKIPPED", dataset, str(exc), reason=str(exc), **details)
+            self._finish(job_id, dataset, SKIPPED, str(exc), started)
+        except (SpecError, DataError, ValidationFailed, ValueError, Interrupted, OddityError) as exc:
+            if isinstance(exc, OddityError):
+                reason = exc.message
+            elif isinstance(exc, ValueError):
+                reason = f"{type(exc).__name__}: {exc}"
+            else:
+                reason = str(exc)
+            self._fail(job_id, dataset, reason, details, started)
+        except Exception as exc:  # a bug must not stop the trainer; the live model stays as it is
+            log.exception("training crashed", dataset=dataset, job_id=job_id)
+            self._fail(job_id, dataset, f"internal error: {type(exc).__name__}: {exc}", details, started)
+
+    def _remember(self, dataset: str, run: LastRun) -> LastRun:
+        self._last_runs[dataset] = run
+        return run
+
+    def _progress(self, job_id: str, phase: str, fields: dict[str, Any]) -> None:
+        self.bridge.check()
+        self.board.update(job_id, phase=phase, **fields)
+
+    def _fail(self, job_id: str, dataset: str, reason: str, details: dict[str, Any], started: float) -> None:
+        self._remember(dataset, replace(self.last_run(dataset), error=reason))
+        self.history.append("TRAINING_FAILED", dataset, reason, reason=reason, **details)
+        self._finish(job_id, dataset, FAILED, reason, started)
+
+    def _finish(self, job_id: str, dataset: str, outcome: str, message: str, started: float, **fields: Any) -> None:
+        self.board.mark_finished(job_id)
+        self.metrics.jobs.labels(dataset, outcome).inc()
+        self.metrics.job_seconds.labels(dataset).observe(time.perf_counter() - started)
+        # Last: a watcher that sees the job done also sees its history and metrics.
+        self.board.update(job_id, state=outcome, phase="done", message=message, finished_at=now(), **fields)
+        log.info("job finished", dataset=dataset, job_id=job_id, outcome=outcome, message=message)
