@@ -1,5 +1,6 @@
 """Every model kind trains, exports an ONNX graph that keeps the bundle contract, and
-matches its framework model; the same data and parameters give the same model."""
+matches its framework model; the same data and parameters give the same model. The kinds
+are the bundle contract's table: one learner per kind, no learner without a kind."""
 
 import numpy as np
 import pytest
@@ -13,14 +14,22 @@ ROWS = normal_rows(800, 6, seed=0)
 LABELS = np.where(ROWS[:, 0] + ROWS[:, 1] > 0, "up", "down")
 
 
-@pytest.mark.parametrize("kind", sorted(LEARNERS))
+def test_every_kind_has_a_learner_and_every_learner_a_kind():
+    assert sorted(LEARNERS) == sorted(bundle.KINDS)
+    assert all(cls.kind == kind for kind, cls in LEARNERS.items())
+
+
+@pytest.mark.parametrize("kind", sorted(bundle.KINDS))
 def test_each_kind_exports_a_graph_that_matches_the_framework(kind):
     params = {"epochs": 5} if kind == "autoencoder" else {}
     learner = make_learner(kind, params)
+    assert learner.is_classifier == (kind in bundle.CLASSIFIER_KINDS)
     learner.fit(ROWS, LABELS if learner.is_classifier else None)
     session = onnx_session(learner.to_onnx())
     assert [i.name for i in session.get_inputs()] == [bundle.INPUT_NAME]
     outputs = {o.name for o in session.get_outputs()}
+    # The graph explains scores per feature exactly when the kinds table says so.
+    assert (bundle.FEATURE_ERRORS_OUTPUT in outputs) == bundle.KINDS[kind].feature_errors
     if learner.is_classifier:
         assert {bundle.LABEL_OUTPUT, bundle.PROBABILITIES_OUTPUT} <= outputs
         np.testing.assert_allclose(onnx_probabilities(session, ROWS), learner.predict_proba(ROWS), atol=1e-5)

@@ -1,5 +1,5 @@
 """Malformed data never stops the trainer or touches the live model: each case ends as
-TRAINING_FAILED (or TRAINING_SKIPPED) with its reason, and version 1 keeps serving."""
+TRAINING_FAILED with its reason, and version 1 keeps serving."""
 
 import grpc
 import numpy as np
@@ -78,10 +78,11 @@ def test_malformed_data_fails_with_its_reason_and_the_live_version_serves(stack,
         for file_name, content in files.items():
             (folder / file_name).write_bytes(content)
         job = run_job(trainer, "plant", **request_fields)
-        assert job.state in (trainer_pb2.JOB_STATE_FAILED, trainer_pb2.JOB_STATE_SKIPPED)
+        assert job.state == trainer_pb2.JOB_STATE_FAILED, job.message
         assert reason in job.message
         last = trainer.stub.History(trainer_pb2.HistoryRequest(dataset="plant")).events[-1]
-        assert last.event_type in ("TRAINING_FAILED", "TRAINING_SKIPPED") and reason in last.message
+        assert last.event_type == "TRAINING_FAILED" and reason in last.message
+        assert last.details["job_id"] == job.id
         status = trainer.stub.GetStatus(trainer_pb2.GetStatusRequest(dataset="plant")).datasets[0]
         assert status.live_version == 1 and reason in status.last_error
         served = detector.stub.Detect(detect_request("plant", np.zeros((1, 8), np.float32)))
