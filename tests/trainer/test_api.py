@@ -1,6 +1,7 @@
 """The Trainer API: jobs and their progress, min_samples, rollback, thresholds, history."""
 
 import json
+import socket
 import time
 
 import grpc
@@ -220,3 +221,27 @@ def test_interval_policy_retrains_on_its_clock_and_skips_unchanged_data(data_vol
         assert skipped.details["trigger"] == "interval"
     finally:
         trainer.close()
+
+
+def test_every_detector_is_told_and_an_unreachable_one_only_logged(data_volume, repository):
+    with socket.socket() as s:  # an address where no detector listens
+        s.bind(("127.0.0.1", 0))
+        nobody = f"127.0.0.1:{s.getsockname()[1]}"
+    # The detectors poll rarely: only the trainer's LoadModel makes them serve a new version at once.
+    detectors = [start_detector(repository, poll_interval_seconds=600) for _ in range(2)]
+    targets = [nobody, *(d.server.target for d in detectors)]
+    trainer = start_trainer(data_volume, repository, detectors=targets, detector_timeout_seconds=1)
+    try:
+        datasets.write_dataset(data_volume, "told", manual_spec(), {"rows.csv": datasets.sensor_frame(600)})
+        job = run_job(trainer, "told")
+        assert job.state == trainer_pb2.JOB_STATE_SUCCEEDED and job.published_version == 1, job.message
+        for detector in detectors:
+            assert detector.stub.Detect(detect_request("told", np.zeros((1, 8), np.float32))).model_version == 1
+        moved = trainer.stub.SetThreshold(trainer_pb2.SetThresholdRequest(dataset="told", percentile=90))
+        for detector in detectors:
+            assert detector.stub.Detect(detect_request("told", np.zeros((1, 8), np.float32))).model_version == 2
+        assert moved.version == 2
+    finally:
+        trainer.close()
+        for detector in detectors:
+            detector.close()
