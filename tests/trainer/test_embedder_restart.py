@@ -1,7 +1,10 @@
 """Training waits out an embedder restart: an image dataset is being embedded when its
 embedder stops; a new embedder comes up on the same address a moment later; the job goes
-on from where it was and publishes its model."""
+on from where it was and publishes its model. A job waiting for the embedder still ends at
+once when the trainer stops."""
 
+import json
+import socket
 import time
 
 import numpy as np
@@ -111,3 +114,22 @@ def test_a_job_waits_out_an_embedder_restart_and_publishes(tmp_path, data_volume
         if second is not None:
             second.close()
         first.close()
+
+
+def test_stopping_the_trainer_ends_a_job_that_waits_for_the_embedder(data_volume, repository):
+    write_drawings(data_volume / "datasets" / "drawings", 10)
+    with socket.socket() as s:  # no embedder here (yet): the job waits for one
+        s.bind(("127.0.0.1", 0))
+        nobody = f"127.0.0.1:{s.getsockname()[1]}"
+    trainer = start_trainer(data_volume, repository, embedder=nobody, embedder_connect_timeout_seconds=120)
+    try:
+        job = trainer.stub.Train(trainer_pb2.TrainRequest(dataset="drawings")).job
+        for update in trainer.stub.WatchJob(trainer_pb2.WatchJobRequest(job_id=job.id), timeout=60):
+            if update.job.phase == "embedding":
+                break
+    finally:
+        trainer.close()
+    events = [json.loads(line) for line in (data_volume / ".oddity" / "history.jsonl").read_text().splitlines()]
+    assert [e["event_type"] for e in events] == ["TRAINING_STARTED", "TRAINING_FAILED"]
+    assert events[-1]["message"] == "interrupted: the trainer is shutting down"
+    assert not list((data_volume / ".oddity" / "running").glob("*.json"))
