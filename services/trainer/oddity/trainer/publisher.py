@@ -65,7 +65,7 @@ class Publisher:
         if not versions:
             raise NotFound(f"model {name!r} has no versions")
         source = self._verified(name, versions[-1])
-        if source.manifest.task != manifest_pb2.MODEL_TASK_ANOMALY_DETECTION:
+        if source.manifest.task != bundle.ANOMALY_DETECTION:
             raise FailedPrecondition(f"model {name!r} is a classifier; it has no anomaly threshold")
         manifest = manifest_pb2.ModelManifest()
         manifest.CopyFrom(source.manifest)

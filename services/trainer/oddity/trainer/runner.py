@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -95,6 +96,12 @@ class JobRunner:
         self._slots = asyncio.Semaphore(max_concurrent_jobs)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._last_runs: dict[str, LastRun] = {}
+
+    def job(self, job_id: str) -> Job | None:
+        return self.board.get(job_id)
+
+    def watch(self, job_id: str) -> AsyncIterator[Job]:
+        return self.board.watch(job_id)
 
     def running_for(self, dataset: str) -> Job | None:
         return self.board.running_for(dataset)

@@ -104,7 +104,7 @@ class TrainerService:
         return path
 
     def get_job(self, job_id: str) -> Job:
-        job = self.runner.board.get(job_id)
+        job = self.runner.job(job_id)
         if job is None:
             raise NotFound(f"job {job_id!r} not found")
         return job
@@ -112,7 +112,7 @@ class TrainerService:
     def watch_job(self, job_id: str) -> AsyncIterator[Job]:
         """The job now and after each change until it ends; NotFound at once for an unknown id."""
         self.get_job(job_id)
-        return self.runner.board.watch(job_id)
+        return self.runner.watch(job_id)
 
     # -- status and history ----------------------------------------------------------------
 
