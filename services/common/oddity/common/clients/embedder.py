@@ -70,10 +70,12 @@ class EmbedderClient(RemoteService):
             revision=response.revision,
         )
 
-    async def models(self, model: str = "", *, request_id: str | None = None) -> list[EmbedderModel]:
+    async def models(
+        self, model: str = "", *, timeout: float | None = None, request_id: str | None = None
+    ) -> list[EmbedderModel]:
         """The served models (or the one named)."""
         response = await self._call(
-            self._stub.GetInfo, embedder_pb2.GetInfoRequest(model=model), request_id=request_id
+            self._stub.GetInfo, embedder_pb2.GetInfoRequest(model=model), timeout=timeout, request_id=request_id
         )
         return [
             EmbedderModel(
