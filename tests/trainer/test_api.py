@@ -197,10 +197,14 @@ def test_a_model_failing_the_gate_is_not_published(stack, data_volume, repositor
     datasets.write_dataset(data_volume, "gated", spec, {"rows.csv": datasets.sensor_frame(2000)})
     job = run_job(trainer, "gated")
     assert job.state == trainer_pb2.JOB_STATE_FAILED
-    assert "held-out normal rows are flagged, outside [50%, 90%]" in job.message
+    assert "of 2000 normal rows are flagged when each is judged by a threshold taken on the others, " in job.message
+    assert job.message.endswith(
+        "outside validation.anomaly_rate [50%, 90%]; lower threshold_percentile (now 95) or widen "
+        "validation.anomaly_rate"
+    )
     assert bundle.list_versions(repository / "gated") == []
     failed = trainer.stub.History(trainer_pb2.HistoryRequest(dataset="gated", event_types=["TRAINING_FAILED"]))
-    assert "outside [50%, 90%]" in failed.events[-1].details["reason"]
+    assert failed.events[-1].details["reason"] == job.message
 
 
 def test_interval_policy_retrains_on_its_clock_and_skips_unchanged_data(data_volume, repository):

@@ -49,7 +49,7 @@ class QuantileTable(_message.Message):
     def __init__(self, probabilities: _Optional[_Iterable[float]] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ModelGroup(_message.Message):
-    __slots__ = ("name", "bounds", "onnx_file", "sha256", "threshold", "threshold_percentile", "quantiles", "train_samples", "validation_samples", "status", "status_message", "metrics")
+    __slots__ = ("name", "bounds", "onnx_file", "sha256", "threshold", "threshold_percentile", "quantiles", "train_samples", "validation_samples", "status", "status_message", "metrics", "calibration", "members")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +69,8 @@ class ModelGroup(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     STATUS_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
     name: str
     bounds: RoutingBounds
     onnx_file: str
@@ -81,7 +83,44 @@ class ModelGroup(_message.Message):
     status: GroupStatus
     status_message: str
     metrics: _containers.ScalarMap[str, float]
-    def __init__(self, name: _Optional[str] = ..., bounds: _Optional[_Union[RoutingBounds, _Mapping]] = ..., onnx_file: _Optional[str] = ..., sha256: _Optional[str] = ..., threshold: _Optional[float] = ..., threshold_percentile: _Optional[float] = ..., quantiles: _Optional[_Union[QuantileTable, _Mapping]] = ..., train_samples: _Optional[int] = ..., validation_samples: _Optional[int] = ..., status: _Optional[_Union[GroupStatus, str]] = ..., status_message: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    calibration: Calibration
+    members: _containers.RepeatedCompositeFieldContainer[MemberEvidence]
+    def __init__(self, name: _Optional[str] = ..., bounds: _Optional[_Union[RoutingBounds, _Mapping]] = ..., onnx_file: _Optional[str] = ..., sha256: _Optional[str] = ..., threshold: _Optional[float] = ..., threshold_percentile: _Optional[float] = ..., quantiles: _Optional[_Union[QuantileTable, _Mapping]] = ..., train_samples: _Optional[int] = ..., validation_samples: _Optional[int] = ..., status: _Optional[_Union[GroupStatus, str]] = ..., status_message: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., members: _Optional[_Iterable[_Union[MemberEvidence, _Mapping]]] = ...) -> None: ...
+
+class Calibration(_message.Message):
+    __slots__ = ("method", "folds", "rows", "expected_anomaly_rate", "cross_validated_anomaly_rate")
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    FOLDS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_ANOMALY_RATE_FIELD_NUMBER: _ClassVar[int]
+    CROSS_VALIDATED_ANOMALY_RATE_FIELD_NUMBER: _ClassVar[int]
+    method: str
+    folds: int
+    rows: int
+    expected_anomaly_rate: float
+    cross_validated_anomaly_rate: float
+    def __init__(self, method: _Optional[str] = ..., folds: _Optional[int] = ..., rows: _Optional[int] = ..., expected_anomaly_rate: _Optional[float] = ..., cross_validated_anomaly_rate: _Optional[float] = ...) -> None: ...
+
+class MemberEvidence(_message.Message):
+    __slots__ = ("kind", "params_json", "weight", "synthetic_auc", "note")
+    class SyntheticAucEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    SYNTHETIC_AUC_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    params_json: str
+    weight: float
+    synthetic_auc: _containers.ScalarMap[str, float]
+    note: str
+    def __init__(self, kind: _Optional[str] = ..., params_json: _Optional[str] = ..., weight: _Optional[float] = ..., synthetic_auc: _Optional[_Mapping[str, float]] = ..., note: _Optional[str] = ...) -> None: ...
 
 class EmbeddingSource(_message.Message):
     __slots__ = ("model", "model_id", "revision", "dimension", "modality", "extra_features")

@@ -2,6 +2,7 @@ import datetime
 
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from oddity.v1 import manifest_pb2 as _manifest_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -124,7 +125,7 @@ class AutoTraining(_message.Message):
     def __init__(self, policy: _Optional[str] = ..., enabled: _Optional[bool] = ..., interval_hours: _Optional[float] = ..., debounce_seconds: _Optional[float] = ..., min_samples: _Optional[int] = ...) -> None: ...
 
 class DatasetStatus(_message.Message):
-    __slots__ = ("dataset", "valid", "error", "model", "kind", "training_in_progress", "last_training_time", "auto_training", "samples", "group_samples", "last_error", "live_version", "data_fingerprint")
+    __slots__ = ("dataset", "valid", "error", "model", "kind", "training_in_progress", "last_training_time", "auto_training", "samples", "group_samples", "last_error", "live_version", "data_fingerprint", "live_groups")
     class GroupSamplesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +146,7 @@ class DatasetStatus(_message.Message):
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
     LIVE_VERSION_FIELD_NUMBER: _ClassVar[int]
     DATA_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    LIVE_GROUPS_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     valid: bool
     error: str
@@ -158,7 +160,26 @@ class DatasetStatus(_message.Message):
     last_error: str
     live_version: int
     data_fingerprint: str
-    def __init__(self, dataset: _Optional[str] = ..., valid: _Optional[bool] = ..., error: _Optional[str] = ..., model: _Optional[str] = ..., kind: _Optional[str] = ..., training_in_progress: _Optional[bool] = ..., last_training_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., auto_training: _Optional[_Union[AutoTraining, _Mapping]] = ..., samples: _Optional[int] = ..., group_samples: _Optional[_Mapping[str, int]] = ..., last_error: _Optional[str] = ..., live_version: _Optional[int] = ..., data_fingerprint: _Optional[str] = ...) -> None: ...
+    live_groups: _containers.RepeatedCompositeFieldContainer[GroupEvidence]
+    def __init__(self, dataset: _Optional[str] = ..., valid: _Optional[bool] = ..., error: _Optional[str] = ..., model: _Optional[str] = ..., kind: _Optional[str] = ..., training_in_progress: _Optional[bool] = ..., last_training_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., auto_training: _Optional[_Union[AutoTraining, _Mapping]] = ..., samples: _Optional[int] = ..., group_samples: _Optional[_Mapping[str, int]] = ..., last_error: _Optional[str] = ..., live_version: _Optional[int] = ..., data_fingerprint: _Optional[str] = ..., live_groups: _Optional[_Iterable[_Union[GroupEvidence, _Mapping]]] = ...) -> None: ...
+
+class GroupEvidence(_message.Message):
+    __slots__ = ("group", "status", "train_samples", "threshold", "threshold_percentile", "calibration", "members")
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_PERCENTILE_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    group: str
+    status: _manifest_pb2.GroupStatus
+    train_samples: int
+    threshold: float
+    threshold_percentile: float
+    calibration: _manifest_pb2.Calibration
+    members: _containers.RepeatedCompositeFieldContainer[_manifest_pb2.MemberEvidence]
+    def __init__(self, group: _Optional[str] = ..., status: _Optional[_Union[_manifest_pb2.GroupStatus, str]] = ..., train_samples: _Optional[int] = ..., threshold: _Optional[float] = ..., threshold_percentile: _Optional[float] = ..., calibration: _Optional[_Union[_manifest_pb2.Calibration, _Mapping]] = ..., members: _Optional[_Iterable[_Union[_manifest_pb2.MemberEvidence, _Mapping]]] = ...) -> None: ...
 
 class GetStatusRequest(_message.Message):
     __slots__ = ("dataset",)

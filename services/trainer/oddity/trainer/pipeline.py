@@ -8,6 +8,7 @@ Reason to change: the steps of a training run and what its manifest records.
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,15 +17,19 @@ from typing import Any
 import numpy as np
 
 from oddity.common import bundle
-from oddity.trainer import validation
+from oddity.trainer import calibration, validation
 from oddity.trainer.data import Dataset
-from oddity.trainer.learners import make_learner
+from oddity.trainer.learners import Learner, make_learner
+from oddity.trainer.learners.autoencoder import AutoencoderLearner
+from oddity.trainer.learners.ensemble import EnsembleLearner
+from oddity.trainer.learners.knn import KnnLearner
 from oddity.trainer.spec import DatasetSpec
 from oddity.v1 import manifest_pb2
 
-ABSOLUTE_MIN_ROWS = 20  # below this even a forced run cannot split train / calibration / test
+ABSOLUTE_MIN_ROWS = 20  # below this even a forced run cannot be calibrated
+PARITY_ROWS = 2000  # ONNX Runtime vs the framework on a sample of the rows
 
-# progress(phase, fields): phase is loading, training, validating, exporting, publishing
+# progress(phase, fields): phase is loading, training, calibrating, exporting, validating, publishing
 Progress = Callable[[str, dict[str, Any]], None]
 
 
@@ -135,88 +140,188 @@ def _train_group(
     report: Progress,
 ) -> None:
     rows = data.features[plan.mask]
-    labels = data.labels[plan.mask] if data.labels is not None else None
-    order = rng.permutation(len(rows))
-    n_holdout = max(4, int(len(rows) * spec.validation.holdout_fraction))
-    holdout, train_idx = order[:n_holdout], order[n_holdout:]
-    calibration, test = holdout[: n_holdout // 2], holdout[n_holdout // 2 :]
+    prefix = f"{plan.name}." if plan.name != bundle.ALL_GROUP else ""
+    if bundle.KINDS[kind].is_classifier:
+        if data.labels is None:
+            raise ValueError(f"{kind} is a classifier and the rows carry no labels")
+        onnx_model, parity = _train_classifier(
+            spec, rows, data.labels[plan.mask], plan, group, kind, rng, trained, live, live_group, report
+        )
+    else:
+        onnx_model, parity = _train_detector(spec, rows, plan, group, kind, trained, live, live_group, report)
+    group.metrics["parity_max_abs_diff"] = parity
+    trained.metrics[f"{prefix}parity_max_abs_diff"] = parity
+    group.status = manifest_pb2.GROUP_STATUS_ACTIVE
+    group.onnx_file = f"{plan.name}.onnx"
+    trained.onnx_files[group.onnx_file] = onnx_model
 
-    start = time.perf_counter()
-    report("training", {"group": plan.name})
-    learner = make_learner(kind, spec.model.params)
+
+def _timed(trained: TrainedModel, step: str, started: float) -> None:
+    trained.durations[step] = trained.durations.get(step, 0.0) + time.perf_counter() - started
+
+
+def _fit(learner: Learner, rows: np.ndarray, labels: np.ndarray | None, plan: GroupPlan, report: Progress) -> None:
     learner.fit(
-        rows[train_idx],
-        labels[train_idx] if labels is not None else None,
+        rows,
+        labels,
         progress=lambda epoch, total, loss: report(
             "training", {"group": plan.name, "epoch": epoch, "total_epochs": total, "loss": loss}
         ),
     )
-    trained.durations["train"] = trained.durations.get("train", 0.0) + time.perf_counter() - start
+
+
+def _train_detector(
+    spec: DatasetSpec,
+    rows: np.ndarray,
+    plan: GroupPlan,
+    group: manifest_pb2.ModelGroup,
+    kind: str,
+    trained: TrainedModel,
+    live: bundle.VerifiedVersion | None,
+    live_group: manifest_pb2.ModelGroup | None,
+    report: Progress,
+) -> tuple[bytes, float]:
+    """Fit on every row; calibrate on out-of-fold scores of every row (calibration.py)."""
+    gate = spec.validation
+    seed = int(spec.model.params.get("seed", 0))
+    start = time.perf_counter()
+    report("training", {"group": plan.name})
+    learner = make_learner(kind, spec.model.params)
+    _fit(learner, rows, None, plan, report)
+    _timed(trained, "train", start)
+
+    start = time.perf_counter()
+    report("calibrating", {"group": plan.name})
+    folds = calibration.make_folds(len(rows), seed)
+    oof = learner.out_of_fold_scores(rows, folds)
+    try:
+        calibrated = calibration.calibrate(oof, folds, spec.threshold_percentile)
+    except ValueError as exc:
+        raise validation.ValidationFailed(f"group {plan.name!r}: {exc}") from exc
+    _timed(trained, "calibrate", start)
 
     start = time.perf_counter()
     report("exporting", {"group": plan.name})
     onnx_model = learner.to_onnx()
     session = validation.onnx_session(onnx_model)
-    trained.durations["export"] = trained.durations.get("export", 0.0) + time.perf_counter() - start
+    _timed(trained, "export", start)
 
     start = time.perf_counter()
     report("validating", {"group": plan.name})
-    gate = spec.validation
-    prefix = f"{plan.name}." if plan.name != bundle.ALL_GROUP else ""
-    if bundle.KINDS[kind].is_classifier:
-        if labels is None:
-            raise ValueError(f"{kind} is a classifier and the rows carry no labels")
-        probabilities = validation.onnx_probabilities(session, rows[holdout])
-        parity = validation.check_parity(probabilities, learner.predict_proba(rows[holdout]), gate.parity_tolerance)
-        accuracy, balanced = _classification_metrics(learner.classes_, probabilities, labels[holdout])
-        trained.manifest.class_labels[:] = [str(c) for c in learner.classes_]
-        if live is not None and live_group is not None and list(live.manifest.class_labels) == list(learner.classes_):
-            live_session = validation.onnx_session(live.onnx[plan.name])
-            _, live_balanced = _classification_metrics(
-                learner.classes_, validation.onnx_probabilities(live_session, rows[holdout]), labels[holdout]
+    sample = rows[np.random.default_rng(seed).permutation(len(rows))[:PARITY_ROWS]]
+    parity = validation.check_parity(
+        validation.onnx_scores(session, sample), learner.anomaly_scores(sample)[0], gate.parity_tolerance
+    )
+    validation.check_anomaly_rate(
+        calibrated.cross_validated_rate, calibrated.rows, gate.anomaly_rate, plan.name, spec.threshold_percentile
+    )
+    expected = 1 - spec.threshold_percentile / 100
+    if (
+        live is not None
+        and live_group is not None
+        and live_group.status == manifest_pb2.GROUP_STATUS_ACTIVE
+        and _same_inputs(live, trained.manifest)
+    ):
+        # The live version saw most of these rows, so its rate here leans low: the check only
+        # stops a new model that flags far more than the live one did.
+        live_scores = validation.onnx_scores(validation.onnx_session(live.onnx[plan.name]), rows)
+        live_rate = float(np.mean(live_scores > live_group.threshold))
+        validation.check_regression(
+            abs(calibrated.cross_validated_rate - expected),
+            abs(live_rate - expected),
+            gate.regression_tolerance,
+            f"group {plan.name!r}: distance from the expected anomaly rate",
+            False,
+        )
+    group.threshold = calibrated.threshold
+    group.threshold_percentile = spec.threshold_percentile
+    group.quantiles.probabilities.extend(bundle.QUANTILE_LEVELS.tolist())
+    group.quantiles.values.extend(calibrated.quantiles.tolist())
+    group.calibration.CopyFrom(
+        manifest_pb2.Calibration(
+            method="leave_one_out" if isinstance(learner, KnnLearner) else "cross_fit",
+            folds=calibrated.folds,
+            rows=calibrated.rows,
+            expected_anomaly_rate=expected,
+            cross_validated_anomaly_rate=calibrated.cross_validated_rate,
+        )
+    )
+    if isinstance(learner, EnsembleLearner):
+        total = sum(m.weight for m in learner.evidence()) or 1.0
+        for member in learner.evidence():
+            group.members.add(
+                kind=member.kind,
+                params_json=json.dumps(member.params, sort_keys=True),
+                weight=member.weight / total,
+                synthetic_auc=member.synthetic_auc,
+                note=member.note,
             )
-            validation.check_regression(balanced, live_balanced, gate.regression_tolerance, "balanced accuracy", True)
-        group.metrics.update({"accuracy": accuracy, "balanced_accuracy": balanced})
-        trained.metrics.update({f"{prefix}accuracy": accuracy, f"{prefix}balanced_accuracy": balanced})
-    else:
-        scores = validation.onnx_scores(session, rows[holdout])
-        parity = validation.check_parity(scores, learner.anomaly_scores(rows[holdout])[0], gate.parity_tolerance)
-        split = len(calibration)
-        calibrated = validation.calibrate(scores[:split], scores[split:], spec.threshold_percentile)
-        validation.check_anomaly_rate(calibrated.test_anomaly_rate, len(test), gate.anomaly_rate, plan.name)
-        if (
-            live is not None
-            and live_group is not None
-            and live_group.status == manifest_pb2.GROUP_STATUS_ACTIVE
-            and _same_inputs(live, trained.manifest)
-        ):
-            live_scores = validation.onnx_scores(validation.onnx_session(live.onnx[plan.name]), rows[test])
-            live_rate = float(np.mean(live_scores > live_group.threshold))
-            expected = 1 - spec.threshold_percentile / 100
-            validation.check_regression(
-                abs(calibrated.test_anomaly_rate - expected),
-                abs(live_rate - expected),
-                gate.regression_tolerance,
-                f"group {plan.name!r}: distance from the expected anomaly rate",
-                False,
-            )
-        group.threshold = calibrated.threshold
-        group.threshold_percentile = spec.threshold_percentile
-        group.quantiles.probabilities.extend(bundle.QUANTILE_LEVELS.tolist())
-        group.quantiles.values.extend(calibrated.quantiles.tolist())
-        group.metrics.update({"test_anomaly_rate": calibrated.test_anomaly_rate})
-        trained.metrics[f"{prefix}test_anomaly_rate"] = calibrated.test_anomaly_rate
-    if hasattr(learner, "epochs_run_"):
+    if isinstance(learner, AutoencoderLearner):
         group.metrics["epochs"] = learner.epochs_run_
         group.metrics["validation_loss"] = learner.best_loss_
-    group.metrics["parity_max_abs_diff"] = parity
-    trained.metrics[f"{prefix}parity_max_abs_diff"] = parity
-    group.status = manifest_pb2.GROUP_STATUS_ACTIVE
-    group.onnx_file = f"{plan.name}.onnx"
+    group.metrics["cross_validated_anomaly_rate"] = calibrated.cross_validated_rate
+    prefix = f"{plan.name}." if plan.name != bundle.ALL_GROUP else ""
+    trained.metrics[f"{prefix}cross_validated_anomaly_rate"] = calibrated.cross_validated_rate
+    group.train_samples = len(rows)
+    group.validation_samples = calibrated.rows
+    _timed(trained, "validate", start)
+    return onnx_model, parity
+
+
+def _train_classifier(
+    spec: DatasetSpec,
+    rows: np.ndarray,
+    labels: np.ndarray,
+    plan: GroupPlan,
+    group: manifest_pb2.ModelGroup,
+    kind: str,
+    rng: np.random.Generator,
+    trained: TrainedModel,
+    live: bundle.VerifiedVersion | None,
+    live_group: manifest_pb2.ModelGroup | None,
+    report: Progress,
+) -> tuple[bytes, float]:
+    """Fit on a training split; accuracy and balanced accuracy on the held-out rows."""
+    gate = spec.validation
+    order = rng.permutation(len(rows))
+    n_holdout = max(4, int(len(rows) * gate.holdout_fraction))
+    holdout, train_idx = order[:n_holdout], order[n_holdout:]
+    start = time.perf_counter()
+    report("training", {"group": plan.name})
+    learner = make_learner(kind, spec.model.params)
+    _fit(learner, rows[train_idx], labels[train_idx], plan, report)
+    _timed(trained, "train", start)
+
+    start = time.perf_counter()
+    report("exporting", {"group": plan.name})
+    onnx_model = learner.to_onnx()
+    session = validation.onnx_session(onnx_model)
+    _timed(trained, "export", start)
+
+    start = time.perf_counter()
+    report("validating", {"group": plan.name})
+    classes = learner.classes_  # type: ignore[attr-defined]
+    probabilities = validation.onnx_probabilities(session, rows[holdout])
+    parity = validation.check_parity(
+        probabilities,
+        learner.predict_proba(rows[holdout]),  # type: ignore[attr-defined]
+        gate.parity_tolerance,
+    )
+    accuracy, balanced = _classification_metrics(classes, probabilities, labels[holdout])
+    trained.manifest.class_labels[:] = [str(c) for c in classes]
+    if live is not None and live_group is not None and list(live.manifest.class_labels) == list(classes):
+        live_session = validation.onnx_session(live.onnx[plan.name])
+        _, live_balanced = _classification_metrics(
+            classes, validation.onnx_probabilities(live_session, rows[holdout]), labels[holdout]
+        )
+        validation.check_regression(balanced, live_balanced, gate.regression_tolerance, "balanced accuracy", True)
+    prefix = f"{plan.name}." if plan.name != bundle.ALL_GROUP else ""
+    group.metrics.update({"accuracy": accuracy, "balanced_accuracy": balanced})
+    trained.metrics.update({f"{prefix}accuracy": accuracy, f"{prefix}balanced_accuracy": balanced})
     group.train_samples = len(train_idx)
     group.validation_samples = len(holdout)
-    trained.onnx_files[group.onnx_file] = onnx_model
-    trained.durations["validate"] = trained.durations.get("validate", 0.0) + time.perf_counter() - start
+    _timed(trained, "validate", start)
+    return onnx_model, parity
 
 
 def _same_inputs(live: bundle.VerifiedVersion | None, manifest: manifest_pb2.ModelManifest) -> bool:

@@ -97,7 +97,7 @@ class EmbedderSpec(_Strict):
 
 
 class ModelSpec(_Strict):
-    kind: str = "autoencoder"
+    kind: str = "auto"
     params: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("kind")

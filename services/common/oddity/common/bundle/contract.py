@@ -59,6 +59,7 @@ class ModelKind:
 
     name: str
     task: int  # manifest_pb2.ModelTask
+    # The graph may output per-feature errors (ensembles: when a member does).
     feature_errors: bool = False
 
     @property
@@ -70,7 +71,11 @@ class ModelKind:
 KINDS: dict[str, ModelKind] = {
     k.name: k
     for k in (
+        # The default: weighs candidate detectors on synthetic anomalies and combines them.
+        ModelKind("auto", ANOMALY_DETECTION, feature_errors=True),
         ModelKind("autoencoder", ANOMALY_DETECTION, feature_errors=True),
+        ModelKind("knn", ANOMALY_DETECTION, feature_errors=True),
+        ModelKind("ensemble", ANOMALY_DETECTION, feature_errors=True),
         ModelKind("isolation_forest", ANOMALY_DETECTION),
         ModelKind("one_class_svm", ANOMALY_DETECTION),
         ModelKind("random_forest", CLASSIFICATION),

@@ -1,0 +1,187 @@
+"""The knn kind: an item is as unusual as it is far from its k nearest normal rows.
+
+The score is the mean distance to the k nearest rows of a stored reference set (the training
+rows, standardized; or L2-normalized for `metric: cosine`, which suits embeddings). The ONNX
+graph is brute force over the reference matrix: standardization, one matrix product for the
+squared distances, TopK, mean of square roots. Per-feature errors for explanations are the
+squared differences to the nearest reference row.
+
+Serving cost grows with reference rows x dimensions, so the reference is capped: at most
+`max_reference` rows (default: about one million values, e.g. 1,300 rows of a 769-d
+embedding, 20,000 rows of 50 features), a seeded random subsample of the training rows when
+there are more. Out-of-fold scores are exact leave-one-out: each training row's distance to
+its k nearest *other* reference rows, the distribution new normal rows will see.
+
+Reason to change: how nearest-neighbour distances are computed, capped and exported.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from oddity.common import bundle
+from oddity.trainer.learners.base import Learner, Progress
+
+REFERENCE_VALUES = 1_000_000  # rows x dimensions of the default reference cap
+MAX_REFERENCE_ROWS = 20_000
+MIN_REFERENCE_ROWS = 500
+_CHUNK = 1024  # rows per distance block: bounds memory at CHUNK x reference floats
+_EPS = 1e-12
+# Squared distances below this share of |z|^2 + |r|^2 are rounding noise of the float32 product
+# (a row scored against its own copy would get sqrt(noise) instead of 0): they count as 0.
+_ROUNDING = 1e-6
+
+
+def default_reference_cap(d: int) -> int:
+    return int(min(MAX_REFERENCE_ROWS, max(MIN_REFERENCE_ROWS, REFERENCE_VALUES // max(d, 1))))
+
+
+class KnnLearner(Learner):
+    kind = "knn"
+    PARAMS = {"k", "metric", "max_reference"}
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.k = int(params.get("k", 5))
+        self.metric = str(params.get("metric", "euclidean"))
+        self.max_reference = params.get("max_reference")
+        if self.k < 1:
+            raise ValueError(f"knn: k must be >= 1, got {self.k}")
+        if self.metric not in ("euclidean", "cosine"):
+            raise ValueError(f"knn: metric must be 'euclidean' or 'cosine', got {self.metric!r}")
+
+    # -- the transform the graph repeats ---------------------------------------------------
+
+    def _transform(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        if self.metric == "cosine":
+            return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), _EPS)
+        return (x - self.mean_) / self.scale_
+
+    # -- fitting ---------------------------------------------------------------------------
+
+    def fit(self, x: np.ndarray, y: np.ndarray | None = None, progress: Progress | None = None) -> KnnLearner:
+        n, d = x.shape
+        if n < 2:
+            raise ValueError("knn needs at least 2 rows")
+        self.mean_ = x.mean(axis=0).astype(np.float64)
+        self.scale_ = x.std(axis=0).astype(np.float64) + 1e-6
+        cap = int(self.max_reference or default_reference_cap(d))
+        rows = np.arange(n)
+        if n > cap:
+            rows = np.sort(np.random.default_rng(self.seed).choice(n, cap, replace=False))
+        self.reference_rows_ = rows
+        self.reference_ = self._transform(x[rows])
+        self.k_ = min(self.k, len(rows) - 1)
+        if progress is not None:
+            progress(1, 1, 0.0)
+        return self
+
+    def _nearest(self, z: np.ndarray, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Per row: the k smallest distances (ascending) and the index of the nearest reference
+        row. `exclude[i]` is a reference index row i may not use (itself), or -1."""
+        reference = self.reference_
+        reference_sq = np.einsum("ij,ij->i", reference, reference)
+        k = self.k_
+        distances = np.empty((len(z), k))
+        nearest = np.empty(len(z), dtype=np.int64)
+        for start in range(0, len(z), _CHUNK):
+            block = z[start : start + _CHUNK]
+            squares = np.einsum("ij,ij->i", block, block)[:, None] + reference_sq[None, :]
+            d2 = squares - 2.0 * block @ reference.T
+            d2[d2 < _ROUNDING * squares] = 0.0
+            if exclude is not None:
+                own = exclude[start : start + _CHUNK]
+                mine = own >= 0
+                d2[np.flatnonzero(mine), own[mine]] = np.inf
+            part = np.argpartition(d2, k - 1, axis=1)[:, :k]
+            values = np.take_along_axis(d2, part, axis=1)
+            order = np.argsort(values, axis=1)
+            distances[start : start + len(block)] = np.sqrt(np.take_along_axis(values, order, axis=1))
+            nearest[start : start + len(block)] = np.take_along_axis(part, order[:, :1], axis=1)[:, 0]
+        return distances, nearest
+
+    def anomaly_scores(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        z = self._transform(x)
+        distances, nearest = self._nearest(z)
+        errors = (z - self.reference_[nearest]) ** 2
+        return distances.mean(axis=1), errors.astype(np.float32)
+
+    def out_of_fold_scores(self, x: np.ndarray, folds: np.ndarray) -> np.ndarray:
+        """Leave-one-out, exactly (the folds are not needed): a reference row is scored against
+        the other reference rows; rows left out of the reference are held out already."""
+        exclude = np.full(len(x), -1, dtype=np.int64)
+        exclude[self.reference_rows_] = np.arange(len(self.reference_rows_))
+        distances, _ = self._nearest(self._transform(x), exclude)
+        return distances.mean(axis=1)
+
+    # -- export ----------------------------------------------------------------------------
+
+    def to_onnx(self) -> bytes:
+        d = self.reference_.shape[1]
+        reference = self.reference_.astype(np.float32)
+        initializers = [
+            numpy_helper.from_array(reference, "knn_reference"),
+            numpy_helper.from_array(np.einsum("ij,ij->i", reference, reference)[None, :], "knn_reference_sq"),
+            numpy_helper.from_array(np.array([self.k_], dtype=np.int64), "knn_k"),
+            numpy_helper.from_array(np.array(0.0, dtype=np.float32), "knn_zero"),
+            numpy_helper.from_array(np.array(_ROUNDING, dtype=np.float32), "knn_rounding"),
+            numpy_helper.from_array(np.array(-2.0, dtype=np.float32), "knn_minus_two"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "knn_axis1"),
+            numpy_helper.from_array(np.array([0], dtype=np.int64), "knn_first"),
+        ]
+        if self.metric == "cosine":
+            initializers.append(numpy_helper.from_array(np.array(_EPS, dtype=np.float32), "knn_eps"))
+            nodes = [
+                helper.make_node("ReduceL2", [bundle.INPUT_NAME], ["knn_norm"], axes=[1], keepdims=1),
+                helper.make_node("Max", ["knn_norm", "knn_eps"], ["knn_norm_safe"]),
+                helper.make_node("Div", [bundle.INPUT_NAME, "knn_norm_safe"], ["knn_z"]),
+            ]
+        else:
+            initializers += [
+                numpy_helper.from_array(self.mean_.astype(np.float32), "knn_mean"),
+                numpy_helper.from_array(self.scale_.astype(np.float32), "knn_scale"),
+            ]
+            nodes = [
+                helper.make_node("Sub", [bundle.INPUT_NAME, "knn_mean"], ["knn_centred"]),
+                helper.make_node("Div", ["knn_centred", "knn_scale"], ["knn_z"]),
+            ]
+        nodes += [
+            # |z - r|^2 = |z|^2 + |r|^2 - 2 z.r; rounding noise (see _ROUNDING) and negatives -> 0.
+            helper.make_node("Mul", ["knn_z", "knn_z"], ["knn_z_squares"]),
+            helper.make_node("ReduceSum", ["knn_z_squares", "knn_axis1"], ["knn_z_sq"], keepdims=1),
+            helper.make_node("Add", ["knn_z_sq", "knn_reference_sq"], ["knn_squares"]),
+            helper.make_node("Gemm", ["knn_z", "knn_reference"], ["knn_dot"], transB=1),
+            helper.make_node("Mul", ["knn_dot", "knn_minus_two"], ["knn_cross"]),
+            helper.make_node("Add", ["knn_squares", "knn_cross"], ["knn_raw_d2"]),
+            helper.make_node("Mul", ["knn_squares", "knn_rounding"], ["knn_noise"]),
+            helper.make_node("Less", ["knn_raw_d2", "knn_noise"], ["knn_is_noise"]),
+            helper.make_node("Where", ["knn_is_noise", "knn_zero", "knn_raw_d2"], ["knn_d2"]),
+            helper.make_node("TopK", ["knn_d2", "knn_k"], ["knn_top_d2", "knn_top_index"], axis=1, largest=0),
+            helper.make_node("Sqrt", ["knn_top_d2"], ["knn_top_distance"]),
+            helper.make_node("ReduceMean", ["knn_top_distance"], [bundle.SCORE_OUTPUT], axes=[1], keepdims=0),
+            # Explanations: squared differences to the nearest reference row.
+            helper.make_node("Gather", ["knn_top_index", "knn_first"], ["knn_nearest"], axis=1),
+            helper.make_node("Gather", ["knn_reference", "knn_nearest"], ["knn_neighbour3"], axis=0),
+            helper.make_node("Squeeze", ["knn_neighbour3", "knn_axis1"], ["knn_neighbour"]),
+            helper.make_node("Sub", ["knn_z", "knn_neighbour"], ["knn_diff"]),
+            helper.make_node("Mul", ["knn_diff", "knn_diff"], [bundle.FEATURE_ERRORS_OUTPUT]),
+        ]
+        graph = helper.make_graph(
+            nodes,
+            "oddity_knn",
+            [helper.make_tensor_value_info(bundle.INPUT_NAME, TensorProto.FLOAT, ["N", d])],
+            [
+                helper.make_tensor_value_info(bundle.SCORE_OUTPUT, TensorProto.FLOAT, ["N"]),
+                helper.make_tensor_value_info(bundle.FEATURE_ERRORS_OUTPUT, TensorProto.FLOAT, ["N", d]),
+            ],
+            initializers,
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", bundle.OPSET)])
+        model.ir_version = bundle.IR_VERSION
+        onnx.checker.check_model(model)
+        return model.SerializeToString()
