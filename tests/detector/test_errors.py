@@ -154,12 +154,21 @@ def test_model_management_errors(server):
         assert message in info.value.details()
 
 
-def test_nothing_loaded_yet_is_unavailable(repository):
+def test_unavailable_until_the_repository_is_first_scanned(tmp_path):
+    repository = tmp_path / "models"  # not there yet (a volume still mounting)
     handle = start_detector(repository)
     try:
         with pytest.raises(grpc.RpcError) as info:
             handle.stub.Detect(detect_request("sensors", rows()), timeout=10)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert "no model is loaded yet" in info.value.details()
+        assert info.value.details() == (
+            "the model repository has not been scanned yet (the detector is starting, or the repository is missing)"
+        )
+        repository.mkdir()
+        handle.server.call(lambda: handle.service.refresh())
+        with pytest.raises(grpc.RpcError) as info:
+            handle.stub.Detect(detect_request("sensors", rows()), timeout=10)
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        assert info.value.details() == "model 'sensors' not found"
     finally:
         handle.close()

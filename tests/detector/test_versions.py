@@ -11,6 +11,7 @@ import pytest
 
 from oddity.common import bundle
 from oddity.v1 import detector_pb2
+from tests.conftest import start_detector
 from tests.support import models
 from tests.support.client import detect_request
 
@@ -33,6 +34,11 @@ def wait_for(predicate, timeout=10.0):
             return True
         time.sleep(0.02)
     return predicate()
+
+
+def rescan(detector) -> None:
+    """One repository scan now, as a poll does it (readiness included)."""
+    detector.server.call(lambda: detector.service.refresh())
 
 
 def stage_copy(repository, source_version: int, target_version: int):
@@ -74,37 +80,49 @@ def test_half_copied_version_is_skipped_until_complete(repository, detector, fit
     assert wait_for(lambda: serving_version(detector) == 2)
 
 
-def test_sha_mismatch_and_corrupt_onnx_are_never_served(repository, detector, fits):
-    models.publish_simple(repository, "m", fits[0], dimension=D)
-    detector.stub.LoadModel(detector_pb2.LoadModelRequest(model="m"))
-    # v2: the manifest names another file's hash.
-    target = stage_copy(repository, 1, 2)
-    (target / "all.onnx").write_bytes(fits[2].onnx)
-    # v3: the hash matches but the bytes are not an ONNX model.
-    target = stage_copy(repository, 1, 3)
-    garbage = b"\x08\x07garbage" * 100
-    (target / "all.onnx").write_bytes(garbage)
-    manifest = bundle.read_manifest(target)
-    manifest.groups[0].sha256 = bundle.sha256_bytes(garbage)
-    (target / bundle.MANIFEST_FILE).write_text(bundle.manifest_to_json(manifest))
-    for _ in range(5):  # several polls
-        time.sleep(0.2)
+def test_sha_mismatch_and_corrupt_onnx_are_never_served(repository, fits):
+    # Scans only when the test forces them, so each bad folder is seen once in its final state.
+    detector = start_detector(repository, poll_interval_seconds=3600)
+    try:
+        models.publish_simple(repository, "m", fits[0], dimension=D)
+        detector.stub.LoadModel(detector_pb2.LoadModelRequest(model="m"))
+        # v2: the manifest names another file's hash.
+        target = stage_copy(repository, 1, 2)
+        (target / "all.onnx").write_bytes(fits[2].onnx)
+        rescan(detector)
+        status = detector.stub.GetModel(detector_pb2.GetModelRequest(model="m")).status
+        assert status.serving_version == 1
+        assert status.last_error.startswith("version 2: group 'all': sha256 of all.onnx is ")
+        # v3: the hash matches but the bytes are not an ONNX model.
+        target = stage_copy(repository, 1, 3)
+        garbage = b"\x08\x07garbage" * 100
+        (target / "all.onnx").write_bytes(garbage)
+        manifest = bundle.read_manifest(target)
+        manifest.groups[0].sha256 = bundle.sha256_bytes(garbage)
+        (target / bundle.MANIFEST_FILE).write_text(bundle.manifest_to_json(manifest))
+        for _ in range(3):  # several scans
+            rescan(detector)
+            assert serving_version(detector) == 1
+        status = detector.stub.GetModel(detector_pb2.GetModelRequest(model="m")).status
+        assert status.serving_version == 1
+        assert status.last_error.startswith("version 3: group 'all': ONNX Runtime cannot load all.onnx: ")
+        # Rejections are counted once per bad folder, not once per scan.
+        assert detector.metric("oddity_detector_rejected_versions_total", model="m", reason="incomplete") == 1
+        assert detector.metric("oddity_detector_rejected_versions_total", model="m", reason="load_failed") == 1
+        # LoadModel of a version tries it again and says why it cannot serve.
+        with pytest.raises(grpc.RpcError) as info:
+            detector.stub.LoadModel(detector_pb2.LoadModelRequest(model="m", version=3))
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "ONNX Runtime cannot load all.onnx" in info.value.details()
+        with pytest.raises(grpc.RpcError) as info:
+            detector.stub.LoadModel(detector_pb2.LoadModelRequest(model="m", version=2))
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "sha256 of all.onnx" in info.value.details()
         assert serving_version(detector) == 1
-    status = detector.stub.GetModel(detector_pb2.GetModelRequest(model="m")).status
-    assert status.serving_version == 1
-    assert "ONNX Runtime cannot load" in status.last_error or "sha256" in status.last_error
-    with pytest.raises(grpc.RpcError) as info:
-        detector.stub.LoadModel(detector_pb2.LoadModelRequest(model="m", version=3))
-    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "ONNX Runtime cannot load all.onnx" in info.value.details()
-    with pytest.raises(grpc.RpcError) as info:
-        detector.stub.LoadModel(detector_pb2.LoadModelRequest(model="m", version=2))
-    assert "sha256 of all.onnx" in info.value.details()
-    assert serving_version(detector) == 1
-    # Rejections are counted once per bad folder, not once per poll.
-    metrics = detector.metrics_text()
-    assert 'oddity_detector_rejected_versions_total{model="m",reason="load_failed"}' in metrics
-    assert detector.metric("oddity_detector_rejected_versions_total", model="m", reason="incomplete") <= 2
+        assert detector.metric("oddity_detector_rejected_versions_total", model="m", reason="incomplete") == 2
+        assert detector.metric("oddity_detector_rejected_versions_total", model="m", reason="load_failed") == 2
+    finally:
+        detector.close()
 
 
 def test_graph_with_wrong_interface_is_refused(repository, detector, fits):
@@ -128,14 +146,15 @@ def test_pin_unload_and_load(repository, detector, fits):
     assert serving_version(detector) == 3
     pinned = detector.stub.LoadModel(detector_pb2.LoadModelRequest(model="m", version=1)).status
     assert pinned.serving_version == 1 and pinned.pinned_version == 1
-    time.sleep(0.5)  # polls do not move a pinned model
+    rescan(detector)  # scans do not move a pinned model
     assert serving_version(detector) == 1
     unloaded = detector.stub.UnloadModel(detector_pb2.UnloadModelRequest(model="m")).status
     assert unloaded.unloaded and unloaded.serving_version == 0
-    time.sleep(0.5)  # polls do not bring it back
+    rescan(detector)  # scans do not bring it back
     with pytest.raises(grpc.RpcError) as info:
         detector.stub.Detect(detect_request("m", models.normal_rows(1, D)))
-    assert info.value.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert info.value.details() == "model 'm' is unloaded on this detector; LoadModel serves it again"
     latest = detector.stub.LoadModel(detector_pb2.LoadModelRequest(model="m")).status
     assert latest.serving_version == 3 and latest.pinned_version == 0 and not latest.unloaded
     listed = detector.stub.ListModels(detector_pb2.ListModelsRequest()).models
@@ -145,8 +164,6 @@ def test_pin_unload_and_load(repository, detector, fits):
 
 
 def test_pinned_version_from_settings(repository, fits):
-    from tests.conftest import start_detector
-
     for fit in fits:
         models.publish_simple(repository, "m", fit, dimension=D)
     handle = start_detector(repository, pinned_versions={"m": 2})
