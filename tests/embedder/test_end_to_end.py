@@ -1,7 +1,6 @@
 """Drawings and texts end to end: trainer -> embedder -> detector on temporary volumes."""
 
 import socket
-import time
 
 import grpc
 import numpy as np
@@ -167,16 +166,17 @@ def test_embedder_down_or_different_is_refused(tmp_path, repository):
     manifest.embedding.extra_features.append("age")
     path.write_text(bundle.manifest_to_json(manifest))
 
-    detector = start_detector(repository, embedder=f"127.0.0.1:{free_port()}")
+    # The detector waits for an embedder that is down up to its embedder deadline, then refuses.
+    down = f"127.0.0.1:{free_port()}"
+    detector = start_detector(repository, embedder=down, embedder_timeout_seconds=1.0)
     try:
         request = detector_pb2.DetectImagesRequest(
             model="pictures", images=[drawings.noise(np.random.default_rng(0))], routing_values=[5]
         )
-        started = time.monotonic()
         with pytest.raises(grpc.RpcError) as info:
             detector.stub.DetectImages(request, timeout=30)
-        assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "embedder at 127.0.0.1" in info.value.details()
-        print(f"embedder down answered in {time.monotonic() - started:.2f}s")
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert info.value.details().startswith(f"embedder at {down}: DEADLINE_EXCEEDED")
     finally:
         detector.close()
 

@@ -1,4 +1,8 @@
-"""The detector as a hosted service: wires registry, poller, servicer and readiness."""
+"""The detector as a hosted service: wires registry, use cases, gRPC API, the embedder client,
+the repository poller and readiness.
+
+Reason to change: how the detector's parts are put together and run in the host.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,14 @@ import contextlib
 import grpc
 from prometheus_client import CollectorRegistry
 
+from oddity.common.clients import EmbedderClient
 from oddity.common.logging import get_logger
 from oddity.common.server import Readiness
-from oddity.detector.embedding import EmbedderClient
+from oddity.detector.grpc_api import DetectorServicer
 from oddity.detector.metrics import DetectorMetrics
 from oddity.detector.model import LoadedModel
 from oddity.detector.registry import ModelRegistry
 from oddity.detector.service import DetectLimits, DetectorService
-from oddity.detector.servicer import DetectorServicer
 from oddity.detector.sessions import SessionConfig
 from oddity.detector.settings import DetectorSettings
 from oddity.v1 import detector_pb2, detector_pb2_grpc
@@ -44,6 +48,8 @@ class DetectorApp:
             self.metrics,
             pinned=settings.pinned_versions,
         )
+        self._embedder: EmbedderClient | None = None
+        self._readiness: Readiness | None = None
         self.service = DetectorService(
             self.model_registry,
             self.metrics,
@@ -54,18 +60,36 @@ class DetectorApp:
                 max_batch_delay=settings.max_batch_delay_ms / 1000,
             ),
             workers=settings.inference_workers,
+            embedder=self._embedder_client if settings.embedder else None,
+            on_serving_changed=self._serving_changed,
         )
         self._poller: asyncio.Task | None = None
+
+    def _embedder_client(self) -> EmbedderClient:
+        """The one embedder client, made at first use on the serving loop: its grpc.aio
+        channel belongs to the loop that creates it, and the app is built before that loop
+        runs (requests may arrive before start() too)."""
+        if self._embedder is None:
+            self._embedder = EmbedderClient(
+                self.settings.embedder,
+                timeout=self.settings.embedder_timeout_seconds,
+                # An embedder that restarts is waited for (within the deadline), not refused.
+                wait_for_ready=True,
+                max_message_bytes=self.settings.max_message_bytes,
+            )
+        return self._embedder
+
+    async def _serving_changed(self, serving: bool) -> None:
+        if self._readiness is not None:
+            await self._readiness.set(serving)
 
     def register(self, server: grpc.aio.Server) -> None:
         detector_pb2_grpc.add_DetectorServicer_to_server(DetectorServicer(self.service), server)
 
     async def start(self, readiness: Readiness) -> None:
-        self.service.on_serving_changed = readiness.set
+        self._readiness = readiness
         if self.settings.embedder:
-            self.service.embedder = EmbedderClient(
-                self.settings.embedder, self.settings.embedder_timeout_seconds, self.settings.max_message_bytes
-            )
+            self._embedder_client().channel.get_state(try_to_connect=True)  # connect before the first call
         if not self.settings.model_repository.is_dir():
             log.warning("model repository missing; waiting for it", path=str(self.settings.model_repository))
         await self.refresh()
@@ -88,6 +112,6 @@ class DetectorApp:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
-        if self.service.embedder is not None:
-            await self.service.embedder.close()
+        if self._embedder is not None:
+            await self._embedder.close()
         await asyncio.to_thread(self.service.close)

@@ -15,6 +15,8 @@ probe every `PROBE_EVERY` batches that checks whether load has come back.
 
 A batch that fails (say one request routes to a group without a model) is retried request
 by request, so only the guilty request fails.
+
+Reason to change: how concurrent small requests share ONNX Runtime calls.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 
 from oddity.common.errors import OddityError
 from oddity.detector.model import LoadedModel
+from oddity.detector.routing import RoutingValues
 from oddity.detector.scoring import Scores
 
 
@@ -95,7 +98,7 @@ class MicroBatcher:
             self._company = 0.8 * self._company + 0.2 * min(len(waiting) - 1, 4)
         if len(waiting) > 1:
             rows = np.concatenate([w.rows for w in waiting])
-            routing: Sequence[float] = ()
+            routing: RoutingValues = ()
             if routed:
                 routing = np.concatenate([np.broadcast_to(w.routing_values, (w.rows.shape[0],)) for w in waiting])
             try:

@@ -1,4 +1,7 @@
-"""`oddity-detector`: settings -> app -> host -> run until SIGTERM."""
+"""`oddity-detector`: settings -> app -> host -> run until SIGTERM.
+
+Reason to change: how the detector process is started.
+"""
 
 from __future__ import annotations
 

@@ -12,12 +12,11 @@ release).
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
 
 import numpy as np
 
 from oddity.common import bundle
-from oddity.detector.routing import Router
+from oddity.detector.routing import Router, RoutingValues
 from oddity.detector.scoring import ModelScorer, Scores
 from oddity.detector.sessions import SessionConfig, load_sessions
 from oddity.v1 import manifest_pb2
@@ -47,7 +46,7 @@ class LoadedModel:
     def score(
         self,
         rows: np.ndarray,
-        routing_values: Sequence[float] = (),
+        routing_values: RoutingValues = (),
         *,
         threshold_percentile: float | None = None,
         explain_top_k: int = 0,

@@ -16,6 +16,10 @@ from oddity.common import bundle
 from oddity.common.errors import FailedPrecondition, InvalidArgument
 from oddity.v1 import manifest_pb2
 
+# One routing value per row, or one for all rows, or none (the `all` group); the micro-batcher
+# passes the concatenated values of its requests as an array.
+RoutingValues = Sequence[float] | np.ndarray
+
 
 @dataclass(frozen=True, slots=True)
 class GroupBounds:
@@ -66,7 +70,7 @@ class Router:
             )
         return cls(manifest.name, manifest.routing_key, groups)
 
-    def route(self, routing_values: Sequence[float], n: int) -> tuple[Sequence[int], np.ndarray, np.ndarray]:
+    def route(self, routing_values: RoutingValues, n: int) -> tuple[Sequence[int], np.ndarray, np.ndarray]:
         """Pick the scoring group of every one of n rows.
 
         Returns (manifest indices of the groups used, ascending; per row the position of its

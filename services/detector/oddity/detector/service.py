@@ -1,7 +1,10 @@
-"""The detector's use cases, free of protobuf: score rows, list/get/load/unload models.
+"""The detector's use cases, free of protobuf: score rows (and items through the embedder),
+list/get/load/unload models.
 
 Small requests are scored on the event loop (a thread hop costs more than the model);
 large ones run on a small worker pool so the loop keeps serving while ONNX Runtime works.
+
+Reason to change: what the detector offers its callers (the use cases and their checks).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from oddity.common.clients import EmbedderClient
 from oddity.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from oddity.common.logging import annotate_request
 from oddity.detector.batching import MicroBatcher
@@ -21,6 +25,13 @@ from oddity.detector.metrics import DetectorMetrics
 from oddity.detector.model import LoadedModel
 from oddity.detector.registry import ModelRegistry, ModelStatus
 from oddity.detector.scoring import Scores
+from oddity.v1 import manifest_pb2
+
+# The embedder client, for DetectImages. A callable, because a grpc.aio channel belongs to the
+# event loop that creates it: the app makes the client on the serving loop at first use.
+EmbedderSource = Callable[[], EmbedderClient]
+# Told whether some model serves, after every scan, load and unload (the app's readiness).
+ServingListener = Callable[[bool], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -111,6 +122,8 @@ class DetectorService:
         *,
         limits: DetectLimits,
         workers: int = 2,
+        embedder: EmbedderSource | None = None,
+        on_serving_changed: ServingListener | None = None,
     ) -> None:
         self.registry = registry
         self.metrics = metrics
@@ -122,9 +135,8 @@ class DetectorService:
             observe_batch=metrics.batch_requests.observe,
         )
         self._per_model: dict[str, tuple] = {}
-        self.embedder = None  # EmbedderClient, set by the app when an embedder is configured
-        # Told whether any model serves after every scan, load and unload (readiness).
-        self.on_serving_changed: Callable[[bool], Awaitable[None]] | None = None
+        self._embedder = embedder
+        self._on_serving_changed = on_serving_changed
 
     async def detect(self, request: DetectInput) -> DetectOutput:
         n = request.rows.shape[0]
@@ -216,7 +228,7 @@ class DetectorService:
     async def detect_images(self, request: DetectImagesInput) -> tuple[DetectOutput, str, str]:
         """Embed the items with the embedder model the manifest names, append the extra
         features, score. Returns (output, embedder model id, revision)."""
-        if self.embedder is None:
+        if self._embedder is None:
             raise Unavailable("no embedder is configured on this detector (--embedder)")
         n = len(request.images) + len(request.texts)
         if n == 0:
@@ -230,10 +242,9 @@ class DetectorService:
             raise FailedPrecondition(f"model {request.model!r} was not trained on embeddings; use Detect")
         if (source.modality == "image") != bool(request.images):
             raise InvalidArgument(f"model {request.model!r} scores {source.modality}s")
-        vectors, response = await self.embedder.embed(
-            source.model, images=list(request.images), texts=list(request.texts)
-        )
-        served = (response.model_id, response.revision, vectors.shape[1])
+        embeddings = await self._embedder().embed(source.model, images=request.images, texts=request.texts)
+        vectors = embeddings.vectors
+        served = (embeddings.model_id, embeddings.revision, vectors.shape[1])
         if served != (source.model_id, source.revision, source.dimension):
             raise FailedPrecondition(
                 f"model {request.model!r} v{version} was trained on vectors of {source.model_id} "
@@ -251,10 +262,10 @@ class DetectorService:
                 threshold_percentile=request.threshold_percentile,
             )
         )
-        return output, response.model_id, response.revision
+        return output, embeddings.model_id, embeddings.revision
 
     @staticmethod
-    def _extra_features(source, request: DetectImagesInput, n: int) -> np.ndarray | None:
+    def _extra_features(source: manifest_pb2.EmbeddingSource, request: DetectImagesInput, n: int) -> np.ndarray | None:
         names = list(source.extra_features)
         if not names:
             return None
@@ -299,8 +310,8 @@ class DetectorService:
             await self._serving_changed()
 
     async def _serving_changed(self) -> None:
-        if self.on_serving_changed is not None:
-            await self.on_serving_changed(self.registry.has_models)
+        if self._on_serving_changed is not None:
+            await self._on_serving_changed(self.registry.has_models)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

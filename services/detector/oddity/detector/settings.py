@@ -1,4 +1,7 @@
-"""Detector settings: flags (--model-repository ...) or env vars (ODDITY_DETECTOR_MODEL_REPOSITORY ...)."""
+"""Detector settings: flags (--model-repository ...) or env vars (ODDITY_DETECTOR_MODEL_REPOSITORY ...).
+
+Reason to change: the detector's settings.
+"""
 
 from __future__ import annotations
 
@@ -46,5 +49,10 @@ class DetectorSettings(ServiceSettings):
         2.0, ge=0, description="Under load, how long a micro-batch may wait for more requests (0: never wait)."
     )
     embedder: str = Field("", description="Embedder address for DetectImages, e.g. 127.0.0.1:50051 (empty: none).")
-    embedder_timeout_seconds: float = Field(10.0, gt=0, description="Deadline of one Embed call.")
+    embedder_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Deadline of one Embed call: DetectImages waits this long for an embedder that is down or "
+        "restarting, then answers UNAVAILABLE.",
+    )
     warmup_batch_size: int = Field(64, ge=1, description="Batch size of the warm-up run of every new version.")

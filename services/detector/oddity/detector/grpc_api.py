@@ -1,4 +1,7 @@
-"""gRPC front end of the detector: protobuf in, domain call, protobuf out. Nothing else."""
+"""gRPC front end of the detector: protobuf in, domain call, protobuf out. Nothing else.
+
+Reason to change: the Detector protobuf API (protos/oddity/v1/detector.proto).
+"""
 
 from __future__ import annotations
 
@@ -46,7 +49,7 @@ def detect_response(output: DetectOutput) -> detector_pb2.DetectResponse:
         groups=s.groups,
         fallback=s.fallback.tolist(),
     )
-    if s.classes is not None:
+    if s.classes is not None and s.probabilities is not None:
         labels = output.class_labels
         response.predicted_classes.extend([labels[i] for i in s.classes.tolist()])
         response.probabilities.CopyFrom(array_to_tensor(s.probabilities))
