@@ -39,6 +39,9 @@ def test_each_kind_exports_a_graph_that_matches_the_framework(kind):
         scores = onnx_scores(session, ROWS)
         assert scores.shape == (len(ROWS),)
         np.testing.assert_allclose(scores, learner.anomaly_scores(ROWS)[0], rtol=1e-4, atol=1e-5)
+        if bundle.FEATURE_ERRORS_OUTPUT in outputs:
+            errors = session.run([bundle.FEATURE_ERRORS_OUTPUT], {bundle.INPUT_NAME: ROWS[:50]})[0]
+            np.testing.assert_allclose(errors, learner.anomaly_scores(ROWS[:50])[1], rtol=1e-3, atol=1e-5)
         shifted = onnx_scores(session, ROWS + 5 * ROWS.std(axis=0))
         assert np.median(shifted) > np.percentile(scores, 95)  # higher = more anomalous, for every kind
 

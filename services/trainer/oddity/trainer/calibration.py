@@ -17,7 +17,7 @@ import numpy as np
 
 from oddity.common import bundle
 
-# Levels of each ensemble member's score table (its out-of-fold CDF).
+# Levels at which each ensemble member's out-of-fold CDF is tabled.
 MEMBER_LEVELS = np.linspace(0.0, 1.0, 201)
 _EPS = 1e-12
 
@@ -64,12 +64,21 @@ def calibrate(oof_scores: np.ndarray, folds: np.ndarray, percentile: float) -> C
     )
 
 
-def score_table(oof_scores: np.ndarray) -> np.ndarray:
-    """An ensemble member's out-of-fold score table at MEMBER_LEVELS."""
-    return np.quantile(oof_scores, MEMBER_LEVELS)
+def score_table(oof_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An ensemble member's out-of-fold CDF as (values, levels): quantiles at MEMBER_LEVELS with
+    tied values merged into one point at their middle level. Ties are common (duplicate rows
+    score 0 in kNN); a CDF that jumps at them would turn float rounding into large differences,
+    a line through their middle does not."""
+    values = np.quantile(oof_scores, MEMBER_LEVELS)
+    unique, inverse = np.unique(values, return_inverse=True)
+    levels = np.bincount(inverse, weights=MEMBER_LEVELS) / np.bincount(inverse)
+    if len(unique) == 1:  # a constant score: any other value is below or above all of it
+        width = 1e-6 * max(1.0, abs(float(unique[0])))
+        return np.array([unique[0] - width, unique[0] + width]), np.array([0.0, 1.0])
+    return unique, levels
 
 
-def to_common_scale(scores: np.ndarray, table: np.ndarray, levels: np.ndarray = MEMBER_LEVELS) -> np.ndarray:
+def to_common_scale(scores: np.ndarray, table: np.ndarray, levels: np.ndarray) -> np.ndarray:
     """A member's score on the common ensemble scale: its empirical CDF among out-of-fold
     normal scores (0..1), extended linearly above the table's top in units of (top - median),
     so the most unusual rows keep their order instead of all tying at 1.

@@ -20,6 +20,7 @@ from oddity.common.logging import get_logger
 from oddity.trainer.data import fingerprint
 from oddity.trainer.metrics import TrainerMetrics
 from oddity.trainer.spec import DatasetSpec, SpecError, load_spec
+from oddity.v1 import manifest_pb2
 
 log = get_logger("oddity.trainer.catalogue")
 
@@ -87,12 +88,17 @@ class DatasetCatalogue:
     def _live_fingerprint(self, model: str) -> str:
         """Data fingerprint in the newest version's manifest (only the manifest is read: scans
         run often, and the trainer wrote these versions itself)."""
+        manifest = self.live_manifest(model)
+        return manifest.data_fingerprint if manifest is not None else ""
+
+    def live_manifest(self, model: str) -> manifest_pb2.ModelManifest | None:
+        """The newest readable manifest of a model, if any."""
         for version in reversed(bundle.list_versions(self.repository / model)):
             try:
-                return bundle.read_manifest(self.repository / model / str(version)).data_fingerprint
+                return bundle.read_manifest(self.repository / model / str(version))
             except bundle.BundleError:
                 continue
-        return ""
+        return None
 
     def entries(self) -> list[DatasetEntry]:
         return [self._entries[name] for name in sorted(self._entries)]

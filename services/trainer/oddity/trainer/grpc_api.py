@@ -73,6 +73,18 @@ def status_to_proto(status: DatasetStatus) -> trainer_pb2.DatasetStatus:
         last_error=status.last_error,
         live_version=status.live_version,
         data_fingerprint=status.data_fingerprint,
+        live_groups=[
+            trainer_pb2.GroupEvidence(
+                group=g.name,
+                status=g.status,
+                train_samples=g.train_samples,
+                threshold=g.threshold,
+                threshold_percentile=g.threshold_percentile,
+                calibration=g.calibration,
+                members=g.members,
+            )
+            for g in status.live_groups
+        ],
     )
 
 

@@ -78,7 +78,7 @@ def common_scale_nodes(prefix: str, score: str, table: np.ndarray, levels: np.nd
     return nodes, initializers
 
 
-def ensemble_graph(members: Sequence[MemberGraph], dimension: int) -> bytes:
+def ensemble_graph(members: Sequence[MemberGraph], dimension: int, share_floor: float) -> bytes:
     """One graph: input -> every member -> common scale -> weighted mean = score; per-feature
     errors = weighted mean of each explaining member's error shares."""
     total = float(sum(m.weight for m in members))
@@ -113,7 +113,7 @@ def ensemble_graph(members: Sequence[MemberGraph], dimension: int) -> bytes:
         share_total = float(sum(w for _, w in shares))
         initializers += [
             _const("ens_axis1", np.array([1], dtype=np.int64)),
-            _const("ens_eps", np.array(_EPS, dtype=np.float32)),
+            _const("ens_eps", np.array(share_floor, dtype=np.float32)),
         ]
         parts = []
         for prefix, weight in shares:

@@ -25,6 +25,7 @@ from oddity.trainer.jobs import Job
 from oddity.trainer.publisher import Publisher
 from oddity.trainer.runner import JobRequest, JobRunner
 from oddity.trainer.spec import DatasetSpec
+from oddity.v1 import manifest_pb2
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class DatasetStatus:
     last_error: str
     live_version: int
     data_fingerprint: str
+    # The live version's groups (calibration evidence, ensemble members and their weights).
+    live_groups: tuple[manifest_pb2.ModelGroup, ...] = ()
 
 
 class TrainerService:
@@ -124,6 +127,7 @@ class TrainerService:
     def _status(self, entry: DatasetEntry) -> DatasetStatus:
         spec = entry.spec
         run = self.runner.last_run(entry.name)
+        live = self.catalogue.live_manifest(entry.model)
         return DatasetStatus(
             dataset=entry.name,
             valid=spec is not None,
@@ -142,6 +146,7 @@ class TrainerService:
             last_error=run.error,
             live_version=self.catalogue.live_version(entry.model),
             data_fingerprint=entry.fingerprint,
+            live_groups=tuple(live.groups) if live is not None else (),
         )
 
     async def history(

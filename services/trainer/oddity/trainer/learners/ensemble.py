@@ -34,6 +34,13 @@ from oddity.trainer.learners.base import Learner, Progress
 from oddity.trainer.onnx_graphs import MemberGraph, ensemble_graph
 
 SYNTHETIC_TYPES = ("local", "dependency", "clustered")
+# Error shares of rows whose total error is below this are ~0 (a row next to its own copy),
+# not the ratio of two rounding errors.
+SHARE_FLOOR = 1e-6
+# A candidate whose ONNX graph (float32) cannot reproduce its scores on the common scale within
+# this is left out (e.g. cosine distances among thousands of nearly parallel rows).
+PARITY_TOLERANCE = 1e-3
+PARITY_ROWS = 2000
 EVIDENCE_POWER = 4.0
 DEFAULT_CANDIDATES: list[dict[str, Any]] = [
     {"kind": "knn", "params": {"metric": "euclidean"}},
@@ -95,25 +102,42 @@ class EnsembleLearner(Learner):
         self._fit_members([m for m in self.members if m.weight > 0], x, progress)
         return self
 
-    def _fit_members(self, members: list[Member], x: np.ndarray, progress: Progress | None) -> None:
+    def _fit_members(
+        self, members: list[Member], x: np.ndarray, progress: Progress | None, *, check_parity: bool = False
+    ) -> None:
+        """Fit each member on every row, table its out-of-fold CDF, combine. With check_parity,
+        members whose ONNX graph cannot reproduce them are left out (at least one stays)."""
         if not members:
             raise ValueError("the ensemble has no member with a positive weight")
         folds = calibration.make_folds(len(x), self.seed)
-        self.members_ = members
-        self.learners_: list[Learner] = []
-        self.tables_: list[np.ndarray] = []
-        oof_common = np.zeros(len(x))
-        total = sum(m.weight for m in members)
+        fitted = []
         for i, member in enumerate(members):
             learner = _make(member.kind, {**member.params, "seed": self.seed}).fit(x)
             oof = learner.out_of_fold_scores(x, folds)
-            table = calibration.score_table(oof)
-            self.learners_.append(learner)
-            self.tables_.append(table)
-            oof_common += member.weight / total * calibration.to_common_scale(oof, table)
+            fitted.append((member, learner, calibration.score_table(oof), oof))
             if progress is not None:
                 progress(i + 1, len(members), 0.0)
-        self.oof_ = oof_common
+        if check_parity:
+            gaps = [_common_scale_gap(learner, table, x, self.seed) for _, learner, table, _ in fitted]
+            keep = [gap <= PARITY_TOLERANCE for gap in gaps]
+            if not any(keep):
+                keep[int(np.argmin(gaps))] = True
+            for (member, *_), kept, gap in zip(fitted, keep, gaps, strict=True):
+                if not kept:
+                    member.weight = 0.0
+                    member.note = (
+                        f"left out: ONNX Runtime (float32) reproduces its scores only within {gap:.2g} on the "
+                        f"common scale (tolerance {PARITY_TOLERANCE:g})"
+                    )
+            fitted = [f for f, kept in zip(fitted, keep, strict=True) if kept]
+        total = sum(member.weight for member, *_ in fitted)
+        self.members_ = [member for member, *_ in fitted]
+        self.learners_: list[Learner] = [learner for _, learner, _, _ in fitted]
+        self.tables_: list[tuple[np.ndarray, np.ndarray]] = [table for _, _, table, _ in fitted]
+        self.oof_ = sum(
+            (member.weight / total * calibration.to_common_scale(oof, *table) for member, _, table, oof in fitted),
+            start=np.zeros(len(x)),
+        )
         self.dimension_ = x.shape[1]
 
     def anomaly_scores(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -122,9 +146,9 @@ class EnsembleLearner(Learner):
         shares, share_total = np.zeros(x.shape, dtype=np.float64), 0.0
         for member, learner, table in zip(self.members_, self.learners_, self.tables_, strict=True):
             raw, errors = learner.anomaly_scores(x)
-            score += member.weight / total * calibration.to_common_scale(raw, table)
+            score += member.weight / total * calibration.to_common_scale(raw, *table)
             if errors is not None:
-                row = np.maximum(errors.sum(axis=1, keepdims=True), 1e-12)
+                row = np.maximum(errors.sum(axis=1, keepdims=True), SHARE_FLOOR)
                 shares += member.weight * errors / row
                 share_total += member.weight
         return score, (shares / share_total).astype(np.float32) if share_total else None
@@ -138,10 +162,10 @@ class EnsembleLearner(Learner):
 
     def to_onnx(self) -> bytes:
         graphs = [
-            MemberGraph(learner.to_onnx(), table, calibration.MEMBER_LEVELS, member.weight)
+            MemberGraph(learner.to_onnx(), table[0], table[1], member.weight)
             for member, learner, table in zip(self.members_, self.learners_, self.tables_, strict=True)
         ]
-        return ensemble_graph(graphs, self.dimension_)
+        return ensemble_graph(graphs, self.dimension_, SHARE_FLOOR)
 
     def evidence(self) -> list[Member]:
         """Every member considered, with its weight and the evidence behind it."""
@@ -187,7 +211,7 @@ class AutoLearner(EnsembleLearner):
                 if not member.note:
                     member.weight = 1.0
         self.considered_ = weighed
-        self._fit_members([m for m in weighed if m.weight > 0], x, progress)
+        self._fit_members([m for m in weighed if m.weight > 0], x, progress, check_parity=True)
         return self
 
     def evidence(self) -> list[Member]:
@@ -221,3 +245,14 @@ def roc_auc(normal_scores: np.ndarray, anomaly_scores: np.ndarray) -> float:
     n_normal, n_anomaly = len(normal_scores), len(anomaly_scores)
     rank_sum = ranks[n_normal:].sum()
     return float((rank_sum - n_anomaly * (n_anomaly + 1) / 2) / (n_normal * n_anomaly))
+
+
+def _common_scale_gap(learner: Learner, table: tuple[np.ndarray, np.ndarray], x: np.ndarray, seed: int) -> float:
+    """Largest difference, on the common scale, between the member's ONNX graph and the member."""
+    from oddity.trainer.validation import onnx_scores, onnx_session
+
+    sample = x[np.random.default_rng(seed).permutation(len(x))[:PARITY_ROWS]]
+    exported = onnx_scores(onnx_session(learner.to_onnx()), sample)
+    reference = learner.anomaly_scores(sample)[0]
+    gap = np.abs(calibration.to_common_scale(exported, *table) - calibration.to_common_scale(reference, *table))
+    return float(np.max(gap)) if np.isfinite(gap).all() else float("inf")

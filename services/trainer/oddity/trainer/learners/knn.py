@@ -2,9 +2,11 @@
 
 The score is the mean distance to the k nearest rows of a stored reference set (the training
 rows, standardized; or L2-normalized for `metric: cosine`, which suits embeddings). The ONNX
-graph is brute force over the reference matrix: standardization, one matrix product for the
-squared distances, TopK, mean of square roots. Per-feature errors for explanations are the
-squared differences to the nearest reference row.
+graph is brute force over the reference matrix: standardization, one matrix product to find
+the k + 8 nearest candidates (|z|^2 + |r|^2 - 2 z.r), their distances computed exactly from
+the differences, and the k nearest of those (the product's float32 cancellation blurs
+near-duplicates: it can rank them, not measure them), mean. Per-feature errors for
+explanations are the squared differences to the nearest reference row.
 
 Serving cost grows with reference rows x dimensions, so the reference is capped: at most
 `max_reference` rows (default: about one million values, e.g. 1,300 rows of a 769-d
@@ -30,10 +32,8 @@ REFERENCE_VALUES = 1_000_000  # rows x dimensions of the default reference cap
 MAX_REFERENCE_ROWS = 20_000
 MIN_REFERENCE_ROWS = 500
 _CHUNK = 1024  # rows per distance block: bounds memory at CHUNK x reference floats
+_SPARE = 8  # candidates beyond k whose exact distances are computed
 _EPS = 1e-12
-# Squared distances below this share of |z|^2 + |r|^2 are rounding noise of the float32 product
-# (a row scored against its own copy would get sqrt(noise) instead of 0): they count as 0.
-_ROUNDING = 1e-6
 
 
 def default_reference_cap(d: int) -> int:
@@ -77,38 +77,39 @@ class KnnLearner(Learner):
         self.reference_rows_ = rows
         self.reference_ = self._transform(x[rows])
         self.k_ = min(self.k, len(rows) - 1)
+        self.candidates_ = min(self.k_ + _SPARE, len(rows) - 1)
         if progress is not None:
             progress(1, 1, 0.0)
         return self
 
     def _nearest(self, z: np.ndarray, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Per row: the k smallest distances (ascending) and the index of the nearest reference
-        row. `exclude[i]` is a reference index row i may not use (itself), or -1."""
+        """Per row: the distances to the k nearest reference rows (nearest first, computed from
+        the differences) and the squared differences to the nearest. `exclude[i]` is a
+        reference index row i may not use (itself), or -1."""
         reference = self.reference_
         reference_sq = np.einsum("ij,ij->i", reference, reference)
-        k = self.k_
+        k, c = self.k_, self.candidates_
         distances = np.empty((len(z), k))
-        nearest = np.empty(len(z), dtype=np.int64)
+        errors = np.empty(z.shape)
         for start in range(0, len(z), _CHUNK):
             block = z[start : start + _CHUNK]
-            squares = np.einsum("ij,ij->i", block, block)[:, None] + reference_sq[None, :]
-            d2 = squares - 2.0 * block @ reference.T
-            d2[d2 < _ROUNDING * squares] = 0.0
+            d2 = np.einsum("ij,ij->i", block, block)[:, None] + reference_sq[None, :] - 2.0 * block @ reference.T
             if exclude is not None:
                 own = exclude[start : start + _CHUNK]
                 mine = own >= 0
                 d2[np.flatnonzero(mine), own[mine]] = np.inf
-            part = np.argpartition(d2, k - 1, axis=1)[:, :k]
-            values = np.take_along_axis(d2, part, axis=1)
-            order = np.argsort(values, axis=1)
-            distances[start : start + len(block)] = np.sqrt(np.take_along_axis(values, order, axis=1))
-            nearest[start : start + len(block)] = np.take_along_axis(part, order[:, :1], axis=1)[:, 0]
-        return distances, nearest
+            candidates = np.argpartition(d2, c - 1, axis=1)[:, :c]
+            squares = (block[:, None, :] - reference[candidates]) ** 2  # [rows, c, D]
+            exact = squares.sum(axis=2)
+            if exclude is not None:  # a row's own copy stays excluded among the candidates
+                exact[candidates == exclude[start : start + _CHUNK, None]] = np.inf
+            order = np.argsort(exact, axis=1, kind="stable")[:, :k]
+            distances[start : start + len(block)] = np.sqrt(np.take_along_axis(exact, order, axis=1))
+            errors[start : start + len(block)] = squares[np.arange(len(block)), order[:, 0]]
+        return distances, errors
 
     def anomaly_scores(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        z = self._transform(x)
-        distances, nearest = self._nearest(z)
-        errors = (z - self.reference_[nearest]) ** 2
+        distances, errors = self._nearest(self._transform(x))
         return distances.mean(axis=1), errors.astype(np.float32)
 
     def out_of_fold_scores(self, x: np.ndarray, folds: np.ndarray) -> np.ndarray:
@@ -128,10 +129,10 @@ class KnnLearner(Learner):
             numpy_helper.from_array(reference, "knn_reference"),
             numpy_helper.from_array(np.einsum("ij,ij->i", reference, reference)[None, :], "knn_reference_sq"),
             numpy_helper.from_array(np.array([self.k_], dtype=np.int64), "knn_k"),
-            numpy_helper.from_array(np.array(0.0, dtype=np.float32), "knn_zero"),
-            numpy_helper.from_array(np.array(_ROUNDING, dtype=np.float32), "knn_rounding"),
+            numpy_helper.from_array(np.array([self.candidates_], dtype=np.int64), "knn_candidates"),
             numpy_helper.from_array(np.array(-2.0, dtype=np.float32), "knn_minus_two"),
             numpy_helper.from_array(np.array([1], dtype=np.int64), "knn_axis1"),
+            numpy_helper.from_array(np.array([2], dtype=np.int64), "knn_axis2"),
             numpy_helper.from_array(np.array([0], dtype=np.int64), "knn_first"),
         ]
         if self.metric == "cosine":
@@ -151,25 +152,36 @@ class KnnLearner(Learner):
                 helper.make_node("Div", ["knn_centred", "knn_scale"], ["knn_z"]),
             ]
         nodes += [
-            # |z - r|^2 = |z|^2 + |r|^2 - 2 z.r; rounding noise (see _ROUNDING) and negatives -> 0.
+            # Which rows may be nearest: |z|^2 + |r|^2 - 2 z.r ranks them (one matrix product).
             helper.make_node("Mul", ["knn_z", "knn_z"], ["knn_z_squares"]),
             helper.make_node("ReduceSum", ["knn_z_squares", "knn_axis1"], ["knn_z_sq"], keepdims=1),
-            helper.make_node("Add", ["knn_z_sq", "knn_reference_sq"], ["knn_squares"]),
             helper.make_node("Gemm", ["knn_z", "knn_reference"], ["knn_dot"], transB=1),
             helper.make_node("Mul", ["knn_dot", "knn_minus_two"], ["knn_cross"]),
-            helper.make_node("Add", ["knn_squares", "knn_cross"], ["knn_raw_d2"]),
-            helper.make_node("Mul", ["knn_squares", "knn_rounding"], ["knn_noise"]),
-            helper.make_node("Less", ["knn_raw_d2", "knn_noise"], ["knn_is_noise"]),
-            helper.make_node("Where", ["knn_is_noise", "knn_zero", "knn_raw_d2"], ["knn_d2"]),
-            helper.make_node("TopK", ["knn_d2", "knn_k"], ["knn_top_d2", "knn_top_index"], axis=1, largest=0),
-            helper.make_node("Sqrt", ["knn_top_d2"], ["knn_top_distance"]),
-            helper.make_node("ReduceMean", ["knn_top_distance"], [bundle.SCORE_OUTPUT], axes=[1], keepdims=0),
+            helper.make_node("Add", ["knn_z_sq", "knn_reference_sq"], ["knn_squares"]),
+            helper.make_node("Add", ["knn_squares", "knn_cross"], ["knn_rank_d2"]),
+            helper.make_node(
+                "TopK", ["knn_rank_d2", "knn_candidates"], ["knn_rank_top", "knn_candidate_index"], axis=1, largest=0
+            ),
+            # How far they are: from the differences, exactly; then the k nearest of them.
+            helper.make_node("Gather", ["knn_reference", "knn_candidate_index"], ["knn_neighbours"], axis=0),
+            helper.make_node("Unsqueeze", ["knn_z", "knn_axis1"], ["knn_z3"]),
+            helper.make_node("Sub", ["knn_z3", "knn_neighbours"], ["knn_diff"]),
+            helper.make_node("Mul", ["knn_diff", "knn_diff"], ["knn_diff_sq"]),
+            helper.make_node("ReduceSum", ["knn_diff_sq", "knn_axis2"], ["knn_exact_d2"], keepdims=0),
+            helper.make_node("TopK", ["knn_exact_d2", "knn_k"], ["knn_top_d2", "knn_top_slot"], axis=1, largest=0),
+            helper.make_node("Sqrt", ["knn_top_d2"], ["knn_distance"]),
+            helper.make_node("ReduceMean", ["knn_distance"], [bundle.SCORE_OUTPUT], axes=[1], keepdims=0),
             # Explanations: squared differences to the nearest reference row.
-            helper.make_node("Gather", ["knn_top_index", "knn_first"], ["knn_nearest"], axis=1),
-            helper.make_node("Gather", ["knn_reference", "knn_nearest"], ["knn_neighbour3"], axis=0),
-            helper.make_node("Squeeze", ["knn_neighbour3", "knn_axis1"], ["knn_neighbour"]),
-            helper.make_node("Sub", ["knn_z", "knn_neighbour"], ["knn_diff"]),
-            helper.make_node("Mul", ["knn_diff", "knn_diff"], [bundle.FEATURE_ERRORS_OUTPUT]),
+            helper.make_node("Gather", ["knn_top_slot", "knn_first"], ["knn_nearest_slot"], axis=1),
+            helper.make_node("Unsqueeze", ["knn_nearest_slot", "knn_axis2"], ["knn_nearest_slot3"]),
+            # GatherElements takes the shape of its indices: spread the slot over [N, 1, D].
+            helper.make_node("Shape", ["knn_z"], ["knn_z_shape"]),
+            helper.make_node("Gather", ["knn_z_shape", "knn_first"], ["knn_rows"], axis=0),
+            helper.make_node("Gather", ["knn_z_shape", "knn_axis1"], ["knn_columns"], axis=0),
+            helper.make_node("Concat", ["knn_rows", "knn_axis1", "knn_columns"], ["knn_slot_shape"], axis=0),
+            helper.make_node("Expand", ["knn_nearest_slot3", "knn_slot_shape"], ["knn_nearest_slots"]),
+            helper.make_node("GatherElements", ["knn_diff_sq", "knn_nearest_slots"], ["knn_nearest_sq"], axis=1),
+            helper.make_node("Squeeze", ["knn_nearest_sq", "knn_axis1"], [bundle.FEATURE_ERRORS_OUTPUT]),
         ]
         graph = helper.make_graph(
             nodes,
