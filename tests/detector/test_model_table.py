@@ -49,12 +49,12 @@ def test_listing_and_unknown_models_while_folders_come_and_go(repository, tmp_pa
     # Scans run on the poller and, forced, on the churn thread (LoadModel or the registry's
     # refresh); each replaces the table while the event loop reads it for every ListModels and
     # Detect, and a thread reads the registry directly without gRPC in between.
-    detector = start_detector(repository, poll_interval_seconds=0.05, warmup_batch_size=1, bulk_intra_op_threads=1)
     staging, trash = tmp_path / "staging", tmp_path / "trash"
     staging.mkdir()
     trash.mkdir()
     for i in range(FOLDERS):
         models.publish_simple(staging, f"churn{i:03d}", fit, dimension=D)
+    detector = start_detector(repository, poll_interval_seconds=0.05, warmup_batch_size=1, bulk_intra_op_threads=1)
     registry = detector.model_registry
     done = threading.Event()
     churn_errors: list[BaseException] = []
@@ -122,11 +122,8 @@ def test_listing_and_unknown_models_while_folders_come_and_go(repository, tmp_pa
             thread.start()
         for thread in threads:
             thread.join(timeout=120)
-        assert not any(thread.is_alive() for thread in threads)
-    finally:
         sys.setswitchinterval(switch_interval)
-        done.set()
-    try:
+        assert not any(thread.is_alive() for thread in threads)
         assert churn_errors == []
         assert wrong == []
         assert min(rounds) > 0
@@ -136,6 +133,8 @@ def test_listing_and_unknown_models_while_folders_come_and_go(repository, tmp_pa
         expected = [(f"churn{i:03d}", 1) for i in range(FOLDERS - LIVE, FOLDERS)]
         assert [(m.name, m.serving_version) for m in listed] == expected
     finally:
+        sys.setswitchinterval(switch_interval)
+        done.set()
         detector.close()
     events = [json.loads(line) for line in capfd.readouterr().out.splitlines() if line.startswith("{")]
     assert [e for e in events if e.get("level") in ("error", "critical") or "exception" in e] == []
