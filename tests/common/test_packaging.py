@@ -72,3 +72,20 @@ def test_detector_runs_without_importing_torch_or_transformers():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_readme_layout_names_every_module_of_every_service():
+    """The README's layout table lists each service's modules: none missing, none stale."""
+    root = repo_root()
+    readme = (root / "README.md").read_text()
+    for name in SERVICES:
+        row = next(line for line in readme.splitlines() if line.startswith(f"| `services/{name}/` |"))
+        listed = set(re.findall(r"`([a-z_0-9]+\.py)`", row)) | {f"{d}/" for d in re.findall(r"`([a-z_0-9]+)/`", row)}
+        package = root / "services" / name / "oddity" / name
+        modules = {p.name for p in package.glob("*.py") if p.name != "__init__.py"}
+        folders = {f"{p.name}/" for p in package.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+        for folder in folders:
+            modules |= {p.name for p in (package / folder).glob("*.py") if p.name != "__init__.py"}
+        assert listed >= modules | folders, f"{name}: not in the README layout: {sorted(modules | folders - listed)}"
+        stale = listed - modules - folders
+        assert not stale, f"{name}: the README layout names what is not there: {sorted(stale)}"

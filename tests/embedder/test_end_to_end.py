@@ -62,7 +62,6 @@ def test_drawings_are_scored_against_their_age_group(stack, data_volume, reposit
         "extra_features": ["age"],
         "routing": {"key": "age", "bounds": [3, 6, 9, 12], "all_group": True},
         "embedder": {"model": "vit"},
-        "model": {"kind": "autoencoder", "params": {"epochs": 60, "hidden": [32], "bottleneck": 6}},
         "min_samples": 60,
         "retrain": {"policy": "manual"},
         "validation": {"anomaly_rate": [0.0, 0.2]},
@@ -122,7 +121,6 @@ def test_unusual_sentences_score_above_ordinary_ones(stack, data_volume):
         "embedder": {"model": "text"},
         "min_samples": 100,
         "retrain": {"policy": "manual"},
-        "model": {"kind": "autoencoder", "params": {"epochs": 40, "hidden": [64], "bottleneck": 8}},
         "validation": {"anomaly_rate": [0.0, 0.2]},
     }
     (folder / "dataset.yaml").write_text(yaml.safe_dump(spec))
@@ -201,7 +199,9 @@ def test_training_with_the_embedder_down_fails_with_the_reason(data_volume, repo
     write_drawings(folder, rng.uniform(3, 12, 40), rng)
     spec = {"images": {"path": "images"}, "extra_features": ["age"], "retrain": {"policy": "manual"}}
     (folder / "dataset.yaml").write_text(yaml.safe_dump(spec))
-    trainer = start_trainer(data_volume, repository, embedder=f"127.0.0.1:{free_port()}")
+    trainer = start_trainer(
+        data_volume, repository, embedder=f"127.0.0.1:{free_port()}", embedder_connect_timeout_seconds=1
+    )
     try:
         job = run_job(trainer, "offline")
         assert job.state == trainer_pb2.JOB_STATE_FAILED and "embedder at 127.0.0.1" in job.message

@@ -44,7 +44,7 @@ def test_below_min_samples_is_skipped_unless_forced(stack, data_volume):
 
 def test_watch_job_streams_epochs_and_a_second_train_is_refused(stack, data_volume):
     trainer, _ = stack
-    datasets.write_dataset(data_volume, "slow", manual_spec(epochs=40), {"rows.csv": datasets.sensor_frame(4000)})
+    datasets.write_dataset(data_volume, "slow", manual_spec(epochs=40), {"rows.csv": datasets.sensor_frame(2000)})
     job = trainer.stub.Train(trainer_pb2.TrainRequest(dataset="slow")).job
     with pytest.raises(grpc.RpcError) as info:
         trainer.stub.Train(trainer_pb2.TrainRequest(dataset="slow"))

@@ -42,7 +42,8 @@ def stack(data_volume, repository):
 def test_dropped_csv_is_trained_published_and_served(stack, data_volume):
     trainer, detector = stack
     normal = datasets.sensor_frame(3000, seed=0)
-    folder = datasets.write_dataset(data_volume, "sensors", datasets.autoencoder_spec(), {"normal.csv": normal})
+    spec = {"sources": [{"path": "*.csv"}], "retrain": {"policy": "on_change", "debounce_seconds": 0.2}}
+    folder = datasets.write_dataset(data_volume, "sensors", spec, {"normal.csv": normal})
     wait_for(lambda: serving_version(detector, "sensors") == 1, what="version 1 in the detector")
 
     # More rows arrive: the trainer notices, trains again, the detector swaps.
@@ -65,7 +66,7 @@ def test_dropped_csv_is_trained_published_and_served(stack, data_volume):
     assert completed.details["samples"] == 4000
     assert completed.details["metrics"]["parity_max_abs_diff"] < 1e-3
     manifest = detector.stub.GetModel(detector_pb2.GetModelRequest(model="sensors")).manifest
-    assert manifest.kind == "autoencoder" and list(manifest.feature_names) == list(normal.columns)
+    assert manifest.kind == "auto" and list(manifest.feature_names) == list(normal.columns)
     assert (
         manifest.data_fingerprint
         == trainer.stub.GetStatus(trainer_pb2.GetStatusRequest(dataset="sensors")).datasets[0].data_fingerprint

@@ -21,15 +21,26 @@ from oddity.detector.sessions import GroupSessions
 from oddity.v1 import manifest_pb2
 
 _EPS = 1e-12
+DEFAULT_CALIBRATION_ROWS = 1000
 
 
-def normalize(scores: np.ndarray, probabilities: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Empirical CDF of each score among held-out normal scores, in [0, 1].
+def normalize(scores: np.ndarray, probabilities: np.ndarray, values: np.ndarray, rows: int) -> np.ndarray:
+    """Where each score falls among the `rows` out-of-fold normal scores of the quantile table,
+    in [0, 1): 0.97 means "more unusual than 97% of normal samples". Strictly monotone above
+    the table's bottom, so the most unusual rows keep their order.
 
-    0.97 means "more unusual than 97% of normal samples". Monotone in the score: a higher
-    score never gets a lower normalized score.
+    Inside the table: the empirical CDF scaled by rows / (rows + 1) (the chance that a new normal
+    row exceeds all of n normal rows is 1 / (n + 1)); above the top, that last 1 / (n + 1)
+    fills in exponentially, in units of (top - median), instead of every score tying at 1.
     """
-    return np.interp(scores, values, probabilities, left=0.0, right=1.0)
+    share = rows / (rows + 1.0)
+    normalized = np.interp(scores, values, probabilities, left=0.0, right=1.0) * share
+    top = values[-1]
+    over = scores > top
+    if over.any():
+        span = max(float(top - values[len(values) // 2]), _EPS)
+        normalized[over] = 1.0 - (1.0 - share) * np.exp(-(scores[over] - top) / span)
+    return normalized
 
 
 def threshold_at(percentile: float, probabilities: np.ndarray, values: np.ndarray) -> float:
@@ -122,12 +133,17 @@ class GroupScorer:
     probabilities: np.ndarray
     quantile_values: np.ndarray
     normalized_threshold: float
+    calibration_rows: int  # normal scores behind the quantile table
+
+    def normalize(self, scores: np.ndarray) -> np.ndarray:
+        return normalize(scores, self.probabilities, self.quantile_values, self.calibration_rows)
 
     def decision(self, percentile: float | None) -> tuple[float, float]:
         """(threshold, normalized threshold): the manifest's, or those of a request percentile."""
         if percentile is None:
             return self.threshold, self.normalized_threshold
-        return threshold_at(percentile, self.probabilities, self.quantile_values), percentile / 100.0
+        threshold = threshold_at(percentile, self.probabilities, self.quantile_values)
+        return threshold, float(self.normalize(np.array([threshold]))[0])
 
 
 class ModelScorer:
@@ -158,6 +174,8 @@ class ModelScorer:
                 continue  # not active: routing sends its rows elsewhere
             probabilities = np.asarray(group.quantiles.probabilities, dtype=np.float64)
             values = np.asarray(group.quantiles.values, dtype=np.float64)
+            # Versions calibrated before cross-fitting name no rows: their held-out rows count.
+            rows = int(group.calibration.rows or group.validation_samples or DEFAULT_CALIBRATION_ROWS)
             groups[index] = GroupScorer(
                 name=group.name,
                 session=loaded.session,
@@ -168,7 +186,8 @@ class ModelScorer:
                 quantile_values=values,
                 normalized_threshold=0.0
                 if is_classifier
-                else float(normalize(np.array([group.threshold]), probabilities, values)[0]),
+                else float(normalize(np.array([group.threshold]), probabilities, values, rows)[0]),
+                calibration_rows=rows,
             )
         return cls(
             manifest.name, manifest.kind, groups, is_classifier=is_classifier, class_labels=manifest.class_labels
@@ -208,7 +227,7 @@ class ModelScorer:
             if explain_top_k:
                 errors = results[1]
             threshold, normalized_threshold = group.decision(threshold_percentile)
-            normalized = normalize(raw, group.probabilities, group.quantile_values)
+            normalized = group.normalize(raw)
             thresholds = np.full(n, threshold)
             is_anomaly = raw > threshold
             confidences = confidence(normalized, normalized_threshold, is_anomaly)
@@ -230,7 +249,7 @@ class ModelScorer:
                 raw[mask] = results[0].reshape(-1)
                 if errors is not None:
                     errors[mask] = results[1]
-                normalized[mask] = normalize(raw[mask], group.probabilities, group.quantile_values)
+                normalized[mask] = group.normalize(raw[mask])
                 thresholds[mask], normalized_thresholds[mask] = group.decision(threshold_percentile)
             is_anomaly = raw > thresholds
             confidences = confidence(normalized, normalized_thresholds, is_anomaly)
