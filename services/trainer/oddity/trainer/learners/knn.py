@@ -9,8 +9,8 @@ near-duplicates: it can rank them, not measure them), mean. Per-feature errors f
 explanations are the squared differences to the nearest reference row.
 
 Serving cost grows with reference rows x dimensions, so the reference is capped: at most
-`max_reference` rows (default: about one million values, e.g. 1,300 rows of a 769-d
-embedding, 20,000 rows of 50 features), a seeded random subsample of the training rows when
+`max_reference` rows (default: about 750,000 values, e.g. 975 rows of a 769-d embedding,
+15,000 rows of 50 features; 20,000 at most), a seeded random subsample of the training rows when
 there are more. Out-of-fold scores are exact leave-one-out: each training row's distance to
 its k nearest *other* reference rows, the distribution new normal rows will see.
 
@@ -28,7 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 from oddity.common import bundle
 from oddity.trainer.learners.base import Learner, Progress
 
-REFERENCE_VALUES = 1_000_000  # rows x dimensions of the default reference cap
+REFERENCE_VALUES = 750_000  # rows x dimensions of the default reference cap
 MAX_REFERENCE_ROWS = 20_000
 MIN_REFERENCE_ROWS = 500
 _CHUNK = 1024  # rows per distance block: bounds memory at CHUNK x reference floats
