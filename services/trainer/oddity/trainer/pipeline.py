@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 
 from oddity.common import bundle
 from oddity.trainer import calibration, validation
@@ -160,6 +161,17 @@ def _timed(trained: TrainedModel, step: str, started: float) -> None:
     trained.durations[step] = trained.durations.get(step, 0.0) + time.perf_counter() - started
 
 
+def _export(
+    learner: Learner, plan: GroupPlan, trained: TrainedModel, report: Progress
+) -> tuple[bytes, ort.InferenceSession]:
+    start = time.perf_counter()
+    report("exporting", {"group": plan.name})
+    onnx_model = learner.to_onnx()
+    session = validation.onnx_session(onnx_model)
+    _timed(trained, "export", start)
+    return onnx_model, session
+
+
 def _fit(learner: Learner, rows: np.ndarray, labels: np.ndarray | None, plan: GroupPlan, report: Progress) -> None:
     learner.fit(
         rows,
@@ -200,11 +212,7 @@ def _train_detector(
         raise validation.ValidationFailed(f"group {plan.name!r}: {exc}") from exc
     _timed(trained, "calibrate", start)
 
-    start = time.perf_counter()
-    report("exporting", {"group": plan.name})
-    onnx_model = learner.to_onnx()
-    session = validation.onnx_session(onnx_model)
-    _timed(trained, "export", start)
+    onnx_model, session = _export(learner, plan, trained, report)
 
     start = time.perf_counter()
     report("validating", {"group": plan.name})
@@ -292,11 +300,7 @@ def _train_classifier(
     _fit(learner, rows[train_idx], labels[train_idx], plan, report)
     _timed(trained, "train", start)
 
-    start = time.perf_counter()
-    report("exporting", {"group": plan.name})
-    onnx_model = learner.to_onnx()
-    session = validation.onnx_session(onnx_model)
-    _timed(trained, "export", start)
+    onnx_model, session = _export(learner, plan, trained, report)
 
     start = time.perf_counter()
     report("validating", {"group": plan.name})
