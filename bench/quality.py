@@ -49,7 +49,8 @@ from sklearn.metrics import roc_auc_score
 from bench.quality_baselines import BASELINES, PYOD_AUTO, pyod_auto_unavailable, standardize
 from oddity.v1 import detector_pb2, detector_pb2_grpc, tensor_pb2, trainer_pb2, trainer_pb2_grpc
 
-DEFAULT_DATA = Path("/work/shared/data/anomaly-benchmarks")
+# The development sets sit beside the repository: ../shared/data/anomaly-benchmarks.
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "anomaly-benchmarks"
 DEFAULT_OUTPUT = Path("bench/results/quality.json")
 GROUPS = ("tabular", "embeddings")  # the benchmark's folders, and the groups results are reported in
 SKLEARN_SETS = ("wine", "breast_cancer", "digits")

@@ -79,7 +79,7 @@ def test_default_ranks_anomalies_and_shows_its_evidence(stack, data_volume):
 def test_forty_five_rows_are_published_and_flag_what_they_should(stack, data_volume):
     trainer, detector = stack
     normal = datasets.sensor_frame(45, seed=7)
-    spec = {**default_spec(), "min_samples": 40}
+    spec = default_spec()  # the default min_samples (40) admits it
     datasets.write_dataset(data_volume, "small", spec, {"normal.csv": normal})
     job = run_job(trainer, "small")
     assert job.state == trainer_pb2.JOB_STATE_SUCCEEDED, job.message

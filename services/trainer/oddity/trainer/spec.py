@@ -155,7 +155,7 @@ class DatasetSpec(_Strict):
     label: str | None = None
     routing: Routing | None = None
     model: ModelSpec = Field(default_factory=ModelSpec)
-    min_samples: int = Field(50, ge=1)
+    min_samples: int = Field(40, ge=1)
     threshold_percentile: float = Field(95.0, gt=0, lt=100)
     retrain: Retrain = Field(default_factory=Retrain)
     validation: Validation = Field(default_factory=Validation)
