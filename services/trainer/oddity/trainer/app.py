@@ -108,7 +108,8 @@ class TrainerApp:
 
     async def _watch(self, policy: AutoTrainer) -> None:
         """File events under the datasets folder, by dataset folder."""
-        root = self.settings.datasets_root
+        # Events carry absolute paths: a relative --data-volume must be resolved to match them.
+        root = self.settings.datasets_root.resolve()
         async for changes in awatch(
             root, force_polling=self.settings.force_polling, recursive=True, step=100, rust_timeout=1000
         ):
