@@ -1,7 +1,9 @@
 """Trainer and detector on temporary volumes: a dropped CSV becomes a serving model with no
 manual call, appended rows become a new version, anomalies are flagged."""
 
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -146,3 +148,17 @@ def test_classifier_serves_classes_and_probabilities(stack, data_volume, reposit
     assert completed.details["metrics"]["accuracy"] == pytest.approx(group.metrics["accuracy"])
     assert completed.details["metrics"]["accuracy"] > 0.8
     assert completed.details["metrics"]["balanced_accuracy"] > 0.75
+
+
+def test_file_events_train_a_new_dataset_on_a_relative_data_volume(data_volume, repository):
+    # As `oddity-trainer --data-volume volumes/data` runs it: file events (not the periodic scan,
+    # set far off here) must reach datasets under a relative path.
+    relative = Path(os.path.relpath(data_volume))
+    assert not relative.is_absolute()
+    trainer = start_trainer(relative, repository, force_polling=False, scan_interval_seconds=3600)
+    try:
+        spec = {"sources": [{"path": "*.csv"}], "retrain": {"debounce_seconds": 0.2}}
+        datasets.write_dataset(data_volume, "relative", spec, {"rows.csv": datasets.sensor_frame(300)})
+        wait_for(lambda: bundle.list_versions(repository / "relative") == [1], timeout=60, what="a version from events")
+    finally:
+        trainer.close()
