@@ -1,16 +1,20 @@
 """Reading a dataset's rows: files -> one table -> float32 features (+ labels, routing values).
 
-Bad rows are dropped and counted, never silently scored; a file that cannot be read at all
-fails the load with a message that names the file and the reason.
+Bad rows are dropped and counted, never silently scored: a CSV record with more or fewer
+fields than the header is malformed (never shifted into other columns). A file that cannot
+be read at all fails the load with a message that names the file and the reason.
+
+Every file read is confined to its dataset folder: paths are resolved (symlinks followed)
+and must stay inside it, so neither `../` nor a link can reach another team's data.
 
 Reason to change: which files and formats are read, and what makes a row usable.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +28,23 @@ SUFFIX_FORMATS = {".csv": "csv", ".xlsx": "xlsx", ".xls": "xls", ".parquet": "pa
 
 class DataError(Exception):
     """The data cannot be used; the message says which file and why."""
+
+
+class OutsideDatasetFolder(DataError, PermissionError):
+    """A path of the spec (or a link it meets) leads out of the dataset folder: refused, as a
+    read the trainer is not permitted to make."""
+
+
+def inside(folder: Path, path: Path, what: str) -> Path:
+    """`path` with every link resolved, when it stays inside `folder`; else OutsideDatasetFolder."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(folder.resolve()):
+        shown = path.relative_to(folder) if path.is_relative_to(folder) else path
+        raise OutsideDatasetFolder(
+            f"{what} {str(shown)!r} leads outside the dataset folder (through '..' or a symbolic link); "
+            "only files inside it are read"
+        )
+    return resolved
 
 
 @dataclass
@@ -40,18 +61,24 @@ class Dataset:
 
 
 def source_files(folder: Path, spec: DatasetSpec) -> list[Path]:
+    """Every file the spec names, each checked to stay inside the dataset folder."""
+    inside(folder.parent, folder, "the dataset folder")
     if spec.images is not None:
         root = folder / spec.images.path
+        inside(folder, root, "images.path")
         images = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
         metadata = folder / spec.images.metadata if spec.images.metadata else None
-        return images + ([metadata] if metadata is not None and metadata.is_file() else [])
-    if spec.texts is not None:
+        files = images + ([metadata] if metadata is not None and metadata.is_file() else [])
+    elif spec.texts is not None:
         path = folder / spec.texts.path
-        return [path] if path.is_file() else []
-    files: list[Path] = []
-    for source in spec.sources:
-        matches = sorted(p for p in folder.glob(source.path) if p.is_file())
-        files.extend(m for m in matches if m not in files)
+        files = [path] if path.is_file() else []
+    else:
+        files = []
+        for source in spec.sources:
+            matches = sorted(p for p in folder.glob(source.path) if p.is_file())
+            files.extend(m for m in matches if m not in files)
+    for path in files:
+        inside(folder, path, "file")
     return files
 
 
@@ -95,12 +122,7 @@ def _read(path: Path, fmt: str) -> tuple[pd.DataFrame, int]:
                 raise DataError(f"{path.name} is not UTF-8 text (byte {exc.start}): save it as UTF-8 CSV") from exc
             if not text.strip():
                 raise DataError(f"{path.name} is empty")
-            # Lines with the wrong number of fields are skipped; pandas reports each one in a warning.
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", pd.errors.ParserWarning)
-                frame = pd.read_csv(io.StringIO(text), on_bad_lines="warn")
-            skipped = sum(str(w.message).count("Skipping line") for w in caught)
-            return frame, skipped
+            return read_csv_text(text)
         if fmt in ("xlsx", "xls"):
             return pd.read_excel(path, engine="openpyxl" if fmt == "xlsx" else "xlrd"), 0
         if fmt == "parquet":
@@ -112,6 +134,25 @@ def _read(path: Path, fmt: str) -> tuple[pd.DataFrame, int]:
         raise DataError(f"{path.name} is empty") from exc
     except Exception as exc:  # each reader raises its own types for corrupt files
         raise DataError(f"{path.name} cannot be read as {fmt}: {type(exc).__name__}: {exc}") from exc
+
+
+def read_csv_text(text: str) -> tuple[pd.DataFrame, int]:
+    """A CSV as a table, and the number of malformed records skipped: a record with more or
+    fewer fields than the header is malformed. (pandas alone would turn extra leading fields
+    into an index and shift every column name, or pad short records with blanks.)"""
+    records = csv.reader(io.StringIO(text))
+    header = next(records, [])
+    kept, malformed = [header], 0
+    for record in records:
+        if not record:
+            continue  # a blank line
+        if len(record) != len(header):
+            malformed += 1
+            continue
+        kept.append(record)
+    clean = io.StringIO()
+    csv.writer(clean).writerows(kept)
+    return pd.read_csv(io.StringIO(clean.getvalue())), malformed
 
 
 def load_dataset(folder: Path, spec: DatasetSpec, data_path: Path | None = None) -> Dataset:
@@ -131,6 +172,11 @@ def load_dataset(folder: Path, spec: DatasetSpec, data_path: Path | None = None)
         skipped += bad
     table = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     if table.empty:
+        if skipped:
+            raise DataError(
+                f"{skipped} of {skipped} rows (100%) are malformed (wrong field count: the header names "
+                f"{len(table.columns)} columns)"
+            )
         raise DataError("the data has no rows")
     return _to_dataset(table, spec, files, skipped)
 

@@ -19,7 +19,7 @@ import pandas as pd
 
 from oddity.common.clients import EmbedderModel
 from oddity.common.errors import FailedPrecondition, InvalidArgument
-from oddity.trainer.data import DataError, Dataset
+from oddity.trainer.data import DataError, Dataset, inside, read_csv_text
 from oddity.trainer.embedding_cache import EmbeddingCache, content_digest
 from oddity.trainer.spec import DatasetSpec, ImageSource, TextSource
 from oddity.v1 import manifest_pb2
@@ -44,8 +44,21 @@ class _Items:
     table: pd.DataFrame  # extra columns, one row per item
 
 
+def _read_table(folder: Path, relative: str, what: str) -> pd.DataFrame:
+    """A metadata or text CSV inside the dataset folder, read strictly (data.read_csv_text)."""
+    path = inside(folder, folder / relative, what)
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise DataError(f"{what} {relative!r} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{relative} cannot be read: {exc}") from exc
+    table, _ = read_csv_text(text)
+    return table
+
+
 def _image_items(folder: Path, source: ImageSource) -> _Items:
-    root = folder / source.path
+    root = inside(folder, folder / source.path, "images.path")
     if not root.is_dir():
         raise DataError(f"image folder {source.path!r} not found")
     paths: list[Path] = []
@@ -61,18 +74,14 @@ def _image_items(folder: Path, source: ImageSource) -> _Items:
                 rows.append({source.folder_column: value})
         table = pd.DataFrame(rows)
     else:
-        metadata = folder / (source.metadata or "")
-        try:
-            table = pd.read_csv(metadata)
-        except FileNotFoundError:
-            raise DataError(f"metadata file {source.metadata!r} not found") from None
-        except Exception as exc:
-            raise DataError(f"{source.metadata} cannot be read: {exc}") from exc
+        table = _read_table(folder, source.metadata or "", "images.metadata")
         if source.file_column not in table.columns:
             raise DataError(f"{source.metadata} has no {source.file_column!r} column")
         paths = [root / str(name) for name in table[source.file_column]]
     if not paths:
         raise DataError(f"no images under {source.path!r}")
+    for path in paths:
+        inside(folder, path, "image")
     contents, names, keep = [], [], []
     for i, path in enumerate(paths):
         try:
@@ -85,10 +94,7 @@ def _image_items(folder: Path, source: ImageSource) -> _Items:
 
 
 def _text_items(folder: Path, source: TextSource) -> _Items:
-    try:
-        table = pd.read_csv(folder / source.path)
-    except Exception as exc:
-        raise DataError(f"{source.path} cannot be read: {exc}") from exc
+    table = _read_table(folder, source.path, "texts.path")
     if source.text_column not in table.columns:
         raise DataError(f"{source.path} has no {source.text_column!r} column")
     table = table[table[source.text_column].astype(str).str.strip() != ""].reset_index(drop=True)

@@ -41,6 +41,14 @@ from oddity.trainer.validation import ValidationFailed
 log = get_logger("oddity.trainer.runner")
 
 
+class RepositoryUnwritable(Exception):
+    """The model repository cannot take a new version (read-only, full, gone): one line, no traceback."""
+
+
+# Expected failures: recorded with their message, no traceback.
+EXPECTED_FAILURES = (SpecError, DataError, ValidationFailed, ValueError, Interrupted, OddityError, RepositoryUnwritable)
+
+
 @dataclass(frozen=True)
 class JobRequest:
     """What to run: the dataset, what started it, and the Train request's overrides."""
@@ -193,7 +201,13 @@ class JobRunner:
             run = self._remember(dataset, replace(run, group_samples=trained.group_samples))
             self._progress(job_id, "publishing", {"group": ""})
             publish_start = time.perf_counter()
-            version = self.publisher.publish(trained.manifest, trained.onnx_files, spec.keep_versions)
+            try:
+                version = self.publisher.publish(trained.manifest, trained.onnx_files, spec.keep_versions)
+            except OSError as exc:  # read-only, full or missing volume: the operator's to fix
+                raise RepositoryUnwritable(
+                    f"cannot write to the model repository {self.publisher.repository}: "
+                    f"{exc.strerror or type(exc).__name__}"
+                ) from exc
             trained.durations["publish"] = time.perf_counter() - publish_start
             details.update(
                 metrics=trained.metrics,
@@ -220,7 +234,7 @@ class JobRunner:
         except pipeline.Skipped as exc:
             self.history.append("TRAINING_SKIPPED", dataset, str(exc), reason=str(exc), **details)
             self._finish(job_id, dataset, SKIPPED, str(exc), started)
-        except (SpecError, DataError, ValidationFailed, ValueError, Interrupted, OddityError) as exc:
+        except EXPECTED_FAILURES as exc:
             if isinstance(exc, OddityError):
                 reason = exc.message
             elif isinstance(exc, ValueError):

@@ -29,18 +29,21 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _inside_folder(value: str | None) -> str | None:
+    """Every path of a spec is relative and stays inside the dataset folder (links are checked
+    where the files are read: data.inside)."""
+    if value is not None and (Path(value).is_absolute() or ".." in Path(value).parts):
+        raise ValueError(f"path {value!r} must stay inside the dataset folder (relative, without '..')")
+    return value
+
+
 class Source(_Strict):
     """Files to read, relative to the dataset folder (glob patterns allowed)."""
 
     path: str
     format: Literal["csv", "xlsx", "xls", "parquet", "jsonl"] | None = None
 
-    @field_validator("path")
-    @classmethod
-    def _relative(cls, value: str) -> str:
-        if Path(value).is_absolute() or ".." in Path(value).parts:
-            raise ValueError(f"source path {value!r} must stay inside the dataset folder")
-        return value
+    _path_inside = field_validator("path")(_inside_folder)
 
 
 class FeatureSelection(_Strict):
@@ -75,6 +78,8 @@ class ImageSource(_Strict):
     file_column: str = "file_name"
     folder_column: str | None = None
 
+    _paths_inside = field_validator("path", "metadata")(_inside_folder)
+
     @model_validator(mode="after")
     def _one_way(self) -> ImageSource:
         if self.folder_column:
@@ -87,6 +92,8 @@ class TextSource(_Strict):
 
     path: str
     text_column: str = "text"
+
+    _path_inside = field_validator("path")(_inside_folder)
 
 
 class EmbedderSpec(_Strict):
@@ -106,6 +113,14 @@ class ModelSpec(_Strict):
         if value not in KINDS:
             raise ValueError(f"unknown model kind {value!r}; choose one of {sorted(KINDS)}")
         return value
+
+    @model_validator(mode="after")
+    def _known_params(self) -> ModelSpec:
+        """Unknown or malformed parameters are a spec error now, not a failed training later."""
+        from oddity.trainer.learners import make_learner  # learners import torch and onnx lazily
+
+        make_learner(self.kind, self.params)
+        return self
 
 
 class Retrain(_Strict):
