@@ -83,18 +83,18 @@ def test_image_and_text_paths_are_confined_through_links(tmp_path):
 
     texts = dataset(tmp_path, "texts", {"texts": {"path": "texts.csv"}})
     (texts / "texts.csv").symlink_to(outside / "texts.csv")
-    with pytest.raises(OutsideDatasetFolder, match="texts.path 'texts.csv' leads outside"):
+    with pytest.raises(OutsideDatasetFolder, match=r"texts\.path 'texts\.csv' leads outside"):
         _text_items(texts, load_spec(texts).texts)
 
     images = dataset(tmp_path, "images", {"images": {"path": "images"}})
     (images / "images").symlink_to(outside, target_is_directory=True)
-    with pytest.raises(OutsideDatasetFolder, match="images.path 'images' leads outside"):
+    with pytest.raises(OutsideDatasetFolder, match=r"images\.path 'images' leads outside"):
         _image_items(images, load_spec(images).images)
 
     listed = dataset(tmp_path, "listed", {"images": {"path": "images"}})
     (listed / "images").mkdir()
     (listed / "metadata.csv").write_text("file_name,age\n../../elsewhere/a.png,5\n")
-    with pytest.raises(OutsideDatasetFolder, match="image 'images/../../elsewhere/a.png' leads outside"):
+    with pytest.raises(OutsideDatasetFolder, match=r"image 'images/\.\./\.\./elsewhere/a\.png' leads outside"):
         _image_items(listed, load_spec(listed).images)
 
 
