@@ -1,8 +1,11 @@
 """The auto-training policy: which jobs start without anyone calling Train.
 
 - `on_change` datasets train when their data differs from the live version's (by content
-  fingerprint): after file events, once the dataset has been quiet for its
-  `debounce_seconds`; at start-up; and on every periodic scan (the fallback for missed events).
+  fingerprint): after file events, at start-up and on every periodic scan (the fallback for
+  missed events) — but only once their files have settled: quiet for `debounce_seconds`
+  (the same rule for events, scans and new folders) and unchanged between two looks, and,
+  with `retrain.ready_marker`, handed off by a `_READY` file newer than the data. Files named
+  as in progress (dotfiles, `*.tmp`, `*.partial`, ...) are never read: write, then rename.
 - `interval` datasets train every `interval_hours` (a run on unchanged data is skipped by the
   runner), and at start-up when their data changed.
 - `manual` datasets train only when asked.
@@ -22,13 +25,16 @@ from collections.abc import Coroutine, Iterable
 from typing import Any
 
 from oddity.common.logging import get_logger
-from oddity.trainer.catalogue import DatasetCatalogue
+from oddity.trainer.catalogue import DatasetCatalogue, DatasetEntry
+from oddity.trainer.data import file_states, ready_marker_time
 from oddity.trainer.jobs import Job
 from oddity.trainer.runner import JobRequest, JobRunner
+from oddity.trainer.spec import DEFAULT_DEBOUNCE_SECONDS
 
 log = get_logger("oddity.trainer.auto_training")
 
-DEFAULT_DEBOUNCE_SECONDS = 1.0  # a dataset not read yet (its spec names its own)
+# The second look at a dataset whose files have been quiet for the debounce comes this much later.
+CONFIRM_SECONDS = 0.5
 
 
 class AutoTrainer:
@@ -38,6 +44,8 @@ class AutoTrainer:
         self._quiet: dict[str, asyncio.Task[None]] = {}  # dataset -> debounce timer
         self._queued: dict[str, str] = {}  # dataset -> trigger waiting for its running job
         self._interval_runs: dict[str, float] = {}  # dataset -> monotonic time of the last interval run
+        self._looks: dict[str, dict[str, tuple[int, int]]] = {}  # dataset -> file states at the last look
+        self._rechecks: dict[str, asyncio.Task[None]] = {}  # dataset -> a later look at unsettled files
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def startup(self) -> None:
@@ -56,7 +64,7 @@ class AutoTrainer:
             self._quiet[name] = asyncio.create_task(self._after_quiet(name), name=f"oddity-debounce-{name}")
 
     async def close(self) -> None:
-        tasks = [*self._quiet.values(), *self._tasks]
+        tasks = [*self._quiet.values(), *self._rechecks.values(), *self._tasks]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -80,16 +88,61 @@ class AutoTrainer:
             if spec is None or (only is not None and entry.name not in only):
                 continue
             if spec.retrain.policy == "on_change" and entry.name in changed:
-                self._start(entry.name, trigger)
+                if self._settled(entry, trigger):
+                    self._start(entry.name, trigger)
             elif spec.retrain.policy == "interval":
                 last = self._interval_runs.get(entry.name)
                 if last is None:
+                    if entry.name in changed and not self._settled(entry, trigger):
+                        continue
                     self._interval_runs[entry.name] = time.monotonic()
                     if entry.name in changed:
                         self._start(entry.name, "interval")
                 elif time.monotonic() - last >= spec.retrain.interval_hours * 3600:
+                    if not self._settled(entry, trigger):
+                        continue
                     self._interval_runs[entry.name] = time.monotonic()
                     self._start(entry.name, "interval")
+
+    def _settled(self, entry: DatasetEntry, trigger: str) -> bool:
+        """Whether the dataset's files may be read now; if not, a later look is scheduled."""
+        assert entry.spec is not None
+        retrain = entry.spec.retrain
+        try:
+            states = file_states(entry.folder, entry.spec)
+        except OSError:
+            return True  # the run itself reports what cannot be read
+        newest = max((mtime for _, mtime in states.values()), default=0)
+        if retrain.ready_marker:
+            marker = ready_marker_time(entry.folder)
+            if marker is None or marker < newest:
+                return False  # the producer has not handed off yet: its `_READY` brings an event
+        quiet_for = time.time() - newest / 1e9
+        if quiet_for < retrain.debounce_seconds:
+            self._looks[entry.name] = states
+            self._recheck(entry.name, trigger, retrain.debounce_seconds - quiet_for)
+            return False
+        if self._looks.get(entry.name) != states:  # the first look since the files last moved
+            self._looks[entry.name] = states
+            self._recheck(entry.name, trigger, CONFIRM_SECONDS)
+            return False
+        self._looks.pop(entry.name, None)
+        return True
+
+    def _recheck(self, name: str, trigger: str, delay: float) -> None:
+        pending = self._rechecks.get(name)
+        if pending is not None and not pending.done():
+            return
+
+        async def look_again() -> None:
+            await asyncio.sleep(delay)
+            self._rechecks.pop(name, None)
+            try:
+                await self._evaluate(trigger, only={name})
+            except Exception:
+                log.exception("automatic training failed to start", dataset=name)
+
+        self._rechecks[name] = asyncio.create_task(look_again(), name=f"oddity-settle-{name}")
 
     def _start(self, name: str, trigger: str) -> None:
         running = self.runner.running_for(name)

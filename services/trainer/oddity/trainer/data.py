@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from oddity.trainer.spec import SPEC_FILE, DatasetSpec
+from oddity.trainer.spec import READY_MARKER, SPEC_FILE, DatasetSpec
 
 SUFFIX_FORMATS = {".csv": "csv", ".xlsx": "xlsx", ".xls": "xls", ".parquet": "parquet", ".jsonl": "jsonl"}
 
@@ -66,7 +66,7 @@ def source_files(folder: Path, spec: DatasetSpec) -> list[Path]:
     if spec.images is not None:
         root = folder / spec.images.path
         inside(folder, root, "images.path")
-        images = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+        images = sorted(p for p in root.rglob("*") if p.is_file() and not in_progress(p)) if root.is_dir() else []
         metadata = folder / spec.images.metadata if spec.images.metadata else None
         files = images + ([metadata] if metadata is not None and metadata.is_file() else [])
     elif spec.texts is not None:
@@ -75,11 +75,43 @@ def source_files(folder: Path, spec: DatasetSpec) -> list[Path]:
     else:
         files = []
         for source in spec.sources:
-            matches = sorted(p for p in folder.glob(source.path) if p.is_file())
+            matches = sorted(
+                p for p in folder.glob(source.path) if p.is_file() and not in_progress(p) and p.name != SPEC_FILE
+            )
             files.extend(m for m in matches if m not in files)
     for path in files:
         inside(folder, path, "file")
     return files
+
+
+# Write-then-rename: files still being written carry one of these names and are never read.
+IN_PROGRESS_SUFFIXES = (".tmp", ".partial", ".part", ".crdownload", ".filepart")
+
+
+def in_progress(path: Path) -> bool:
+    """A file a producer is still writing (dotfile or temporary suffix), or the ready marker."""
+    name = path.name
+    return name.startswith(".") or name.lower().endswith(IN_PROGRESS_SUFFIXES) or name == READY_MARKER
+
+
+def file_states(folder: Path, spec: DatasetSpec) -> dict[str, tuple[int, int]]:
+    """(size, mtime_ns) of the spec and every data file: two equal looks mean nothing moved."""
+    states = {}
+    for path in [folder / SPEC_FILE, *source_files(folder, spec)]:
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            continue
+        states[str(path.relative_to(folder))] = (stat.st_size, stat.st_mtime_ns)
+    return states
+
+
+def ready_marker_time(folder: Path) -> int | None:
+    """mtime_ns of the dataset's `_READY` file, if there is one."""
+    try:
+        return (folder / READY_MARKER).stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
 
 
 # path -> (size, mtime_ns, sha256): periodic scans rehash only files that changed.

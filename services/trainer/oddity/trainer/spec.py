@@ -123,12 +123,21 @@ class ModelSpec(_Strict):
         return self
 
 
+DEFAULT_DEBOUNCE_SECONDS = 5.0
+READY_MARKER = "_READY"
+
+
 class Retrain(_Strict):
-    """When to retrain: on data changes (debounced), every N hours, or only when asked."""
+    """When to retrain: on data changes (once the files have settled), every N hours, or only
+    when asked."""
 
     policy: Literal["on_change", "interval", "manual"] = "on_change"
-    debounce_seconds: float = Field(default=5.0, ge=0)
+    # Files must be quiet this long (and unchanged across two looks) before automatic training.
+    debounce_seconds: float = Field(default=DEFAULT_DEBOUNCE_SECONDS, ge=0)
     interval_hours: float = Field(default=24.0, gt=0)
+    # Producers that hand off explicitly: train only once a `_READY` file at least as new as
+    # every data file is in the dataset folder.
+    ready_marker: bool = False
 
 
 class Validation(_Strict):
