@@ -105,3 +105,49 @@ def test_prune_keeps_the_newest_versions(repository, fitted):
     assert bundle_writer.prune_versions(repository / "m", keep=2) == [1, 2, 3]
     assert bundle.list_versions(repository / "m") == [4, 5]
     assert models.publish_simple(repository, "m", fitted, dimension=6) == 6
+
+
+def _break(repository, version: int, how: str) -> None:
+    folder = repository / "m" / str(version)
+    if how == "corrupt":
+        (folder / "all.onnx").write_bytes(b"not the bytes the manifest names")
+    else:  # manifest only
+        (folder / "all.onnx").unlink()
+
+
+def test_complete_versions_skip_broken_folders_and_follow_their_changes(repository, fitted):
+    for _ in range(4):
+        models.publish_simple(repository, "m", fitted, dimension=6)
+    good = (repository / "m" / "3" / "all.onnx").read_bytes()
+    _break(repository, 3, "corrupt")
+    _break(repository, 4, "manifest only")
+    checks = bundle.check_versions(repository, "m")
+    assert [(c.version, c.complete) for c in checks] == [(1, True), (2, True), (3, False), (4, False)]
+    assert "sha256 of all.onnx" in checks[2].error and "all.onnx missing" in checks[3].error
+    assert bundle.complete_versions(repository, "m") == [1, 2]
+    assert bundle.newest_complete_version(repository, "m").manifest.version == 2
+    (repository / "m" / "3" / "all.onnx").write_bytes(good)  # repaired: the changed folder is checked again
+    assert bundle.complete_versions(repository, "m") == [1, 2, 3]
+
+
+def test_prune_keeps_complete_versions_and_removes_older_broken_folders(repository, fitted):
+    for _ in range(6):
+        models.publish_simple(repository, "m", fitted, dimension=6)
+    _break(repository, 2, "corrupt")
+    _break(repository, 4, "manifest only")
+    _break(repository, 6, "corrupt")  # newer than the newest complete: maybe a copy in progress
+    # Complete: 1, 3, 5. Keep 2 of them; broken 2 and 4 are older than 5, broken 6 is not.
+    assert bundle_writer.prune_versions(repository / "m", keep=2) == [1, 2, 4]
+    assert bundle.list_versions(repository / "m") == [3, 5, 6]
+
+
+def test_prune_never_removes_the_newest_complete_version_nor_anything_without_one(repository, fitted):
+    for _ in range(3):
+        models.publish_simple(repository, "m", fitted, dimension=6)
+    _break(repository, 2, "corrupt")
+    _break(repository, 3, "corrupt")
+    assert bundle_writer.prune_versions(repository / "m", keep=1) == []
+    assert bundle.list_versions(repository / "m") == [1, 2, 3]
+    _break(repository, 1, "manifest only")
+    assert bundle_writer.prune_versions(repository / "m", keep=1) == []
+    assert bundle.list_versions(repository / "m") == [1, 2, 3]

@@ -75,9 +75,12 @@ def test_half_copied_version_is_skipped_until_complete(repository, detector, fit
     assert serving_version(detector) == 1
     status = detector.stub.GetModel(detector_pb2.GetModelRequest(model="m")).status
     assert "version 2" in status.last_error and "sha256" in status.last_error
-    assert list(status.available_versions) == [1, 2]
+    assert list(status.available_versions) == [1]
+    assert list(status.rejected_versions) == [2] and "sha256" in status.rejected_versions[2]
     (target / "all.onnx").write_bytes(data)  # the copy finishes
     assert wait_for(lambda: serving_version(detector) == 2)
+    status = detector.stub.GetModel(detector_pb2.GetModelRequest(model="m")).status
+    assert list(status.available_versions) == [1, 2] and not status.rejected_versions
 
 
 def test_sha_mismatch_and_corrupt_onnx_are_never_served(repository, fits):
@@ -106,6 +109,10 @@ def test_sha_mismatch_and_corrupt_onnx_are_never_served(repository, fits):
         status = detector.stub.GetModel(detector_pb2.GetModelRequest(model="m")).status
         assert status.serving_version == 1
         assert status.last_error.startswith("version 3: group 'all': ONNX Runtime cannot load all.onnx: ")
+        # Complete on disk but not loadable is rejected too, with the load's reason.
+        assert list(status.available_versions) == [1]
+        assert sorted(status.rejected_versions) == [2, 3]
+        assert status.rejected_versions[3].startswith("group 'all': ONNX Runtime cannot load all.onnx: ")
         # Rejections are counted once per bad folder, not once per scan.
         assert detector.metric("oddity_detector_rejected_versions_total", model="m", reason="incomplete") == 1
         assert detector.metric("oddity_detector_rejected_versions_total", model="m", reason="load_failed") == 1

@@ -103,7 +103,14 @@ class DetectResponse(_message.Message):
     def __init__(self, model: _Optional[str] = ..., model_version: _Optional[int] = ..., kind: _Optional[str] = ..., scores: _Optional[_Iterable[float]] = ..., normalized_scores: _Optional[_Iterable[float]] = ..., is_anomaly: _Optional[_Iterable[bool]] = ..., thresholds: _Optional[_Iterable[float]] = ..., confidences: _Optional[_Iterable[float]] = ..., groups: _Optional[_Iterable[str]] = ..., fallback: _Optional[_Iterable[bool]] = ..., explanations: _Optional[_Iterable[_Union[Explanation, _Mapping]]] = ..., predicted_classes: _Optional[_Iterable[str]] = ..., probabilities: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., class_labels: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ModelStatus(_message.Message):
-    __slots__ = ("name", "serving_version", "available_versions", "pinned_version", "unloaded", "kind", "last_error")
+    __slots__ = ("name", "serving_version", "available_versions", "pinned_version", "unloaded", "kind", "last_error", "rejected_versions")
+    class RejectedVersionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: str
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[str] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     SERVING_VERSION_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_VERSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -111,6 +118,7 @@ class ModelStatus(_message.Message):
     UNLOADED_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     name: str
     serving_version: int
     available_versions: _containers.RepeatedScalarFieldContainer[int]
@@ -118,7 +126,8 @@ class ModelStatus(_message.Message):
     unloaded: bool
     kind: str
     last_error: str
-    def __init__(self, name: _Optional[str] = ..., serving_version: _Optional[int] = ..., available_versions: _Optional[_Iterable[int]] = ..., pinned_version: _Optional[int] = ..., unloaded: _Optional[bool] = ..., kind: _Optional[str] = ..., last_error: _Optional[str] = ...) -> None: ...
+    rejected_versions: _containers.ScalarMap[int, str]
+    def __init__(self, name: _Optional[str] = ..., serving_version: _Optional[int] = ..., available_versions: _Optional[_Iterable[int]] = ..., pinned_version: _Optional[int] = ..., unloaded: _Optional[bool] = ..., kind: _Optional[str] = ..., last_error: _Optional[str] = ..., rejected_versions: _Optional[_Mapping[int, str]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

@@ -16,6 +16,7 @@ def status_to_proto(status: ModelStatus) -> detector_pb2.ModelStatus:
         name=status.name,
         serving_version=status.serving_version,
         available_versions=status.available_versions,
+        rejected_versions=status.rejected_versions,
         pinned_version=status.pinned_version,
         unloaded=status.unloaded,
         kind=status.kind,

@@ -6,6 +6,10 @@ swaps one reference. The version it replaces is retired: it takes no new request
 sessions are released when its last in-flight request returns. A version that fails its
 checks or its load is remembered with the folder's signature, logged and counted once, and
 tried again only when its files change; the serving version is never touched by a failure.
+Each model's entry also lists its folders on disk, by the bundle reader's one view of
+versions (`bundle.check_versions`, cached by folder signature): the complete ones it could
+serve (`available`) and the ones refused, with the reason (`rejected`: incomplete or corrupt,
+or complete but failing to load here).
 
 Threads: scans, loads and unloads run on worker threads, one at a time (the scan lock);
 requests and status calls run on the event loop. They share one thing, the `ModelTable`: an
@@ -46,7 +50,10 @@ class ModelEntry:
 
     name: str
     serving: LoadedModel | None = None
+    # Complete versions on disk this detector has not failed to load, ascending.
     available: tuple[int, ...] = ()
+    # Version folders refused (incomplete, corrupt, or failing to load), with the reason.
+    rejected: tuple[tuple[int, str], ...] = ()
     pinned: int | None = None
     unloaded: bool = False
     last_error: str = ""
@@ -69,6 +76,7 @@ class ModelStatus:
     name: str
     serving_version: int
     available_versions: tuple[int, ...]
+    rejected_versions: Mapping[int, str]
     pinned_version: int
     unloaded: bool
     kind: str
@@ -180,9 +188,9 @@ class ModelRegistry:
             try:
                 model = self._load_version(name, version, bundle.version_signature(version_dir))
             except _NotServable as exc:
-                self._put(replace(entry, last_error=str(exc)))
+                self._put(self._on_disk(replace(entry, last_error=str(exc))))
                 raise FailedPrecondition(f"version {version} of model {name!r} cannot serve: {exc}") from None
-            entry = replace(entry, serving=model, pinned=version, unloaded=False, last_error="")
+            entry = self._on_disk(replace(entry, serving=model, pinned=version, unloaded=False, last_error=""))
             self._put(entry)
             return _status(entry)
 
@@ -208,17 +216,17 @@ class ModelRegistry:
             if entry.pinned is None:
                 if old is not None:
                     self._drop(name)
-            elif entry != (kept := replace(entry, serving=None, available=())):
+            elif entry != (kept := replace(entry, serving=None, available=(), rejected=())):
                 self._put(kept)
             return entry.serving is not None
         model_dir = self.repository / name
-        available = tuple(bundle.list_versions(model_dir))
+        checks = bundle.check_versions(self.repository, name)  # verdicts cached by folder signature
+        folders = [c.version for c in checks]
         rejected = self._rejected.setdefault(name, {})
-        for removed in set(rejected).difference(available):
+        for removed in set(rejected).difference(folders):
             del rejected[removed]
-        entry = replace(entry, available=available)
         if not entry.unloaded:
-            candidates = [entry.pinned] if entry.pinned else list(reversed(available))
+            candidates = [entry.pinned] if entry.pinned else list(reversed(folders))
             for version in candidates:
                 if entry.serving is not None and entry.serving.version == version:
                     break
@@ -233,9 +241,14 @@ class ModelRegistry:
                     continue
                 entry = replace(entry, serving=model, last_error="")
                 break
+        entry = _versions_on_disk(entry, checks, rejected)
         if entry != old:
             self._put(entry)
         return entry.serving is not (old.serving if old else None)
+
+    def _on_disk(self, entry: ModelEntry) -> ModelEntry:
+        checks = bundle.check_versions(self.repository, entry.name)
+        return _versions_on_disk(entry, checks, self._rejected.get(entry.name, {}))
 
     def _load_version(self, name: str, version: int, signature: tuple) -> LoadedModel:
         """Verify, load and warm up one version; raises _NotServable (logged and counted)."""
@@ -351,12 +364,31 @@ def _missing(table: ModelTable, name: str, entry: ModelEntry | None) -> OddityEr
     return NotFound(f"model {name!r} has no servable version{reason}")
 
 
+def _versions_on_disk(
+    entry: ModelEntry, checks: list[bundle.VersionCheck], rejected: Mapping[int, _Rejection]
+) -> ModelEntry:
+    """The entry with `available` and `rejected` as on disk: the bundle's verdict on every
+    folder, and this detector's own refusals (a load failure) of folders unchanged since."""
+    available: list[int] = []
+    refused: list[tuple[int, str]] = []
+    for check in checks:
+        own = rejected.get(check.version)
+        if own is not None and own.signature == check.signature:
+            refused.append((check.version, own.reason))
+        elif not check.complete:
+            refused.append((check.version, check.error))
+        else:
+            available.append(check.version)
+    return replace(entry, available=tuple(available), rejected=tuple(refused))
+
+
 def _status(entry: ModelEntry) -> ModelStatus:
     model = entry.serving
     return ModelStatus(
         name=entry.name,
         serving_version=model.version if model else 0,
         available_versions=entry.available,
+        rejected_versions=dict(entry.rejected),
         pinned_version=entry.pinned or 0,
         unloaded=entry.unloaded,
         kind=model.kind if model else "",

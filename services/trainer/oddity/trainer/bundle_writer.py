@@ -19,6 +19,7 @@ from oddity.common.bundle import (
     MANIFEST_FILE,
     TEMP_PREFIX,
     active_groups,
+    check_versions,
     is_valid_model_name,
     list_models,
     list_versions,
@@ -87,13 +88,21 @@ def _write_synced(path: Path, data: bytes) -> None:
 
 
 def prune_versions(model_dir: Path, keep: int) -> list[int]:
-    """Delete all but the newest `keep` version folders; returns the versions removed.
+    """Retention: keep the newest `keep` complete versions; returns the versions removed.
 
-    Detectors hold loaded versions in memory, so removing a folder never breaks serving."""
+    Complete versions older than those are removed, and so are broken folders older than the
+    newest complete version. The newest complete version is never removed, and broken folders
+    newer than it are left alone (a copy by hand may be in progress); with no complete version
+    nothing is removed. Detectors hold loaded versions in memory, so removing a folder never
+    breaks serving."""
     if keep < 1:
         raise ValueError("keep must be >= 1")
-    versions = list_versions(model_dir)
-    removed = versions[:-keep]
+    checks = check_versions(model_dir.parent, model_dir.name)
+    complete = [c.version for c in checks if c.complete]
+    if not complete:
+        return []
+    kept = set(complete[-keep:])
+    removed = [c.version for c in checks if c.version < complete[-1] and c.version not in kept]
     for version in removed:
         shutil.rmtree(model_dir / str(version), ignore_errors=True)
     return removed

@@ -86,17 +86,17 @@ class DatasetCatalogue:
         return DatasetEntry(name, folder, spec, fingerprint=digest)
 
     def _live_fingerprint(self, model: str) -> str:
-        """Data fingerprint in the newest version's manifest (only the manifest is read: scans
-        run often, and the trainer wrote these versions itself)."""
+        """Data fingerprint in the live version's manifest (completeness verdicts are cached by
+        folder signature, so frequent scans stay cheap)."""
         manifest = self.live_manifest(model)
         return manifest.data_fingerprint if manifest is not None else ""
 
     def live_manifest(self, model: str) -> manifest_pb2.ModelManifest | None:
-        """The newest readable manifest of a model, if any."""
-        for version in reversed(bundle.list_versions(self.repository / model)):
+        """The manifest of the live version (the newest complete one), if any."""
+        for version in reversed(bundle.complete_versions(self.repository, model)):
             try:
                 return bundle.read_manifest(self.repository / model / str(version))
-            except bundle.BundleError:
+            except bundle.BundleError:  # changed since it was checked
                 continue
         return None
 
@@ -120,5 +120,6 @@ class DatasetCatalogue:
         return entry, entry.spec
 
     def live_version(self, model: str) -> int:
-        versions = bundle.list_versions(self.repository / model)
+        """The newest complete version (what a detector serves unless pinned); 0 when none."""
+        versions = bundle.complete_versions(self.repository, model)
         return versions[-1] if versions else 0

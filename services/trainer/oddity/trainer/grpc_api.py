@@ -5,6 +5,7 @@ Reason to change: the Trainer API's messages (protos/oddity/v1/trainer.proto).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -89,16 +90,20 @@ def status_to_proto(status: DatasetStatus) -> trainer_pb2.DatasetStatus:
 
 
 def event_to_proto(event: dict[str, Any]) -> trainer_pb2.HistoryEvent:
+    """`details` as a Struct (every number a double) and as the log's own JSON (`details_json`:
+    integers stay integers)."""
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(datetime.fromisoformat(event["timestamp"]))
+    raw = event.get("details") or {}
     details = struct_pb2.Struct()
-    details.update(event.get("details") or {})
+    details.update(raw)
     return trainer_pb2.HistoryEvent(
         timestamp=stamp,
         event_type=event.get("event_type", ""),
         dataset=event.get("dataset", ""),
         message=event.get("message", ""),
         details=details,
+        details_json=json.dumps(raw, sort_keys=True),
     )
 
 

@@ -38,15 +38,20 @@ class Publisher:
         return version
 
     def rollback(self, name: str, version: int, keep: int) -> tuple[int, int]:
-        """Republish an earlier version's bundle as a new version; returns (new, restored)."""
-        versions = bundle.list_versions(self.repository / name)
-        if not versions:
-            raise NotFound(f"model {name!r} has no versions")
+        """Republish an earlier version's bundle as a new version; returns (new, restored).
+
+        Version 0 restores the newest complete version before the live one (the newest
+        complete version); broken folders are never candidates, and naming one explicitly is
+        FAILED_PRECONDITION with the reason."""
+        live = self._live(name)
         if version == 0:
-            if len(versions) < 2:
-                raise FailedPrecondition(f"model {name!r} has no earlier version to roll back to")
-            version = versions[-2]
-        if version not in versions:
+            earlier = [v for v in bundle.complete_versions(self.repository, name) if v < live]
+            if not earlier:
+                raise FailedPrecondition(
+                    f"model {name!r} has no complete version before live version {live} to roll back to"
+                )
+            version = earlier[-1]
+        elif version not in (versions := bundle.list_versions(self.repository / name)):
             raise NotFound(f"version {version} of model {name!r} not found (kept: {versions})")
         source = self._verified(name, version)
         manifest = manifest_pb2.ModelManifest()
@@ -61,10 +66,7 @@ class Publisher:
         held-out normal scores (its quantile table); returns (new version, thresholds)."""
         if not 0.0 < percentile < 100.0:
             raise InvalidArgument(f"percentile must lie in (0, 100), got {percentile}")
-        versions = bundle.list_versions(self.repository / name)
-        if not versions:
-            raise NotFound(f"model {name!r} has no versions")
-        source = self._verified(name, versions[-1])
+        source = self._verified(name, self._live(name))
         if source.manifest.task != bundle.ANOMALY_DETECTION:
             raise FailedPrecondition(f"model {name!r} is a classifier; it has no anomaly threshold")
         manifest = manifest_pb2.ModelManifest()
@@ -79,6 +81,15 @@ class Publisher:
         manifest.created_at.GetCurrentTime()
         files = {g.onnx_file: source.onnx[g.name] for g in bundle.active_groups(manifest)}
         return self.publish(manifest, files, keep), thresholds
+
+    def _live(self, name: str) -> int:
+        """The live version: the newest complete one."""
+        if not bundle.list_versions(self.repository / name):
+            raise NotFound(f"model {name!r} has no versions")
+        complete = bundle.complete_versions(self.repository, name)
+        if not complete:
+            raise FailedPrecondition(f"model {name!r} has no complete version")
+        return complete[-1]
 
     def _verified(self, name: str, version: int) -> bundle.VerifiedVersion:
         try:

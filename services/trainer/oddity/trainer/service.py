@@ -158,8 +158,8 @@ class TrainerService:
     # -- rollback and thresholds -----------------------------------------------------------
 
     async def rollback(self, dataset: str, version: int) -> tuple[int, int]:
-        """Serve an earlier version again (0: the one before the newest), as a new version;
-        returns (new, restored)."""
+        """Serve an earlier version again (0: the newest complete one before the live one), as
+        a new version; returns (new, restored)."""
         spec = await self._spec(dataset)
         new, restored = await asyncio.to_thread(self.publisher.rollback, spec.name, version, spec.keep_versions)
         await asyncio.to_thread(

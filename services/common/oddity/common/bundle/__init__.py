@@ -4,6 +4,7 @@ a model repository (`reader`). Writing versions is the trainer's alone
 
     from oddity.common import bundle
     bundle.load_verified_version(repository, "sensors", 3)
+    bundle.complete_versions(repository, "sensors")  # the one view of versions
 """
 
 from oddity.common.bundle.contract import (
@@ -34,6 +35,9 @@ from oddity.common.bundle.contract import (
 )
 from oddity.common.bundle.reader import (
     VerifiedVersion,
+    VersionCheck,
+    check_versions,
+    complete_versions,
     list_models,
     list_versions,
     load_verified_version,
@@ -64,7 +68,10 @@ __all__ = [
     "BundleError",
     "ModelKind",
     "VerifiedVersion",
+    "VersionCheck",
     "active_groups",
+    "check_versions",
+    "complete_versions",
     "is_valid_model_name",
     "list_models",
     "list_versions",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,12 +89,74 @@ def load_verified_version(repository: Path, name: str, version: int) -> Verified
 
 def newest_complete_version(repository: Path, name: str) -> VerifiedVersion | None:
     """The newest complete version of a model, if any."""
-    for version in reversed(list_versions(repository / name)):
+    for version in reversed(complete_versions(repository, name)):
         try:
             return load_verified_version(repository, name, version)
-        except BundleError:
+        except BundleError:  # changed since it was checked
             continue
     return None
+
+
+@dataclass(frozen=True)
+class VersionCheck:
+    """The verdict on one version folder, for the folder state `signature`."""
+
+    version: int
+    signature: tuple
+    error: str = ""  # why the version is not complete; "" when it is
+
+    @property
+    def complete(self) -> bool:
+        return not self.error
+
+
+class _Verdicts:
+    """Verdicts by folder path, valid while the folder's signature is unchanged: a repeated
+    scan re-hashes only the folders whose files changed."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._by_path: dict[str, VersionCheck] = {}
+
+    def check(self, repository: Path, name: str, version: int) -> VersionCheck:
+        path = repository / name / str(version)
+        key = str(path)
+        signature = version_signature(path)
+        with self._lock:
+            known = self._by_path.get(key)
+        if known is not None and known.signature == signature:
+            return known
+        try:
+            load_verified_version(repository, name, version)
+            error = ""
+        except BundleError as exc:
+            error = str(exc)
+        except OSError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        verdict = VersionCheck(version, signature, error)
+        with self._lock:
+            if len(self._by_path) >= self._limit:
+                self._by_path.clear()
+            self._by_path[key] = verdict
+        return verdict
+
+
+_VERDICTS = _Verdicts()
+
+
+def check_versions(repository: Path, name: str) -> list[VersionCheck]:
+    """Every integer-named version folder of a model, ascending, each proven complete or not
+    with `load_verified_version`'s checks (manifest valid and agreeing with its folder, every
+    active group's ONNX sha256 as the manifest says). Verdicts are cached by folder signature,
+    so repeated scans only stat the files of unchanged folders."""
+    return [_VERDICTS.check(repository, name, version) for version in list_versions(repository / name)]
+
+
+def complete_versions(repository: Path, name: str) -> list[int]:
+    """The complete versions of a model, ascending: the one view of versions that serving,
+    rollback, thresholds and retention share."""
+    return [check.version for check in check_versions(repository, name) if check.complete]
 
 
 def version_signature(version_dir: Path) -> tuple:
