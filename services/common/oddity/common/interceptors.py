@@ -93,8 +93,11 @@ class _Call:
         self.start = time.perf_counter()
 
     async def fail(self, exc: BaseException) -> None:
-        """Record the status for an exception and abort the call with it (unless it already ended)."""
-        if isinstance(exc, asyncio.CancelledError):
+        """Record the status for an exception and abort the call with it (unless it already ended).
+
+        A cancelled call, or a server stream closed because its client stopped reading
+        (GeneratorExit), is CANCELLED: normal client behaviour, not an error."""
+        if isinstance(exc, asyncio.CancelledError | GeneratorExit):
             self.code = grpc.StatusCode.CANCELLED
             return
         if isinstance(exc, grpc.aio.AbortError):
@@ -163,14 +166,18 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     def _wrap_stream(self, method: str, behavior: Any, in_flight: Any) -> Callable[..., Any]:
         async def wrapped(request, context):
             call = _Call(self, method, in_flight, context)
+            stream = behavior(request, context)
             try:
-                async for item in behavior(request, context):
+                async for item in stream:
                     yield item
             except BaseException as exc:
                 await call.fail(exc)
                 raise
             finally:
-                call.finish()
+                try:
+                    await stream.aclose()  # a client that stopped reading: end the handler's stream too
+                finally:
+                    call.finish()
 
         return wrapped
 
