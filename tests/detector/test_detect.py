@@ -163,12 +163,19 @@ def test_a_group_without_a_model_falls_back_to_all(routed):
     assert list(response.fallback) == [True, True, False, True]
 
 
-def test_one_routing_value_applies_to_every_row_and_none_means_all(routed):
+def test_one_routing_value_applies_to_every_row(routed):
     detector, _, young, _ = routed
     response = detector.stub.Detect(detect_request("drawings", young[:3], routing_values=[7]))
-    assert list(response.groups) == ["age_6_9"] * 3
+    assert list(response.groups) == ["age_6_9"] * 3 and not any(response.fallback)
+
+
+def test_a_routed_model_without_routing_values_says_all_scored_in_fallback(routed):
+    detector, _, young, _ = routed
+    before = detector.metric("oddity_detector_fallback_rows_total", model="drawings")
     response = detector.stub.Detect(detect_request("drawings", young[:3]))
-    assert list(response.groups) == ["all"] * 3 and not any(response.fallback)
+    assert list(response.groups) == ["all"] * 3
+    assert list(response.fallback) == [True, True, True]
+    assert detector.metric("oddity_detector_fallback_rows_total", model="drawings") == before + 3
 
 
 def test_no_active_group_and_no_fallback_is_a_failed_precondition(repository, detector):

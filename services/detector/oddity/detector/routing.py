@@ -1,6 +1,7 @@
 """Which group scores each row: routing values against the groups' bounds (`[lower, upper)`,
 the last group closed above), and the `all` group for rows whose own group has no active model
-(`fallback`) or for requests without routing values.
+(`fallback`) or for requests without routing values (also flagged `fallback`: the rows were
+not scored by their own group).
 
 Reason to change: the routing rules (bounds, the `all` fallback, checks on routing values).
 """
@@ -85,7 +86,8 @@ class Router:
                     f"model {self.model!r} routes rows by {self.routing_key!r}: set routing_values "
                     "(one per row, or one for all rows)"
                 )
-            return self._all_only, np.zeros(n, dtype=np.intp), np.zeros(n, dtype=bool)
+            # Not routed: `all` scores the rows in place of their own groups, and says so.
+            return self._all_only, np.zeros(n, dtype=np.intp), np.ones(n, dtype=bool)
         if len(routing_values) not in (1, n):
             raise InvalidArgument(f"routing_values has {len(routing_values)} values for {n} rows; give 1 or {n}")
         values = np.asarray(routing_values, dtype=np.float64)
