@@ -20,7 +20,7 @@ from oddity.common.errors import Unavailable
 from oddity.common.logging import get_logger
 from oddity.common.server import Readiness
 from oddity.trainer.announcer import Announcer
-from oddity.trainer.auto_training import AutoTrainer
+from oddity.trainer.auto_training import AutoTrainer, Backoff
 from oddity.trainer.catalogue import DatasetCatalogue
 from oddity.trainer.embedding_cache import EmbeddingCache
 from oddity.trainer.grpc_api import TrainerServicer
@@ -99,7 +99,11 @@ class TrainerApp:
         service = TrainerService(settings.data_volume, catalogue, self.runner, publisher, announcer, history)
         await asyncio.to_thread(service.recover)
         self.service = service
-        self.policy = AutoTrainer(catalogue, self.runner)
+        self.policy = AutoTrainer(
+            catalogue,
+            self.runner,
+            Backoff(self.settings.retry_backoff_seconds, self.settings.retry_backoff_max_seconds),
+        )
         await self.policy.startup()
         if settings.watch:
             self._tasks.append(asyncio.create_task(self._watch(self.policy), name="oddity-trainer-watch"))

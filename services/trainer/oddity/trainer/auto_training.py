@@ -10,6 +10,10 @@
   runner), and at start-up when their data changed.
 - `manual` datasets train only when asked.
 
+A dataset whose last runs failed on the same data and spec is retried with exponential backoff
+(`retry_backoff_seconds`, doubling per failure in a row, at most `retry_backoff_max_seconds`);
+a change of its files or spec, or a Train request, ends the wait.
+
 A trigger for a dataset that is training now is remembered and acted on once that job ends
 (if the data still differs from the live version then).
 
@@ -22,6 +26,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Coroutine, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from oddity.common.logging import get_logger
@@ -37,10 +42,22 @@ log = get_logger("oddity.trainer.auto_training")
 CONFIRM_SECONDS = 0.5
 
 
+@dataclass(frozen=True)
+class Backoff:
+    """Waits between automatic retries of data that failed: base * 2^(failures - 1), capped."""
+
+    base_seconds: float = 30.0
+    max_seconds: float = 3600.0
+
+    def delay(self, failures: int) -> float:
+        return min(self.max_seconds, self.base_seconds * 2.0 ** max(failures - 1, 0))
+
+
 class AutoTrainer:
-    def __init__(self, catalogue: DatasetCatalogue, runner: JobRunner) -> None:
+    def __init__(self, catalogue: DatasetCatalogue, runner: JobRunner, backoff: Backoff | None = None) -> None:
         self.catalogue = catalogue
         self.runner = runner
+        self.backoff = backoff or Backoff()
         self._quiet: dict[str, asyncio.Task[None]] = {}  # dataset -> debounce timer
         self._queued: dict[str, str] = {}  # dataset -> trigger waiting for its running job
         self._interval_runs: dict[str, float] = {}  # dataset -> monotonic time of the last interval run
@@ -87,6 +104,8 @@ class AutoTrainer:
             spec = entry.spec
             if spec is None or (only is not None and entry.name not in only):
                 continue
+            if self.next_retry(entry) is not None:
+                continue
             if spec.retrain.policy == "on_change" and entry.name in changed:
                 if self._settled(entry, trigger):
                     self._start(entry.name, trigger)
@@ -103,6 +122,14 @@ class AutoTrainer:
                         continue
                     self._interval_runs[entry.name] = time.monotonic()
                     self._start(entry.name, "interval")
+
+    def next_retry(self, entry: DatasetEntry) -> float | None:
+        """When (time.time()) automatic training may retry data that failed, or None when it may now."""
+        run = self.runner.last_run(entry.name)
+        if not run.failures or entry.fingerprint != run.failed_fingerprint:
+            return None
+        at = run.failed_at + self.backoff.delay(run.failures)
+        return at if time.time() < at else None
 
     def _settled(self, entry: DatasetEntry, trigger: str) -> bool:
         """Whether the dataset's files may be read now; if not, a later look is scheduled."""

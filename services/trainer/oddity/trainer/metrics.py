@@ -28,3 +28,9 @@ class TrainerMetrics:
         self.invalid_datasets = Gauge(
             "oddity_trainer_invalid_datasets", "Datasets whose spec is invalid.", registry=registry
         )
+        self.consecutive_failures = Gauge(
+            "oddity_trainer_consecutive_failures",
+            "Failed training runs in a row per dataset (0 after a success); automatic retries back off.",
+            ["dataset"],
+            registry=registry,
+        )

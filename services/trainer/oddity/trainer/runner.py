@@ -69,6 +69,9 @@ class LastRun:
     error: str = ""  # reason of the last failure, cleared by a success
     samples: int = 0
     group_samples: dict[str, int] = field(default_factory=dict)
+    failures: int = 0  # failed runs in a row (a Train request starts counting again)
+    failed_at: float = 0.0  # time.time() of the last failure
+    failed_fingerprint: str = ""  # the data and spec that failed: a change of either ends the backoff
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,9 @@ class JobRunner:
         dataset = request.dataset
         details: dict[str, Any] = {"job_id": job_id, "trigger": request.trigger}
         run = self.last_run(dataset)
+        if request.trigger == "api":  # an operator asked: whatever failed before starts over
+            run = self._remember(dataset, replace(run, failures=0))
+        digest = ""
         try:
             self.bridge.check()
             spec = load_spec(request.folder)
@@ -221,7 +227,7 @@ class JobRunner:
             self.announcer.record(dataset, spec.name, version, job_id=job_id)
             # Published: from here on the job succeeds, even if the trainer is stopping.
             self.bridge.call(self.announcer.notify(spec.name, request_id=job_id), interruptible=False)
-            self._remember(dataset, replace(run, trained_at=now(), error=""))
+            self._remember(dataset, replace(run, trained_at=now(), error="", failures=0))
             self._finish(
                 job_id,
                 dataset,
@@ -233,6 +239,7 @@ class JobRunner:
             )
         except pipeline.Skipped as exc:
             self.history.append("TRAINING_SKIPPED", dataset, str(exc), reason=str(exc), **details)
+            self._remember(dataset, replace(self.last_run(dataset), failures=0))
             self._finish(job_id, dataset, SKIPPED, str(exc), started)
         except EXPECTED_FAILURES as exc:
             if isinstance(exc, OddityError):
@@ -241,21 +248,30 @@ class JobRunner:
                 reason = f"{type(exc).__name__}: {exc}"
             else:
                 reason = str(exc)
-            self._fail(job_id, dataset, reason, details, started)
+            self._fail(job_id, dataset, reason, details, started, digest)
         except Exception as exc:  # a bug must not stop the trainer; the live model stays as it is
             log.exception("training crashed", dataset=dataset, job_id=job_id)
-            self._fail(job_id, dataset, f"internal error: {type(exc).__name__}: {exc}", details, started)
+            self._fail(job_id, dataset, f"internal error: {type(exc).__name__}: {exc}", details, started, digest)
 
     def _remember(self, dataset: str, run: LastRun) -> LastRun:
         self._last_runs[dataset] = run
+        self.metrics.consecutive_failures.labels(dataset).set(run.failures)
         return run
 
     def _progress(self, job_id: str, phase: str, fields: dict[str, Any]) -> None:
         self.bridge.check()
         self.board.update(job_id, phase=phase, **fields)
 
-    def _fail(self, job_id: str, dataset: str, reason: str, details: dict[str, Any], started: float) -> None:
-        self._remember(dataset, replace(self.last_run(dataset), error=reason))
+    def _fail(
+        self, job_id: str, dataset: str, reason: str, details: dict[str, Any], started: float, digest: str
+    ) -> None:
+        previous = self.last_run(dataset)
+        self._remember(
+            dataset,
+            replace(
+                previous, error=reason, failures=previous.failures + 1, failed_at=time.time(), failed_fingerprint=digest
+            ),
+        )
         self.history.append("TRAINING_FAILED", dataset, reason, reason=reason, **details)
         self._finish(job_id, dataset, FAILED, reason, started)
 

@@ -54,6 +54,13 @@ class TrainerSettings(ServiceSettings):
     scan_interval_seconds: float = Field(
         30.0, gt=0, description="Fingerprint every dataset this often, as a fallback for missed events."
     )
+    retry_backoff_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="After a failed run, automatic training of the same data waits this long, doubling with "
+        "each failure in a row (a change of the files or spec, or a Train request, ends the wait).",
+    )
+    retry_backoff_max_seconds: float = Field(3600.0, gt=0, description="The longest wait between automatic retries.")
 
     @property
     def datasets_root(self) -> Path:
