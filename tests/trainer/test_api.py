@@ -137,7 +137,7 @@ def test_every_event_type_reaches_the_history_log(stack, data_volume):
         data_volume, "all_events", manual_spec(min_samples=100), {"rows.csv": datasets.sensor_frame(600)}
     )
     run_job(trainer, "all_events")
-    run_job(trainer, "all_events")
+    run_job(trainer, "all_events", force=True)  # unchanged data trains again only when forced
     trainer.stub.Rollback(trainer_pb2.RollbackRequest(dataset="all_events"))
     trainer.stub.SetThreshold(trainer_pb2.SetThresholdRequest(dataset="all_events", percentile=90))
     (folder / "rows.csv").write_bytes(b"")
@@ -249,3 +249,15 @@ def test_every_detector_is_told_and_an_unreachable_one_only_logged(data_volume, 
         trainer.close()
         for detector in detectors:
             detector.close()
+
+
+def test_train_on_unchanged_data_says_so(stack, data_volume):
+    trainer, _ = stack
+    datasets.write_dataset(data_volume, "same", manual_spec(), {"rows.csv": datasets.sensor_frame(300)})
+    assert run_job(trainer, "same").published_version == 1
+    again = run_job(trainer, "same")
+    assert again.state == trainer_pb2.JOB_STATE_SKIPPED
+    assert again.message == "data and spec unchanged since version 1; Train with force to train again"
+    forced = run_job(trainer, "same", force=True)
+    assert forced.state == trainer_pb2.JOB_STATE_SUCCEEDED
+    assert forced.message == "published version 2 (data and spec unchanged since version 1)"

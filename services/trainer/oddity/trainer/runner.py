@@ -176,8 +176,15 @@ class JobRunner:
             self.history.append("TRAINING_STARTED", dataset, f"training {kind} for {dataset}", **details)
             digest = fingerprint(request.folder, spec)
             live = bundle.newest_complete_version(self.publisher.repository, spec.name)
-            if request.trigger == "interval" and live is not None and live.manifest.data_fingerprint == digest:
-                raise pipeline.Skipped(f"data unchanged since version {live.manifest.version}")
+            live_number = live.manifest.version if live is not None else 0
+            unchanged = live is not None and live.manifest.data_fingerprint == digest and not request.data_path
+            if unchanged and request.trigger == "interval":
+                raise pipeline.Skipped(f"data unchanged since version {live_number}")
+            if unchanged and request.trigger == "api" and not request.force and not request.model_kind:
+                raise pipeline.Skipped(
+                    f"data and spec unchanged since version {live_number}; Train with force to train again"
+                )
+            again = f" (data and spec unchanged since version {live_number})" if unchanged else ""
             embedding = None
             if spec.is_embedded:
                 self._progress(job_id, "embedding", {})
@@ -232,7 +239,7 @@ class JobRunner:
                 job_id,
                 dataset,
                 SUCCEEDED,
-                f"published version {version}",
+                f"published version {version}{again}",
                 started,
                 published_version=version,
                 metrics=trained.metrics,
