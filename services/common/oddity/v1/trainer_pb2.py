@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from oddity.v1 import manifest_pb2 as oddity_dot_v1_dot_manifest__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17oddity/v1/trainer.proto\x12\toddity.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18oddity/v1/manifest.proto\"\xc3\x03\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\"\n\x05state\x18\x03 \x01(\x0e\x32\x13.oddity.v1.JobState\x12\r\n\x05phase\x18\x04 \x01(\t\x12\r\n\x05\x65poch\x18\x05 \x01(\x05\x12\x14\n\x0ctotal_epochs\x18\x06 \x01(\x05\x12\x0c\n\x04loss\x18\x07 \x01(\x01\x12\r\n\x05group\x18\x08 \x01(\t\x12\x0f\n\x07message\x18\t \x01(\t\x12\x0f\n\x07trigger\x18\n \x01(\t\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11published_version\x18\x0e \x01(\x03\x12,\n\x07metrics\x18\x0f \x03(\x0b\x32\x1b.oddity.v1.Job.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"U\n\x0cTrainRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\x12\x11\n\tdata_path\x18\x03 \x01(\t\x12\x12\n\nmodel_kind\x18\x04 \x01(\t\",\n\rTrainResponse\x12\x1b\n\x03job\x18\x01 \x01(\x0b\x32\x0e.oddity.v1.Job\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"-\n\x0eGetJobResponse\x12\x1b\n\x03job\x18\x01 \x01(\x0b\x32\x0e.oddity.v1.Job\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"/\n\x10WatchJobResponse\x12\x1b\n\x03job\x18\x01 \x01(\x0b\x32\x0e.oddity.v1.Job\"v\n\x0c\x41utoTraining\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x02 \x01(\x08\x12\x16\n\x0einterval_hours\x18\x03 \x01(\x01\x12\x18\n\x10\x64\x65\x62ounce_seconds\x18\x04 \x01(\x01\x12\x13\n\x0bmin_samples\x18\x05 \x01(\x03\"\xdd\x03\n\rDatasetStatus\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\r\n\x05valid\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12\x1c\n\x14training_in_progress\x18\x06 \x01(\x08\x12\x36\n\x12last_training_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\rauto_training\x18\x08 \x01(\x0b\x32\x17.oddity.v1.AutoTraining\x12\x0f\n\x07samples\x18\t \x01(\x03\x12\x41\n\rgroup_samples\x18\n \x03(\x0b\x32*.oddity.v1.DatasetStatus.GroupSamplesEntry\x12\x12\n\nlast_error\x18\x0b \x01(\t\x12\x14\n\x0clive_version\x18\x0c \x01(\x03\x12\x18\n\x10\x64\x61ta_fingerprint\x18\r \x01(\t\x12-\n\x0blive_groups\x18\x0e \x03(\x0b\x32\x18.oddity.v1.GroupEvidence\x1a\x33\n\x11GroupSamplesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xe7\x01\n\rGroupEvidence\x12\r\n\x05group\x18\x01 \x01(\t\x12&\n\x06status\x18\x02 \x01(\x0e\x32\x16.oddity.v1.GroupStatus\x12\x15\n\rtrain_samples\x18\x03 \x01(\x03\x12\x11\n\tthreshold\x18\x04 \x01(\x01\x12\x1c\n\x14threshold_percentile\x18\x05 \x01(\x01\x12+\n\x0b\x63\x61libration\x18\x06 \x01(\x0b\x32\x16.oddity.v1.Calibration\x12*\n\x07members\x18\x07 \x03(\x0b\x32\x19.oddity.v1.MemberEvidence\"#\n\x10GetStatusRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\"?\n\x11GetStatusResponse\x12*\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x18.oddity.v1.DatasetStatus\"\xb3\x01\n\x0cHistoryEvent\x12-\n\ttimestamp\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12(\n\x07\x64\x65tails\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x14\n\x0c\x64\x65tails_json\x18\x06 \x01(\t\"E\n\x0eHistoryRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x13\n\x0b\x65vent_types\x18\x02 \x03(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\":\n\x0fHistoryResponse\x12\'\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x17.oddity.v1.HistoryEvent\"3\n\x0fRollbackRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\":\n\x10RollbackResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x15\n\rrestored_from\x18\x02 \x01(\x03\":\n\x13SetThresholdRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x12\n\npercentile\x18\x02 \x01(\x01\"\'\n\x14SetThresholdResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03*\x98\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x15\n\x11JOB_STATE_SKIPPED\x10\x05\x32\xeb\x03\n\x07Trainer\x12:\n\x05Train\x12\x17.oddity.v1.TrainRequest\x1a\x18.oddity.v1.TrainResponse\x12=\n\x06GetJob\x12\x18.oddity.v1.GetJobRequest\x1a\x19.oddity.v1.GetJobResponse\x12\x45\n\x08WatchJob\x12\x1a.oddity.v1.WatchJobRequest\x1a\x1b.oddity.v1.WatchJobResponse0\x01\x12\x46\n\tGetStatus\x12\x1b.oddity.v1.GetStatusRequest\x1a\x1c.oddity.v1.GetStatusResponse\x12@\n\x07History\x12\x19.oddity.v1.HistoryRequest\x1a\x1a.oddity.v1.HistoryResponse\x12\x43\n\x08Rollback\x12\x1a.oddity.v1.RollbackRequest\x1a\x1b.oddity.v1.RollbackResponse\x12O\n\x0cSetThreshold\x12\x1e.oddity.v1.SetThresholdRequest\x1a\x1f.oddity.v1.SetThresholdResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17oddity/v1/trainer.proto\x12\toddity.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18oddity/v1/manifest.proto\"\xc3\x03\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\"\n\x05state\x18\x03 \x01(\x0e\x32\x13.oddity.v1.JobState\x12\r\n\x05phase\x18\x04 \x01(\t\x12\r\n\x05\x65poch\x18\x05 \x01(\x05\x12\x14\n\x0ctotal_epochs\x18\x06 \x01(\x05\x12\x0c\n\x04loss\x18\x07 \x01(\x01\x12\r\n\x05group\x18\x08 \x01(\t\x12\x0f\n\x07message\x18\t \x01(\t\x12\x0f\n\x07trigger\x18\n \x01(\t\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11published_version\x18\x0e \x01(\x03\x12,\n\x07metrics\x18\x0f \x03(\x0b\x32\x1b.oddity.v1.Job.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"U\n\x0cTrainRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\x12\x11\n\tdata_path\x18\x03 \x01(\t\x12\x12\n\nmodel_kind\x18\x04 \x01(\t\",\n\rTrainResponse\x12\x1b\n\x03job\x18\x01 \x01(\x0b\x32\x0e.oddity.v1.Job\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"-\n\x0eGetJobResponse\x12\x1b\n\x03job\x18\x01 \x01(\x0b\x32\x0e.oddity.v1.Job\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"/\n\x10WatchJobResponse\x12\x1b\n\x03job\x18\x01 \x01(\x0b\x32\x0e.oddity.v1.Job\"v\n\x0c\x41utoTraining\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x02 \x01(\x08\x12\x16\n\x0einterval_hours\x18\x03 \x01(\x01\x12\x18\n\x10\x64\x65\x62ounce_seconds\x18\x04 \x01(\x01\x12\x13\n\x0bmin_samples\x18\x05 \x01(\x03\"\xfa\x04\n\rDatasetStatus\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\r\n\x05valid\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12\x1c\n\x14training_in_progress\x18\x06 \x01(\x08\x12\x36\n\x12last_training_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\rauto_training\x18\x08 \x01(\x0b\x32\x17.oddity.v1.AutoTraining\x12\x0f\n\x07samples\x18\t \x01(\x03\x12\x41\n\rgroup_samples\x18\n \x03(\x0b\x32*.oddity.v1.DatasetStatus.GroupSamplesEntry\x12\x12\n\nlast_error\x18\x0b \x01(\t\x12\x14\n\x0clive_version\x18\x0c \x01(\x03\x12\x18\n\x10\x64\x61ta_fingerprint\x18\r \x01(\t\x12-\n\x0blive_groups\x18\x0e \x03(\x0b\x32\x18.oddity.v1.GroupEvidence\x12\x16\n\x0epinned_version\x18\x0f \x01(\x03\x12\x14\n\x0cpinned_until\x18\x10 \x01(\t\x12\x1a\n\x12threshold_override\x18\x11 \x01(\x01\x12\x1c\n\x14\x63onsecutive_failures\x18\x12 \x01(\x05\x12\x33\n\x0fnext_retry_time\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x33\n\x11GroupSamplesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xe7\x01\n\rGroupEvidence\x12\r\n\x05group\x18\x01 \x01(\t\x12&\n\x06status\x18\x02 \x01(\x0e\x32\x16.oddity.v1.GroupStatus\x12\x15\n\rtrain_samples\x18\x03 \x01(\x03\x12\x11\n\tthreshold\x18\x04 \x01(\x01\x12\x1c\n\x14threshold_percentile\x18\x05 \x01(\x01\x12+\n\x0b\x63\x61libration\x18\x06 \x01(\x0b\x32\x16.oddity.v1.Calibration\x12*\n\x07members\x18\x07 \x03(\x0b\x32\x19.oddity.v1.MemberEvidence\"#\n\x10GetStatusRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\"?\n\x11GetStatusResponse\x12*\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x18.oddity.v1.DatasetStatus\"\xb3\x01\n\x0cHistoryEvent\x12-\n\ttimestamp\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12(\n\x07\x64\x65tails\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x14\n\x0c\x64\x65tails_json\x18\x06 \x01(\t\"E\n\x0eHistoryRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x13\n\x0b\x65vent_types\x18\x02 \x03(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\":\n\x0fHistoryResponse\x12\'\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x17.oddity.v1.HistoryEvent\"3\n\x0fRollbackRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"H\n\x10RollbackResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x15\n\rrestored_from\x18\x02 \x01(\x03\x12\x0c\n\x04next\x18\x03 \x01(\t\":\n\x13SetThresholdRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x12\n\npercentile\x18\x02 \x01(\x01\"5\n\x14SetThresholdResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0c\n\x04next\x18\x02 \x01(\t*\x98\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x15\n\x11JOB_STATE_SKIPPED\x10\x05\x32\xeb\x03\n\x07Trainer\x12:\n\x05Train\x12\x17.oddity.v1.TrainRequest\x1a\x18.oddity.v1.TrainResponse\x12=\n\x06GetJob\x12\x18.oddity.v1.GetJobRequest\x1a\x19.oddity.v1.GetJobResponse\x12\x45\n\x08WatchJob\x12\x1a.oddity.v1.WatchJobRequest\x1a\x1b.oddity.v1.WatchJobResponse0\x01\x12\x46\n\tGetStatus\x12\x1b.oddity.v1.GetStatusRequest\x1a\x1c.oddity.v1.GetStatusResponse\x12@\n\x07History\x12\x19.oddity.v1.HistoryRequest\x1a\x1a.oddity.v1.HistoryResponse\x12\x43\n\x08Rollback\x12\x1a.oddity.v1.RollbackRequest\x1a\x1b.oddity.v1.RollbackResponse\x12O\n\x0cSetThreshold\x12\x1e.oddity.v1.SetThresholdRequest\x1a\x1f.oddity.v1.SetThresholdResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,8 +38,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOB_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_DATASETSTATUS_GROUPSAMPLESENTRY']._loaded_options = None
   _globals['_DATASETSTATUS_GROUPSAMPLESENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATE']._serialized_start=2342
-  _globals['_JOBSTATE']._serialized_end=2494
+  _globals['_JOBSTATE']._serialized_start=2527
+  _globals['_JOBSTATE']._serialized_end=2679
   _globals['_JOB']._serialized_start=128
   _globals['_JOB']._serialized_end=579
   _globals['_JOB_METRICSENTRY']._serialized_start=533
@@ -59,29 +59,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUTOTRAINING']._serialized_start=878
   _globals['_AUTOTRAINING']._serialized_end=996
   _globals['_DATASETSTATUS']._serialized_start=999
-  _globals['_DATASETSTATUS']._serialized_end=1476
-  _globals['_DATASETSTATUS_GROUPSAMPLESENTRY']._serialized_start=1425
-  _globals['_DATASETSTATUS_GROUPSAMPLESENTRY']._serialized_end=1476
-  _globals['_GROUPEVIDENCE']._serialized_start=1479
-  _globals['_GROUPEVIDENCE']._serialized_end=1710
-  _globals['_GETSTATUSREQUEST']._serialized_start=1712
-  _globals['_GETSTATUSREQUEST']._serialized_end=1747
-  _globals['_GETSTATUSRESPONSE']._serialized_start=1749
-  _globals['_GETSTATUSRESPONSE']._serialized_end=1812
-  _globals['_HISTORYEVENT']._serialized_start=1815
-  _globals['_HISTORYEVENT']._serialized_end=1994
-  _globals['_HISTORYREQUEST']._serialized_start=1996
-  _globals['_HISTORYREQUEST']._serialized_end=2065
-  _globals['_HISTORYRESPONSE']._serialized_start=2067
-  _globals['_HISTORYRESPONSE']._serialized_end=2125
-  _globals['_ROLLBACKREQUEST']._serialized_start=2127
-  _globals['_ROLLBACKREQUEST']._serialized_end=2178
-  _globals['_ROLLBACKRESPONSE']._serialized_start=2180
-  _globals['_ROLLBACKRESPONSE']._serialized_end=2238
-  _globals['_SETTHRESHOLDREQUEST']._serialized_start=2240
-  _globals['_SETTHRESHOLDREQUEST']._serialized_end=2298
-  _globals['_SETTHRESHOLDRESPONSE']._serialized_start=2300
-  _globals['_SETTHRESHOLDRESPONSE']._serialized_end=2339
-  _globals['_TRAINER']._serialized_start=2497
-  _globals['_TRAINER']._serialized_end=2988
+  _globals['_DATASETSTATUS']._serialized_end=1633
+  _globals['_DATASETSTATUS_GROUPSAMPLESENTRY']._serialized_start=1582
+  _globals['_DATASETSTATUS_GROUPSAMPLESENTRY']._serialized_end=1633
+  _globals['_GROUPEVIDENCE']._serialized_start=1636
+  _globals['_GROUPEVIDENCE']._serialized_end=1867
+  _globals['_GETSTATUSREQUEST']._serialized_start=1869
+  _globals['_GETSTATUSREQUEST']._serialized_end=1904
+  _globals['_GETSTATUSRESPONSE']._serialized_start=1906
+  _globals['_GETSTATUSRESPONSE']._serialized_end=1969
+  _globals['_HISTORYEVENT']._serialized_start=1972
+  _globals['_HISTORYEVENT']._serialized_end=2151
+  _globals['_HISTORYREQUEST']._serialized_start=2153
+  _globals['_HISTORYREQUEST']._serialized_end=2222
+  _globals['_HISTORYRESPONSE']._serialized_start=2224
+  _globals['_HISTORYRESPONSE']._serialized_end=2282
+  _globals['_ROLLBACKREQUEST']._serialized_start=2284
+  _globals['_ROLLBACKREQUEST']._serialized_end=2335
+  _globals['_ROLLBACKRESPONSE']._serialized_start=2337
+  _globals['_ROLLBACKRESPONSE']._serialized_end=2409
+  _globals['_SETTHRESHOLDREQUEST']._serialized_start=2411
+  _globals['_SETTHRESHOLDREQUEST']._serialized_end=2469
+  _globals['_SETTHRESHOLDRESPONSE']._serialized_start=2471
+  _globals['_SETTHRESHOLDRESPONSE']._serialized_end=2524
+  _globals['_TRAINER']._serialized_start=2682
+  _globals['_TRAINER']._serialized_end=3173
 # @@protoc_insertion_point(module_scope)

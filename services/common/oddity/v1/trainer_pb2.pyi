@@ -125,7 +125,7 @@ class AutoTraining(_message.Message):
     def __init__(self, policy: _Optional[str] = ..., enabled: _Optional[bool] = ..., interval_hours: _Optional[float] = ..., debounce_seconds: _Optional[float] = ..., min_samples: _Optional[int] = ...) -> None: ...
 
 class DatasetStatus(_message.Message):
-    __slots__ = ("dataset", "valid", "error", "model", "kind", "training_in_progress", "last_training_time", "auto_training", "samples", "group_samples", "last_error", "live_version", "data_fingerprint", "live_groups")
+    __slots__ = ("dataset", "valid", "error", "model", "kind", "training_in_progress", "last_training_time", "auto_training", "samples", "group_samples", "last_error", "live_version", "data_fingerprint", "live_groups", "pinned_version", "pinned_until", "threshold_override", "consecutive_failures", "next_retry_time")
     class GroupSamplesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -147,6 +147,11 @@ class DatasetStatus(_message.Message):
     LIVE_VERSION_FIELD_NUMBER: _ClassVar[int]
     DATA_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     LIVE_GROUPS_FIELD_NUMBER: _ClassVar[int]
+    PINNED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PINNED_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_OVERRIDE_FIELD_NUMBER: _ClassVar[int]
+    CONSECUTIVE_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_RETRY_TIME_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     valid: bool
     error: str
@@ -161,7 +166,12 @@ class DatasetStatus(_message.Message):
     live_version: int
     data_fingerprint: str
     live_groups: _containers.RepeatedCompositeFieldContainer[GroupEvidence]
-    def __init__(self, dataset: _Optional[str] = ..., valid: _Optional[bool] = ..., error: _Optional[str] = ..., model: _Optional[str] = ..., kind: _Optional[str] = ..., training_in_progress: _Optional[bool] = ..., last_training_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., auto_training: _Optional[_Union[AutoTraining, _Mapping]] = ..., samples: _Optional[int] = ..., group_samples: _Optional[_Mapping[str, int]] = ..., last_error: _Optional[str] = ..., live_version: _Optional[int] = ..., data_fingerprint: _Optional[str] = ..., live_groups: _Optional[_Iterable[_Union[GroupEvidence, _Mapping]]] = ...) -> None: ...
+    pinned_version: int
+    pinned_until: str
+    threshold_override: float
+    consecutive_failures: int
+    next_retry_time: _timestamp_pb2.Timestamp
+    def __init__(self, dataset: _Optional[str] = ..., valid: _Optional[bool] = ..., error: _Optional[str] = ..., model: _Optional[str] = ..., kind: _Optional[str] = ..., training_in_progress: _Optional[bool] = ..., last_training_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., auto_training: _Optional[_Union[AutoTraining, _Mapping]] = ..., samples: _Optional[int] = ..., group_samples: _Optional[_Mapping[str, int]] = ..., last_error: _Optional[str] = ..., live_version: _Optional[int] = ..., data_fingerprint: _Optional[str] = ..., live_groups: _Optional[_Iterable[_Union[GroupEvidence, _Mapping]]] = ..., pinned_version: _Optional[int] = ..., pinned_until: _Optional[str] = ..., threshold_override: _Optional[float] = ..., consecutive_failures: _Optional[int] = ..., next_retry_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class GroupEvidence(_message.Message):
     __slots__ = ("group", "status", "train_samples", "threshold", "threshold_percentile", "calibration", "members")
@@ -234,12 +244,14 @@ class RollbackRequest(_message.Message):
     def __init__(self, dataset: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class RollbackResponse(_message.Message):
-    __slots__ = ("version", "restored_from")
+    __slots__ = ("version", "restored_from", "next")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RESTORED_FROM_FIELD_NUMBER: _ClassVar[int]
+    NEXT_FIELD_NUMBER: _ClassVar[int]
     version: int
     restored_from: int
-    def __init__(self, version: _Optional[int] = ..., restored_from: _Optional[int] = ...) -> None: ...
+    next: str
+    def __init__(self, version: _Optional[int] = ..., restored_from: _Optional[int] = ..., next: _Optional[str] = ...) -> None: ...
 
 class SetThresholdRequest(_message.Message):
     __slots__ = ("dataset", "percentile")
@@ -250,7 +262,9 @@ class SetThresholdRequest(_message.Message):
     def __init__(self, dataset: _Optional[str] = ..., percentile: _Optional[float] = ...) -> None: ...
 
 class SetThresholdResponse(_message.Message):
-    __slots__ = ("version",)
+    __slots__ = ("version", "next")
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    NEXT_FIELD_NUMBER: _ClassVar[int]
     version: int
-    def __init__(self, version: _Optional[int] = ...) -> None: ...
+    next: str
+    def __init__(self, version: _Optional[int] = ..., next: _Optional[str] = ...) -> None: ...

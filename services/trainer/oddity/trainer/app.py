@@ -22,6 +22,7 @@ from oddity.common.server import Readiness
 from oddity.trainer.announcer import Announcer
 from oddity.trainer.auto_training import AutoTrainer, Backoff
 from oddity.trainer.catalogue import DatasetCatalogue
+from oddity.trainer.decisions import DecisionBook
 from oddity.trainer.embedding_cache import EmbeddingCache
 from oddity.trainer.grpc_api import TrainerServicer
 from oddity.trainer.history import History
@@ -78,6 +79,8 @@ class TrainerApp:
         self._clients = [embedder, *detectors]
 
         history = History(settings.state_dir / "history.jsonl")
+        decisions = DecisionBook(settings.state_dir / "decisions")
+        backoff = Backoff(settings.retry_backoff_seconds, settings.retry_backoff_max_seconds)
         publisher = Publisher(settings.model_repository)
         announcer = Announcer(history, self.metrics, detectors)
         catalogue = DatasetCatalogue(settings.datasets_root, settings.model_repository, self.metrics)
@@ -94,16 +97,15 @@ class TrainerApp:
                 connect_timeout=settings.embedder_connect_timeout_seconds,
                 batch_timeout=settings.embedder_timeout_seconds,
             ),
+            decisions,
             max_concurrent_jobs=settings.max_concurrent_jobs,
         )
-        service = TrainerService(settings.data_volume, catalogue, self.runner, publisher, announcer, history)
+        service = TrainerService(
+            settings.data_volume, catalogue, self.runner, publisher, announcer, history, decisions, backoff
+        )
         await asyncio.to_thread(service.recover)
         self.service = service
-        self.policy = AutoTrainer(
-            catalogue,
-            self.runner,
-            Backoff(self.settings.retry_backoff_seconds, self.settings.retry_backoff_max_seconds),
-        )
+        self.policy = AutoTrainer(catalogue, self.runner, decisions, backoff)
         await self.policy.startup()
         if settings.watch:
             self._tasks.append(asyncio.create_task(self._watch(self.policy), name="oddity-trainer-watch"))

@@ -10,6 +10,10 @@
   runner), and at start-up when their data changed.
 - `manual` datasets train only when asked.
 
+After a Rollback the restored version serves until the data changes; then the trainer
+retrains (trigger `data_changed_after_rollback` in the history), or with
+`retrain.after_rollback: hold` waits for Train.
+
 A dataset whose last runs failed on the same data and spec is retried with exponential backoff
 (`retry_backoff_seconds`, doubling per failure in a row, at most `retry_backoff_max_seconds`);
 a change of its files or spec, or a Train request, ends the wait.
@@ -32,8 +36,9 @@ from typing import Any
 from oddity.common.logging import get_logger
 from oddity.trainer.catalogue import DatasetCatalogue, DatasetEntry
 from oddity.trainer.data import file_states, ready_marker_time
+from oddity.trainer.decisions import DecisionBook
 from oddity.trainer.jobs import Job
-from oddity.trainer.runner import JobRequest, JobRunner
+from oddity.trainer.runner import JobRequest, JobRunner, LastRun
 from oddity.trainer.spec import DEFAULT_DEBOUNCE_SECONDS
 
 log = get_logger("oddity.trainer.auto_training")
@@ -52,11 +57,22 @@ class Backoff:
     def delay(self, failures: int) -> float:
         return min(self.max_seconds, self.base_seconds * 2.0 ** max(failures - 1, 0))
 
+    def next_retry(self, run: LastRun, fingerprint: str) -> float | None:
+        """When (time.time()) automatic training may retry data that failed; None: it may now
+        (no failure, or the files or spec changed since)."""
+        if not run.failures or fingerprint != run.failed_fingerprint:
+            return None
+        at = run.failed_at + self.delay(run.failures)
+        return at if time.time() < at else None
+
 
 class AutoTrainer:
-    def __init__(self, catalogue: DatasetCatalogue, runner: JobRunner, backoff: Backoff | None = None) -> None:
+    def __init__(
+        self, catalogue: DatasetCatalogue, runner: JobRunner, decisions: DecisionBook, backoff: Backoff | None = None
+    ) -> None:
         self.catalogue = catalogue
         self.runner = runner
+        self.decisions = decisions
         self.backoff = backoff or Backoff()
         self._quiet: dict[str, asyncio.Task[None]] = {}  # dataset -> debounce timer
         self._queued: dict[str, str] = {}  # dataset -> trigger waiting for its running job
@@ -104,11 +120,15 @@ class AutoTrainer:
             spec = entry.spec
             if spec is None or (only is not None and entry.name not in only):
                 continue
-            if self.next_retry(entry) is not None:
+            if self.backoff.next_retry(self.runner.last_run(entry.name), entry.fingerprint) is not None:
                 continue
+            pin = self.decisions.get(entry.name).pin
+            if pin is not None and (pin.hold or pin.fingerprint == entry.fingerprint):
+                continue  # the rolled-back version serves until the data changes (or Train, with hold)
+            why = "data_changed_after_rollback" if pin is not None else trigger
             if spec.retrain.policy == "on_change" and entry.name in changed:
-                if self._settled(entry, trigger):
-                    self._start(entry.name, trigger)
+                if self._settled(entry, why):
+                    self._start(entry.name, why)
             elif spec.retrain.policy == "interval":
                 last = self._interval_runs.get(entry.name)
                 if last is None:
@@ -122,14 +142,6 @@ class AutoTrainer:
                         continue
                     self._interval_runs[entry.name] = time.monotonic()
                     self._start(entry.name, "interval")
-
-    def next_retry(self, entry: DatasetEntry) -> float | None:
-        """When (time.time()) automatic training may retry data that failed, or None when it may now."""
-        run = self.runner.last_run(entry.name)
-        if not run.failures or entry.fingerprint != run.failed_fingerprint:
-            return None
-        at = run.failed_at + self.backoff.delay(run.failures)
-        return at if time.time() < at else None
 
     def _settled(self, entry: DatasetEntry, trigger: str) -> bool:
         """Whether the dataset's files may be read now; if not, a later look is scheduled."""

@@ -74,6 +74,11 @@ def status_to_proto(status: DatasetStatus) -> trainer_pb2.DatasetStatus:
         last_error=status.last_error,
         live_version=status.live_version,
         data_fingerprint=status.data_fingerprint,
+        pinned_version=status.pinned_version,
+        pinned_until=status.pinned_until,
+        threshold_override=status.threshold_override,
+        consecutive_failures=status.consecutive_failures,
+        next_retry_time=_timestamp(status.next_retry_time),
         live_groups=[
             trainer_pb2.GroupEvidence(
                 group=g.name,
@@ -136,9 +141,9 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         return trainer_pb2.HistoryResponse(events=[event_to_proto(e) for e in events])
 
     async def Rollback(self, request, context):
-        version, restored = await self._service().rollback(request.dataset, request.version)
-        return trainer_pb2.RollbackResponse(version=version, restored_from=restored)
+        version, restored, next_step = await self._service().rollback(request.dataset, request.version)
+        return trainer_pb2.RollbackResponse(version=version, restored_from=restored, next=next_step)
 
     async def SetThreshold(self, request, context):
-        version = await self._service().set_threshold(request.dataset, request.percentile)
-        return trainer_pb2.SetThresholdResponse(version=version)
+        version, next_step = await self._service().set_threshold(request.dataset, request.percentile)
+        return trainer_pb2.SetThresholdResponse(version=version, next=next_step)

@@ -27,6 +27,7 @@ from oddity.common.logging import get_logger
 from oddity.trainer import pipeline
 from oddity.trainer.announcer import Announcer
 from oddity.trainer.data import DataError, fingerprint, load_dataset
+from oddity.trainer.decisions import DecisionBook
 from oddity.trainer.embedding_cache import EmbeddingCache
 from oddity.trainer.history import History
 from oddity.trainer.item_datasets import load_item_dataset
@@ -94,6 +95,7 @@ class JobRunner:
         metrics: TrainerMetrics,
         bridge: LoopBridge,
         embedder: EmbedderAccess,
+        decisions: DecisionBook,
         *,
         max_concurrent_jobs: int = 1,
     ) -> None:
@@ -104,6 +106,7 @@ class JobRunner:
         self.metrics = metrics
         self.bridge = bridge
         self.embedder = embedder
+        self.decisions = decisions
         self._slots = asyncio.Semaphore(max_concurrent_jobs)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._last_runs: dict[str, LastRun] = {}
@@ -171,6 +174,10 @@ class JobRunner:
         try:
             self.bridge.check()
             spec = load_spec(request.folder)
+            decided = self.decisions.get(dataset)
+            if decided.threshold_percentile:  # an operator's SetThreshold outlives retraining
+                spec = spec.model_copy(update={"threshold_percentile": decided.threshold_percentile})
+                details["threshold_override"] = decided.threshold_percentile
             kind = request.model_kind or spec.model.kind
             details.update(model=spec.name, kind=kind)
             self.history.append("TRAINING_STARTED", dataset, f"training {kind} for {dataset}", **details)
@@ -231,6 +238,8 @@ class JobRunner:
             self.history.append(
                 "TRAINING_COMPLETED", dataset, f"trained {kind} on {len(data.features)} rows", **details
             )
+            if decided.pin is not None:  # a new version replaces the rolled-back one
+                self.decisions.unpin(dataset)
             self.announcer.record(dataset, spec.name, version, job_id=job_id)
             # Published: from here on the job succeeds, even if the trainer is stopping.
             self.bridge.call(self.announcer.notify(spec.name, request_id=job_id), interruptible=False)

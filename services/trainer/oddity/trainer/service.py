@@ -11,21 +11,26 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from oddity.common import bundle
 from oddity.common.errors import AlreadyExists, InvalidArgument, NotFound
+from oddity.common.logging import get_logger
 from oddity.trainer.announcer import Announcer
+from oddity.trainer.auto_training import Backoff
 from oddity.trainer.catalogue import DatasetCatalogue, DatasetEntry
+from oddity.trainer.decisions import DecisionBook, Pin
 from oddity.trainer.history import History
 from oddity.trainer.jobs import Job
 from oddity.trainer.publisher import Publisher
 from oddity.trainer.runner import JobRequest, JobRunner
 from oddity.trainer.spec import DatasetSpec
 from oddity.v1 import manifest_pb2
+
+log = get_logger("oddity.trainer.service")
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,11 @@ class DatasetStatus:
     data_fingerprint: str
     # The live version's groups (calibration evidence, ensemble members and their weights).
     live_groups: tuple[manifest_pb2.ModelGroup, ...] = ()
+    pinned_version: int = 0
+    pinned_until: str = ""
+    threshold_override: float = 0.0
+    consecutive_failures: int = 0
+    next_retry_time: datetime | None = None
 
 
 class TrainerService:
@@ -60,8 +70,12 @@ class TrainerService:
         publisher: Publisher,
         announcer: Announcer,
         history: History,
+        decisions: DecisionBook,
+        backoff: Backoff,
     ) -> None:
         self.data_volume = data_volume
+        self.decisions = decisions
+        self.backoff = backoff
         self.catalogue = catalogue
         self.runner = runner
         self.publisher = publisher
@@ -86,6 +100,8 @@ class TrainerService:
         running = self.runner.running_for(dataset)
         if running is not None:
             raise AlreadyExists(f"dataset {dataset!r} is already training (job {running.id}); watch it or retry later")
+        if self.decisions.get(dataset).pin is not None:
+            log.info("Train ends the rollback hold", dataset=dataset)
         return self.runner.submit(
             JobRequest(
                 dataset=dataset,
@@ -128,6 +144,8 @@ class TrainerService:
         spec = entry.spec
         run = self.runner.last_run(entry.name)
         live = self.catalogue.live_manifest(entry.model)
+        decided = self.decisions.get(entry.name)
+        retry = self.backoff.next_retry(run, entry.fingerprint)
         return DatasetStatus(
             dataset=entry.name,
             valid=spec is not None,
@@ -147,6 +165,11 @@ class TrainerService:
             live_version=self.catalogue.live_version(entry.model),
             data_fingerprint=entry.fingerprint,
             live_groups=tuple(live.groups) if live is not None else (),
+            pinned_version=decided.pin.version if decided.pin else 0,
+            pinned_until=_pinned_until(decided.pin),
+            threshold_override=decided.threshold_percentile,
+            consecutive_failures=run.failures,
+            next_retry_time=datetime.fromtimestamp(retry, UTC) if retry is not None else None,
         )
 
     async def history(
@@ -157,11 +180,15 @@ class TrainerService:
 
     # -- rollback and thresholds -----------------------------------------------------------
 
-    async def rollback(self, dataset: str, version: int) -> tuple[int, int]:
+    async def rollback(self, dataset: str, version: int) -> tuple[int, int, str]:
         """Serve an earlier version again (0: the newest complete one before the live one), as
-        a new version; returns (new, restored)."""
+        a new version that holds until the data changes (or Train, with after_rollback: hold);
+        returns (new, restored, what happens next)."""
         spec = await self._spec(dataset)
+        entry = self.catalogue.get(dataset)
         new, restored = await asyncio.to_thread(self.publisher.rollback, spec.name, version, spec.keep_versions)
+        pin = Pin(new, restored, entry.fingerprint, hold=spec.retrain.after_rollback == "hold")
+        await asyncio.to_thread(self.decisions.pin, dataset, pin)
         await asyncio.to_thread(
             self._history.append,
             "ROLLED_BACK",
@@ -172,15 +199,25 @@ class TrainerService:
             model=spec.name,
         )
         await self._announce(dataset, spec.name, new, reason="rollback")
-        return new, restored
+        return new, restored, f"version {new} (a copy of version {restored}) serves until {_pinned_until(pin)}" + (
+            "" if pin.hold else "; then the trainer retrains"
+        )
 
-    async def set_threshold(self, dataset: str, percentile: float) -> int:
-        """Move every group's threshold to `percentile` of its held-out normal scores, as a
-        new version; returns it."""
+    async def set_threshold(self, dataset: str, percentile: float) -> tuple[int, str]:
+        """Move every group's threshold to `percentile` of its out-of-fold normal scores, as a
+        new version, and keep it for later versions (0: back to the spec's percentile); returns
+        (version, what happens next)."""
         spec = await self._spec(dataset)
+        override = percentile
+        if percentile == 0:
+            percentile = spec.threshold_percentile
         version, thresholds = await asyncio.to_thread(
             self.publisher.set_threshold, spec.name, percentile, spec.keep_versions
         )
+        await asyncio.to_thread(self.decisions.set_threshold, dataset, override)
+        pin = self.decisions.get(dataset).pin
+        if pin is not None:  # the rolled-back bundle serves on, under its new number
+            await asyncio.to_thread(self.decisions.pin, dataset, replace(pin, version=version))
         await asyncio.to_thread(
             self._history.append,
             "THRESHOLD_CHANGED",
@@ -192,7 +229,9 @@ class TrainerService:
             model=spec.name,
         )
         await self._announce(dataset, spec.name, version, reason="threshold")
-        return version
+        if override:
+            return version, f"later versions keep percentile {override:g} until SetThreshold(0) clears it"
+        return version, f"later versions use the spec's threshold_percentile ({percentile:g})"
 
     async def _spec(self, dataset: str) -> DatasetSpec:
         await asyncio.to_thread(self.catalogue.refresh)
@@ -201,3 +240,9 @@ class TrainerService:
     async def _announce(self, dataset: str, model: str, version: int, **details: Any) -> None:
         await asyncio.to_thread(self.announcer.record, dataset, model, version, **details)
         await self.announcer.notify(model)
+
+
+def _pinned_until(pin: Pin | None) -> str:
+    if pin is None:
+        return ""
+    return "Train is called (after_rollback: hold)" if pin.hold else "the data changes"

@@ -135,6 +135,8 @@ class Retrain(_Strict):
     # Files must be quiet this long (and unchanged across two looks) before automatic training.
     debounce_seconds: float = Field(default=DEFAULT_DEBOUNCE_SECONDS, ge=0)
     interval_hours: float = Field(default=24.0, gt=0)
+    # After a Rollback: retrain once the data changes ("retrain"), or wait for Train ("hold").
+    after_rollback: Literal["retrain", "hold"] = "retrain"
     # Producers that hand off explicitly: train only once a `_READY` file at least as new as
     # every data file is in the dataset folder.
     ready_marker: bool = False
