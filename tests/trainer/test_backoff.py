@@ -35,6 +35,10 @@ def test_a_failing_dataset_backs_off_and_a_change_ends_the_wait(data_volume, rep
         # Runs at about 0, 0.5, 1.5, 3.5 and 7.5 s: log2-many, where one per scan would be 40.
         assert 2 <= runs <= math.floor(math.log2(WINDOW_SECONDS / BASE_SECONDS)) + 2, runs
         assert trainer.metric("oddity_trainer_consecutive_failures", dataset="failing") == runs
+        shown = trainer.stub.GetStatus(trainer_pb2.GetStatusRequest(dataset="failing")).datasets[0]
+        assert shown.consecutive_failures == runs
+        assert shown.last_error.startswith("group 'all': ") and "outside validation.anomaly_rate" in shown.last_error
+        assert shown.next_retry_time.ToSeconds() > time.time() - 1  # the wait ahead (or just ending)
 
         # New data ends the wait at once (no backoff of minutes for a fix).
         datasets.sensor_frame(50, seed=9).to_csv(folder / "rows.csv", mode="a", header=False, index=False)

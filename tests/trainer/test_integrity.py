@@ -2,6 +2,7 @@
 are never shifted into other columns, spec mistakes surface when the spec is read, and a
 repository that cannot be written is one clear line."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,10 @@ import yaml
 from oddity.trainer.data import DataError, OutsideDatasetFolder, fingerprint, load_dataset, read_csv_text
 from oddity.trainer.item_datasets import _image_items, _text_items
 from oddity.trainer.spec import SpecError, load_spec
+from oddity.v1 import trainer_pb2
+from tests.conftest import start_trainer
 from tests.support import datasets
+from tests.trainer.test_robustness import run_job
 
 
 def dataset(tmp_path: Path, name: str, spec: dict) -> Path:
@@ -129,6 +133,22 @@ def test_unknown_model_parameters_are_a_spec_error_when_read(tmp_path):
         "dataset.yaml: model: Value error, unknown knn parameters ['kk']; allowed: "
         "['k', 'max_reference', 'metric', 'seed']"
     )
+
+
+def test_a_repository_that_cannot_be_written_fails_the_job_in_one_line(data_volume, repository):
+    datasets.write_dataset(
+        data_volume, "blocked", {"sources": [{"path": "*.csv"}], "retrain": {"policy": "manual"}},
+        {"rows.csv": datasets.sensor_frame(300)},
+    )
+    (repository / "blocked").write_text("a file where the model's folder belongs")
+    trainer = start_trainer(data_volume, repository)
+    try:
+        job = run_job(trainer, "blocked")
+    finally:
+        trainer.close()
+    assert job.state == trainer_pb2.JOB_STATE_FAILED
+    assert job.message == f"cannot write to the model repository {repository}: File exists"
+    assert os.path.isfile(repository / "blocked")
 
 
 def test_a_csv_read_through_pandas_would_have_shifted(tmp_path):

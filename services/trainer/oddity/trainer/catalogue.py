@@ -19,7 +19,7 @@ from oddity.common.errors import InvalidArgument, NotFound
 from oddity.common.logging import get_logger
 from oddity.trainer.data import fingerprint
 from oddity.trainer.metrics import TrainerMetrics
-from oddity.trainer.spec import DatasetSpec, SpecError, load_spec
+from oddity.trainer.spec import DatasetSpec, SpecError, SpecMissing, load_spec
 from oddity.v1 import manifest_pb2
 
 log = get_logger("oddity.trainer.catalogue")
@@ -77,7 +77,10 @@ class DatasetCatalogue:
             spec = load_spec(folder)
         except SpecError as exc:
             if previous is None or previous.error != str(exc):
-                log.warning("invalid dataset spec", dataset=name, error=str(exc))
+                if isinstance(exc, SpecMissing):  # data often lands before its spec: not a warning
+                    log.info("dataset folder has no spec yet", dataset=name)
+                else:
+                    log.warning("invalid dataset spec", dataset=name, error=str(exc))
             return DatasetEntry(name, folder, error=str(exc))
         try:
             digest = fingerprint(folder, spec)

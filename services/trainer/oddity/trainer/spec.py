@@ -25,6 +25,10 @@ class SpecError(Exception):
     """dataset.yaml is missing, unreadable or invalid."""
 
 
+class SpecMissing(SpecError):
+    """No dataset.yaml yet: files often arrive before their spec."""
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -226,7 +230,7 @@ def load_spec(folder: Path) -> DatasetSpec:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise SpecError(f"{SPEC_FILE} missing") from exc
+        raise SpecMissing(f"{SPEC_FILE} missing") from exc
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise SpecError(f"{SPEC_FILE} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):

@@ -38,10 +38,11 @@ def list_models(repository: Path) -> list[str]:
 
 
 def list_versions(model_dir: Path) -> list[int]:
-    """Integer-named version folders, ascending. Temporary folders are not versions."""
+    """Integer-named version folders, ascending. Temporary folders are not versions; a model
+    "folder" that is missing or is a file has none."""
     try:
         entries = list(os.scandir(model_dir))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
     return sorted(int(e.name) for e in entries if e.name.isdigit() and int(e.name) > 0 and e.is_dir())
 
