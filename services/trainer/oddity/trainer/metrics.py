@@ -23,7 +23,7 @@ class TrainerMetrics:
         )
         self.running = Gauge("oddity_trainer_jobs_running", "Training jobs running now.", registry=registry)
         self.live_version = Gauge(
-            "oddity_trainer_live_version", "Newest published version per dataset.", ["dataset"], registry=registry
+            "oddity_trainer_live_version", "Newest complete version per dataset.", ["dataset"], registry=registry
         )
         self.invalid_datasets = Gauge(
             "oddity_trainer_invalid_datasets", "Datasets whose spec is invalid.", registry=registry
