@@ -86,6 +86,6 @@ def test_readme_layout_names_every_module_of_every_service():
         folders = {f"{p.name}/" for p in package.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
         for folder in folders:
             modules |= {p.name for p in (package / folder).glob("*.py") if p.name != "__init__.py"}
-        assert listed >= modules | folders, f"{name}: not in the README layout: {sorted(modules | folders - listed)}"
+        assert listed >= modules | folders, f"{name}: not in the README layout: {sorted((modules | folders) - listed)}"
         stale = listed - modules - folders
         assert not stale, f"{name}: the README layout names what is not there: {sorted(stale)}"
