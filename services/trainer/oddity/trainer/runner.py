@@ -36,7 +36,7 @@ from oddity.trainer.jobs import FAILED, RUNNING, SKIPPED, SUCCEEDED, Job, JobBoa
 from oddity.trainer.loop_calls import Interrupted, LoopBridge
 from oddity.trainer.metrics import TrainerMetrics
 from oddity.trainer.publisher import Publisher
-from oddity.trainer.spec import SpecError, load_spec
+from oddity.trainer.spec import DatasetSpec, SpecError, load_spec
 from oddity.trainer.validation import ValidationFailed
 
 log = get_logger("oddity.trainer.runner")
@@ -176,7 +176,7 @@ class JobRunner:
             spec = load_spec(request.folder)
             decided = self.decisions.get(dataset)
             if decided.threshold_percentile:  # an operator's SetThreshold outlives retraining
-                spec = spec.model_copy(update={"threshold_percentile": decided.threshold_percentile})
+                spec = with_threshold_override(spec, decided.threshold_percentile)
                 details["threshold_override"] = decided.threshold_percentile
             kind = request.model_kind or spec.model.kind
             details.update(model=spec.name, kind=kind)
@@ -298,3 +298,13 @@ class JobRunner:
         # Last: a watcher that sees the job done also sees its history and metrics.
         self.board.update(job_id, state=outcome, phase="done", message=message, finished_at=now(), **fields)
         log.info("job finished", dataset=dataset, job_id=job_id, outcome=outcome, message=message)
+
+
+def with_threshold_override(spec: DatasetSpec, percentile: float) -> DatasetSpec:
+    """The spec with an operator's threshold percentile. The gate's anomaly-rate bounds were set
+    around the spec's own percentile, so they move with it: bounds of [1%, 10%] at p95 (5%
+    expected) become [4%, 40%] at p80 (20% expected)."""
+    factor = (1 - percentile / 100) / (1 - spec.threshold_percentile / 100)
+    low, high = spec.validation.anomaly_rate
+    validation = spec.validation.model_copy(update={"anomaly_rate": (min(1.0, low * factor), min(1.0, high * factor))})
+    return spec.model_copy(update={"threshold_percentile": percentile, "validation": validation})
