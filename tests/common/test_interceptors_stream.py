@@ -2,7 +2,6 @@
 
 import asyncio
 import json
-import time
 
 import grpc
 
@@ -11,6 +10,7 @@ from oddity.common.metrics import RpcMetrics, new_metrics_registry
 from oddity.v1 import trainer_pb2
 from tests.conftest import start_trainer
 from tests.support import datasets
+from tests.support.waiting import wait_for
 
 
 def test_a_client_cancelling_watch_job_is_not_an_error(data_volume, repository, capfd):
@@ -29,7 +29,7 @@ def test_a_client_cancelling_watch_job_is_not_an_error(data_volume, repository, 
             next(stream)
         except grpc.RpcError as exc:
             assert exc.code() == grpc.StatusCode.CANCELLED
-        assert _eventually(
+        assert wait_for(
             lambda: (
                 trainer.metric(
                     "oddity_grpc_requests_total", service="oddity.v1.Trainer", method="WatchJob", code="CANCELLED"
@@ -43,13 +43,6 @@ def test_a_client_cancelling_watch_job_is_not_an_error(data_volume, repository, 
     assert not [line for line in lines if line.get("level") in ("error", "critical")], lines
 
 
-def _eventually(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def test_a_stream_closed_mid_way_is_cancelled_without_an_error_log(capfd):

@@ -14,6 +14,7 @@ from oddity.v1 import detector_pb2
 from tests.conftest import start_detector
 from tests.support import models
 from tests.support.client import detect_request
+from tests.support.waiting import wait_for
 
 D = 6
 
@@ -27,13 +28,6 @@ def serving_version(detector, name="m") -> int:
     return detector.stub.Detect(detect_request(name, models.normal_rows(1, D))).model_version
 
 
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def rescan(detector) -> None:

@@ -20,6 +20,7 @@ from oddity.v1 import embedder_pb2_grpc, trainer_pb2
 from tests.conftest import LOOPBACK, ServiceHandle, start_trainer
 from tests.support import drawings, encoders
 from tests.support.servers import wait_serving
+from tests.support.waiting import wait_for
 
 ITEMS = 160
 BATCH = 2  # 80 Embed calls
@@ -39,14 +40,6 @@ def start_embedder_on(port: int, cache_dir, models) -> ServiceHandle:
     return handle
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def write_drawings(folder, n: int) -> None:

@@ -2,7 +2,6 @@
 manual call, appended rows become a new version, anomalies are flagged."""
 
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,16 +14,7 @@ from oddity.v1 import detector_pb2, trainer_pb2
 from tests.conftest import start_detector, start_trainer
 from tests.support import datasets
 from tests.support.client import detect_request
-
-
-def wait_for(predicate, timeout=90.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.support.waiting import wait_for
 
 
 def serving_version(detector, model: str) -> int:

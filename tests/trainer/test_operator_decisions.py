@@ -8,6 +8,7 @@ from oddity.common import bundle
 from oddity.v1 import detector_pb2, trainer_pb2
 from tests.conftest import start_detector, start_trainer
 from tests.support import datasets
+from tests.support.waiting import wait_for
 from tests.trainer.test_robustness import run_job
 
 SCAN_SECONDS = 0.3
@@ -25,13 +26,6 @@ def serving(detector, model: str) -> int:
     return detector.stub.GetModel(detector_pb2.GetModelRequest(model=model)).status.serving_version
 
 
-def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def events(trainer, dataset: str, kind: str) -> list[trainer_pb2.HistoryEvent]:
@@ -62,7 +56,7 @@ def test_a_rollback_holds_until_the_data_changes(data_volume, repository):
         wait_for(lambda: bundle.list_versions(repository / "held") == [1, 2, 3, 4], what="version 4")
         triggers = [e.details["trigger"] for e in events(trainer, "held", "TRAINING_STARTED")]
         assert triggers[2:] == ["data_changed_after_rollback"]  # versions 1 and 2, then the release
-        assert status(trainer, "held").pinned_version == 0
+        wait_for(lambda: status(trainer, "held").pinned_version == 0, what="the hold released")
     finally:
         trainer.close()
         detector.close()
@@ -83,7 +77,7 @@ def test_with_hold_a_rollback_waits_for_train(data_volume, repository):
         time.sleep(2)  # new data, and still the rolled-back version
         assert bundle.list_versions(repository / "hold") == [1, 2, 3]
         assert run_job(trainer, "hold").published_version == 4
-        assert status(trainer, "hold").pinned_version == 0
+        wait_for(lambda: status(trainer, "hold").pinned_version == 0, what="the hold released")
     finally:
         trainer.close()
 

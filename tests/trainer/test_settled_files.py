@@ -11,6 +11,7 @@ from oddity.common import bundle
 from oddity.v1 import trainer_pb2
 from tests.conftest import start_trainer
 from tests.support import datasets
+from tests.support.waiting import wait_for
 
 
 def published(trainer, dataset: str) -> list[trainer_pb2.HistoryEvent]:
@@ -18,14 +19,6 @@ def published(trainer, dataset: str) -> list[trainer_pb2.HistoryEvent]:
     return [e for e in events if e.event_type in ("TRAINING_COMPLETED", "PUBLISHED")]
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

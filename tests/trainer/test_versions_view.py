@@ -4,7 +4,6 @@ integers integral."""
 
 import json
 import shutil
-import time
 
 import grpc
 import numpy as np
@@ -16,17 +15,11 @@ from oddity.v1 import detector_pb2, trainer_pb2
 from tests.conftest import start_detector, start_trainer
 from tests.support import datasets, models
 from tests.support.client import detect_request
+from tests.support.waiting import wait_for
 
 D = 8
 
 
-def wait_for(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def renumber(repository, source: int, target: int, *, copy: bool = False):

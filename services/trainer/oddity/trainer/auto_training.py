@@ -196,9 +196,7 @@ class AutoTrainer:
             await self.runner.wait(job.id)
         finally:
             trigger = self._queued.pop(name)
-        changed = await asyncio.to_thread(self.catalogue.refresh)
-        if name in changed:
-            self._start(name, trigger)
+        await self._evaluate(trigger, only={name})  # the same rules: settled, no hold, no backoff
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)

@@ -220,6 +220,10 @@ class JobRunner:
             )
             run = self._remember(dataset, replace(run, group_samples=trained.group_samples))
             self._progress(job_id, "publishing", {"group": ""})
+            pinned = self.decisions.get(dataset).pin
+            if pinned is not None and request.trigger not in ("api", "data_changed_after_rollback"):
+                # A Rollback came while this run trained on the data it rolled away from.
+                raise pipeline.Skipped(f"a rollback to version {pinned.restored_from} holds; this run is not published")
             publish_start = time.perf_counter()
             try:
                 version = self.publisher.publish(trained.manifest, trained.onnx_files, spec.keep_versions)

@@ -186,8 +186,17 @@ class TrainerService:
         returns (new, restored, what happens next)."""
         spec = await self._spec(dataset)
         entry = self.catalogue.get(dataset)
-        new, restored = await asyncio.to_thread(self.publisher.rollback, spec.name, version, spec.keep_versions)
-        pin = Pin(new, restored, entry.fingerprint, hold=spec.retrain.after_rollback == "hold")
+        hold = spec.retrain.after_rollback == "hold"
+        # Pinned before the rolled-back version appears, so no scan in between retrains it away.
+        await asyncio.to_thread(self.decisions.pin, dataset, Pin(0, version, entry.fingerprint, hold=hold))
+        try:
+            new, restored = await asyncio.to_thread(
+                self.publisher.rollback, spec.name, version, spec.keep_versions
+            )
+        except BaseException:
+            await asyncio.to_thread(self.decisions.unpin, dataset)
+            raise
+        pin = Pin(new, restored, entry.fingerprint, hold=hold)
         await asyncio.to_thread(self.decisions.pin, dataset, pin)
         await asyncio.to_thread(
             self._history.append,
