@@ -121,6 +121,8 @@ class _Call:
         owner.counter(self.method, self.code).inc()
         if owner.access_log:
             log.info("request", code=self.code.name, duration_ms=round(elapsed * 1000, 3))
+        if self.fields.get("audit"):  # an admin call (oddity.common.auth): who, what, result
+            log.info("audit", code=self.code.name)
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):

@@ -19,6 +19,7 @@ Reason to change: the lifecycle of a gRPC server (start, health, reflection, dra
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import signal
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
@@ -29,6 +30,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
+from oddity.common.auth import AuthInterceptor, Tokens
 from oddity.common.interceptors import ServerInterceptor
 from oddity.common.logging import configure_logging, get_logger
 from oddity.common.metrics import MetricsEndpoint, RpcMetrics, new_metrics_registry, start_metrics_endpoint
@@ -63,6 +65,8 @@ class HostedApp(Protocol):
 
     #: Fully qualified gRPC service name, e.g. "oddity.v1.Detector"; also its readiness name.
     name: str
+    #: Methods that change what serves: they need an admin token when tokens are configured.
+    admin_methods: frozenset[str]
 
     def register(self, server: grpc.aio.Server) -> None:
         """Add the servicer(s) to the server."""
@@ -90,8 +94,13 @@ class ServiceHost:
         self.app = app
         self.settings = settings
         self.metrics_registry = metrics_registry
-        self._interceptors = [
+        tokens = Tokens(
+            [settings.read_tokens_file] if settings.read_tokens_file else [],
+            [settings.admin_tokens_file] if settings.admin_tokens_file else [],
+        )
+        self._interceptors: list[grpc.aio.ServerInterceptor] = [
             ServerInterceptor(app.name, RpcMetrics(metrics_registry), access_log=settings.access_log),
+            *([AuthInterceptor(tokens, app.admin_methods, open_health=settings.auth_open_health)] if tokens else []),
             *interceptors,
         ]
         self._credentials = credentials
@@ -125,6 +134,11 @@ class ServiceHost:
         )
         target = f"{settings.host}:{settings.port}"
         if self._credentials is None:
+            if not _loopback(settings.host):
+                log.warning(
+                    "serving plaintext gRPC beyond this machine; configure TLS or bind 127.0.0.1",
+                    host=settings.host,
+                )
             self.port = server.add_insecure_port(target)
         else:
             self.port = server.add_secure_port(target, self._credentials)
@@ -204,3 +218,10 @@ def run_service(
     host = ServiceHost(make_app(settings, metrics_registry), settings, metrics_registry=metrics_registry)
     asyncio.run(run_until_signal([host]))
     return 0
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"

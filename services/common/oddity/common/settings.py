@@ -7,6 +7,7 @@ Reason to change: settings every service shares (network, lifecycle, logging).
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Literal, TypeVar
 
 from pydantic import Field
@@ -23,9 +24,12 @@ class ServiceSettings(BaseSettings):
         extra="ignore",
     )
 
-    host: str = Field("0.0.0.0", description="Address the gRPC server binds to.")
+    host: str = Field(
+        "127.0.0.1",
+        description="Address the gRPC server binds to (0.0.0.0: every interface; in plaintext that logs a warning).",
+    )
     port: int = Field(50050, ge=0, le=65535, description="gRPC port; 0 picks a free one (logged at start).")
-    metrics_host: str = Field("0.0.0.0", description="Address of the Prometheus /metrics endpoint.")
+    metrics_host: str = Field("127.0.0.1", description="Address of the Prometheus /metrics endpoint.")
     metrics_port: int | None = Field(
         9100, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; unset to disable."
     )
@@ -38,6 +42,17 @@ class ServiceSettings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Lowest level logged.")
     log_json: bool = Field(True, description="JSON log lines (false: human-readable console lines).")
     access_log: bool = Field(False, description="Log every RPC at info level (errors are always logged).")
+    read_tokens_file: Path | None = Field(
+        None,
+        description="File of bearer tokens that may call the data and status RPCs, one `name:token` per line "
+        "(re-read when it changes). With a tokens file set, every call needs a token.",
+    )
+    admin_tokens_file: Path | None = Field(
+        None, description="File of bearer tokens that may also call the admin RPCs (load, unload, train, ...)."
+    )
+    auth_open_health: bool = Field(
+        True, description="Health checks and reflection need no token (for probes and grpcurl)."
+    )
 
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)

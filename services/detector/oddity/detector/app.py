@@ -33,6 +33,7 @@ class DetectorApp:
     """Implements oddity.common.server.HostedApp for the detector."""
 
     name = SERVICE_NAME
+    admin_methods = frozenset({"LoadModel", "UnloadModel"})
 
     def __init__(self, settings: DetectorSettings, metrics_registry: CollectorRegistry) -> None:
         self.settings = settings
@@ -76,6 +77,7 @@ class DetectorApp:
                 # An embedder that restarts is waited for (within the deadline), not refused.
                 wait_for_ready=True,
                 max_message_bytes=self.settings.max_message_bytes,
+                token_file=self.settings.embedder_token_file,
             )
         return self._embedder
 

@@ -49,6 +49,9 @@ class DetectorSettings(ServiceSettings):
         2.0, ge=0, description="Under load, how long a micro-batch may wait for more requests (0: never wait)."
     )
     embedder: str = Field("", description="Embedder address for DetectImages, e.g. 127.0.0.1:50051 (empty: none).")
+    embedder_token_file: Path | None = Field(
+        None, description="Bearer token (a file, first line) for the embedder, when it requires tokens."
+    )
     embedder_timeout_seconds: float = Field(
         10.0,
         gt=0,

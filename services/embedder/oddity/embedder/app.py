@@ -24,6 +24,7 @@ class EmbedderApp:
     """Implements oddity.common.server.HostedApp for the embedder."""
 
     name = SERVICE_NAME
+    admin_methods: frozenset[str] = frozenset()
 
     def __init__(self, settings: EmbedderSettings, metrics_registry: CollectorRegistry) -> None:
         self.settings = settings

@@ -44,6 +44,7 @@ class TrainerApp:
     """Implements oddity.common.server.HostedApp for the trainer."""
 
     name = SERVICE_NAME
+    admin_methods = frozenset({"Train", "Rollback", "SetThreshold"})
 
     def __init__(self, settings: TrainerSettings, metrics_registry: CollectorRegistry) -> None:
         self.settings = settings
@@ -72,9 +73,13 @@ class TrainerApp:
             timeout=settings.embedder_connect_timeout_seconds,
             wait_for_ready=True,  # training is batch work: wait out an embedder restart
             max_message_bytes=settings.max_message_bytes,
+            token_file=settings.embedder_token_file,
         )
         detectors = [
-            DetectorAdminClient(target, timeout=settings.detector_timeout_seconds) for target in settings.detectors
+            DetectorAdminClient(
+                target, timeout=settings.detector_timeout_seconds, token_file=settings.detector_token_file
+            )
+            for target in settings.detectors
         ]
         self._clients = [embedder, *detectors]
 

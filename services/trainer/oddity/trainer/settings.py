@@ -43,6 +43,12 @@ class TrainerSettings(ServiceSettings):
         description="How long one batch of a training job may wait for the embedder once embedding has "
         "begun, e.g. while the embedder restarts.",
     )
+    embedder_token_file: Path | None = Field(
+        None, description="Bearer token (a file, first line) for the embedder, when it requires tokens."
+    )
+    detector_token_file: Path | None = Field(
+        None, description="Admin bearer token (a file, first line) for the detectors' LoadModel, if they need one."
+    )
     detector_timeout_seconds: float = Field(
         5.0, gt=0, description="Deadline of telling a detector to load a new version (it also polls)."
     )

@@ -10,6 +10,7 @@
 - Errors: a failed call raises the domain error of `oddity.common.status.remote_error`, with a
   message that names the remote service.
 - Request ids: the current request's id (or the one given) goes out as `x-request-id`.
+- Tokens: with a token file, every call carries `authorization: Bearer <token>`.
 
 Reason to change: how Oddity services talk to each other on the wire.
 """
@@ -19,10 +20,12 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
 
+from oddity.common.auth import AUTHORIZATION_KEY, read_token
 from oddity.common.logging import REQUEST_ID_KEY, current_request_id
 from oddity.common.status import remote_error
 
@@ -89,9 +92,11 @@ class RemoteService:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         retry: RetryPolicy | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        token_file: Path | None = None,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self.target = target
+        self.token_file = token_file
         self.timeout = timeout
         self.wait_for_ready = wait_for_ready
         all_options = [*channel_options(self.service, max_message_bytes, retry or RetryPolicy()), *options]
@@ -103,12 +108,14 @@ class RemoteService:
     async def _call(self, rpc: Any, request: Any, *, timeout: float | None = None, request_id: str | None = None):
         """Call one unary method of the stub; raises the domain error for a failed call."""
         request_id = request_id or current_request_id()
-        metadata = ((REQUEST_ID_KEY, request_id),) if request_id else None
+        metadata = [(REQUEST_ID_KEY, request_id)] if request_id else []
+        if self.token_file is not None:  # read per call: a rotated Secret is picked up at once
+            metadata.append((AUTHORIZATION_KEY, f"Bearer {read_token(self.token_file)}"))
         try:
             return await rpc(
                 request,
                 timeout=timeout or self.timeout,
-                metadata=metadata,
+                metadata=tuple(metadata) or None,
                 wait_for_ready=self.wait_for_ready,
             )
         except grpc.aio.AioRpcError as exc:

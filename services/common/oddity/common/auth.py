@@ -1,0 +1,193 @@
+"""Bearer-token authentication and the read/admin roles, checked by one interceptor.
+
+Tokens come from files (e.g. mounted Kubernetes Secrets), one per line as `name:token` (the
+name is who the audit log says called) or a bare token (named by a hash of it); files are
+re-read when they change, so tokens rotate without a restart. Read tokens may call the data
+and status RPCs; admin tokens may call everything, including the RPCs that change what
+serves (LoadModel, UnloadModel, Train, Rollback, SetThreshold). Health checks and server
+reflection stay open for probes unless configured otherwise. Refusals say no more than
+UNAUTHENTICATED or PERMISSION_DENIED; every admin call leaves one audit log line (who, what,
+result), written by the server interceptor when the call ends.
+
+Reason to change: who may call what.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from oddity.common.logging import annotate_request
+
+AUTHORIZATION_KEY = "authorization"
+OPEN_SERVICES = (
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1alpha.ServerReflection",
+    "grpc.reflection.v1.ServerReflection",
+)
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    admin: bool
+
+
+class TokenFile:
+    """The tokens of one file, re-read when its size or mtime changes."""
+
+    def __init__(self, path: Path, admin: bool) -> None:
+        self.path = path
+        self.admin = admin
+        self._signature: tuple[int, int] | None = None
+        self._tokens: list[tuple[bytes, str]] = []
+
+    def tokens(self) -> list[tuple[bytes, str]]:
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return []  # a Secret being re-mounted: no token matches meanwhile
+        signature = (stat.st_size, stat.st_mtime_ns)
+        if signature != self._signature:
+            self._tokens = list(_parse(self.path.read_text()))
+            self._signature = signature
+        return self._tokens
+
+
+def _parse(text: str) -> Iterable[tuple[bytes, str]]:
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, _, token = line.rpartition(":") if ":" in line else ("", "", line)
+        token = token.strip()
+        if token:
+            yield token.encode(), name.strip() or f"token-{hashlib.sha256(token.encode()).hexdigest()[:8]}"
+
+
+def read_token(path: Path) -> str:
+    """The token a client presents: the first one in its file (`name:token` or a bare token)."""
+    for token, _ in _parse(path.read_text()):
+        return token.decode()
+    raise ValueError(f"{path} holds no token")
+
+
+class Tokens:
+    """Read and admin token files."""
+
+    def __init__(self, read_files: Iterable[Path] = (), admin_files: Iterable[Path] = ()) -> None:
+        self._files = [TokenFile(p, admin=False) for p in read_files] + [TokenFile(p, admin=True) for p in admin_files]
+
+    def __bool__(self) -> bool:
+        return bool(self._files)
+
+    def principal(self, token: bytes) -> Principal | None:
+        """Who holds this token; every token is compared in constant time, and all of them are."""
+        found: Principal | None = None
+        for file in self._files:
+            for known, name in file.tokens():
+                if hmac.compare_digest(known, token) and (found is None or file.admin):
+                    found = Principal(name, file.admin)
+        return found
+
+
+def _bearer(metadata: Iterable[tuple[str, Any]] | None) -> bytes | None:
+    for key, value in metadata or ():
+        if key == AUTHORIZATION_KEY:
+            text = value if isinstance(value, str) else value.decode(errors="replace")
+            scheme, _, token = text.partition(" ")
+            return token.strip().encode() if scheme.lower() == "bearer" and token.strip() else None
+    return None
+
+
+def _refusal(code: grpc.StatusCode, message: str, handler: Any, fields: dict[str, Any]) -> Any:
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        annotate_request(**fields)
+        await context.abort(code, message)
+
+    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        annotate_request(**fields)
+        await context.abort(code, message)
+        yield  # makes this an async generator, as streaming handlers are
+
+    serializers = (handler.request_deserializer, handler.response_serializer)
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(refuse, *serializers)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(refuse_stream, *serializers)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(refuse, *serializers)
+    return grpc.stream_stream_rpc_method_handler(refuse_stream, *serializers)
+
+
+def _annotated(handler: Any, principal: Principal, admin_call: bool) -> Any:
+    """The handler, marking the request's log fields with who called (and that it is audited)."""
+    behavior = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+    fields = {"principal": principal.name, **({"audit": True} if admin_call else {})}
+
+    if handler.unary_stream or handler.stream_stream:
+
+        async def wrapped_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            annotate_request(**fields)
+            async for item in behavior(request, context):
+                yield item
+
+        wrapped: Callable[..., Any] = wrapped_stream
+    else:
+
+        async def wrapped_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            annotate_request(**fields)
+            return await behavior(request, context)
+
+        wrapped = wrapped_unary
+    serializers = (handler.request_deserializer, handler.response_serializer)
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(wrapped, *serializers)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(wrapped, *serializers)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(wrapped, *serializers)
+    return grpc.stream_stream_rpc_method_handler(wrapped, *serializers)
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Bearer tokens and roles for one service (see the module docstring)."""
+
+    def __init__(self, tokens: Tokens, admin_methods: Iterable[str], *, open_health: bool = True) -> None:
+        self.tokens = tokens
+        self.admin_methods = frozenset(admin_methods)
+        self.open_services = OPEN_SERVICES if open_health else ()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
+        if service in self.open_services:
+            return handler
+        token = _bearer(handler_call_details.invocation_metadata)
+        principal = self.tokens.principal(token) if token else None
+        admin_call = method in self.admin_methods
+        audit = {"audit": True} if admin_call else {}
+        if principal is None:
+            return _refusal(
+                grpc.StatusCode.UNAUTHENTICATED, "a valid bearer token is required", handler,
+                {"principal": "anonymous", **audit},
+            )
+        if admin_call and not principal.admin:
+            return _refusal(
+                grpc.StatusCode.PERMISSION_DENIED, f"{method} needs an admin token", handler,
+                {"principal": principal.name, **audit},
+            )
+        return _annotated(handler, principal, admin_call)
