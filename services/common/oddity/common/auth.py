@@ -24,6 +24,7 @@ from typing import Any
 
 import grpc
 
+from oddity.common.interceptors import with_behavior
 from oddity.common.logging import annotate_request
 
 AUTHORIZATION_KEY = "authorization"
@@ -107,24 +108,20 @@ def _bearer(metadata: Iterable[tuple[str, Any]] | None) -> bytes | None:
     return None
 
 
+def _streams(handler: Any) -> bool:
+    return bool(handler.unary_stream or handler.stream_stream)
+
+
 def _refusal(code: grpc.StatusCode, message: str, handler: Any, fields: dict[str, Any]) -> Any:
     async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
         annotate_request(**fields)
         await context.abort(code, message)
 
     async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        annotate_request(**fields)
-        await context.abort(code, message)
+        await refuse(request, context)
         yield  # makes this an async generator, as streaming handlers are
 
-    serializers = (handler.request_deserializer, handler.response_serializer)
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(refuse, *serializers)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(refuse_stream, *serializers)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(refuse, *serializers)
-    return grpc.stream_stream_rpc_method_handler(refuse_stream, *serializers)
+    return with_behavior(handler, refuse_stream if _streams(handler) else refuse)
 
 
 def _annotated(handler: Any, principal: Principal, admin_call: bool) -> Any:
@@ -132,29 +129,16 @@ def _annotated(handler: Any, principal: Principal, admin_call: bool) -> Any:
     behavior = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
     fields = {"principal": principal.name, **({"audit": True} if admin_call else {})}
 
-    if handler.unary_stream or handler.stream_stream:
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        annotate_request(**fields)
+        return await behavior(request, context)
 
-        async def wrapped_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            annotate_request(**fields)
-            async for item in behavior(request, context):
-                yield item
+    async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        annotate_request(**fields)
+        async for item in behavior(request, context):
+            yield item
 
-        wrapped: Callable[..., Any] = wrapped_stream
-    else:
-
-        async def wrapped_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            annotate_request(**fields)
-            return await behavior(request, context)
-
-        wrapped = wrapped_unary
-    serializers = (handler.request_deserializer, handler.response_serializer)
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(wrapped, *serializers)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(wrapped, *serializers)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(wrapped, *serializers)
-    return grpc.stream_stream_rpc_method_handler(wrapped, *serializers)
+    return with_behavior(handler, stream if _streams(handler) else unary)
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):

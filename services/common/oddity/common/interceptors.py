@@ -211,11 +211,16 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             if inspect.isasyncgenfunction(behavior)
             else self._wrap_unary(method, behavior, in_flight)
         )
-        serializers = (deserializer, handler.response_serializer)
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(wrapped, *serializers)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(wrapped, *serializers)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(wrapped, *serializers)
-        return grpc.stream_stream_rpc_method_handler(wrapped, *serializers)
+        return with_behavior(handler, wrapped, deserializer)
+
+
+def with_behavior(handler: Any, behavior: Callable[..., Any], deserializer: Any = None) -> Any:
+    """A method handler of the same kind and serializers as `handler`, running `behavior`."""
+    serializers = (deserializer or handler.request_deserializer, handler.response_serializer)
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(behavior, *serializers)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(behavior, *serializers)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(behavior, *serializers)
+    return grpc.stream_stream_rpc_method_handler(behavior, *serializers)
