@@ -220,8 +220,7 @@ class ModelRegistry:
                 self._put(kept)
             return entry.serving is not None
         model_dir = self.repository / name
-        checks = bundle.check_versions(self.repository, name)  # verdicts cached by folder signature
-        folders = [c.version for c in checks]
+        folders = bundle.list_versions(model_dir)
         rejected = self._rejected.setdefault(name, {})
         for removed in set(rejected).difference(folders):
             del rejected[removed]
@@ -241,6 +240,8 @@ class ModelRegistry:
                     continue
                 entry = replace(entry, serving=model, last_error="")
                 break
+        # After the load: the version just loaded already has its verdict (no second hash).
+        checks = bundle.check_versions(self.repository, name)
         entry = _versions_on_disk(entry, checks, rejected)
         if entry != old:
             self._put(entry)

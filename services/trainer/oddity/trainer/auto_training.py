@@ -109,8 +109,12 @@ class AutoTrainer:
         spec = entry.spec if entry is not None else None
         await asyncio.sleep(spec.retrain.debounce_seconds if spec is not None else DEFAULT_DEBOUNCE_SECONDS)
         self._quiet.pop(name, None)
+        await self._evaluate_one("file_change", name)
+
+    async def _evaluate_one(self, trigger: str, name: str) -> None:
+        """A delayed look at one dataset: a failure is logged, never raised into a timer task."""
         try:
-            await self._evaluate("file_change", only={name})
+            await self._evaluate(trigger, only={name})
         except Exception:
             log.exception("automatic training failed to start", dataset=name)
 
@@ -176,10 +180,7 @@ class AutoTrainer:
         async def look_again() -> None:
             await asyncio.sleep(delay)
             self._rechecks.pop(name, None)
-            try:
-                await self._evaluate(trigger, only={name})
-            except Exception:
-                log.exception("automatic training failed to start", dataset=name)
+            await self._evaluate_one(trigger, name)
 
         self._rechecks[name] = asyncio.create_task(look_again(), name=f"oddity-settle-{name}")
 

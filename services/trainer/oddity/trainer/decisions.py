@@ -35,13 +35,22 @@ class Decisions:
 
 
 class DecisionBook:
-    """Every dataset's decisions, persisted on the data volume."""
+    """Every dataset's decisions, persisted on the data volume. The trainer is their only
+    writer, so each file is read once and then kept in memory (scans ask on every pass)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self._lock = threading.Lock()
+        self._known: dict[str, Decisions] = {}
 
     def get(self, dataset: str) -> Decisions:
+        with self._lock:
+            known = self._known.get(dataset)
+            if known is None:
+                known = self._known[dataset] = self._read(dataset)
+            return known
+
+    def _read(self, dataset: str) -> Decisions:
         try:
             raw = json.loads((self.folder / f"{dataset}.json").read_text())
         except (FileNotFoundError, ValueError):
@@ -63,12 +72,13 @@ class DecisionBook:
 
     def _update(self, dataset: str, change) -> None:
         with self._lock:
-            decisions = change(self.get(dataset))
+            decisions = change(self._known.get(dataset) or self._read(dataset))
             self.folder.mkdir(parents=True, exist_ok=True)
             path = self.folder / f"{dataset}.json"
             if decisions == Decisions():
                 path.unlink(missing_ok=True)
-                return
-            temporary = path.with_suffix(".json.tmp")
-            temporary.write_text(json.dumps(asdict(decisions), sort_keys=True))
-            os.replace(temporary, path)
+            else:
+                temporary = path.with_suffix(".json.tmp")
+                temporary.write_text(json.dumps(asdict(decisions), sort_keys=True))
+                os.replace(temporary, path)
+            self._known[dataset] = decisions

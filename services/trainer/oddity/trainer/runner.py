@@ -242,7 +242,7 @@ class JobRunner:
             self.history.append(
                 "TRAINING_COMPLETED", dataset, f"trained {kind} on {len(data.features)} rows", **details
             )
-            if decided.pin is not None:  # a new version replaces the rolled-back one
+            if pinned is not None:  # a new version replaces the rolled-back one
                 self.decisions.unpin(dataset)
             self.announcer.record(dataset, spec.name, version, job_id=job_id)
             # Published: from here on the job succeeds, even if the trainer is stopping.

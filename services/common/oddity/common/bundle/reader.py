@@ -6,6 +6,7 @@ Reason to change: how versions are found and verified on disk.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
@@ -67,7 +68,23 @@ class VerifiedVersion:
 
 def load_verified_version(repository: Path, name: str, version: int) -> VerifiedVersion:
     """Read a version and prove it complete. The bytes returned are the bytes hashed, so what
-    gets loaded is exactly what was verified."""
+    gets loaded is exactly what was verified. The verdict is remembered (check_versions), so a
+    version that was just loaded is not read and hashed again to be listed."""
+    path = repository / name / str(version)
+    signature = version_signature(path)
+    try:
+        verified = _load_verified(repository, name, version)
+    except BundleError as exc:
+        _VERDICTS.record(path, VersionCheck(version, signature, str(exc)))
+        raise
+    except OSError as exc:
+        _VERDICTS.record(path, VersionCheck(version, signature, f"{type(exc).__name__}: {exc}"))
+        raise
+    _VERDICTS.record(path, VersionCheck(version, signature))
+    return verified
+
+
+def _load_verified(repository: Path, name: str, version: int) -> VerifiedVersion:
     path = repository / name / str(version)
     manifest = read_manifest(path)
     validate_manifest(manifest, name=name, version=version)
@@ -89,11 +106,12 @@ def load_verified_version(repository: Path, name: str, version: int) -> Verified
 
 
 def newest_complete_version(repository: Path, name: str) -> VerifiedVersion | None:
-    """The newest complete version of a model, if any."""
-    for version in reversed(complete_versions(repository, name)):
+    """The newest complete version of a model, if any (newest first: each folder is read and
+    hashed once, and the verdicts are remembered for check_versions)."""
+    for version in reversed(list_versions(repository / name)):
         try:
             return load_verified_version(repository, name, version)
-        except BundleError:  # changed since it was checked
+        except (BundleError, OSError):
             continue
     return None
 
@@ -122,25 +140,21 @@ class _Verdicts:
 
     def check(self, repository: Path, name: str, version: int) -> VersionCheck:
         path = repository / name / str(version)
-        key = str(path)
         signature = version_signature(path)
         with self._lock:
-            known = self._by_path.get(key)
+            known = self._by_path.get(str(path))
         if known is not None and known.signature == signature:
             return known
-        try:
-            load_verified_version(repository, name, version)
-            error = ""
-        except BundleError as exc:
-            error = str(exc)
-        except OSError as exc:
-            error = f"{type(exc).__name__}: {exc}"
-        verdict = VersionCheck(version, signature, error)
+        with contextlib.suppress(BundleError, OSError):
+            load_verified_version(repository, name, version)  # records the verdict either way
+        with self._lock:
+            return self._by_path[str(path)]
+
+    def record(self, path: Path, verdict: VersionCheck) -> None:
         with self._lock:
             if len(self._by_path) >= self._limit:
                 self._by_path.clear()
-            self._by_path[key] = verdict
-        return verdict
+            self._by_path[str(path)] = verdict
 
 
 _VERDICTS = _Verdicts()
