@@ -14,7 +14,8 @@ joined it. While waiting batches gather company the next batch waits too; once t
 probe every `PROBE_EVERY` batches that checks whether load has come back.
 
 A batch that fails (say one request routes to a group without a model) is retried request
-by request, so only the guilty request fails.
+by request, so only the guilty request fails. A cancelled request leaves its batch before it
+runs.
 
 Reason to change: how concurrent small requests share ONNX Runtime calls.
 """
@@ -84,7 +85,15 @@ class MicroBatcher:
         batch.rows += rows.shape[0]
         if batch.rows >= self.max_batch_rows:
             self._flush(key, batch)
-        return await waiting.future
+        try:
+            return await waiting.future
+        except asyncio.CancelledError:
+            # The call was cancelled (client gone, deadline passed): its rows leave a batch
+            # that has not run yet, so nobody scores them.
+            if self._pending.get(key) is batch:
+                batch.waiting.remove(waiting)
+                batch.rows -= rows.shape[0]
+            raise
 
     def _flush(self, key: tuple, batch: _Batch) -> None:
         if self._pending.get(key) is not batch:
@@ -92,6 +101,8 @@ class MicroBatcher:
         del self._pending[key]
         model, percentile, routed = key
         waiting = batch.waiting
+        if not waiting:
+            return  # every caller of this batch was cancelled
         if self._observe_batch is not None:
             self._observe_batch(len(waiting))
         if batch.waited:

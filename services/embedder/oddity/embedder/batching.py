@@ -81,9 +81,11 @@ class DynamicBatcher:
                     break
                 batch.append(entry)
                 size += entry.size
+            # Callers cancelled while their entries waited (client gone, deadline passed) are dropped.
             batch = [e for e in batch if not e.future.cancelled()]
             if not batch:
                 continue
+            size = sum(e.size for e in batch)
             if self._observe_batch is not None:
                 self._observe_batch(size)
             try:
