@@ -49,7 +49,7 @@ def test_a_stream_closed_mid_way_is_cancelled_without_an_error_log(capfd):
     """grpc closes a server stream's generator (GeneratorExit at its yield) when the client is
     gone while a message is on its way: CANCELLED, the handler's own stream closed too."""
     registry = new_metrics_registry(process_metrics=False)
-    interceptor = ServerInterceptor("test", RpcMetrics(registry))
+    interceptor = ServerInterceptor(RpcMetrics(registry))
     closed = []
 
     async def updates(request, context):
@@ -73,7 +73,7 @@ def test_a_stream_closed_mid_way_is_cancelled_without_an_error_log(capfd):
     assert closed == [True]
     assert (
         registry.get_sample_value(
-            "oddity_grpc_requests_total", {"service": "test", "method": "Watch", "code": "CANCELLED"}
+            "oddity_grpc_requests_total", {"service": "oddity.v1.Test", "method": "Watch", "code": "CANCELLED"}
         )
         == 1
     )

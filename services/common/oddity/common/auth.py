@@ -1,7 +1,6 @@
 """Bearer-token authentication and the read/admin roles, checked by one interceptor.
 
-Tokens come from files (e.g. mounted Kubernetes Secrets), one per line as `name:token` (the
-name is who the audit log says called) or a bare token (named by a hash of it); files are
+Tokens come from files (e.g. mounted Kubernetes Secrets, see `oddity.common.token_files`),
 re-read when they change, so tokens rotate without a restart. Read tokens may call the data
 and status RPCs; admin tokens may call everything, including the RPCs that change what
 serves (LoadModel, UnloadModel, Train, Rollback, SetThreshold). Health checks and server
@@ -14,9 +13,7 @@ Reason to change: who may call what.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import os
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +23,7 @@ import grpc
 
 from oddity.common.interceptors import with_behavior
 from oddity.common.logging import annotate_request
+from oddity.common.token_files import TokenFile
 
 AUTHORIZATION_KEY = "authorization"
 OPEN_SERVICES = (
@@ -39,45 +37,6 @@ OPEN_SERVICES = (
 class Principal:
     name: str
     admin: bool
-
-
-class TokenFile:
-    """The tokens of one file, re-read when its size or mtime changes."""
-
-    def __init__(self, path: Path, admin: bool) -> None:
-        self.path = path
-        self.admin = admin
-        self._signature: tuple[int, int] | None = None
-        self._tokens: list[tuple[bytes, str]] = []
-
-    def tokens(self) -> list[tuple[bytes, str]]:
-        try:
-            stat = os.stat(self.path)
-        except FileNotFoundError:
-            return []  # a Secret being re-mounted: no token matches meanwhile
-        signature = (stat.st_size, stat.st_mtime_ns)
-        if signature != self._signature:
-            self._tokens = list(_parse(self.path.read_text()))
-            self._signature = signature
-        return self._tokens
-
-
-def _parse(text: str) -> Iterable[tuple[bytes, str]]:
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        name, _, token = line.rpartition(":") if ":" in line else ("", "", line)
-        token = token.strip()
-        if token:
-            yield token.encode(), name.strip() or f"token-{hashlib.sha256(token.encode()).hexdigest()[:8]}"
-
-
-def read_token(path: Path) -> str:
-    """The token a client presents: the first one in its file (`name:token` or a bare token)."""
-    for token, _ in _parse(path.read_text()):
-        return token.decode()
-    raise ValueError(f"{path} holds no token")
 
 
 class Tokens:

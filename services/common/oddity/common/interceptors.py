@@ -2,7 +2,8 @@
 
 Every RPC passes through one wrapper that
   - takes the caller's `x-request-id` (or makes one) into the request's log context,
-  - times the call and counts it by final status code,
+  - times the call and counts it by final status code, labelled with the service the method
+    belongs to (health checks and reflection count apart from the service's own RPCs),
   - turns domain errors into their gRPC status with the error's message, and any other
     exception into INTERNAL with a fixed text, so no internals leak.
 Wrapped handlers are cached per method: the per-call cost stays a few microseconds.
@@ -81,12 +82,12 @@ def _reject_undecodable(behavior):
 class _Call:
     """Bookkeeping of one RPC: log context, timing, metrics, error mapping."""
 
-    __slots__ = ("code", "context", "fields", "in_flight", "method", "owner", "start")
+    __slots__ = ("code", "context", "fields", "in_flight", "method", "owner", "service", "start")
 
     def __init__(
-        self, owner: ServerInterceptor, method: str, in_flight: Any, context: grpc.aio.ServicerContext
+        self, owner: ServerInterceptor, service: str, method: str, in_flight: Any, context: grpc.aio.ServicerContext
     ) -> None:
-        self.owner, self.method, self.in_flight, self.context = owner, method, in_flight, context
+        self.owner, self.service, self.method, self.in_flight, self.context = owner, service, method, in_flight, context
         self.fields = start_request(request_id=_request_id(context), rpc=method)
         self.code = grpc.StatusCode.OK
         in_flight.inc()
@@ -117,8 +118,8 @@ class _Call:
         elapsed = time.perf_counter() - self.start
         self.in_flight.dec()
         owner = self.owner
-        owner.latency(self.method).observe(elapsed)
-        owner.counter(self.method, self.code).inc()
+        owner.latency(self.service, self.method).observe(elapsed)
+        owner.counter(self.service, self.method, self.code).inc()
         if owner.access_log:
             log.info("request", code=self.code.name, duration_ms=round(elapsed * 1000, 3))
         if self.fields.get("audit"):  # an admin call (oddity.common.auth): who, what, result
@@ -128,25 +129,25 @@ class _Call:
 class ServerInterceptor(grpc.aio.ServerInterceptor):
     """Wraps every handler of a server; see the module docstring."""
 
-    def __init__(self, service: str, metrics: RpcMetrics, *, access_log: bool = False) -> None:
-        self.service = service
+    def __init__(self, metrics: RpcMetrics, *, access_log: bool = False) -> None:
         self.metrics = metrics
         self.access_log = access_log
         self._wrapped: dict[str, tuple[Any, Any]] = {}
-        self._latency: dict[str, Any] = {}
-        self._counters: dict[tuple[str, grpc.StatusCode], Any] = {}
+        self._latency: dict[tuple[str, str], Any] = {}
+        self._counters: dict[tuple[str, str, grpc.StatusCode], Any] = {}
 
-    def latency(self, method: str):
-        child = self._latency.get(method)
+    def latency(self, service: str, method: str):
+        key = (service, method)
+        child = self._latency.get(key)
         if child is None:
-            child = self._latency[method] = self.metrics.latency.labels(self.service, method)
+            child = self._latency[key] = self.metrics.latency.labels(service, method)
         return child
 
-    def counter(self, method: str, code: grpc.StatusCode):
-        key = (method, code)
+    def counter(self, service: str, method: str, code: grpc.StatusCode):
+        key = (service, method, code)
         child = self._counters.get(key)
         if child is None:
-            child = self._counters[key] = self.metrics.requests.labels(self.service, method, code.name)
+            child = self._counters[key] = self.metrics.requests.labels(service, method, code.name)
         return child
 
     async def intercept_service(
@@ -161,13 +162,14 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = self._wrap(method.rsplit("/", 1)[-1], handler)
+        service, _, name = method.lstrip("/").rpartition("/")
+        wrapped = self._wrap(service, name, handler)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
-    def _wrap_stream(self, method: str, behavior: Any, in_flight: Any) -> Callable[..., Any]:
+    def _wrap_stream(self, service: str, method: str, behavior: Any, in_flight: Any) -> Callable[..., Any]:
         async def wrapped(request, context):
-            call = _Call(self, method, in_flight, context)
+            call = _Call(self, service, method, in_flight, context)
             stream = behavior(request, context)
             try:
                 async for item in stream:
@@ -183,11 +185,11 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
         return wrapped
 
-    def _wrap_unary(self, method: str, behavior: Any, in_flight: Any) -> Callable[..., Any]:
+    def _wrap_unary(self, service: str, method: str, behavior: Any, in_flight: Any) -> Callable[..., Any]:
         """Unary responses, and streaming handlers that write with context.write()."""
 
         async def wrapped(request, context):
-            call = _Call(self, method, in_flight, context)
+            call = _Call(self, service, method, in_flight, context)
             try:
                 return await behavior(request, context)
             except BaseException as exc:
@@ -198,8 +200,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
         return wrapped
 
-    def _wrap(self, method: str, handler: Any) -> Any:
-        in_flight = self.metrics.in_flight.labels(self.service, method)
+    def _wrap(self, service: str, method: str, handler: Any) -> Any:
+        in_flight = self.metrics.in_flight.labels(service, method)
         behavior = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
         deserializer = handler.request_deserializer
         if deserializer is not None and not handler.request_streaming:
@@ -207,9 +209,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             deserializer = _tolerant(deserializer)
 
         wrapped = (
-            self._wrap_stream(method, behavior, in_flight)
+            self._wrap_stream(service, method, behavior, in_flight)
             if inspect.isasyncgenfunction(behavior)
-            else self._wrap_unary(method, behavior, in_flight)
+            else self._wrap_unary(service, method, behavior, in_flight)
         )
         return with_behavior(handler, wrapped, deserializer)
 

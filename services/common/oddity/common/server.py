@@ -11,7 +11,13 @@ everything around it:
     await host.stop()         # NOT_SERVING, drain in-flight RPCs within the grace period, release
 
 `run_until_signal` runs one or more hosts until SIGTERM or SIGINT and stops them gracefully.
-Credentials, extra interceptors and the metrics registry are passed in, never hard-wired.
+TLS comes from the settings' certificate files (or credentials passed in); extra
+interceptors and the metrics registry are passed in, never hard-wired. Every call passes, in
+order: the server interceptor (request id, logs, metrics, errors), tokens and roles when
+configured, then admission (drain, concurrency cap, per-client rate).
+
+Shutdown (SIGTERM): readiness goes NOT_SERVING, new calls get UNAVAILABLE (retryable) while
+the calls in progress finish within the grace period, then the server stops.
 
 Reason to change: the lifecycle of a gRPC server (start, health, reflection, drain, stop).
 """
@@ -32,9 +38,11 @@ from prometheus_client import CollectorRegistry
 
 from oddity.common.auth import AuthInterceptor, Tokens
 from oddity.common.interceptors import ServerInterceptor
+from oddity.common.limits import AdmissionInterceptor, RateLimiter
 from oddity.common.logging import configure_logging, get_logger
 from oddity.common.metrics import MetricsEndpoint, RpcMetrics, new_metrics_registry, start_metrics_endpoint
 from oddity.common.settings import ServiceSettings, load_settings
+from oddity.common.tls import server_credentials
 
 log = get_logger("oddity.server")
 
@@ -98,12 +106,20 @@ class ServiceHost:
             [settings.read_tokens_file] if settings.read_tokens_file else [],
             [settings.admin_tokens_file] if settings.admin_tokens_file else [],
         )
+        self.admission = AdmissionInterceptor(
+            settings.max_concurrent_rpcs,
+            RateLimiter(settings.rate_limit_per_client, settings.rate_limit_burst)
+            if settings.rate_limit_per_client
+            else None,
+        )
         self._interceptors: list[grpc.aio.ServerInterceptor] = [
-            ServerInterceptor(app.name, RpcMetrics(metrics_registry), access_log=settings.access_log),
+            ServerInterceptor(RpcMetrics(metrics_registry), access_log=settings.access_log),
             *([AuthInterceptor(tokens, app.admin_methods, open_health=settings.auth_open_health)] if tokens else []),
+            self.admission,
             *interceptors,
         ]
-        self._credentials = credentials
+        tls = settings.tls()
+        self._credentials = credentials or (server_credentials(tls) if tls.serves_tls else None)
         self._options = [
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -136,7 +152,7 @@ class ServiceHost:
         if self._credentials is None:
             if not _loopback(settings.host):
                 log.warning(
-                    "serving plaintext gRPC beyond this machine; configure TLS or bind 127.0.0.1",
+                    "serving plaintext gRPC beyond this machine; set tls_cert_file/tls_key_file or bind 127.0.0.1",
                     host=settings.host,
                 )
             self.port = server.add_insecure_port(target)
@@ -149,20 +165,30 @@ class ServiceHost:
         await server.start()
         self.server = server
         if settings.metrics_port is not None:
-            self.metrics = start_metrics_endpoint(self.metrics_registry, settings.metrics_host, settings.metrics_port)
+            self.metrics = start_metrics_endpoint(
+                self.metrics_registry,
+                settings.metrics_host,
+                settings.metrics_port,
+                token_file=settings.metrics_token_file,
+            )
+            if not _loopback(settings.metrics_host) and settings.metrics_token_file is None:
+                log.warning("serving /metrics beyond this machine without a token", host=settings.metrics_host)
         log.info(
             "serving",
             grpc_service=self.app.name,
             host=settings.host,
             port=self.port,
+            tls=self._credentials is not None,
+            mutual_tls=settings.tls_client_auth,
+            tokens=settings.read_tokens_file is not None or settings.admin_tokens_file is not None,
             metrics_port=self.metrics.port if self.metrics else None,
         )
         await self.app.start(self.readiness)
         return self.port
 
     async def stop(self, grace: float | None = None) -> None:
-        """Graceful stop: NOT_SERVING, refuse new RPCs, let in-flight ones finish within the
-        grace period, then release the service."""
+        """Graceful stop: NOT_SERVING, new RPCs get UNAVAILABLE while in-flight ones finish
+        within the grace period, then the server stops and the service is released."""
         if self._stopped.is_set():
             return
         self._stopped.set()
@@ -170,7 +196,15 @@ class ServiceHost:
         log.info("stopping", grpc_service=self.app.name, grace_seconds=grace)
         await self.health.enter_graceful_shutdown()
         if self.server is not None:
-            await self.server.stop(grace)
+            # Stopping the gRPC server at once would answer calls that arrive meanwhile with
+            # CANCELLED, which clients do not retry; the admission interceptor answers them
+            # UNAVAILABLE until the calls in progress are done.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + grace
+            self.admission.start_draining()
+            if not await self.admission.wait_idle(grace):
+                log.warning("grace period over; cancelling the calls still running", calls=self.admission.active)
+            await self.server.stop(max(0.0, deadline - loop.time()))
         try:
             await self.app.stop()
         finally:

@@ -10,8 +10,10 @@ import sys
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
+
+from oddity.common.tls import TlsFiles
 
 
 class ServiceSettings(BaseSettings):
@@ -53,6 +55,47 @@ class ServiceSettings(BaseSettings):
     auth_open_health: bool = Field(
         True, description="Health checks and reflection need no token (for probes and grpcurl)."
     )
+    tls_cert_file: Path | None = Field(
+        None,
+        description="This service's certificate chain (PEM): served on the gRPC port and presented to the "
+        "Oddity services it calls. Re-read when it changes.",
+    )
+    tls_key_file: Path | None = Field(None, description="The private key of tls_cert_file (PEM).")
+    tls_ca_file: Path | None = Field(
+        None,
+        description="CA bundle (PEM) of the Oddity services: with it, calls to other services use TLS verified "
+        "against it, and with tls_client_auth it verifies this service's clients.",
+    )
+    tls_client_auth: bool = Field(
+        False, description="Mutual TLS: clients must present a certificate signed by tls_ca_file."
+    )
+    metrics_token_file: Path | None = Field(
+        None,
+        description="File holding the bearer token /metrics requires (re-read when it changes); unset: no token.",
+    )
+    max_concurrent_rpcs: int = Field(
+        256,
+        ge=1,
+        description="RPCs handled at once (health checks and reflection not counted); more get "
+        "RESOURCE_EXHAUSTED at once instead of queueing.",
+    )
+    rate_limit_per_client: float | None = Field(
+        None,
+        gt=0,
+        description="Requests per second each client (token name, or peer address without tokens) may make; "
+        "more get RESOURCE_EXHAUSTED. Unset: no limit.",
+    )
+    rate_limit_burst: int = Field(
+        100, ge=1, description="Requests a client may make at once above its rate before the limit applies."
+    )
+
+    @model_validator(mode="after")
+    def _tls_consistent(self) -> ServiceSettings:
+        self.tls()  # raises on a half-configured pair or mutual TLS without a CA
+        return self
+
+    def tls(self) -> TlsFiles:
+        return TlsFiles(self.tls_cert_file, self.tls_key_file, self.tls_ca_file, self.tls_client_auth)
 
 
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)

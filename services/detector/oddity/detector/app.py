@@ -78,6 +78,7 @@ class DetectorApp:
                 wait_for_ready=True,
                 max_message_bytes=self.settings.max_message_bytes,
                 token_file=self.settings.embedder_token_file,
+                tls=self.settings.tls(),
             )
         return self._embedder
 

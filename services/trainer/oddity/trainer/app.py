@@ -19,7 +19,7 @@ from oddity.common.clients import DetectorAdminClient, EmbedderClient, RemoteSer
 from oddity.common.errors import Unavailable
 from oddity.common.logging import get_logger
 from oddity.common.server import Readiness
-from oddity.trainer.announcer import Announcer
+from oddity.trainer.announcer import Announcer, DetectorFleet
 from oddity.trainer.auto_training import AutoTrainer, Backoff
 from oddity.trainer.catalogue import DatasetCatalogue
 from oddity.trainer.decisions import DecisionBook
@@ -53,10 +53,25 @@ class TrainerApp:
         self.runner: JobRunner | None = None
         self.policy: AutoTrainer | None = None
         self._clients: list[RemoteService] = []
+        self._detectors: DetectorFleet | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     def register(self, server: grpc.aio.Server) -> None:
         trainer_pb2_grpc.add_TrainerServicer_to_server(TrainerServicer(self._started_service), server)
+
+    def _detector_client(self, address: str, certificate_name: str | None) -> DetectorAdminClient:
+        """A client of one detector; a replica reached by its address is checked against the
+        certificate name of its service."""
+        settings = self.settings
+        tls = settings.tls()
+        options = [("grpc.ssl_target_name_override", certificate_name)] if certificate_name and tls.calls_tls else []
+        return DetectorAdminClient(
+            address,
+            timeout=settings.detector_timeout_seconds,
+            token_file=settings.detector_token_file,
+            tls=tls,
+            options=options,
+        )
 
     def _started_service(self) -> TrainerService:
         if self.service is None:
@@ -74,20 +89,16 @@ class TrainerApp:
             wait_for_ready=True,  # training is batch work: wait out an embedder restart
             max_message_bytes=settings.max_message_bytes,
             token_file=settings.embedder_token_file,
+            tls=settings.tls(),
         )
-        detectors = [
-            DetectorAdminClient(
-                target, timeout=settings.detector_timeout_seconds, token_file=settings.detector_token_file
-            )
-            for target in settings.detectors
-        ]
-        self._clients = [embedder, *detectors]
+        self._clients = [embedder]
+        self._detectors = DetectorFleet(settings.detectors, settings.detector_services, self._detector_client)
 
         history = History(settings.state_dir / "history.jsonl")
         decisions = DecisionBook(settings.state_dir / "decisions")
         backoff = Backoff(settings.retry_backoff_seconds, settings.retry_backoff_max_seconds)
         publisher = Publisher(settings.model_repository)
-        announcer = Announcer(history, self.metrics, detectors)
+        announcer = Announcer(history, self.metrics, self._detectors)
         catalogue = DatasetCatalogue(settings.datasets_root, settings.model_repository, self.metrics)
         self.runner = JobRunner(
             JobBoard(settings.state_dir / "running", loop),
@@ -151,3 +162,5 @@ class TrainerApp:
             await self.runner.close()
         for client in self._clients:
             await client.close()
+        if self._detectors is not None:
+            await self._detectors.close()

@@ -30,6 +30,12 @@ class TrainerSettings(ServiceSettings):
         default_factory=list,
         description='Detector addresses told to load new versions at once, e.g. ["localhost:50052"].',
     )
+    detector_services: list[str] = Field(
+        default_factory=list,
+        description="Detector service names (host:port) whose every address is a detector replica, e.g. a "
+        'Kubernetes headless Service ["oddity-detector-replicas.oddity.svc:50052"]: each replica is told; the '
+        "name is resolved again before each notification.",
+    )
     embedder: str = Field("127.0.0.1:50051", description="Embedder address, for image and text datasets.")
     embedder_connect_timeout_seconds: float = Field(
         10.0,

@@ -11,13 +11,18 @@
   message that names the remote service.
 - Request ids: the current request's id (or the one given) goes out as `x-request-id`.
 - Tokens: with a token file, every call carries `authorization: Bearer <token>`.
+- TLS: with TLS files, the channel verifies the server with the CA and presents this
+  service's certificate; rotated files give a new channel for later calls (checked at most
+  once a second), while calls on the old one finish.
 
 Reason to change: how Oddity services talk to each other on the wire.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +30,17 @@ from typing import Any
 
 import grpc
 
-from oddity.common.auth import AUTHORIZATION_KEY, read_token
-from oddity.common.logging import REQUEST_ID_KEY, current_request_id
+from oddity.common.auth import AUTHORIZATION_KEY
+from oddity.common.logging import REQUEST_ID_KEY, current_request_id, get_logger
 from oddity.common.status import remote_error
+from oddity.common.tls import TlsFiles, channel_credentials
+from oddity.common.token_files import read_token
+
+log = get_logger("oddity.clients")
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+TLS_CHECK_SECONDS = 1.0  # how often a client looks at its certificate files
+OLD_CHANNEL_GRACE_SECONDS = 60.0  # calls on a replaced channel get this long to finish
 
 
 @dataclass(frozen=True)
@@ -76,12 +87,15 @@ def channel_options(service: str, max_message_bytes: int, retry: RetryPolicy) ->
 
 
 class RemoteService:
-    """Base of the clients: one grpc.aio channel to `target`, created on the running event loop."""
+    """Base of the clients: one grpc.aio channel to `target`, created on the running event loop.
+    Subclasses name their stub class; `self._stub` always belongs to the current channel."""
 
     #: Fully qualified gRPC service name, e.g. "oddity.v1.Embedder".
     service = ""
     #: Name used in error messages, e.g. "embedder".
     label = ""
+    #: The generated stub class, e.g. embedder_pb2_grpc.EmbedderStub.
+    stub_class: Any = None
 
     def __init__(
         self,
@@ -91,7 +105,7 @@ class RemoteService:
         wait_for_ready: bool = False,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         retry: RetryPolicy | None = None,
-        credentials: grpc.ChannelCredentials | None = None,
+        tls: TlsFiles | None = None,
         token_file: Path | None = None,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
@@ -99,14 +113,44 @@ class RemoteService:
         self.token_file = token_file
         self.timeout = timeout
         self.wait_for_ready = wait_for_ready
-        all_options = [*channel_options(self.service, max_message_bytes, retry or RetryPolicy()), *options]
-        if credentials is None:
-            self.channel = grpc.aio.insecure_channel(target, options=all_options)
-        else:
-            self.channel = grpc.aio.secure_channel(target, credentials, options=all_options)
+        self.tls = tls if tls is not None and tls.calls_tls else None
+        self._options = [*channel_options(self.service, max_message_bytes, retry or RetryPolicy()), *options]
+        self._tls_signature = self.tls.signature() if self.tls else None
+        self._tls_checked = time.monotonic()
+        self._retiring: set[asyncio.Task] = set()
+        self.channel = self._new_channel()
+        self._stub = self.stub_class(self.channel)
 
-    async def _call(self, rpc: Any, request: Any, *, timeout: float | None = None, request_id: str | None = None):
-        """Call one unary method of the stub; raises the domain error for a failed call."""
+    def _new_channel(self) -> grpc.aio.Channel:
+        if self.tls is None:
+            return grpc.aio.insecure_channel(self.target, options=self._options)
+        return grpc.aio.secure_channel(self.target, channel_credentials(self.tls), options=self._options)
+
+    def _rotate_if_changed(self) -> None:
+        """A new channel when the certificate files changed; the old one closes after its calls."""
+        now = time.monotonic()
+        if self.tls is None or now - self._tls_checked < TLS_CHECK_SECONDS:
+            return
+        self._tls_checked = now
+        signature = self.tls.signature()
+        if signature == self._tls_signature:
+            return
+        try:
+            channel = self._new_channel()
+        except (OSError, ValueError) as exc:  # a half-written pair: keep the old channel, look again later
+            log.warning("new certificate files not usable yet", target=self.target, error=str(exc))
+            return
+        old, self.channel, self._stub = self.channel, channel, self.stub_class(channel)
+        self._tls_signature = signature
+        task = asyncio.create_task(old.close(grace=OLD_CHANNEL_GRACE_SECONDS))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+        log.info("client certificates reloaded", target=self.target)
+
+    async def _call(self, method: str, request: Any, *, timeout: float | None = None, request_id: str | None = None):
+        """Call one unary method of the stub by name; raises the domain error for a failed call."""
+        self._rotate_if_changed()
+        rpc = getattr(self._stub, method)
         request_id = request_id or current_request_id()
         metadata = [(REQUEST_ID_KEY, request_id)] if request_id else []
         if self.token_file is not None:  # read per call: a rotated Secret is picked up at once
@@ -124,3 +168,5 @@ class RemoteService:
 
     async def close(self) -> None:
         await self.channel.close()
+        for task in list(self._retiring):
+            task.cancel()

@@ -15,13 +15,11 @@ class DetectorAdminClient(RemoteService):
     service = SERVICE
     label = "detector"
 
-    def __init__(self, target: str, **kwargs) -> None:
-        super().__init__(target, **kwargs)
-        self._stub = detector_pb2_grpc.DetectorStub(self.channel)
+    stub_class = detector_pb2_grpc.DetectorStub
 
     async def load_model(self, model: str, version: int = 0, *, request_id: str | None = None) -> int:
         """LoadModel; returns the version the detector serves afterwards."""
         response = await self._call(
-            self._stub.LoadModel, detector_pb2.LoadModelRequest(model=model, version=version), request_id=request_id
+            "LoadModel", detector_pb2.LoadModelRequest(model=model, version=version), request_id=request_id
         )
         return response.status.serving_version

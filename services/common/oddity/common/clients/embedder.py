@@ -43,9 +43,7 @@ class EmbedderClient(RemoteService):
     service = SERVICE
     label = "embedder"
 
-    def __init__(self, target: str, **kwargs) -> None:
-        super().__init__(target, **kwargs)
-        self._stub = embedder_pb2_grpc.EmbedderStub(self.channel)
+    stub_class = embedder_pb2_grpc.EmbedderStub
 
     async def embed(
         self,
@@ -58,7 +56,7 @@ class EmbedderClient(RemoteService):
     ) -> Embeddings:
         items = [embedder_pb2.EmbedItem(image=i) for i in images] + [embedder_pb2.EmbedItem(text=t) for t in texts]
         response = await self._call(
-            self._stub.Embed,
+            "Embed",
             embedder_pb2.EmbedRequest(model=model, items=items),
             timeout=timeout,
             request_id=request_id,
@@ -75,7 +73,7 @@ class EmbedderClient(RemoteService):
     ) -> list[EmbedderModel]:
         """The served models (or the one named)."""
         response = await self._call(
-            self._stub.GetInfo, embedder_pb2.GetInfoRequest(model=model), timeout=timeout, request_id=request_id
+            "GetInfo", embedder_pb2.GetInfoRequest(model=model), timeout=timeout, request_id=request_id
         )
         return [
             EmbedderModel(

@@ -1,0 +1,166 @@
+"""Admission control: how much work a server takes on, and when it stops taking any.
+
+One interceptor decides, before a handler runs, whether the call is admitted:
+  - while the server drains for shutdown, new calls get UNAVAILABLE (the code retry policies
+    retry, so clients move to another replica or wait for the restart), never CANCELLED;
+  - beyond `max_concurrent` calls in progress, RESOURCE_EXHAUSTED at once: no queue grows
+    behind a busy server;
+  - with a per-client rate, a token bucket per client (its bearer token, or its address
+    without tokens) refuses calls above the rate with RESOURCE_EXHAUSTED.
+Health checks and reflection are always admitted: probes must see a busy server as alive.
+
+Reason to change: the limits on a server's work and the drain on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from oddity.common.auth import AUTHORIZATION_KEY, OPEN_SERVICES
+from oddity.common.interceptors import with_behavior
+
+MAX_TRACKED_CLIENTS = 10_000  # buckets kept (least recently seen dropped first)
+
+
+class TokenBucket:
+    """`rate` tokens a second, at most `burst` saved up."""
+
+    __slots__ = ("burst", "rate", "tokens", "updated")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, float(burst)
+        self.tokens = float(burst)
+        self.updated = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
+class RateLimiter:
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def allow(self, client: str) -> bool:
+        bucket = self._buckets.get(client)
+        if bucket is None:
+            bucket = self._buckets[client] = TokenBucket(self.rate, self.burst)
+            if len(self._buckets) > MAX_TRACKED_CLIENTS:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(client)
+        return bucket.take()
+
+
+def client_key(context: grpc.aio.ServicerContext) -> str:
+    """Who is calling, for the rate limit: a hash of the bearer token, else the peer's address."""
+    for key, value in context.invocation_metadata() or ():
+        if key == AUTHORIZATION_KEY:
+            raw = value if isinstance(value, bytes) else value.encode()
+            return "token:" + hashlib.sha256(raw).hexdigest()[:16]
+    peer = context.peer() or "unknown"  # "ipv4:127.0.0.1:53412": the port changes per connection
+    return peer.rsplit(":", 1)[0] if peer.startswith(("ipv4:", "ipv6:")) else peer
+
+
+class AdmissionInterceptor(grpc.aio.ServerInterceptor):
+    """See the module docstring. Runs on the server's event loop: counters need no lock."""
+
+    def __init__(self, max_concurrent: int, rate_limiter: RateLimiter | None = None) -> None:
+        self.max_concurrent = max_concurrent
+        self.rate_limiter = rate_limiter
+        self.active = 0
+        self.draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
+
+    def start_draining(self) -> None:
+        self.draining = True
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no admitted call is in progress (or the timeout passes); True if idle."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        if method.lstrip("/").rpartition("/")[0] in OPEN_SERVICES:
+            return handler
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _refusal(self, context: grpc.aio.ServicerContext) -> tuple[grpc.StatusCode, str] | None:
+        if self.draining:
+            return grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry"
+        if self.active >= self.max_concurrent:
+            return grpc.StatusCode.RESOURCE_EXHAUSTED, f"the server is busy ({self.max_concurrent} calls in progress)"
+        if self.rate_limiter is not None and not self.rate_limiter.allow(client_key(context)):
+            return (
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"rate limit of {self.rate_limiter.rate:g} requests per second exceeded",
+            )
+        return None
+
+    def _enter(self) -> None:
+        self.active += 1
+        self._idle.clear()
+
+    def _leave(self) -> None:
+        self.active -= 1
+        if self.active == 0:
+            self._idle.set()
+
+    def _wrap(self, handler: Any) -> Any:
+        behavior = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            refusal = self._refusal(context)
+            if refusal is not None:
+                await context.abort(*refusal)
+            self._enter()
+            try:
+                return await behavior(request, context)
+            finally:
+                self._leave()
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            refusal = self._refusal(context)
+            if refusal is not None:
+                await context.abort(*refusal)
+            self._enter()
+            try:
+                async for item in behavior(request, context):
+                    yield item
+            finally:
+                self._leave()
+
+        # Streaming handlers that write with context.write() are coroutines: they take the unary path.
+        return with_behavior(handler, stream if inspect.isasyncgenfunction(behavior) else unary)
