@@ -77,10 +77,10 @@ class ServiceHandle:
         self.server.stop()
 
 
-def start_detector(repository: Path, **overrides) -> ServiceHandle:
+def start_detector(repository: Path, interceptors: Sequence = (), **overrides) -> ServiceHandle:
     overrides.setdefault("poll_interval_seconds", 0.2)
     settings = DetectorSettings(**{**LOOPBACK, **overrides}, model_repository=repository)
-    return ServiceHandle(DetectorApp, settings, detector_pb2_grpc.DetectorStub)
+    return ServiceHandle(DetectorApp, settings, detector_pb2_grpc.DetectorStub, interceptors)
 
 
 def start_trainer(data_volume: Path, repository: Path, **overrides) -> ServiceHandle:

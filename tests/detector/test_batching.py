@@ -1,6 +1,7 @@
 """Micro-batching: concurrent requests coalesce into shared ONNX calls, every caller gets
 exactly its own rows back, and a bad request in a batch fails alone."""
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 from oddity.v1 import detector_pb2, manifest_pb2
+from tests.conftest import start_detector
 from tests.support import models
 from tests.support.client import detect_request
 
@@ -75,3 +77,23 @@ def test_a_bad_request_in_a_batch_fails_alone(routed):
         else:
             assert isinstance(result, detector_pb2.DetectResponse), result
             assert list(result.groups) == ["age_3_6"]
+
+
+def test_a_cancelled_request_leaves_its_batch_before_it_runs(repository):
+    """A call whose deadline passes while its batch waits is not scored: the next batch holds
+    only the next request."""
+    fit = models.fit_pca_group(models.normal_rows(300, D), components=2)
+    models.publish_simple(repository, "m", fit, dimension=D)
+    detector = start_detector(repository, max_batch_delay_ms=1000)
+    try:
+        request = detect_request("m", models.normal_rows(1, D))
+        with pytest.raises(grpc.RpcError) as late:
+            detector.stub.Detect(request, timeout=0.2)
+        assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        time.sleep(1.0)  # the abandoned batch's flush time has passed
+        assert detector.metric("oddity_detector_batch_requests_count") == 0
+        assert len(detector.stub.Detect(request, timeout=10).scores) == 1
+        assert detector.metric("oddity_detector_batch_requests_count") == 1
+        assert detector.metric("oddity_detector_batch_requests_sum") == 1
+    finally:
+        detector.close()

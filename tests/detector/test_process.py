@@ -1,5 +1,6 @@
 """The detector as a process: graceful SIGTERM under load, and flat memory across swaps."""
 
+import threading
 import time
 import urllib.request
 
@@ -58,6 +59,55 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(repository):
         assert process.proc.wait(timeout=60) == 0
         assert all(isinstance(r, detector_pb2.DetectResponse) and len(r.scores) == 3000 for r in results), results
         assert process.events("stopped"), "no graceful stop in the log"
+    finally:
+        process.kill()
+
+
+def test_calls_after_sigterm_get_unavailable_never_cancelled(repository):
+    """Clients keep calling through the signal: calls in progress finish OK, calls that arrive
+    while the server drains get UNAVAILABLE (what retry policies retry), none CANCELLED."""
+    publish_heavy(repository)
+    process = ServiceProcess(
+        "oddity.detector.main",
+        ["--model-repository", str(repository), "--grace-period-seconds", "30", "--inference-workers", "1"],
+    ).start()
+    process.wait_ready("oddity.v1.Detector")
+    try:
+        heavy_rows = np.random.default_rng(0).normal(size=(3000, 64)).astype(np.float32)
+        codes: list[grpc.StatusCode] = []
+        stop = threading.Event()
+
+        def light_client() -> None:
+            with channel(process.target) as ch:
+                stub = detector_pb2_grpc.DetectorStub(ch)
+                request = detect_request("heavy", heavy_rows[:1])
+                while not stop.is_set():
+                    try:
+                        stub.Detect(request, timeout=30)
+                        codes.append(grpc.StatusCode.OK)
+                    except grpc.RpcError as exc:
+                        codes.append(exc.code())
+                        time.sleep(0.01)
+
+        with channel(process.target) as ch:
+            stub = detector_pb2_grpc.DetectorStub(ch)
+            heavy = [stub.Detect.future(detect_request("heavy", heavy_rows), timeout=60) for _ in range(3)]
+            deadline = time.monotonic() + 30
+            while in_flight(process) < 3:
+                assert time.monotonic() < deadline, "requests never reached the server"
+                time.sleep(0.01)
+            clients = [threading.Thread(target=light_client) for _ in range(4)]
+            for thread in clients:
+                thread.start()
+            time.sleep(0.2)
+            process.proc.send_signal(15)
+            assert process.proc.wait(timeout=60) == 0
+            stop.set()
+            for thread in clients:
+                thread.join(timeout=60)
+            assert [len(f.result().scores) for f in heavy] == [3000, 3000, 3000]
+        assert grpc.StatusCode.UNAVAILABLE in codes, "no call arrived while the server drained"
+        assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, sorted(set(codes), key=str)
     finally:
         process.kill()
 

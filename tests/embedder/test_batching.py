@@ -63,3 +63,26 @@ def test_the_batcher_keeps_working_after_a_failure():
             return rows
 
     assert asyncio.run(main()).shape == (2, 2)
+
+
+def test_a_cancelled_caller_is_dropped_from_its_batch():
+    batches = []
+
+    def run(payloads):
+        batches.append([list(p) for p in payloads])
+        return np.concatenate([np.asarray(p, dtype=np.float32).reshape(-1, 1) for p in payloads])
+
+    async def main():
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            batcher = DynamicBatcher(run, pool, max_batch_size=8, max_wait=0.3)
+            try:
+                calls = [asyncio.create_task(batcher.submit([value], 1)) for value in (1, 2, 3)]
+                await asyncio.sleep(0.05)  # all three wait in the gathering batch
+                calls[1].cancel()
+                return await asyncio.gather(calls[0], calls[2])
+            finally:
+                await batcher.close()
+
+    first, third = asyncio.run(main())
+    assert batches == [[[1], [3]]]
+    assert (first.ravel().tolist(), third.ravel().tolist()) == ([1.0], [3.0])

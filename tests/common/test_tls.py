@@ -1,0 +1,244 @@
+"""TLS and mutual TLS on real servers: a client without the CA, with a client certificate of
+another CA, or without a token is refused; with them it works; health answers without a token;
+rotated certificates are picked up without a restart, by servers and by Oddity's clients; the
+trainer tells a mutual-TLS detector of a new version over TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+import trustme
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from oddity.common.clients import DetectorAdminClient
+from oddity.common.tls import TlsFiles
+from oddity.v1 import detector_pb2, detector_pb2_grpc
+from tests.conftest import start_detector, start_trainer
+from tests.support import datasets, models
+from tests.support.client import detect_request
+from tests.support.waiting import wait_for
+
+D = 4
+
+
+@dataclass
+class Identity:
+    """One party's files: its certificate and key, and the CA bundle it trusts."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+    def files(self, client_auth: bool = False) -> TlsFiles:
+        return TlsFiles(self.cert, self.key, self.ca, client_auth)
+
+    def write(self, ca: trustme.CA, issued: trustme.LeafCert) -> Identity:
+        # Replace each file in one rename, as a Secret update does.
+        for path, pem in ((self.cert, issued.cert_chain_pems), (self.key, [issued.private_key_pem])):
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(b"".join(p.bytes() for p in pem))
+            tmp.replace(path)
+        tmp = self.ca.with_suffix(".tmp")
+        tmp.write_bytes(ca.cert_pem.bytes())
+        tmp.replace(self.ca)
+        return self
+
+
+def identity(folder: Path, ca: trustme.CA, *names: str) -> Identity:
+    folder.mkdir(parents=True, exist_ok=True)
+    return Identity(folder / "tls.crt", folder / "tls.key", folder / "ca.crt").write(ca, ca.issue_cert(*names))
+
+
+def credentials(ca: trustme.CA | None, client: trustme.LeafCert | None = None) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca.cert_pem.bytes() if ca else None,
+        private_key=client.private_key_pem.bytes() if client else None,
+        certificate_chain=b"".join(p.bytes() for p in client.cert_chain_pems) if client else None,
+    )
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+def detect(target: str, creds: grpc.ChannelCredentials, metadata=None) -> int:
+    """One Detect on a fresh channel; returns the served version."""
+    with grpc.secure_channel(target, creds) as ch:
+        stub = detector_pb2_grpc.DetectorStub(ch)
+        return stub.Detect(detect_request("m", models.normal_rows(2, D)), timeout=10, metadata=metadata).model_version
+
+
+def refused(target: str, creds: grpc.ChannelCredentials, metadata=None) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as error:
+        detect(target, creds, metadata)
+    return error.value.code()
+
+
+def served_certificate(port: int, ca: trustme.CA, client: trustme.LeafCert) -> bytes:
+    """The DER certificate the server presents to a new connection."""
+    context = ssl.create_default_context(cadata=ca.cert_pem.bytes().decode())
+    client.configure_cert(context)
+    context.set_alpn_protocols(["h2"])
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        return tls.getpeercert(binary_form=True)
+
+
+@pytest.fixture
+def published(repository):
+    fit = models.fit_pca_group(models.normal_rows(300, D), components=2)
+    models.publish_simple(repository, "m", fit, dimension=D)
+    return repository
+
+
+def test_mutual_tls_and_tokens_refuse_every_missing_piece(published, tmp_path):
+    ca, other_ca = trustme.CA(), trustme.CA()
+    server = identity(tmp_path / "detector", ca, "localhost", "127.0.0.1")
+    (tmp_path / "read-tokens").write_text("dashboard:r3ad-token\n")
+    detector = start_detector(
+        published,
+        tls_cert_file=server.cert,
+        tls_key_file=server.key,
+        tls_ca_file=server.ca,
+        tls_client_auth=True,
+        read_tokens_file=tmp_path / "read-tokens",
+    )
+    try:
+        target = f"localhost:{detector.server.port}"
+        client = ca.issue_cert("dashboard.example")
+        stranger = other_ca.issue_cert("dashboard.example")
+        token = bearer("r3ad-token")
+
+        assert refused(target, credentials(None, client), token) == grpc.StatusCode.UNAVAILABLE  # no CA
+        assert refused(target, credentials(ca), token) == grpc.StatusCode.UNAVAILABLE  # no client certificate
+        assert refused(target, credentials(ca, stranger), token) == grpc.StatusCode.UNAVAILABLE  # wrong CA
+        assert refused(target, credentials(ca, client)) == grpc.StatusCode.UNAUTHENTICATED  # no token
+        assert refused(target, credentials(ca, client), bearer("guess")) == grpc.StatusCode.UNAUTHENTICATED
+        assert detect(target, credentials(ca, client), token) == 1
+
+        with grpc.secure_channel(target, credentials(ca, client)) as ch:  # a probe: certificate, no token
+            check = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+            assert check.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        detector.close()
+
+
+def test_a_rotated_server_certificate_and_ca_are_used_without_a_restart(published, tmp_path):
+    old_ca, new_ca = trustme.CA(), trustme.CA()
+    server = identity(tmp_path / "detector", old_ca, "localhost", "127.0.0.1")
+    detector = start_detector(
+        published, tls_cert_file=server.cert, tls_key_file=server.key, tls_ca_file=server.ca, tls_client_auth=True
+    )
+    try:
+        port = detector.server.port
+        target = f"localhost:{port}"
+        old_client, new_client = old_ca.issue_cert("client"), new_ca.issue_cert("client")
+        assert detect(target, credentials(old_ca, old_client)) == 1
+        assert refused(target, credentials(new_ca, new_client)) == grpc.StatusCode.UNAVAILABLE
+
+        rotated = new_ca.issue_cert("localhost", "127.0.0.1")
+        server.write(new_ca, rotated)
+
+        pem = rotated.cert_chain_pems[0].bytes().decode()
+        assert served_certificate(port, new_ca, new_client) == ssl.PEM_cert_to_DER_cert(pem)
+        assert detect(target, credentials(new_ca, new_client)) == 1
+        assert refused(target, credentials(old_ca, old_client)) == grpc.StatusCode.UNAVAILABLE
+    finally:
+        detector.close()
+
+
+def test_a_half_written_pair_keeps_the_previous_certificate(published, tmp_path):
+    ca = trustme.CA()
+    server = identity(tmp_path / "detector", ca, "localhost", "127.0.0.1")
+    detector = start_detector(published, tls_cert_file=server.cert, tls_key_file=server.key, tls_ca_file=server.ca)
+    try:
+        target = f"localhost:{detector.server.port}"
+        server.cert.write_bytes(ca.issue_cert("localhost").cert_chain_pems[0].bytes())  # its key not written yet
+        assert detect(target, credentials(ca)) == 1
+    finally:
+        detector.close()
+
+
+def test_oddity_clients_pick_up_rotated_files(published, tmp_path):
+    """The client's files rotate to a new CA while the detector restarts with the new CA: the
+    client's next call (after it looks at its files again) goes through on a new channel."""
+    old_ca, new_ca = trustme.CA(), trustme.CA()
+    server = identity(tmp_path / "detector", old_ca, "localhost", "127.0.0.1")
+    client_files = identity(tmp_path / "trainer", old_ca, "trainer")
+    detector = start_detector(
+        published, tls_cert_file=server.cert, tls_key_file=server.key, tls_ca_file=server.ca, tls_client_auth=True
+    )
+    port = detector.server.port
+
+    async def scenario() -> tuple[int, int]:
+        nonlocal detector
+        client = DetectorAdminClient(f"localhost:{port}", tls=client_files.files(), timeout=10)
+        try:
+            before = await client.load_model("m")
+            detector.close()
+            server.write(new_ca, new_ca.issue_cert("localhost", "127.0.0.1"))
+            client_files.write(new_ca, new_ca.issue_cert("trainer"))
+            detector = start_detector(
+                published,
+                port=port,
+                tls_cert_file=server.cert,
+                tls_key_file=server.key,
+                tls_ca_file=server.ca,
+                tls_client_auth=True,
+            )
+            await asyncio.sleep(1.1)  # the client looks at its files at most once a second
+            return before, await client.load_model("m")
+        finally:
+            await client.close()
+
+    try:
+        assert asyncio.run(scenario()) == (1, 1)
+    finally:
+        detector.close()
+
+
+def test_the_trainer_tells_a_mutual_tls_detector_over_tls(data_volume, repository, tmp_path):
+    ca = trustme.CA()
+    detector_files = identity(tmp_path / "detector", ca, "localhost", "127.0.0.1")
+    trainer_files = identity(tmp_path / "trainer", ca, "trainer")
+    # The detector polls rarely: the version arrives through the trainer's LoadModel.
+    detector = start_detector(
+        repository,
+        poll_interval_seconds=3600,
+        tls_cert_file=detector_files.cert,
+        tls_key_file=detector_files.key,
+        tls_ca_file=detector_files.ca,
+        tls_client_auth=True,
+    )
+    trainer = start_trainer(
+        data_volume,
+        repository,
+        detectors=[f"localhost:{detector.server.port}"],
+        tls_cert_file=trainer_files.cert,
+        tls_key_file=trainer_files.key,
+        tls_ca_file=trainer_files.ca,
+        tls_client_auth=True,
+    )
+    try:
+        datasets.write_dataset(
+            data_volume, "sensors", datasets.autoencoder_spec(), {"rows.csv": datasets.sensor_frame(300)}
+        )
+        client = ca.issue_cert("client")
+        with grpc.secure_channel(f"localhost:{detector.server.port}", credentials(ca, client)) as ch:
+            stub = detector_pb2_grpc.DetectorStub(ch)
+            wait_for(
+                lambda: stub.ListModels(detector_pb2.ListModelsRequest(), timeout=5).models,
+                timeout=120,
+                what="the detector told over TLS to load the trained version",
+            )
+    finally:
+        trainer.close()
+        detector.close()
