@@ -56,11 +56,11 @@ class MicroBatcher:
         self,
         max_batch_rows: int = 256,
         max_delay: float = 0.002,
-        observe_batch: Callable[[int], None] | None = None,
+        observe_batch: Callable[[int, int], None] | None = None,
     ) -> None:
         self.max_batch_rows = max_batch_rows
         self.max_delay = max_delay
-        self._observe_batch = observe_batch  # told the number of requests of every flushed batch
+        self._observe_batch = observe_batch  # told (requests, rows) of every flushed batch
         self._pending: dict[tuple, _Batch] = {}
         self._company = 1.0  # running mean of requests that joined a waiting batch (start by waiting)
         self._batches = 0
@@ -104,7 +104,7 @@ class MicroBatcher:
         if not waiting:
             return  # every caller of this batch was cancelled
         if self._observe_batch is not None:
-            self._observe_batch(len(waiting))
+            self._observe_batch(len(waiting), batch.rows)
         if batch.waited:
             self._company = 0.8 * self._company + 0.2 * min(len(waiting) - 1, 4)
         if len(waiting) > 1:

@@ -308,7 +308,7 @@ class ModelRegistry:
     def _swapped(self, name: str, old: LoadedModel | None, new: LoadedModel | None) -> None:
         if old is new:
             return
-        self._metrics.serving_version.labels(name).set(new.version if new else 0)
+        self._metrics.serving_changed(name, new.manifest if new else None)
         if old is None:
             return
         if new is not None:

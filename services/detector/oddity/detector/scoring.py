@@ -93,7 +93,10 @@ class Scores:
     is_anomaly: np.ndarray
     thresholds: np.ndarray
     confidences: np.ndarray
-    groups: list[str]
+    # The groups that scored the rows, and per row the position of its group in that list
+    # (counting rows per group is one bincount, not a pass over strings).
+    group_names: list[str]
+    row_groups: np.ndarray
     fallback: np.ndarray
     # Present when top-k explanations were asked for: indices, errors, shares, each [N, k].
     explanations: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
@@ -101,6 +104,14 @@ class Scores:
     # columns above are empty and confidences hold the predicted class's probability.
     classes: np.ndarray | None = None
     probabilities: np.ndarray | None = None
+
+    @property
+    def groups(self) -> list[str]:
+        """The group of every row."""
+        names = self.group_names
+        if len(names) == 1:
+            return names * len(self.row_groups)
+        return [names[i] for i in self.row_groups.tolist()]
 
     def slice(self, start: int, stop: int) -> Scores:
         """Rows start..stop, for splitting a micro-batch back into its requests."""
@@ -111,7 +122,8 @@ class Scores:
             is_anomaly=self.is_anomaly[start:stop],
             thresholds=self.thresholds[start:stop],
             confidences=self.confidences[start:stop],
-            groups=self.groups[start:stop],
+            group_names=self.group_names,
+            row_groups=self.row_groups[start:stop],
             fallback=self.fallback[start:stop],
             explanations=None
             if explanations is None
@@ -231,7 +243,7 @@ class ModelScorer:
             thresholds = np.full(n, threshold)
             is_anomaly = raw > threshold
             confidences = confidence(normalized, normalized_threshold, is_anomaly)
-            group_names = [group.name] * n
+            names = [group.name]
         else:
             raw = np.empty(n, dtype=np.float64)
             if explain_top_k:
@@ -253,14 +265,14 @@ class ModelScorer:
                 thresholds[mask], normalized_thresholds[mask] = group.decision(threshold_percentile)
             is_anomaly = raw > thresholds
             confidences = confidence(normalized, normalized_thresholds, is_anomaly)
-            group_names = [names[i] for i in row_group.tolist()]
         return Scores(
             scores=raw,
             normalized=normalized,
             is_anomaly=is_anomaly,
             thresholds=thresholds,
             confidences=confidences,
-            groups=group_names,
+            group_names=names,
+            row_groups=row_group,
             fallback=fallback,
             explanations=top_contributions(errors, explain_top_k) if errors is not None else None,
         )
@@ -296,7 +308,8 @@ class ModelScorer:
             is_anomaly=np.empty(0, dtype=bool),
             thresholds=empty,
             confidences=probabilities[np.arange(len(classes)), classes].astype(np.float64),
-            groups=[names[i] for i in row_group.tolist()],
+            group_names=names,
+            row_groups=row_group,
             fallback=fallback,
             classes=classes,
             probabilities=probabilities,

@@ -132,9 +132,8 @@ class DetectorService:
         self._batcher = MicroBatcher(
             max_batch_rows=limits.max_batch_rows,
             max_delay=limits.max_batch_delay,
-            observe_batch=metrics.batch_requests.observe,
+            observe_batch=metrics.observe_batch,
         )
-        self._per_model: dict[str, tuple] = {}
         self._embedder = embedder
         self._on_serving_changed = on_serving_changed
 
@@ -162,8 +161,10 @@ class DetectorService:
             if rows.size <= self.limits.inline_max_values and not request.explain_top_k:
                 scores = await self._batcher.score(model, rows, request.routing_values, request.threshold_percentile)
             elif rows.size <= self.limits.inline_max_values:
+                self.metrics.observe_batch(1, n)  # scored alone (the batcher records its own calls)
                 scores = self._score(model, rows, request)
             else:
+                self.metrics.observe_batch(1, n)
                 future = asyncio.get_running_loop().run_in_executor(
                     self._pool, self._score_and_release, model, rows, request
                 )
@@ -199,31 +200,38 @@ class DetectorService:
             model.release()
 
     def _record(self, model: LoadedModel, n: int, scores: Scores, seconds: float) -> None:
-        children = self._per_model.get(model.name)
-        if children is None:
-            m = self.metrics
-            children = (
-                m.rows.labels(model.name),
-                m.inference_seconds.labels(model.name),
-                m.fallback_rows.labels(model.name),
-            )
-            self._per_model[model.name] = children
-        rows, latency, fallback = children
-        rows.inc(n)
-        latency.observe(seconds)
-        if n == 1 and scores.is_anomaly.size:
-            if scores.is_anomaly[0]:
-                self.metrics.anomalies.labels(model.name, scores.groups[0]).inc()
+        """Rows, anomalies and normalized scores of one request, by group and version: cached
+        label children only (see metrics.py) and no Python loop over rows."""
+        series = self.metrics.series(model.name, model.version)
+        series.latency.observe(seconds)
+        names = scores.group_names
+        flags = scores.is_anomaly  # empty for classifiers
+        if n == 1:
+            rows, anomalies = series.group(names[0] if len(names) == 1 else names[int(scores.row_groups[0])])
+            rows.inc()
+            if flags.size:
+                if flags[0]:
+                    anomalies.inc()
+                series.scores.observe(float(scores.normalized[0]))
             if scores.fallback[0]:
-                fallback.inc()
+                series.fallback.inc()
             return
-        if scores.is_anomaly.any():
-            flagged = np.asarray(scores.groups, dtype=object)[scores.is_anomaly]
-            for group, count in zip(*np.unique(flagged, return_counts=True), strict=True):
-                self.metrics.anomalies.labels(model.name, group).inc(int(count))
-        fallback_count = int(scores.fallback.sum())
+        if flags.size:
+            series.scores.observe_many(scores.normalized)
+        if len(names) == 1:
+            per_group, flagged = [n], [int(np.count_nonzero(flags))]
+        else:
+            per_group = np.bincount(scores.row_groups, minlength=len(names)).tolist()
+            flagged = np.bincount(scores.row_groups[flags], minlength=len(names)).tolist() if flags.size else []
+        for index, count in enumerate(per_group):
+            if count:
+                rows, anomalies = series.group(names[index])
+                rows.inc(count)
+                if flagged and flagged[index]:
+                    anomalies.inc(flagged[index])
+        fallback_count = int(np.count_nonzero(scores.fallback))
         if fallback_count:
-            fallback.inc(fallback_count)
+            series.fallback.inc(fallback_count)
 
     async def detect_images(self, request: DetectImagesInput) -> tuple[DetectOutput, str, str]:
         """Embed the items with the embedder model the manifest names, append the extra
