@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ class _Entry:
     payload: Any
     size: int
     future: asyncio.Future
+    queued_at: float  # time.monotonic() when submitted
 
 
 class DynamicBatcher:
@@ -36,12 +38,14 @@ class DynamicBatcher:
         max_batch_size: int = 32,
         max_wait: float = 0.005,
         observe_batch: Callable[[int], None] | None = None,
+        observe_wait: Callable[[float], None] | None = None,
     ) -> None:
         self._run = run  # payloads -> one array whose rows follow the payloads' items in order
         self._executor = executor
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait
-        self._observe_batch = observe_batch
+        self._observe_batch = observe_batch  # told the items of every batch
+        self._observe_wait = observe_wait  # told each request's wait from submit to its batch's call
         self._queue: asyncio.Queue[_Entry] = asyncio.Queue()
         self._carry: _Entry | None = None
         self._task: asyncio.Task | None = None
@@ -51,7 +55,7 @@ class DynamicBatcher:
         if self._task is None:
             self._task = asyncio.create_task(self._loop(), name="oddity-embed-batcher")
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Entry(payload, size, future))
+        await self._queue.put(_Entry(payload, size, future, time.monotonic()))
         return await future
 
     async def _next(self, timeout: float | None) -> _Entry:
@@ -89,7 +93,7 @@ class DynamicBatcher:
             if self._observe_batch is not None:
                 self._observe_batch(size)
             try:
-                rows = await loop.run_in_executor(self._executor, self._run, [e.payload for e in batch])
+                rows = await loop.run_in_executor(self._executor, self._run_batch, batch)
             except OddityError as exc:
                 self._fail(batch, exc)
             except Exception as exc:
@@ -102,6 +106,15 @@ class DynamicBatcher:
                     if not entry.future.done():
                         entry.future.set_result(rows[start : start + entry.size])
                     start += entry.size
+
+    def _run_batch(self, batch: list[_Entry]) -> np.ndarray:
+        """On the executor: the wait ends here, not when the batch was formed, because
+        batches of other models may hold the worker."""
+        if self._observe_wait is not None:
+            started = time.monotonic()
+            for entry in batch:
+                self._observe_wait(started - entry.queued_at)
+        return self._run([e.payload for e in batch])
 
     @staticmethod
     def _fail(batch: list[_Entry], error: Exception) -> None:

@@ -68,9 +68,14 @@ class EmbeddingModel:
 
     def run_batch(self, payloads: list) -> np.ndarray:
         """One ONNX call for several requests' payloads; rows in payload order."""
+        return self.run(self.batch_inputs(payloads))
+
+    def batch_inputs(self, payloads: list) -> dict[str, np.ndarray]:
+        """The model inputs of several requests' payloads: pixels stacked, texts tokenized
+        (padded to the batch's longest)."""
         if self.modality == "image":
-            return self.run({"pixel_values": np.concatenate(payloads)})
-        return self.run(self._texts([text for texts in payloads for text in texts]))
+            return {"pixel_values": np.concatenate(payloads)}
+        return self._texts([text for texts in payloads for text in texts])
 
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         return self.session.run(["embedding"], inputs)[0].astype(np.float32, copy=False)

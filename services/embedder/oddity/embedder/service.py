@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from prometheus_client import Counter, Histogram
 
 from oddity.common.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from oddity.common.logging import annotate_request, get_logger
 from oddity.embedder.batching import DynamicBatcher
 from oddity.embedder.export import ExportError, ensure_exported
-from oddity.embedder.metrics import EmbedderMetrics
+from oddity.embedder.metrics import BATCH_STAGE, REQUEST_STAGE, EmbedderMetrics
 from oddity.embedder.preprocessing import ImageLimits
 from oddity.embedder.runtime import EmbeddingModel, Item
 from oddity.embedder.settings import EmbedderSettings
@@ -28,6 +31,9 @@ log = get_logger("oddity.embedder")
 class Served:
     model: EmbeddingModel
     batcher: DynamicBatcher
+    # The model's label children, so a request does no labels() lookup.
+    preprocess_seconds: Histogram
+    items: Counter
 
 
 class EmbedderService:
@@ -59,13 +65,19 @@ class EmbedderService:
                 log.error("model not loaded", model=name, error=str(exc))
                 continue
             batcher = DynamicBatcher(
-                model.run_batch,
+                self._timed_run(model),
                 self._inference,
                 max_batch_size=self.settings.max_batch_size,
                 max_wait=self.settings.max_batch_delay_ms / 1000,
                 observe_batch=self.metrics.batch_items.labels(name).observe,
+                observe_wait=self.metrics.queue_wait_seconds.labels(name).observe,
             )
-            self.models[name] = Served(model, batcher)
+            self.models[name] = Served(
+                model,
+                batcher,
+                self.metrics.preprocess_seconds.labels(name, REQUEST_STAGE),
+                self.metrics.items.labels(name, model.modality),
+            )
             self.metrics.loaded.labels(name).set(1)
             log.info(
                 "model loaded",
@@ -106,11 +118,27 @@ class EmbedderService:
             payload = await loop.run_in_executor(
                 self._preprocess, model.request_payload, items[start : start + chunk], start
             )
-            self.metrics.preprocess_seconds.labels(model.name).observe(time.perf_counter() - began)
+            served.preprocess_seconds.observe(time.perf_counter() - began)
             parts.append(served.batcher.submit(payload, min(chunk, len(items) - start)))
         rows = np.concatenate(await asyncio.gather(*parts))
-        self.metrics.items.labels(model.name).inc(len(items))
+        served.items.inc(len(items))
         return model, rows
+
+    def _timed_run(self, model: EmbeddingModel) -> Callable[[list[Any]], np.ndarray]:
+        """The batcher's call: batch preprocessing and inference, each timed."""
+        preprocess = self.metrics.preprocess_seconds.labels(model.name, BATCH_STAGE)
+        inference = self.metrics.inference_seconds.labels(model.name)
+
+        def run(payloads: list[Any]) -> np.ndarray:
+            began = time.perf_counter()
+            inputs = model.batch_inputs(payloads)
+            prepared = time.perf_counter()
+            rows = model.run(inputs)
+            preprocess.observe(prepared - began)
+            inference.observe(time.perf_counter() - prepared)
+            return rows
+
+        return run
 
     def info(self, name: str = "") -> list[dict]:
         names = [name] if name else sorted(self.models)
