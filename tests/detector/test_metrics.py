@@ -58,7 +58,7 @@ def samples(detector, name: str) -> list:
 
 
 def test_rows_anomalies_scores_and_calls_by_model_group_and_version(repository, detector, fits):
-    fit_young, fit_older = fits
+    fit_young, _ = fits
     publish(repository, fits)
     detector.stub.LoadModel(detector_pb2.LoadModelRequest(model=MODEL))
     requests = [

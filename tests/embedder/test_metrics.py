@@ -31,9 +31,7 @@ def embedder(tmp_path_factory):
         "vit": ModelSource(model_id=str(encoders.tiny_vit(root / "vit")), modality="image"),
         "text": ModelSource(model_id=encoders.minilm_path(), modality="text"),
     }
-    handle = start_embedder(
-        root / "cache", models, max_batch_size=BATCH_SIZE, max_batch_delay_ms=DELAY_SECONDS * 1000
-    )
+    handle = start_embedder(root / "cache", models, max_batch_size=BATCH_SIZE, max_batch_delay_ms=DELAY_SECONDS * 1000)
     wait_serving(handle.server.target, "oddity.v1.Embedder", timeout=120)
     yield handle
     handle.close()

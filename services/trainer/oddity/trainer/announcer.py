@@ -77,7 +77,7 @@ class Announcer:
         self.history.append(
             "PUBLISHED", dataset, f"published {model} version {version}", version=version, model=model, **details
         )
-        self.metrics.live_version.labels(dataset).set(version)
+        self.metrics.live_version.labels(dataset, model).set(version)
 
     async def notify(self, model: str, *, request_id: str | None = None) -> None:
         """LoadModel on every detector at once; failures are logged only."""

@@ -61,13 +61,16 @@ class DatasetCatalogue:
             changed = set()
             for name in names:
                 entry = entries[name] = self._read(name, self._entries.get(name))
-                if (
-                    entry.spec is not None
-                    and not entry.error
-                    and entry.fingerprint != self._live_fingerprint(entry.spec.name)
-                ):
+                if entry.spec is None:
+                    continue
+                # The live manifest is read here anyway: its metrics follow every scan (and so
+                # a restart, a rollback, a threshold move or a removed version).
+                live = self.live_manifest(entry.spec.name)
+                self.metrics.live(name, live, model=entry.spec.name)
+                if not entry.error and entry.fingerprint != (live.data_fingerprint if live is not None else ""):
                     changed.add(name)
             self._entries = entries
+            self.metrics.keep_live({e.name: e.spec.name if e.spec is not None else None for e in entries.values()})
             self.metrics.invalid_datasets.set(sum(1 for e in entries.values() if e.error))
             return changed
 
@@ -88,14 +91,9 @@ class DatasetCatalogue:
             return DatasetEntry(name, folder, spec, error=f"cannot read the data: {exc}")
         return DatasetEntry(name, folder, spec, fingerprint=digest)
 
-    def _live_fingerprint(self, model: str) -> str:
-        """Data fingerprint in the live version's manifest (completeness verdicts are cached by
-        folder signature, so frequent scans stay cheap)."""
-        manifest = self.live_manifest(model)
-        return manifest.data_fingerprint if manifest is not None else ""
-
     def live_manifest(self, model: str) -> manifest_pb2.ModelManifest | None:
-        """The manifest of the live version (the newest complete one), if any."""
+        """The manifest of the live version (the newest complete one), if any (completeness
+        verdicts are cached by folder signature, so frequent scans stay cheap)."""
         for version in reversed(bundle.complete_versions(self.repository, model)):
             try:
                 return bundle.read_manifest(self.repository / model / str(version))

@@ -34,7 +34,7 @@ from oddity.trainer.item_datasets import load_item_dataset
 from oddity.trainer.job_embedder import JobEmbedder
 from oddity.trainer.jobs import FAILED, RUNNING, SKIPPED, SUCCEEDED, Job, JobBoard, now
 from oddity.trainer.loop_calls import Interrupted, LoopBridge
-from oddity.trainer.metrics import TrainerMetrics
+from oddity.trainer.metrics import REJECTED, TrainerMetrics
 from oddity.trainer.publisher import Publisher
 from oddity.trainer.spec import DatasetSpec, SpecError, load_spec
 from oddity.trainer.validation import ValidationFailed
@@ -45,6 +45,10 @@ log = get_logger("oddity.trainer.runner")
 class RepositoryUnwritable(Exception):
     """The model repository cannot take a new version (read-only, full, gone): one line, no traceback."""
 
+
+# How many of the history's newest successful runs are read back at start: a dataset whose
+# last success is older than that many successes (of all datasets) starts without one.
+RESTORED_SUCCESSES = 10_000
 
 # Expected failures: recorded with their message, no traceback.
 EXPECTED_FAILURES = (SpecError, DataError, ValidationFailed, ValueError, Interrupted, OddityError, RepositoryUnwritable)
@@ -124,7 +128,16 @@ class JobRunner:
         return self._last_runs.get(dataset, LastRun())
 
     def recover(self) -> list[Job]:
-        """Report the jobs a killed trainer left running as failed (interrupted)."""
+        """At start: each dataset's last successful run as the history tells it (so GetStatus
+        and its metric survive a restart), and the jobs a killed trainer left running reported
+        as failed (interrupted)."""
+        for event in self.history.read(event_types=("TRAINING_COMPLETED",), limit=RESTORED_SUCCESSES):
+            try:
+                dataset, at = str(event["dataset"]), datetime.fromisoformat(event["timestamp"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            self._last_runs[dataset] = replace(self.last_run(dataset), trained_at=at)  # oldest first: newest wins
+            self.metrics.last_success.labels(dataset).set(at.timestamp())
         interrupted = self.board.interrupted()
         for job in interrupted:
             self.history.append(
@@ -207,6 +220,7 @@ class JobRunner:
             else:
                 data = load_dataset(request.folder, spec, request.data_path)
             run = self._remember(dataset, replace(run, samples=len(data.features)))
+            self.metrics.last_run_rows.labels(dataset).set(len(data.features))
             details.update(samples=len(data.features), dropped_rows=data.dropped_rows)
             trained = pipeline.train(
                 spec,
@@ -245,9 +259,13 @@ class JobRunner:
             if pinned is not None:  # a new version replaces the rolled-back one
                 self.decisions.unpin(dataset)
             self.announcer.record(dataset, spec.name, version, job_id=job_id)
+            trained.manifest.version = version
+            self.metrics.live(dataset, trained.manifest)
             # Published: from here on the job succeeds, even if the trainer is stopping.
             self.bridge.call(self.announcer.notify(spec.name, request_id=job_id), interruptible=False)
-            self._remember(dataset, replace(run, trained_at=now(), error="", failures=0))
+            finished = now()
+            self._remember(dataset, replace(run, trained_at=finished, error="", failures=0))
+            self.metrics.last_success.labels(dataset).set(finished.timestamp())
             self._finish(
                 job_id,
                 dataset,
@@ -268,7 +286,8 @@ class JobRunner:
                 reason = f"{type(exc).__name__}: {exc}"
             else:
                 reason = str(exc)
-            self._fail(job_id, dataset, reason, details, started, digest)
+            outcome = REJECTED if isinstance(exc, ValidationFailed) else FAILED
+            self._fail(job_id, dataset, reason, details, started, digest, outcome)
         except Exception as exc:  # a bug must not stop the trainer; the live model stays as it is
             log.exception("training crashed", dataset=dataset, job_id=job_id)
             self._fail(job_id, dataset, f"internal error: {type(exc).__name__}: {exc}", details, started, digest)
@@ -283,7 +302,14 @@ class JobRunner:
         self.board.update(job_id, phase=phase, **fields)
 
     def _fail(
-        self, job_id: str, dataset: str, reason: str, details: dict[str, Any], started: float, digest: str
+        self,
+        job_id: str,
+        dataset: str,
+        reason: str,
+        details: dict[str, Any],
+        started: float,
+        digest: str,
+        outcome: str = FAILED,
     ) -> None:
         previous = self.last_run(dataset)
         self._remember(
@@ -293,15 +319,28 @@ class JobRunner:
             ),
         )
         self.history.append("TRAINING_FAILED", dataset, reason, reason=reason, **details)
-        self._finish(job_id, dataset, FAILED, reason, started)
+        self._finish(job_id, dataset, FAILED, reason, started, outcome=outcome)
 
-    def _finish(self, job_id: str, dataset: str, outcome: str, message: str, started: float, **fields: Any) -> None:
+    def _finish(
+        self,
+        job_id: str,
+        dataset: str,
+        state: str,
+        message: str,
+        started: float,
+        *,
+        outcome: str = "",
+        **fields: Any,
+    ) -> None:
+        """End the job in `state`; its metrics count it under `outcome` (the state unless the
+        validation gate refused the model: rejected)."""
+        outcome = outcome or state
         self.board.mark_finished(job_id)
         self.metrics.jobs.labels(dataset, outcome).inc()
-        self.metrics.job_seconds.labels(dataset).observe(time.perf_counter() - started)
+        self.metrics.job_seconds.labels(dataset, outcome).observe(time.perf_counter() - started)
         # Last: a watcher that sees the job done also sees its history and metrics.
-        self.board.update(job_id, state=outcome, phase="done", message=message, finished_at=now(), **fields)
-        log.info("job finished", dataset=dataset, job_id=job_id, outcome=outcome, message=message)
+        self.board.update(job_id, state=state, phase="done", message=message, finished_at=now(), **fields)
+        log.info("job finished", dataset=dataset, job_id=job_id, outcome=state, message=message)
 
 
 def with_threshold_override(spec: DatasetSpec, percentile: float) -> DatasetSpec:
