@@ -2,7 +2,8 @@
 
 Request-scoped fields (request id, model, version) live in one context variable that the
 RPC interceptor sets per call and the services annotate; every log line of that call
-carries them. Standard-library loggers (grpc, ...) are rendered the same way.
+carries them. Standard-library loggers (grpc, ...) and Python warnings of libraries are
+rendered the same way, so stdout holds nothing but JSON lines.
 
 Reason to change: the log format or the request-scoped fields.
 """
@@ -78,6 +79,7 @@ def configure_logging(*, level: str = "info", json: bool = True, service: str | 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(level_no, logging.INFO))
+    logging.captureWarnings(True)  # warnings.warn() of libraries -> the py.warnings logger -> JSON
     # One line per batch of file events is noise at info level.
     logging.getLogger("watchfiles").setLevel(logging.WARNING)
 

@@ -82,9 +82,23 @@ def _onnx_export(module, args, path: Path, input_names: list[str], dynamic_axes:
     onnx.save(model, path)
 
 
+def _library_logs_as_ours() -> None:
+    """transformers and the hub print to stderr with handlers and progress bars of their own:
+    send their records through the root logger (one JSON line each) and drop the bars."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_default_handler()
+    hf_logging.enable_propagation()
+    hf_logging.disable_progress_bar()
+    disable_progress_bars()
+
+
 def _export_image(source: ModelSource, folder: Path) -> None:
     import torch
     from transformers import AutoConfig, AutoImageProcessor, AutoModel, CLIPVisionModel
+
+    _library_logs_as_ours()
 
     config = _load(AutoConfig.from_pretrained, source, "config")
     processor = _load(AutoImageProcessor.from_pretrained, source, "image processor")
@@ -151,6 +165,8 @@ def image_preprocessing(processor) -> dict:
 def _export_text(source: ModelSource, folder: Path) -> None:
     import torch
     from transformers import AutoModel, AutoTokenizer
+
+    _library_logs_as_ours()
 
     tokenizer = _load(AutoTokenizer.from_pretrained, source, "tokenizer")
     if not getattr(tokenizer, "is_fast", False):

@@ -115,11 +115,14 @@ class TrainerService:
 
     def _resolve_data_path(self, data_path: str) -> Path:
         root = self.data_volume.resolve()
-        path = (root / data_path).resolve()
-        if not path.is_relative_to(root):
-            raise InvalidArgument(f"data_path {data_path!r} resolves outside the data volume")
-        if not path.is_file():
-            raise InvalidArgument(f"data_path {data_path!r} is not a file in the data volume")
+        try:  # a NUL byte, a name too long, ... are the caller's mistake, not ours
+            path = (root / data_path).resolve()
+            if not path.is_relative_to(root):
+                raise InvalidArgument(f"data_path {data_path!r} resolves outside the data volume")
+            if not path.is_file():
+                raise InvalidArgument(f"data_path {data_path!r} is not a file in the data volume")
+        except (OSError, ValueError) as exc:
+            raise InvalidArgument(f"data_path {data_path!r} is not a usable path: {exc}") from exc
         return path
 
     def get_job(self, job_id: str) -> Job:
