@@ -1,0 +1,67 @@
+"""Logs as a log pipeline reads them: every line a service writes — its own, grpc's, and the
+warnings and progress of the libraries that export a Hugging Face model — is one JSON object,
+and a request id given by the caller reaches the embedder through the detector."""
+
+import json
+
+import grpc
+import numpy as np
+import pytest
+
+from oddity.v1 import detector_pb2, detector_pb2_grpc, embedder_pb2, embedder_pb2_grpc
+from tests.detector.test_detect_images import publish_image_model
+from tests.support import drawings, encoders
+from tests.support.servers import ServiceProcess, channel
+
+
+def test_every_line_is_json_and_request_ids_cross_services(tmp_path, repository):
+    vit = encoders.tiny_vit(tmp_path / "vit")
+    models = json.dumps({"vit": {"model_id": str(vit), "modality": "image"}})
+    embedder = ServiceProcess(
+        "oddity.embedder.main",
+        ["--cache-dir", str(tmp_path / "cache"), "--models", models, "--default-model", "vit", "--access-log"],
+        env={"HF_HUB_OFFLINE": "1"},
+    ).start(timeout=180)
+    detector = None
+    try:
+        embedder.wait_ready("oddity.v1.Embedder", timeout=180)
+        with channel(embedder.target) as ch:
+            info = embedder_pb2_grpc.EmbedderStub(ch).GetInfo(embedder_pb2.GetInfoRequest(model="vit"), timeout=30)
+        publish_image_model(repository, info.models[0])
+        detector = ServiceProcess(
+            "oddity.detector.main",
+            ["--model-repository", str(repository), "--embedder", embedder.target, "--access-log"],
+        ).start()
+        detector.wait_ready("oddity.v1.Detector")
+        rng = np.random.default_rng(0)
+        request = detector_pb2.DetectImagesRequest(
+            model="pictures", images=[drawings.drawing(5.0, rng)], routing_values=[5]
+        )
+        with channel(detector.target) as ch:
+            stub = detector_pb2_grpc.DetectorStub(ch)
+            stub.DetectImages(request, timeout=60, metadata=(("x-request-id", "trace-7f3a"),))
+            # A bad request too: its error lines must be JSON as well.
+            with pytest.raises(grpc.RpcError) as bad:
+                stub.DetectImages(
+                    detector_pb2.DetectImagesRequest(model="pictures", images=[b"nope"], routing_values=[5]),
+                    timeout=60,
+                )
+            assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert detector.terminate() == 0
+        assert embedder.terminate() == 0
+        for process in (embedder, detector):
+            not_json = [line for line in process.lines if not _is_json_object(line)]
+            assert not_json == [], f"{process.module} wrote lines that are not JSON objects"
+        embedded = [e for e in embedder.events("request") if e.get("rpc") == "Embed"]
+        assert [e["request_id"] for e in embedded][:1] == ["trace-7f3a"]
+    finally:
+        if detector is not None:
+            detector.kill()
+        embedder.kill()
+
+
+def _is_json_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
