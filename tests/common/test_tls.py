@@ -12,15 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from oddity.common.clients import DetectorAdminClient
 from oddity.common.tls import TlsFiles
-from oddity.v1 import detector_pb2, detector_pb2_grpc
-from tests.conftest import start_detector, start_trainer
-from tests.support import datasets, models
+from oddity.embedder.models import ModelSource
+from oddity.v1 import detector_pb2, detector_pb2_grpc, embedder_pb2, embedder_pb2_grpc
+from tests.conftest import start_detector, start_embedder, start_trainer
+from tests.detector.test_detect_images import publish_image_model
+from tests.support import datasets, drawings, encoders, models
 from tests.support.client import detect_request
 from tests.support.waiting import wait_for
 
@@ -242,3 +245,50 @@ def test_the_trainer_tells_a_mutual_tls_detector_over_tls(data_volume, repositor
     finally:
         trainer.close()
         detector.close()
+
+
+def test_the_detector_calls_a_mutual_tls_embedder_over_tls(repository, tmp_path):
+    ca = trustme.CA()
+    embedder_files = identity(tmp_path / "embedder", ca, "localhost", "127.0.0.1")
+    detector_files = identity(tmp_path / "detector", ca, "localhost", "127.0.0.1")
+    vit = {"vit": ModelSource(model_id=str(encoders.tiny_vit(tmp_path / "vit")), modality="image")}
+    embedder = start_embedder(
+        tmp_path / "cache",
+        vit,
+        tls_cert_file=embedder_files.cert,
+        tls_key_file=embedder_files.key,
+        tls_ca_file=embedder_files.ca,
+        tls_client_auth=True,
+    )
+    detector = None
+    try:
+        client = ca.issue_cert("client")
+        with grpc.secure_channel(f"localhost:{embedder.server.port}", credentials(ca, client)) as ch:
+            wait_for(
+                lambda: health_pb2_grpc.HealthStub(ch).Check(
+                    health_pb2.HealthCheckRequest(service="oddity.v1.Embedder"), timeout=10
+                ).status == health_pb2.HealthCheckResponse.SERVING,
+                timeout=120,
+                what="the embedder ready",
+            )
+            info = embedder_pb2_grpc.EmbedderStub(ch).GetInfo(embedder_pb2.GetInfoRequest(model="vit"), timeout=10)
+        publish_image_model(repository, info.models[0])
+        detector = start_detector(
+            repository,
+            embedder=f"localhost:{embedder.server.port}",
+            tls_cert_file=detector_files.cert,
+            tls_key_file=detector_files.key,
+            tls_ca_file=detector_files.ca,
+            tls_client_auth=True,
+        )
+        rng = np.random.default_rng(0)
+        request = detector_pb2.DetectImagesRequest(
+            model="pictures", images=[drawings.drawing(5.0, rng), drawings.drawing(8.0, rng)], routing_values=[5, 8]
+        )
+        with grpc.secure_channel(f"localhost:{detector.server.port}", credentials(ca, client)) as ch:
+            response = detector_pb2_grpc.DetectorStub(ch).DetectImages(request, timeout=60)
+        assert len(response.result.scores) == 2
+    finally:
+        if detector is not None:
+            detector.close()
+        embedder.close()
