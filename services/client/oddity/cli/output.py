@@ -1,0 +1,67 @@
+"""What commands print: rich tables for people on stdout, JSON for programs on stdout
+(`--json`), progress, notes and errors on stderr (so stdout stays clean for pipes).
+
+Reason to change: how the command line looks.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+# Consoles look up sys.stdout / sys.stderr when they print, so redirected streams are honoured.
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def print_json(value: Any) -> None:
+    """One JSON document on stdout (plain: no colour, whatever the terminal)."""
+    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def print_json_line(value: Any) -> None:
+    """One JSON object on its own line (for streams of updates)."""
+    sys.stdout.write(json.dumps(value, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def error(message: str) -> None:
+    """One red line on stderr."""
+    err.print(Text(f"error: {' '.join(message.split())}", style="red"), soft_wrap=True)
+
+
+def note(message: str, style: str = "yellow") -> None:
+    """One line on stderr for people (warnings, summaries)."""
+    err.print(Text(message, style=style), soft_wrap=True)
+
+
+def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
+    result = Table(title=title, title_justify="left", show_lines=False)
+    for column in columns:
+        result.add_column(column, overflow="fold")
+    for row in rows:
+        result.add_row(*(cell(v) for v in row))
+    return result
+
+
+def cell(value: Any) -> str:
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, datetime):
+        return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    return str(value)

@@ -1,0 +1,203 @@
+"""Tables read and written in batches, so a file larger than memory streams through.
+
+Read by suffix: `.csv` (pandas, in chunks), `.parquet` (pyarrow, batch by batch), `.jsonl` /
+`.ndjson` (pandas, one JSON object per line, in chunks) and `.xlsx` (openpyxl's read-only
+mode, row by row; the first sheet, its first row the header). Each batch comes with how far
+into the file it reaches, in bytes: the position read for csv and jsonl, the share of rows
+done for parquet and xlsx.
+
+Written by suffix: `.csv`, `.jsonl` (numbers exactly as they are, NaN as null) and
+`.parquet` (one row group per batch; the first batch's column types are the file's). A file
+is written under a hidden temporary name and renamed when complete, so a failed run never
+leaves a file that looks finished. Without a path: csv on stdout.
+
+Reason to change: the table formats the command line reads and writes.
+"""
+
+# pyarrow and openpyxl ship no type information.
+# mypy: disable-error-code="import-untyped"
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+READ_FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".xlsx": "xlsx"}
+WRITE_FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+@dataclass(frozen=True)
+class Batch:
+    frame: pd.DataFrame
+    bytes_read: int  # how far into the file this batch reaches
+
+
+def read_format(path: Path) -> str | None:
+    return READ_FORMATS.get(path.suffix.lower())
+
+
+def write_format(path: Path | None) -> str | None:
+    return "csv" if path is None else WRITE_FORMATS.get(path.suffix.lower())
+
+
+def read_batches(path: Path, batch_rows: int) -> Iterator[Batch]:
+    """The table at `path` in batches of at most `batch_rows` rows."""
+    readers = {"csv": _csv, "parquet": _parquet, "jsonl": _jsonl, "xlsx": _xlsx}
+    file_format = read_format(path)
+    if file_format is None:
+        raise ValueError(f"{path.name}: cannot read {path.suffix or 'files without a suffix'}")
+    return readers[file_format](path, batch_rows)
+
+
+def _csv(path: Path, batch_rows: int) -> Iterator[Batch]:
+    with path.open("rb") as handle:
+        for chunk in pd.read_csv(handle, chunksize=batch_rows):
+            yield Batch(chunk, handle.tell())
+
+
+def _jsonl(path: Path, batch_rows: int) -> Iterator[Batch]:
+    with path.open("rb") as handle:
+        # Values stay as written: no guessing of dates from column names.
+        reader = pd.read_json(handle, lines=True, chunksize=batch_rows, convert_dates=False, keep_default_dates=False)
+        for chunk in reader:
+            yield Batch(chunk, handle.tell())
+
+
+def _parquet(path: Path, batch_rows: int) -> Iterator[Batch]:
+    size = path.stat().st_size
+    with pq.ParquetFile(path) as parquet:
+        total, done = max(parquet.metadata.num_rows, 1), 0
+        for record_batch in parquet.iter_batches(batch_size=batch_rows):
+            done += record_batch.num_rows
+            yield Batch(record_batch.to_pandas(), size * done // total)
+
+
+def _xlsx(path: Path, batch_rows: int) -> Iterator[Batch]:
+    import openpyxl  # only xlsx input pays for the import
+
+    size = path.stat().st_size
+    workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    try:
+        sheet = workbook.worksheets[0]
+        rows = sheet.iter_rows(values_only=True)
+        header = next(rows, None)
+        if header is None:
+            return
+        columns = [str(name) if name is not None else f"column_{i + 1}" for i, name in enumerate(header)]
+        total = max((sheet.max_row or 0) - 1, 1)  # from the sheet's dimension; may be unknown
+        buffer: list[tuple[Any, ...]] = []
+        done = 0
+        for row in rows:
+            if all(value is None for value in row):
+                continue  # openpyxl reports trailing formatted-but-empty rows
+            buffer.append(row)
+            if len(buffer) == batch_rows:
+                done += len(buffer)
+                yield Batch(pd.DataFrame(buffer, columns=columns), min(size, size * done // total))
+                buffer = []
+        if buffer:
+            yield Batch(pd.DataFrame(buffer, columns=columns), size)
+    finally:
+        workbook.close()
+
+
+class TableWriter(Protocol):
+    def write(self, frame: pd.DataFrame) -> None: ...
+
+
+class _CsvWriter:
+    def __init__(self, handle: IO[str]) -> None:
+        self.handle = handle
+        self.header = True
+
+    def write(self, frame: pd.DataFrame) -> None:
+        frame.to_csv(self.handle, header=self.header, index=False)
+        self.handle.flush()  # each batch leaves as it is scored
+        self.header = False
+
+
+class _JsonLinesWriter:
+    def __init__(self, handle: IO[str]) -> None:
+        self.handle = handle
+
+    def write(self, frame: pd.DataFrame) -> None:
+        columns = [str(c) for c in frame.columns]
+        lines = (
+            json.dumps(dict(zip(columns, map(_json_value, row), strict=True)), ensure_ascii=False, default=str)
+            for row in frame.itertuples(index=False, name=None)
+        )
+        self.handle.write("".join(line + "\n" for line in lines))
+
+
+def _json_value(value: Any) -> Any:
+    """Python's own float repr keeps every digit (pandas' to_json rounds to 15)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    return value
+
+
+class _ParquetWriter:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.writer: pq.ParquetWriter | None = None
+
+    def write(self, frame: pd.DataFrame) -> None:
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.path, table.schema)
+        elif table.schema != self.writer.schema:
+            try:
+                table = table.cast(self.writer.schema)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise ValueError(
+                    f"a later batch's column types do not fit the first batch's ({exc}); "
+                    "write csv or jsonl, or give the column one type throughout"
+                ) from exc
+        self.writer.write_table(table)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+@contextmanager
+def open_writer(path: Path | None) -> Iterator[TableWriter]:
+    """A writer for `path` by its suffix (None: csv on stdout); the file appears only when the
+    block ends without an error."""
+    file_format = write_format(path)
+    if file_format is None:
+        raise ValueError(f"cannot write {path.suffix if path else ''} files: use .csv, .jsonl or .parquet")
+    if path is None:
+        yield _CsvWriter(sys.stdout)
+        return
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        if file_format == "parquet":
+            parquet = _ParquetWriter(partial)
+            try:
+                yield parquet
+            finally:
+                parquet.close()
+        else:
+            with partial.open("w", newline="", encoding="utf-8") as handle:
+                yield _CsvWriter(handle) if file_format == "csv" else _JsonLinesWriter(handle)
+        if partial.exists():  # a parquet file of no batches is never started
+            partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)

@@ -1,0 +1,250 @@
+"""The trainer's commands: `train` (and `--follow` a job to its end), `status`, `history`,
+`threshold` and `rollback`.
+
+`threshold` and `rollback` name a model or its dataset: the trainer acts on datasets, and a
+dataset's model carries the dataset's name unless its spec names another.
+
+Reason to change: the trainer commands' behaviour.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, TypeVar
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from oddity.cli import output
+from oddity.cli.connection import connects
+from oddity.cli.exit_codes import FAILED, reports_failures
+from oddity.cli.options import JsonFlag
+from oddity.client import Job, NotFound, TrainerClient
+
+T = TypeVar("T")
+UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_since(text: str) -> datetime:
+    """'90s', '15m', '1h', '2d', '1w' ago, or an ISO 8601 time (local time unless it has an offset)."""
+    relative = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
+    if relative:
+        amount, unit = relative.groups()
+        return datetime.now(UTC) - timedelta(**{UNITS[unit]: float(amount)})
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter("give a time ago such as 30m, 1h, 2d, or an ISO 8601 time") from None
+    return moment if moment.tzinfo is not None else moment.astimezone()
+
+
+def _threshold_percentile(value: float) -> float:
+    if not 0 <= value < 100:
+        raise typer.BadParameter(f"{value:g} is not within (0, 100), nor 0 (clear the override)")
+    return value
+
+
+def _on_dataset(client: TrainerClient, name: str, action: Callable[[str], T]) -> T:
+    """Run `action` on the dataset `name`, or else on the dataset whose model is `name`."""
+    try:
+        return action(name)
+    except NotFound:
+        dataset = client.dataset_of(name)
+        if dataset == name:
+            raise
+        return action(dataset)
+
+
+def _job_line(job: Job) -> str:
+    parts = [f"job {job.id}", job.dataset, job.state]
+    if job.phase:
+        parts.append(job.phase)
+    if job.group:
+        parts.append(f"group {job.group}")
+    if job.total_epochs:
+        parts.append(f"epoch {job.epoch}/{job.total_epochs}, loss {job.loss:.4g}")
+    return " · ".join(parts)
+
+
+def _follow(client: TrainerClient, job: Job, json_output: bool) -> Job:
+    """The job's updates until it ends: JSON lines, or phases and epochs live on stderr."""
+    last = job
+    if json_output:
+        for last in client.watch_job(job.id):
+            output.print_json_line(last.to_dict())
+        return last
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=output.err) as progress:
+        task = progress.add_task(_job_line(job), total=None)
+        phase = ""
+        for last in client.watch_job(job.id):
+            if last.phase != phase:
+                phase = last.phase
+                progress.console.print(f"{last.dataset}: {phase}" + (f" (group {last.group})" if last.group else ""))
+            progress.update(
+                task,
+                description=_job_line(last),
+                total=last.total_epochs or None,
+                completed=last.epoch if last.total_epochs else 0,
+            )
+    return last
+
+
+def _finished(job: Job) -> None:
+    if job.state == "succeeded":
+        version = f": version {job.published_version} published" if job.published_version else ""
+        output.out.print(f"job {job.id} succeeded{version}")
+    elif job.state == "skipped":
+        output.out.print(f"job {job.id} skipped: {job.message}")
+    else:
+        output.error(f"job {job.id} {job.state}: {job.message}")
+        raise typer.Exit(FAILED)
+
+
+@reports_failures
+@connects("trainer")
+def train(
+    dataset: Annotated[str, typer.Argument(help="Dataset to train.")],
+    force: Annotated[bool, typer.Option(help="Train even below min_samples or on unchanged data.")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Follow the job to its end; exit 1 if it fails.")
+    ] = False,
+    data_path: Annotated[str | None, typer.Option(help="Data for this job (inside the data volume).")] = None,
+    model_kind: Annotated[str | None, typer.Option(help="Model kind for this job (e.g. knn, autoencoder).")] = None,
+    json_output: JsonFlag = False,
+    *,
+    client: TrainerClient,
+) -> None:
+    """Start a training job (with --follow: show its phases and epochs until it ends).
+
+    With --json --follow every update is printed as one JSON line; the last is the final state.
+    """
+    job = client.train(dataset, force=force, data_path=data_path, model_kind=model_kind)
+    if not follow:
+        if json_output:
+            output.print_json(job.to_dict())
+        else:
+            output.out.print(f"job {job.id} {job.state} for dataset {job.dataset}")
+        return
+    final = _follow(client, job, json_output)
+    if json_output:
+        if final.state == "failed":
+            raise typer.Exit(FAILED)
+        return
+    _finished(final)
+
+
+@reports_failures
+@connects("trainer")
+def status(
+    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Only this dataset.")] = None,
+    json_output: JsonFlag = False,
+    *,
+    client: TrainerClient,
+) -> None:
+    """Datasets: their model, live version, samples, training in progress, decisions, errors."""
+    statuses = client.status(dataset)
+    if json_output:
+        output.print_json([s.to_dict() for s in statuses])
+        return
+    rows = []
+    for s in statuses:
+        problem = s.error or s.last_error
+        decisions = []
+        if s.pinned_version:
+            decisions.append(f"pinned v{s.pinned_version} until {s.pinned_until}")
+        if s.threshold_override:
+            decisions.append(f"threshold p{s.threshold_override:g}")
+        rows.append(
+            (
+                s.dataset,
+                s.model,
+                s.kind,
+                s.live_version or None,
+                s.samples,
+                "training" if s.training_in_progress else ("ready" if s.valid else "invalid"),
+                s.last_training_time,
+                s.policy,
+                "; ".join(decisions) or None,
+                problem or None,
+            )
+        )
+    columns = ("dataset", "model", "kind", "live", "samples", "state", "last training", "policy", "decisions", "error")
+    output.out.print(output.table(None, columns, rows))
+
+
+@reports_failures
+@connects("trainer")
+def history(
+    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Only this dataset.")] = None,
+    event_type: Annotated[
+        list[str] | None,
+        typer.Option("--type", "-t", help="Only this event type (repeatable), e.g. PUBLISHED, ROLLED_BACK."),
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only events since then: 30m, 1h, 2d ago, or an ISO 8601 time.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Newest events to look at.")] = 100,
+    json_output: JsonFlag = False,
+    *,
+    client: TrainerClient,
+) -> None:
+    """Training, publishing, rollback and threshold events, oldest first."""
+    start = parse_since(since) if since else None
+    types = [t.upper() for t in event_type or ()]
+    events = client.history(dataset, types, since=start, limit=limit)
+    if json_output:
+        output.print_json([e.to_dict() for e in events])
+        return
+    rows = [(e.timestamp, e.event_type, e.dataset, e.message) for e in events]
+    output.out.print(output.table(None, ("time", "event", "dataset", "message"), rows))
+
+
+@reports_failures
+@connects("trainer")
+def threshold(
+    model: Annotated[str, typer.Argument(help="Model (or its dataset).")],
+    percentile: Annotated[
+        float,
+        typer.Option(
+            callback=_threshold_percentile,
+            help="Percentile of normal scores to flag above (0 < p < 100); 0 clears the override.",
+        ),
+    ],
+    json_output: JsonFlag = False,
+    *,
+    client: TrainerClient,
+) -> None:
+    """Move a model's threshold without retraining (a new version; kept for later versions)."""
+    change = _on_dataset(client, model, lambda dataset: client.set_threshold(dataset, percentile))
+    if json_output:
+        output.print_json(change.to_dict())
+        return
+    output.out.print(f"version {change.version} serves with the new threshold; {change.next}")
+
+
+@reports_failures
+@connects("trainer")
+def rollback(
+    model: Annotated[str, typer.Argument(help="Model (or its dataset).")],
+    version: Annotated[
+        int | None, typer.Option(min=1, help="Version to restore (default: the one before the live version).")
+    ] = None,
+    json_output: JsonFlag = False,
+    *,
+    client: TrainerClient,
+) -> None:
+    """Serve an earlier version again, as a new version that holds until the data changes."""
+    rolled = _on_dataset(client, model, lambda dataset: client.rollback(dataset, version))
+    if json_output:
+        output.print_json(rolled.to_dict())
+        return
+    output.out.print(f"version {rolled.version} (a copy of version {rolled.restored_from}) serves; {rolled.next}")

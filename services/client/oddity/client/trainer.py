@@ -1,0 +1,297 @@
+"""Synchronous client of the trainer: start and follow training jobs, read datasets' status and
+the history, roll back, move thresholds.
+
+    with TrainerClient("127.0.0.1:50053") as trainer:
+        job = trainer.train("sensors", force=True)
+        for update in trainer.watch_job(job.id):
+            print(update.phase, update.epoch, update.total_epochs)
+
+Rollback and SetThreshold act on a dataset; its model carries the dataset's name unless the
+dataset's spec names another (`dataset_of(model)` finds the dataset of a model).
+
+Reason to change: the Trainer API, as SDK callers see it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf import json_format, timestamp_pb2
+
+from oddity.client.connection import ServiceClient
+from oddity.common.errors import NotFound
+from oddity.v1 import manifest_pb2, trainer_pb2, trainer_pb2_grpc
+
+JOB_STATES = {
+    trainer_pb2.JOB_STATE_UNSPECIFIED: "unspecified",
+    trainer_pb2.JOB_STATE_QUEUED: "queued",
+    trainer_pb2.JOB_STATE_RUNNING: "running",
+    trainer_pb2.JOB_STATE_SUCCEEDED: "succeeded",
+    trainer_pb2.JOB_STATE_FAILED: "failed",
+    trainer_pb2.JOB_STATE_SKIPPED: "skipped",
+}
+FINISHED_STATES = frozenset({"succeeded", "failed", "skipped"})
+GROUP_STATUSES = {
+    manifest_pb2.GROUP_STATUS_UNSPECIFIED: "unspecified",
+    manifest_pb2.GROUP_STATUS_ACTIVE: "active",
+    manifest_pb2.GROUP_STATUS_INSUFFICIENT_DATA: "insufficient_data",
+    manifest_pb2.GROUP_STATUS_FAILED: "failed",
+}
+
+
+def _time(stamp: timestamp_pb2.Timestamp) -> datetime | None:
+    """A protobuf timestamp as an aware UTC datetime; None when unset."""
+    if stamp.seconds == 0 and stamp.nanos == 0:
+        return None
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
+def to_json_value(value: Any) -> Any:
+    """Dataclass fields made JSON-ready: datetimes as ISO 8601, tuples as lists, dict keys as text."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): to_json_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_json_value(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    dataset: str
+    state: str  # queued, running, succeeded, failed, skipped
+    #: loading, embedding, training, validating, exporting, publishing, done.
+    phase: str
+    epoch: int
+    total_epochs: int
+    loss: float
+    group: str  # the group being trained
+    message: str  # why it failed or was skipped
+    trigger: str  # api, file_change, interval, startup
+    created_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    published_version: int  # 0: none
+    metrics: dict[str, float]
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED_STATES
+
+    @classmethod
+    def from_proto(cls, job: trainer_pb2.Job) -> Job:
+        return cls(
+            id=job.id,
+            dataset=job.dataset,
+            state=JOB_STATES.get(job.state, str(job.state)),
+            phase=job.phase,
+            epoch=job.epoch,
+            total_epochs=job.total_epochs,
+            loss=job.loss,
+            group=job.group,
+            message=job.message,
+            trigger=job.trigger,
+            created_at=_time(job.created_at),
+            started_at=_time(job.started_at),
+            finished_at=_time(job.finished_at),
+            published_version=job.published_version,
+            metrics=dict(job.metrics),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_json_value(asdict(self))
+
+
+@dataclass(frozen=True)
+class GroupEvidence:
+    """One group of a dataset's live version."""
+
+    group: str
+    status: str  # active, insufficient_data, failed
+    train_samples: int
+    threshold: float
+    threshold_percentile: float
+    calibration: dict[str, Any]  # method, folds, rows, expected and cross-validated anomaly rates
+    members: list[dict[str, Any]]  # auto and ensembles: kind, params_json, weight, synthetic_auc, note
+
+
+@dataclass(frozen=True)
+class DatasetStatus:
+    dataset: str
+    valid: bool
+    error: str  # why dataset.yaml is invalid
+    model: str
+    kind: str
+    training_in_progress: bool
+    last_training_time: datetime | None
+    policy: str  # on_change, interval or manual
+    auto_training: bool
+    samples: int
+    group_samples: dict[str, int]
+    last_error: str
+    live_version: int  # 0: none
+    data_fingerprint: str
+    pinned_version: int  # a rollback holding this version; 0: none
+    pinned_until: str
+    threshold_override: float  # 0: the spec's threshold_percentile
+    consecutive_failures: int
+    next_retry_time: datetime | None
+    live_groups: tuple[GroupEvidence, ...]
+
+    @classmethod
+    def from_proto(cls, status: trainer_pb2.DatasetStatus) -> DatasetStatus:
+        return cls(
+            dataset=status.dataset,
+            valid=status.valid,
+            error=status.error,
+            model=status.model,
+            kind=status.kind,
+            training_in_progress=status.training_in_progress,
+            last_training_time=_time(status.last_training_time),
+            policy=status.auto_training.policy,
+            auto_training=status.auto_training.enabled,
+            samples=status.samples,
+            group_samples=dict(status.group_samples),
+            last_error=status.last_error,
+            live_version=status.live_version,
+            data_fingerprint=status.data_fingerprint,
+            pinned_version=status.pinned_version,
+            pinned_until=status.pinned_until,
+            threshold_override=status.threshold_override,
+            consecutive_failures=status.consecutive_failures,
+            next_retry_time=_time(status.next_retry_time),
+            live_groups=tuple(
+                GroupEvidence(
+                    group=g.group,
+                    status=GROUP_STATUSES.get(g.status, str(g.status)),
+                    train_samples=g.train_samples,
+                    threshold=g.threshold,
+                    threshold_percentile=g.threshold_percentile,
+                    calibration=json_format.MessageToDict(g.calibration, preserving_proto_field_name=True),
+                    members=[json_format.MessageToDict(m, preserving_proto_field_name=True) for m in g.members],
+                )
+                for g in status.live_groups
+            ),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_json_value(asdict(self))
+
+
+@dataclass(frozen=True)
+class HistoryEvent:
+    timestamp: datetime
+    #: TRAINING_STARTED, TRAINING_COMPLETED, TRAINING_FAILED, TRAINING_SKIPPED, PUBLISHED,
+    #: ROLLED_BACK or THRESHOLD_CHANGED.
+    event_type: str
+    dataset: str
+    message: str
+    details: dict[str, Any]  # exactly as the history log holds them (integers stay integers)
+
+    @classmethod
+    def from_proto(cls, event: trainer_pb2.HistoryEvent) -> HistoryEvent:
+        details = json.loads(event.details_json) if event.details_json else {}
+        return cls(
+            timestamp=_time(event.timestamp) or datetime.fromtimestamp(0, UTC),
+            event_type=event.event_type,
+            dataset=event.dataset,
+            message=event.message,
+            details=details,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_json_value(asdict(self))
+
+
+@dataclass(frozen=True)
+class Rollback:
+    version: int  # the new version that carries the restored bundle
+    restored_from: int
+    next: str  # what happens from here
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ThresholdChange:
+    version: int  # the new version with the moved thresholds
+    next: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class TrainerClient(ServiceClient):
+    service = trainer_pb2.DESCRIPTOR.services_by_name["Trainer"].full_name
+    label = "trainer"
+    stub_class = trainer_pb2_grpc.TrainerStub
+
+    def train(
+        self, dataset: str, *, force: bool = False, data_path: str | None = None, model_kind: str | None = None
+    ) -> Job:
+        """Start a job and return at once (AlreadyExists while the dataset is training)."""
+        request = trainer_pb2.TrainRequest(
+            dataset=dataset, force=force, data_path=data_path or "", model_kind=model_kind or ""
+        )
+        return Job.from_proto(self._call("Train", request).job)
+
+    def job(self, job_id: str) -> Job:
+        return Job.from_proto(self._call("GetJob", trainer_pb2.GetJobRequest(job_id=job_id)).job)
+
+    def watch_job(self, job_id: str, *, timeout: float | None = None) -> Iterator[Job]:
+        """The job as it progresses (phase, group, epoch, loss), until it ends; the last update
+        is its final state. `timeout` bounds the whole watch (None: as long as the job runs)."""
+        for update in self._stream("WatchJob", trainer_pb2.WatchJobRequest(job_id=job_id), timeout=timeout):
+            yield Job.from_proto(update.job)
+
+    def status(self, dataset: str | None = None) -> list[DatasetStatus]:
+        """Every dataset's status, or the one named."""
+        response = self._call("GetStatus", trainer_pb2.GetStatusRequest(dataset=dataset or ""))
+        return [DatasetStatus.from_proto(s) for s in response.datasets]
+
+    def dataset_of(self, model: str) -> str:
+        """The dataset whose model is `model` (a dataset's own name also answers)."""
+        statuses = self.status()
+        for status in statuses:
+            if status.model == model:
+                return status.dataset
+        if any(status.dataset == model for status in statuses):
+            return model
+        raise NotFound(f"trainer at {self.target}: no dataset trains a model named {model!r}")
+
+    def history(
+        self,
+        dataset: str | None = None,
+        types: str | Sequence[str] | None = None,
+        *,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> list[HistoryEvent]:
+        """The newest `limit` events (of `dataset`, of these `types`), oldest first; `since`
+        keeps those at or after that time (naive datetimes are taken as UTC)."""
+        event_types = [types] if isinstance(types, str) else list(types or ())
+        request = trainer_pb2.HistoryRequest(dataset=dataset or "", event_types=event_types, limit=limit)
+        events = [HistoryEvent.from_proto(e) for e in self._call("History", request).events]
+        if since is not None:
+            since = since if since.tzinfo is not None else since.replace(tzinfo=UTC)
+            events = [e for e in events if e.timestamp >= since]
+        return events
+
+    def rollback(self, dataset: str, version: int | None = None) -> Rollback:
+        """Serve an earlier version again (None: the newest complete one before the live one)."""
+        response = self._call("Rollback", trainer_pb2.RollbackRequest(dataset=dataset, version=version or 0))
+        return Rollback(version=response.version, restored_from=response.restored_from, next=response.next)
+
+    def set_threshold(self, dataset: str, percentile: float) -> ThresholdChange:
+        """Move every group's threshold to `percentile` (0 < p < 100) of its normal scores, kept
+        for later versions; 0 clears it (back to the spec's percentile)."""
+        request = trainer_pb2.SetThresholdRequest(dataset=dataset, percentile=percentile)
+        response = self._call("SetThreshold", request)
+        return ThresholdChange(version=response.version, next=response.next)
