@@ -1,6 +1,6 @@
 """The trainer's /metrics: every run counted by dataset and outcome with its duration, the
 rows of the last run, the last success, failures in a row, and the live version with what its
-validation recorded (also after a restart)."""
+validation recorded (after a threshold move and a restart too)."""
 
 import time
 
@@ -71,14 +71,28 @@ def test_a_published_run(trainer, data_volume, repository):
     assert group.calibration.expected_anomaly_rate == pytest.approx(0.05)
     assert live_figures(trainer, "sensors") == pytest.approx(expected)
 
+    # A threshold move publishes version 2: the live version follows at once, the figures
+    # with the next scan.
+    trainer.stub.SetThreshold(trainer_pb2.SetThresholdRequest(dataset="sensors", percentile=80))
+    assert value("oddity_trainer_live_version", model="sensor-model") == 2
+    wait_for(lambda: live_figures(trainer, "sensors")[("all", "threshold_percentile")] == 80, what="the new figures")
+    moved = bundle.read_manifest(repository / "sensor-model" / "2").groups[0]
+    assert moved.calibration.expected_anomaly_rate == pytest.approx(0.2)
+    expected = {
+        **expected,
+        ("all", "threshold_percentile"): 80.0,
+        ("all", "expected_anomaly_rate"): moved.calibration.expected_anomaly_rate,
+    }
+    assert live_figures(trainer, "sensors") == pytest.approx(expected)
+
     # After a restart: the live version and its figures from the repository, the last
     # success from the history.
     success = value("oddity_trainer_last_success_timestamp_seconds")
     trainer.close()
     again = start_trainer(data_volume, repository)
     try:
-        wait_for(lambda: again.metric("oddity_trainer_live_version", dataset="sensors") == 1, what="the live version")
-        assert again.metric("oddity_trainer_live_version", dataset="sensors", model="sensor-model") == 1
+        wait_for(lambda: again.metric("oddity_trainer_live_version", dataset="sensors") == 2, what="the live version")
+        assert again.metric("oddity_trainer_live_version", dataset="sensors", model="sensor-model") == 2
         assert live_figures(again, "sensors") == pytest.approx(expected)
         assert again.metric("oddity_trainer_last_success_timestamp_seconds", dataset="sensors") == pytest.approx(
             success, abs=1.0

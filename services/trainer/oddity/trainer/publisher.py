@@ -76,6 +76,8 @@ class Publisher:
             q = group.quantiles
             group.threshold = float(np.interp(percentile / 100.0, list(q.probabilities), list(q.values)))
             group.threshold_percentile = percentile
+            if group.HasField("calibration"):  # what the new threshold flags of normal rows
+                group.calibration.expected_anomaly_rate = 1 - percentile / 100
             thresholds[group.name] = group.threshold
         manifest.description = f"threshold moved to percentile {percentile:g} from version {source.manifest.version}"
         manifest.created_at.GetCurrentTime()
