@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,9 +65,28 @@ def cli() -> CliRunner:
     return CliRunner()
 
 
-def invoke(cli: CliRunner, *args: str):
+def invoke(cli: CliRunner, *args: object):
     """Run `oddity ARGS...` in-process."""
     return cli.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def stdout_of(result) -> str:
+    """The command's stdout without the log lines that the services running in this process
+    (test fixtures) write to stdout while it runs, e.g. a warning for a refused call."""
+    return "".join(line for line in result.stdout.splitlines(keepends=True) if not _service_log(line))
+
+
+def usage_error(result) -> str:
+    """Typer's usage error box on stderr as one line of text."""
+    return " ".join(result.stderr.replace("│", " ").split())
+
+
+def _service_log(line: str) -> bool:
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(value, dict) and {"event", "level", "timestamp"} <= value.keys()
 
 
 def table(n: int, seed: int = 5) -> pd.DataFrame:

@@ -57,4 +57,4 @@ def embed(
         )
         for f, v in zip(files, vectors, strict=True)
     ]
-    output.out.print(output.table(None, ("file", "kind", "dimension", "norm", "first values"), rows))
+    output.show(output.table(None, ("file", "kind", "dimension", "norm", "first values"), rows))

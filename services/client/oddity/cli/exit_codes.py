@@ -14,6 +14,8 @@ Reason to change: what the command line tells scripts when something fails.
 from __future__ import annotations
 
 import functools
+import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +49,9 @@ def reports_failures(command: Callable[..., None]) -> Callable[..., None]:
             raise typer.Exit(UNAVAILABLE) from None
         except OddityError as exc:
             error(exc.message)
+            raise typer.Exit(FAILED) from None
+        except BrokenPipeError:  # the reader of stdout went away (e.g. `| head`): nothing left to tell it
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise typer.Exit(FAILED) from None
         except OSError as exc:
             error(f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc))

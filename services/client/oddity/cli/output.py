@@ -20,6 +20,7 @@ from rich.text import Text
 # Consoles look up sys.stdout / sys.stderr when they print, so redirected streams are honoured.
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
+PIPE_WIDTH = 200  # columns of a table written to a pipe or file (rich would take 80)
 
 
 def print_json(value: Any) -> None:
@@ -42,6 +43,12 @@ def error(message: str) -> None:
 def note(message: str, style: str = "yellow") -> None:
     """One line on stderr for people (warnings, summaries)."""
     err.print(Text(message, style=style), soft_wrap=True)
+
+
+def show(renderable: Table) -> None:
+    """A table on stdout: as wide as the terminal, or wide enough for whole rows in a pipe or file."""
+    console = out if out.is_terminal else Console(file=sys.stdout, width=PIPE_WIDTH, highlight=False)
+    console.print(renderable)
 
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:

@@ -115,7 +115,7 @@ def _progress(enabled: bool) -> Progress:
         TextColumn("{task.fields[rows]:,} rows"),
         TimeRemainingColumn(),
         console=output.err,
-        disable=not enabled,
+        disable=not (enabled and output.err.is_terminal),  # a log file gets the summary line only
     )
 
 

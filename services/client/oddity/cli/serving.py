@@ -51,7 +51,7 @@ def _show_model(details: ModelDetails) -> None:
         for g in manifest.groups
     ]
     columns = ("group", "bounds", "threshold", "percentile", "train samples", "note")
-    output.out.print(output.table(None, columns, rows))
+    output.show(output.table(None, columns, rows))
 
 
 @reports_failures
@@ -87,7 +87,7 @@ def models(
         for s in statuses
     ]
     columns = ("model", "kind", "serving", "available", "pinned", "unloaded", "problem")
-    output.out.print(output.table(None, columns, rows))
+    output.show(output.table(None, columns, rows))
 
 
 @reports_failures
@@ -136,4 +136,4 @@ def detect_images(
     frame.insert(0, "file", [f.name for f in files])
     shown = [c for c in frame.columns if c not in ("threshold", "fallback")]
     title = f"{result.model} v{result.version}"
-    output.out.print(output.table(title, shown, frame[shown].itertuples(index=False, name=None)))
+    output.show(output.table(title, shown, frame[shown].itertuples(index=False, name=None)))

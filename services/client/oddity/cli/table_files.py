@@ -67,8 +67,8 @@ def _csv(path: Path, batch_rows: int) -> Iterator[Batch]:
 
 def _jsonl(path: Path, batch_rows: int) -> Iterator[Batch]:
     with path.open("rb") as handle:
-        # Values stay as written: no guessing of dates from column names.
-        reader = pd.read_json(handle, lines=True, chunksize=batch_rows, convert_dates=False, keep_default_dates=False)
+        # Values stay as written (no dates guessed from column names); floats to the last digit.
+        reader = pd.read_json(handle, lines=True, chunksize=batch_rows, dtype=False, precise_float=True)
         for chunk in reader:
             yield Batch(chunk, handle.tell())
 

@@ -172,13 +172,12 @@ def status(
                 s.samples,
                 "training" if s.training_in_progress else ("ready" if s.valid else "invalid"),
                 s.last_training_time,
-                s.policy,
                 "; ".join(decisions) or None,
                 problem or None,
             )
         )
-    columns = ("dataset", "model", "kind", "live", "samples", "state", "last training", "policy", "decisions", "error")
-    output.out.print(output.table(None, columns, rows))
+    columns = ("dataset", "model", "kind", "live", "samples", "state", "last training", "decisions", "error")
+    output.show(output.table(None, columns, rows))
 
 
 @reports_failures
@@ -205,7 +204,7 @@ def history(
         output.print_json([e.to_dict() for e in events])
         return
     rows = [(e.timestamp, e.event_type, e.dataset, e.message) for e in events]
-    output.out.print(output.table(None, ("time", "event", "dataset", "message"), rows))
+    output.show(output.table(None, ("time", "event", "dataset", "message"), rows))
 
 
 @reports_failures

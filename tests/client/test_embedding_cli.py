@@ -1,0 +1,122 @@
+"""`oddity embed` and `oddity detect-images` against a real embedder (a tiny ViT exported to
+ONNX) and a detector serving a model over its vectors plus the child's age: the vectors and
+scores are those of Embed and DetectImages on the same files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from oddity.client import EmbedderClient
+from oddity.common import bundle
+from oddity.embedder.models import ModelSource
+from oddity.v1 import detector_pb2, embedder_pb2
+from tests.client.conftest import invoke, usage_error
+from tests.conftest import start_detector, start_embedder
+from tests.support import drawings, encoders, models
+from tests.support.servers import wait_serving
+
+
+def publish_picture_model(repository, served: embedder_pb2.ModelInfo) -> None:
+    """A model over the vectors of the embedder's `vit` plus the child's age."""
+    d = served.dimension + 1
+    fit = models.fit_pca_group(models.normal_rows(400, d), components=2)
+    models.publish_simple(repository, "pictures", fit, dimension=d)
+    version = repository / "pictures" / "1"
+    manifest = bundle.read_manifest(version)
+    source = manifest.embedding
+    source.model, source.model_id, source.revision = "vit", served.model_id, served.revision
+    source.dimension, source.modality = served.dimension, "image"
+    source.extra_features.append("age")
+    (version / bundle.MANIFEST_FILE).write_text(bundle.manifest_to_json(manifest))
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    root = tmp_path_factory.mktemp("embedding-cli")
+    sources = {"vit": ModelSource(model_id=str(encoders.tiny_vit(root / "vit")), modality="image")}
+    embedder = start_embedder(root / "cache", sources)
+    detector = None
+    try:
+        wait_serving(embedder.server.target, "oddity.v1.Embedder", timeout=120)
+        repository = root / "models"
+        repository.mkdir()
+        publish_picture_model(repository, embedder.stub.GetInfo(embedder_pb2.GetInfoRequest(model="vit")).models[0])
+        detector = start_detector(repository, embedder=embedder.server.target)
+        rng = np.random.default_rng(0)
+        files = []
+        for i, age in enumerate((4.0, 8.0, 11.0)):
+            path = root / f"drawing-{i}.png"
+            path.write_bytes(drawings.drawing(age, rng))
+            files.append(path)
+        yield embedder, detector, files
+    finally:
+        if detector is not None:
+            detector.close()
+        embedder.close()
+
+
+def test_embed_prints_the_vectors_of_embed(cli, stack):
+    embedder, _, files = stack
+    expected = embedder.stub.Embed(
+        embedder_pb2.EmbedRequest(model="vit", items=[embedder_pb2.EmbedItem(image=f.read_bytes()) for f in files])
+    )
+    want = np.frombuffer(expected.embeddings.raw_data, "<f4").reshape(len(files), -1)
+
+    result = invoke(cli, "embed", *files, "--model", "vit", "--json", "--embedder", embedder.server.target)
+    assert result.exit_code == 0, result.stderr
+    printed = json.loads(result.stdout)
+    assert (printed["model"], printed["dimension"]) == ("vit", want.shape[1])
+    assert [item["file"] for item in printed["items"]] == [str(f) for f in files]
+    assert np.array([item["vector"] for item in printed["items"]], np.float32).tolist() == want.tolist()
+
+    people = invoke(cli, "embed", *files, "--embedder", embedder.server.target)  # the default model
+    assert people.exit_code == 0, people.stderr
+    assert [line.split()[1] for line in people.stdout.splitlines() if "drawing-" in line] == [f.name for f in files]
+
+    with EmbedderClient(embedder.server.target) as sdk:
+        assert sdk.embed(images=files).tolist() == want.tolist()
+        assert [(m.name, m.modality, m.dimension) for m in sdk.models()] == [("vit", "image", want.shape[1])]
+
+
+def test_detect_images_scores_as_detect_images_does(cli, stack):
+    _, detector, files = stack
+    images = [f.read_bytes() for f in files]
+    for ages in ([7.0], [4.0, 8.0, 11.0]):
+        expected = detector.stub.DetectImages(
+            detector_pb2.DetectImagesRequest(model="pictures", images=images, routing_values=ages), timeout=60
+        ).result
+        flags = [arg for age in ages for arg in ("--age", age)]
+        result = invoke(
+            cli, "detect-images", "--model", "pictures", *flags, *files, "--json", "--detector", detector.server.target
+        )
+        assert result.exit_code == 0, result.stderr
+        printed = json.loads(result.stdout)
+        assert (printed["model"], printed["version"]) == ("pictures", 1)
+        assert [i["file"] for i in printed["items"]] == [str(f) for f in files]
+        assert [i["score"] for i in printed["items"]] == list(expected.scores)
+        assert [i["is_anomaly"] for i in printed["items"]] == list(expected.is_anomaly)
+        assert [i["group"] for i in printed["items"]] == list(expected.groups)
+
+    people = invoke(cli, "detect-images", "-m", "pictures", "--routing-value", 6, *files, "--detector",
+                    detector.server.target)
+    assert people.exit_code == 0, people.stderr
+    assert "pictures v1" in people.stdout and "drawing-2.png" in people.stdout
+
+
+def test_files_and_routing_values_that_do_not_fit_are_usage_errors(cli, stack, tmp_path):
+    _, detector, files = stack
+    note = tmp_path / "note.txt"
+    note.write_text("a house and a sun")
+    mixed = invoke(cli, "detect-images", "-m", "pictures", files[0], note, "--detector", detector.server.target)
+    assert mixed.exit_code == 2
+    assert "give images or .txt files, not both at once" in usage_error(mixed)
+    counted = invoke(cli, "detect-images", "-m", "pictures", "--age", 3, "--age", 4, *files,
+                     "--detector", detector.server.target)
+    assert counted.exit_code == 2
+    assert "give one routing value, or one per file (3); got 2" in usage_error(counted)
+    csv = tmp_path / "rows.csv"
+    csv.write_text("a\n1\n")
+    assert invoke(cli, "embed", csv, "--embedder", "127.0.0.1:1").exit_code == 2

@@ -1,0 +1,202 @@
+"""`oddity score` on real files against a real detector: csv, parquet, jsonl and xlsx in;
+csv (stdout), jsonl and parquet out; every row matches Detect on the same rows (scores,
+decisions, groups, top features), across batch boundaries. Exit codes and messages for an
+unknown model and bad arguments; one run as a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from io import StringIO
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.client.conftest import FEATURES, invoke, table, usage_error
+from tests.support.client import detect_request
+
+WRITERS = {
+    "csv": lambda frame, path: frame.to_csv(path, index=False),
+    "parquet": lambda frame, path: frame.to_parquet(path, index=False),
+    "jsonl": lambda frame, path: frame.to_json(path, orient="records", lines=True),
+    "xlsx": lambda frame, path: frame.to_excel(path, index=False),
+}
+READERS = {
+    "csv": pd.read_csv,
+    "parquet": pd.read_parquet,
+    "jsonl": lambda path: pd.read_json(path, lines=True, dtype=False, precise_float=True),
+    "xlsx": pd.read_excel,
+}
+
+
+def expected_results(served, model: str, frame: pd.DataFrame, routed: bool) -> pd.DataFrame:
+    """What Detect answers for these rows, as `oddity score` should write it."""
+    fields = {"routing_values": frame["age"].tolist()} if routed else {}
+    response = served.detector.stub.Detect(
+        detect_request(model, frame[FEATURES].to_numpy(np.float32), explain_top_k=3, **fields), timeout=30
+    )
+    return pd.DataFrame(
+        {
+            "score": list(response.scores),
+            "normalized_score": list(response.normalized_scores),
+            "is_anomaly": list(response.is_anomaly),
+            "group": list(response.groups),
+            "top_features": [
+                ";".join(f"{f.name}:{f.contribution:.2f}" for f in e.features) for e in response.explanations
+            ],
+        }
+    )
+
+
+def assert_rows_match(scored: pd.DataFrame, source: pd.DataFrame, expected: pd.DataFrame) -> None:
+    assert list(scored.columns) == [
+        *source.columns,
+        "score", "normalized_score", "is_anomaly", "threshold", "confidence", "group", "fallback", "top_features",
+    ]
+    assert scored["id"].tolist() == source["id"].tolist()
+    assert scored[FEATURES].to_numpy().tolist() == source[FEATURES].to_numpy().tolist()
+    for column in expected.columns:
+        assert scored[column].tolist() == expected[column].tolist(), column
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet", "jsonl", "xlsx"])
+def test_every_input_format_scores_row_for_row_as_detect(served, cli, tmp_path, suffix):
+    source_path = tmp_path / f"readings.{suffix}"
+    WRITERS[suffix](table(45), source_path)
+    source = READERS[suffix](source_path)  # as the file holds it (e.g. jsonl rounds floats)
+    result = invoke(cli, "score", source_path, "--model", "routed", "--batch-rows", 7, "--detector", served.target)
+    assert result.exit_code == 0, result.stderr
+    scored = pd.read_csv(StringIO(result.stdout))
+    expected = expected_results(served, "routed", source, routed=True)
+    assert_rows_match(scored, source, expected)
+    assert set(scored["group"]) == {"young", "old"}
+    assert result.stderr.splitlines()[-1].startswith(f"scored 45 rows, {int(expected['is_anomaly'].sum())} anomalies")
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "parquet", "csv"])
+def test_the_output_format_follows_the_suffix_of_out(served, cli, tmp_path, suffix):
+    source_path = tmp_path / "readings.csv"
+    table(30).to_csv(source_path, index=False)
+    out = tmp_path / f"scored.{suffix}"
+    result = invoke(
+        cli, "score", source_path, "-m", "sensors", "-o", out, "--batch-rows", 8, "--detector", served.target
+    )
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["readings.csv", out.name])  # no partial file left
+    source = pd.read_csv(source_path)
+    scored = READERS[suffix](out)
+    assert_rows_match(scored, source, expected_results(served, "sensors", source, routed=False))
+    if suffix == "jsonl":  # numbers keep every digit, booleans stay booleans
+        first = json.loads(out.read_text().splitlines()[0])
+        assert first["is_anomaly"] in (True, False) and first["f0"] == source["f0"][0]
+
+
+def test_a_missing_routing_column_is_noted_and_rows_fall_back(served, cli, tmp_path):
+    path = tmp_path / "no_age.csv"
+    table(10).drop(columns=["age"]).to_csv(path, index=False)
+    result = invoke(cli, "score", path, "--model", "routed", "--no-progress", "--detector", served.target)
+    assert result.exit_code == 0, result.stderr
+    assert "no_age.csv has no 'age' column: every row is scored by the model's 'all' group" in result.stderr
+    scored = pd.read_csv(StringIO(result.stdout))
+    assert scored["group"].tolist() == ["all"] * 10 and scored["fallback"].tolist() == [True] * 10
+
+
+def test_result_columns_are_prefixed_when_the_input_has_such_a_column(served, cli, tmp_path):
+    path = tmp_path / "clash.csv"
+    table(5).assign(score=1.0).to_csv(path, index=False)
+    result = invoke(cli, "score", path, "--model", "sensors", "--top-features", 0, "--detector", served.target)
+    assert result.exit_code == 0, result.stderr
+    scored = pd.read_csv(StringIO(result.stdout))
+    assert scored["score"].tolist() == [1.0] * 5
+    assert [c for c in scored.columns if c.startswith("oddity_")] == [
+        "oddity_score", "oddity_normalized_score", "oddity_is_anomaly", "oddity_threshold", "oddity_confidence",
+        "oddity_group", "oddity_fallback",
+    ]
+
+
+def test_an_unknown_model_exits_1_with_one_red_line(served, cli, tmp_path):
+    path = tmp_path / "readings.csv"
+    table(5).to_csv(path, index=False)
+    result = invoke(cli, "score", path, "--model", "nope", "--detector", served.target)
+    assert result.exit_code == 1  # (stdout: the in-process detector's log line of the refusal)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"error: detector at {served.target}: NOT_FOUND: ")
+    assert "nope" in lines[0]
+
+
+def test_rows_the_detector_refuses_are_named_by_their_place_in_the_file(served, cli, tmp_path):
+    path = tmp_path / "gaps.csv"
+    frame = table(20)
+    frame.loc[13, "f1"] = np.nan
+    frame.to_csv(path, index=False)
+    result = invoke(cli, "score", path, "-m", "sensors", "-o", tmp_path / "out.csv", "--batch-rows", 10,
+                    "--detector", served.target)
+    assert result.exit_code == 1
+    (line,) = result.stderr.splitlines()[-1:]
+    assert line.startswith(f"error: gaps.csv, rows 11-20: detector at {served.target}: INVALID_ARGUMENT: ")
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_a_detector_that_cannot_be_reached_exits_3(cli, tmp_path):
+    path = tmp_path / "readings.csv"
+    table(5).to_csv(path, index=False)
+    result = invoke(cli, "score", path, "--model", "sensors", "--detector", "127.0.0.1:1", "--timeout", 1)
+    assert result.exit_code == 3
+    assert result.stderr.startswith("error: detector at 127.0.0.1:1: ")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model"], "Option '--model' requires an argument"),
+        ([], "Missing option '--model'"),
+        (["--model", "sensors", "--batch-rows", "0"], "Invalid value for '--batch-rows'"),
+        (["--model", "sensors", "--out", "scored.xml"], "write .csv, .jsonl or .parquet"),
+        (["--model", "sensors", "--threshold-percentile", "100"], "100 is not within (0, 100)"),
+    ],
+)
+def test_bad_arguments_exit_2(served, cli, tmp_path, args, message):
+    path = tmp_path / "readings.csv"
+    table(3).to_csv(path, index=False)
+    result = invoke(cli, "score", path, "--detector", served.target, *args)
+    assert result.exit_code == 2
+    assert message in usage_error(result)
+
+
+def test_a_file_that_is_not_there_or_not_a_table_exits_2(served, cli, tmp_path):
+    missing = invoke(cli, "score", tmp_path / "missing.csv", "--model", "sensors", "--detector", served.target)
+    assert missing.exit_code == 2
+    (tmp_path / "notes.txt").write_text("hello")
+    text = invoke(cli, "score", tmp_path / "notes.txt", "--model", "sensors", "--detector", served.target)
+    assert text.exit_code == 2
+    assert "cannot read .txt files" in text.stderr
+
+
+def test_score_as_a_real_process(served, tmp_path):
+    path = tmp_path / "readings.csv"
+    table(25).to_csv(path, index=False)
+    out = tmp_path / "scored.parquet"
+    result = subprocess.run(
+        [sys.executable, "-m", "oddity.cli.main", "score", str(path), "--model", "routed", "--out", str(out)],
+        env={**os.environ, "ODDITY_DETECTOR_TARGET": served.target},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    source = pd.read_csv(path)
+    assert_rows_match(pd.read_parquet(out), source, expected_results(served, "routed", source, routed=True))
+
+    unknown = subprocess.run(
+        [sys.executable, "-m", "oddity.cli.main", "score", str(path), "--model", "nope", "--detector", served.target],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (unknown.returncode, unknown.stdout) == (1, "")
+    assert len(unknown.stderr.splitlines()) == 1 and unknown.stderr.startswith("error: detector at ")

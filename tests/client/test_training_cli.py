@@ -1,0 +1,168 @@
+"""The trainer's commands against a real trainer and detector: `train --follow` shows the job
+to its final state and exits 1 when it fails; `status` and `history` print what the trainer
+reports (JSON that parses, tables for people); `threshold` and `rollback` change what the
+trainer reports, by model name or dataset."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from oddity.client import TrainerClient
+from tests.client.conftest import invoke, stdout_of
+from tests.conftest import start_detector, start_trainer
+from tests.support import datasets
+
+
+def manual_spec(**overrides) -> dict:
+    overrides.setdefault("retrain", {"policy": "manual"})
+    return datasets.autoencoder_spec(model={"kind": "autoencoder", "params": {"epochs": 4}}, **overrides)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    root = tmp_path_factory.mktemp("training-cli")
+    data_volume, repository = root / "data", root / "models"
+    (data_volume / "datasets").mkdir(parents=True)
+    repository.mkdir()
+    detector = start_detector(repository)
+    trainer = start_trainer(data_volume, repository, detectors=[detector.server.target])
+    for name in ("plant", "follow", "people"):
+        datasets.write_dataset(data_volume, name, manual_spec(), {"rows.csv": datasets.sensor_frame(300)})
+    steer = manual_spec(name="steer-model")  # a model named apart from its dataset
+    datasets.write_dataset(data_volume, "steer", steer, {"rows.csv": datasets.sensor_frame(300)})
+    datasets.write_dataset(data_volume, "broken", manual_spec(), {"rows.csv": b""})
+    yield trainer
+    trainer.close()
+    detector.close()
+
+
+@pytest.fixture(scope="module")
+def sdk(stack):
+    with TrainerClient(stack.server.target, timeout=30) as client:
+        yield client
+
+
+def train_to_end(sdk: TrainerClient, dataset: str, **fields):
+    job = sdk.train(dataset, **fields)
+    *_, last = sdk.watch_job(job.id, timeout=180)
+    assert last.state == "succeeded", last.message
+    return last
+
+
+@pytest.fixture(scope="module")
+def trained(sdk):
+    return train_to_end(sdk, "plant")
+
+
+def test_train_follow_json_prints_every_update_and_ends_with_the_final_state(cli, stack, sdk):
+    result = invoke(cli, "train", "follow", "--follow", "--json", "--trainer", stack.server.target)
+    assert result.exit_code == 0, result.stderr
+    updates = [json.loads(line) for line in result.stdout.splitlines()]
+    final = updates[-1]
+    assert final == sdk.job(final["id"]).to_dict()
+    assert (final["state"], final["phase"], final["published_version"]) == ("succeeded", "done", 1)
+    assert {"training", "done"} <= {u["phase"] for u in updates}
+    epochs = [u["epoch"] for u in updates if u["phase"] == "training" and u["epoch"]]
+    assert epochs == sorted(epochs) and epochs[-1] == 4
+
+
+def test_train_follow_for_people_ends_with_what_was_published(cli, stack):
+    result = invoke(cli, "train", "people", "-f", "--trainer", stack.server.target)
+    assert result.exit_code == 0, result.stderr
+    assert re.fullmatch(r"job \S+ succeeded: version 1 published\n", result.stdout)
+    assert "people: training" in result.stderr
+
+
+def test_train_without_follow_returns_the_started_job(cli, stack, sdk, trained):
+    result = invoke(cli, "train", "plant", "--force", "--json", "--trainer", stack.server.target)
+    assert result.exit_code == 0, result.stderr
+    job = json.loads(result.stdout)
+    assert (job["dataset"], job["trigger"]) == ("plant", "api")
+    *_, last = sdk.watch_job(job["id"], timeout=180)
+    assert (last.state, last.published_version) == ("succeeded", 2)
+
+
+def test_a_job_that_fails_exits_1_with_its_reason(cli, stack):
+    result = invoke(cli, "train", "broken", "--follow", "--trainer", stack.server.target)
+    assert result.exit_code == 1
+    last = result.stderr.splitlines()[-1]
+    assert re.fullmatch(r"error: job \S+ failed: .*rows\.csv is empty.*", last), last
+
+    as_json = invoke(cli, "train", "broken", "--follow", "--json", "--trainer", stack.server.target)
+    assert as_json.exit_code == 1
+    assert json.loads(as_json.stdout.splitlines()[-1])["state"] == "failed"
+
+
+def test_an_unknown_dataset_exits_1_with_one_line(cli, stack):
+    result = invoke(cli, "train", "nope", "--trainer", stack.server.target)
+    assert result.exit_code == 1
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"error: trainer at {stack.server.target}: NOT_FOUND: ")
+
+
+def test_status_prints_what_the_trainer_reports(cli, stack, sdk, trained):
+    result = invoke(cli, "status", "--dataset", "plant", "--json", "--trainer", stack.server.target)
+    assert result.exit_code == 0, result.stderr
+    (status,) = json.loads(result.stdout)
+    assert status == sdk.status("plant")[0].to_dict()
+    assert (status["dataset"], status["model"], status["kind"], status["valid"]) == (
+        "plant", "plant", "autoencoder", True,
+    )
+    assert status["live_version"] >= 1 and status["samples"] == 300
+    every = json.loads(invoke(cli, "status", "--json", "--trainer", stack.server.target).stdout)
+    assert sorted(s["dataset"] for s in every) == ["broken", "follow", "people", "plant", "steer"]
+
+    table = invoke(cli, "status", "--trainer", stack.server.target)
+    assert table.exit_code == 0
+    assert "plant" in table.stdout and "autoencoder" in table.stdout
+
+
+def test_history_filters_by_dataset_type_and_time(cli, stack, trained):
+    target = ("--trainer", stack.server.target)
+    published = json.loads(invoke(cli, "history", "-d", "plant", "--type", "published", "--json", *target).stdout)
+    assert [e["event_type"] for e in published][:1] == ["PUBLISHED"]
+    assert published[0]["details"]["version"] == 1 and published[0]["dataset"] == "plant"
+    assert {e["event_type"] for e in published} == {"PUBLISHED"}
+
+    recent = json.loads(invoke(cli, "history", "--since", "1h", "--json", *target).stdout)
+    assert {"TRAINING_STARTED", "TRAINING_COMPLETED", "PUBLISHED"} <= {e["event_type"] for e in recent}
+    assert json.loads(invoke(cli, "history", "--since", "2999-01-01T00:00:00+00:00", "--json", *target).stdout) == []
+
+    people = invoke(cli, "history", "--dataset", "plant", *target)
+    assert people.exit_code == 0 and "PUBLISHED" in people.stdout
+    bad = invoke(cli, "history", "--since", "yesterday-ish", *target)
+    assert bad.exit_code == 2
+
+
+def test_threshold_and_rollback_change_what_the_trainer_reports(cli, stack, sdk):
+    train_to_end(sdk, "steer")
+    train_to_end(sdk, "steer", force=True)
+    target = ("--trainer", stack.server.target)
+
+    moved = invoke(cli, "threshold", "steer-model", "--percentile", "80", "--json", *target)  # by model name
+    assert moved.exit_code == 0, moved.stderr
+    assert json.loads(stdout_of(moved))["version"] == 3
+    (status,) = sdk.status("steer")
+    assert (status.threshold_override, status.live_version) == (80.0, 3)
+    assert {g.threshold_percentile for g in status.live_groups} == {80.0}
+
+    rolled = invoke(cli, "rollback", "steer", "--version", "1", "--json", *target)  # by dataset
+    assert rolled.exit_code == 0, rolled.stderr
+    assert {k: v for k, v in json.loads(stdout_of(rolled)).items() if k != "next"} == {"version": 4, "restored_from": 1}
+    (status,) = sdk.status("steer")
+    assert (status.live_version, status.pinned_version) == (4, 4)
+
+    cleared = invoke(cli, "threshold", "steer", "--percentile", "0", *target)
+    assert cleared.exit_code == 0, cleared.stderr
+    assert cleared.stdout.startswith("version 5 serves with the new threshold; ")
+    assert sdk.status("steer")[0].threshold_override == 0.0
+
+    assert invoke(cli, "threshold", "steer", "--percentile", "100", *target).exit_code == 2
+    unknown = invoke(cli, "rollback", "nothing-such", *target)
+    assert unknown.exit_code == 1
+    assert unknown.stderr == (
+        f"error: trainer at {stack.server.target}: no dataset trains a model named 'nothing-such'\n"
+    )
