@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from io import StringIO
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -118,6 +119,21 @@ def test_result_columns_are_prefixed_when_the_input_has_such_a_column(served, cl
     ]
 
 
+def test_a_threshold_percentile_moves_the_decisions_as_detect_does(served, cli, tmp_path):
+    path = tmp_path / "readings.csv"
+    table(40).to_csv(path, index=False)
+    result = invoke(cli, "score", path, "-m", "sensors", "--threshold-percentile", 50, "--detector", served.target)
+    assert result.exit_code == 0, result.stderr
+    source = pd.read_csv(path)
+    expected = served.detector.stub.Detect(
+        detect_request("sensors", source[FEATURES].to_numpy(np.float32), threshold_percentile=50), timeout=30
+    )
+    scored = pd.read_csv(StringIO(result.stdout))
+    assert scored["is_anomaly"].tolist() == list(expected.is_anomaly)
+    assert scored["threshold"].tolist() == list(expected.thresholds)
+    assert scored["is_anomaly"].sum() > 10
+
+
 def test_an_unknown_model_exits_1_with_one_red_line(served, cli, tmp_path):
     path = tmp_path / "readings.csv"
     table(5).to_csv(path, index=False)
@@ -199,4 +215,8 @@ def test_score_as_a_real_process(served, tmp_path):
         timeout=120,
     )
     assert (unknown.returncode, unknown.stdout) == (1, "")
+
+    console_script = Path(sys.executable).with_name("oddity")
+    helped = subprocess.run([str(console_script), "score", "--help"], capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0 and "--batch-rows" in helped.stdout
     assert len(unknown.stderr.splitlines()) == 1 and unknown.stderr.startswith("error: detector at ")

@@ -29,7 +29,7 @@ def stack(tmp_path_factory):
     repository.mkdir()
     detector = start_detector(repository)
     trainer = start_trainer(data_volume, repository, detectors=[detector.server.target])
-    for name in ("plant", "follow", "people"):
+    for name in ("plant", "follow", "people", "again"):
         datasets.write_dataset(data_volume, name, manual_spec(), {"rows.csv": datasets.sensor_frame(300)})
     steer = manual_spec(name="steer-model")  # a model named apart from its dataset
     datasets.write_dataset(data_volume, "steer", steer, {"rows.csv": datasets.sensor_frame(300)})
@@ -76,11 +76,12 @@ def test_train_follow_for_people_ends_with_what_was_published(cli, stack):
     assert "people: training" in result.stderr
 
 
-def test_train_without_follow_returns_the_started_job(cli, stack, sdk, trained):
-    result = invoke(cli, "train", "plant", "--force", "--json", "--trainer", stack.server.target)
+def test_train_without_follow_returns_the_started_job(cli, stack, sdk):
+    train_to_end(sdk, "again")
+    result = invoke(cli, "train", "again", "--force", "--json", "--trainer", stack.server.target)
     assert result.exit_code == 0, result.stderr
     job = json.loads(result.stdout)
-    assert (job["dataset"], job["trigger"]) == ("plant", "api")
+    assert (job["dataset"], job["trigger"]) == ("again", "api")
     *_, last = sdk.watch_job(job["id"], timeout=180)
     assert (last.state, last.published_version) == ("succeeded", 2)
 
@@ -111,9 +112,9 @@ def test_status_prints_what_the_trainer_reports(cli, stack, sdk, trained):
     assert (status["dataset"], status["model"], status["kind"], status["valid"]) == (
         "plant", "plant", "autoencoder", True,
     )
-    assert status["live_version"] >= 1 and status["samples"] == 300
+    assert (status["live_version"], status["samples"]) == (1, 300)
     every = json.loads(invoke(cli, "status", "--json", "--trainer", stack.server.target).stdout)
-    assert sorted(s["dataset"] for s in every) == ["broken", "follow", "people", "plant", "steer"]
+    assert sorted(s["dataset"] for s in every) == ["again", "broken", "follow", "people", "plant", "steer"]
 
     table = invoke(cli, "status", "--trainer", stack.server.target)
     assert table.exit_code == 0

@@ -246,4 +246,4 @@ def rollback(
     if json_output:
         output.print_json(rolled.to_dict())
         return
-    output.out.print(f"version {rolled.version} (a copy of version {rolled.restored_from}) serves; {rolled.next}")
+    output.out.print(rolled.next or f"version {rolled.version} (a copy of version {rolled.restored_from}) serves")
