@@ -158,6 +158,24 @@ def test_rows_the_detector_refuses_are_named_by_their_place_in_the_file(served, 
     assert not (tmp_path / "out.csv").exists()
 
 
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("broken.parquet", b"PAR1 this is not parquet"),
+        ("broken.xlsx", b"PK\x03\x04 this is not a workbook"),
+        ("broken.jsonl", b'{"f0": 1.0}\n{"f0": \n'),
+        ("broken.csv", b'id,f0\n"unterminated,1\n'),
+    ],
+)
+def test_a_file_that_cannot_be_parsed_exits_1_naming_it(served, cli, tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    result = invoke(cli, "score", path, "--model", "sensors", "--detector", served.target)
+    assert result.exit_code == 1
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"error: {name} cannot be read as {path.suffix[1:]}: ")
+
+
 def test_a_detector_that_cannot_be_reached_exits_3(cli, tmp_path):
     path = tmp_path / "readings.csv"
     table(5).to_csv(path, index=False)

@@ -3,6 +3,7 @@
     0  done
     1  the operation failed: the service refused it (unknown model or dataset, bad input,
        a training job that failed, refused credentials, ...) or a file could not be read
+       or written
     2  usage error: unknown option, missing or invalid argument (typer's, and ours)
     3  a service could not be reached or is not ready (UNAVAILABLE, deadline passed):
        retrying later may work
@@ -22,6 +23,7 @@ from typing import Any
 import typer
 
 from oddity.cli.output import error
+from oddity.cli.table_files import TableError
 from oddity.common.errors import OddityError, Unavailable
 
 OK = 0
@@ -49,6 +51,9 @@ def reports_failures(command: Callable[..., None]) -> Callable[..., None]:
             raise typer.Exit(UNAVAILABLE) from None
         except OddityError as exc:
             error(exc.message)
+            raise typer.Exit(FAILED) from None
+        except TableError as exc:
+            error(str(exc))
             raise typer.Exit(FAILED) from None
         except BrokenPipeError:  # the reader of stdout went away (e.g. `| head`): nothing left to tell it
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,6 +36,10 @@ import pyarrow.parquet as pq
 
 READ_FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".xlsx": "xlsx"}
 WRITE_FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+class TableError(Exception):
+    """A table that cannot be read or written as its suffix says, with the reason."""
 
 
 @dataclass(frozen=True)
@@ -56,8 +61,18 @@ def read_batches(path: Path, batch_rows: int) -> Iterator[Batch]:
     readers = {"csv": _csv, "parquet": _parquet, "jsonl": _jsonl, "xlsx": _xlsx}
     file_format = read_format(path)
     if file_format is None:
-        raise ValueError(f"{path.name}: cannot read {path.suffix or 'files without a suffix'}")
-    return readers[file_format](path, batch_rows)
+        raise TableError(f"{path.name}: cannot read {path.suffix or 'files without a suffix'} files")
+    return _readable(path, file_format, readers[file_format](path, batch_rows))
+
+
+def _readable(path: Path, file_format: str, batches: Iterator[Batch]) -> Iterator[Batch]:
+    """The batches; a file its reader cannot parse is a TableError naming it."""
+    from openpyxl.utils.exceptions import InvalidFileException
+
+    try:
+        yield from batches
+    except (ValueError, pa.ArrowException, zipfile.BadZipFile, InvalidFileException) as exc:
+        raise TableError(f"{path.name} cannot be read as {file_format}: {exc}") from exc
 
 
 def _csv(path: Path, batch_rows: int) -> Iterator[Batch]:
@@ -175,7 +190,7 @@ class _ParquetWriter:
             try:
                 table = table.cast(self.writer.schema)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                raise ValueError(
+                raise TableError(
                     f"a later batch's column types do not fit the first batch's ({exc}); "
                     "write csv or jsonl, or give the column one type throughout"
                 ) from exc
@@ -192,7 +207,7 @@ def open_writer(path: Path | None) -> Iterator[TableWriter]:
     block ends without an error."""
     file_format = write_format(path)
     if file_format is None:
-        raise ValueError(f"cannot write {path.suffix if path else ''} files: use .csv, .jsonl or .parquet")
+        raise TableError(f"cannot write {path.suffix if path else ''} files: use .csv, .jsonl or .parquet")
     if path is None:
         yield _CsvWriter(sys.stdout)
         return

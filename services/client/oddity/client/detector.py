@@ -186,7 +186,7 @@ class DetectorClient(ServiceClient):
     def _forget_stale_layout(self, model: str, served_version: int) -> None:
         layout = self._layouts.get(model)
         if layout is not None and layout.version != served_version:
-            del self._layouts[model]
+            self._layouts.pop(model, None)  # (threads may race here: no KeyError)
 
     def load_model(self, name: str, version: int = 0) -> ModelStatus:
         """Rescan now and serve the newest complete version, or pin `version`."""
