@@ -12,7 +12,9 @@ from packaging.requirements import Requirement
 
 from tests.support.servers import repo_root
 
-SERVICES = ("common", "detector", "trainer", "embedder")
+SERVICES = ("common", "detector", "trainer", "embedder", "client")
+#: The packages of each distribution whose modules the README's layout table lists.
+PACKAGES = {name: (name,) for name in SERVICES} | {"client": ("client", "cli")}
 
 
 def test_generated_stubs_are_current():
@@ -81,11 +83,15 @@ def test_readme_layout_names_every_module_of_every_service():
     for name in SERVICES:
         row = next(line for line in readme.splitlines() if line.startswith(f"| `services/{name}/` |"))
         listed = set(re.findall(r"`([a-z_0-9]+\.py)`", row)) | {f"{d}/" for d in re.findall(r"`([a-z_0-9]+)/`", row)}
-        package = root / "services" / name / "oddity" / name
-        modules = {p.name for p in package.glob("*.py") if p.name != "__init__.py"}
-        folders = {f"{p.name}/" for p in package.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
-        for folder in folders:
-            modules |= {p.name for p in (package / folder).glob("*.py") if p.name != "__init__.py"}
+        modules: set[str] = set()
+        folders: set[str] = set()
+        for package_name in PACKAGES[name]:
+            package = root / "services" / name / "oddity" / package_name
+            modules |= {p.name for p in package.glob("*.py") if p.name != "__init__.py"}
+            subfolders = {f"{p.name}/" for p in package.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+            for folder in subfolders:
+                modules |= {p.name for p in (package / folder).glob("*.py") if p.name != "__init__.py"}
+            folders |= subfolders
         assert listed >= modules | folders, f"{name}: not in the README layout: {sorted((modules | folders) - listed)}"
         stale = listed - modules - folders
         assert not stale, f"{name}: the README layout names what is not there: {sorted(stale)}"

@@ -65,7 +65,12 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(repository):
 
 def test_calls_after_sigterm_get_unavailable_never_cancelled(repository):
     """Clients keep calling through the signal: calls in progress finish OK, calls that arrive
-    while the server drains get UNAVAILABLE (what retry policies retry), none CANCELLED."""
+    while the server drains get UNAVAILABLE (what retry policies retry), none CANCELLED.
+
+    The light clients stop once each has seen its UNAVAILABLEs, while the heavy calls still
+    run: a call that reaches the transport in the microseconds of the final stop, without
+    being handed to the server yet, is cancelled by gRPC core itself (an upstream bug, see the
+    README's Security section), which no server code can answer otherwise."""
     publish_heavy(repository)
     process = ServiceProcess(
         "oddity.detector.main",
@@ -73,20 +78,22 @@ def test_calls_after_sigterm_get_unavailable_never_cancelled(repository):
     ).start()
     process.wait_ready("oddity.v1.Detector")
     try:
-        heavy_rows = np.random.default_rng(0).normal(size=(3000, 64)).astype(np.float32)
+        heavy_rows = np.random.default_rng(0).normal(size=(6000, 64)).astype(np.float32)
         codes: list[grpc.StatusCode] = []
-        stop = threading.Event()
+        refusals_each = 5
 
         def light_client() -> None:
+            refused = 0
             with channel(process.target) as ch:
                 stub = detector_pb2_grpc.DetectorStub(ch)
                 request = detect_request("heavy", heavy_rows[:1])
-                while not stop.is_set():
+                while refused < refusals_each:
                     try:
                         stub.Detect(request, timeout=30)
                         codes.append(grpc.StatusCode.OK)
                     except grpc.RpcError as exc:
                         codes.append(exc.code())
+                        refused += 1
                         time.sleep(0.01)
 
         with channel(process.target) as ch:
@@ -101,12 +108,12 @@ def test_calls_after_sigterm_get_unavailable_never_cancelled(repository):
                 thread.start()
             time.sleep(0.2)
             process.proc.send_signal(15)
-            assert process.proc.wait(timeout=60) == 0
-            stop.set()
             for thread in clients:
                 thread.join(timeout=60)
-            assert [len(f.result().scores) for f in heavy] == [3000, 3000, 3000]
-        assert grpc.StatusCode.UNAVAILABLE in codes, "no call arrived while the server drained"
+            assert not all(f.done() for f in heavy), "the heavy calls ended before the light clients saw the drain"
+            assert process.proc.wait(timeout=60) == 0
+            assert [len(f.result().scores) for f in heavy] == [6000, 6000, 6000]
+        assert codes.count(grpc.StatusCode.UNAVAILABLE) == 4 * refusals_each
         assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, sorted(set(codes), key=str)
     finally:
         process.kill()

@@ -15,7 +15,6 @@ Reason to change: the table formats the command line reads and writes.
 """
 
 # pyarrow and openpyxl ship no type information.
-# mypy: disable-error-code="import-untyped"
 from __future__ import annotations
 
 import json
