@@ -16,7 +16,7 @@ from oddity.v1 import detector_pb2, embedder_pb2
 from tests.client.conftest import invoke, usage_error
 from tests.conftest import start_detector, start_embedder
 from tests.support import drawings, encoders, models
-from tests.support.servers import wait_serving
+from tests.support.servers import wait_models
 
 
 def publish_picture_model(repository, served: embedder_pb2.ModelInfo) -> None:
@@ -40,7 +40,7 @@ def stack(tmp_path_factory):
     embedder = start_embedder(root / "cache", sources)
     detector = None
     try:
-        wait_serving(embedder.server.target, "oddity.v1.Embedder", timeout=120)
+        wait_models(embedder, timeout=120)
         repository = root / "models"
         repository.mkdir()
         publish_picture_model(repository, embedder.stub.GetInfo(embedder_pb2.GetInfoRequest(model="vit")).models[0])

@@ -15,7 +15,7 @@ from oddity.common.logging import start_request
 from oddity.embedder.models import ModelSource
 from tests.conftest import start_embedder
 from tests.support import encoders
-from tests.support.servers import wait_serving
+from tests.support.servers import wait_models
 
 
 class RequestIds(grpc.aio.ServerInterceptor):
@@ -37,7 +37,7 @@ def embedder(tmp_path_factory):
     ids = RequestIds()
     models = {"vit": ModelSource(model_id=str(encoders.tiny_vit(root / "vit")), modality="image")}
     handle = start_embedder(root / "cache", models, interceptors=[ids])
-    wait_serving(handle.server.target, "oddity.v1.Embedder", timeout=120)
+    wait_models(handle, timeout=120)
     handle.request_ids = ids
     yield handle
     handle.close()

@@ -28,7 +28,7 @@ from tests.conftest import ServiceHandle, start_detector, start_embedder, start_
 from tests.detector.test_detect_images import publish_image_model
 from tests.support import datasets, encoders, models
 from tests.support.client import detect_request
-from tests.support.servers import wait_serving
+from tests.support.servers import wait_models
 
 D = 4
 #: Codes that mean the server broke, hung or hid a bug; every other code is a clean refusal.
@@ -61,7 +61,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
     data_volume = root / "data"
     (data_volume / "datasets").mkdir(parents=True)
     try:
-        wait_serving(embedder.server.target, "oddity.v1.Embedder", timeout=120)
+        wait_models(embedder, timeout=120)
         publish_image_model(repository, embedder.stub.GetInfo(embedder_pb2.GetInfoRequest(model="vit")).models[0])
         fit = models.fit_pca_group(models.normal_rows(300, D), components=2)
         models.publish_simple(repository, "m", fit, dimension=D)

@@ -18,7 +18,7 @@ from oddity.v1 import detector_pb2, embedder_pb2, trainer_pb2
 from tests.conftest import start_detector, start_embedder, start_trainer
 from tests.support import datasets, encoders, models
 from tests.support.client import detect_request
-from tests.support.servers import repo_root, wait_serving
+from tests.support.servers import repo_root, wait_models
 from tests.trainer.test_robustness import run_job
 
 DOC = repo_root() / "docs" / "metrics.md"
@@ -95,7 +95,7 @@ def embedder_metrics(root: Path) -> str:
     model = ModelSource(model_id=str(encoders.tiny_vit(root / "vit")), modality="image")
     embedder = start_embedder(root / "cache", {"vit": model})
     try:
-        wait_serving(embedder.server.target, "oddity.v1.Embedder", timeout=120)
+        wait_models(embedder, timeout=120)
         embedder.stub.Embed(embedder_pb2.EmbedRequest(items=[embedder_pb2.EmbedItem(image=png())]))
         return embedder.metrics_text()
     finally:

@@ -16,7 +16,7 @@ from oddity.embedder.settings import EmbedderSettings
 from oddity.v1 import detector_pb2, detector_pb2_grpc, embedder_pb2, embedder_pb2_grpc
 from tests.conftest import LOOPBACK, ServiceHandle, start_detector
 from tests.support import drawings, encoders, models
-from tests.support.servers import channel, wait_serving
+from tests.support.servers import channel, wait_models
 
 
 def start_embedder_on(port: int, cache_dir, sources) -> ServiceHandle:
@@ -47,7 +47,7 @@ def test_detect_images_rides_over_an_embedder_restart(tmp_path, repository, vit)
     first = start_embedder_on(0, tmp_path / "cache", vit)
     second = detector = None
     try:
-        wait_serving(first.server.target, "oddity.v1.Embedder", timeout=120)
+        wait_models(first, timeout=120)
         port = first.server.port
         publish_image_model(repository, first.stub.GetInfo(embedder_pb2.GetInfoRequest(model="vit")).models[0])
         detector = start_detector(repository, embedder=f"127.0.0.1:{port}", embedder_timeout_seconds=60)

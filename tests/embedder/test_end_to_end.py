@@ -14,7 +14,7 @@ from oddity.embedder.models import ModelSource
 from oddity.v1 import detector_pb2, trainer_pb2
 from tests.conftest import start_detector, start_embedder, start_trainer
 from tests.support import drawings, encoders, models
-from tests.support.servers import wait_serving
+from tests.support.servers import wait_models
 from tests.trainer.test_robustness import run_job
 
 
@@ -41,7 +41,7 @@ def stack(tmp_path, data_volume, repository):
         "text": ModelSource(model_id=encoders.minilm_path(), modality="text"),
     }
     embedder = start_embedder(tmp_path / "cache", models)
-    wait_serving(embedder.server.target, "oddity.v1.Embedder", timeout=120)
+    wait_models(embedder, timeout=120)
     detector = start_detector(repository, embedder=embedder.server.target)
     trainer = start_trainer(
         data_volume, repository, detectors=[detector.server.target], embedder=embedder.server.target
@@ -181,7 +181,7 @@ def test_embedder_down_or_different_is_refused(tmp_path, repository):
     embedder = start_embedder(
         tmp_path / "cache", {"vit": ModelSource(model_id=str(encoders.tiny_vit(tmp_path / "vit")), modality="image")}
     )
-    wait_serving(embedder.server.target, "oddity.v1.Embedder", timeout=120)
+    wait_models(embedder, timeout=120)
     detector = start_detector(repository, embedder=embedder.server.target)
     try:
         with pytest.raises(grpc.RpcError) as info:

@@ -100,7 +100,11 @@ def test_export_is_cached_and_keyed_by_settings(tmp_path, vit):
     assert not [p for p in cache.iterdir() if p.name.startswith(".export-")]
 
 
-def test_unreachable_weights_say_how_to_provide_them(tmp_path):
-    with pytest.raises(ExportError, match="Provide the weights as a local directory"):
+def test_unreachable_weights_say_how_to_provide_them_at_once(tmp_path):
+    with pytest.raises(ExportError) as error:
         ensure_exported(ModelSource(model_id="no-such-org/no-such-model", modality="image"), tmp_path)
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith("cannot load 'no-such-org/no-such-model': it is not in the local Hugging Face cache")
+    assert '"model_id": "/path/to/local/dir", "modality": "image"' in message
     assert not list(tmp_path.iterdir())

@@ -11,7 +11,7 @@ from oddity.embedder.models import ModelSource
 from oddity.v1 import embedder_pb2
 from tests.conftest import start_embedder
 from tests.support import encoders
-from tests.support.servers import wait_serving
+from tests.support.servers import wait_models
 
 BATCH_SIZE = 8
 DELAY_SECONDS = 0.05
@@ -32,7 +32,7 @@ def embedder(tmp_path_factory):
         "text": ModelSource(model_id=encoders.minilm_path(), modality="text"),
     }
     handle = start_embedder(root / "cache", models, max_batch_size=BATCH_SIZE, max_batch_delay_ms=DELAY_SECONDS * 1000)
-    wait_serving(handle.server.target, "oddity.v1.Embedder", timeout=120)
+    wait_models(handle, timeout=120)
     yield handle
     handle.close()
 

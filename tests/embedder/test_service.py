@@ -1,6 +1,7 @@
 """The embedder on a real server: embeddings, batching, streaming, info, and bad input."""
 
 import io
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,10 +13,12 @@ from PIL import Image
 
 from oddity.embedder.models import ModelSource
 from oddity.embedder.preprocessing import ImageLimits, decode_image
+from oddity.embedder.settings import default_models
 from oddity.v1 import embedder_pb2
 from tests.conftest import start_embedder
 from tests.support import encoders
-from tests.support.servers import wait_serving
+from tests.support.servers import wait_models
+from tests.support.waiting import wait_for
 
 SERVICE = "oddity.v1.Embedder"
 
@@ -56,7 +59,7 @@ def embedder(tmp_path_factory):
         max_image_bytes=200_000,
         max_image_pixels=1_000_000,
     )
-    wait_serving(handle.server.target, SERVICE, timeout=120)
+    wait_models(handle, timeout=120)
     yield handle
     handle.close()
 
@@ -204,10 +207,53 @@ def test_unloadable_model_stays_not_serving_with_one_clear_line(tmp_path):
         status = health.Check(health_pb2.HealthCheckRequest(service=SERVICE)).status
         assert status == health_pb2.HealthCheckResponse.NOT_SERVING
         assert health.Check(health_pb2.HealthCheckRequest(service="")).status == health_pb2.HealthCheckResponse.SERVING
-        assert "Provide the weights as a local directory" in handle.service.errors["vit"]
+        assert "/path/to/local/dir" in handle.service.errors["vit"]
         with pytest.raises(grpc.RpcError) as info:
             handle.stub.Embed(images_request([encode(drawing(5), "PNG")]))
-        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert "Provide the weights" in info.value.details()
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "/path/to/local/dir" in info.value.details()
     finally:
         handle.close()
+
+
+def test_the_default_models_offline_serve_text_and_name_the_image_model_that_failed(tmp_path, capfd):
+    """The default configuration on a machine without a hub: the MiniLM shipped offline serves,
+    the ViT hub id is NOT_SERVING by name with one line saying what to do, and the embedder as a
+    whole is ready."""
+    embedder = start_embedder(tmp_path / "cache", default_models(), default_model="minilm")
+    try:
+        health = health_pb2_grpc.HealthStub(embedder.channel)
+
+        def status(service: str) -> int:
+            return health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
+
+        serving = health_pb2.HealthCheckResponse.SERVING
+        wait_for(lambda: status("oddity.v1.Embedder") == serving, 120, "the embedder ready")
+        wait_for(
+            lambda: status("oddity.v1.Embedder/vit") == health_pb2.HealthCheckResponse.NOT_SERVING
+            and "vit" in embedder.service.errors,
+            120,
+            "the image model reported",
+        )
+        assert status("oddity.v1.Embedder/minilm") == serving
+        info = embedder.stub.GetInfo(embedder_pb2.GetInfoRequest(), timeout=10)
+        assert [m.name for m in info.models] == ["minilm"]
+        vectors = embedder.stub.Embed(
+            embedder_pb2.EmbedRequest(model="minilm", items=[embedder_pb2.EmbedItem(text="a quiet sensor")]),
+            timeout=30,
+        )
+        assert list(vectors.embeddings.shape) == [1, 384]
+        with pytest.raises(grpc.RpcError) as refused:
+            embedder.stub.Embed(
+                embedder_pb2.EmbedRequest(model="vit", items=[embedder_pb2.EmbedItem(text="x")]), timeout=10
+            )
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "/path/to/local/dir" in refused.value.details()
+    finally:
+        embedder.close()
+    failures = [
+        json.loads(line)
+        for line in capfd.readouterr().out.splitlines()
+        if line.startswith("{") and '"model not loaded"' in line
+    ]
+    assert [(f["model"], f["model_id"]) for f in failures] == [("vit", "google/vit-base-patch16-224")]

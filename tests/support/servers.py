@@ -174,6 +174,13 @@ def wait_serving(target: str, service: str, timeout: float = 60) -> None:
             time.sleep(0.05)
 
 
+def wait_models(handle, timeout: float = 120) -> None:
+    """Wait until every model of an embedder (a tests.conftest.ServiceHandle) serves: the
+    embedder is ready with its first model, each model has its own "oddity.v1.Embedder/<name>"."""
+    for name in handle.app.settings.models:
+        wait_serving(handle.server.target, f"oddity.v1.Embedder/{name}", timeout)
+
+
 def _json(line: str) -> dict:
     try:
         value = json.loads(line)

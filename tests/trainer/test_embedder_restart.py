@@ -19,7 +19,7 @@ from oddity.embedder.settings import EmbedderSettings
 from oddity.v1 import embedder_pb2_grpc, trainer_pb2
 from tests.conftest import LOOPBACK, ServiceHandle, start_trainer
 from tests.support import drawings, encoders
-from tests.support.servers import wait_serving
+from tests.support.servers import wait_models
 from tests.support.waiting import wait_for
 
 ITEMS = 160
@@ -36,7 +36,7 @@ def start_embedder_on(port: int, cache_dir, models) -> ServiceHandle:
         max_batch_delay_ms=DELAY_MS,
     )
     handle = ServiceHandle(EmbedderApp, settings, embedder_pb2_grpc.EmbedderStub)
-    wait_serving(handle.server.target, "oddity.v1.Embedder", timeout=120)
+    wait_models(handle, timeout=120)
     return handle
 
 

@@ -67,6 +67,12 @@ class Readiness:
         await self._health.set(self._name, status)
         log.info("readiness changed", grpc_service=self._name, ready=ready)
 
+    async def set_part(self, part: str, ready: bool) -> None:
+        """Readiness of one part of the service (e.g. one model), under "<service>/<part>", so a
+        probe or a client can tell which part serves while the service as a whole is ready."""
+        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self._health.set(f"{self._name}/{part}", status)
+
 
 class HostedApp(Protocol):
     """What a service plugs into the host."""

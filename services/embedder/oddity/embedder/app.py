@@ -1,4 +1,4 @@
-"""The embedder as a hosted service: loads (exports) its models, then reports ready.
+"""The embedder as a hosted service: loads (exports) its models one by one, ready with the first.
 
 Reason to change: how the embedder is wired and when it reports ready.
 """
@@ -36,9 +36,17 @@ class EmbedderApp:
 
     async def start(self, readiness: Readiness) -> None:
         # Exporting a model can take minutes: load in the background, liveness answers meanwhile.
+        # Ready with the first model that serves; each model's own readiness is
+        # "oddity.v1.Embedder/<model>" (NOT_SERVING while loading or when it failed).
         async def load() -> None:
-            await asyncio.to_thread(self.service.load_all)
-            await readiness.set(self.service.ready)
+            order = self.service.load_order()
+            for name in order:
+                await readiness.set_part(name, False)
+            for name in order:
+                loaded = await asyncio.to_thread(self.service.load, name)
+                await readiness.set_part(name, loaded)
+                if loaded:
+                    await readiness.set(True)
 
         self._loading = asyncio.create_task(load(), name="oddity-embedder-load")
 

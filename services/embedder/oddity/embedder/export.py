@@ -11,6 +11,7 @@ Reason to change: how Hugging Face models become ONNX graphs.
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import tempfile
 import warnings
@@ -24,14 +25,31 @@ class ExportError(Exception):
     """The model cannot be loaded or exported; the message says what to do."""
 
 
+HUB_PROBE_SECONDS = 5.0  # one look at the hub before a download that would retry for a minute
+
+
 def ensure_exported(source: ModelSource, cache_dir: Path) -> Path:
     """The folder holding model.onnx and meta.json for this source, exporting on first use.
     Exports are written to a temporary folder and renamed, so a crash leaves no half cache."""
     folder = cache_dir / source.cache_key()
     if (folder / META_FILE).exists():
         return folder
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=cache_dir))
+    try:
+        import torch  # noqa: F401  # the export extra; serving installs do not carry it
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        raise ExportError(
+            f"{source.model_id!r} is not in the export cache {cache_dir} and this install cannot export it "
+            f"({exc.name} missing): run oddity-embedder-export with the same settings, or install "
+            "oddity-embedder[export]"
+        ) from exc
+    if not source.is_local:
+        _check_fetchable(source)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".export-", dir=cache_dir))
+    except OSError as exc:
+        raise ExportError(f"cannot write the export cache {cache_dir}: {exc}") from exc
     try:
         if source.modality == "image":
             _export_image(source, staging)
@@ -47,6 +65,33 @@ def ensure_exported(source: ModelSource, cache_dir: Path) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+def _check_fetchable(source: ModelSource) -> None:
+    """A hub model that is neither cached nor reachable fails at once, in one line saying what
+    to do, instead of after a minute of download retries."""
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        snapshot_download(source.model_id, revision=source.revision, local_files_only=True)
+        return  # cached: no network needed
+    except LocalEntryNotFoundError:
+        pass
+    except Exception:  # an unknown id, a broken cache entry: let the loaders say what is wrong
+        return
+    reason = "HF_HUB_OFFLINE is set"
+    if not os.environ.get("HF_HUB_OFFLINE"):
+        try:
+            HfApi().model_info(source.model_id, revision=source.revision, timeout=HUB_PROBE_SECONDS)
+            return
+        except Exception as exc:
+            reason = f"the Hugging Face hub is not reachable ({type(exc).__name__})"
+    raise ExportError(
+        f"cannot load {source.model_id!r}: it is not in the local Hugging Face cache and {reason}; give a local "
+        f"directory of its weights (save_pretrained) as its model_id, e.g. --models "
+        f"'{{\"<name>\": {{\"model_id\": \"/path/to/local/dir\", \"modality\": \"{source.modality}\"}}}}'"
+    )
 
 
 def _load(loader, source: ModelSource, what: str):

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from prometheus_client import Counter, Histogram
 
-from oddity.common.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from oddity.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from oddity.common.logging import annotate_request, get_logger
 from oddity.embedder.batching import DynamicBatcher
 from oddity.embedder.export import ExportError, ensure_exported
@@ -49,51 +49,58 @@ class EmbedderService:
 
     @property
     def ready(self) -> bool:
-        return self.settings.default_model in self.models and not self.errors
+        """Ready as soon as one model serves; a model that failed is unavailable by name only."""
+        return bool(self.models)
 
-    def load_all(self) -> None:
-        """Export (once; cached) and load every configured model. A model that cannot be loaded
-        is logged with how to provide its weights and keeps the embedder NOT_SERVING."""
-        for name, source in self.settings.models.items():
-            try:
-                folder = ensure_exported(source, self.settings.cache_dir)
-                model = EmbeddingModel(
-                    name, folder, limits=self.limits, intra_op_threads=self.settings.intra_op_threads
-                )
-            except ExportError as exc:
-                self.errors[name] = str(exc)
-                log.error("model not loaded", model=name, error=str(exc))
-                continue
-            batcher = DynamicBatcher(
-                self._timed_run(model),
-                self._inference,
-                max_batch_size=self.settings.max_batch_size,
-                max_wait=self.settings.max_batch_delay_ms / 1000,
-                observe_batch=self.metrics.batch_items.labels(name).observe,
-                observe_wait=self.metrics.queue_wait_seconds.labels(name).observe,
-            )
-            self.models[name] = Served(
-                model,
-                batcher,
-                self.metrics.preprocess_seconds.labels(name, REQUEST_STAGE),
-                self.metrics.items.labels(name, model.modality),
-            )
-            self.metrics.loaded.labels(name).set(1)
-            log.info(
-                "model loaded",
-                model=name,
-                model_id=source.model_id,
-                dimension=model.dimension,
-                modality=model.modality,
-                precision=source.precision,
-            )
+    def load_order(self) -> list[str]:
+        """Models whose weights are local (or already exported) first: the embedder serves them
+        in seconds while a hub model is still being fetched and exported."""
+        sources = self.settings.models
+        return sorted(sources, key=lambda name: not sources[name].is_local)
+
+    def load(self, name: str) -> bool:
+        """Export (once; cached) and load one configured model; False when it cannot be loaded
+        (logged in one line saying how to provide its weights)."""
+        source = self.settings.models[name]
+        try:
+            folder = ensure_exported(source, self.settings.cache_dir)
+            model = EmbeddingModel(name, folder, limits=self.limits, intra_op_threads=self.settings.intra_op_threads)
+        except (ExportError, OSError, ValueError) as exc:
+            self.errors[name] = str(exc)
+            self.metrics.loaded.labels(name).set(0)
+            log.error("model not loaded", model=name, model_id=source.model_id, error=str(exc))
+            return False
+        batcher = DynamicBatcher(
+            self._timed_run(model),
+            self._inference,
+            max_batch_size=self.settings.max_batch_size,
+            max_wait=self.settings.max_batch_delay_ms / 1000,
+            observe_batch=self.metrics.batch_items.labels(name).observe,
+            observe_wait=self.metrics.queue_wait_seconds.labels(name).observe,
+        )
+        self.models[name] = Served(
+            model,
+            batcher,
+            self.metrics.preprocess_seconds.labels(name, REQUEST_STAGE),
+            self.metrics.items.labels(name, model.modality),
+        )
+        self.metrics.loaded.labels(name).set(1)
+        log.info(
+            "model loaded",
+            model=name,
+            model_id=source.model_id,
+            dimension=model.dimension,
+            modality=model.modality,
+            precision=source.precision,
+        )
+        return True
 
     def _served(self, name: str) -> Served:
         name = name or self.settings.default_model
         served = self.models.get(name)
         if served is None:
-            if name in self.errors:
-                raise Unavailable(f"model {name!r} is not loaded: {self.errors[name]}")
+            if name in self.errors:  # retrying will not help until its weights are provided
+                raise FailedPrecondition(f"model {name!r} is not loaded: {self.errors[name]}")
             if name in self.settings.models:
                 raise Unavailable(f"model {name!r} is still loading")
             raise NotFound(f"model {name!r} not found; served: {sorted(self.settings.models)}")
