@@ -16,7 +16,6 @@ the end (must stay within 10%). The baseline is the detector's own memory after 
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import threading
 import time
@@ -33,7 +32,7 @@ from oddity.v1 import detector_pb2, detector_pb2_grpc, embedder_pb2, embedder_pb
 from tests.detector.test_detect_images import publish_image_model
 from tests.support import drawings, encoders, models
 from tests.support.client import detect_request
-from tests.support.servers import ServiceProcess, channel
+from tests.support.servers import ServiceProcess, channel, embedder_process
 
 D = 16
 WARMUP_SHARE = 0.2  # memory baseline taken after this share of the window
@@ -71,11 +70,7 @@ class SoakResult:
 
 
 def _embedder(cache: Path, vit: Path, port: int = 0) -> ServiceProcess:
-    sources = json.dumps({"vit": {"model_id": str(vit), "modality": "image"}})
-    args = ["--cache-dir", str(cache), "--models", sources, "--default-model", "vit"]
-    if port:
-        args += ["--port", str(port)]  # after the default --port 0: the last flag wins
-    return ServiceProcess("oddity.embedder.main", args, env={"HF_HUB_OFFLINE": "1"}).start(timeout=180)
+    return embedder_process(cache, {"vit": {"model_id": str(vit), "modality": "image"}}, port=port)
 
 
 def run_soak(seconds: float = 60.0, publish_every: float = 2.0, clients: int = 4) -> SoakResult:

@@ -11,17 +11,14 @@ import pytest
 from oddity.v1 import detector_pb2, detector_pb2_grpc, embedder_pb2, embedder_pb2_grpc
 from tests.detector.test_detect_images import publish_image_model
 from tests.support import drawings, encoders
-from tests.support.servers import ServiceProcess, channel
+from tests.support.servers import ServiceProcess, channel, embedder_process
 
 
 def test_every_line_is_json_and_request_ids_cross_services(tmp_path, repository):
     vit = encoders.tiny_vit(tmp_path / "vit")
-    models = json.dumps({"vit": {"model_id": str(vit), "modality": "image"}})
-    embedder = ServiceProcess(
-        "oddity.embedder.main",
-        ["--cache-dir", str(tmp_path / "cache"), "--models", models, "--default-model", "vit", "--access-log"],
-        env={"HF_HUB_OFFLINE": "1"},
-    ).start(timeout=180)
+    embedder = embedder_process(
+        tmp_path / "cache", {"vit": {"model_id": str(vit), "modality": "image"}}, "--access-log"
+    )
     detector = None
     try:
         embedder.wait_ready("oddity.v1.Embedder", timeout=180)

@@ -174,6 +174,15 @@ def wait_serving(target: str, service: str, timeout: float = 60) -> None:
             time.sleep(0.05)
 
 
+def embedder_process(cache_dir: Path, models: dict[str, dict], *args: str, port: int = 0) -> ServiceProcess:
+    """An embedder as a child process serving `models` ({"vit": {"model_id": ..., "modality": ...}}),
+    the first one the default; offline (no hub here)."""
+    flags = ["--cache-dir", str(cache_dir), "--models", json.dumps(models), "--default-model", next(iter(models))]
+    if port:
+        flags += ["--port", str(port)]  # after the default --port 0: the last flag wins
+    return ServiceProcess("oddity.embedder.main", [*flags, *args], env={"HF_HUB_OFFLINE": "1"}).start(timeout=180)
+
+
 def wait_models(handle, timeout: float = 120) -> None:
     """Wait until every model of an embedder (a tests.conftest.ServiceHandle) serves: the
     embedder is ready with its first model, each model has its own "oddity.v1.Embedder/<name>"."""

@@ -36,15 +36,4 @@ class EmbedderClient(ServiceClient):
     def models(self, model: str | None = None) -> list[EmbedderModel]:
         """The served models (or the one named)."""
         response = self._call("GetInfo", embedder_pb2.GetInfoRequest(model=model or ""))
-        return [
-            EmbedderModel(
-                name=m.name,
-                model_id=m.model_id,
-                revision=m.revision,
-                precision=m.precision,
-                modality=m.modality,
-                dimension=m.dimension,
-                is_default=m.is_default,
-            )
-            for m in response.models
-        ]
+        return [EmbedderModel.from_proto(m) for m in response.models]

@@ -30,6 +30,18 @@ class EmbedderModel:
     dimension: int
     is_default: bool = False
 
+    @classmethod
+    def from_proto(cls, info: embedder_pb2.ModelInfo) -> EmbedderModel:
+        return cls(
+            name=info.name,
+            model_id=info.model_id,
+            revision=info.revision,
+            precision=info.precision,
+            modality=info.modality,
+            dimension=info.dimension,
+            is_default=info.is_default,
+        )
+
 
 @dataclass(frozen=True)
 class Embeddings:
@@ -75,15 +87,4 @@ class EmbedderClient(RemoteService):
         response = await self._call(
             "GetInfo", embedder_pb2.GetInfoRequest(model=model), timeout=timeout, request_id=request_id
         )
-        return [
-            EmbedderModel(
-                name=m.name,
-                model_id=m.model_id,
-                revision=m.revision,
-                precision=m.precision,
-                modality=m.modality,
-                dimension=m.dimension,
-                is_default=m.is_default,
-            )
-            for m in response.models
-        ]
+        return [EmbedderModel.from_proto(m) for m in response.models]
