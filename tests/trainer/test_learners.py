@@ -21,7 +21,7 @@ def test_every_kind_has_a_learner_and_every_learner_a_kind():
 
 @pytest.mark.parametrize("kind", sorted(bundle.KINDS))
 def test_each_kind_exports_a_graph_that_matches_the_framework(kind):
-    params = {"epochs": 5} if kind == "autoencoder" else {}
+    params = {"epochs": 5} if kind in ("autoencoder", "mlp_classifier") else {}
     learner = make_learner(kind, params)
     assert learner.is_classifier == (kind in bundle.CLASSIFIER_KINDS)
     learner.fit(ROWS, LABELS if learner.is_classifier else None)

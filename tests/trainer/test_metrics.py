@@ -165,6 +165,12 @@ def test_a_classifier_shows_its_held_out_accuracy(trainer, data_volume, reposito
     assert run_job(trainer, "lod").state == trainer_pb2.JOB_STATE_SUCCEEDED
     group = bundle.read_manifest(repository / "lod" / "1").groups[0]
     figures = live_figures(trainer, "lod")
-    assert set(figures) == {("all", "accuracy"), ("all", "balanced_accuracy"), ("all", "parity_max_abs_diff")}
+    assert set(figures) == {
+        ("all", "accuracy"),
+        ("all", "balanced_accuracy"),
+        ("all", "macro_f1"),
+        ("all", "expected_calibration_error"),
+        ("all", "parity_max_abs_diff"),
+    }
     assert figures[("all", "balanced_accuracy")] == pytest.approx(group.metrics["balanced_accuracy"])
     assert figures[("all", "accuracy")] == pytest.approx(group.metrics["accuracy"])

@@ -71,7 +71,7 @@ class Explanation(_message.Message):
     def __init__(self, features: _Optional[_Iterable[_Union[FeatureContribution, _Mapping]]] = ...) -> None: ...
 
 class DetectResponse(_message.Message):
-    __slots__ = ("model", "model_version", "kind", "scores", "normalized_scores", "is_anomaly", "thresholds", "confidences", "groups", "fallback", "explanations", "predicted_classes", "probabilities", "class_labels")
+    __slots__ = ("model", "model_version", "kind", "scores", "normalized_scores", "is_anomaly", "thresholds", "confidences", "groups", "fallback", "explanations", "predicted_classes", "probabilities", "class_labels", "predicted_scores")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +86,7 @@ class DetectResponse(_message.Message):
     PREDICTED_CLASSES_FIELD_NUMBER: _ClassVar[int]
     PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
     CLASS_LABELS_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_SCORES_FIELD_NUMBER: _ClassVar[int]
     model: str
     model_version: int
     kind: str
@@ -100,7 +101,8 @@ class DetectResponse(_message.Message):
     predicted_classes: _containers.RepeatedScalarFieldContainer[str]
     probabilities: _tensor_pb2.Tensor
     class_labels: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[int] = ..., kind: _Optional[str] = ..., scores: _Optional[_Iterable[float]] = ..., normalized_scores: _Optional[_Iterable[float]] = ..., is_anomaly: _Optional[_Iterable[bool]] = ..., thresholds: _Optional[_Iterable[float]] = ..., confidences: _Optional[_Iterable[float]] = ..., groups: _Optional[_Iterable[str]] = ..., fallback: _Optional[_Iterable[bool]] = ..., explanations: _Optional[_Iterable[_Union[Explanation, _Mapping]]] = ..., predicted_classes: _Optional[_Iterable[str]] = ..., probabilities: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., class_labels: _Optional[_Iterable[str]] = ...) -> None: ...
+    predicted_scores: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[int] = ..., kind: _Optional[str] = ..., scores: _Optional[_Iterable[float]] = ..., normalized_scores: _Optional[_Iterable[float]] = ..., is_anomaly: _Optional[_Iterable[bool]] = ..., thresholds: _Optional[_Iterable[float]] = ..., confidences: _Optional[_Iterable[float]] = ..., groups: _Optional[_Iterable[str]] = ..., fallback: _Optional[_Iterable[bool]] = ..., explanations: _Optional[_Iterable[_Union[Explanation, _Mapping]]] = ..., predicted_classes: _Optional[_Iterable[str]] = ..., probabilities: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., class_labels: _Optional[_Iterable[str]] = ..., predicted_scores: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ModelStatus(_message.Message):
     __slots__ = ("name", "serving_version", "available_versions", "pinned_version", "unloaded", "kind", "last_error", "rejected_versions")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18oddity/v1/manifest.proto\x12\toddity.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"d\n\rRoutingBounds\x12\x12\n\x05lower\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05upper\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x17\n\x0fupper_inclusive\x18\x03 \x01(\x08\x42\x08\n\x06_lowerB\x08\n\x06_upper\"6\n\rQuantileTable\x12\x15\n\rprobabilities\x18\x01 \x03(\x01\x12\x0e\n\x06values\x18\x02 \x03(\x01\"\xf6\x03\n\nModelGroup\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x06\x62ounds\x18\x02 \x01(\x0b\x32\x18.oddity.v1.RoutingBounds\x12\x11\n\tonnx_file\x18\x03 \x01(\t\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x11\n\tthreshold\x18\x05 \x01(\x01\x12\x1c\n\x14threshold_percentile\x18\x06 \x01(\x01\x12+\n\tquantiles\x18\x07 \x01(\x0b\x32\x18.oddity.v1.QuantileTable\x12\x15\n\rtrain_samples\x18\x08 \x01(\x03\x12\x1a\n\x12validation_samples\x18\t \x01(\x03\x12&\n\x06status\x18\n \x01(\x0e\x32\x16.oddity.v1.GroupStatus\x12\x16\n\x0estatus_message\x18\x0b \x01(\t\x12\x33\n\x07metrics\x18\x0c \x03(\x0b\x32\".oddity.v1.ModelGroup.MetricsEntry\x12+\n\x0b\x63\x61libration\x18\r \x01(\x0b\x32\x16.oddity.v1.Calibration\x12*\n\x07members\x18\x0e \x03(\x0b\x32\x19.oddity.v1.MemberEvidence\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x7f\n\x0b\x43\x61libration\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\r\n\x05\x66olds\x18\x02 \x01(\x05\x12\x0c\n\x04rows\x18\x03 \x01(\x03\x12\x1d\n\x15\x65xpected_anomaly_rate\x18\x04 \x01(\x01\x12$\n\x1c\x63ross_validated_anomaly_rate\x18\x05 \x01(\x01\"\xca\x01\n\x0eMemberEvidence\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x13\n\x0bparams_json\x18\x02 \x01(\t\x12\x0e\n\x06weight\x18\x03 \x01(\x01\x12\x42\n\rsynthetic_auc\x18\x04 \x03(\x0b\x32+.oddity.v1.MemberEvidence.SyntheticAucEntry\x12\x0c\n\x04note\x18\x05 \x01(\t\x1a\x33\n\x11SyntheticAucEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x81\x01\n\x0f\x45mbeddingSource\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\t\x12\x11\n\tdimension\x18\x04 \x01(\x03\x12\x10\n\x08modality\x18\x05 \x01(\t\x12\x16\n\x0e\x65xtra_features\x18\x06 \x03(\t\"\x82\x04\n\rModelManifest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\"\n\x04task\x18\x04 \x01(\x0e\x32\x14.oddity.v1.ModelTask\x12\x15\n\rfeature_names\x18\x05 \x03(\t\x12\x17\n\x0finput_dimension\x18\x06 \x01(\x03\x12\x13\n\x0brouting_key\x18\x07 \x01(\t\x12%\n\x06groups\x18\x08 \x03(\x0b\x32\x15.oddity.v1.ModelGroup\x12\x14\n\x0c\x63lass_labels\x18\t \x03(\t\x12G\n\x10training_metrics\x18\n \x03(\x0b\x32-.oddity.v1.ModelManifest.TrainingMetricsEntry\x12\x18\n\x10\x64\x61ta_fingerprint\x18\x0b \x01(\t\x12.\n\ncreated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x64\x61taset\x18\r \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x0e \x01(\t\x12-\n\tembedding\x18\x0f \x01(\x0b\x32\x1a.oddity.v1.EmbeddingSource\x1a\x36\n\x14TrainingMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*h\n\tModelTask\x12\x1a\n\x16MODEL_TASK_UNSPECIFIED\x10\x00\x12 \n\x1cMODEL_TASK_ANOMALY_DETECTION\x10\x01\x12\x1d\n\x19MODEL_TASK_CLASSIFICATION\x10\x02*\x81\x01\n\x0bGroupStatus\x12\x1c\n\x18GROUP_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13GROUP_STATUS_ACTIVE\x10\x01\x12\"\n\x1eGROUP_STATUS_INSUFFICIENT_DATA\x10\x02\x12\x17\n\x13GROUP_STATUS_FAILED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18oddity/v1/manifest.proto\x12\toddity.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"d\n\rRoutingBounds\x12\x12\n\x05lower\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05upper\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x17\n\x0fupper_inclusive\x18\x03 \x01(\x08\x42\x08\n\x06_lowerB\x08\n\x06_upper\"6\n\rQuantileTable\x12\x15\n\rprobabilities\x18\x01 \x03(\x01\x12\x0e\n\x06values\x18\x02 \x03(\x01\"\xab\x04\n\nModelGroup\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x06\x62ounds\x18\x02 \x01(\x0b\x32\x18.oddity.v1.RoutingBounds\x12\x11\n\tonnx_file\x18\x03 \x01(\t\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x11\n\tthreshold\x18\x05 \x01(\x01\x12\x1c\n\x14threshold_percentile\x18\x06 \x01(\x01\x12+\n\tquantiles\x18\x07 \x01(\x0b\x32\x18.oddity.v1.QuantileTable\x12\x15\n\rtrain_samples\x18\x08 \x01(\x03\x12\x1a\n\x12validation_samples\x18\t \x01(\x03\x12&\n\x06status\x18\n \x01(\x0e\x32\x16.oddity.v1.GroupStatus\x12\x16\n\x0estatus_message\x18\x0b \x01(\t\x12\x33\n\x07metrics\x18\x0c \x03(\x0b\x32\".oddity.v1.ModelGroup.MetricsEntry\x12+\n\x0b\x63\x61libration\x18\r \x01(\x0b\x32\x16.oddity.v1.Calibration\x12*\n\x07members\x18\x0e \x03(\x0b\x32\x19.oddity.v1.MemberEvidence\x12\x33\n\nevaluation\x18\x0f \x01(\x0b\x32\x1f.oddity.v1.ClassifierEvaluation\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xbe\x02\n\x14\x43lassifierEvaluation\x12\x0c\n\x04rows\x18\x01 \x01(\x03\x12\x10\n\x08\x61\x63\x63uracy\x18\x02 \x01(\x01\x12\x19\n\x11\x62\x61lanced_accuracy\x18\x03 \x01(\x01\x12\x10\n\x08macro_f1\x18\x04 \x01(\x01\x12+\n\x07\x63lasses\x18\x05 \x03(\x0b\x32\x1a.oddity.v1.ClassEvaluation\x12\x18\n\x10\x63onfusion_matrix\x18\x06 \x03(\x03\x12\x1e\n\x16\x65\x63\x65_before_temperature\x18\x07 \x01(\x01\x12\x1d\n\x15\x65\x63\x65_after_temperature\x18\x08 \x01(\x01\x12\x13\n\x0btemperature\x18\t \x01(\x01\x12\x18\n\x10\x63\x61libration_bins\x18\n \x01(\x05\x12\x16\n\tscore_mae\x18\x0b \x01(\x01H\x00\x88\x01\x01\x42\x0c\n\n_score_mae\"`\n\x0f\x43lassEvaluation\x12\r\n\x05label\x18\x01 \x01(\t\x12\x11\n\tprecision\x18\x02 \x01(\x01\x12\x0e\n\x06recall\x18\x03 \x01(\x01\x12\n\n\x02\x66\x31\x18\x04 \x01(\x01\x12\x0f\n\x07support\x18\x05 \x01(\x03\"\x7f\n\x0b\x43\x61libration\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\r\n\x05\x66olds\x18\x02 \x01(\x05\x12\x0c\n\x04rows\x18\x03 \x01(\x03\x12\x1d\n\x15\x65xpected_anomaly_rate\x18\x04 \x01(\x01\x12$\n\x1c\x63ross_validated_anomaly_rate\x18\x05 \x01(\x01\"\xca\x01\n\x0eMemberEvidence\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x13\n\x0bparams_json\x18\x02 \x01(\t\x12\x0e\n\x06weight\x18\x03 \x01(\x01\x12\x42\n\rsynthetic_auc\x18\x04 \x03(\x0b\x32+.oddity.v1.MemberEvidence.SyntheticAucEntry\x12\x0c\n\x04note\x18\x05 \x01(\t\x1a\x33\n\x11SyntheticAucEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x81\x01\n\x0f\x45mbeddingSource\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\t\x12\x11\n\tdimension\x18\x04 \x01(\x03\x12\x10\n\x08modality\x18\x05 \x01(\t\x12\x16\n\x0e\x65xtra_features\x18\x06 \x03(\t\"\x98\x04\n\rModelManifest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\"\n\x04task\x18\x04 \x01(\x0e\x32\x14.oddity.v1.ModelTask\x12\x15\n\rfeature_names\x18\x05 \x03(\t\x12\x17\n\x0finput_dimension\x18\x06 \x01(\x03\x12\x13\n\x0brouting_key\x18\x07 \x01(\t\x12%\n\x06groups\x18\x08 \x03(\x0b\x32\x15.oddity.v1.ModelGroup\x12\x14\n\x0c\x63lass_labels\x18\t \x03(\t\x12G\n\x10training_metrics\x18\n \x03(\x0b\x32-.oddity.v1.ModelManifest.TrainingMetricsEntry\x12\x18\n\x10\x64\x61ta_fingerprint\x18\x0b \x01(\t\x12.\n\ncreated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x64\x61taset\x18\r \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x0e \x01(\t\x12-\n\tembedding\x18\x0f \x01(\x0b\x32\x1a.oddity.v1.EmbeddingSource\x12\x14\n\x0cscore_column\x18\x10 \x01(\t\x1a\x36\n\x14TrainingMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*h\n\tModelTask\x12\x1a\n\x16MODEL_TASK_UNSPECIFIED\x10\x00\x12 \n\x1cMODEL_TASK_ANOMALY_DETECTION\x10\x01\x12\x1d\n\x19MODEL_TASK_CLASSIFICATION\x10\x02*\x81\x01\n\x0bGroupStatus\x12\x1c\n\x18GROUP_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13GROUP_STATUS_ACTIVE\x10\x01\x12\"\n\x1eGROUP_STATUS_INSUFFICIENT_DATA\x10\x02\x12\x17\n\x13GROUP_STATUS_FAILED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,28 +38,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MEMBEREVIDENCE_SYNTHETICAUCENTRY']._serialized_options = b'8\001'
   _globals['_MODELMANIFEST_TRAININGMETRICSENTRY']._loaded_options = None
   _globals['_MODELMANIFEST_TRAININGMETRICSENTRY']._serialized_options = b'8\001'
-  _globals['_MODELTASK']._serialized_start=1718
-  _globals['_MODELTASK']._serialized_end=1822
-  _globals['_GROUPSTATUS']._serialized_start=1825
-  _globals['_GROUPSTATUS']._serialized_end=1954
+  _globals['_MODELTASK']._serialized_start=2212
+  _globals['_MODELTASK']._serialized_end=2316
+  _globals['_GROUPSTATUS']._serialized_start=2319
+  _globals['_GROUPSTATUS']._serialized_end=2448
   _globals['_ROUTINGBOUNDS']._serialized_start=72
   _globals['_ROUTINGBOUNDS']._serialized_end=172
   _globals['_QUANTILETABLE']._serialized_start=174
   _globals['_QUANTILETABLE']._serialized_end=228
   _globals['_MODELGROUP']._serialized_start=231
-  _globals['_MODELGROUP']._serialized_end=733
-  _globals['_MODELGROUP_METRICSENTRY']._serialized_start=687
-  _globals['_MODELGROUP_METRICSENTRY']._serialized_end=733
-  _globals['_CALIBRATION']._serialized_start=735
-  _globals['_CALIBRATION']._serialized_end=862
-  _globals['_MEMBEREVIDENCE']._serialized_start=865
-  _globals['_MEMBEREVIDENCE']._serialized_end=1067
-  _globals['_MEMBEREVIDENCE_SYNTHETICAUCENTRY']._serialized_start=1016
-  _globals['_MEMBEREVIDENCE_SYNTHETICAUCENTRY']._serialized_end=1067
-  _globals['_EMBEDDINGSOURCE']._serialized_start=1070
-  _globals['_EMBEDDINGSOURCE']._serialized_end=1199
-  _globals['_MODELMANIFEST']._serialized_start=1202
-  _globals['_MODELMANIFEST']._serialized_end=1716
-  _globals['_MODELMANIFEST_TRAININGMETRICSENTRY']._serialized_start=1662
-  _globals['_MODELMANIFEST_TRAININGMETRICSENTRY']._serialized_end=1716
+  _globals['_MODELGROUP']._serialized_end=786
+  _globals['_MODELGROUP_METRICSENTRY']._serialized_start=740
+  _globals['_MODELGROUP_METRICSENTRY']._serialized_end=786
+  _globals['_CLASSIFIEREVALUATION']._serialized_start=789
+  _globals['_CLASSIFIEREVALUATION']._serialized_end=1107
+  _globals['_CLASSEVALUATION']._serialized_start=1109
+  _globals['_CLASSEVALUATION']._serialized_end=1205
+  _globals['_CALIBRATION']._serialized_start=1207
+  _globals['_CALIBRATION']._serialized_end=1334
+  _globals['_MEMBEREVIDENCE']._serialized_start=1337
+  _globals['_MEMBEREVIDENCE']._serialized_end=1539
+  _globals['_MEMBEREVIDENCE_SYNTHETICAUCENTRY']._serialized_start=1488
+  _globals['_MEMBEREVIDENCE_SYNTHETICAUCENTRY']._serialized_end=1539
+  _globals['_EMBEDDINGSOURCE']._serialized_start=1542
+  _globals['_EMBEDDINGSOURCE']._serialized_end=1671
+  _globals['_MODELMANIFEST']._serialized_start=1674
+  _globals['_MODELMANIFEST']._serialized_end=2210
+  _globals['_MODELMANIFEST_TRAININGMETRICSENTRY']._serialized_start=2156
+  _globals['_MODELMANIFEST_TRAININGMETRICSENTRY']._serialized_end=2210
 # @@protoc_insertion_point(module_scope)

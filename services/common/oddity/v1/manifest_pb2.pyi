@@ -49,7 +49,7 @@ class QuantileTable(_message.Message):
     def __init__(self, probabilities: _Optional[_Iterable[float]] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ModelGroup(_message.Message):
-    __slots__ = ("name", "bounds", "onnx_file", "sha256", "threshold", "threshold_percentile", "quantiles", "train_samples", "validation_samples", "status", "status_message", "metrics", "calibration", "members")
+    __slots__ = ("name", "bounds", "onnx_file", "sha256", "threshold", "threshold_percentile", "quantiles", "train_samples", "validation_samples", "status", "status_message", "metrics", "calibration", "members", "evaluation")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +71,7 @@ class ModelGroup(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_FIELD_NUMBER: _ClassVar[int]
     name: str
     bounds: RoutingBounds
     onnx_file: str
@@ -85,7 +86,48 @@ class ModelGroup(_message.Message):
     metrics: _containers.ScalarMap[str, float]
     calibration: Calibration
     members: _containers.RepeatedCompositeFieldContainer[MemberEvidence]
-    def __init__(self, name: _Optional[str] = ..., bounds: _Optional[_Union[RoutingBounds, _Mapping]] = ..., onnx_file: _Optional[str] = ..., sha256: _Optional[str] = ..., threshold: _Optional[float] = ..., threshold_percentile: _Optional[float] = ..., quantiles: _Optional[_Union[QuantileTable, _Mapping]] = ..., train_samples: _Optional[int] = ..., validation_samples: _Optional[int] = ..., status: _Optional[_Union[GroupStatus, str]] = ..., status_message: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., members: _Optional[_Iterable[_Union[MemberEvidence, _Mapping]]] = ...) -> None: ...
+    evaluation: ClassifierEvaluation
+    def __init__(self, name: _Optional[str] = ..., bounds: _Optional[_Union[RoutingBounds, _Mapping]] = ..., onnx_file: _Optional[str] = ..., sha256: _Optional[str] = ..., threshold: _Optional[float] = ..., threshold_percentile: _Optional[float] = ..., quantiles: _Optional[_Union[QuantileTable, _Mapping]] = ..., train_samples: _Optional[int] = ..., validation_samples: _Optional[int] = ..., status: _Optional[_Union[GroupStatus, str]] = ..., status_message: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., members: _Optional[_Iterable[_Union[MemberEvidence, _Mapping]]] = ..., evaluation: _Optional[_Union[ClassifierEvaluation, _Mapping]] = ...) -> None: ...
+
+class ClassifierEvaluation(_message.Message):
+    __slots__ = ("rows", "accuracy", "balanced_accuracy", "macro_f1", "classes", "confusion_matrix", "ece_before_temperature", "ece_after_temperature", "temperature", "calibration_bins", "score_mae")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    BALANCED_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    MACRO_F1_FIELD_NUMBER: _ClassVar[int]
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    CONFUSION_MATRIX_FIELD_NUMBER: _ClassVar[int]
+    ECE_BEFORE_TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    ECE_AFTER_TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_BINS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_MAE_FIELD_NUMBER: _ClassVar[int]
+    rows: int
+    accuracy: float
+    balanced_accuracy: float
+    macro_f1: float
+    classes: _containers.RepeatedCompositeFieldContainer[ClassEvaluation]
+    confusion_matrix: _containers.RepeatedScalarFieldContainer[int]
+    ece_before_temperature: float
+    ece_after_temperature: float
+    temperature: float
+    calibration_bins: int
+    score_mae: float
+    def __init__(self, rows: _Optional[int] = ..., accuracy: _Optional[float] = ..., balanced_accuracy: _Optional[float] = ..., macro_f1: _Optional[float] = ..., classes: _Optional[_Iterable[_Union[ClassEvaluation, _Mapping]]] = ..., confusion_matrix: _Optional[_Iterable[int]] = ..., ece_before_temperature: _Optional[float] = ..., ece_after_temperature: _Optional[float] = ..., temperature: _Optional[float] = ..., calibration_bins: _Optional[int] = ..., score_mae: _Optional[float] = ...) -> None: ...
+
+class ClassEvaluation(_message.Message):
+    __slots__ = ("label", "precision", "recall", "f1", "support")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    RECALL_FIELD_NUMBER: _ClassVar[int]
+    F1_FIELD_NUMBER: _ClassVar[int]
+    SUPPORT_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    precision: float
+    recall: float
+    f1: float
+    support: int
+    def __init__(self, label: _Optional[str] = ..., precision: _Optional[float] = ..., recall: _Optional[float] = ..., f1: _Optional[float] = ..., support: _Optional[int] = ...) -> None: ...
 
 class Calibration(_message.Message):
     __slots__ = ("method", "folds", "rows", "expected_anomaly_rate", "cross_validated_anomaly_rate")
@@ -139,7 +181,7 @@ class EmbeddingSource(_message.Message):
     def __init__(self, model: _Optional[str] = ..., model_id: _Optional[str] = ..., revision: _Optional[str] = ..., dimension: _Optional[int] = ..., modality: _Optional[str] = ..., extra_features: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ModelManifest(_message.Message):
-    __slots__ = ("name", "version", "kind", "task", "feature_names", "input_dimension", "routing_key", "groups", "class_labels", "training_metrics", "data_fingerprint", "created_at", "dataset", "description", "embedding")
+    __slots__ = ("name", "version", "kind", "task", "feature_names", "input_dimension", "routing_key", "groups", "class_labels", "training_metrics", "data_fingerprint", "created_at", "dataset", "description", "embedding", "score_column")
     class TrainingMetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -162,6 +204,7 @@ class ModelManifest(_message.Message):
     DATASET_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    SCORE_COLUMN_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     kind: str
@@ -177,4 +220,5 @@ class ModelManifest(_message.Message):
     dataset: str
     description: str
     embedding: EmbeddingSource
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., kind: _Optional[str] = ..., task: _Optional[_Union[ModelTask, str]] = ..., feature_names: _Optional[_Iterable[str]] = ..., input_dimension: _Optional[int] = ..., routing_key: _Optional[str] = ..., groups: _Optional[_Iterable[_Union[ModelGroup, _Mapping]]] = ..., class_labels: _Optional[_Iterable[str]] = ..., training_metrics: _Optional[_Mapping[str, float]] = ..., data_fingerprint: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dataset: _Optional[str] = ..., description: _Optional[str] = ..., embedding: _Optional[_Union[EmbeddingSource, _Mapping]] = ...) -> None: ...
+    score_column: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., kind: _Optional[str] = ..., task: _Optional[_Union[ModelTask, str]] = ..., feature_names: _Optional[_Iterable[str]] = ..., input_dimension: _Optional[int] = ..., routing_key: _Optional[str] = ..., groups: _Optional[_Iterable[_Union[ModelGroup, _Mapping]]] = ..., class_labels: _Optional[_Iterable[str]] = ..., training_metrics: _Optional[_Mapping[str, float]] = ..., data_fingerprint: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dataset: _Optional[str] = ..., description: _Optional[str] = ..., embedding: _Optional[_Union[EmbeddingSource, _Mapping]] = ..., score_column: _Optional[str] = ...) -> None: ...

@@ -28,8 +28,15 @@ JOB_STATE_FAILED: JobState
 JOB_STATE_SKIPPED: JobState
 
 class Job(_message.Message):
-    __slots__ = ("id", "dataset", "state", "phase", "epoch", "total_epochs", "loss", "group", "message", "trigger", "created_at", "started_at", "finished_at", "published_version", "metrics")
+    __slots__ = ("id", "dataset", "state", "phase", "epoch", "total_epochs", "loss", "group", "message", "trigger", "created_at", "started_at", "finished_at", "published_version", "metrics", "train_loss", "validation_loss", "epoch_metrics", "resumed_from_epoch")
     class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class EpochMetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +58,10 @@ class Job(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     PUBLISHED_VERSION_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_LOSS_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_LOSS_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_METRICS_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_FROM_EPOCH_FIELD_NUMBER: _ClassVar[int]
     id: str
     dataset: str
     state: JobState
@@ -66,7 +77,11 @@ class Job(_message.Message):
     finished_at: _timestamp_pb2.Timestamp
     published_version: int
     metrics: _containers.ScalarMap[str, float]
-    def __init__(self, id: _Optional[str] = ..., dataset: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., phase: _Optional[str] = ..., epoch: _Optional[int] = ..., total_epochs: _Optional[int] = ..., loss: _Optional[float] = ..., group: _Optional[str] = ..., message: _Optional[str] = ..., trigger: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., published_version: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    train_loss: float
+    validation_loss: float
+    epoch_metrics: _containers.ScalarMap[str, float]
+    resumed_from_epoch: int
+    def __init__(self, id: _Optional[str] = ..., dataset: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., phase: _Optional[str] = ..., epoch: _Optional[int] = ..., total_epochs: _Optional[int] = ..., loss: _Optional[float] = ..., group: _Optional[str] = ..., message: _Optional[str] = ..., trigger: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., published_version: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., train_loss: _Optional[float] = ..., validation_loss: _Optional[float] = ..., epoch_metrics: _Optional[_Mapping[str, float]] = ..., resumed_from_epoch: _Optional[int] = ...) -> None: ...
 
 class TrainRequest(_message.Message):
     __slots__ = ("dataset", "force", "data_path", "model_kind")
@@ -174,7 +189,14 @@ class DatasetStatus(_message.Message):
     def __init__(self, dataset: _Optional[str] = ..., valid: _Optional[bool] = ..., error: _Optional[str] = ..., model: _Optional[str] = ..., kind: _Optional[str] = ..., training_in_progress: _Optional[bool] = ..., last_training_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., auto_training: _Optional[_Union[AutoTraining, _Mapping]] = ..., samples: _Optional[int] = ..., group_samples: _Optional[_Mapping[str, int]] = ..., last_error: _Optional[str] = ..., live_version: _Optional[int] = ..., data_fingerprint: _Optional[str] = ..., live_groups: _Optional[_Iterable[_Union[GroupEvidence, _Mapping]]] = ..., pinned_version: _Optional[int] = ..., pinned_until: _Optional[str] = ..., threshold_override: _Optional[float] = ..., consecutive_failures: _Optional[int] = ..., next_retry_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class GroupEvidence(_message.Message):
-    __slots__ = ("group", "status", "train_samples", "threshold", "threshold_percentile", "calibration", "members")
+    __slots__ = ("group", "status", "train_samples", "threshold", "threshold_percentile", "calibration", "members", "evaluation", "metrics")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     GROUP_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     TRAIN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
@@ -182,6 +204,8 @@ class GroupEvidence(_message.Message):
     THRESHOLD_PERCENTILE_FIELD_NUMBER: _ClassVar[int]
     CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
     group: str
     status: _manifest_pb2.GroupStatus
     train_samples: int
@@ -189,7 +213,9 @@ class GroupEvidence(_message.Message):
     threshold_percentile: float
     calibration: _manifest_pb2.Calibration
     members: _containers.RepeatedCompositeFieldContainer[_manifest_pb2.MemberEvidence]
-    def __init__(self, group: _Optional[str] = ..., status: _Optional[_Union[_manifest_pb2.GroupStatus, str]] = ..., train_samples: _Optional[int] = ..., threshold: _Optional[float] = ..., threshold_percentile: _Optional[float] = ..., calibration: _Optional[_Union[_manifest_pb2.Calibration, _Mapping]] = ..., members: _Optional[_Iterable[_Union[_manifest_pb2.MemberEvidence, _Mapping]]] = ...) -> None: ...
+    evaluation: _manifest_pb2.ClassifierEvaluation
+    metrics: _containers.ScalarMap[str, float]
+    def __init__(self, group: _Optional[str] = ..., status: _Optional[_Union[_manifest_pb2.GroupStatus, str]] = ..., train_samples: _Optional[int] = ..., threshold: _Optional[float] = ..., threshold_percentile: _Optional[float] = ..., calibration: _Optional[_Union[_manifest_pb2.Calibration, _Mapping]] = ..., members: _Optional[_Iterable[_Union[_manifest_pb2.MemberEvidence, _Mapping]]] = ..., evaluation: _Optional[_Union[_manifest_pb2.ClassifierEvaluation, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class GetStatusRequest(_message.Message):
     __slots__ = ("dataset",)

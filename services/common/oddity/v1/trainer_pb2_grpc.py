@@ -93,7 +93,8 @@ class TrainerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchJob(self, request, context):
-        """Streams a job's progress (phase, epoch, loss) until it ends.
+        """Streams a job's progress (phase, epoch, training and validation loss, per-epoch figures)
+        until it ends.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -55,6 +55,8 @@ def detect_response(output: DetectOutput) -> detector_pb2.DetectResponse:
         response.predicted_classes.extend([labels[i] for i in s.classes.tolist()])
         response.probabilities.CopyFrom(array_to_tensor(s.probabilities))
         response.class_labels.extend(labels)
+        if s.predicted_scores is not None:
+            response.predicted_scores.extend(s.predicted_scores.tolist())
     if s.explanations is not None:
         indices, errors, shares = s.explanations
         names = output.feature_names

@@ -1,7 +1,7 @@
 """Turning a version's ONNX Runtime outputs into answers: the per-request scoring that
 assembles `Scores` (raw scores, normalized scores, thresholds, decisions, confidences,
-feature contributions; class probabilities for classifiers), and the pure numpy rules it
-uses, shared by every model kind.
+feature contributions; class probabilities and a regression head's score for classifiers),
+and the pure numpy rules it uses, shared by every model kind.
 
 Reason to change: what a score means (normalization, thresholds, confidence, contributions,
 the columns of an answer).
@@ -16,6 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from oddity.common import bundle
+from oddity.common.bundle.contract import PREDICTED_SCORE_OUTPUT
 from oddity.common.errors import FailedPrecondition
 from oddity.detector.sessions import GroupSessions
 from oddity.v1 import manifest_pb2
@@ -104,6 +105,8 @@ class Scores:
     # columns above are empty and confidences hold the predicted class's probability.
     classes: np.ndarray | None = None
     probabilities: np.ndarray | None = None
+    # Classifiers with a regression head: the predicted score per row.
+    predicted_scores: np.ndarray | None = None
 
     @property
     def groups(self) -> list[str]:
@@ -130,6 +133,7 @@ class Scores:
             else (explanations[0][start:stop], explanations[1][start:stop], explanations[2][start:stop]),
             classes=None if self.classes is None else self.classes[start:stop],
             probabilities=None if self.probabilities is None else self.probabilities[start:stop],
+            predicted_scores=None if self.predicted_scores is None else self.predicted_scores[start:stop],
         )
 
 
@@ -141,6 +145,7 @@ class GroupScorer:
     session: ort.InferenceSession
     bulk_session: ort.InferenceSession
     has_feature_errors: bool
+    has_predicted_score: bool
     threshold: float
     probabilities: np.ndarray
     quantile_values: np.ndarray
@@ -193,6 +198,7 @@ class ModelScorer:
                 session=loaded.session,
                 bulk_session=loaded.bulk_session,
                 has_feature_errors=loaded.has_feature_errors,
+                has_predicted_score=loaded.has_predicted_score,
                 threshold=group.threshold,
                 probabilities=probabilities,
                 quantile_values=values,
@@ -292,6 +298,10 @@ class ModelScorer:
                 f"model {self.model!r} is a classifier: threshold_percentile and explain_top_k do not apply"
             )
         probabilities = np.empty((rows.shape[0], len(self.class_labels)), dtype=np.float32)
+        # A regression head's score, when every group that scores has one.
+        with_scores = all(self._groups[index].has_predicted_score for index in used)
+        predicted = np.empty(rows.shape[0], dtype=np.float64) if with_scores else None
+        outputs = [bundle.PROBABILITIES_OUTPUT, *([PREDICTED_SCORE_OUTPUT] if with_scores else [])]
         names = []
         for position, index in enumerate(used):
             group = self._groups[index]
@@ -299,7 +309,10 @@ class ModelScorer:
             session = group.bulk_session if bulk else group.session
             mask = row_group == position
             part = rows if len(used) == 1 else np.ascontiguousarray(rows[mask])
-            probabilities[mask] = session.run([bundle.PROBABILITIES_OUTPUT], {bundle.INPUT_NAME: part})[0]
+            results = session.run(outputs, {bundle.INPUT_NAME: part})
+            probabilities[mask] = results[0]
+            if predicted is not None:
+                predicted[mask] = results[1].reshape(-1)
         classes = np.argmax(probabilities, axis=1)
         empty = np.empty(0)
         return Scores(
@@ -313,4 +326,5 @@ class ModelScorer:
             fallback=fallback,
             classes=classes,
             probabilities=probabilities,
+            predicted_scores=predicted,
         )

@@ -1,7 +1,7 @@
 """ONNX Runtime sessions for a verified version: built with the detector's session options,
 checked against the graph contract (input `input` [N, D]; output `score` or `probabilities`;
-optional `feature_errors`) and warmed up, so a version that cannot serve fails here, before
-any request sees it.
+optional `feature_errors`; `predicted_score` when the manifest names a score column) and
+warmed up, so a version that cannot serve fails here, before any request sees it.
 
 Reason to change: how ONNX Runtime runs the graphs (session options, the graph contract's
 names and shapes, warm-up).
@@ -16,6 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from oddity.common import bundle
+from oddity.common.bundle.contract import PREDICTED_SCORE_OUTPUT
 from oddity.v1 import manifest_pb2
 
 
@@ -53,6 +54,7 @@ class GroupSessions:
     session: ort.InferenceSession  # small requests, on the event loop
     bulk_session: ort.InferenceSession  # large requests, on a worker (the same session unless threads differ)
     has_feature_errors: bool  # the graph also returns `feature_errors` [N, D]
+    has_predicted_score: bool = False  # a classifier's regression head: `predicted_score` [N]
 
 
 def load_sessions(
@@ -65,7 +67,9 @@ def load_sessions(
     classes = list(manifest.class_labels)
     sessions = {}
     for group in bundle.active_groups(manifest):
-        sessions[group.name] = _load_group(group, onnx[group.name], config, dimension, is_classifier, classes)
+        sessions[group.name] = _load_group(
+            group, onnx[group.name], config, dimension, is_classifier, classes, bool(manifest.score_column)
+        )
     return sessions
 
 
@@ -76,6 +80,7 @@ def _load_group(
     dimension: int,
     is_classifier: bool,
     classes: list[str],
+    score_head: bool,
 ) -> GroupSessions:
     try:
         session = ort.InferenceSession(
@@ -88,7 +93,13 @@ def _load_group(
             )
     except Exception as exc:  # ORT raises its own exception types for bad graphs
         raise ModelLoadError(f"group {group.name!r}: ONNX Runtime cannot load {group.onnx_file}: {exc}") from exc
-    loaded = GroupSessions(session, bulk_session, _check_signature(group.name, session, dimension, is_classifier))
+    has_feature_errors = _check_signature(group.name, session, dimension, is_classifier)
+    if score_head and PREDICTED_SCORE_OUTPUT not in {o.name for o in session.get_outputs()}:
+        raise ModelLoadError(
+            f"group {group.name!r}: the manifest names a score column but the graph has no "
+            f"{PREDICTED_SCORE_OUTPUT!r} output"
+        )
+    loaded = GroupSessions(session, bulk_session, has_feature_errors, score_head)
     _warm_up(group.name, loaded, config.warmup_batch_size, dimension, is_classifier, classes)
     return loaded
 
@@ -129,6 +140,8 @@ def _warm_up(
                     f"group {group!r}: probabilities output has shape {shape}, "
                     f"expected [N, {len(classes)}] for classes {classes}"
                 )
+            if loaded.has_predicted_score and np.shape(by_name[PREDICTED_SCORE_OUTPUT]) != (n,):
+                raise ModelLoadError(f"group {group!r}: {PREDICTED_SCORE_OUTPUT} output is not [N]")
             continue
         score = np.asarray(by_name[bundle.SCORE_OUTPUT])
         if score.reshape(-1).shape != (n,):

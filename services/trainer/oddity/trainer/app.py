@@ -22,6 +22,7 @@ from oddity.common.server import Readiness
 from oddity.trainer.announcer import Announcer, DetectorFleet
 from oddity.trainer.auto_training import AutoTrainer, Backoff
 from oddity.trainer.catalogue import DatasetCatalogue
+from oddity.trainer.checkpoints import CheckpointStore
 from oddity.trainer.decisions import DecisionBook
 from oddity.trainer.embedding_cache import EmbeddingCache
 from oddity.trainer.grpc_api import TrainerServicer
@@ -33,6 +34,7 @@ from oddity.trainer.publisher import Publisher
 from oddity.trainer.runner import EmbedderAccess, JobRunner
 from oddity.trainer.service import TrainerService
 from oddity.trainer.settings import TrainerSettings
+from oddity.trainer.tracking import ExperimentTracking
 from oddity.v1 import trainer_pb2, trainer_pb2_grpc
 
 log = get_logger("oddity.trainer")
@@ -114,12 +116,15 @@ class TrainerApp:
                 batch_timeout=settings.embedder_timeout_seconds,
             ),
             decisions,
+            checkpoints=CheckpointStore(settings.state_dir / "checkpoints"),
+            tracking=ExperimentTracking(settings.mlflow_tracking_uri),
             max_concurrent_jobs=settings.max_concurrent_jobs,
         )
         service = TrainerService(
             settings.data_volume, catalogue, self.runner, publisher, announcer, history, decisions, backoff
         )
         await asyncio.to_thread(service.recover)
+        service.resume_interrupted()  # before the policy looks: a resumed dataset is training
         self.service = service
         self.policy = AutoTrainer(catalogue, self.runner, decisions, backoff)
         await self.policy.startup()

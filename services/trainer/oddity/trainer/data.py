@@ -58,6 +58,7 @@ class Dataset:
     files: list[Path]
     dropped_rows: int = 0
     notes: list[str] = field(default_factory=list)
+    targets: np.ndarray | None = None  # [N] float64 values of the spec's score_column
 
 
 def source_files(folder: Path, spec: DatasetSpec) -> list[Path]:
@@ -216,7 +217,7 @@ def load_dataset(folder: Path, spec: DatasetSpec, data_path: Path | None = None)
 def _to_dataset(table: pd.DataFrame, spec: DatasetSpec, files: list[Path], skipped: int) -> Dataset:
     table.columns = [str(c).strip() for c in table.columns]
     selection = spec.selection
-    special = {c for c in (spec.label, spec.routing.key if spec.routing else None) if c}
+    special = {c for c in (spec.label, spec.score_column, spec.routing.key if spec.routing else None) if c}
     if selection.columns:
         names = list(selection.columns)
     else:
@@ -228,7 +229,9 @@ def _to_dataset(table: pd.DataFrame, spec: DatasetSpec, files: list[Path], skipp
         raise DataError(f"missing columns {missing}; the file has {list(table.columns)}")
     if not names:
         raise DataError("no feature columns: list them under `features` or provide numeric columns")
-    numeric_part = table[names + ([spec.routing.key] if spec.routing else [])].apply(pd.to_numeric, errors="coerce")
+    # Routing key and score column are numeric like the features: a row missing either is malformed.
+    extra = [c for c in (spec.routing.key if spec.routing else None, spec.score_column) if c]
+    numeric_part = table[names + extra].apply(pd.to_numeric, errors="coerce")
     values = numeric_part.to_numpy(dtype=np.float64)
     good = np.isfinite(values).all(axis=1)
     if spec.label:
@@ -248,6 +251,7 @@ def _to_dataset(table: pd.DataFrame, spec: DatasetSpec, files: list[Path], skipp
     if not np.isfinite(features).all():
         raise DataError("feature values overflow float32")
     routing = values[:, len(names)] if spec.routing else None
+    targets = values[:, len(names) + extra.index(spec.score_column)] if spec.score_column else None
     labels = table[spec.label].to_numpy()[good].astype(str) if spec.label else None
     return Dataset(
         features=features,
@@ -257,4 +261,5 @@ def _to_dataset(table: pd.DataFrame, spec: DatasetSpec, files: list[Path], skipp
         files=files,
         dropped_rows=dropped,
         notes=notes,
+        targets=targets,
     )

@@ -50,6 +50,10 @@ def job_to_proto(job: Job) -> trainer_pb2.Job:
         finished_at=_timestamp(job.finished_at),
         published_version=job.published_version,
         metrics=job.metrics,
+        train_loss=job.train_loss,
+        validation_loss=job.validation_loss,
+        epoch_metrics=job.epoch_metrics,
+        resumed_from_epoch=job.resumed_from_epoch,
     )
 
 
@@ -88,6 +92,8 @@ def status_to_proto(status: DatasetStatus) -> trainer_pb2.DatasetStatus:
                 threshold_percentile=g.threshold_percentile,
                 calibration=g.calibration,
                 members=g.members,
+                evaluation=g.evaluation if g.HasField("evaluation") else None,
+                metrics=g.metrics,
             )
             for g in status.live_groups
         ],

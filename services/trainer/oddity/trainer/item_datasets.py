@@ -1,6 +1,7 @@
 """Image and text datasets turned into training rows: the items (a folder of images with a
 metadata CSV or one subfolder per value, or a CSV of texts) -> vectors from the embedder (in
-batches, cached by content hash) -> rows with the extra numeric columns appended.
+batches, cached by content hash) -> rows with the extra numeric columns appended, and for
+classifiers the label (and score column) of each item.
 
 An item the embedder refuses (an undecodable image, an empty text) is dropped and counted;
 the rest of its batch is embedded one by one.
@@ -57,7 +58,7 @@ def _read_table(folder: Path, relative: str, what: str) -> pd.DataFrame:
     return table
 
 
-def _image_items(folder: Path, source: ImageSource) -> _Items:
+def _image_items(folder: Path, source: ImageSource, label: str | None) -> _Items:
     root = inside(folder, folder / source.path, "images.path")
     if not root.is_dir():
         raise DataError(f"image folder {source.path!r} not found")
@@ -65,10 +66,14 @@ def _image_items(folder: Path, source: ImageSource) -> _Items:
     if source.folder_column:
         rows = []
         for sub in sorted(p for p in root.iterdir() if p.is_dir()):
-            try:
-                value = float(sub.name)
-            except ValueError:
-                raise DataError(f"subfolder {sub.name!r} is not a number for {source.folder_column!r}") from None
+            value: float | str
+            if source.folder_column == label:
+                value = sub.name  # one subfolder per class: images/High/a.png
+            else:
+                try:
+                    value = float(sub.name)
+                except ValueError:
+                    raise DataError(f"subfolder {sub.name!r} is not a number for {source.folder_column!r}") from None
             for path in sorted(p for p in sub.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
                 paths.append(path)
                 rows.append({source.folder_column: value})
@@ -107,7 +112,7 @@ def load_item_dataset(
 ) -> tuple[Dataset, manifest_pb2.EmbeddingSource, dict[str, int]]:
     """Rows for training an image or text dataset; also what made the vectors and cache stats."""
     if spec.images is not None:
-        items, modality = _image_items(folder, spec.images), "image"
+        items, modality = _image_items(folder, spec.images, spec.label), "image"
     elif spec.texts is not None:
         items, modality = _text_items(folder, spec.texts), "text"
     else:
@@ -131,29 +136,35 @@ def load_item_dataset(
         raise DataError(f"no item could be embedded ({len(dropped)} unreadable)")
     extra_names = list(spec.extra_features)
     routing_key = spec.routing.key if spec.routing else None
-    needed = [*extra_names, *([routing_key] if routing_key and routing_key not in extra_names else [])]
-    missing_columns = [c for c in needed if c not in items.table.columns]
+    needed = [*extra_names]
+    for column in (routing_key, spec.score_column):
+        if column and column not in needed:
+            needed.append(column)
+    missing_columns = [c for c in [*needed, *([spec.label] if spec.label else [])] if c not in items.table.columns]
     if missing_columns:
         raise DataError(f"missing columns {missing_columns}; the metadata has {list(items.table.columns)}")
     table = items.table.iloc[[i for i, _ in good]].reset_index(drop=True)
     numeric = (
         table[needed].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64) if needed else np.empty((len(good), 0))
     )
-    finite = np.isfinite(numeric).all(axis=1)
-    matrix = np.vstack([v for _, v in good])[finite]
-    extra = numeric[finite][:, : len(extra_names)]
+    usable = np.isfinite(numeric).all(axis=1)
+    if spec.label:  # an item without its class teaches nothing: dropped and counted
+        usable &= table[spec.label].notna().to_numpy() & (table[spec.label].astype(str).str.strip() != "").to_numpy()
+    matrix = np.vstack([v for _, v in good])[usable]
+    extra = numeric[usable][:, : len(extra_names)]
     features = np.hstack([matrix, extra]).astype(np.float32)
-    routing = numeric[finite][:, needed.index(routing_key)] if routing_key else None
+    routing = numeric[usable][:, needed.index(routing_key)] if routing_key else None
     names = [f"{modality}_{i}" for i in range(info.dimension)] + extra_names
-    skipped = len(items.contents) - len(good) + int((~finite).sum())
+    skipped = len(items.contents) - len(good) + int((~usable).sum())
     dataset = Dataset(
         features=features,
         feature_names=names,
-        labels=None,
+        labels=table[spec.label].to_numpy()[usable].astype(str) if spec.label else None,
         routing=routing,
         files=[],
         dropped_rows=skipped,
         notes=[f"unreadable: {', '.join(items.names[i] for i in dropped[:5])}"] if dropped else [],
+        targets=numeric[usable][:, needed.index(spec.score_column)] if spec.score_column else None,
     )
     source = manifest_pb2.EmbeddingSource(
         model=info.name,

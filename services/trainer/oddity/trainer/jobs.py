@@ -4,6 +4,9 @@ A job is an immutable snapshot; every change replaces the board's snapshot at on
 reader on the event loop (GetJob, WatchJob) never sees half of an update made by a worker
 thread (e.g. state "failed" without its message).
 
+The crash record of a running job holds what it takes to run it again (its request and its
+experiment-tracking run), so a job with checkpoints can resume after the trainer was killed.
+
 Reason to change: what a job is and how its progress is seen and survives a crash.
 """
 
@@ -23,6 +26,7 @@ from typing import Any
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, SKIPPED = "queued", "running", "succeeded", "failed", "skipped"
 TERMINAL = (SUCCEEDED, FAILED, SKIPPED)
+INTERRUPTED_MESSAGE = "interrupted: the trainer stopped during this job"
 
 
 def now() -> datetime:
@@ -40,6 +44,11 @@ class Job:
     epoch: int = 0
     total_epochs: int = 0
     loss: float = 0.0
+    # Kinds that train in epochs: the last epoch's losses and figures on the validation rows.
+    train_loss: float = 0.0
+    validation_loss: float = 0.0
+    epoch_metrics: dict[str, float] = field(default_factory=dict)
+    resumed_from_epoch: int = 0
     message: str = ""
     created_at: datetime = field(default_factory=now)
     started_at: datetime | None = None
@@ -115,30 +124,33 @@ class JobBoard:
 
     # -- crash record ----------------------------------------------------------------------
 
-    def mark_running(self, job: Job) -> None:
-        """Leave a file while the job runs: if the process dies, the next start finds it."""
+    def mark_running(self, job: Job, **details: Any) -> None:
+        """Leave a file while the job runs: if the process dies, the next start finds it.
+        `details` (JSON values: the request, the tracking run) are kept in it for a resume;
+        called again, it replaces them (written, then renamed: a kill leaves one whole file)."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         path = self.state_dir / f"{job.id}.json"
-        path.write_text(
-            json.dumps(
-                {
-                    "id": job.id,
-                    "dataset": job.dataset,
-                    "trigger": job.trigger,
-                    "started_at": (job.started_at or now()).isoformat(),
-                }
-            )
-        )
+        record = {
+            **details,
+            "id": job.id,
+            "dataset": job.dataset,
+            "trigger": job.trigger,
+            "started_at": (job.started_at or now()).isoformat(),
+        }
+        temporary = path.with_name(f".{path.name}.tmp")
+        temporary.write_text(json.dumps(record))
+        os.replace(temporary, path)
 
     def mark_finished(self, job_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.state_dir / f"{job_id}.json")
 
-    def interrupted(self) -> list[Job]:
-        """Jobs a previous process left running; their records are removed."""
+    def interrupted(self) -> list[tuple[Job, dict[str, Any]]]:
+        """Jobs a previous process left running, each with its crash record (as written by
+        mark_running); the records are removed. The jobs are not on the board yet: the caller
+        adds each one as failed (interrupted) or resumes it."""
         found = []
         for path in sorted(self.state_dir.glob("*.json")) if self.state_dir.exists() else []:
-            job: Job | None
             try:
                 record = json.loads(path.read_text())
                 job = Job(
@@ -146,13 +158,15 @@ class JobBoard:
                     trigger=record.get("trigger", ""),
                     id=record["id"],
                     state=FAILED,
-                    message="interrupted: the trainer stopped during this job",
+                    message=INTERRUPTED_MESSAGE,
                     started_at=datetime.fromisoformat(record["started_at"]),
                     finished_at=now(),
                 )
-            except (ValueError, KeyError):
+            except (ValueError, KeyError, TypeError):
                 job = None
             path.unlink(missing_ok=True)
             if job is not None:
-                found.append(self.add(job))
+                found.append((job, record))
+        for path in self.state_dir.glob(".*.tmp") if self.state_dir.exists() else []:
+            path.unlink(missing_ok=True)  # a record that was being rewritten when the process died
         return found

@@ -1,6 +1,8 @@
 """One training run for one dataset: load -> split per group -> fit -> export ONNX ->
 validate -> manifest. Publishing is the caller's step, so a run that fails anywhere leaves
-the model repository untouched.
+the model repository untouched. Classifiers are fitted on a stratified training split and
+judged on the held-out rest (classifier_evaluation.py); kinds that train in epochs keep
+checkpoints in the job's checkpoint folder, so a resumed job goes on from the last one.
 
 Reason to change: the steps of a training run and what its manifest records.
 """
@@ -10,7 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,19 +20,23 @@ import numpy as np
 import onnxruntime as ort
 
 from oddity.common import bundle
-from oddity.trainer import calibration, validation
+from oddity.common.bundle.contract import PREDICTED_SCORE_OUTPUT
+from oddity.trainer import calibration, classifier_evaluation, validation
+from oddity.trainer.checkpoints import JobCheckpoints
 from oddity.trainer.data import Dataset
 from oddity.trainer.learners import Learner, make_learner
 from oddity.trainer.learners.autoencoder import AutoencoderLearner
 from oddity.trainer.learners.ensemble import EnsembleLearner
 from oddity.trainer.learners.knn import KnnLearner
+from oddity.trainer.learners.mlp import MlpClassifierLearner
 from oddity.trainer.spec import DatasetSpec
 from oddity.v1 import manifest_pb2
 
 ABSOLUTE_MIN_ROWS = 20  # below this even a forced run cannot be calibrated
 PARITY_ROWS = 2000  # ONNX Runtime vs the framework on a sample of the rows
 
-# progress(phase, fields): phase is loading, training, calibrating, exporting, validating, publishing
+# progress(phase, fields): phase is loading, training, calibrating, exporting, validating, publishing;
+# in training, fields may hold epoch, total_epochs, loss, train_loss, validation_loss and epoch_metrics.
 Progress = Callable[[str, dict[str, Any]], None]
 
 
@@ -56,6 +62,10 @@ class TrainedModel:
     metrics: dict[str, float] = field(default_factory=dict)
     group_samples: dict[str, int] = field(default_factory=dict)
     durations: dict[str, float] = field(default_factory=dict)
+    # Kinds that train in epochs: per group, each epoch's figures (the history log keeps them).
+    epochs: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    # Per group: the checkpoint epoch a resumed job went on from (groups that resumed only).
+    resumed_from_epoch: dict[str, int] = field(default_factory=dict)
 
 
 def plan_groups(spec: DatasetSpec, data: Dataset) -> list[GroupPlan]:
@@ -85,8 +95,10 @@ def train(
     live: bundle.VerifiedVersion | None = None,
     progress: Progress | None = None,
     embedding: manifest_pb2.EmbeddingSource | None = None,
+    checkpoints: JobCheckpoints | None = None,
 ) -> TrainedModel:
-    """Train, export and validate every group; raises Skipped, ValidationFailed or ValueError."""
+    """Train, export and validate every group; raises Skipped, ValidationFailed or ValueError.
+    `checkpoints`: where kinds that train in epochs keep (and resume from) their checkpoints."""
     report = progress or (lambda phase, fields: None)
     kind = kind or spec.model.kind
     n = len(data.features)
@@ -101,6 +113,7 @@ def train(
         routing_key=spec.routing.key if spec.routing else "",
         data_fingerprint=fingerprint,
         dataset=spec.name,
+        score_column=(spec.score_column or "") if bundle.KINDS[kind].score_head else "",
     )
     if embedding is not None:
         manifest.embedding.CopyFrom(embedding)
@@ -118,7 +131,9 @@ def train(
             group.status = manifest_pb2.GROUP_STATUS_INSUFFICIENT_DATA
             group.status_message = f"{count} rows < min_samples {spec.min_samples}"
             continue
-        _train_group(spec, data, plan, group, kind, rng, trained, live, live_groups.get(plan.name), report)
+        _train_group(
+            spec, data, plan, group, kind, rng, trained, live, live_groups.get(plan.name), report, checkpoints
+        )
     if not bundle.active_groups(manifest):
         raise Skipped(
             "every group is below min_samples: " + ", ".join(f"{g.name}={g.train_samples}" for g in manifest.groups)
@@ -139,14 +154,28 @@ def _train_group(
     live: bundle.VerifiedVersion | None,
     live_group: manifest_pb2.ModelGroup | None,
     report: Progress,
+    checkpoints: JobCheckpoints | None,
 ) -> None:
     rows = data.features[plan.mask]
     prefix = f"{plan.name}." if plan.name != bundle.ALL_GROUP else ""
     if bundle.KINDS[kind].is_classifier:
         if data.labels is None:
             raise ValueError(f"{kind} is a classifier and the rows carry no labels")
+        head = bundle.KINDS[kind].score_head and data.targets is not None
         onnx_model, parity = _train_classifier(
-            spec, rows, data.labels[plan.mask], plan, group, kind, rng, trained, live, live_group, report
+            spec,
+            rows,
+            data.labels[plan.mask],
+            data.targets[plan.mask] if head and data.targets is not None else None,
+            plan,
+            group,
+            kind,
+            rng,
+            trained,
+            live,
+            live_group,
+            report,
+            checkpoints,
         )
     else:
         onnx_model, parity = _train_detector(spec, rows, plan, group, kind, trained, live, live_group, report)
@@ -172,14 +201,28 @@ def _export(
     return onnx_model, session
 
 
+def _epoch_reporter(plan: GroupPlan, report: Progress):
+    """A learner's per-epoch progress as the job's training progress."""
+
+    def told(epoch: int, total: int, loss: float, figures: Mapping[str, float] | None = None, /) -> None:
+        fields: dict[str, Any] = {"group": plan.name, "epoch": epoch, "total_epochs": total, "loss": loss}
+        if figures:
+            rest = dict(figures)
+            fields["train_loss"] = rest.pop("train_loss", 0.0)
+            fields["validation_loss"] = rest.pop("validation_loss", 0.0)
+            fields["epoch_metrics"] = rest
+        report("training", fields)
+
+    return told
+
+
+def _resume_reporter(plan: GroupPlan, report: Progress):
+    """Told when a group's training goes on from a checkpoint (a resumed job)."""
+    return lambda epoch: report("training", {"group": plan.name, "resumed_from_epoch": epoch, "epoch": epoch})
+
+
 def _fit(learner: Learner, rows: np.ndarray, labels: np.ndarray | None, plan: GroupPlan, report: Progress) -> None:
-    learner.fit(
-        rows,
-        labels,
-        progress=lambda epoch, total, loss: report(
-            "training", {"group": plan.name, "epoch": epoch, "total_epochs": total, "loss": loss}
-        ),
-    )
+    learner.fit(rows, labels, progress=_epoch_reporter(plan, report))
 
 
 def _train_detector(
@@ -280,6 +323,7 @@ def _train_classifier(
     spec: DatasetSpec,
     rows: np.ndarray,
     labels: np.ndarray,
+    targets: np.ndarray | None,
     plan: GroupPlan,
     group: manifest_pb2.ModelGroup,
     kind: str,
@@ -288,16 +332,26 @@ def _train_classifier(
     live: bundle.VerifiedVersion | None,
     live_group: manifest_pb2.ModelGroup | None,
     report: Progress,
+    checkpoints: JobCheckpoints | None,
 ) -> tuple[bytes, float]:
-    """Fit on a training split; accuracy and balanced accuracy on the held-out rows."""
+    """Fit on a stratified training split; judge on the held-out rows (never used for fitting,
+    early stopping or the temperature); the gate compares balanced accuracy with the live
+    version's on the same rows."""
     gate = spec.validation
-    order = rng.permutation(len(rows))
-    n_holdout = max(4, int(len(rows) * gate.holdout_fraction))
-    holdout, train_idx = order[:n_holdout], order[n_holdout:]
+    train_idx, holdout = holdout_split(labels, gate.holdout_fraction, rng)
     start = time.perf_counter()
     report("training", {"group": plan.name})
     learner = make_learner(kind, spec.model.params)
-    _fit(learner, rows[train_idx], labels[train_idx], plan, report)
+    if isinstance(learner, MlpClassifierLearner):
+        learner.fit(
+            rows[train_idx],
+            labels[train_idx],
+            progress=_epoch_reporter(plan, report),
+            targets=targets[train_idx] if targets is not None else None,
+            checkpoints=checkpoints.group(plan.name, _resume_reporter(plan, report)) if checkpoints else None,
+        )
+    else:
+        _fit(learner, rows[train_idx], labels[train_idx], plan, report)
     _timed(trained, "train", start)
 
     onnx_model, session = _export(learner, plan, trained, report)
@@ -305,35 +359,80 @@ def _train_classifier(
     start = time.perf_counter()
     report("validating", {"group": plan.name})
     classes = learner.classes_  # type: ignore[attr-defined]
-    probabilities = validation.onnx_probabilities(session, rows[holdout])
+    held_rows = rows[holdout]
+    probabilities = validation.onnx_probabilities(session, held_rows)
     parity = validation.check_parity(
         probabilities,
-        learner.predict_proba(rows[holdout]),  # type: ignore[attr-defined]
+        learner.predict_proba(held_rows),  # type: ignore[attr-defined]
         gate.parity_tolerance,
     )
-    accuracy, balanced = _classification_metrics(classes, probabilities, labels[holdout])
-    trained.manifest.class_labels[:] = [str(c) for c in classes]
-    if live is not None and live_group is not None and list(live.manifest.class_labels) == list(classes):
-        live_session = validation.onnx_session(live.onnx[plan.name])
-        _, live_balanced = _classification_metrics(
-            classes, validation.onnx_probabilities(live_session, rows[holdout]), labels[holdout]
+    predicted_scores = None
+    if isinstance(learner, MlpClassifierLearner):
+        if targets is not None:
+            predicted_scores = session.run(
+                [PREDICTED_SCORE_OUTPUT], {bundle.INPUT_NAME: held_rows.astype(np.float32)}
+            )[0].astype(np.float64)
+            reference = learner.predict_scores(held_rows)
+            assert reference is not None
+            parity = max(parity, validation.check_parity(predicted_scores, reference, gate.parity_tolerance))
+        evaluation = classifier_evaluation.evaluate(
+            classes,
+            labels[holdout],
+            probabilities,
+            uncalibrated=learner.predict_proba(held_rows, calibrated=False),
+            temperature=learner.temperature_,
+            predicted_scores=predicted_scores,
+            targets=targets[holdout] if targets is not None else None,
         )
-        validation.check_regression(balanced, live_balanced, gate.regression_tolerance, "balanced accuracy", True)
+    else:
+        evaluation = classifier_evaluation.evaluate(classes, labels[holdout], probabilities)
+    trained.manifest.class_labels[:] = [str(c) for c in classes]
+    if (
+        live is not None
+        and live_group is not None
+        and live_group.status == manifest_pb2.GROUP_STATUS_ACTIVE
+        and list(live.manifest.class_labels) == list(trained.manifest.class_labels)
+        and _same_inputs(live, trained.manifest)
+    ):
+        live_session = validation.onnx_session(live.onnx[plan.name])
+        live_balanced = classifier_evaluation.balanced_accuracy(
+            classes, validation.onnx_probabilities(live_session, held_rows), labels[holdout]
+        )
+        validation.check_balanced_accuracy(
+            evaluation.balanced_accuracy, live_balanced, gate.regression_tolerance, plan.name, len(holdout)
+        )
+        group.metrics["live_balanced_accuracy"] = live_balanced
+    figures = evaluation.figures()
+    if isinstance(learner, MlpClassifierLearner):
+        figures.update(epochs=learner.epochs_run_, best_epoch=learner.best_epoch_)
+        trained.epochs[plan.name] = list(learner.history_)
+        if learner.resumed_from_epoch_:
+            trained.resumed_from_epoch[plan.name] = learner.resumed_from_epoch_
     prefix = f"{plan.name}." if plan.name != bundle.ALL_GROUP else ""
-    group.metrics.update({"accuracy": accuracy, "balanced_accuracy": balanced})
-    trained.metrics.update({f"{prefix}accuracy": accuracy, f"{prefix}balanced_accuracy": balanced})
+    group.metrics.update(figures)
+    group.evaluation.CopyFrom(evaluation.to_proto())
+    trained.metrics.update({f"{prefix}{k}": v for k, v in figures.items()})
     group.train_samples = len(train_idx)
     group.validation_samples = len(holdout)
     _timed(trained, "validate", start)
     return onnx_model, parity
 
 
+def holdout_split(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, held-out rows): `fraction` of the rows (at least 4) held out, stratified
+    by class when every class has two rows or more, so a rare class is judged too."""
+    from sklearn.model_selection import train_test_split
+
+    n = len(labels)
+    n_holdout = max(4, int(n * fraction))
+    order = rng.permutation(n)
+    classes, counts = np.unique(labels, return_counts=True)
+    if counts.min() >= 2 and len(classes) <= min(n_holdout, n - n_holdout):
+        seed = int(rng.integers(2**31))
+        train_idx, holdout = train_test_split(order, test_size=n_holdout, stratify=labels[order], random_state=seed)
+        return np.sort(train_idx), np.sort(holdout)
+    return order[n_holdout:], order[:n_holdout]
+
+
 def _same_inputs(live: bundle.VerifiedVersion | None, manifest: manifest_pb2.ModelManifest) -> bool:
     return live is not None and list(live.manifest.feature_names) == list(manifest.feature_names)
-
-
-def _classification_metrics(classes: np.ndarray, probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    predicted = classes[np.argmax(probabilities, axis=1)]
-    accuracy = float(np.mean(predicted == labels))
-    recalls = [float(np.mean(predicted[labels == c] == c)) for c in classes if np.any(labels == c)]
-    return accuracy, float(np.mean(recalls))

@@ -3,9 +3,12 @@ publishing the version, at most `max_concurrent_jobs` at once, so the gRPC loop 
 answering.
 
 Every outcome is recorded: TRAINING_STARTED, then TRAINING_COMPLETED (and PUBLISHED),
-TRAINING_SKIPPED or TRAINING_FAILED in the history; the outcome metric; a crash record while
-the job runs, which the next start reports as an interrupted (failed) job. A failed job never
-touches the live model. When the trainer stops, running jobs end at their next step.
+TRAINING_SKIPPED or TRAINING_FAILED in the history; the outcome metric; the job's
+experiment-tracking run (tracking.py); a crash record while the job runs. At the next start a
+job that left checkpoints (kinds that train in epochs) resumes from its last one under the same
+job id (at most MAX_RESUMES times); any other is reported as an interrupted (failed) job. A
+failed job never touches the live model. When the trainer stops, running jobs end at their
+next step.
 
 Reason to change: how a job runs and what its outcomes record.
 """
@@ -26,6 +29,7 @@ from oddity.common.errors import OddityError
 from oddity.common.logging import get_logger
 from oddity.trainer import pipeline
 from oddity.trainer.announcer import Announcer
+from oddity.trainer.checkpoints import CheckpointStore
 from oddity.trainer.data import DataError, fingerprint, load_dataset
 from oddity.trainer.decisions import DecisionBook
 from oddity.trainer.embedding_cache import EmbeddingCache
@@ -37,6 +41,7 @@ from oddity.trainer.loop_calls import Interrupted, LoopBridge
 from oddity.trainer.metrics import REJECTED, TrainerMetrics
 from oddity.trainer.publisher import Publisher
 from oddity.trainer.spec import DatasetSpec, SpecError, load_spec
+from oddity.trainer.tracking import NO_TRACKING, ExperimentTracking, JobTracking
 from oddity.trainer.validation import ValidationFailed
 
 log = get_logger("oddity.trainer.runner")
@@ -53,6 +58,18 @@ RESTORED_SUCCESSES = 10_000
 # Expected failures: recorded with their message, no traceback.
 EXPECTED_FAILURES = (SpecError, DataError, ValidationFailed, ValueError, Interrupted, OddityError, RepositoryUnwritable)
 
+# A job killed this many times in a row is not resumed again (it may be what kills the trainer).
+MAX_RESUMES = 3
+
+
+@dataclass(frozen=True)
+class Resume:
+    """A job that goes on after a restart: its id, how often it resumed, its tracking run."""
+
+    job_id: str
+    resumes: int
+    tracking_run_id: str = ""
+
 
 @dataclass(frozen=True)
 class JobRequest:
@@ -64,6 +81,30 @@ class JobRequest:
     force: bool = False
     data_path: Path | None = None
     model_kind: str | None = None
+    resume: Resume | None = None
+
+    def record(self) -> dict[str, Any]:
+        """What the crash record keeps to run this request again."""
+        return {
+            "folder": str(self.folder),
+            "force": self.force,
+            "data_path": str(self.data_path) if self.data_path is not None else "",
+            "model_kind": self.model_kind or "",
+            "resumes": self.resume.resumes if self.resume is not None else 0,
+        }
+
+    @classmethod
+    def resumed(cls, job: Job, record: dict[str, Any]) -> JobRequest:
+        """The request of an interrupted job, from its crash record, to run it again."""
+        return cls(
+            dataset=job.dataset,
+            folder=Path(record["folder"]),
+            trigger=job.trigger,
+            force=bool(record.get("force", False)),
+            data_path=Path(record["data_path"]) if record.get("data_path") else None,
+            model_kind=record.get("model_kind") or None,
+            resume=Resume(job.id, int(record.get("resumes", 0)) + 1, str(record.get("tracking_run_id", ""))),
+        )
 
 
 @dataclass(frozen=True)
@@ -101,6 +142,8 @@ class JobRunner:
         embedder: EmbedderAccess,
         decisions: DecisionBook,
         *,
+        checkpoints: CheckpointStore,
+        tracking: ExperimentTracking | None = None,
         max_concurrent_jobs: int = 1,
     ) -> None:
         self.board = board
@@ -111,9 +154,12 @@ class JobRunner:
         self.bridge = bridge
         self.embedder = embedder
         self.decisions = decisions
+        self.checkpoints = checkpoints
+        self.tracking = tracking or ExperimentTracking(None)
         self._slots = asyncio.Semaphore(max_concurrent_jobs)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._last_runs: dict[str, LastRun] = {}
+        self._to_resume: list[JobRequest] = []
 
     def job(self, job_id: str) -> Job | None:
         return self.board.get(job_id)
@@ -129,8 +175,9 @@ class JobRunner:
 
     def recover(self) -> list[Job]:
         """At start: each dataset's last successful run as the history tells it (so GetStatus
-        and its metric survive a restart), and the jobs a killed trainer left running reported
-        as failed (interrupted)."""
+        and its metric survive a restart), and the jobs a killed trainer left running: those
+        with checkpoints are kept for `resume_interrupted`, the others reported as failed
+        (interrupted) and returned."""
         for event in self.history.read(event_types=("TRAINING_COMPLETED",), limit=RESTORED_SUCCESSES):
             try:
                 dataset, at = str(event["dataset"]), datetime.fromisoformat(event["timestamp"])
@@ -138,17 +185,32 @@ class JobRunner:
                 continue
             self._last_runs[dataset] = replace(self.last_run(dataset), trained_at=at)  # oldest first: newest wins
             self.metrics.last_success.labels(dataset).set(at.timestamp())
-        interrupted = self.board.interrupted()
-        for job in interrupted:
+        failed = []
+        for job, record in self.board.interrupted():
+            resumes = record.get("resumes", 0) if isinstance(record.get("resumes", 0), int) else MAX_RESUMES
+            if self.checkpoints.has(job.id) and isinstance(record.get("folder"), str) and resumes < MAX_RESUMES:
+                self._to_resume.append(JobRequest.resumed(job, record))
+                continue
+            reason = "interrupted" if resumes < MAX_RESUMES else f"interrupted {resumes + 1} times; not resumed again"
             self.history.append(
-                "TRAINING_FAILED", job.dataset, job.message, job_id=job.id, reason="interrupted", trigger=job.trigger
+                "TRAINING_FAILED", job.dataset, job.message, job_id=job.id, reason=reason, trigger=job.trigger
             )
             self.metrics.jobs.labels(job.dataset, FAILED).inc()
-        return interrupted
+            failed.append(self.board.add(job))
+        self.checkpoints.remove_all_but({r.resume.job_id for r in self._to_resume if r.resume is not None})
+        return failed
+
+    def resume_interrupted(self) -> list[Job]:
+        """Queue the jobs `recover` found with checkpoints (on the event loop), under their ids."""
+        requests, self._to_resume = self._to_resume, []
+        return [self.submit(request) for request in requests]
 
     def submit(self, request: JobRequest) -> Job:
         """Queue a job (on the event loop); it runs when a slot is free."""
-        job = self.board.add(Job(dataset=request.dataset, trigger=request.trigger))
+        job = Job(dataset=request.dataset, trigger=request.trigger)
+        if request.resume is not None:  # the same job, so its watchers and GetJob follow it on
+            job = replace(job, id=request.resume.job_id)
+        self.board.add(job)
         task = asyncio.create_task(self._run(job.id, request), name=f"oddity-job-{job.id}")
         self._tasks[job.id] = task
         task.add_done_callback(lambda _: self._tasks.pop(job.id, None))
@@ -177,13 +239,16 @@ class JobRunner:
         """Worker thread: one job from start to end; every outcome is recorded."""
         started = time.perf_counter()
         job = self.board.update(job_id, state=RUNNING, phase="loading", started_at=now())
-        self.board.mark_running(job)
+        self.board.mark_running(job, **request.record())
         dataset = request.dataset
         details: dict[str, Any] = {"job_id": job_id, "trigger": request.trigger}
+        if request.resume is not None:
+            details["resumes"] = request.resume.resumes
         run = self.last_run(dataset)
-        if request.trigger == "api":  # an operator asked: whatever failed before starts over
+        if request.trigger == "api" and request.resume is None:  # an operator asked: what failed before starts over
             run = self._remember(dataset, replace(run, failures=0))
         digest = ""
+        tracker = NO_TRACKING
         try:
             self.bridge.check()
             spec = load_spec(request.folder)
@@ -193,7 +258,9 @@ class JobRunner:
                 details["threshold_override"] = decided.threshold_percentile
             kind = request.model_kind or spec.model.kind
             details.update(model=spec.name, kind=kind)
-            self.history.append("TRAINING_STARTED", dataset, f"training {kind} for {dataset}", **details)
+            doing = "resuming" if request.resume is not None else "training"
+            self.history.append("TRAINING_STARTED", dataset, f"{doing} {kind} for {dataset}", **details)
+            tracker = self._track(job, request, spec, kind)
             digest = fingerprint(request.folder, spec)
             live = bundle.newest_complete_version(self.publisher.repository, spec.name)
             live_number = live.manifest.version if live is not None else 0
@@ -222,6 +289,18 @@ class JobRunner:
             run = self._remember(dataset, replace(run, samples=len(data.features)))
             self.metrics.last_run_rows.labels(dataset).set(len(data.features))
             details.update(samples=len(data.features), dropped_rows=data.dropped_rows)
+            tracker.log_params(
+                {
+                    "kind": kind,
+                    **{f"params.{k}": v for k, v in spec.model.params.items()},
+                    "label": spec.label or "",
+                    "score_column": spec.score_column or "",
+                    "features": len(data.feature_names),
+                    "samples": len(data.features),
+                    "holdout_fraction": spec.validation.holdout_fraction,
+                    "data_fingerprint": digest,
+                }
+            )
             trained = pipeline.train(
                 spec,
                 data,
@@ -229,10 +308,13 @@ class JobRunner:
                 force=request.force,
                 kind=kind,
                 live=live,
-                progress=lambda phase, fields: self._progress(job_id, phase, fields),
+                progress=lambda phase, fields: self._progress(job_id, phase, fields, tracker),
                 embedding=embedding,
+                checkpoints=self.checkpoints.job(job_id),
             )
             run = self._remember(dataset, replace(run, group_samples=trained.group_samples))
+            tracker.log_metrics(trained.metrics)
+            tracker.log_model(trained.onnx_files, bundle.manifest_to_json(trained.manifest))
             self._progress(job_id, "publishing", {"group": ""})
             pinned = self.decisions.get(dataset).pin
             if pinned is not None and request.trigger not in ("api", "data_changed_after_rollback"):
@@ -253,6 +335,10 @@ class JobRunner:
                 duration_seconds=round(time.perf_counter() - started, 3),
                 phase_seconds={k: round(v, 3) for k, v in trained.durations.items()},
             )
+            if trained.epochs:  # every epoch's figures, per group: what MLflow would show
+                details["epochs"] = trained.epochs
+            if trained.resumed_from_epoch:
+                details["resumed_from_epoch"] = trained.resumed_from_epoch
             self.history.append(
                 "TRAINING_COMPLETED", dataset, f"trained {kind} on {len(data.features)} rows", **details
             )
@@ -260,6 +346,7 @@ class JobRunner:
                 self.decisions.unpin(dataset)
             self.announcer.record(dataset, spec.name, version, job_id=job_id)
             trained.manifest.version = version
+            tracker.set_tags({"oddity.version": str(version)})
             self.metrics.live(dataset, trained.manifest)
             # Published: from here on the job succeeds, even if the trainer is stopping.
             self.bridge.call(self.announcer.notify(spec.name, request_id=job_id), interruptible=False)
@@ -278,6 +365,7 @@ class JobRunner:
         except pipeline.Skipped as exc:
             self.history.append("TRAINING_SKIPPED", dataset, str(exc), reason=str(exc), **details)
             self._remember(dataset, replace(self.last_run(dataset), failures=0))
+            tracker.set_tags({"oddity.outcome": SKIPPED, "oddity.message": str(exc)})
             self._finish(job_id, dataset, SKIPPED, str(exc), started)
         except EXPECTED_FAILURES as exc:
             if isinstance(exc, OddityError):
@@ -287,19 +375,51 @@ class JobRunner:
             else:
                 reason = str(exc)
             outcome = REJECTED if isinstance(exc, ValidationFailed) else FAILED
+            tracker.set_tags({"oddity.outcome": outcome, "oddity.message": reason})
             self._fail(job_id, dataset, reason, details, started, digest, outcome)
         except Exception as exc:  # a bug must not stop the trainer; the live model stays as it is
             log.exception("training crashed", dataset=dataset, job_id=job_id)
             self._fail(job_id, dataset, f"internal error: {type(exc).__name__}: {exc}", details, started, digest)
+        finally:
+            job = self.board.get(job_id) or job
+            tracker.finish("FINISHED" if job.state in (SUCCEEDED, SKIPPED) else "FAILED")
+
+    def _track(self, job: Job, request: JobRequest, spec: DatasetSpec, kind: str) -> JobTracking:
+        """The job's tracking run (the same run again for a resumed job), kept in the crash record."""
+        tracker = self.tracking.start(
+            model=spec.name,
+            dataset=job.dataset,
+            job_id=job.id,
+            tags={
+                "oddity.dataset": job.dataset,
+                "oddity.job_id": job.id,
+                "oddity.kind": kind,
+                "oddity.trigger": job.trigger,
+            },
+            run_id=request.resume.tracking_run_id if request.resume is not None else "",
+        )
+        if tracker.active:
+            self.board.mark_running(job, **request.record(), tracking_run_id=tracker.run_id)
+            if request.resume is not None:
+                tracker.set_tags({"oddity.resumes": str(request.resume.resumes)})
+        return tracker
 
     def _remember(self, dataset: str, run: LastRun) -> LastRun:
         self._last_runs[dataset] = run
         self.metrics.consecutive_failures.labels(dataset).set(run.failures)
         return run
 
-    def _progress(self, job_id: str, phase: str, fields: dict[str, Any]) -> None:
+    def _progress(self, job_id: str, phase: str, fields: dict[str, Any], tracker: JobTracking = NO_TRACKING) -> None:
         self.bridge.check()
         self.board.update(job_id, phase=phase, **fields)
+        if "epoch_metrics" in fields:
+            figures = {
+                "loss": fields["loss"],
+                "train_loss": fields["train_loss"],
+                "validation_loss": fields["validation_loss"],
+                **fields["epoch_metrics"],
+            }
+            tracker.log_epoch(fields.get("group", ""), int(fields["epoch"]), figures)
 
     def _fail(
         self,
@@ -336,6 +456,7 @@ class JobRunner:
         validation gate refused the model: rejected)."""
         outcome = outcome or state
         self.board.mark_finished(job_id)
+        self.checkpoints.remove(job_id)  # a job that ended never resumes
         self.metrics.jobs.labels(dataset, outcome).inc()
         self.metrics.job_seconds.labels(dataset, outcome).observe(time.perf_counter() - started)
         # Last: a watcher that sees the job done also sees its history and metrics.

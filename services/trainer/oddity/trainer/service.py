@@ -83,9 +83,14 @@ class TrainerService:
         self._history = history
 
     def recover(self) -> list[Job]:
-        """After a crash: drop half-written versions, report interrupted jobs as failed."""
+        """After a crash: drop half-written versions, report interrupted jobs as failed (those
+        with checkpoints wait for `resume_interrupted`)."""
         self.publisher.remove_unfinished()
         return self.runner.recover()
+
+    def resume_interrupted(self) -> list[Job]:
+        """After `recover`, on the event loop: jobs with checkpoints go on from the last one."""
+        return self.runner.resume_interrupted()
 
     # -- jobs ------------------------------------------------------------------------------
 
@@ -97,6 +102,11 @@ class TrainerService:
             raise InvalidArgument(f"unknown model_kind {model_kind!r}; choose one of {sorted(bundle.KINDS)}")
         if model_kind and bundle.KINDS[model_kind].is_classifier != spec.is_classifier:
             raise InvalidArgument(f"model_kind {model_kind!r} does not fit dataset {dataset!r} (label: {spec.label})")
+        if model_kind and spec.score_column and not bundle.KINDS[model_kind].score_head:
+            raise InvalidArgument(
+                f"model_kind {model_kind!r} has no regression head for dataset {dataset!r}'s score_column "
+                f"{spec.score_column!r}"
+            )
         running = self.runner.running_for(dataset)
         if running is not None:
             raise AlreadyExists(f"dataset {dataset!r} is already training (job {running.id}); watch it or retry later")

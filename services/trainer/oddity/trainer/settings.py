@@ -73,6 +73,12 @@ class TrainerSettings(ServiceSettings):
         "each failure in a row (a change of the files or spec, or a Train request, ends the wait).",
     )
     retry_backoff_max_seconds: float = Field(3600.0, gt=0, description="The longest wait between automatic retries.")
+    mlflow_tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI (e.g. http://mlflow:5000): each training job becomes a run with its "
+        "parameters, per-epoch metrics and ONNX graphs. Unset: MLFLOW_TRACKING_URI if set, else no tracking. "
+        "Needs the oddity-trainer[tracking] extra.",
+    )
 
     @property
     def datasets_root(self) -> Path:
@@ -80,5 +86,5 @@ class TrainerSettings(ServiceSettings):
 
     @property
     def state_dir(self) -> Path:
-        """History, crash records of running jobs and the embedding cache."""
+        """History, crash records of running jobs, their checkpoints and the embedding cache."""
         return self.data_volume / ".oddity"

@@ -183,6 +183,9 @@ class DatasetSpec(_Strict):
     extra_features: list[str] = Field(default_factory=list)
     features: list[str] | FeatureSelection = Field(default_factory=FeatureSelection)
     label: str | None = None
+    # Classifiers with a regression head (mlp_classifier): a numeric column predicted next to
+    # the class, e.g. a continuous quality score beside its grade.
+    score_column: str | None = None
     routing: Routing | None = None
     model: ModelSpec = Field(default_factory=ModelSpec)
     min_samples: int = Field(40, ge=1)
@@ -205,6 +208,14 @@ class DatasetSpec(_Strict):
             )
         if classifier and self.routing is not None:
             raise ValueError("classifiers are trained on one group; remove routing")
+        if self.score_column and not KINDS[self.model.kind].score_head:
+            heads = sorted(k for k, v in KINDS.items() if v.score_head)
+            raise ValueError(
+                f"score_column needs a model kind with a regression head ({', '.join(heads)}), "
+                f"not {self.model.kind!r}"
+            )
+        if self.score_column and self.score_column == self.label:
+            raise ValueError("score_column and label must be different columns")
         if self.name and not is_valid_model_name(self.name):
             raise ValueError(f"name {self.name!r} may only use letters, digits, '.', '_' and '-'")
         return self

@@ -1,9 +1,11 @@
 """The validation gate: what a model must prove before it is published.
 
-ONNX Runtime must reproduce the framework model; an anomaly model's cross-validated flag rate
+ONNX Runtime must reproduce the framework model (for classifiers the calibrated probabilities
+and any regression head's score); an anomaly model's cross-validated flag rate
 (calibration.py) must be consistent with the configured bounds; a classifier's balanced
-accuracy on held-out rows, and a detector's distance from the expected rate, must not fall
-behind the live version's by more than the tolerance.
+accuracy on its held-out rows (every classifier kind, scikit-learn and mlp_classifier alike),
+and a detector's distance from the expected rate, must not fall behind the live version's on
+the same rows by more than the tolerance.
 
 Reason to change: what a model must prove before it is published.
 """
@@ -68,3 +70,15 @@ def check_regression(new: float, live: float, tolerance: float, what: str, highe
     worse = live - new if higher_is_better else new - live
     if worse > tolerance:
         raise ValidationFailed(f"{what} is {new:.3f} against {live:.3f} for the live version (tolerance {tolerance})")
+
+
+def check_balanced_accuracy(new: float, live: float, tolerance: float, group: str, rows: int) -> None:
+    """A classifier whose balanced accuracy on the held-out rows falls more than `tolerance`
+    below the live version's on the same rows is not published; the refusal says what to do."""
+    if live - new > tolerance:
+        raise ValidationFailed(
+            f"group {group!r}: balanced accuracy {new:.3f} on {rows} held-out rows is below the live version's "
+            f"{live:.3f} on the same rows by more than validation.regression_tolerance {tolerance:g}; the live "
+            "version keeps serving. Check the new labels and data, or raise the tolerance (or Rollback and Train) "
+            "to accept a lower figure"
+        )

@@ -13,7 +13,9 @@ ONNX graph interface (all float32):
   anomaly models   "score"           [N]    higher = more anomalous
                    "feature_errors"  [N, D] optional per-feature errors, for explanations
   classifiers      "label"           [N]    int64 class index
-                   "probabilities"   [N, C] in the order of manifest.class_labels
+                   "probabilities"   [N, C] in the order of manifest.class_labels (calibrated:
+                                            any temperature is inside the graph)
+                   "predicted_score" [N]    with a regression head (manifest.score_column)
 
 Reason to change: the contract itself (a new kind, a new graph output, a new manifest rule).
 """
@@ -40,6 +42,7 @@ SCORE_OUTPUT = "score"
 FEATURE_ERRORS_OUTPUT = "feature_errors"
 LABEL_OUTPUT = "label"
 PROBABILITIES_OUTPUT = "probabilities"
+PREDICTED_SCORE_OUTPUT = "predicted_score"
 OPSET = 17
 ML_OPSET = 3
 # What onnxruntime >= 1.16 reads; onnx 1.23 would write 14, which onnxruntime 1.31 refuses.
@@ -55,12 +58,15 @@ CLASSIFICATION = manifest_pb2.MODEL_TASK_CLASSIFICATION
 
 @dataclass(frozen=True)
 class ModelKind:
-    """One model kind: what task it serves and whether its graph explains scores per feature."""
+    """One model kind: what task it serves, whether its graph explains scores per feature and
+    whether it can carry a regression head."""
 
     name: str
     task: int  # manifest_pb2.ModelTask
     # The graph may output per-feature errors (ensembles: when a member does).
     feature_errors: bool = False
+    # A classifier that can also predict a continuous value (the spec's score_column).
+    score_head: bool = False
 
     @property
     def is_classifier(self) -> bool:
@@ -81,6 +87,8 @@ KINDS: dict[str, ModelKind] = {
         ModelKind("random_forest", CLASSIFICATION),
         ModelKind("svm", CLASSIFICATION),
         ModelKind("logistic", CLASSIFICATION),
+        # A torch MLP on tables or embeddings: class imbalance, temperature scaling, checkpoints.
+        ModelKind("mlp_classifier", CLASSIFICATION, score_head=True),
     )
 }
 DETECTOR_KINDS = tuple(k for k, v in KINDS.items() if not v.is_classifier)
@@ -134,6 +142,8 @@ def validate_manifest(manifest: manifest_pb2.ModelManifest, *, name: str, versio
         raise BundleError("feature_names has duplicates")
     if manifest.task == CLASSIFICATION and not manifest.class_labels:
         raise BundleError("a classification manifest needs class_labels")
+    if manifest.score_column and manifest.task != CLASSIFICATION:
+        raise BundleError("score_column (a regression head) belongs to classifiers only")
     names = [g.name for g in manifest.groups]
     if len(set(names)) != len(names):
         raise BundleError("group names are not unique")

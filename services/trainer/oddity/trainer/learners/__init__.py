@@ -2,7 +2,8 @@
 
 Every learner's ONNX graph keeps the bundle contract: input "input" takes raw features
 (scaling inside the graph); anomaly detectors output "score" (higher = more anomalous; those
-that explain also "feature_errors"), classifiers "label" and "probabilities".
+that explain also "feature_errors"), classifiers "label" and "probabilities" (with a regression
+head also "predicted_score").
 
 Reason to change: which learner serves which kind.
 """
@@ -15,6 +16,7 @@ from oddity.trainer.learners.autoencoder import AutoencoderLearner
 from oddity.trainer.learners.base import Learner, Progress
 from oddity.trainer.learners.ensemble import AutoLearner, EnsembleLearner
 from oddity.trainer.learners.knn import KnnLearner
+from oddity.trainer.learners.mlp import MlpClassifierLearner
 from oddity.trainer.learners.scikit import (
     IsolationForestLearner,
     LogisticLearner,
@@ -35,6 +37,7 @@ LEARNERS: dict[str, type[Learner]] = {
         RandomForestLearner,
         SvmLearner,
         LogisticLearner,
+        MlpClassifierLearner,
     )
 }
 

@@ -12,15 +12,19 @@ Reason to change: the interface every learner offers the training pipeline.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import numpy as np
 
 from oddity.common import bundle
 
-# progress(epoch, total_epochs, loss)
-Progress = Callable[[int, int, float], None]
+
+class Progress(Protocol):
+    """Told after every epoch: its number, the most there may be, the loss early stopping
+    watches and, from kinds that have them, more figures (train_loss, validation_loss, ...)."""
+
+    def __call__(self, epoch: int, total: int, loss: float, figures: Mapping[str, float] | None = None, /) -> None: ...
 
 
 def check_params(kind: str, params: dict[str, Any], allowed: set[str]) -> None:
