@@ -604,7 +604,7 @@ def embedder_row(layout: Layout) -> None:
     layout.add(
         stat(
             "Models loaded",
-            "Embedder models serving, per replica (1: loaded). Alert: a replica up for 15 minutes without one.",
+            "Embedder replicas serving each model. Alert: a replica up for 15 minutes without any.",
             [("sum by (model) (" + selector("oddity_embedder_model_loaded") + ")", "{{model}}")],
             "none",
         ),
