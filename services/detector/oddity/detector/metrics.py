@@ -133,6 +133,10 @@ class ServingSeries:
         return children
 
 
+#: Why a version folder is not served (the `reason` label of oddity_detector_rejected_versions_total).
+REJECTION_REASONS = ("incomplete", "unreadable", "load_failed")
+
+
 class DetectorMetrics:
     def __init__(self, metrics_registry: CollectorRegistry) -> None:
         registry = metrics_registry
@@ -224,6 +228,15 @@ class DetectorMetrics:
     def observe_batch(self, requests: int, rows: int) -> None:
         self.batch_requests.observe(requests)
         self.batch_rows.observe(rows)
+
+    def model_seen(self, name: str) -> None:
+        """Create a model's event counters at 0, so rate() and increase() see its first load
+        failure, rejection or swap (a counter born at 1 shows no increase)."""
+        for outcome in ("success", "failed"):
+            self.loads.labels(name, outcome)
+        for reason in REJECTION_REASONS:
+            self.rejected_versions.labels(name, reason)
+        self.swaps.labels(name)
 
     def serving_changed(self, model: str, manifest: manifest_pb2.ModelManifest | None) -> None:
         """A model's serving version changed (`manifest` None: nothing serves it now): its

@@ -253,6 +253,7 @@ class ModelRegistry:
 
     def _load_version(self, name: str, version: int, signature: tuple) -> LoadedModel:
         """Verify, load and warm up one version; raises _NotServable (logged and counted)."""
+        self._metrics.model_seen(name)
         start = time.perf_counter()
         try:
             verified = bundle.load_verified_version(self.repository, name, version)

@@ -43,6 +43,8 @@ class EmbedderService:
         self.limits = ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
         self.models: dict[str, Served] = {}
         self.errors: dict[str, str] = {}
+        for name in settings.models:  # a model that never loads still has a series to alert on
+            metrics.loaded.labels(name).set(0)
         # One inference worker: each call already uses intra_op_threads cores.
         self._inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oddity-embed")
         self._preprocess = ThreadPoolExecutor(max_workers=2, thread_name_prefix="oddity-decode")
