@@ -1,6 +1,6 @@
-"""The two helpers the images carry beside the console scripts: the exec-probe health check
+"""The console scripts the images use besides the services: the exec-probe health check
 (against a real detector over mutual TLS, configured through env vars as in a pod) and the
-embedder exporter's entry point."""
+embedder exporter."""
 
 from __future__ import annotations
 
@@ -14,29 +14,17 @@ from types import ModuleType
 import pytest
 import trustme
 
-from oddity.embedder.export import ExportError
 from oddity.embedder.models import META_FILE, ModelSource
 from tests.conftest import start_detector
-from tests.deploy.services import REPO
 from tests.support import models
 from tests.support.waiting import wait_for
 
-HEALTH_CHECK = REPO / "deploy" / "docker" / "oddity_health_check.py"
-EXPORT = REPO / "deploy" / "docker" / "oddity_embedder_export.py"
 DETECTOR = "oddity.v1.Detector"
-
-
-def load(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
 def health_check() -> ModuleType:
-    return load(HEALTH_CHECK)
+    return importlib.import_module("oddity.common.health_check")
 
 
 @pytest.fixture
@@ -119,7 +107,7 @@ def test_health_check_runs_as_a_command_in_plaintext(pod_env, repository):
     detector = start_detector(repository)
     try:
         pod_env(PORT=detector.server.port)
-        command = [sys.executable, str(HEALTH_CHECK), "--prefix", "ODDITY_DETECTOR"]
+        command = [str(Path(sys.executable).parent / "oddity-health-check"), "--prefix", "ODDITY_DETECTOR"]
         live = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
         assert live.returncode == 0, live.stderr
         ready = subprocess.run([*command, "--service", DETECTOR], capture_output=True, text=True, timeout=30)
@@ -128,12 +116,11 @@ def test_health_check_runs_as_a_command_in_plaintext(pod_env, repository):
         assert nothing.returncode == 1 and "UNAVAILABLE" in nothing.stderr
     finally:
         detector.close()
-    assert os.access(HEALTH_CHECK, os.X_OK) and os.access(EXPORT, os.X_OK), "the images run them by name"
 
 
 @pytest.fixture
 def exporter(monkeypatch, tmp_path) -> ModuleType:
-    module = load(EXPORT)
+    module = importlib.import_module("oddity.embedder.export_job")
     monkeypatch.setattr(module, "configure_logging", lambda **_: None)  # keep the suite's logging
     for name in list(os.environ):
         if name.startswith("ODDITY_"):
@@ -152,8 +139,11 @@ def test_exporter_leaves_a_cached_model_alone(exporter, tmp_path):
 
 
 def test_exporter_fails_when_a_model_cannot_be_exported(exporter, monkeypatch):
-    def cannot(source, cache_dir):
-        raise ExportError(f"cannot load {source.model_id}")
-
-    monkeypatch.setattr(exporter, "ensure_exported", cannot)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # org/encoder is in no cache and no hub answers
     assert exporter.main([]) == 1
+
+
+def test_the_console_scripts_are_installed():
+    bin_folder = Path(sys.executable).parent
+    for script in ("oddity-health-check", "oddity-embedder-export"):
+        assert os.access(bin_folder / script, os.X_OK), f"{script} is not installed"

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Export the embedder's models to ONNX into its cache directory, then exit.
 
 The entry point of the exporter image (torch + transformers), run as an init container (or a
@@ -9,6 +8,8 @@ exported again; concurrent exporters are safe (each export is renamed into place
 
 Exit status 0 when every model is in the cache, 1 otherwise (one log line per failed model,
 saying how to provide its weights).
+
+Reason to change: the exporter's console script.
 """
 
 from __future__ import annotations

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """grpc.health.v1 check of the service in this container, for Kubernetes exec probes.
 
 kubelet's own gRPC probe speaks plaintext only; a service serving TLS (or mutual TLS) is
@@ -13,6 +12,8 @@ of the service's own tokens file is sent.
     oddity-health-check --prefix ODDITY_DETECTOR --service oddity.v1.Detector --server-name oddity-detector
 
 Exit status 0 when the service answers SERVING, 1 otherwise (the reason on stderr).
+
+Reason to change: how a probe inside the pod checks its service.
 """
 
 from __future__ import annotations
@@ -25,16 +26,11 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from oddity.common.auth import AUTHORIZATION_KEY
+from oddity.common.tls import TlsFiles, channel_credentials
+from oddity.common.token_files import read_token
+
 FALSE = {"0", "false", "no", "off"}
-
-
-def _token(path: str) -> str | None:
-    """The first token of a `name:token` file (bare tokens too), as the services read them."""
-    for line in Path(path).read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            return line.rpartition(":")[2].strip() or None
-    return None
 
 
 def check(
@@ -51,22 +47,17 @@ def check(
     target = f"127.0.0.1:{port}"
     cert_file, key_file, ca_file = env("TLS_CERT_FILE"), env("TLS_KEY_FILE"), env("TLS_CA_FILE")
     if cert_file and key_file:
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=Path(ca_file).read_bytes() if ca_file else None,
-            private_key=Path(key_file).read_bytes(),
-            certificate_chain=Path(cert_file).read_bytes(),
-        )
+        files = TlsFiles(Path(cert_file), Path(key_file), Path(ca_file) if ca_file else None)
         # The certificate names the Service, not 127.0.0.1: verify it against that name.
         options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
-        channel = grpc.secure_channel(target, credentials, options)
+        channel = grpc.secure_channel(target, channel_credentials(files), options)
     else:
         channel = grpc.insecure_channel(target)
     metadata = []
     if (env("AUTH_OPEN_HEALTH") or "true").lower() in FALSE:
         tokens_file = env("READ_TOKENS_FILE") or env("ADMIN_TOKENS_FILE")
-        token = _token(tokens_file) if tokens_file else None
-        if token:
-            metadata.append(("authorization", f"Bearer {token}"))
+        if tokens_file:
+            metadata.append((AUTHORIZATION_KEY, f"Bearer {read_token(Path(tokens_file))}"))
     with channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(
