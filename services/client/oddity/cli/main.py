@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import typer
 
-from oddity.cli import embedding, score, serving, training
+from oddity.cli import demo, embedding, score, serving, training, up
 from oddity.cli.exit_codes import HELP as EXIT_CODES_HELP
 
 app = typer.Typer(
@@ -40,6 +40,8 @@ app.command("rollback", epilog=EXIT_CODES_HELP)(training.rollback)
 app.command("models", epilog=EXIT_CODES_HELP)(serving.models)
 app.command("detect-images", epilog=EXIT_CODES_HELP)(serving.detect_images)
 app.command("embed", epilog=EXIT_CODES_HELP)(embedding.embed)
+app.command("up")(up.up)
+app.command("demo")(demo.demo)
 
 
 def main() -> None:

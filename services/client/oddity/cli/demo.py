@@ -1,0 +1,469 @@
+"""`oddity demo`: sample datasets dropped into a stack, followed until their models serve,
+then held-out normal and anomalous samples scored, in a few minutes on a laptop.
+
+    oddity demo                      # against `oddity up` (./oddity-data), or a stack of its own
+    oddity demo --start --json       # its own stack on a temporary folder; the figures as JSON
+
+Against a running stack (`--detector`/`--trainer`/`--embedder`, and `--data-volume`: the
+folder that stack runs on) it writes the datasets into `<folder>/datasets/`. With `--start`
+(the default when nothing answers at the detector and trainer addresses) it runs the same
+supervisor as `oddity up` on free ports and on `--data-volume` or a new temporary folder,
+and stops it at the end (`--keep-running`: keeps it until Ctrl-C).
+
+The drawings need an image model that loads offline: the embedder's `vit` when its weights
+are local (or cached), else a small ViT made in `<folder>/demo/small-vit` that the stack
+started here serves as `vit`. A running stack that cannot embed with `vit` (or `minilm`)
+gets the datasets it can serve, and the command to restart it so it can serve the others.
+
+Reason to change: the demo command's flow and what it prints.
+"""
+
+from __future__ import annotations
+
+import signal
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import grpc
+import typer
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from oddity.cli import demo_data, output
+from oddity.cli.connection import open_client
+from oddity.cli.demo_encoder import MODEL_NAME, EncoderUnavailable, default_image_model_id, loads_offline, small_vit
+from oddity.cli.demo_progress import DemoTimeout, Follower, follow
+from oddity.cli.demo_scoring import GroupFigures, score_held_out
+from oddity.cli.exit_codes import FAILED, INTERRUPTED, OK, UNAVAILABLE, USAGE
+from oddity.cli.options import JsonFlag
+from oddity.cli.stack import DataFolder, EmbedderModel, Ports, StackError, StackSettings, parse_model
+from oddity.cli.supervisor import ServiceFailed, Stack
+from oddity.cli.up import DEFAULT_FOLDER, StopSignals, TerminalOutput, report_failure, supervise
+from oddity.client import DetectorClient, EmbedderClient, OddityError, TrainerClient, Unavailable
+from oddity.client.connection import ServiceClient
+
+CONNECTION = "Connection (a running stack)"
+PROBE_SECONDS = 2.0
+EMBEDDER_WAIT_SECONDS = 300.0  # until each model the demo needs is loaded or has failed (a first export)
+DEFAULT_SEED = 7
+TEXT_MODEL = "minilm"
+
+
+@dataclass
+class Outcome:
+    """What the demo did, for the table and --json."""
+
+    folder: Path
+    started_stack: bool
+    seed: int
+    figures: list[GroupFigures] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # dataset -> why
+    skipped: dict[str, str] = field(default_factory=dict)  # dataset -> why (no model to embed it)
+    seconds: float = 0.0
+    image_model: str = ""
+    next_steps: list[str] = field(default_factory=list)
+    targets: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "data_volume": str(self.folder),
+            "started_stack": self.started_stack,
+            "seed": self.seed,
+            "seconds": round(self.seconds, 1),
+            "image_model": self.image_model,
+            "targets": self.targets,
+            "metrics": self.metrics,
+            "results": [f.to_dict() for f in self.figures],
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "next": self.next_steps,
+        }
+
+
+def _answers(client: ServiceClient) -> bool:
+    """Whether a server answers health checks at the client's target (liveness: any Oddity service)."""
+    stub = health_pb2_grpc.HealthStub(client.channel)
+    try:
+        stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=PROBE_SECONDS)
+    except grpc.RpcError:  # refused, timed out, not a gRPC server: nobody to run the demo against
+        return False
+    return True
+
+
+def _model_states(embedder: EmbedderClient, names: list[str], timeout: float) -> dict[str, str | None]:
+    """For each embedder model: None once it serves, else why it cannot (after `timeout` for
+    one still loading)."""
+    states: dict[str, str | None] = {}
+    deadline = time.monotonic() + timeout
+    for name in names:
+        while True:
+            try:
+                embedder.models(name)
+                states[name] = None
+                break
+            except Unavailable as exc:  # still loading (a first export takes a while), or the embedder is down
+                if time.monotonic() > deadline:
+                    states[name] = exc.message
+                    break
+                time.sleep(0.5)
+            except OddityError as exc:
+                states[name] = exc.message
+                break
+    return states
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM ends the demo like Ctrl-C does: the stack it started is stopped on the way out."""
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _image_models(folder: Path, given: tuple[EmbedderModel, ...]) -> tuple[tuple[EmbedderModel, ...], str]:
+    """The embedder models for a stack the demo starts: `given`, plus a small local ViT as
+    `vit` unless vit is given or the embedder's default loads offline."""
+    if any(m.name == MODEL_NAME for m in given):
+        return given, next(m.model_id for m in given if m.name == MODEL_NAME)
+    default = default_image_model_id()
+    if default is not None and loads_offline(default):
+        return given, default
+    made = small_vit(folder / "demo" / "small-vit")
+    output.note(
+        f"{default or 'the default image model'} is not available offline: the drawings use a small ViT ({made})"
+    )
+    return (*given, EmbedderModel(MODEL_NAME, str(made.resolve()), "image")), str(made.resolve())
+
+
+def _table(outcome: Outcome) -> None:
+    rows = [
+        (
+            f.model,
+            f.version,
+            f.group,
+            f"{f.rows} ({f.normal}/{f.anomalous})",
+            f.roc_auc,
+            f"{f.flagged_normal:.0%}",
+            f"{f.flagged_anomalous:.0%}",
+            f"{f.accuracy:.1%}" if f.accuracy is not None else None,
+            f.top_explanation,
+        )
+        for f in outcome.figures
+    ]
+    columns = (
+        "model",
+        "version",
+        "group",
+        "rows (normal/anomalous)",
+        "ROC-AUC",
+        "flagged normal",
+        "flagged anomalous",
+        "accuracy",
+        "top feature of the most unusual row",
+    )
+    output.show(output.table("Held-out samples, scored by the serving models", columns, rows))
+    output.out.print(
+        "demo-decisions is a classifier: its anomalous rows are the true denials, flagged = predicted deny, "
+        "ROC-AUC of P(deny).",
+        style="dim",
+    )
+    for dataset, reason in {**outcome.failed, **outcome.skipped}.items():
+        style = "red" if dataset in outcome.failed else "yellow"
+        output.out.print(f"{dataset}: {reason}", style=style)
+    output.out.print(f"done in {outcome.seconds:.0f} s; data in {outcome.folder}")
+    output.out.print("where to look next:", style="bold")
+    for step in outcome.next_steps:
+        output.out.print(f"  {step}")
+
+
+def _flags(targets: dict[str, str]) -> dict[str, str]:
+    defaults = {"detector": "127.0.0.1:50052", "trainer": "127.0.0.1:50053", "embedder": "127.0.0.1:50051"}
+    return {s: f" --{s} {t}" if t != defaults[s] else "" for s, t in targets.items()}
+
+
+def _next_steps(outcome: Outcome, running: bool, restart: str) -> list[str]:
+    flags = _flags(outcome.targets)
+    steps = []
+    if not running:
+        steps.append(f"the demo's stack is stopped; start it again on its folder: {restart}")
+        flags = {s: "" for s in flags}
+    elif outcome.metrics:
+        steps += [f"metrics: {url}" for url in outcome.metrics.values()]
+    steps += [
+        f"oddity status{flags['trainer']}   (datasets, live versions, calibration)",
+        f"oddity history --since 1h{flags['trainer']}   (training, publishing events)",
+        f"oddity models demo-sensors{flags['detector']}   (the manifest: features, groups, thresholds)",
+        f"oddity score {demo_data.held_out_path(outcome.folder, 'demo-sensors')} --model demo-sensors"
+        f"{flags['detector']}",
+        f"scored held-out files: {outcome.folder / 'demo'}/*-scored.csv",
+    ]
+    return steps
+
+
+def _run(
+    outcome: Outcome,
+    clients: dict[str, Any],
+    check: Any,
+    started: bool,
+    max_wait: float,
+) -> None:
+    """Write the datasets, follow them until served, score the held-out files."""
+    detector: DetectorClient = clients["detector"]
+    trainer: TrainerClient = clients["trainer"]
+    embedder: EmbedderClient = clients["embedder"]
+    names = list(demo_data.WRITERS)
+    wait = EMBEDDER_WAIT_SECONDS if started else PROBE_SECONDS * 3
+    states = _model_states(embedder, [MODEL_NAME, TEXT_MODEL], wait)
+    for dataset, model in (("demo-drawings", MODEL_NAME), ("demo-texts", TEXT_MODEL)):
+        if states[model] is not None:
+            outcome.skipped[dataset] = f"the embedder cannot embed with {model!r}: {states[model]}"
+            names.remove(dataset)
+    since = datetime.now(UTC) - timedelta(seconds=5)  # the trainer's clock may run a little behind
+    datasets = [demo_data.write(outcome.folder, name, outcome.seed) for name in names]
+    output.note(f"wrote {len(datasets)} datasets into {outcome.folder / 'datasets'}", style="green")
+    follower = Follower(trainer, detector, datasets, since)
+    tracked = follow(follower, max_wait, check, time.monotonic, time.sleep)
+    for item in tracked:
+        if item.error:
+            outcome.failed[item.dataset.name] = item.error
+            continue
+        outcome.figures += score_held_out(detector, item.dataset, item.model)
+
+
+def _restart_command(folder: Path, image_model: str, made_here: bool) -> str:
+    command = f"oddity up --data-volume {folder}"
+    if made_here:
+        command += f" --model {MODEL_NAME}={image_model}"
+    return command
+
+
+def demo(
+    data_volume: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-volume",
+            "-d",
+            envvar="ODDITY_DATA_VOLUME",
+            file_okay=False,
+            help="The stack's folder: the datasets go into its datasets/. Default: ./oddity-data for a running "
+            "stack, a new temporary folder with --start.",
+            show_default=False,
+        ),
+    ] = None,
+    start: Annotated[
+        bool | None,
+        typer.Option(
+            "--start/--no-start",
+            help="Start a stack for the demo (default: when nothing answers at --detector and --trainer).",
+            show_default=False,
+        ),
+    ] = None,
+    keep_running: Annotated[
+        bool, typer.Option("--keep-running", help="With --start: keep the stack running after the demo, until Ctrl-C.")
+    ] = False,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model",
+            "-m",
+            metavar="NAME=[image:|text:]PATH_OR_HUB_ID",
+            help="With --start: an embedder model, as for oddity up (e.g. vit=/weights/vit for the drawings).",
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the sample data (the same seed writes the same files).")] = (
+        DEFAULT_SEED
+    ),
+    max_wait: Annotated[
+        float, typer.Option(min=1, help="Seconds to wait for every dataset to be trained and served.")
+    ] = 600.0,
+    json_output: JsonFlag = False,
+    detector: Annotated[
+        str, typer.Option(envvar="ODDITY_DETECTOR_TARGET", help="Detector address.", rich_help_panel=CONNECTION)
+    ] = "127.0.0.1:50052",
+    trainer: Annotated[
+        str, typer.Option(envvar="ODDITY_TRAINER_TARGET", help="Trainer address.", rich_help_panel=CONNECTION)
+    ] = "127.0.0.1:50053",
+    embedder: Annotated[
+        str, typer.Option(envvar="ODDITY_EMBEDDER_TARGET", help="Embedder address.", rich_help_panel=CONNECTION)
+    ] = "127.0.0.1:50051",
+    tls_ca_file: Annotated[
+        Path | None,
+        typer.Option(envvar="ODDITY_TLS_CA_FILE", exists=True, dir_okay=False, rich_help_panel=CONNECTION),
+    ] = None,
+    tls_cert_file: Annotated[
+        Path | None,
+        typer.Option(envvar="ODDITY_TLS_CERT_FILE", exists=True, dir_okay=False, rich_help_panel=CONNECTION),
+    ] = None,
+    tls_key_file: Annotated[
+        Path | None,
+        typer.Option(envvar="ODDITY_TLS_KEY_FILE", exists=True, dir_okay=False, rich_help_panel=CONNECTION),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="ODDITY_TOKEN_FILE",
+            exists=True,
+            dir_okay=False,
+            help="An admin token (the demo reads status and models; the trainer trains on its own).",
+            rich_help_panel=CONNECTION,
+        ),
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option(envvar="ODDITY_TIMEOUT", min=0.1, help="Deadline of each call.", rich_help_panel=CONNECTION)
+    ] = 30.0,
+) -> None:
+    """Drop sample datasets (sensors, a decision log, drawings by age, texts) into a stack, follow
+    them until they serve, and score held-out normal and anomalous samples.
+
+    Exit codes: 0 done; 1 a dataset failed to train or a service failed; 2 usage error; 3 the
+    stack at the given addresses is only partly there; 130 interrupted.
+    """
+    clock_start = time.monotonic()
+    try:
+        given_models = tuple(parse_model(value) for value in model or ())
+    except StackError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--model") from None
+    security = {"tls_ca_file": tls_ca_file, "tls_cert_file": tls_cert_file, "tls_key_file": tls_key_file}
+    connection = {**security, "token_file": token_file, "timeout": timeout}
+    targets = {"detector": detector, "trainer": trainer, "embedder": embedder}
+    if start is None:
+        answering = {}
+        for service in ("detector", "trainer"):
+            with open_client(service, targets[service], **connection) as client:  # type: ignore[arg-type]
+                answering[service] = _answers(client)
+        if answering["detector"] != answering["trainer"]:
+            up_one = "detector" if answering["detector"] else "trainer"
+            down = "trainer" if up_one == "detector" else "detector"
+            output.error(
+                f"the {up_one} answers at {targets[up_one]} but the {down} does not at {targets[down]}: "
+                f"give --{down}, or --start for a stack of the demo's own"
+            )
+            raise typer.Exit(UNAVAILABLE)
+        start = not answering["detector"]
+        if start:
+            output.note("no stack answers at the detector and trainer addresses: starting one for the demo")
+    elif keep_running and not start:
+        raise typer.BadParameter("--keep-running goes with --start", param_hint="--keep-running")
+    with _sigterm_interrupts():
+        try:
+            code = _demo(
+                start,
+                data_volume,
+                given_models,
+                seed,
+                max_wait,
+                keep_running,
+                json_output,
+                targets,
+                connection,
+                clock_start,
+            )
+        except KeyboardInterrupt:
+            output.error("interrupted")
+            code = INTERRUPTED
+    raise typer.Exit(code)
+
+
+def _demo(
+    start: bool,
+    data_volume: Path | None,
+    given_models: tuple[EmbedderModel, ...],
+    seed: int,
+    max_wait: float,
+    keep_running: bool,
+    json_output: bool,
+    targets: dict[str, str],
+    connection: dict[str, Any],
+    clock_start: float,
+) -> int:
+    stack: Stack | None = None
+    image_model = ""
+    made_here = False
+    if start:
+        folder = data_volume if data_volume is not None else Path(tempfile.mkdtemp(prefix="oddity-demo-"))
+        try:
+            models, image_model = _image_models(folder, given_models)
+        except EncoderUnavailable as exc:
+            output.note(str(exc))
+            models = given_models
+        made_here = any(m.name == MODEL_NAME for m in models) and not any(m.name == MODEL_NAME for m in given_models)
+        settings = StackSettings(
+            folder=DataFolder(folder),
+            ports=Ports.free(),
+            embedder="on",
+            models=models,
+            grace_period_seconds=2.0,
+        )
+        stack = Stack(settings, TerminalOutput(raw=False, quiet=True))
+        try:
+            stack.start()
+        except StackError as exc:
+            output.error(str(exc))
+            return USAGE
+        except ServiceFailed as failure:
+            report_failure(failure)
+            return FAILED
+        targets = dict(stack.targets)
+        connection = {"timeout": connection["timeout"]}  # the stack started here is plaintext on loopback
+        output.note(f"stack started on {folder} (logs in {folder / 'logs'})", style="green")
+    else:
+        folder = data_volume if data_volume is not None else DEFAULT_FOLDER
+        if not (folder / "datasets").is_dir():
+            output.error(
+                f"{folder / 'datasets'} does not exist: give --data-volume, the folder the stack at "
+                f"{targets['trainer']} runs on (oddity up --data-volume ...)"
+            )
+            return USAGE
+    outcome = Outcome(folder=folder.resolve(), started_stack=start, seed=seed, image_model=image_model)
+    outcome.targets = targets
+    code = OK
+    try:
+        clients = {s: open_client(s, t, **connection) for s, t in targets.items()}  # type: ignore[arg-type]
+        try:
+            check = stack.check if stack is not None else (lambda: None)
+            _run(outcome, clients, check, start, max_wait)
+        finally:
+            for client in clients.values():
+                client.close()
+        if stack is not None:
+            outcome.metrics = {e.service: e.metrics_url for e in stack.endpoints() if e.metrics_url}
+    except ServiceFailed as failure:
+        report_failure(failure)
+        code = FAILED
+    except DemoTimeout as exc:
+        output.error(str(exc))
+        code = FAILED
+    except OddityError as exc:
+        output.error(exc.message)
+        code = UNAVAILABLE if isinstance(exc, Unavailable) else FAILED
+    except BaseException:
+        if stack is not None:
+            stack.stop()
+        raise
+    if code == OK and outcome.failed:
+        code = FAILED
+    outcome.seconds = time.monotonic() - clock_start
+    running = stack is None or keep_running
+    if code == OK or outcome.figures:
+        if not running:
+            outcome.metrics = {}
+        outcome.next_steps = _next_steps(outcome, running, _restart_command(outcome.folder, image_model, made_here))
+        if json_output:
+            output.print_json(outcome.to_dict())
+        else:
+            _table(outcome)
+    if stack is not None:
+        if keep_running and code == OK:
+            output.note("the stack keeps running: Ctrl-C stops it", style="green")
+            with StopSignals() as signals:
+                return supervise(stack, signals)
+        stack.stop()
+    return code

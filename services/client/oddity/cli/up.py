@@ -1,0 +1,347 @@
+"""`oddity up`: the embedder, detector and trainer on this machine, on one folder, until
+Ctrl-C or SIGTERM.
+
+    oddity up                                  # ./oddity-data, ports 50051-50053, metrics 9101-9103
+    oddity up --data-volume /srv/oddity --detector-port 0 --metrics-port-base 0   # 0: free ports
+    oddity up --model vit=/weights/vit-base --model minilm=text:/weights/minilm
+
+It prints where everything is (addresses, metrics URLs, the folder to drop datasets into),
+then the services' log lines made short (`--log-json`: as they are; every line also goes to
+`<folder>/logs/<service>.log`). Ctrl-C or SIGTERM stops the three cleanly and exits 0; a
+service that dies is reported with its last lines, the others are stopped, and the exit code
+is 1. The embedder starts only when it is needed (`--embedder/--no-embedder` decide instead).
+
+Reason to change: the up command's options and what it shows.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any
+
+import typer
+from rich.console import Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from oddity.cli import output
+from oddity.cli.exit_codes import FAILED, INTERRUPTED, OK, USAGE
+from oddity.cli.service_logs import human_line, model_not_loaded
+from oddity.cli.stack import (
+    SERVICES,
+    DataFolder,
+    EmbedderMode,
+    Ports,
+    Security,
+    StackError,
+    StackSettings,
+    parse_model,
+)
+from oddity.cli.supervisor import Interrupted, ServiceFailed, Stack, parse_line
+
+NETWORK = "Network"
+SECURITY = "TLS and tokens"
+DEFAULT_FOLDER = Path("oddity-data")
+METRICS_OFFSETS = {"embedder": 1, "detector": 2, "trainer": 3}
+CLIENT_ENV = {
+    "detector": "ODDITY_DETECTOR_TARGET",
+    "trainer": "ODDITY_TRAINER_TARGET",
+    "embedder": "ODDITY_EMBEDDER_TARGET",
+}
+CLIENT_DEFAULTS = {"embedder": "127.0.0.1:50051", "detector": "127.0.0.1:50052", "trainer": "127.0.0.1:50053"}
+FAILED_LINES = 20  # of a dead service's last lines, shown
+
+
+class TerminalOutput:
+    """Service lines on stdout (short, or raw JSON with `raw`); notes and advice on stderr."""
+
+    def __init__(self, raw: bool, quiet: bool = False) -> None:
+        self.raw = raw
+        self.quiet = quiet  # only warnings, errors and advice (the demo)
+
+    def line(self, service: str, raw: str, event: dict[str, Any] | None) -> None:
+        advice = model_not_loaded(event)
+        if advice:
+            output.note(advice, style="bold red")
+        if self.quiet:  # errors only, and not the calls that failed: their callers report them
+            if advice is None and (event is None or _is_service_error(event)):
+                output.err.print(human_line(service, raw, event), soft_wrap=True)
+            return
+        if self.raw:
+            sys.stdout.write(raw + "\n")
+            sys.stdout.flush()
+        else:
+            output.out.print(human_line(service, raw, event), soft_wrap=True)
+
+    def note(self, message: str) -> None:
+        output.note(message, style="green")
+
+
+def _is_service_error(event: dict[str, Any]) -> bool:
+    return event.get("level") in ("error", "critical") and event.get("event") != "request failed"
+
+
+class StopSignals:
+    """SIGINT, SIGTERM and SIGHUP ask for a stop; a second one asks to kill at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
+
+    def requested(self) -> bool:
+        return self.count > 0
+
+    def forced(self) -> bool:
+        return self.count > 1
+
+
+def report_failure(failure: ServiceFailed) -> None:
+    output.error(failure.reason)
+    lines = failure.lines[-FAILED_LINES:]
+    if lines:
+        output.note(f"its last {len(lines)} lines:", style="red")
+        for raw in lines:
+            output.err.print(human_line(failure.service, raw, parse_line(raw)), soft_wrap=True)
+
+
+def stop_stack(stack: Stack, signals: StopSignals) -> int:
+    """Stop every service; OK when each exited 0."""
+    codes = stack.stop(force=signals.forced)
+    bad = {name: code for name, code in codes.items() if code != 0}
+    if signals.forced():
+        output.note("stopped (killed)", style="yellow")
+        return INTERRUPTED
+    if bad:
+        output.error("not every service stopped cleanly: " + ", ".join(f"{n} exit code {c}" for n, c in bad.items()))
+        return FAILED
+    output.note("stopped", style="green")
+    return OK
+
+
+def supervise(stack: Stack, signals: StopSignals) -> int:
+    """Watch the running stack until a stop is asked for or a service dies; then stop it.
+    Returns the exit code."""
+    try:
+        while not signals.requested():
+            stack.check(signals.requested)
+            signals_wait(0.25, signals)
+    except Interrupted:
+        pass
+    except ServiceFailed as failure:
+        report_failure(failure)
+        output.note("stopping the other services", style="red")
+        stop_stack(stack, signals)
+        return FAILED
+    output.note("stopping (Ctrl-C again to kill them now)", style="yellow")
+    return stop_stack(stack, signals)
+
+
+def signals_wait(seconds: float, signals: StopSignals) -> None:
+    """Sleep in short steps, returning early once a stop is asked for."""
+    deadline = time.monotonic() + seconds
+    while not signals.requested() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def welcome(stack: Stack) -> Panel:
+    """Where everything is, for the first five minutes."""
+    folder = stack.settings.folder.root.resolve()
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    grid.add_column()
+    for endpoint in stack.endpoints():
+        if endpoint.state == "running":
+            grid.add_row(endpoint.service, endpoint.target, endpoint.metrics_url or "metrics off")
+        elif endpoint.state == "waiting":
+            grid.add_row(endpoint.service, endpoint.target, "starts when a dataset has images: or texts:")
+        else:
+            grid.add_row(endpoint.service, "off", "(--no-embedder)")
+    grid.add_row("", "", "")
+    grid.add_row("datasets", f"{folder / 'datasets'}/<name>/", "drop dataset.yaml + data files here")
+    grid.add_row("models", str(folder / "models"), "")
+    grid.add_row("logs", f"{folder / 'logs'}/<service>.log", "")
+    lines: list[Any] = [grid, Text("")]
+    targets = {e.service: e.target for e in stack.endpoints() if e.state != "off"}
+    moved = {s: t for s, t in targets.items() if t != CLIENT_DEFAULTS[s]}
+    if moved:
+        exports = " ".join(f"{CLIENT_ENV[s]}={t}" for s, t in moved.items())
+        lines.append(Text(f"other shells: export {exports}", style="dim"))
+    lines.append(Text("next: oddity demo · oddity status · oddity models · docs/datasets.md", style="dim"))
+    lines.append(Text("Ctrl-C stops all three", style="dim"))
+    return Panel(Group(*lines), title="Oddity is up", title_align="left", border_style="green", expand=False)
+
+
+def _metrics_ports(base: int, overrides: dict[str, int | None]) -> dict[str, int]:
+    ports = {}
+    for name in SERVICES:
+        given = overrides[name]
+        ports[name] = given if given is not None else (base + METRICS_OFFSETS[name] if base else 0)
+    return ports
+
+
+FileOption = Path | None
+
+
+def _file(flag: str, help_text: str) -> Any:
+    return typer.Option(flag, exists=True, dir_okay=False, readable=True, help=help_text, rich_help_panel=SECURITY)
+
+
+def _port(flag: str, help_text: str) -> Any:
+    return typer.Option(flag, min=0, max=65535, help=help_text, rich_help_panel=NETWORK)
+
+
+def up(
+    data_volume: Annotated[
+        Path,
+        typer.Option(
+            "--data-volume",
+            "-d",
+            envvar="ODDITY_DATA_VOLUME",
+            file_okay=False,
+            help="Folder of the stack: datasets/ to drop data into, models/, embedder-cache/, logs/ (created).",
+        ),
+    ] = DEFAULT_FOLDER,
+    embedder: Annotated[
+        bool | None,
+        typer.Option(
+            "--embedder/--no-embedder",
+            help="Start the embedder now / never (default: once a dataset has images: or texts:).",
+            show_default=False,
+        ),
+    ] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model",
+            "-m",
+            metavar="NAME=[image:|text:]PATH_OR_HUB_ID",
+            help="An embedder model (repeatable), added to the embedder's defaults or replacing one by name, "
+            "e.g. vit=/weights/vit. Text when prefixed text: or when the folder has a tokenizer and no image "
+            "processor; else image.",
+        ),
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Address the services bind (0.0.0.0: every interface).", rich_help_panel=NETWORK)
+    ] = "127.0.0.1",
+    metrics_host: Annotated[
+        str | None,
+        typer.Option(help="Address of the /metrics endpoints (default: --host).", rich_help_panel=NETWORK),
+    ] = None,
+    detector_port: Annotated[int, _port("--detector-port", "Detector gRPC port (0: a free one).")] = 50052,
+    trainer_port: Annotated[int, _port("--trainer-port", "Trainer gRPC port (0: a free one).")] = 50053,
+    embedder_port: Annotated[int, _port("--embedder-port", "Embedder gRPC port (0: a free one).")] = 50051,
+    metrics_port_base: Annotated[
+        int,
+        _port(
+            "--metrics-port-base", "Metrics ports are this +1 (embedder), +2 (detector), +3 (trainer); 0: free ones."
+        ),
+    ] = 9100,
+    detector_metrics_port: Annotated[int | None, _port("--detector-metrics-port", "Overrides the base.")] = None,
+    trainer_metrics_port: Annotated[int | None, _port("--trainer-metrics-port", "Overrides the base.")] = None,
+    embedder_metrics_port: Annotated[int | None, _port("--embedder-metrics-port", "Overrides the base.")] = None,
+    tls_cert_file: Annotated[FileOption, _file("--tls-cert-file", "Certificate (PEM) the services serve.")] = None,
+    tls_key_file: Annotated[FileOption, _file("--tls-key-file", "Key of --tls-cert-file (PEM).")] = None,
+    tls_ca_file: Annotated[
+        FileOption, _file("--tls-ca-file", "CA of the services' certificates: they call each other over TLS.")
+    ] = None,
+    tls_client_auth: Annotated[
+        bool,
+        typer.Option(help="Mutual TLS: clients need a certificate signed by --tls-ca-file.", rich_help_panel=SECURITY),
+    ] = False,
+    read_tokens_file: Annotated[
+        FileOption, _file("--read-tokens-file", "Tokens that may read (name:token lines).")
+    ] = None,
+    admin_tokens_file: Annotated[
+        FileOption, _file("--admin-tokens-file", "Tokens that may also train, load, roll back (name:token lines).")
+    ] = None,
+    token_file: Annotated[
+        FileOption, _file("--token-file", "The (admin) token the services present to each other.")
+    ] = None,
+    metrics_token_file: Annotated[FileOption, _file("--metrics-token-file", "Bearer token /metrics requires.")] = None,
+    grace_period_seconds: Annotated[
+        float, typer.Option(min=0, help="On stop, how long calls in progress may run.")
+    ] = 10.0,
+    log_level: Annotated[
+        str, typer.Option(help="Lowest level the services log: debug, info, warning, error.")
+    ] = "info",
+    log_json: Annotated[
+        bool, typer.Option("--log-json", help="Print the services' JSON log lines as they are.")
+    ] = False,
+) -> None:
+    """Run the embedder, detector and trainer here, on one folder, until Ctrl-C.
+
+    Exit codes: 0 stopped cleanly; 1 a service failed (its last lines are shown); 2 usage error.
+    """
+    if log_level not in ("debug", "info", "warning", "error"):
+        raise typer.BadParameter("debug, info, warning or error", param_hint="--log-level")
+    try:
+        models = tuple(parse_model(value) for value in model or ())
+    except StackError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--model") from None
+    mode: EmbedderMode = "auto" if embedder is None else ("on" if embedder else "off")
+    settings = StackSettings(
+        folder=DataFolder(data_volume),
+        host=host,
+        metrics_host=metrics_host or host,
+        ports=Ports(
+            {"embedder": embedder_port, "detector": detector_port, "trainer": trainer_port},
+            _metrics_ports(
+                metrics_port_base,
+                {"embedder": embedder_metrics_port, "detector": detector_metrics_port, "trainer": trainer_metrics_port},
+            ),
+        ),
+        embedder=mode,
+        models=models,
+        security=Security(
+            tls_cert_file=tls_cert_file,
+            tls_key_file=tls_key_file,
+            tls_ca_file=tls_ca_file,
+            tls_client_auth=tls_client_auth,
+            read_tokens_file=read_tokens_file,
+            admin_tokens_file=admin_tokens_file,
+            token_file=token_file,
+            metrics_token_file=metrics_token_file,
+        ),
+        grace_period_seconds=grace_period_seconds,
+        log_level=log_level,
+    )
+    stack = Stack(settings, TerminalOutput(raw=log_json))
+    raise typer.Exit(run(stack))
+
+
+def run(stack: Stack) -> int:
+    """Start the stack, show where it is, supervise it until stopped. Returns the exit code."""
+    with StopSignals() as signals:
+        try:
+            stack.start(signals.requested)
+        except StackError as exc:
+            output.error(str(exc))
+            return USAGE
+        except Interrupted:
+            output.note("stopped before every service was up", style="yellow")
+            return OK
+        except ServiceFailed as failure:
+            report_failure(failure)
+            return FAILED
+        output.err.print(welcome(stack))
+        return supervise(stack, signals)
