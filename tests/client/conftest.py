@@ -1,15 +1,20 @@
 """A detector serving two published models for the SDK and command-line tests: `sensors`
-(four named features, explains its scores) and `routed` (per-age groups plus `all`)."""
+(four named features, explains its scores) and `routed` (per-age groups plus `all`); and
+`oddity up` as a real process (`start_up`) for the stack tests."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 from typer.testing import CliRunner
 
@@ -99,3 +104,81 @@ def table(n: int, seed: int = 5) -> pd.DataFrame:
     frame.insert(0, "id", [f"row-{i}" for i in range(n)])
     frame["age"] = rng.integers(3, 12, n).astype(np.float64)
     return frame[["id", "f2", "age", "f0", "f3", "f1"]]
+
+
+@dataclass
+class UpProcess:
+    """`oddity up --log-json` and what it printed: JSON service lines on stdout."""
+
+    proc: subprocess.Popen
+    folder: Path
+    events: list[dict] = field(default_factory=list)
+    stderr: list[str] = field(default_factory=list)
+
+    def serving(self, service: str) -> dict | None:
+        return next((e for e in self.events if e.get("service") == service and e.get("event") == "serving"), None)
+
+    def target(self, service: str) -> str:
+        return f"127.0.0.1:{self.serving(service)['port']}"
+
+    def children(self) -> dict[str, psutil.Process]:
+        """The service processes by module, e.g. {"oddity.trainer.main": Process}."""
+        found = {}
+        for child in psutil.Process(self.proc.pid).children(recursive=True):
+            command = child.cmdline()
+            found[command[command.index("-m") + 1]] = child
+        return found
+
+    def stderr_text(self) -> str:
+        return "\n".join(self.stderr)
+
+    def kill(self) -> None:
+        """After a failed test: no stack left running (its services follow it: PR_SET_PDEATHSIG)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+
+def _read(stream, sink) -> None:
+    for line in stream:
+        sink(line.rstrip("\n"))
+
+
+def start_up(folder: Path, *args: str) -> UpProcess:
+    """`oddity up` on `folder`, every port free, a short grace period, raw JSON lines."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "oddity.cli.main",
+            "up",
+            "--data-volume",
+            str(folder),
+            "--detector-port",
+            "0",
+            "--trainer-port",
+            "0",
+            "--embedder-port",
+            "0",
+            "--metrics-port-base",
+            "0",
+            "--grace-period-seconds",
+            "2",
+            "--log-json",
+            *args,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    up = UpProcess(proc, folder)
+
+    def event(line: str) -> None:
+        try:
+            up.events.append(json.loads(line))
+        except ValueError:
+            up.events.append({"unparsed": line})
+
+    threading.Thread(target=_read, args=(proc.stdout, event), daemon=True).start()
+    threading.Thread(target=_read, args=(proc.stderr, up.stderr.append), daemon=True).start()
+    return up

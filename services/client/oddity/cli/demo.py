@@ -50,6 +50,7 @@ from oddity.client.connection import ServiceClient
 CONNECTION = "Connection (a running stack)"
 PROBE_SECONDS = 2.0
 EMBEDDER_WAIT_SECONDS = 300.0  # until each model the demo needs is loaded or has failed (a first export)
+EMBEDDER_START_SECONDS = 60.0  # for `oddity up` to start its embedder once a dataset needs it
 DEFAULT_SEED = 7
 TEXT_MODEL = "minilm"
 
@@ -208,26 +209,56 @@ def _next_steps(outcome: Outcome, running: bool, restart: str) -> list[str]:
     return steps
 
 
-def _run(
-    outcome: Outcome,
-    clients: dict[str, Any],
-    check: Any,
-    started: bool,
-    max_wait: float,
-) -> None:
+def _wake_embedder(outcome: Outcome, embedder: EmbedderClient) -> bool:
+    """Whether an embedder answers. `oddity up` starts its embedder once a dataset has
+    `texts:` or `images:`: the texts dataset (its model ships with the embedder) is written
+    first to wake it, then the demo waits for it."""
+    if _answers(embedder):
+        return True
+    demo_data.write(outcome.folder, "demo-texts", outcome.seed)
+    output.note(f"no embedder answers at {embedder.target} yet: waiting for the stack to start it")
+    deadline = time.monotonic() + EMBEDDER_START_SECONDS
+    while time.monotonic() < deadline:
+        if _answers(embedder):
+            return True
+        time.sleep(1.0)
+    return False
+
+
+def _embeddable(outcome: Outcome, embedder: EmbedderClient, started: bool) -> list[str]:
+    """The item datasets the embedder can embed; the others are skipped, saying what to do."""
+    items = {"demo-drawings": MODEL_NAME, "demo-texts": TEXT_MODEL}
+    if not started and not _wake_embedder(outcome, embedder):
+        for dataset in items:
+            outcome.skipped[dataset] = (
+                f"no embedder answers at {embedder.target}: give --embedder, or start the stack with "
+                "oddity up --embedder"
+            )
+        return []
+    states = _model_states(embedder, list(items.values()), EMBEDDER_WAIT_SECONDS)
+    names = []
+    for dataset, model in items.items():
+        if states[model] is None:
+            names.append(dataset)
+            continue
+        reason = f"the embedder cannot embed with {model!r}: {states[model]}"
+        if model == MODEL_NAME and not started:
+            try:
+                made = small_vit(outcome.folder / "demo" / "small-vit")
+                reason += f"; restart the stack with oddity up --model {MODEL_NAME}={made.resolve()} to serve one"
+            except EncoderUnavailable as exc:
+                reason += f"; {exc}"
+        outcome.skipped[dataset] = reason
+    return names
+
+
+def _run(outcome: Outcome, clients: dict[str, Any], check: Any, started: bool, max_wait: float) -> None:
     """Write the datasets, follow them until served, score the held-out files."""
     detector: DetectorClient = clients["detector"]
     trainer: TrainerClient = clients["trainer"]
-    embedder: EmbedderClient = clients["embedder"]
-    names = list(demo_data.WRITERS)
-    wait = EMBEDDER_WAIT_SECONDS if started else PROBE_SECONDS * 3
-    states = _model_states(embedder, [MODEL_NAME, TEXT_MODEL], wait)
-    for dataset, model in (("demo-drawings", MODEL_NAME), ("demo-texts", TEXT_MODEL)):
-        if states[model] is not None:
-            outcome.skipped[dataset] = f"the embedder cannot embed with {model!r}: {states[model]}"
-            names.remove(dataset)
     since = datetime.now(UTC) - timedelta(seconds=5)  # the trainer's clock may run a little behind
-    datasets = [demo_data.write(outcome.folder, name, outcome.seed) for name in names]
+    names = ["demo-sensors", "demo-decisions", *_embeddable(outcome, clients["embedder"], started)]
+    datasets = [demo_data.write(outcome.folder, name, outcome.seed) for name in demo_data.WRITERS if name in names]
     output.note(f"wrote {len(datasets)} datasets into {outcome.folder / 'datasets'}", style="green")
     follower = Follower(trainer, detector, datasets, since)
     tracked = follow(follower, max_wait, check, time.monotonic, time.sleep)
@@ -372,6 +403,42 @@ def demo(
     raise typer.Exit(code)
 
 
+@dataclass
+class OwnStack:
+    """A stack the demo started, and the image model it serves as vit."""
+
+    stack: Stack
+    folder: Path
+    image_model: str
+    made_here: bool  # the small ViT made for it
+
+
+def _start_stack(data_volume: Path | None, given_models: tuple[EmbedderModel, ...]) -> OwnStack | int:
+    """Start a stack on free ports (an exit code when it cannot start)."""
+    folder = data_volume if data_volume is not None else Path(tempfile.mkdtemp(prefix="oddity-demo-"))
+    image_model = ""
+    try:
+        models, image_model = _image_models(folder, given_models)
+    except EncoderUnavailable as exc:
+        output.note(str(exc))
+        models = given_models
+    made_here = any(m.name == MODEL_NAME for m in models) and not any(m.name == MODEL_NAME for m in given_models)
+    settings = StackSettings(
+        folder=DataFolder(folder), ports=Ports.free(), embedder="on", models=models, grace_period_seconds=2.0
+    )
+    stack = Stack(settings, TerminalOutput(raw=False, quiet=True))
+    try:
+        stack.start()
+    except StackError as exc:
+        output.error(str(exc))
+        return USAGE
+    except ServiceFailed as failure:
+        report_failure(failure)
+        return FAILED
+    output.note(f"stack started on {folder} (logs in {folder / 'logs'})", style="green")
+    return OwnStack(stack, folder, image_model, made_here)
+
+
 def _demo(
     start: bool,
     data_volume: Path | None,
@@ -384,36 +451,15 @@ def _demo(
     connection: dict[str, Any],
     clock_start: float,
 ) -> int:
-    stack: Stack | None = None
-    image_model = ""
-    made_here = False
+    own: OwnStack | None = None
     if start:
-        folder = data_volume if data_volume is not None else Path(tempfile.mkdtemp(prefix="oddity-demo-"))
-        try:
-            models, image_model = _image_models(folder, given_models)
-        except EncoderUnavailable as exc:
-            output.note(str(exc))
-            models = given_models
-        made_here = any(m.name == MODEL_NAME for m in models) and not any(m.name == MODEL_NAME for m in given_models)
-        settings = StackSettings(
-            folder=DataFolder(folder),
-            ports=Ports.free(),
-            embedder="on",
-            models=models,
-            grace_period_seconds=2.0,
-        )
-        stack = Stack(settings, TerminalOutput(raw=False, quiet=True))
-        try:
-            stack.start()
-        except StackError as exc:
-            output.error(str(exc))
-            return USAGE
-        except ServiceFailed as failure:
-            report_failure(failure)
-            return FAILED
-        targets = dict(stack.targets)
+        started = _start_stack(data_volume, given_models)
+        if isinstance(started, int):
+            return started
+        own = started
+        folder = own.folder
+        targets = dict(own.stack.targets)
         connection = {"timeout": connection["timeout"]}  # the stack started here is plaintext on loopback
-        output.note(f"stack started on {folder} (logs in {folder / 'logs'})", style="green")
     else:
         folder = data_volume if data_volume is not None else DEFAULT_FOLDER
         if not (folder / "datasets").is_dir():
@@ -422,19 +468,42 @@ def _demo(
                 f"{targets['trainer']} runs on (oddity up --data-volume ...)"
             )
             return USAGE
-    outcome = Outcome(folder=folder.resolve(), started_stack=start, seed=seed, image_model=image_model)
+    outcome = Outcome(
+        folder=folder.resolve(), started_stack=start, seed=seed, image_model=own.image_model if own else ""
+    )
     outcome.targets = targets
+    try:
+        code = _demo_on(outcome, own, targets, connection, max_wait, keep_running, json_output, clock_start)
+        if own is not None and keep_running and code == OK:
+            output.note("the stack keeps running: Ctrl-C stops it", style="green")
+            with StopSignals() as signals:
+                return supervise(own.stack, signals)
+        return code
+    finally:
+        if own is not None:
+            own.stack.stop()  # (nothing left to stop after supervise)
+
+
+def _demo_on(
+    outcome: Outcome,
+    own: OwnStack | None,
+    targets: dict[str, str],
+    connection: dict[str, Any],
+    max_wait: float,
+    keep_running: bool,
+    json_output: bool,
+    clock_start: float,
+) -> int:
+    """Run the demo against the stack at `targets`, print what it found; the exit code."""
     code = OK
     try:
         clients = {s: open_client(s, t, **connection) for s, t in targets.items()}  # type: ignore[arg-type]
         try:
-            check = stack.check if stack is not None else (lambda: None)
-            _run(outcome, clients, check, start, max_wait)
+            check = own.stack.check if own is not None else (lambda: None)
+            _run(outcome, clients, check, own is not None, max_wait)
         finally:
             for client in clients.values():
                 client.close()
-        if stack is not None:
-            outcome.metrics = {e.service: e.metrics_url for e in stack.endpoints() if e.metrics_url}
     except ServiceFailed as failure:
         report_failure(failure)
         code = FAILED
@@ -444,26 +513,17 @@ def _demo(
     except OddityError as exc:
         output.error(exc.message)
         code = UNAVAILABLE if isinstance(exc, Unavailable) else FAILED
-    except BaseException:
-        if stack is not None:
-            stack.stop()
-        raise
     if code == OK and outcome.failed:
         code = FAILED
     outcome.seconds = time.monotonic() - clock_start
-    running = stack is None or keep_running
+    running = own is None or keep_running
+    if own is not None and running:
+        outcome.metrics = {e.service: e.metrics_url for e in own.stack.endpoints() if e.metrics_url}
     if code == OK or outcome.figures:
-        if not running:
-            outcome.metrics = {}
-        outcome.next_steps = _next_steps(outcome, running, _restart_command(outcome.folder, image_model, made_here))
+        restart = _restart_command(outcome.folder, outcome.image_model, own is not None and own.made_here)
+        outcome.next_steps = _next_steps(outcome, running, restart)
         if json_output:
             output.print_json(outcome.to_dict())
         else:
             _table(outcome)
-    if stack is not None:
-        if keep_running and code == OK:
-            output.note("the stack keeps running: Ctrl-C stops it", style="green")
-            with StopSignals() as signals:
-                return supervise(stack, signals)
-        stack.stop()
     return code

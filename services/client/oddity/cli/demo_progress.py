@@ -13,6 +13,7 @@ Reason to change: how the demo decides a dataset is trained and served, and how 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +27,9 @@ from oddity.client import DatasetStatus, DetectorClient, Job, NotFound, TrainerC
 STEPS = ("picked up", "trained", "validated", "published", "serving")
 PHASE_STEPS = {"loading": 1, "embedding": 1, "training": 1, "validating": 2, "exporting": 3, "publishing": 3, "done": 4}
 POLL_SECONDS = 0.5
+# The trainer sees a new dataset at once through file events, else at its next scan (every 30 s
+# by default): one it has not listed after this long is not on its data volume.
+FIND_SECONDS = 75.0
 
 
 @dataclass
@@ -67,6 +71,7 @@ class Follower:
         self.detector = detector
         self.since = since
         self.tracked = [Tracked(d) for d in datasets]
+        self.started = time.monotonic()
 
     def poll(self) -> None:
         statuses = {s.dataset: s for s in self.trainer.status()}
@@ -77,6 +82,11 @@ class Follower:
 
     def _poll_one(self, item: Tracked, status: DatasetStatus | None, serving: dict[str, int]) -> None:
         if status is None:
+            if time.monotonic() - self.started > FIND_SECONDS:
+                item.error = (
+                    f"the trainer at {self.trainer.target} has not found it in {FIND_SECONDS:g} s: is "
+                    f"{item.dataset.held_out.parent.parent} the data volume it runs on (--data-volume)?"
+                )
             return
         if not status.valid:
             item.error = f"dataset.yaml is invalid: {status.error}"
@@ -103,7 +113,7 @@ class Follower:
             item.step = max(item.step, 4)
             item.detail = f"version {job.published_version} published; the detector is loading it"
         elif job is None:
-            item.detail = "found; waiting for its files to settle" if status.samples or status.valid else item.detail
+            item.detail = "found; waiting for its files to settle"
 
     def _job(self, item: Tracked) -> Job | None:
         """The newest job of this dataset since the demo wrote it."""

@@ -24,7 +24,7 @@ from types import FrameType
 from typing import Annotated, Any
 
 import typer
-from rich.console import Group
+from rich.console import Console, Group
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -191,6 +191,12 @@ def welcome(stack: Stack) -> Panel:
     return Panel(Group(*lines), title="Oddity is up", title_align="left", border_style="green", expand=False)
 
 
+def show_panel(panel: Panel) -> None:
+    """On stderr: as wide as the terminal, or wide enough for whole paths in a pipe or file."""
+    console = output.err if output.err.is_terminal else Console(file=sys.stderr, width=output.PIPE_WIDTH)
+    console.print(panel)
+
+
 def _metrics_ports(base: int, overrides: dict[str, int | None]) -> dict[str, int]:
     ports = {}
     for name in SERVICES:
@@ -343,5 +349,5 @@ def run(stack: Stack) -> int:
         except ServiceFailed as failure:
             report_failure(failure)
             return FAILED
-        output.err.print(welcome(stack))
+        show_panel(welcome(stack))
         return supervise(stack, signals)

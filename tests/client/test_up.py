@@ -1,0 +1,90 @@
+"""`oddity up` as a real process on a temporary folder and free ports: a dataset dropped into
+its datasets/ is trained and served, `oddity score` scores it row for row as Detect does,
+SIGTERM stops every service and exits 0 with no child left; a service killed with SIGKILL
+is reported with its last lines, the other is stopped and the exit code is 1."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Iterator
+
+import pandas as pd
+import pytest
+
+from oddity.client import DetectorClient
+from tests.client.conftest import UpProcess, invoke, start_up
+from tests.support import datasets
+from tests.support.waiting import wait_for
+
+
+@pytest.fixture
+def up_process(tmp_path) -> Iterator[UpProcess]:
+    up = start_up(tmp_path / "stack", "--no-embedder")
+    yield up
+    up.kill()
+
+
+def test_up_serves_a_dropped_dataset_and_stops_every_service_on_sigterm(up_process, cli, tmp_path):
+    up = up_process
+    wait_for(lambda: any("Oddity is up" in line for line in up.stderr), timeout=120, what="the welcome panel")
+    stderr = "\n".join(up.stderr)
+    assert f"{up.folder.resolve() / 'datasets'}/<name>/" in stderr
+    children = up.children()
+    assert sorted(children) == ["oddity.detector.main", "oddity.trainer.main"]  # --no-embedder
+    metrics_port = up.serving("detector")["metrics_port"]
+    assert f"http://127.0.0.1:{metrics_port}/metrics" in stderr
+
+    spec = {"sources": [{"path": "*.csv"}], "model": {"kind": "knn"}, "retrain": {"debounce_seconds": 0.2}}
+    datasets.write_dataset(up.folder, "sensors", spec, {"readings.csv": datasets.sensor_frame(300, 4)})
+    detector = up.target("detector")
+    with DetectorClient(detector) as client:
+        wait_for(
+            lambda: any(m.name == "sensors" and m.serving_version == 1 for m in client.models()),
+            timeout=180,
+            what="sensors version 1 serving",
+        )
+        rows = pd.concat([datasets.sensor_frame(40, 4, seed=9), datasets.anomalies(datasets.sensor_frame(10, 4))])
+        rows.insert(0, "id", [f"row-{i}" for i in range(len(rows))])
+        source = tmp_path / "new.csv"
+        rows.to_csv(source, index=False)
+        result = invoke(cli, "score", source, "--model", "sensors", "--detector", detector, "--out", tmp_path / "o.csv")
+        assert result.exit_code == 0, result.stderr
+        scored = pd.read_csv(tmp_path / "o.csv")
+        expected = client.detect("sensors", pd.read_csv(source), explain_top_k=3).to_frame()
+    assert len(scored) == 50
+    assert scored["id"].tolist() == rows["id"].tolist()
+    for column in ("score", "normalized_score", "is_anomaly", "threshold", "group", "fallback", "top_features"):
+        assert scored[column].tolist() == expected[column].tolist(), column
+    assert int(scored["is_anomaly"].sum()) == int(expected["is_anomaly"].sum())
+    children |= up.children()  # anything started while training
+
+    up.proc.send_signal(signal.SIGTERM)
+    assert up.proc.wait(timeout=60) == 0
+    assert [name for name, child in children.items() if child.is_running()] == []
+    wait_for(lambda: up.stderr and up.stderr[-1] == "stopped", timeout=10, what="the last line")
+    for service in ("detector", "trainer"):
+        logged = [
+            json.loads(line)["event"] for line in (up.folder / "logs" / f"{service}.log").read_text().splitlines()
+        ]
+        assert logged[0] == "serving"
+        assert logged[-1] == "stopped"
+
+
+def test_a_service_that_dies_is_reported_and_the_others_are_stopped(up_process):
+    up = up_process
+    wait_for(lambda: up.serving("detector") and up.serving("trainer"), timeout=120, what="both services serving")
+    children = up.children()
+    trainer_port = up.serving("trainer")["port"]
+
+    children["oddity.trainer.main"].send_signal(signal.SIGKILL)
+    assert up.proc.wait(timeout=60) == 1
+    assert [name for name, child in children.items() if child.is_running()] == []
+    stderr = "\n".join(up.stderr)
+    assert "error: the trainer was killed by SIGKILL" in stderr
+    report = stderr[stderr.index("error: the trainer was killed by SIGKILL") :]
+    assert "its last" in report
+    assert f"port={trainer_port}" in report  # the trainer's own lines, its "serving" line among them
+    assert "stopping the other services" in report
+    detector_log = (up.folder / "logs" / "detector.log").read_text().splitlines()
+    assert json.loads(detector_log[-1])["event"] == "stopped"
