@@ -58,7 +58,7 @@ def _read_table(folder: Path, relative: str, what: str) -> pd.DataFrame:
     return table
 
 
-def _image_items(folder: Path, source: ImageSource, label: str | None) -> _Items:
+def _image_items(folder: Path, source: ImageSource, label: str | None = None) -> _Items:
     root = inside(folder, folder / source.path, "images.path")
     if not root.is_dir():
         raise DataError(f"image folder {source.path!r} not found")

@@ -368,12 +368,11 @@ def _train_classifier(
     )
     predicted_scores = None
     if isinstance(learner, MlpClassifierLearner):
-        if targets is not None:
+        reference = learner.predict_scores(held_rows)  # the regression head's, if it has one
+        if reference is not None:
             predicted_scores = session.run(
                 [PREDICTED_SCORE_OUTPUT], {bundle.INPUT_NAME: held_rows.astype(np.float32)}
             )[0].astype(np.float64)
-            reference = learner.predict_scores(held_rows)
-            assert reference is not None
             parity = max(parity, validation.check_parity(predicted_scores, reference, gate.parity_tolerance))
         evaluation = classifier_evaluation.evaluate(
             classes,

@@ -91,6 +91,7 @@ class JobRequest:
             "data_path": str(self.data_path) if self.data_path is not None else "",
             "model_kind": self.model_kind or "",
             "resumes": self.resume.resumes if self.resume is not None else 0,
+            "tracking_run_id": self.resume.tracking_run_id if self.resume is not None else "",
         }
 
     @classmethod
@@ -210,6 +211,8 @@ class JobRunner:
         job = Job(dataset=request.dataset, trigger=request.trigger)
         if request.resume is not None:  # the same job, so its watchers and GetJob follow it on
             job = replace(job, id=request.resume.job_id)
+            # Recorded while it waits for a slot too: a trainer killed again still finds it.
+            self.board.mark_running(job, **request.record())
         self.board.add(job)
         task = asyncio.create_task(self._run(job.id, request), name=f"oddity-job-{job.id}")
         self._tasks[job.id] = task
@@ -399,7 +402,7 @@ class JobRunner:
             run_id=request.resume.tracking_run_id if request.resume is not None else "",
         )
         if tracker.active:
-            self.board.mark_running(job, **request.record(), tracking_run_id=tracker.run_id)
+            self.board.mark_running(job, **{**request.record(), "tracking_run_id": tracker.run_id})
             if request.resume is not None:
                 tracker.set_tags({"oddity.resumes": str(request.resume.resumes)})
         return tracker
