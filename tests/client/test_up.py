@@ -1,16 +1,19 @@
 """`oddity up` as a real process on a temporary folder and free ports: a dataset dropped into
 its datasets/ is trained and served, `oddity score` scores it row for row as Detect does,
 SIGTERM stops every service and exits 0 with no child left; a service killed with SIGKILL
-is reported with its last lines, the other is stopped and the exit code is 1."""
+is reported with its last lines, the other is stopped and the exit code is 1; TLS and token
+options reach every service, which call each other with them."""
 
 from __future__ import annotations
 
 import json
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import trustme
 
 from oddity.client import DetectorClient
 from tests.client.conftest import UpProcess, invoke, start_up
@@ -88,3 +91,58 @@ def test_a_service_that_dies_is_reported_and_the_others_are_stopped(up_process):
     assert "stopping the other services" in report
     detector_log = (up.folder / "logs" / "detector.log").read_text().splitlines()
     assert json.loads(detector_log[-1])["event"] == "stopped"
+
+
+def write_pair(folder: Path, issued: trustme.LeafCert) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    cert, key = folder / "tls.crt", folder / "tls.key"
+    cert.write_bytes(b"".join(p.bytes() for p in issued.cert_chain_pems))
+    key.write_bytes(issued.private_key_pem.bytes())
+    return cert, key
+
+
+def test_tls_and_tokens_reach_every_service_and_their_calls_to_each_other(tmp_path, cli):
+    ca = trustme.CA()
+    ca_file = tmp_path / "ca.crt"
+    ca_file.write_bytes(ca.cert_pem.bytes())
+    cert, key = write_pair(tmp_path / "stack-tls", ca.issue_cert("localhost", "127.0.0.1"))
+    client_cert, client_key = write_pair(tmp_path / "client-tls", ca.issue_cert("cli.example"))
+    (tmp_path / "read-tokens").write_text("cli:r3ad-token\n")
+    (tmp_path / "admin-tokens").write_text("ops:adm1n-token\n")
+    (tmp_path / "admin-token").write_text("ops:adm1n-token\n")
+    (tmp_path / "read-token").write_text("cli:r3ad-token\n")
+    up = start_up(
+        tmp_path / "stack",
+        "--no-embedder",
+        *("--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-file", str(ca_file)),
+        "--tls-client-auth",
+        *("--read-tokens-file", str(tmp_path / "read-tokens"), "--admin-tokens-file", str(tmp_path / "admin-tokens")),
+        *("--token-file", str(tmp_path / "admin-token")),
+    )
+    try:
+        wait_for(lambda: any("Oddity is up" in line for line in up.stderr), timeout=120, what="the welcome panel")
+        for service in ("detector", "trainer"):
+            serving = up.serving(service)
+            assert (serving["tls"], serving["mutual_tls"], serving["tokens"]) == (True, True, True), service
+        spec = {"sources": [{"path": "*.csv"}], "model": {"kind": "knn"}, "retrain": {"debounce_seconds": 0.2}}
+        datasets.write_dataset(up.folder, "sensors", spec, {"readings.csv": datasets.sensor_frame(200, 4)})
+
+        def told_to_load() -> dict | None:  # the trainer's LoadModel: over mutual TLS, with the admin token
+            audits = [e for e in up.events if e.get("event") == "audit" and e.get("rpc") == "LoadModel"]
+            return audits[0] if audits else None
+
+        audit = wait_for(told_to_load, timeout=180, what="the trainer telling the detector to load")
+        assert (audit["service"], audit["principal"], audit["code"]) == ("detector", "ops", "OK")
+        detector = f"localhost:{up.serving('detector')['port']}"
+        tls = ["--tls-ca-file", ca_file, "--tls-cert-file", client_cert, "--tls-key-file", client_key]
+        listed = invoke(cli, "models", "--json", "--detector", detector, *tls, "--token-file", tmp_path / "read-token")
+        assert listed.exit_code == 0, listed.stderr
+        assert [(m["name"], m["serving_version"]) for m in json.loads(listed.stdout)] == [("sensors", 1)]
+        refused = invoke(cli, "models", "--detector", detector, *tls)
+        assert refused.exit_code == 1
+        assert refused.stderr == f"error: detector at {detector}: UNAUTHENTICATED: a valid bearer token is required\n"
+
+        up.proc.send_signal(signal.SIGTERM)
+        assert up.proc.wait(timeout=60) == 0
+    finally:
+        up.kill()

@@ -15,7 +15,7 @@ are local (or cached), else a small ViT made in `<folder>/demo/small-vit` that t
 started here serves as `vit`. A running stack that cannot embed with `vit` (or `minilm`)
 gets the datasets it can serve, and the command to restart it so it can serve the others.
 
-Reason to change: the demo command's flow and what it prints.
+Reason to change: the demo command's options and flow.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -34,16 +34,18 @@ import grpc
 import typer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from oddity.cli import demo_data, output
+from oddity.cli import demo_data, demo_report, output
 from oddity.cli.connection import open_client
 from oddity.cli.demo_encoder import MODEL_NAME, EncoderUnavailable, default_image_model_id, loads_offline, small_vit
 from oddity.cli.demo_progress import DemoTimeout, Follower, follow
-from oddity.cli.demo_scoring import GroupFigures, score_held_out
+from oddity.cli.demo_report import Outcome
+from oddity.cli.demo_scoring import score_held_out
 from oddity.cli.exit_codes import FAILED, INTERRUPTED, OK, UNAVAILABLE, USAGE
 from oddity.cli.options import JsonFlag
+from oddity.cli.service_logs import TerminalOutput
 from oddity.cli.stack import DataFolder, EmbedderModel, Ports, StackError, StackSettings, parse_model
 from oddity.cli.supervisor import ServiceFailed, Stack
-from oddity.cli.up import DEFAULT_FOLDER, StopSignals, TerminalOutput, report_failure, supervise
+from oddity.cli.up import DEFAULT_FOLDER, StopSignals, report_failure, supervise
 from oddity.client import DetectorClient, EmbedderClient, OddityError, TrainerClient, Unavailable
 from oddity.client.connection import ServiceClient
 
@@ -53,38 +55,6 @@ EMBEDDER_WAIT_SECONDS = 300.0  # until each model the demo needs is loaded or ha
 EMBEDDER_START_SECONDS = 60.0  # for `oddity up` to start its embedder once a dataset needs it
 DEFAULT_SEED = 7
 TEXT_MODEL = "minilm"
-
-
-@dataclass
-class Outcome:
-    """What the demo did, for the table and --json."""
-
-    folder: Path
-    started_stack: bool
-    seed: int
-    figures: list[GroupFigures] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)  # dataset -> why
-    skipped: dict[str, str] = field(default_factory=dict)  # dataset -> why (no model to embed it)
-    seconds: float = 0.0
-    image_model: str = ""
-    next_steps: list[str] = field(default_factory=list)
-    targets: dict[str, str] = field(default_factory=dict)
-    metrics: dict[str, str] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "data_volume": str(self.folder),
-            "started_stack": self.started_stack,
-            "seed": self.seed,
-            "seconds": round(self.seconds, 1),
-            "image_model": self.image_model,
-            "targets": self.targets,
-            "metrics": self.metrics,
-            "results": [f.to_dict() for f in self.figures],
-            "failed": self.failed,
-            "skipped": self.skipped,
-            "next": self.next_steps,
-        }
 
 
 def _answers(client: ServiceClient) -> bool:
@@ -142,71 +112,6 @@ def _image_models(folder: Path, given: tuple[EmbedderModel, ...]) -> tuple[tuple
         f"{default or 'the default image model'} is not available offline: the drawings use a small ViT ({made})"
     )
     return (*given, EmbedderModel(MODEL_NAME, str(made.resolve()), "image")), str(made.resolve())
-
-
-def _table(outcome: Outcome) -> None:
-    rows = [
-        (
-            f.model,
-            f.version,
-            f.group,
-            f"{f.rows} ({f.normal}/{f.anomalous})",
-            f.roc_auc,
-            f"{f.flagged_normal:.0%}",
-            f"{f.flagged_anomalous:.0%}",
-            f"{f.accuracy:.1%}" if f.accuracy is not None else None,
-            f.top_explanation,
-        )
-        for f in outcome.figures
-    ]
-    columns = (
-        "model",
-        "version",
-        "group",
-        "rows (normal/anomalous)",
-        "ROC-AUC",
-        "flagged normal",
-        "flagged anomalous",
-        "accuracy",
-        "top feature of the most unusual row",
-    )
-    output.show(output.table("Held-out samples, scored by the serving models", columns, rows))
-    output.out.print(
-        "demo-decisions is a classifier: its anomalous rows are the true denials, flagged = predicted deny, "
-        "ROC-AUC of P(deny).",
-        style="dim",
-    )
-    for dataset, reason in {**outcome.failed, **outcome.skipped}.items():
-        style = "red" if dataset in outcome.failed else "yellow"
-        output.out.print(f"{dataset}: {reason}", style=style)
-    output.out.print(f"done in {outcome.seconds:.0f} s; data in {outcome.folder}")
-    output.out.print("where to look next:", style="bold")
-    for step in outcome.next_steps:
-        output.out.print(f"  {step}")
-
-
-def _flags(targets: dict[str, str]) -> dict[str, str]:
-    defaults = {"detector": "127.0.0.1:50052", "trainer": "127.0.0.1:50053", "embedder": "127.0.0.1:50051"}
-    return {s: f" --{s} {t}" if t != defaults[s] else "" for s, t in targets.items()}
-
-
-def _next_steps(outcome: Outcome, running: bool, restart: str) -> list[str]:
-    flags = _flags(outcome.targets)
-    steps = []
-    if not running:
-        steps.append(f"the demo's stack is stopped; start it again on its folder: {restart}")
-        flags = {s: "" for s in flags}
-    elif outcome.metrics:
-        steps += [f"metrics: {url}" for url in outcome.metrics.values()]
-    steps += [
-        f"oddity status{flags['trainer']}   (datasets, live versions, calibration)",
-        f"oddity history --since 1h{flags['trainer']}   (training, publishing events)",
-        f"oddity models demo-sensors{flags['detector']}   (the manifest: features, groups, thresholds)",
-        f"oddity score {demo_data.held_out_path(outcome.folder, 'demo-sensors')} --model demo-sensors"
-        f"{flags['detector']}",
-        f"scored held-out files: {outcome.folder / 'demo'}/*-scored.csv",
-    ]
-    return steps
 
 
 def _wake_embedder(outcome: Outcome, embedder: EmbedderClient) -> bool:
@@ -269,13 +174,6 @@ def _run(outcome: Outcome, clients: dict[str, Any], check: Any, started: bool, m
         outcome.figures += score_held_out(detector, item.dataset, item.model)
 
 
-def _restart_command(folder: Path, image_model: str, made_here: bool) -> str:
-    command = f"oddity up --data-volume {folder}"
-    if made_here:
-        command += f" --model {MODEL_NAME}={image_model}"
-    return command
-
-
 def demo(
     data_volume: Annotated[
         Path | None,
@@ -327,15 +225,33 @@ def demo(
     ] = "127.0.0.1:50051",
     tls_ca_file: Annotated[
         Path | None,
-        typer.Option(envvar="ODDITY_TLS_CA_FILE", exists=True, dir_okay=False, rich_help_panel=CONNECTION),
+        typer.Option(
+            envvar="ODDITY_TLS_CA_FILE",
+            exists=True,
+            dir_okay=False,
+            help="CA bundle that verifies the services: calls use TLS.",
+            rich_help_panel=CONNECTION,
+        ),
     ] = None,
     tls_cert_file: Annotated[
         Path | None,
-        typer.Option(envvar="ODDITY_TLS_CERT_FILE", exists=True, dir_okay=False, rich_help_panel=CONNECTION),
+        typer.Option(
+            envvar="ODDITY_TLS_CERT_FILE",
+            exists=True,
+            dir_okay=False,
+            help="Client certificate (PEM), for mutual TLS; with a key.",
+            rich_help_panel=CONNECTION,
+        ),
     ] = None,
     tls_key_file: Annotated[
         Path | None,
-        typer.Option(envvar="ODDITY_TLS_KEY_FILE", exists=True, dir_okay=False, rich_help_panel=CONNECTION),
+        typer.Option(
+            envvar="ODDITY_TLS_KEY_FILE",
+            exists=True,
+            dir_okay=False,
+            help="Key of the client certificate (PEM).",
+            rich_help_panel=CONNECTION,
+        ),
     ] = None,
     token_file: Annotated[
         Path | None,
@@ -343,7 +259,7 @@ def demo(
             envvar="ODDITY_TOKEN_FILE",
             exists=True,
             dir_okay=False,
-            help="An admin token (the demo reads status and models; the trainer trains on its own).",
+            help="Bearer token; a read token is enough (the demo reads; the trainer trains on its own).",
             rich_help_panel=CONNECTION,
         ),
     ] = None,
@@ -381,8 +297,12 @@ def demo(
         start = not answering["detector"]
         if start:
             output.note("no stack answers at the detector and trainer addresses: starting one for the demo")
-    elif keep_running and not start:
-        raise typer.BadParameter("--keep-running goes with --start", param_hint="--keep-running")
+    if not start and (keep_running or given_models):
+        output.error(
+            f"--keep-running and --model go with a stack the demo starts; one answers at {targets['detector']}: "
+            "give --start (its own stack on free ports) or leave them out"
+        )
+        raise typer.Exit(USAGE)
     with _sigterm_interrupts():
         try:
             code = _demo(
@@ -410,7 +330,6 @@ class OwnStack:
     stack: Stack
     folder: Path
     image_model: str
-    made_here: bool  # the small ViT made for it
 
 
 def _start_stack(data_volume: Path | None, given_models: tuple[EmbedderModel, ...]) -> OwnStack | int:
@@ -422,7 +341,6 @@ def _start_stack(data_volume: Path | None, given_models: tuple[EmbedderModel, ..
     except EncoderUnavailable as exc:
         output.note(str(exc))
         models = given_models
-    made_here = any(m.name == MODEL_NAME for m in models) and not any(m.name == MODEL_NAME for m in given_models)
     settings = StackSettings(
         folder=DataFolder(folder), ports=Ports.free(), embedder="on", models=models, grace_period_seconds=2.0
     )
@@ -436,7 +354,7 @@ def _start_stack(data_volume: Path | None, given_models: tuple[EmbedderModel, ..
         report_failure(failure)
         return FAILED
     output.note(f"stack started on {folder} (logs in {folder / 'logs'})", style="green")
-    return OwnStack(stack, folder, image_model, made_here)
+    return OwnStack(stack, folder, image_model)
 
 
 def _demo(
@@ -520,10 +438,10 @@ def _demo_on(
     if own is not None and running:
         outcome.metrics = {e.service: e.metrics_url for e in own.stack.endpoints() if e.metrics_url}
     if code == OK or outcome.figures:
-        restart = _restart_command(outcome.folder, outcome.image_model, own is not None and own.made_here)
-        outcome.next_steps = _next_steps(outcome, running, restart)
+        restart = demo_report.restart_command(outcome.folder, own.stack.settings.models if own else ())
+        outcome.next_steps = demo_report.next_steps(outcome, running, restart)
         if json_output:
             output.print_json(outcome.to_dict())
         else:
-            _table(outcome)
+            demo_report.show(outcome)
     return code

@@ -115,10 +115,14 @@ def parse_model(value: str) -> EmbedderModel:
 
 
 def _local_or_id(source: str) -> str:
-    """A local folder as an absolute path (services run with another working directory in
-    mind), a hub id as given."""
+    """A local folder as an absolute path (the embedder may run elsewhere than here), a hub id
+    (owner/name) as given; a path to no folder is a mistake said at once."""
     folder = Path(source).expanduser()
-    return str(folder.resolve()) if folder.is_dir() else source
+    if folder.is_dir():
+        return str(folder.resolve())
+    if source.startswith(("/", "./", "../", "~", ".\\")) or source in (".", ".."):
+        raise StackError(f"--model: no folder at {source}")
+    return source
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from rich.text import Text
 
 from oddity.cli import output
 from oddity.cli.exit_codes import FAILED, INTERRUPTED, OK, USAGE
-from oddity.cli.service_logs import human_line, model_not_loaded
+from oddity.cli.service_logs import TerminalOutput, human_line
 from oddity.cli.stack import (
     SERVICES,
     DataFolder,
@@ -55,35 +55,6 @@ CLIENT_ENV = {
 }
 CLIENT_DEFAULTS = {"embedder": "127.0.0.1:50051", "detector": "127.0.0.1:50052", "trainer": "127.0.0.1:50053"}
 FAILED_LINES = 20  # of a dead service's last lines, shown
-
-
-class TerminalOutput:
-    """Service lines on stdout (short, or raw JSON with `raw`); notes and advice on stderr."""
-
-    def __init__(self, raw: bool, quiet: bool = False) -> None:
-        self.raw = raw
-        self.quiet = quiet  # only warnings, errors and advice (the demo)
-
-    def line(self, service: str, raw: str, event: dict[str, Any] | None) -> None:
-        advice = model_not_loaded(event)
-        if advice:
-            output.note(advice, style="bold red")
-        if self.quiet:  # errors only, and not the calls that failed: their callers report them
-            if advice is None and (event is None or _is_service_error(event)):
-                output.err.print(human_line(service, raw, event), soft_wrap=True)
-            return
-        if self.raw:
-            sys.stdout.write(raw + "\n")
-            sys.stdout.flush()
-        else:
-            output.out.print(human_line(service, raw, event), soft_wrap=True)
-
-    def note(self, message: str) -> None:
-        output.note(message, style="green")
-
-
-def _is_service_error(event: dict[str, Any]) -> bool:
-    return event.get("level") in ("error", "critical") and event.get("event") != "request failed"
 
 
 class StopSignals:
