@@ -1,8 +1,9 @@
 """`oddity up` as a real process on a temporary folder and free ports: a dataset dropped into
 its datasets/ is trained and served, `oddity score` scores it row for row as Detect does,
 SIGTERM stops every service and exits 0 with no child left; a service killed with SIGKILL
-is reported with its last lines, the other is stopped and the exit code is 1; TLS and token
-options reach every service, which call each other with them."""
+is reported with its last lines, the other is stopped and the exit code is 1; a killed
+`oddity up` leaves no service behind; TLS and token options reach every service, which call
+each other with them."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 import trustme
 
@@ -91,6 +93,25 @@ def test_a_service_that_dies_is_reported_and_the_others_are_stopped(up_process):
     assert "stopping the other services" in report
     detector_log = (up.folder / "logs" / "detector.log").read_text().splitlines()
     assert json.loads(detector_log[-1])["event"] == "stopped"
+
+
+def ended(process: psutil.Process) -> bool:
+    """Exited (a zombie that no one has reaped yet runs no code either)."""
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_the_services_do_not_outlive_a_killed_oddity_up(up_process):
+    up = up_process
+    wait_for(lambda: up.serving("detector") and up.serving("trainer"), timeout=120, what="both services serving")
+    children = up.children()
+    assert sorted(children) == ["oddity.detector.main", "oddity.trainer.main"]
+
+    up.proc.kill()  # no chance to stop them: the kernel tells them (PR_SET_PDEATHSIG)
+    up.proc.wait(timeout=30)
+    wait_for(lambda: all(ended(c) for c in children.values()), timeout=60, what="the services to end")
 
 
 def write_pair(folder: Path, issued: trustme.LeafCert) -> tuple[Path, Path]:
