@@ -25,7 +25,8 @@ from oddity.cli.demo_data import DemoDataset
 from oddity.client import DatasetStatus, DetectorClient, Job, NotFound, TrainerClient
 
 STEPS = ("picked up", "trained", "validated", "published", "serving")
-PHASE_STEPS = {"loading": 1, "embedding": 1, "training": 1, "validating": 2, "exporting": 3, "publishing": 3, "done": 4}
+# Steps done while the job is in a phase (a phase not named here: picked up).
+PHASE_STEPS = {"calibrating": 2, "validating": 2, "exporting": 3, "publishing": 3, "done": 4}
 POLL_SECONDS = 0.5
 # The trainer sees a new dataset at once through file events, else at its next scan (every 30 s
 # by default): one it has not listed after this long is not on its data volume.

@@ -296,9 +296,6 @@ class Stack:
                 result.append(Endpoint(name, self.targets.get(name, "-"), None, state))
         return result
 
-    def pids(self) -> dict[str, int]:
-        return {name: p.pid for name, p in self.processes.items() if p.proc is not None}
-
     def stop(self, force: Callable[[], bool] = lambda: False) -> dict[str, int | None]:
         """SIGTERM to every service (the trainer first: it stops calling the others), wait for
         their grace period, then SIGKILL what is left (at once when `force()` turns true).

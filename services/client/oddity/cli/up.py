@@ -153,10 +153,11 @@ def welcome(stack: Stack) -> Panel:
     grid.add_row("logs", f"{folder / 'logs'}/<service>.log", "")
     lines: list[Any] = [grid, Text("")]
     targets = {e.service: e.target for e in stack.endpoints() if e.state != "off"}
-    moved = {s: t for s, t in targets.items() if t != CLIENT_DEFAULTS[s]}
-    if moved:
-        exports = " ".join(f"{CLIENT_ENV[s]}={t}" for s, t in moved.items())
-        lines.append(Text(f"other shells: export {exports}", style="dim"))
+    exports = [f"{CLIENT_ENV[s]}={t}" for s, t in targets.items() if t != CLIENT_DEFAULTS[s]]
+    if folder != DEFAULT_FOLDER.resolve():  # where `oddity demo` writes its datasets
+        exports.append(f"ODDITY_DATA_VOLUME={folder}")
+    if exports:
+        lines.append(Text(f"other shells: export {' '.join(exports)}", style="dim"))
     lines.append(Text("next: oddity demo · oddity status · oddity models · docs/datasets.md", style="dim"))
     lines.append(Text("Ctrl-C stops all three", style="dim"))
     return Panel(Group(*lines), title="Oddity is up", title_align="left", border_style="green", expand=False)
