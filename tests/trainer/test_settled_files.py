@@ -88,7 +88,11 @@ def test_a_ready_marker_hands_off_explicitly(trainer, data_volume, repository):
     datasets.sensor_frame(800, seed=6).to_csv(folder / "part-2.csv", index=False)
     (folder / "_READY").touch()
     wait_for(lambda: bundle.list_versions(repository / "marked") == [1], timeout=30, what="version 1")
-    [completed] = [e for e in published(trainer, "marked") if e.event_type == "TRAINING_COMPLETED"]
+    # The version's folder appears a moment before the run's history event.
+    completed = wait_for(
+        lambda: next((e for e in published(trainer, "marked") if e.event_type == "TRAINING_COMPLETED"), None),
+        what="TRAINING_COMPLETED",
+    )
     assert int(completed.details["samples"]) == 1600
     # New data after the marker waits for the next one.
     datasets.sensor_frame(400, seed=7).to_csv(folder / "part-3.csv", index=False)
