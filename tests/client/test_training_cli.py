@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
+import pandas as pd
 import pytest
 
-from oddity.client import TrainerClient
+from oddity.client import DetectorClient, TrainerClient
 from tests.client.conftest import invoke, stdout_of
 from tests.conftest import start_detector, start_trainer
 from tests.support import datasets
@@ -19,6 +21,23 @@ from tests.support import datasets
 def manual_spec(**overrides) -> dict:
     overrides.setdefault("retrain", {"policy": "manual"})
     return datasets.autoencoder_spec(model={"kind": "autoencoder", "params": {"epochs": 4}}, **overrides)
+
+
+def grades_spec() -> dict:
+    return {
+        "sources": [{"path": "*.csv"}],
+        "label": "grade",
+        "score_column": "quality",
+        "model": {"kind": "mlp_classifier", "params": {"epochs": 6, "hidden": [16], "patience": 0}},
+        "retrain": {"policy": "manual"},
+    }
+
+
+def grades_frame() -> pd.DataFrame:
+    rows = datasets.sensor_frame(300, d=4)
+    rows["quality"] = rows["sensor_0"] * 10 + 50
+    rows["grade"] = np.where(rows["sensor_0"] > 0, "good", "poor")
+    return rows
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +53,8 @@ def stack(tmp_path_factory):
     steer = manual_spec(name="steer-model")  # a model named apart from its dataset
     datasets.write_dataset(data_volume, "steer", steer, {"rows.csv": datasets.sensor_frame(300)})
     datasets.write_dataset(data_volume, "broken", manual_spec(), {"rows.csv": b""})
+    datasets.write_dataset(data_volume, "grades", grades_spec(), {"rows.csv": grades_frame()})
+    trainer.detector = detector  # the tests that score reach it through the trainer's handle
     yield trainer
     trainer.close()
     detector.close()
@@ -110,7 +131,10 @@ def test_status_prints_what_the_trainer_reports(cli, stack, sdk, trained):
     (status,) = json.loads(result.stdout)
     assert status == sdk.status("plant")[0].to_dict()
     assert (status["dataset"], status["model"], status["kind"], status["valid"]) == (
-        "plant", "plant", "autoencoder", True,
+        "plant",
+        "plant",
+        "autoencoder",
+        True,
     )
     assert (status["live_version"], status["samples"]) == (1, 300)
     every = json.loads(invoke(cli, "status", "--json", "--trainer", stack.server.target).stdout)
@@ -167,3 +191,19 @@ def test_threshold_and_rollback_change_what_the_trainer_reports(cli, stack, sdk)
     assert unknown.stderr == (
         f"error: trainer at {stack.server.target}: no dataset trains a model named 'nothing-such'\n"
     )
+
+
+def test_train_follow_shows_losses_and_figures_per_epoch_and_the_regression_head_scores(cli, stack):
+    result = invoke(cli, "train", "grades", "--follow", "--json", "--trainer", stack.server.target)
+    assert result.exit_code == 0, result.stderr
+    updates = [json.loads(line) for line in result.stdout.splitlines()]
+    epochs = [u for u in updates if u["phase"] == "training" and u["train_loss"] > 0]
+    assert [u["epoch"] for u in epochs][-1] == 6
+    assert all(u["validation_loss"] > 0 and u["epoch_metrics"] for u in epochs)
+    people = invoke(cli, "train", "grades", "-f", "--force", "--trainer", stack.server.target)
+    assert people.exit_code == 0, people.stderr
+    with DetectorClient(stack.detector.server.target) as detector:
+        rows = grades_frame().head(5)
+        frame = detector.detect("grades", rows).to_frame()
+    assert list(frame.columns[:2]) == ["predicted_class", "confidence"]
+    assert frame["predicted_score"].notna().all() and len(frame) == 5

@@ -64,7 +64,14 @@ def _job_line(job: Job) -> str:
     if job.group:
         parts.append(f"group {job.group}")
     if job.total_epochs:
-        parts.append(f"epoch {job.epoch}/{job.total_epochs}, loss {job.loss:.4g}")
+        parts.append(f"epoch {job.epoch}/{job.total_epochs}")
+        if job.train_loss or job.validation_loss:
+            parts.append(f"train loss {job.train_loss:.4g} · val loss {job.validation_loss:.4g}")
+        else:
+            parts.append(f"loss {job.loss:.4g}")
+        parts += [f"{name} {value:.3g}" for name, value in sorted(job.epoch_metrics.items())]
+    if job.resumed_from_epoch:
+        parts.append(f"(resumed from epoch {job.resumed_from_epoch})")
     return " · ".join(parts)
 
 

@@ -6,8 +6,8 @@ more unusual), `normalized_score` (share of the group's normal rows that are les
 with explanations `top_features`: "name:share;name:share;..." — the features with the
 largest errors, largest first, each with its share of the row's error to two decimals,
 e.g. "sensor_3:0.61;sensor_1:0.22;sensor_0:0.09". Classifiers: `predicted_class`,
-`confidence` (the predicted class's probability), `group` and one `probability_<label>`
-column per class.
+`confidence` (the predicted class's probability), `group`, one `probability_<label>`
+column per class, and `predicted_score` when the model has a regression head.
 
 Reason to change: the DetectResponse message, or how its columns are shown.
 """
@@ -140,6 +140,8 @@ class DetectResult:
             if self.probabilities is not None:
                 for i, label in enumerate(self.class_labels):
                     columns[f"{PROBABILITY_PREFIX}{label}"] = self.probabilities[:, i].astype(np.float64)
+            if len(self.response.predicted_scores):  # the model's regression head
+                columns["predicted_score"] = np.asarray(self.response.predicted_scores, dtype=np.float64)
         else:
             columns = {
                 "score": self.scores,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -79,6 +79,10 @@ class Job:
     finished_at: datetime | None
     published_version: int  # 0: none
     metrics: dict[str, float]
+    train_loss: float = 0.0  # the last epoch's (0: not an epoch-based model, or not yet)
+    validation_loss: float = 0.0
+    epoch_metrics: dict[str, float] = field(default_factory=dict)  # e.g. validation balanced accuracy
+    resumed_from_epoch: int = 0  # > 0: continued from this checkpoint after a restart
 
     @property
     def finished(self) -> bool:
@@ -102,6 +106,10 @@ class Job:
             finished_at=_time(job.finished_at),
             published_version=job.published_version,
             metrics=dict(job.metrics),
+            train_loss=job.train_loss,
+            validation_loss=job.validation_loss,
+            epoch_metrics=dict(job.epoch_metrics),
+            resumed_from_epoch=job.resumed_from_epoch,
         )
 
     def to_dict(self) -> dict[str, Any]:
