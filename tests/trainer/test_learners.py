@@ -62,3 +62,26 @@ def test_unknown_parameters_are_refused():
         make_learner("autoencoder", {"depth": 3})
     with pytest.raises(ValueError, match="unknown model kind 'magic'"):
         make_learner("magic", {})
+
+
+def test_trees_match_their_graph_on_rounded_and_tied_columns():
+    """Trees split on raw values: columns rounded to a few decimals or full of ties (frames per
+    second, counts), fitted in float64 as a CSV reads them, give the same probabilities in ONNX
+    Runtime (float32 input) as in scikit-learn."""
+    rng = np.random.default_rng(4)
+    n = 800
+    rows = np.column_stack(
+        [
+            rng.uniform(-100, -40, n).round(4),
+            rng.exponential(0.8, n).round(4),
+            rng.exponential(20, n).round(4),
+            rng.choice([24, 25, 30, 50, 60], size=n),
+            rng.integers(0, 4, size=n),
+        ]
+    ).astype(np.float64)
+    risk = 1.2 * rows[:, 1] + rows[:, 2] / 25 + (rows[:, 0] < -85) * 0.8 + (rows[:, 3] < 30) + rng.normal(0, 0.3, n)
+    labels = np.where(risk > 2.2, "deny", "approve")
+    learner = make_learner("random_forest", {"n_estimators": 100, "class_weight": "balanced"}).fit(rows, labels)
+    session = onnx_session(learner.to_onnx())
+    expected = learner.predict_proba(rows)
+    np.testing.assert_allclose(onnx_probabilities(session, rows.astype(np.float32)), expected, atol=1e-6)

@@ -20,6 +20,9 @@ class _SklearnLearner(Learner):
     """Shared by the scikit-learn kinds: a StandardScaler + estimator pipeline, exported with skl2onnx."""
 
     PARAMS: set[str] = set()
+    #: Standardize the features first. Trees split on raw values and need no scaling; scaling
+    #: them would only let float32 rounding in the ONNX graph flip splits on tied values.
+    SCALE = True
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
@@ -33,7 +36,7 @@ class _SklearnLearner(Learner):
         from sklearn.preprocessing import StandardScaler
 
         self.estimator_ = self._estimator()
-        self.pipeline_ = make_pipeline(StandardScaler(), self.estimator_)
+        self.pipeline_ = make_pipeline(*([StandardScaler()] if self.SCALE else []), self.estimator_)
         self.pipeline_.fit(x, y)
         if progress is not None:
             progress(1, 1, 0.0)
@@ -78,6 +81,7 @@ class _SklearnDetector(_SklearnLearner):
 
 class IsolationForestLearner(_SklearnDetector):
     kind = "isolation_forest"
+    SCALE = False
     PARAMS = {"n_estimators", "max_samples", "max_features"}
 
     def _estimator(self):
@@ -122,6 +126,7 @@ class _SklearnClassifier(_SklearnLearner):
 class RandomForestLearner(_SklearnClassifier):
     kind = "random_forest"
     PARAMS = {"n_estimators", "max_depth", "min_samples_leaf", "class_weight"}
+    SCALE = False
 
     def _estimator(self):
         from sklearn.ensemble import RandomForestClassifier
