@@ -100,8 +100,9 @@ def test_detect_images_scores_as_detect_images_does(cli, stack):
         assert [i["is_anomaly"] for i in printed["items"]] == list(expected.is_anomaly)
         assert [i["group"] for i in printed["items"]] == list(expected.groups)
 
-    people = invoke(cli, "detect-images", "-m", "pictures", "--routing-value", 6, *files, "--detector",
-                    detector.server.target)
+    people = invoke(
+        cli, "detect-images", "-m", "pictures", "--routing-value", 6, *files, "--detector", detector.server.target
+    )
     assert people.exit_code == 0, people.stderr
     assert "pictures v1" in people.stdout and "drawing-2.png" in people.stdout
 
@@ -113,8 +114,9 @@ def test_files_and_routing_values_that_do_not_fit_are_usage_errors(cli, stack, t
     mixed = invoke(cli, "detect-images", "-m", "pictures", files[0], note, "--detector", detector.server.target)
     assert mixed.exit_code == 2
     assert "give images or .txt files, not both at once" in usage_error(mixed)
-    counted = invoke(cli, "detect-images", "-m", "pictures", "--age", 3, "--age", 4, *files,
-                     "--detector", detector.server.target)
+    counted = invoke(
+        cli, "detect-images", "-m", "pictures", "--age", 3, "--age", 4, *files, "--detector", detector.server.target
+    )
     assert counted.exit_code == 2
     assert "give one routing value, or one per file (3); got 2" in usage_error(counted)
     csv = tmp_path / "rows.csv"

@@ -55,7 +55,14 @@ def expected_results(served, model: str, frame: pd.DataFrame, routed: bool) -> p
 def assert_rows_match(scored: pd.DataFrame, source: pd.DataFrame, expected: pd.DataFrame) -> None:
     assert list(scored.columns) == [
         *source.columns,
-        "score", "normalized_score", "is_anomaly", "threshold", "confidence", "group", "fallback", "top_features",
+        "score",
+        "normalized_score",
+        "is_anomaly",
+        "threshold",
+        "confidence",
+        "group",
+        "fallback",
+        "top_features",
     ]
     assert scored["id"].tolist() == source["id"].tolist()
     assert scored[FEATURES].to_numpy().tolist() == source[FEATURES].to_numpy().tolist()
@@ -114,8 +121,13 @@ def test_result_columns_are_prefixed_when_the_input_has_such_a_column(served, cl
     scored = pd.read_csv(StringIO(result.stdout))
     assert scored["score"].tolist() == [1.0] * 5
     assert [c for c in scored.columns if c.startswith("oddity_")] == [
-        "oddity_score", "oddity_normalized_score", "oddity_is_anomaly", "oddity_threshold", "oddity_confidence",
-        "oddity_group", "oddity_fallback",
+        "oddity_score",
+        "oddity_normalized_score",
+        "oddity_is_anomaly",
+        "oddity_threshold",
+        "oddity_confidence",
+        "oddity_group",
+        "oddity_fallback",
     ]
 
 
@@ -150,8 +162,9 @@ def test_rows_the_detector_refuses_are_named_by_their_place_in_the_file(served, 
     frame = table(20)
     frame.loc[13, "f1"] = np.nan
     frame.to_csv(path, index=False)
-    result = invoke(cli, "score", path, "-m", "sensors", "-o", tmp_path / "out.csv", "--batch-rows", 10,
-                    "--detector", served.target)
+    result = invoke(
+        cli, "score", path, "-m", "sensors", "-o", tmp_path / "out.csv", "--batch-rows", 10, "--detector", served.target
+    )
     assert result.exit_code == 1
     (line,) = result.stderr.splitlines()[-1:]
     assert line.startswith(f"error: gaps.csv, rows 11-20: detector at {served.target}: INVALID_ARGUMENT: ")

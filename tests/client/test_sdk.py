@@ -36,14 +36,23 @@ def test_a_dataframe_scores_as_detect_scores_the_same_rows(served):
 
     scored = result.to_frame()
     assert list(scored.columns) == [
-        "score", "normalized_score", "is_anomaly", "threshold", "confidence", "group", "fallback", "top_features",
+        "score",
+        "normalized_score",
+        "is_anomaly",
+        "threshold",
+        "confidence",
+        "group",
+        "fallback",
+        "top_features",
     ]
     assert scored.index.equals(frame.index)
     first = expected.explanations[0].features
     assert scored["top_features"].iloc[0] == ";".join(f"{f.name}:{f.contribution:.2f}" for f in first)
     assert [c.name for c in result.explanations[0]] == [f.name for f in first]
     assert result.to_records()[0]["top_features"][0] == {
-        "name": first[0].name, "share": first[0].contribution, "error": first[0].error,
+        "name": first[0].name,
+        "share": first[0].contribution,
+        "error": first[0].error,
     }
 
 

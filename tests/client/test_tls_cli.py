@@ -106,8 +106,14 @@ def test_each_missing_piece_fails_with_its_code_and_one_line(cli, secured):
     plaintext = invoke(cli, "models", "--detector", secured["target"], "--token-file", secured["token"], "--timeout", 2)
     assert plaintext.exit_code == 3
     certificate_without_key = invoke(
-        cli, "models", "--detector", secured["target"], "--tls-ca-file", secured["ca"],
-        "--tls-cert-file", secured["cert"],
+        cli,
+        "models",
+        "--detector",
+        secured["target"],
+        "--tls-ca-file",
+        secured["ca"],
+        "--tls-cert-file",
+        secured["cert"],
     )
     assert certificate_without_key.exit_code == 2
     assert "tls_cert_file and tls_key_file go together" in usage_error(certificate_without_key)
