@@ -28,7 +28,10 @@ def grades_spec() -> dict:
         "sources": [{"path": "*.csv"}],
         "label": "grade",
         "score_column": "quality",
-        "model": {"kind": "mlp_classifier", "params": {"epochs": 6, "hidden": [16], "patience": 0}},
+        "model": {
+            "kind": "mlp_classifier",
+            "params": {"epochs": 40, "hidden": [16], "patience": 0, "learning_rate": 0.01},
+        },
         "retrain": {"policy": "manual"},
     }
 
@@ -198,7 +201,7 @@ def test_train_follow_shows_losses_and_figures_per_epoch_and_the_regression_head
     assert result.exit_code == 0, result.stderr
     updates = [json.loads(line) for line in result.stdout.splitlines()]
     epochs = [u for u in updates if u["phase"] == "training" and u["train_loss"] > 0]
-    assert [u["epoch"] for u in epochs][-1] == 6
+    assert [u["epoch"] for u in epochs][-1] == 40
     assert all(u["validation_loss"] > 0 and u["epoch_metrics"] for u in epochs)
     people = invoke(cli, "train", "grades", "-f", "--force", "--trainer", stack.server.target)
     assert people.exit_code == 0, people.stderr
@@ -207,3 +210,9 @@ def test_train_follow_shows_losses_and_figures_per_epoch_and_the_regression_head
         frame = detector.detect("grades", rows).to_frame()
     assert list(frame.columns[:2]) == ["predicted_class", "confidence"]
     assert frame["predicted_score"].notna().all() and len(frame) == 5
+    status = invoke(cli, "status", "--dataset", "grades", "--json", "--trainer", stack.server.target)
+    evaluation = json.loads(status.stdout)[0]["live_groups"][0]["evaluation"]
+    assert evaluation["rows"] == 60 and evaluation["balanced_accuracy"] > 0.9  # one feature decides the grade
+    assert {c["label"] for c in evaluation["classes"]} == {"good", "poor"}
+    table = invoke(cli, "status", "--dataset", "grades", "--trainer", stack.server.target)
+    assert "classifiers, on held-out rows" in stdout_of(table)

@@ -21,7 +21,7 @@ from oddity.cli import output
 from oddity.cli.connection import connects
 from oddity.cli.exit_codes import FAILED, reports_failures
 from oddity.cli.options import JsonFlag
-from oddity.client import Job, NotFound, TrainerClient
+from oddity.client import DatasetStatus, GroupEvidence, Job, NotFound, TrainerClient
 
 T = TypeVar("T")
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -185,6 +185,29 @@ def status(
         )
     columns = ("dataset", "model", "kind", "live", "samples", "state", "last training", "decisions", "error")
     output.show(output.table(None, columns, rows))
+    evaluated = [(s, g) for s in statuses for g in s.live_groups if g.evaluation]
+    if evaluated:
+        output.show(output.table("classifiers, on held-out rows", EVALUATION_COLUMNS, map(_evaluation_row, evaluated)))
+
+
+EVALUATION_COLUMNS = ("dataset", "group", "rows", "balanced acc.", "macro F1", "ECE (before -> after T)", "score MAE")
+
+
+def _evaluation_row(item: tuple[DatasetStatus, GroupEvidence]) -> tuple:
+    status, group = item
+    e = group.evaluation
+    before, after = e.get("ece_before_temperature", 0), e.get("ece_after_temperature", 0)
+    ece = f"{before:.3f} -> {after:.3f} (T {e.get('temperature', 1):.2f})"
+    mae = e.get("score_mae")
+    return (
+        status.dataset,
+        group.group,
+        int(e.get("rows", 0)),
+        f"{e.get('balanced_accuracy', 0):.3f}",
+        f"{e.get('macro_f1', 0):.3f}",
+        ece,
+        f"{mae:.3g}" if mae is not None else None,
+    )
 
 
 @reports_failures

@@ -127,6 +127,17 @@ class GroupEvidence:
     threshold_percentile: float
     calibration: dict[str, Any]  # method, folds, rows, expected and cross-validated anomaly rates
     members: list[dict[str, Any]]  # auto and ensembles: kind, params_json, weight, synthetic_auc, note
+    #: Classifiers, on held-out rows: accuracy, balanced_accuracy, macro_f1, classes (precision,
+    #: recall), confusion_matrix, ece_before/after_temperature, temperature, score_mae; else {}.
+    evaluation: dict[str, Any] = field(default_factory=dict)
+
+
+def _evaluation(evaluation: Any) -> dict[str, Any]:
+    """A classifier's held-out figures as plain values (the JSON mapping writes int64 as text)."""
+    figures = json_format.MessageToDict(evaluation, preserving_proto_field_name=True)
+    figures["rows"] = int(figures.get("rows", 0))
+    figures["confusion_matrix"] = [int(v) for v in figures.get("confusion_matrix", ())]
+    return figures
 
 
 @dataclass(frozen=True)
@@ -183,6 +194,7 @@ class DatasetStatus:
                     threshold_percentile=g.threshold_percentile,
                     calibration=json_format.MessageToDict(g.calibration, preserving_proto_field_name=True),
                     members=[json_format.MessageToDict(m, preserving_proto_field_name=True) for m in g.members],
+                    evaluation=_evaluation(g.evaluation) if g.HasField("evaluation") else {},
                 )
                 for g in status.live_groups
             ),
