@@ -141,7 +141,7 @@ def test_status_prints_what_the_trainer_reports(cli, stack, sdk, trained):
     )
     assert (status["live_version"], status["samples"]) == (1, 300)
     every = json.loads(invoke(cli, "status", "--json", "--trainer", stack.server.target).stdout)
-    assert sorted(s["dataset"] for s in every) == ["again", "broken", "follow", "people", "plant", "steer"]
+    assert sorted(s["dataset"] for s in every) == ["again", "broken", "follow", "grades", "people", "plant", "steer"]
 
     table = invoke(cli, "status", "--trainer", stack.server.target)
     assert table.exit_code == 0
