@@ -34,6 +34,7 @@ import numpy as np
 from sklearn.metrics import balanced_accuracy_score, f1_score
 from sklearn.model_selection import train_test_split
 
+from bench.machine import describe
 from oddity.trainer.classifier_evaluation import expected_calibration_error
 from oddity.trainer.learners import make_learner
 from oddity.trainer.learners.mlp import MlpClassifierLearner
@@ -149,6 +150,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the anomaly-benchmarks folder")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args()
+    print(describe(), flush=True)
     started = time.perf_counter()
     sets = load_sets(args.data, args.sets)
     results: list[Result] = []

@@ -28,6 +28,7 @@ import numpy as np
 import onnxruntime as ort
 
 from bench.loadgen import run_load
+from bench.machine import describe
 from tests.support import models
 from tests.support.client import detect_request
 from tests.support.servers import ServiceProcess
@@ -67,6 +68,7 @@ def main() -> None:
     parser.add_argument("--cells", default=",".join(f"{b}x{c}" for b, c in CELLS), help="rows x concurrency list")
     parser.add_argument("--models", default="autoencoder,auto", help=f"models to serve, of {sorted(MODELS)}")
     args = parser.parse_args()
+    print(describe(), flush=True)
     cells = [tuple(int(v) for v in cell.split("x")) for cell in args.cells.split(",")]
 
     graphs = {name: MODELS[name]() for name in args.models.split(",")}

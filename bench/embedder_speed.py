@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from bench.machine import describe
 from oddity.embedder.preprocessing import ImageLimits, ImagePreprocessor
 from oddity.embedder.runtime import EmbeddingModel
 from oddity.v1 import embedder_pb2, embedder_pb2_grpc
@@ -100,6 +101,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--sentences", type=int, default=512)
     args = parser.parse_args()
+    print(describe(), flush=True)
     from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
     with tempfile.TemporaryDirectory() as tmp:

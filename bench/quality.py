@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -46,6 +44,7 @@ from scipy.stats import rankdata
 from sklearn import datasets as sk_datasets
 from sklearn.metrics import roc_auc_score
 
+from bench.machine import describe
 from bench.quality_baselines import BASELINES, PYOD_AUTO, pyod_auto_unavailable, standardize
 from oddity.v1 import detector_pb2, detector_pb2_grpc, tensor_pb2, trainer_pb2, trainer_pb2_grpc
 
@@ -335,21 +334,6 @@ def run_baselines(split: Split, methods: list[str]) -> tuple[dict[str, float | N
 # -- summaries ---------------------------------------------------------------------------------
 
 
-def cpu_info() -> dict[str, Any]:
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        lscpu = ""
-    fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
-    flags = fields.get("Flags", "").split()
-    return {
-        "model": fields.get("Model name", platform.processor() or "unknown").strip(),
-        "cores": os.cpu_count(),
-        "avx512f": "avx512f" in flags,
-        "avx2": "avx2" in flags,
-    }
-
-
 def mean_or_none(values: list[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return float(np.mean(present)) if present else None
@@ -512,9 +496,7 @@ def run_splits(splits: list[Split], baselines: list[str], kind: str | None) -> l
 def main() -> None:
     args = parse_args()
     started = time.perf_counter()
-    cpu = cpu_info()
-    print(f"cpu: {cpu['model']}, {cpu['cores']} cores, avx512f {'yes' if cpu['avx512f'] else 'no'}, ", end="")
-    print(f"avx2 {'yes' if cpu['avx2'] else 'no'}")
+    print(describe())
     print(f"caps per split: train <= {CAP_TRAIN} normal rows ({TRAIN_SHARE:.0%} of the normals), ", end="")
     print(f"test <= {CAP_TEST_NORMAL} normal + {CAP_TEST_ANOMALY} anomalous rows")
     sets = select_sets(load_sets(args.data), args.sets, args.quick)
@@ -543,7 +525,7 @@ def main() -> None:
     print(f"\ntotal wall time {wall:.0f} s")
 
     report = {
-        "cpu": cpu,
+        "machine": describe(),
         "kind": args.kind,
         "seeds": seeds,
         "caps": {"train": CAP_TRAIN, "test_normal": CAP_TEST_NORMAL, "test_anomaly": CAP_TEST_ANOMALY},

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import psutil
 
+from bench.machine import describe
 from oddity.client import DetectorClient
 from tests.support import models
 from tests.support.servers import ServiceProcess
@@ -99,6 +100,7 @@ def main() -> None:
     parser.add_argument("--features", type=int, default=5)
     parser.add_argument("--batch-rows", type=int, default=10_000)
     args = parser.parse_args()
+    print(describe(), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         csv, out, repository = root / "readings.csv", root / "scored.csv", root / "models"

@@ -28,6 +28,7 @@ import grpc
 import numpy as np
 import psutil
 
+from bench.machine import describe
 from oddity.v1 import detector_pb2, detector_pb2_grpc, embedder_pb2, embedder_pb2_grpc
 from tests.detector.test_detect_images import publish_image_model
 from tests.support import drawings, encoders, models
@@ -180,6 +181,7 @@ def main() -> None:
     parser.add_argument("--publish-every", type=float, default=2.0)
     parser.add_argument("--clients", type=int, default=4)
     args = parser.parse_args()
+    print(describe(), flush=True)
     result = run_soak(args.seconds, args.publish_every, args.clients)
     print(result.report())
     ok = (

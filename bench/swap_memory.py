@@ -22,6 +22,7 @@ import grpc
 import numpy as np
 import psutil
 
+from bench.machine import describe
 from oddity.trainer import bundle_writer
 from oddity.v1 import detector_pb2, detector_pb2_grpc
 from tests.support import models
@@ -37,6 +38,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--clients", type=int, default=4)
     args = parser.parse_args()
+    print(describe(), flush=True)
     fitted = [models.timing_group(models.random_autoencoder(D, (256, 64, 256), seed=s)) for s in range(2)]
     row = np.random.default_rng(0).normal(size=(1, D)).astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp:

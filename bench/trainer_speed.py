@@ -23,6 +23,7 @@ import onnxruntime as ort
 import pandas as pd
 import yaml
 
+from bench.machine import describe
 from oddity.common import bundle
 from oddity.trainer import pipeline
 from oddity.trainer.data import fingerprint, load_dataset
@@ -168,6 +169,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--debounce", type=float, default=0.5)
     args = parser.parse_args()
+    print(describe(), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         bench_training(root, args.rows, args.features, args.epochs)
