@@ -195,6 +195,9 @@ def test_a_detector_that_cannot_be_reached_exits_3(cli, tmp_path):
     result = invoke(cli, "score", path, "--model", "sensors", "--detector", "127.0.0.1:1", "--timeout", 1)
     assert result.exit_code == 3
     assert result.stderr.startswith("error: detector at 127.0.0.1:1: ")
+    assert result.stderr.rstrip().endswith(
+        "(no connection to 127.0.0.1:1: is the detector running there, with TLS settings that match?)"
+    )
 
 
 @pytest.mark.parametrize(

@@ -96,6 +96,9 @@ def test_errors_are_domain_errors_naming_service_address_and_status(served):
     with DetectorClient("127.0.0.1:1", timeout=2, retry=fast) as nowhere, pytest.raises(Unavailable) as down:
         nowhere.models()
     assert str(down.value).startswith("detector at 127.0.0.1:1: UNAVAILABLE: ")
+    assert str(down.value).endswith(
+        "(no connection to 127.0.0.1:1: is the detector running there, with TLS settings that match?)"
+    )
 
 
 def test_models_model_load_and_unload(served):

@@ -30,6 +30,7 @@ import grpc
 from oddity.client.errors import rpc_error
 from oddity.common.auth import AUTHORIZATION_KEY
 from oddity.common.clients.channel import DEFAULT_MAX_MESSAGE_BYTES, RetryPolicy, channel_options
+from oddity.common.errors import OddityError
 from oddity.common.logging import REQUEST_ID_KEY
 from oddity.common.tls import TlsFiles, channel_credentials
 from oddity.common.token_files import read_token
@@ -118,7 +119,26 @@ class ServiceClient:
                 wait_for_ready=self.wait_for_ready,
             )
         except grpc.RpcError as exc:
-            raise rpc_error(exc, self.label, self.target) from exc
+            raise self._error(exc) from exc
+
+    def _error(self, exc: grpc.RpcError) -> OddityError:
+        """The domain error; a call that failed because nothing answers says so."""
+        error = rpc_error(exc, self.label, self.target)
+        code = exc.code() if isinstance(exc, grpc.Call) else None
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and not self._connected():
+            hint = f"no connection to {self.target}: is the {self.label} running there, with TLS settings that match?"
+            return type(error)(f"{error.message} ({hint})")
+        return error
+
+    def _connected(self) -> bool:
+        ready = grpc.channel_ready_future(self.channel)
+        try:
+            ready.result(timeout=0.05)
+        except grpc.FutureTimeoutError:
+            return False
+        finally:
+            ready.cancel()
+        return True
 
     def _stream(self, method: str, request: Any, *, timeout: float | None) -> Iterator[Any]:
         """The responses of a server-streaming call; stopping early cancels the call."""
@@ -128,7 +148,7 @@ class ServiceClient:
         try:
             yield from call
         except grpc.RpcError as exc:
-            raise rpc_error(exc, self.label, self.target) from exc
+            raise self._error(exc) from exc
         finally:
             call.cancel()
 
