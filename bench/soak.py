@@ -30,7 +30,6 @@ import psutil
 
 from bench.machine import describe
 from oddity.v1 import detector_pb2, detector_pb2_grpc, embedder_pb2, embedder_pb2_grpc
-from tests.detector.test_detect_images import publish_image_model
 from tests.support import drawings, encoders, models
 from tests.support.client import detect_request
 from tests.support.servers import ServiceProcess, channel, embedder_process
@@ -89,7 +88,7 @@ def run_soak(seconds: float = 60.0, publish_every: float = 2.0, clients: int = 4
             embedder.wait_ready("oddity.v1.Embedder", timeout=180)
             with channel(embedder.target) as ch:
                 info = embedder_pb2_grpc.EmbedderStub(ch).GetInfo(embedder_pb2.GetInfoRequest(model="vit"), timeout=30)
-            publish_image_model(repository, info.models[0])
+            models.publish_image_model(repository, info.models[0])
             models.publish_simple(repository, "live", fits[0], dimension=D)
             result.published = 1
             detector = ServiceProcess(

@@ -10,27 +10,12 @@ import numpy as np
 import pytest
 
 from oddity.client import EmbedderClient
-from oddity.common import bundle
 from oddity.embedder.models import ModelSource
 from oddity.v1 import detector_pb2, embedder_pb2
 from tests.client.conftest import invoke, usage_error
 from tests.conftest import start_detector, start_embedder
 from tests.support import drawings, encoders, models
 from tests.support.servers import wait_models
-
-
-def publish_picture_model(repository, served: embedder_pb2.ModelInfo) -> None:
-    """A model over the vectors of the embedder's `vit` plus the child's age."""
-    d = served.dimension + 1
-    fit = models.fit_pca_group(models.normal_rows(400, d), components=2)
-    models.publish_simple(repository, "pictures", fit, dimension=d)
-    version = repository / "pictures" / "1"
-    manifest = bundle.read_manifest(version)
-    source = manifest.embedding
-    source.model, source.model_id, source.revision = "vit", served.model_id, served.revision
-    source.dimension, source.modality = served.dimension, "image"
-    source.extra_features.append("age")
-    (version / bundle.MANIFEST_FILE).write_text(bundle.manifest_to_json(manifest))
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +28,8 @@ def stack(tmp_path_factory):
         wait_models(embedder, timeout=120)
         repository = root / "models"
         repository.mkdir()
-        publish_picture_model(repository, embedder.stub.GetInfo(embedder_pb2.GetInfoRequest(model="vit")).models[0])
+        served = embedder.stub.GetInfo(embedder_pb2.GetInfoRequest(model="vit")).models[0]
+        models.publish_image_model(repository, served)
         detector = start_detector(repository, embedder=embedder.server.target)
         rng = np.random.default_rng(0)
         files = []

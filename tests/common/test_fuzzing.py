@@ -25,7 +25,6 @@ from oddity.embedder.models import ModelSource
 from oddity.trainer.spec import SpecError, load_spec
 from oddity.v1 import detector_pb2, embedder_pb2, tensor_pb2, trainer_pb2
 from tests.conftest import ServiceHandle, start_detector, start_embedder, start_trainer
-from tests.detector.test_detect_images import publish_image_model
 from tests.support import datasets, encoders, models
 from tests.support.client import detect_request
 from tests.support.servers import wait_models
@@ -62,7 +61,8 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
     (data_volume / "datasets").mkdir(parents=True)
     try:
         wait_models(embedder, timeout=120)
-        publish_image_model(repository, embedder.stub.GetInfo(embedder_pb2.GetInfoRequest(model="vit")).models[0])
+        served = embedder.stub.GetInfo(embedder_pb2.GetInfoRequest(model="vit")).models[0]
+        models.publish_image_model(repository, served)
         fit = models.fit_pca_group(models.normal_rows(300, D), components=2)
         models.publish_simple(repository, "m", fit, dimension=D)
         detector = start_detector(repository, embedder=embedder.server.target, embedder_timeout_seconds=30)

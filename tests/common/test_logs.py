@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from oddity.v1 import detector_pb2, detector_pb2_grpc, embedder_pb2, embedder_pb2_grpc
-from tests.detector.test_detect_images import publish_image_model
-from tests.support import drawings, encoders
+from tests.support import drawings, encoders, models
 from tests.support.servers import ServiceProcess, channel, embedder_process
 
 
@@ -24,7 +23,7 @@ def test_every_line_is_json_and_request_ids_cross_services(tmp_path, repository)
         embedder.wait_ready("oddity.v1.Embedder", timeout=180)
         with channel(embedder.target) as ch:
             info = embedder_pb2_grpc.EmbedderStub(ch).GetInfo(embedder_pb2.GetInfoRequest(model="vit"), timeout=30)
-        publish_image_model(repository, info.models[0])
+        models.publish_image_model(repository, info.models[0])
         detector = ServiceProcess(
             "oddity.detector.main",
             ["--model-repository", str(repository), "--embedder", embedder.target, "--access-log"],

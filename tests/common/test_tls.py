@@ -22,7 +22,6 @@ from oddity.common.tls import TlsFiles
 from oddity.embedder.models import ModelSource
 from oddity.v1 import detector_pb2, detector_pb2_grpc, embedder_pb2, embedder_pb2_grpc
 from tests.conftest import start_detector, start_embedder, start_trainer
-from tests.detector.test_detect_images import publish_image_model
 from tests.support import datasets, drawings, encoders, models
 from tests.support.client import detect_request
 from tests.support.waiting import wait_for
@@ -272,7 +271,7 @@ def test_the_detector_calls_a_mutual_tls_embedder_over_tls(repository, tmp_path)
                 what="the embedder ready",
             )
             info = embedder_pb2_grpc.EmbedderStub(ch).GetInfo(embedder_pb2.GetInfoRequest(model="vit"), timeout=10)
-        publish_image_model(repository, info.models[0])
+        models.publish_image_model(repository, info.models[0])
         detector = start_detector(
             repository,
             embedder=f"localhost:{embedder.server.port}",

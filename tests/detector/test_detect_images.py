@@ -9,7 +9,6 @@ import grpc
 import numpy as np
 import pytest
 
-from oddity.common import bundle
 from oddity.embedder.app import EmbedderApp
 from oddity.embedder.models import ModelSource
 from oddity.embedder.settings import EmbedderSettings
@@ -24,20 +23,6 @@ def start_embedder_on(port: int, cache_dir, sources) -> ServiceHandle:
     return ServiceHandle(EmbedderApp, settings, embedder_pb2_grpc.EmbedderStub)
 
 
-def publish_image_model(repository, served: embedder_pb2.ModelInfo) -> None:
-    """A model over the vectors of the embedder's `vit` plus the child's age."""
-    d = served.dimension + 1
-    fit = models.fit_pca_group(models.normal_rows(400, d), components=2)
-    models.publish_simple(repository, "pictures", fit, dimension=d)
-    version = repository / "pictures" / "1"
-    manifest = bundle.read_manifest(version)
-    source = manifest.embedding
-    source.model, source.model_id, source.revision = "vit", served.model_id, served.revision
-    source.dimension, source.modality = served.dimension, "image"
-    source.extra_features.append("age")
-    (version / bundle.MANIFEST_FILE).write_text(bundle.manifest_to_json(manifest))
-
-
 @pytest.fixture
 def vit(tmp_path):
     return {"vit": ModelSource(model_id=str(encoders.tiny_vit(tmp_path / "vit")), modality="image")}
@@ -49,7 +34,7 @@ def test_detect_images_rides_over_an_embedder_restart(tmp_path, repository, vit)
     try:
         wait_models(first, timeout=120)
         port = first.server.port
-        publish_image_model(repository, first.stub.GetInfo(embedder_pb2.GetInfoRequest(model="vit")).models[0])
+        models.publish_image_model(repository, first.stub.GetInfo(embedder_pb2.GetInfoRequest(model="vit")).models[0])
         detector = start_detector(repository, embedder=f"127.0.0.1:{port}", embedder_timeout_seconds=60)
         rng = np.random.default_rng(0)
         request = detector_pb2.DetectImagesRequest(

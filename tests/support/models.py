@@ -18,8 +18,9 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from oddity.common import bundle
 from oddity.trainer import bundle_writer
-from oddity.v1 import manifest_pb2
+from oddity.v1 import embedder_pb2, manifest_pb2
 
 OPSET = 17
 IR_VERSION = 8  # onnxruntime 1.31 reads IR <= 13; onnx 1.23 would write 14 by default
@@ -202,3 +203,17 @@ def publish_simple(repository: Path, name: str, fitted: FittedGroup, *, dimensio
         dimension=dimension,
         feature_names=feature_names,
     )
+
+
+def publish_image_model(repository: Path, served: embedder_pb2.ModelInfo) -> None:
+    """Model `pictures`: a model over the vectors of the embedder's `vit` plus the child's age."""
+    d = served.dimension + 1
+    fit = fit_pca_group(normal_rows(400, d), components=2)
+    publish_simple(repository, "pictures", fit, dimension=d)
+    version = repository / "pictures" / "1"
+    manifest = bundle.read_manifest(version)
+    source = manifest.embedding
+    source.model, source.model_id, source.revision = "vit", served.model_id, served.revision
+    source.dimension, source.modality = served.dimension, "image"
+    source.extra_features.append("age")
+    (version / bundle.MANIFEST_FILE).write_text(bundle.manifest_to_json(manifest))
