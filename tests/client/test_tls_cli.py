@@ -6,7 +6,6 @@ the right code and one line."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,24 +15,17 @@ from oddity.cli.main import app
 from oddity.client import DetectorClient, FailedPrecondition
 from tests.client.conftest import invoke, publish_models, stdout_of, table, usage_error
 from tests.conftest import start_detector
-
-
-def write_pair(folder: Path, issued: trustme.LeafCert) -> tuple[Path, Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    cert, key = folder / "tls.crt", folder / "tls.key"
-    cert.write_bytes(b"".join(p.bytes() for p in issued.cert_chain_pems))
-    key.write_bytes(issued.private_key_pem.bytes())
-    return cert, key
+from tests.support.certificates import identity
 
 
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory):
     root = tmp_path_factory.mktemp("tls-cli")
     ca = trustme.CA()
-    ca_file = root / "ca.crt"
-    ca_file.write_bytes(ca.cert_pem.bytes())
-    server_cert, server_key = write_pair(root / "detector", ca.issue_cert("localhost", "127.0.0.1"))
-    client_cert, client_key = write_pair(root / "client", ca.issue_cert("cli.example"))
+    server = identity(root / "detector", ca, "localhost", "127.0.0.1")
+    client = identity(root / "client", ca, "cli.example")
+    server_cert, server_key, ca_file = server.cert, server.key, server.ca
+    client_cert, client_key = client.cert, client.key
     (root / "read-tokens").write_text("cli:r3ad-token\n")
     (root / "admin-tokens").write_text("ops:adm1n-token\n")
     (root / "token").write_text("cli:r3ad-token\n")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import signal
 from collections.abc import Iterator
-from pathlib import Path
 
 import pandas as pd
 import psutil
@@ -20,6 +19,7 @@ import trustme
 from oddity.client import DetectorClient
 from tests.client.conftest import UpProcess, invoke, start_up
 from tests.support import datasets
+from tests.support.certificates import identity
 from tests.support.waiting import wait_for
 
 
@@ -114,20 +114,12 @@ def test_the_services_do_not_outlive_a_killed_oddity_up(up_process):
     wait_for(lambda: all(ended(c) for c in children.values()), timeout=60, what="the services to end")
 
 
-def write_pair(folder: Path, issued: trustme.LeafCert) -> tuple[Path, Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    cert, key = folder / "tls.crt", folder / "tls.key"
-    cert.write_bytes(b"".join(p.bytes() for p in issued.cert_chain_pems))
-    key.write_bytes(issued.private_key_pem.bytes())
-    return cert, key
-
-
 def test_tls_and_tokens_reach_every_service_and_their_calls_to_each_other(tmp_path, cli):
     ca = trustme.CA()
-    ca_file = tmp_path / "ca.crt"
-    ca_file.write_bytes(ca.cert_pem.bytes())
-    cert, key = write_pair(tmp_path / "stack-tls", ca.issue_cert("localhost", "127.0.0.1"))
-    client_cert, client_key = write_pair(tmp_path / "client-tls", ca.issue_cert("cli.example"))
+    stack_tls = identity(tmp_path / "stack-tls", ca, "localhost", "127.0.0.1")
+    client_tls = identity(tmp_path / "client-tls", ca, "cli.example")
+    cert, key, ca_file = stack_tls.cert, stack_tls.key, stack_tls.ca
+    client_cert, client_key = client_tls.cert, client_tls.key
     (tmp_path / "read-tokens").write_text("cli:r3ad-token\n")
     (tmp_path / "admin-tokens").write_text("ops:adm1n-token\n")
     (tmp_path / "admin-token").write_text("ops:adm1n-token\n")

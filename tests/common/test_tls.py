@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -18,43 +16,15 @@ import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from oddity.common.clients import DetectorAdminClient
-from oddity.common.tls import TlsFiles
 from oddity.embedder.models import ModelSource
 from oddity.v1 import detector_pb2, detector_pb2_grpc, embedder_pb2, embedder_pb2_grpc
 from tests.conftest import start_detector, start_embedder, start_trainer
 from tests.support import datasets, drawings, encoders, models
+from tests.support.certificates import identity
 from tests.support.client import detect_request
 from tests.support.waiting import wait_for
 
 D = 4
-
-
-@dataclass
-class Identity:
-    """One party's files: its certificate and key, and the CA bundle it trusts."""
-
-    cert: Path
-    key: Path
-    ca: Path
-
-    def files(self, client_auth: bool = False) -> TlsFiles:
-        return TlsFiles(self.cert, self.key, self.ca, client_auth)
-
-    def write(self, ca: trustme.CA, issued: trustme.LeafCert) -> Identity:
-        # Replace each file in one rename, as a Secret update does.
-        for path, pem in ((self.cert, issued.cert_chain_pems), (self.key, [issued.private_key_pem])):
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(b"".join(p.bytes() for p in pem))
-            tmp.replace(path)
-        tmp = self.ca.with_suffix(".tmp")
-        tmp.write_bytes(ca.cert_pem.bytes())
-        tmp.replace(self.ca)
-        return self
-
-
-def identity(folder: Path, ca: trustme.CA, *names: str) -> Identity:
-    folder.mkdir(parents=True, exist_ok=True)
-    return Identity(folder / "tls.crt", folder / "tls.key", folder / "ca.crt").write(ca, ca.issue_cert(*names))
 
 
 def credentials(ca: trustme.CA | None, client: trustme.LeafCert | None = None) -> grpc.ChannelCredentials:

@@ -17,6 +17,7 @@ import trustme
 from oddity.embedder.models import META_FILE, ModelSource
 from tests.conftest import start_detector
 from tests.support import models
+from tests.support.certificates import identity
 from tests.support.waiting import wait_for
 
 DETECTOR = "oddity.v1.Detector"
@@ -41,34 +42,24 @@ def pod_env(monkeypatch):
     return set_env
 
 
-def write_identity(folder: Path, ca: trustme.CA, *names: str) -> dict[str, Path]:
-    folder.mkdir(parents=True)
-    issued = ca.issue_cert(*names)
-    files = {"cert": folder / "tls.crt", "key": folder / "tls.key", "ca": folder / "ca.crt"}
-    files["cert"].write_bytes(b"".join(pem.bytes() for pem in issued.cert_chain_pems))
-    files["key"].write_bytes(issued.private_key_pem.bytes())
-    files["ca"].write_bytes(ca.cert_pem.bytes())
-    return files
-
-
 def test_health_check_over_mutual_tls_follows_readiness(health_check, pod_env, repository, tmp_path):
     ca = trustme.CA()
-    tls = write_identity(tmp_path / "tls", ca, "oddity-detector", "oddity-detector.oddity.svc")
+    tls = identity(tmp_path / "tls", ca, "oddity-detector", "oddity-detector.oddity.svc")
     (tmp_path / "read-tokens").write_text("client:r3ad\n")
     detector = start_detector(
         repository,
-        tls_cert_file=tls["cert"],
-        tls_key_file=tls["key"],
-        tls_ca_file=tls["ca"],
+        tls_cert_file=tls.cert,
+        tls_key_file=tls.key,
+        tls_ca_file=tls.ca,
         tls_client_auth=True,
         read_tokens_file=tmp_path / "read-tokens",
     )
     try:
         pod_env(
             PORT=detector.server.port,
-            TLS_CERT_FILE=tls["cert"],
-            TLS_KEY_FILE=tls["key"],
-            TLS_CA_FILE=tls["ca"],
+            TLS_CERT_FILE=tls.cert,
+            TLS_KEY_FILE=tls.key,
+            TLS_CA_FILE=tls.ca,
             TLS_CLIENT_AUTH="true",
             READ_TOKENS_FILE=tmp_path / "read-tokens",
         )
