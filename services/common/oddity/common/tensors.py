@@ -15,13 +15,16 @@ from oddity.v1 import tensor_pb2
 FLOAT32_LE = np.dtype("<f4")
 
 
-def tensor_to_array(tensor: tensor_pb2.Tensor, *, field: str = "rows") -> np.ndarray:
-    """Decode a float32 tensor to a 2-D array [rows, features] (read-only on the raw path)."""
+def tensor_to_array(
+    tensor: tensor_pb2.Tensor, *, field: str = "rows", raw_data: bytes | memoryview | None = None
+) -> np.ndarray:
+    """Decode a float32 tensor to a 2-D array [rows, features] (read-only on the raw path).
+    `raw_data` stands in for the tensor's raw_data when the caller kept it out of the message."""
     shape = [int(d) for d in tensor.shape]
     if any(d < 0 for d in shape):
         raise InvalidArgument(f"{field}.shape {shape} has a negative dimension")
     # Read the field once: every access to a bytes field copies it out of the message.
-    raw, n_values = tensor.raw_data, len(tensor.values)
+    raw, n_values = tensor.raw_data if raw_data is None else raw_data, len(tensor.values)
     if raw and n_values:
         raise InvalidArgument(f"{field}: set raw_data or values, not both")
     if raw:

@@ -26,7 +26,7 @@ from oddity.v1 import manifest_pb2 as oddity_dot_v1_dot_manifest__pb2
 from oddity.v1 import tensor_pb2 as oddity_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18oddity/v1/detector.proto\x12\toddity.v1\x1a\x18oddity/v1/manifest.proto\x1a\x16oddity/v1/tensor.proto\"\xc2\x01\n\x13\x44\x65tectImagesRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06images\x18\x02 \x03(\x0c\x12\r\n\x05texts\x18\x03 \x03(\t\x12\x16\n\x0erouting_values\x18\x04 \x03(\x01\x12)\n\x0e\x65xtra_features\x18\x05 \x01(\x0b\x32\x11.oddity.v1.Tensor\x12!\n\x14threshold_percentile\x18\x06 \x01(\x01H\x00\x88\x01\x01\x42\x17\n\x15_threshold_percentile\"w\n\x14\x44\x65tectImagesResponse\x12)\n\x06result\x18\x01 \x01(\x0b\x32\x19.oddity.v1.DetectResponse\x12\x19\n\x11\x65mbedder_model_id\x18\x02 \x01(\t\x12\x19\n\x11\x65mbedder_revision\x18\x03 \x01(\t\"\xd2\x01\n\rDetectRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x1f\n\x04rows\x18\x03 \x01(\x0b\x32\x11.oddity.v1.Tensor\x12\x15\n\rfeature_names\x18\x04 \x03(\t\x12\x16\n\x0erouting_values\x18\x05 \x03(\x01\x12!\n\x14threshold_percentile\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\rexplain_top_k\x18\x07 \x01(\rB\x17\n\x15_threshold_percentile\"W\n\x13\x46\x65\x61tureContribution\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x14\n\x0c\x63ontribution\x18\x03 \x01(\x01\x12\r\n\x05\x65rror\x18\x04 \x01(\x01\"?\n\x0b\x45xplanation\x12\x30\n\x08\x66\x65\x61tures\x18\x01 \x03(\x0b\x32\x1e.oddity.v1.FeatureContribution\"\xf1\x02\n\x0e\x44\x65tectResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0e\n\x06scores\x18\x04 \x03(\x01\x12\x19\n\x11normalized_scores\x18\x05 \x03(\x01\x12\x12\n\nis_anomaly\x18\x06 \x03(\x08\x12\x12\n\nthresholds\x18\x07 \x03(\x01\x12\x13\n\x0b\x63onfidences\x18\x08 \x03(\x01\x12\x0e\n\x06groups\x18\t \x03(\t\x12\x10\n\x08\x66\x61llback\x18\n \x03(\x08\x12,\n\x0c\x65xplanations\x18\x0b \x03(\x0b\x32\x16.oddity.v1.Explanation\x12\x19\n\x11predicted_classes\x18\x0c \x03(\t\x12(\n\rprobabilities\x18\r \x01(\x0b\x32\x11.oddity.v1.Tensor\x12\x14\n\x0c\x63lass_labels\x18\x0e \x03(\t\x12\x18\n\x10predicted_scores\x18\x0f \x03(\x01\"\x9e\x02\n\x0bModelStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0fserving_version\x18\x02 \x01(\x03\x12\x1a\n\x12\x61vailable_versions\x18\x03 \x03(\x03\x12\x16\n\x0epinned_version\x18\x04 \x01(\x03\x12\x10\n\x08unloaded\x18\x05 \x01(\x08\x12\x0c\n\x04kind\x18\x06 \x01(\t\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12G\n\x11rejected_versions\x18\x08 \x03(\x0b\x32,.oddity.v1.ModelStatus.RejectedVersionsEntry\x1a\x37\n\x15RejectedVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.oddity.v1.ModelStatus\" \n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\"f\n\x10GetModelResponse\x12&\n\x06status\x18\x01 \x01(\x0b\x32\x16.oddity.v1.ModelStatus\x12*\n\x08manifest\x18\x02 \x01(\x0b\x32\x18.oddity.v1.ModelManifest\"2\n\x10LoadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\";\n\x11LoadModelResponse\x12&\n\x06status\x18\x01 \x01(\x0b\x32\x16.oddity.v1.ModelStatus\"#\n\x12UnloadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\"=\n\x13UnloadModelResponse\x12&\n\x06status\x18\x01 \x01(\x0b\x32\x16.oddity.v1.ModelStatus2\xc0\x03\n\x08\x44\x65tector\x12=\n\x06\x44\x65tect\x12\x18.oddity.v1.DetectRequest\x1a\x19.oddity.v1.DetectResponse\x12I\n\nListModels\x12\x1c.oddity.v1.ListModelsRequest\x1a\x1d.oddity.v1.ListModelsResponse\x12\x43\n\x08GetModel\x12\x1a.oddity.v1.GetModelRequest\x1a\x1b.oddity.v1.GetModelResponse\x12\x46\n\tLoadModel\x12\x1b.oddity.v1.LoadModelRequest\x1a\x1c.oddity.v1.LoadModelResponse\x12L\n\x0bUnloadModel\x12\x1d.oddity.v1.UnloadModelRequest\x1a\x1e.oddity.v1.UnloadModelResponse\x12O\n\x0c\x44\x65tectImages\x12\x1e.oddity.v1.DetectImagesRequest\x1a\x1f.oddity.v1.DetectImagesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18oddity/v1/detector.proto\x12\toddity.v1\x1a\x18oddity/v1/manifest.proto\x1a\x16oddity/v1/tensor.proto\"\xc2\x01\n\x13\x44\x65tectImagesRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06images\x18\x02 \x03(\x0c\x12\r\n\x05texts\x18\x03 \x03(\t\x12\x16\n\x0erouting_values\x18\x04 \x03(\x01\x12)\n\x0e\x65xtra_features\x18\x05 \x01(\x0b\x32\x11.oddity.v1.Tensor\x12!\n\x14threshold_percentile\x18\x06 \x01(\x01H\x00\x88\x01\x01\x42\x17\n\x15_threshold_percentile\"w\n\x14\x44\x65tectImagesResponse\x12)\n\x06result\x18\x01 \x01(\x0b\x32\x19.oddity.v1.DetectResponse\x12\x19\n\x11\x65mbedder_model_id\x18\x02 \x01(\t\x12\x19\n\x11\x65mbedder_revision\x18\x03 \x01(\t\"\xfc\x01\n\rDetectRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x1f\n\x04rows\x18\x03 \x01(\x0b\x32\x11.oddity.v1.Tensor\x12\x15\n\rfeature_names\x18\x04 \x03(\t\x12\x16\n\x0erouting_values\x18\x05 \x03(\x01\x12!\n\x14threshold_percentile\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\rexplain_top_k\x18\x07 \x01(\r\x12(\n\x07\x63olumns\x18\x08 \x03(\x0e\x32\x17.oddity.v1.DetectColumnB\x17\n\x15_threshold_percentile\"W\n\x13\x46\x65\x61tureContribution\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x14\n\x0c\x63ontribution\x18\x03 \x01(\x01\x12\r\n\x05\x65rror\x18\x04 \x01(\x01\"?\n\x0b\x45xplanation\x12\x30\n\x08\x66\x65\x61tures\x18\x01 \x03(\x0b\x32\x1e.oddity.v1.FeatureContribution\"\x9a\x03\n\x0e\x44\x65tectResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0e\n\x06scores\x18\x04 \x03(\x01\x12\x19\n\x11normalized_scores\x18\x05 \x03(\x01\x12\x12\n\nis_anomaly\x18\x06 \x03(\x08\x12\x12\n\nthresholds\x18\x07 \x03(\x01\x12\x13\n\x0b\x63onfidences\x18\x08 \x03(\x01\x12\x0e\n\x06groups\x18\t \x03(\t\x12\x10\n\x08\x66\x61llback\x18\n \x03(\x08\x12,\n\x0c\x65xplanations\x18\x0b \x03(\x0b\x32\x16.oddity.v1.Explanation\x12\x19\n\x11predicted_classes\x18\x0c \x03(\t\x12(\n\rprobabilities\x18\r \x01(\x0b\x32\x11.oddity.v1.Tensor\x12\x14\n\x0c\x63lass_labels\x18\x0e \x03(\t\x12\x18\n\x10predicted_scores\x18\x0f \x03(\x01\x12\x13\n\x0bgroup_names\x18\x10 \x03(\t\x12\x12\n\nrow_groups\x18\x11 \x03(\r\"\x9e\x02\n\x0bModelStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0fserving_version\x18\x02 \x01(\x03\x12\x1a\n\x12\x61vailable_versions\x18\x03 \x03(\x03\x12\x16\n\x0epinned_version\x18\x04 \x01(\x03\x12\x10\n\x08unloaded\x18\x05 \x01(\x08\x12\x0c\n\x04kind\x18\x06 \x01(\t\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12G\n\x11rejected_versions\x18\x08 \x03(\x0b\x32,.oddity.v1.ModelStatus.RejectedVersionsEntry\x1a\x37\n\x15RejectedVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.oddity.v1.ModelStatus\" \n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\"f\n\x10GetModelResponse\x12&\n\x06status\x18\x01 \x01(\x0b\x32\x16.oddity.v1.ModelStatus\x12*\n\x08manifest\x18\x02 \x01(\x0b\x32\x18.oddity.v1.ModelManifest\"2\n\x10LoadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\";\n\x11LoadModelResponse\x12&\n\x06status\x18\x01 \x01(\x0b\x32\x16.oddity.v1.ModelStatus\"#\n\x12UnloadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\"=\n\x13UnloadModelResponse\x12&\n\x06status\x18\x01 \x01(\x0b\x32\x16.oddity.v1.ModelStatus*\xfd\x01\n\x0c\x44\x65tectColumn\x12\x1d\n\x19\x44\x45TECT_COLUMN_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44\x45TECT_COLUMN_SCORES\x10\x01\x12#\n\x1f\x44\x45TECT_COLUMN_NORMALIZED_SCORES\x10\x02\x12\x1c\n\x18\x44\x45TECT_COLUMN_IS_ANOMALY\x10\x03\x12\x1c\n\x18\x44\x45TECT_COLUMN_THRESHOLDS\x10\x04\x12\x1d\n\x19\x44\x45TECT_COLUMN_CONFIDENCES\x10\x05\x12\x18\n\x14\x44\x45TECT_COLUMN_GROUPS\x10\x06\x12\x1a\n\x16\x44\x45TECT_COLUMN_FALLBACK\x10\x07\x32\xc0\x03\n\x08\x44\x65tector\x12=\n\x06\x44\x65tect\x12\x18.oddity.v1.DetectRequest\x1a\x19.oddity.v1.DetectResponse\x12I\n\nListModels\x12\x1c.oddity.v1.ListModelsRequest\x1a\x1d.oddity.v1.ListModelsResponse\x12\x43\n\x08GetModel\x12\x1a.oddity.v1.GetModelRequest\x1a\x1b.oddity.v1.GetModelResponse\x12\x46\n\tLoadModel\x12\x1b.oddity.v1.LoadModelRequest\x1a\x1c.oddity.v1.LoadModelResponse\x12L\n\x0bUnloadModel\x12\x1d.oddity.v1.UnloadModelRequest\x1a\x1e.oddity.v1.UnloadModelResponse\x12O\n\x0c\x44\x65tectImages\x12\x1e.oddity.v1.DetectImagesRequest\x1a\x1f.oddity.v1.DetectImagesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,38 +35,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODELSTATUS_REJECTEDVERSIONSENTRY']._loaded_options = None
   _globals['_MODELSTATUS_REJECTEDVERSIONSENTRY']._serialized_options = b'8\001'
+  _globals['_DETECTCOLUMN']._serialized_start=1953
+  _globals['_DETECTCOLUMN']._serialized_end=2206
   _globals['_DETECTIMAGESREQUEST']._serialized_start=90
   _globals['_DETECTIMAGESREQUEST']._serialized_end=284
   _globals['_DETECTIMAGESRESPONSE']._serialized_start=286
   _globals['_DETECTIMAGESRESPONSE']._serialized_end=405
   _globals['_DETECTREQUEST']._serialized_start=408
-  _globals['_DETECTREQUEST']._serialized_end=618
-  _globals['_FEATURECONTRIBUTION']._serialized_start=620
-  _globals['_FEATURECONTRIBUTION']._serialized_end=707
-  _globals['_EXPLANATION']._serialized_start=709
-  _globals['_EXPLANATION']._serialized_end=772
-  _globals['_DETECTRESPONSE']._serialized_start=775
-  _globals['_DETECTRESPONSE']._serialized_end=1144
-  _globals['_MODELSTATUS']._serialized_start=1147
-  _globals['_MODELSTATUS']._serialized_end=1433
-  _globals['_MODELSTATUS_REJECTEDVERSIONSENTRY']._serialized_start=1378
-  _globals['_MODELSTATUS_REJECTEDVERSIONSENTRY']._serialized_end=1433
-  _globals['_LISTMODELSREQUEST']._serialized_start=1435
-  _globals['_LISTMODELSREQUEST']._serialized_end=1454
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1456
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1516
-  _globals['_GETMODELREQUEST']._serialized_start=1518
-  _globals['_GETMODELREQUEST']._serialized_end=1550
-  _globals['_GETMODELRESPONSE']._serialized_start=1552
-  _globals['_GETMODELRESPONSE']._serialized_end=1654
-  _globals['_LOADMODELREQUEST']._serialized_start=1656
-  _globals['_LOADMODELREQUEST']._serialized_end=1706
-  _globals['_LOADMODELRESPONSE']._serialized_start=1708
-  _globals['_LOADMODELRESPONSE']._serialized_end=1767
-  _globals['_UNLOADMODELREQUEST']._serialized_start=1769
-  _globals['_UNLOADMODELREQUEST']._serialized_end=1804
-  _globals['_UNLOADMODELRESPONSE']._serialized_start=1806
-  _globals['_UNLOADMODELRESPONSE']._serialized_end=1867
-  _globals['_DETECTOR']._serialized_start=1870
-  _globals['_DETECTOR']._serialized_end=2318
+  _globals['_DETECTREQUEST']._serialized_end=660
+  _globals['_FEATURECONTRIBUTION']._serialized_start=662
+  _globals['_FEATURECONTRIBUTION']._serialized_end=749
+  _globals['_EXPLANATION']._serialized_start=751
+  _globals['_EXPLANATION']._serialized_end=814
+  _globals['_DETECTRESPONSE']._serialized_start=817
+  _globals['_DETECTRESPONSE']._serialized_end=1227
+  _globals['_MODELSTATUS']._serialized_start=1230
+  _globals['_MODELSTATUS']._serialized_end=1516
+  _globals['_MODELSTATUS_REJECTEDVERSIONSENTRY']._serialized_start=1461
+  _globals['_MODELSTATUS_REJECTEDVERSIONSENTRY']._serialized_end=1516
+  _globals['_LISTMODELSREQUEST']._serialized_start=1518
+  _globals['_LISTMODELSREQUEST']._serialized_end=1537
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1539
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1599
+  _globals['_GETMODELREQUEST']._serialized_start=1601
+  _globals['_GETMODELREQUEST']._serialized_end=1633
+  _globals['_GETMODELRESPONSE']._serialized_start=1635
+  _globals['_GETMODELRESPONSE']._serialized_end=1737
+  _globals['_LOADMODELREQUEST']._serialized_start=1739
+  _globals['_LOADMODELREQUEST']._serialized_end=1789
+  _globals['_LOADMODELRESPONSE']._serialized_start=1791
+  _globals['_LOADMODELRESPONSE']._serialized_end=1850
+  _globals['_UNLOADMODELREQUEST']._serialized_start=1852
+  _globals['_UNLOADMODELREQUEST']._serialized_end=1887
+  _globals['_UNLOADMODELRESPONSE']._serialized_start=1889
+  _globals['_UNLOADMODELRESPONSE']._serialized_end=1950
+  _globals['_DETECTOR']._serialized_start=2209
+  _globals['_DETECTOR']._serialized_end=2657
 # @@protoc_insertion_point(module_scope)

@@ -1,12 +1,32 @@
 from oddity.v1 import manifest_pb2 as _manifest_pb2
 from oddity.v1 import tensor_pb2 as _tensor_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class DetectColumn(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DETECT_COLUMN_UNSPECIFIED: _ClassVar[DetectColumn]
+    DETECT_COLUMN_SCORES: _ClassVar[DetectColumn]
+    DETECT_COLUMN_NORMALIZED_SCORES: _ClassVar[DetectColumn]
+    DETECT_COLUMN_IS_ANOMALY: _ClassVar[DetectColumn]
+    DETECT_COLUMN_THRESHOLDS: _ClassVar[DetectColumn]
+    DETECT_COLUMN_CONFIDENCES: _ClassVar[DetectColumn]
+    DETECT_COLUMN_GROUPS: _ClassVar[DetectColumn]
+    DETECT_COLUMN_FALLBACK: _ClassVar[DetectColumn]
+DETECT_COLUMN_UNSPECIFIED: DetectColumn
+DETECT_COLUMN_SCORES: DetectColumn
+DETECT_COLUMN_NORMALIZED_SCORES: DetectColumn
+DETECT_COLUMN_IS_ANOMALY: DetectColumn
+DETECT_COLUMN_THRESHOLDS: DetectColumn
+DETECT_COLUMN_CONFIDENCES: DetectColumn
+DETECT_COLUMN_GROUPS: DetectColumn
+DETECT_COLUMN_FALLBACK: DetectColumn
 
 class DetectImagesRequest(_message.Message):
     __slots__ = ("model", "images", "texts", "routing_values", "extra_features", "threshold_percentile")
@@ -35,7 +55,7 @@ class DetectImagesResponse(_message.Message):
     def __init__(self, result: _Optional[_Union[DetectResponse, _Mapping]] = ..., embedder_model_id: _Optional[str] = ..., embedder_revision: _Optional[str] = ...) -> None: ...
 
 class DetectRequest(_message.Message):
-    __slots__ = ("model", "version", "rows", "feature_names", "routing_values", "threshold_percentile", "explain_top_k")
+    __slots__ = ("model", "version", "rows", "feature_names", "routing_values", "threshold_percentile", "explain_top_k", "columns")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +63,7 @@ class DetectRequest(_message.Message):
     ROUTING_VALUES_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_PERCENTILE_FIELD_NUMBER: _ClassVar[int]
     EXPLAIN_TOP_K_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     rows: _tensor_pb2.Tensor
@@ -50,7 +71,8 @@ class DetectRequest(_message.Message):
     routing_values: _containers.RepeatedScalarFieldContainer[float]
     threshold_percentile: float
     explain_top_k: int
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., rows: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., feature_names: _Optional[_Iterable[str]] = ..., routing_values: _Optional[_Iterable[float]] = ..., threshold_percentile: _Optional[float] = ..., explain_top_k: _Optional[int] = ...) -> None: ...
+    columns: _containers.RepeatedScalarFieldContainer[DetectColumn]
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., rows: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., feature_names: _Optional[_Iterable[str]] = ..., routing_values: _Optional[_Iterable[float]] = ..., threshold_percentile: _Optional[float] = ..., explain_top_k: _Optional[int] = ..., columns: _Optional[_Iterable[_Union[DetectColumn, str]]] = ...) -> None: ...
 
 class FeatureContribution(_message.Message):
     __slots__ = ("name", "index", "contribution", "error")
@@ -71,7 +93,7 @@ class Explanation(_message.Message):
     def __init__(self, features: _Optional[_Iterable[_Union[FeatureContribution, _Mapping]]] = ...) -> None: ...
 
 class DetectResponse(_message.Message):
-    __slots__ = ("model", "model_version", "kind", "scores", "normalized_scores", "is_anomaly", "thresholds", "confidences", "groups", "fallback", "explanations", "predicted_classes", "probabilities", "class_labels", "predicted_scores")
+    __slots__ = ("model", "model_version", "kind", "scores", "normalized_scores", "is_anomaly", "thresholds", "confidences", "groups", "fallback", "explanations", "predicted_classes", "probabilities", "class_labels", "predicted_scores", "group_names", "row_groups")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +109,8 @@ class DetectResponse(_message.Message):
     PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
     CLASS_LABELS_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_SCORES_FIELD_NUMBER: _ClassVar[int]
+    GROUP_NAMES_FIELD_NUMBER: _ClassVar[int]
+    ROW_GROUPS_FIELD_NUMBER: _ClassVar[int]
     model: str
     model_version: int
     kind: str
@@ -102,7 +126,9 @@ class DetectResponse(_message.Message):
     probabilities: _tensor_pb2.Tensor
     class_labels: _containers.RepeatedScalarFieldContainer[str]
     predicted_scores: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[int] = ..., kind: _Optional[str] = ..., scores: _Optional[_Iterable[float]] = ..., normalized_scores: _Optional[_Iterable[float]] = ..., is_anomaly: _Optional[_Iterable[bool]] = ..., thresholds: _Optional[_Iterable[float]] = ..., confidences: _Optional[_Iterable[float]] = ..., groups: _Optional[_Iterable[str]] = ..., fallback: _Optional[_Iterable[bool]] = ..., explanations: _Optional[_Iterable[_Union[Explanation, _Mapping]]] = ..., predicted_classes: _Optional[_Iterable[str]] = ..., probabilities: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., class_labels: _Optional[_Iterable[str]] = ..., predicted_scores: _Optional[_Iterable[float]] = ...) -> None: ...
+    group_names: _containers.RepeatedScalarFieldContainer[str]
+    row_groups: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[int] = ..., kind: _Optional[str] = ..., scores: _Optional[_Iterable[float]] = ..., normalized_scores: _Optional[_Iterable[float]] = ..., is_anomaly: _Optional[_Iterable[bool]] = ..., thresholds: _Optional[_Iterable[float]] = ..., confidences: _Optional[_Iterable[float]] = ..., groups: _Optional[_Iterable[str]] = ..., fallback: _Optional[_Iterable[bool]] = ..., explanations: _Optional[_Iterable[_Union[Explanation, _Mapping]]] = ..., predicted_classes: _Optional[_Iterable[str]] = ..., probabilities: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., class_labels: _Optional[_Iterable[str]] = ..., predicted_scores: _Optional[_Iterable[float]] = ..., group_names: _Optional[_Iterable[str]] = ..., row_groups: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ModelStatus(_message.Message):
     __slots__ = ("name", "serving_version", "available_versions", "pinned_version", "unloaded", "kind", "last_error", "rejected_versions")

@@ -15,14 +15,14 @@ from prometheus_client import CollectorRegistry
 from oddity.common.clients import EmbedderClient
 from oddity.common.logging import get_logger
 from oddity.common.server import Readiness
-from oddity.detector.grpc_api import DetectorServicer
+from oddity.detector.grpc_api import DetectorServicer, add_to_server
 from oddity.detector.metrics import DetectorMetrics
 from oddity.detector.model import LoadedModel
 from oddity.detector.registry import ModelRegistry
 from oddity.detector.service import DetectLimits, DetectorService
 from oddity.detector.sessions import SessionConfig
 from oddity.detector.settings import DetectorSettings
-from oddity.v1 import detector_pb2, detector_pb2_grpc
+from oddity.v1 import detector_pb2
 
 log = get_logger("oddity.detector")
 
@@ -87,7 +87,7 @@ class DetectorApp:
             await self._readiness.set(serving)
 
     def register(self, server: grpc.aio.Server) -> None:
-        detector_pb2_grpc.add_DetectorServicer_to_server(DetectorServicer(self.service), server)
+        add_to_server(DetectorServicer(self.service), server)
 
     async def start(self, readiness: Readiness) -> None:
         self._readiness = readiness

@@ -5,9 +5,15 @@ Reason to change: the Detector protobuf API (protos/oddity/v1/detector.proto).
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
+import grpc
+
 from oddity.common.tensors import array_to_tensor, tensor_to_array
+from oddity.detector import wire
 from oddity.detector.registry import ModelStatus
 from oddity.detector.service import DetectImagesInput, DetectInput, DetectorService, DetectOutput
+from oddity.detector.wire import DecodedDetect, decode_detect_request
 from oddity.v1 import detector_pb2, detector_pb2_grpc
 
 
@@ -24,49 +30,70 @@ def status_to_proto(status: ModelStatus) -> detector_pb2.ModelStatus:
     )
 
 
-def detect_input(request: detector_pb2.DetectRequest) -> DetectInput:
+def detect_input(request: DecodedDetect) -> DetectInput:
+    message = request.message
     return DetectInput(
-        model=request.model,
-        version=request.version,
-        rows=tensor_to_array(request.rows),
-        feature_names=request.feature_names,
-        routing_values=request.routing_values,
-        threshold_percentile=request.threshold_percentile if request.HasField("threshold_percentile") else None,
-        explain_top_k=request.explain_top_k,
+        model=message.model,
+        version=message.version,
+        rows=tensor_to_array(message.rows, raw_data=request.rows_raw),
+        feature_names=message.feature_names,
+        routing_values=message.routing_values,
+        threshold_percentile=message.threshold_percentile if message.HasField("threshold_percentile") else None,
+        explain_top_k=message.explain_top_k,
     )
 
 
-def detect_response(output: DetectOutput) -> detector_pb2.DetectResponse:
+Column = detector_pb2.DetectColumn
+ALL_COLUMNS = frozenset(Column.values()) - {Column.DETECT_COLUMN_UNSPECIFIED}
+
+
+def detect_response(output: DetectOutput, columns: Collection[int] = ()) -> bytes:
+    """A serialized DetectResponse with the per-row `columns` asked for (all when empty)."""
     s = output.scores
-    response = detector_pb2.DetectResponse(
-        model=output.model,
-        model_version=output.version,
-        kind=output.kind,
-        scores=s.scores.tolist(),
-        normalized_scores=s.normalized.tolist(),
-        is_anomaly=s.is_anomaly.tolist(),
-        thresholds=s.thresholds.tolist(),
-        confidences=s.confidences.tolist(),
-        groups=s.groups,
-        fallback=s.fallback.tolist(),
+    wanted = ALL_COLUMNS.intersection(columns) if columns else ALL_COLUMNS
+    head = detector_pb2.DetectResponse(
+        model=output.model, model_version=output.version, kind=output.kind, group_names=s.group_names
     )
+    row_groups = s.row_groups
+    parts = []
     if s.classes is not None and s.probabilities is not None:
-        labels = output.class_labels
-        response.predicted_classes.extend([labels[i] for i in s.classes.tolist()])
-        response.probabilities.CopyFrom(array_to_tensor(s.probabilities))
-        response.class_labels.extend(labels)
+        head.probabilities.CopyFrom(array_to_tensor(s.probabilities))
+        head.class_labels.extend(output.class_labels)
+        parts.append(wire.repeated_strings(_field("predicted_classes"), output.class_labels, s.classes))
         if s.predicted_scores is not None:
-            response.predicted_scores.extend(s.predicted_scores.tolist())
+            parts.append(wire.packed_doubles(_field("predicted_scores"), s.predicted_scores))
+    for column, attribute, number in _DOUBLE_COLUMNS:
+        if column in wanted:
+            parts.append(wire.packed_doubles(number, getattr(s, attribute)))
+    for column, attribute, number in _BOOL_COLUMNS:
+        if column in wanted:
+            parts.append(wire.packed_bools(number, getattr(s, attribute)))
+    if Column.DETECT_COLUMN_GROUPS in wanted:
+        parts.append(wire.repeated_strings(_field("groups"), s.group_names, row_groups))
+    if len(s.group_names) > 1:
+        parts.append(wire.packed_uints(_field("row_groups"), row_groups))
     if s.explanations is not None:
         indices, errors, shares = s.explanations
-        names = output.feature_names
-        for row_indices, row_errors, row_shares in zip(indices.tolist(), errors.tolist(), shares.tolist(), strict=True):
-            explanation = response.explanations.add()
-            for index, error, share in zip(row_indices, row_errors, row_shares, strict=True):
-                explanation.features.add(
-                    name=names[index] if names else f"#{index}", index=index, contribution=share, error=error
-                )
-    return response
+        parts.append(wire.explanations(_field("explanations"), output.feature_names, indices, errors, shares))
+    return head.SerializeToString() + b"".join(parts)
+
+
+def _field(name: str) -> int:
+    return detector_pb2.DetectResponse.DESCRIPTOR.fields_by_name[name].number
+
+
+# (column, the Scores attribute holding it, its DetectResponse field); classifiers leave the
+# anomaly columns empty, and empty columns are not written.
+_DOUBLE_COLUMNS = [
+    (Column.DETECT_COLUMN_SCORES, "scores", _field("scores")),
+    (Column.DETECT_COLUMN_NORMALIZED_SCORES, "normalized", _field("normalized_scores")),
+    (Column.DETECT_COLUMN_THRESHOLDS, "thresholds", _field("thresholds")),
+    (Column.DETECT_COLUMN_CONFIDENCES, "confidences", _field("confidences")),
+]
+_BOOL_COLUMNS = [
+    (Column.DETECT_COLUMN_IS_ANOMALY, "is_anomaly", _field("is_anomaly")),
+    (Column.DETECT_COLUMN_FALLBACK, "fallback", _field("fallback")),
+]
 
 
 def detect_images_input(request: detector_pb2.DetectImagesRequest) -> DetectImagesInput:
@@ -85,14 +112,14 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
     def __init__(self, service: DetectorService) -> None:
         self._service = service
 
-    async def Detect(self, request, context):
-        return detect_response(await self._service.detect(detect_input(request)))
+    async def Detect(self, request: DecodedDetect, context) -> bytes:
+        output = await self._service.detect(detect_input(request))
+        return detect_response(output, request.message.columns)
 
-    async def DetectImages(self, request, context):
+    async def DetectImages(self, request, context) -> bytes:
         output, model_id, revision = await self._service.detect_images(detect_images_input(request))
-        return detector_pb2.DetectImagesResponse(
-            result=detect_response(output), embedder_model_id=model_id, embedder_revision=revision
-        )
+        head = detector_pb2.DetectImagesResponse(embedder_model_id=model_id, embedder_revision=revision)
+        return head.SerializeToString() + wire.length_delimited(_RESULT_FIELD, detect_response(output))
 
     async def ListModels(self, request, context):
         return detector_pb2.ListModelsResponse(models=[status_to_proto(s) for s in self._service.list_models()])
@@ -108,3 +135,26 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
     async def UnloadModel(self, request, context):
         status = await self._service.unload_model(request.model)
         return detector_pb2.UnloadModelResponse(status=status_to_proto(status))
+
+
+_RESULT_FIELD = detector_pb2.DetectImagesResponse.DESCRIPTOR.fields_by_name["result"].number
+
+
+def add_to_server(servicer: DetectorServicer, server: grpc.aio.Server) -> None:
+    """Register the Detector service. Detect reads its request with `decode_detect_request`,
+    and Detect and DetectImages return bytes written by `detect_response` (see wire.py);
+    every other RPC uses its protobuf messages' own (de)serializers."""
+    service = detector_pb2.DESCRIPTOR.services_by_name["Detector"]
+    handlers = {}
+    for method in service.methods:
+        request_type = getattr(detector_pb2, method.input_type.name)
+        response_type = getattr(detector_pb2, method.output_type.name)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name), request_type.FromString, response_type.SerializeToString
+        )
+    handlers["Detect"] = grpc.unary_unary_rpc_method_handler(servicer.Detect, decode_detect_request)
+    handlers["DetectImages"] = grpc.unary_unary_rpc_method_handler(
+        servicer.DetectImages, detector_pb2.DetectImagesRequest.FromString
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)

@@ -1,0 +1,214 @@
+"""The Detect wire format without per-row Python and without copying the rows.
+
+Decoding: protobuf's Python API copies a bytes field twice (into the parsed message, then
+out of it on every access), which for a 4096 x 769 request is 25 MB of copies. A large
+request is walked instead: the rows tensor's `raw_data` stays a view into the request bytes
+(numpy reads it in place) and protobuf parses everything else.
+
+Encoding: an answer's columns are packed repeated fields, so they are written straight from
+numpy arrays; per-row strings (groups, predicted classes) and explanations are gathered from
+tables of encoded entries. Protobuf merges concatenated messages, so the small fields are
+serialized by protobuf and the columns appended.
+
+Reason to change: the wire format of DetectRequest/DetectResponse, or how it is parsed and
+written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from oddity.v1 import detector_pb2
+
+# Below this size protobuf's own parser is faster than walking the fields in Python.
+WALK_FROM_BYTES = 64 * 1024
+
+_ROWS_FIELD = 3  # DetectRequest.rows
+_RAW_DATA_FIELD = 2  # Tensor.raw_data
+_VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
+
+
+class WireError(ValueError):
+    """The bytes are not a valid protobuf message."""
+
+
+@dataclass(slots=True)
+class DecodedDetect:
+    """A DetectRequest whose rows' raw_data may live outside the message (see module docstring)."""
+
+    message: detector_pb2.DetectRequest
+    rows_raw: memoryview | None = None  # rows.raw_data as a view into the request bytes
+
+
+def decode_detect_request(data: bytes) -> DecodedDetect:
+    if len(data) < WALK_FROM_BYTES:
+        return DecodedDetect(detector_pb2.DetectRequest.FromString(data))
+    view = memoryview(data)
+    kept: list[memoryview] = []
+    tensors: list[memoryview] = []
+    for number, wire_type, start, value_start, end in _fields(view, 0, len(view)):
+        if number == _ROWS_FIELD and wire_type == _LENGTH:
+            tensors.append(view[value_start:end])
+        else:
+            kept.append(view[start:end])
+    message = detector_pb2.DetectRequest.FromString(b"".join(kept))
+    raw: memoryview | None = None
+    for tensor in tensors:  # repeated occurrences of a message field merge, in order
+        rest = []
+        for number, wire_type, start, value_start, end in _fields(tensor, 0, len(tensor)):
+            if number == _RAW_DATA_FIELD and wire_type == _LENGTH:
+                raw = tensor[value_start:end]  # a singular bytes field: the last one wins
+            else:
+                rest.append(tensor[start:end])
+        message.rows.MergeFromString(b"".join(rest))
+    return DecodedDetect(message, raw)
+
+
+def _varint(data: memoryview, i: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= end or shift > 63:
+            raise WireError("truncated or overlong varint")
+        byte = data[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, i
+        shift += 7
+
+
+def _fields(data: memoryview, i: int, end: int):
+    """(field number, wire type, start of the tag, start of the value, end) of each field."""
+    while i < end:
+        start = i
+        key, i = _varint(data, i, end)
+        number, wire_type = key >> 3, key & 7
+        if number == 0:
+            raise WireError("field number 0")
+        value_start = i
+        if wire_type == _VARINT:
+            _, i = _varint(data, i, end)
+        elif wire_type == _FIXED64:
+            i += 8
+        elif wire_type == _LENGTH:
+            length, value_start = _varint(data, i, end)
+            i = value_start + length
+        elif wire_type == _FIXED32:
+            i += 4
+        else:
+            raise WireError(f"wire type {wire_type} of field {number} is not supported")
+        if i > end:
+            raise WireError(f"field {number} runs past the end of the message")
+        yield number, wire_type, start, value_start, i
+
+
+# -- encoding -------------------------------------------------------------------------------
+
+
+def varints(values: np.ndarray) -> np.ndarray:
+    """Unsigned integers (< 2**35) as protobuf varints, concatenated, as uint8."""
+    values = np.asarray(values, dtype=np.uint64)
+    if values.size == 0 or int(values.max()) < 0x80:
+        return values.astype(np.uint8)
+    sizes = np.ones(values.shape, dtype=np.intp)
+    for bits in (7, 14, 21, 28):
+        sizes += values >= (1 << bits)
+    starts = np.cumsum(sizes) - sizes
+    out = np.empty(int(sizes.sum()), dtype=np.uint8)
+    for byte in range(5):
+        has = sizes > byte
+        if not has.any():
+            break
+        more = np.where(sizes[has] > byte + 1, 0x80, 0)
+        out[starts[has] + byte] = ((values[has] >> np.uint64(7 * byte)) & np.uint64(0x7F)).astype(np.uint8) | more
+    return out
+
+
+def _varint_bytes(value: int) -> bytes:
+    return varints(np.array([value])).tobytes()
+
+
+def length_delimited(number: int, payload: bytes) -> bytes:
+    return _varint_bytes(number << 3 | _LENGTH) + _varint_bytes(len(payload)) + payload
+
+
+def packed_doubles(number: int, values: np.ndarray) -> bytes:
+    return length_delimited(number, np.ascontiguousarray(values, dtype="<f8").tobytes()) if len(values) else b""
+
+
+def packed_bools(number: int, values: np.ndarray) -> bytes:
+    return length_delimited(number, np.asarray(values, dtype=np.uint8).tobytes()) if len(values) else b""
+
+
+def packed_uints(number: int, values: np.ndarray) -> bytes:
+    return length_delimited(number, varints(values).tobytes()) if len(values) else b""
+
+
+def gather(table: Sequence[bytes], indices: np.ndarray) -> bytes:
+    """table[i] for every i of `indices`, concatenated, without a Python loop over indices."""
+    if len(indices) == 0:
+        return b""
+    if len(table) == 1:
+        return table[0] * len(indices)
+    lengths = np.fromiter((len(entry) for entry in table), dtype=np.intp, count=len(table))
+    source_starts = np.cumsum(lengths) - lengths
+    source = np.frombuffer(b"".join(table), dtype=np.uint8)
+    return segments(source, source_starts[indices], lengths[indices])
+
+
+def segments(source: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> bytes:
+    """source[starts[i] : starts[i] + lengths[i]] for every i, concatenated (uint8 source)."""
+    total = int(lengths.sum())
+    out_starts = np.cumsum(lengths) - lengths
+    shift = np.repeat(starts - out_starts, lengths)
+    return source[shift + np.arange(total)].tobytes()
+
+
+def repeated_strings(number: int, names: Sequence[str], indices: np.ndarray) -> bytes:
+    """A repeated string field holding names[i] for every i of `indices`."""
+    table = [length_delimited(number, name.encode()) for name in names]
+    return gather(table, indices)
+
+
+def explanations(number: int, feature_names: Sequence[str], indices, errors, shares) -> bytes:
+    """A repeated Explanation field: per row, its top features as FeatureContribution
+    messages {name, index, contribution, error}; indices/errors/shares are [rows, k]."""
+    n, k = indices.shape
+    if n == 0 or k == 0:
+        return b""
+    d = len(feature_names) or int(indices.max()) + 1
+    # Per feature, the constant part of its FeatureContribution: name and index fields.
+    bodies = [
+        length_delimited(1, (feature_names[f] if feature_names else f"#{f}").encode())
+        + (b"\x10" + _varint_bytes(f) if f else b"")
+        for f in range(d)
+    ]
+    # Then contribution (field 3, fixed64) and error (field 4, fixed64): 18 bytes per entry.
+    doubles = np.empty(n * k, dtype=np.dtype([("t3", "u1"), ("share", "<f8"), ("t4", "u1"), ("error", "<f8")]))
+    doubles["t3"], doubles["t4"] = 3 << 3 | _FIXED64, 4 << 3 | _FIXED64
+    doubles["share"], doubles["error"] = shares.reshape(-1), errors.reshape(-1)
+    # Each entry of Explanation.features (field 1): tag, length, body, the 18 bytes.
+    heads = [_varint_bytes(1 << 3 | _LENGTH) + _varint_bytes(len(body) + 18) + body for body in bodies]
+    head_lengths = np.array([len(h) for h in heads], dtype=np.intp)
+    entry_lengths = head_lengths[indices] + 18  # [n, k]
+    row_lengths = entry_lengths.sum(axis=1)
+    distinct, row_head_index = np.unique(row_lengths, return_inverse=True)
+    row_heads = [_varint_bytes(number << 3 | _LENGTH) + _varint_bytes(int(length)) for length in distinct]
+    # One source holding every piece; the answer is a gather of its segments in order.
+    pieces = [b"".join(heads), doubles.tobytes(), b"".join(row_heads)]
+    offsets = np.cumsum([0] + [len(p) for p in pieces])
+    source = np.frombuffer(b"".join(pieces), dtype=np.uint8)
+    head_starts = offsets[0] + np.cumsum(head_lengths) - head_lengths
+    row_head_lengths = np.array([len(h) for h in row_heads], dtype=np.intp)
+    row_head_starts = offsets[2] + np.cumsum(row_head_lengths) - row_head_lengths
+    # Segments per row: its head, then per entry the feature's head and its 18 bytes.
+    starts = np.empty((n, 1 + 2 * k), dtype=np.intp)
+    lengths = np.empty((n, 1 + 2 * k), dtype=np.intp)
+    starts[:, 0], lengths[:, 0] = row_head_starts[row_head_index], row_head_lengths[row_head_index]
+    starts[:, 1::2], lengths[:, 1::2] = head_starts[indices], head_lengths[indices]
+    starts[:, 2::2] = offsets[1] + 18 * np.arange(n * k).reshape(n, k)
+    lengths[:, 2::2] = 18
+    return segments(source, starts.reshape(-1), lengths.reshape(-1))
