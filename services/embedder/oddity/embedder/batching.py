@@ -1,7 +1,11 @@
 """Dynamic batching: concurrent requests are gathered up to `max_batch_size` items or
 `max_wait` seconds, whichever comes first, and run as one ONNX call on a worker thread.
-While a batch runs, the next one gathers. A failed batch fails every waiting caller with
-the reason.
+
+Batches are pipelined: while one batch runs in ONNX Runtime, the next one gathers (past
+`max_wait` if need be: it cannot start before the running one ends anyway) and is prepared
+(`prepare`: texts tokenized, pixels stacked) on the preprocessing pool, so it starts the
+moment the running one ends. One batch runs at a time. A failed batch fails every waiting
+caller with the reason.
 
 Reason to change: how concurrent requests are batched.
 """
@@ -32,16 +36,22 @@ class _Entry:
 class DynamicBatcher:
     def __init__(
         self,
-        run: Callable[[list[Any]], np.ndarray],
+        run: Callable[[Any], np.ndarray],
         executor: Executor,
         *,
+        prepare: Callable[[list[Any]], Any] | None = None,
+        prepare_executor: Executor | None = None,
         max_batch_size: int = 32,
         max_wait: float = 0.005,
         observe_batch: Callable[[int], None] | None = None,
         observe_wait: Callable[[float], None] | None = None,
     ) -> None:
-        self._run = run  # payloads -> one array whose rows follow the payloads' items in order
+        # prepare(payloads) -> inputs; run(inputs) -> one array whose rows follow the payloads'
+        # items in order. Without prepare, run gets the payloads.
+        self._run = run
         self._executor = executor
+        self._prepare = prepare
+        self._prepare_executor = prepare_executor
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait
         self._observe_batch = observe_batch  # told the items of every batch
@@ -49,6 +59,7 @@ class DynamicBatcher:
         self._queue: asyncio.Queue[_Entry] = asyncio.Queue()
         self._carry: _Entry | None = None
         self._task: asyncio.Task | None = None
+        self._running: asyncio.Task | None = None
 
     async def submit(self, payload: Any, size: int) -> np.ndarray:
         """Queue `size` items (at most max_batch_size) and wait for their rows."""
@@ -58,33 +69,54 @@ class DynamicBatcher:
         await self._queue.put(_Entry(payload, size, future, time.monotonic()))
         return await future
 
-    async def _next(self, timeout: float | None) -> _Entry:
+    async def _next(self, timeout: float | None, running: asyncio.Task | None = None) -> _Entry | None:
+        """The next entry; None when `running` ended first; TimeoutError after `timeout`."""
         if self._carry is not None:
             entry, self._carry = self._carry, None
             return entry
-        if timeout is None:
-            return await self._queue.get()
-        return await asyncio.wait_for(self._queue.get(), timeout)
+        if running is None:
+            if timeout is None:
+                return await self._queue.get()
+            return await asyncio.wait_for(self._queue.get(), timeout)
+        get = asyncio.ensure_future(self._queue.get())
+        done, _ = await asyncio.wait({get, running}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if get in done:
+            return get.result()
+        get.cancel()  # a pending Queue.get gives up without taking an entry
+        if running in done:
+            return None
+        raise TimeoutError
+
+    async def _gather(self) -> list[_Entry]:
+        loop = asyncio.get_running_loop()
+        first = await self._next(None)
+        assert first is not None
+        batch, size = [first], first.size
+        deadline = loop.time() + self.max_wait
+        while size < self.max_batch_size:
+            remaining = deadline - loop.time()
+            running = self._running if self._running is not None and not self._running.done() else None
+            if remaining <= 0 and running is None:
+                break
+            try:
+                entry = await self._next(remaining if remaining > 0 else None, running)
+            except TimeoutError:
+                if running is None:
+                    break
+                continue  # the wait is over but the running batch holds the worker: keep gathering
+            if entry is None:
+                continue  # the running batch ended: start as soon as max_wait allows
+            if size + entry.size > self.max_batch_size:
+                self._carry = entry  # starts the next batch
+                break
+            batch.append(entry)
+            size += entry.size
+        return batch
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await self._next(None)]
-            size = batch[0].size
-            deadline = loop.time() + self.max_wait
-            while size < self.max_batch_size:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    entry = await self._next(remaining)
-                except TimeoutError:
-                    break
-                if size + entry.size > self.max_batch_size:
-                    self._carry = entry  # starts the next batch
-                    break
-                batch.append(entry)
-                size += entry.size
+            batch = await self._gather()
             # Callers cancelled while their entries waited (client gone, deadline passed) are dropped.
             batch = [e for e in batch if not e.future.cancelled()]
             if not batch:
@@ -92,29 +124,46 @@ class DynamicBatcher:
             size = sum(e.size for e in batch)
             if self._observe_batch is not None:
                 self._observe_batch(size)
+            payloads = [e.payload for e in batch]
             try:
-                rows = await loop.run_in_executor(self._executor, self._run_batch, batch)
-            except OddityError as exc:
-                self._fail(batch, exc)
+                if self._prepare is None:
+                    inputs = payloads
+                else:  # overlaps the running batch
+                    inputs = await loop.run_in_executor(self._prepare_executor, self._prepare, payloads)
             except Exception as exc:
-                self._fail(
-                    batch, Internal(f"inference failed for a batch of {size} items: {type(exc).__name__}: {exc}")
-                )
-            else:
-                start = 0
-                for entry in batch:
-                    if not entry.future.done():
-                        entry.future.set_result(rows[start : start + entry.size])
-                    start += entry.size
+                self._fail(batch, self._error(exc, size))
+                continue
+            if self._running is not None:
+                await self._running  # one batch in ONNX Runtime at a time; _execute never raises
+            self._running = asyncio.create_task(self._execute(batch, inputs, size))
 
-    def _run_batch(self, batch: list[_Entry]) -> np.ndarray:
+    async def _execute(self, batch: list[_Entry], inputs: Any, size: int) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            rows = await loop.run_in_executor(self._executor, self._run_batch, batch, inputs)
+        except Exception as exc:
+            self._fail(batch, self._error(exc, size))
+            return
+        start = 0
+        for entry in batch:
+            if not entry.future.done():
+                entry.future.set_result(rows[start : start + entry.size])
+            start += entry.size
+
+    @staticmethod
+    def _error(exc: Exception, size: int) -> OddityError:
+        if isinstance(exc, OddityError):
+            return exc
+        return Internal(f"inference failed for a batch of {size} items: {type(exc).__name__}: {exc}")
+
+    def _run_batch(self, batch: list[_Entry], inputs: Any) -> np.ndarray:
         """On the executor: the wait ends here, not when the batch was formed, because
         batches of other models may hold the worker."""
         if self._observe_wait is not None:
             started = time.monotonic()
             for entry in batch:
                 self._observe_wait(started - entry.queued_at)
-        return self._run([e.payload for e in batch])
+        return self._run(inputs)
 
     @staticmethod
     def _fail(batch: list[_Entry], error: Exception) -> None:
@@ -127,3 +176,5 @@ class DynamicBatcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._running is not None:
+            await self._running

@@ -5,6 +5,10 @@ onnxruntime, tokenizers and Pillow only. Loading goes through transformers'
 `from_pretrained`, so a hub id and a local directory work alike; on a machine without hub
 access a hub id fails, and the error says how to provide the weights.
 
+After the export, ONNX Runtime's transformer optimizer fuses the graph where its outputs
+stay the same (graph_optimization.py), and int8 models are quantized behind a cosine gate
+against fp32 (quantization.py); both are checked on sample inputs made here.
+
 Reason to change: how Hugging Face models become ONNX graphs.
 """
 
@@ -15,14 +19,26 @@ import os
 import shutil
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from oddity.common import bundle
-from oddity.embedder.models import META_FILE, ModelSource, write_meta
+from oddity.embedder.models import META_FILE, ModelSource, read_meta, write_meta
 
 
 class ExportError(Exception):
     """The model cannot be loaded or exported; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What the transformer optimizer needs to know about an exported encoder."""
+
+    model_type: str
+    num_heads: int
+    hidden_size: int
 
 
 HUB_PROBE_SECONDS = 5.0  # one look at the hub before a download that would retry for a minute
@@ -51,12 +67,9 @@ def ensure_exported(source: ModelSource, cache_dir: Path) -> Path:
     except OSError as exc:
         raise ExportError(f"cannot write the export cache {cache_dir}: {exc}") from exc
     try:
-        if source.modality == "image":
-            _export_image(source, staging)
-        else:
-            _export_text(source, staging)
-        if source.precision == "int8":
-            _quantize(staging)
+        export = _export_image if source.modality == "image" else _export_text
+        architecture = export(source, staging)
+        _optimize_and_quantize(source, staging, architecture)
         try:
             staging.rename(folder)
         except OSError:
@@ -90,13 +103,13 @@ def _check_fetchable(source: ModelSource) -> None:
     raise ExportError(
         f"cannot load {source.model_id!r}: it is not in the local Hugging Face cache and {reason}; give a local "
         f"directory of its weights (save_pretrained) as its model_id, e.g. --models "
-        f"'{{\"<name>\": {{\"model_id\": \"/path/to/local/dir\", \"modality\": \"{source.modality}\"}}}}'"
+        f'\'{{"<name>": {{"model_id": "/path/to/local/dir", "modality": "{source.modality}"}}}}\''
     )
 
 
-def _load(loader, source: ModelSource, what: str):
+def _load(loader, source: ModelSource, what: str, **kwargs):
     try:
-        return loader(source.model_id, revision=None if source.is_local else source.revision)
+        return loader(source.model_id, revision=None if source.is_local else source.revision, **kwargs)
     except Exception as exc:
         raise ExportError(
             f"cannot load the {what} of {source.model_id!r} (revision {source.revision}): {exc}. "
@@ -139,7 +152,7 @@ def _library_logs_as_ours() -> None:
     disable_progress_bars()
 
 
-def _export_image(source: ModelSource, folder: Path) -> None:
+def _export_image(source: ModelSource, folder: Path) -> Architecture:
     import torch
     from transformers import AutoConfig, AutoImageProcessor, AutoModel, CLIPVisionModel
 
@@ -148,7 +161,8 @@ def _export_image(source: ModelSource, folder: Path) -> None:
     config = _load(AutoConfig.from_pretrained, source, "config")
     processor = _load(AutoImageProcessor.from_pretrained, source, "image processor")
     loader = CLIPVisionModel.from_pretrained if config.model_type == "clip" else AutoModel.from_pretrained
-    model = _load(loader, source, "weights").eval()
+    # Eager attention exports as plain MatMul/Softmax, which the transformer optimizer fuses.
+    model = _load(loader, source, "weights", attn_implementation="eager").eval()
     preprocessing = image_preprocessing(processor)
 
     class Encoder(torch.nn.Module):
@@ -176,6 +190,7 @@ def _export_image(source: ModelSource, folder: Path) -> None:
             "pooling": "pooler_output or CLS token",
         },
     )
+    return _architecture(getattr(config, "vision_config", None) or config, config.model_type)
 
 
 def image_preprocessing(processor) -> dict:
@@ -207,7 +222,7 @@ def image_preprocessing(processor) -> dict:
     }
 
 
-def _export_text(source: ModelSource, folder: Path) -> None:
+def _export_text(source: ModelSource, folder: Path) -> Architecture:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
@@ -216,7 +231,7 @@ def _export_text(source: ModelSource, folder: Path) -> None:
     tokenizer = _load(AutoTokenizer.from_pretrained, source, "tokenizer")
     if not getattr(tokenizer, "is_fast", False):
         raise ExportError(f"{source.model_id!r} has no fast tokenizer (tokenizer.json); serving needs one")
-    model = _load(AutoModel.from_pretrained, source, "weights").eval()
+    model = _load(AutoModel.from_pretrained, source, "weights", attn_implementation="eager").eval()
     input_names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in tokenizer.model_input_names]
 
     class Encoder(torch.nn.Module):
@@ -254,6 +269,13 @@ def _export_text(source: ModelSource, folder: Path) -> None:
             "pooling": "mean over attention mask, L2-normalized",
         },
     )
+    return _architecture(model.config, model.config.model_type)
+
+
+def _architecture(config, model_type: str) -> Architecture:
+    return Architecture(
+        model_type, int(getattr(config, "num_attention_heads", 0)), int(getattr(config, "hidden_size", 0))
+    )
 
 
 def _common_meta(source: ModelSource, dimension: int) -> dict:
@@ -267,14 +289,86 @@ def _common_meta(source: ModelSource, dimension: int) -> dict:
     }
 
 
-def _quantize(folder: Path) -> None:
-    """Dynamic int8 quantization of the weights (activations stay float)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def _optimize_and_quantize(source: ModelSource, folder: Path, architecture: Architecture) -> None:
+    """Fuse model.onnx in place where it pays and stays equal; for int8, quantize it behind the
+    cosine gate. The outcome of each step is recorded in meta.json."""
+    from oddity.embedder.graph_optimization import Optimization, optimize
+    from oddity.embedder.quantization import QuantizationRejected, quantize
 
-    from oddity.embedder.models import read_meta
-
-    quantize_dynamic(folder / "model.onnx", folder / "model.int8.onnx", weight_type=QuantType.QInt8)
-    (folder / "model.onnx").unlink()
     meta = read_meta(folder)
-    meta["graph"] = "model.int8.onnx"
+    inputs = sample_inputs(folder, meta)
+    graph = folder / "model.onnx"
+
+    def outputs_of(path: Path) -> np.ndarray:
+        return _run(path, inputs)
+
+    if source.optimize:
+        fused = folder / "model.fused.onnx"
+        outcome = optimize(
+            graph,
+            fused,
+            hf_model_type=architecture.model_type,
+            num_heads=architecture.num_heads,
+            hidden_size=architecture.hidden_size,
+            outputs_of=outputs_of,
+            attention=source.fuse_attention,
+        )
+        if outcome.applied:
+            fused.replace(graph)
+    else:
+        outcome = Optimization(False, reason="optimize is off for this model")
+    meta["optimization"] = outcome.as_meta()
+    if source.precision == "int8":
+        try:
+            quantized = quantize(
+                graph, folder / "model.int8.onnx", min_cosine=source.int8_min_cosine, outputs_of=outputs_of
+            )
+        except QuantizationRejected as exc:
+            raise ExportError(f"{source.model_id!r}: {exc}") from exc
+        graph.unlink()
+        meta["graph"] = "model.int8.onnx"
+        meta["quantization"] = quantized.as_meta()
     write_meta(folder, meta)
+
+
+def sample_inputs(folder: Path, meta: dict) -> dict[str, np.ndarray]:
+    """Model inputs made the way serving makes them, to check fused and quantized graphs
+    against the exported one: smooth synthetic images (noise would be far from any real
+    input), or sentences of several lengths."""
+    from PIL import Image
+
+    from oddity.embedder.preprocessing import ImageLimits, ImagePreprocessor, TextPreprocessor
+
+    if meta["modality"] == "image":
+        rng = np.random.default_rng(0)
+        images = []
+        for _ in range(8):
+            coarse = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+            image = Image.fromarray(coarse).resize((96, 96), Image.Resampling.BICUBIC)
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            images.append(buffer.getvalue())
+        return {"pixel_values": ImagePreprocessor(meta["preprocessing"], ImageLimits())(images)}
+    return TextPreprocessor(folder, meta["preprocessing"])(SAMPLE_SENTENCES)
+
+
+SAMPLE_SENTENCES = [
+    "A child drew a house with a red roof and a tree beside it.",
+    "Pressure on line 4 rose sharply after the valve was closed.",
+    "ok",
+    "The delivery arrived two days late and the box was damaged.",
+    "Quarterly revenue grew while operating costs stayed flat across all regions.",
+    "error: connection reset by peer",
+    "She walked the dog along the river every morning before work.",
+    "Invoice 1182 was paid twice by mistake.",
+]
+
+
+def _run(path: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    return session.run(["embedding"], {k: v for k, v in inputs.items() if k in names})[0]

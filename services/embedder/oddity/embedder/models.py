@@ -11,9 +11,9 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-EXPORT_FORMAT = 1  # bump when the exported graph or its metadata change shape
+EXPORT_FORMAT = 2  # bump when the exported graph or its metadata change shape
 META_FILE = "meta.json"
 
 
@@ -28,6 +28,15 @@ class ModelSource(BaseModel):
     precision: Literal["fp32", "int8"] = "fp32"
     # Text: longest input in tokens (0: the tokenizer's own limit).
     max_length: int = 0
+    # ONNX Runtime's transformer optimizer at export (fused LayerNorm, GELU); the fused graph
+    # is kept only when its outputs match the exported one's.
+    optimize: bool = True
+    # Fused Attention too. Off by default: on AMD EPYC (Zen 4, AVX-512, onnxruntime 1.32) the
+    # fused kernel ran ViT-base fp32 no faster, MiniLM ~15% slower and int8 ViT (QAttention)
+    # ~10% slower than the unfused MatMuls; bench/embedder_speed.py measures both on a CPU.
+    fuse_attention: bool = False
+    # int8: the export fails unless every sample embedding keeps this cosine to fp32.
+    int8_min_cosine: float = Field(default=0.998, gt=0, le=1)
 
     @property
     def is_local(self) -> bool:

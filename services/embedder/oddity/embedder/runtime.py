@@ -16,6 +16,7 @@ import onnxruntime as ort
 from oddity.common.errors import InvalidArgument
 from oddity.embedder.models import read_meta
 from oddity.embedder.preprocessing import ImageLimits, ImagePreprocessor, TextPreprocessor, check_texts
+from oddity.embedder.session_options import SessionConfig
 
 
 @dataclass(frozen=True)
@@ -27,17 +28,17 @@ class Item:
 
 
 class EmbeddingModel:
-    def __init__(self, name: str, folder: Path, *, limits: ImageLimits, intra_op_threads: int = 2) -> None:
+    def __init__(self, name: str, folder: Path, *, limits: ImageLimits, session: SessionConfig | None = None) -> None:
         self.name = name
         self.folder = folder
         self.meta = read_meta(folder)
         self.modality: str = self.meta["modality"]
         self.dimension: int = int(self.meta["dimension"])
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.log_severity_level = 3
+        self.session_config = session or SessionConfig()
         self.session = ort.InferenceSession(
-            str(folder / self.meta["graph"]), options, providers=["CPUExecutionProvider"]
+            str(folder / self.meta["graph"]),
+            self.session_config.session_options(),
+            providers=list(self.session_config.providers),
         )
         if self.modality == "image":
             self._images = ImagePreprocessor(self.meta["preprocessing"], limits)

@@ -25,6 +25,7 @@ from oddity.embedder.runtime import EmbeddingModel, Item
 from oddity.embedder.settings import EmbedderSettings
 
 log = get_logger("oddity.embedder")
+IMAGE_CHUNK = 8  # images decoded per pool task: small enough that inference starts early
 
 
 @dataclass
@@ -47,7 +48,10 @@ class EmbedderService:
             metrics.loaded.labels(name).set(0)
         # One inference worker: each call already uses intra_op_threads cores.
         self._inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oddity-embed")
-        self._preprocess = ThreadPoolExecutor(max_workers=2, thread_name_prefix="oddity-decode")
+        # Decoding, resizing and tokenizing overlap the running ONNX call.
+        self._preprocess = ThreadPoolExecutor(
+            max_workers=settings.preprocess_workers, thread_name_prefix="oddity-decode"
+        )
 
     @property
     def ready(self) -> bool:
@@ -66,15 +70,18 @@ class EmbedderService:
         source = self.settings.models[name]
         try:
             folder = ensure_exported(source, self.settings.cache_dir)
-            model = EmbeddingModel(name, folder, limits=self.limits, intra_op_threads=self.settings.intra_op_threads)
+            model = EmbeddingModel(name, folder, limits=self.limits, session=self.settings.session_config())
         except (ExportError, OSError, ValueError) as exc:
             self.errors[name] = str(exc)
             self.metrics.loaded.labels(name).set(0)
             log.error("model not loaded", model=name, model_id=source.model_id, error=str(exc))
             return False
+        prepare, run = self._timed_stages(model)
         batcher = DynamicBatcher(
-            self._timed_run(model),
+            run,
             self._inference,
+            prepare=prepare,
+            prepare_executor=self._preprocess,
             max_batch_size=self.settings.max_batch_size,
             max_wait=self.settings.max_batch_delay_ms / 1000,
             observe_batch=self.metrics.batch_items.labels(name).observe,
@@ -94,6 +101,10 @@ class EmbedderService:
             dimension=model.dimension,
             modality=model.modality,
             precision=source.precision,
+            graph=model.meta["graph"],
+            optimization=model.meta.get("optimization"),
+            quantization=model.meta.get("quantization"),
+            session=model.session_config.describe(),
         )
         return True
 
@@ -120,34 +131,42 @@ class EmbedderService:
         annotate_request(model=model.name)
         model.check(items)
         loop = asyncio.get_running_loop()
-        chunk = self.settings.max_batch_size
-        parts = []
-        for start in range(0, len(items), chunk):
+        # Images are decoded in chunks on the pool, each queued for inference when ready, so
+        # the first batch starts while later images are still being decoded.
+        chunk = min(self.settings.max_batch_size, IMAGE_CHUNK if model.modality == "image" else len(items))
+
+        async def part(start: int) -> np.ndarray:
             began = time.perf_counter()
+            size = min(chunk, len(items) - start)
             payload = await loop.run_in_executor(
-                self._preprocess, model.request_payload, items[start : start + chunk], start
+                self._preprocess, model.request_payload, items[start : start + size], start
             )
             served.preprocess_seconds.observe(time.perf_counter() - began)
-            parts.append(served.batcher.submit(payload, min(chunk, len(items) - start)))
-        rows = np.concatenate(await asyncio.gather(*parts))
+            return await served.batcher.submit(payload, size)
+
+        rows = np.concatenate(await asyncio.gather(*(part(start) for start in range(0, len(items), chunk))))
         served.items.inc(len(items))
         return model, rows
 
-    def _timed_run(self, model: EmbeddingModel) -> Callable[[list[Any]], np.ndarray]:
-        """The batcher's call: batch preprocessing and inference, each timed."""
+    def _timed_stages(self, model: EmbeddingModel) -> tuple[Callable[[list[Any]], Any], Callable[[Any], np.ndarray]]:
+        """The batcher's two stages, each timed: batch preprocessing (on the preprocessing
+        pool, overlapping the running batch) and inference."""
         preprocess = self.metrics.preprocess_seconds.labels(model.name, BATCH_STAGE)
         inference = self.metrics.inference_seconds.labels(model.name)
 
-        def run(payloads: list[Any]) -> np.ndarray:
+        def prepare(payloads: list[Any]) -> dict[str, np.ndarray]:
             began = time.perf_counter()
             inputs = model.batch_inputs(payloads)
-            prepared = time.perf_counter()
+            preprocess.observe(time.perf_counter() - began)
+            return inputs
+
+        def run(inputs: dict[str, np.ndarray]) -> np.ndarray:
+            began = time.perf_counter()
             rows = model.run(inputs)
-            preprocess.observe(prepared - began)
-            inference.observe(time.perf_counter() - prepared)
+            inference.observe(time.perf_counter() - began)
             return rows
 
-        return run
+        return prepare, run
 
     def info(self, name: str = "") -> list[dict]:
         names = [name] if name else sorted(self.models)

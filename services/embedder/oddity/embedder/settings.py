@@ -6,12 +6,14 @@ Reason to change: the embedder's settings.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from oddity.common.settings import ServiceSettings
 from oddity.embedder.models import ModelSource
+from oddity.embedder.session_options import SessionConfig, check_providers
 
 
 def default_models() -> dict[str, ModelSource]:
@@ -47,7 +49,32 @@ class EmbedderSettings(ServiceSettings):
     max_items_per_request: int = Field(1024, ge=1, description="More items -> RESOURCE_EXHAUSTED.")
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest encoded image.")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Largest decoded image (decompression bombs).")
-    intra_op_threads: int = Field(2, ge=1, description="ONNX Runtime threads per call.")
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per call; 0: one per usable core.")
+    intra_op_spinning: bool = Field(
+        False, description="Let ONNX Runtime's threads spin between calls (faster on a dedicated host, burns CPU)."
+    )
+    graph_optimization: Literal["disabled", "basic", "extended", "all"] = Field(
+        "all", description="ONNX Runtime graph optimization level when a session loads."
+    )
+    execution_providers: list[str] = Field(
+        default_factory=lambda: ["CPUExecutionProvider"],
+        description='ONNX Runtime execution providers in order of preference, e.g. ["CUDAExecutionProvider", '
+        '"CPUExecutionProvider"] (needs onnxruntime-gpu).',
+    )
+    preprocess_workers: int = Field(2, ge=1, description="Threads decoding and resizing images.")
+
+    @field_validator("execution_providers")
+    @classmethod
+    def _providers_available(cls, providers: list[str]) -> list[str]:
+        return check_providers(providers)
+
+    def session_config(self) -> SessionConfig:
+        return SessionConfig(
+            intra_op_threads=self.intra_op_threads,
+            spinning=self.intra_op_spinning,
+            graph_optimization=self.graph_optimization,
+            providers=tuple(self.execution_providers),
+        )
 
     @model_validator(mode="after")
     def _default_is_served(self) -> EmbedderSettings:
