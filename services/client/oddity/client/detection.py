@@ -92,7 +92,14 @@ class DetectResult:
 
     @cached_property
     def groups(self) -> list[str]:
-        return list(self.response.groups)
+        """The group that scored each row."""
+        response = self.response
+        names = list(response.group_names)
+        if not names or len(response.groups):  # the per-row names were sent (or an older detector)
+            return list(response.groups)
+        if len(response.row_groups) == 0:  # one group scored every row
+            return names * len(response.confidences)
+        return [names[i] for i in response.row_groups]
 
     @cached_property
     def fallback(self) -> np.ndarray:

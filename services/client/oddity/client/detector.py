@@ -35,6 +35,15 @@ from oddity.v1 import detector_pb2, detector_pb2_grpc, manifest_pb2
 RoutingValues = float | Sequence[float] | None
 
 
+# Every per-row column except the group name per row: DetectResult reads groups from the
+# answer's group table, which keeps large answers small.
+COMPACT_COLUMNS = [
+    column
+    for column in detector_pb2.DetectColumn.values()
+    if column not in (detector_pb2.DETECT_COLUMN_UNSPECIFIED, detector_pb2.DETECT_COLUMN_GROUPS)
+]
+
+
 @dataclass(frozen=True)
 class ModelStatus:
     """What a detector says of one model."""
@@ -128,6 +137,7 @@ class DetectorClient(ServiceClient):
             feature_names=list(feature_names or ()),
             routing_values=_routing(routing_values),
             explain_top_k=explain_top_k,
+            columns=COMPACT_COLUMNS,
         )
         if threshold_percentile is not None:
             request.threshold_percentile = threshold_percentile
