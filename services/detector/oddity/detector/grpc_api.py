@@ -59,9 +59,9 @@ def detect_response(output: DetectOutput, columns: Collection[int] = ()) -> byte
     if s.classes is not None and s.probabilities is not None:
         head.probabilities.CopyFrom(array_to_tensor(s.probabilities))
         head.class_labels.extend(output.class_labels)
-        parts.append(wire.repeated_strings(_field("predicted_classes"), output.class_labels, s.classes))
+        parts.append(wire.repeated_strings(_PREDICTED_CLASSES, output.class_labels, s.classes))
         if s.predicted_scores is not None:
-            parts.append(wire.packed_doubles(_field("predicted_scores"), s.predicted_scores))
+            parts.append(wire.packed_doubles(_PREDICTED_SCORES, s.predicted_scores))
     for column, attribute, number in _DOUBLE_COLUMNS:
         if column in wanted:
             parts.append(wire.packed_doubles(number, getattr(s, attribute)))
@@ -69,12 +69,12 @@ def detect_response(output: DetectOutput, columns: Collection[int] = ()) -> byte
         if column in wanted:
             parts.append(wire.packed_bools(number, getattr(s, attribute)))
     if Column.DETECT_COLUMN_GROUPS in wanted:
-        parts.append(wire.repeated_strings(_field("groups"), s.group_names, row_groups))
+        parts.append(wire.repeated_strings(_GROUPS, s.group_names, row_groups))
     if len(s.group_names) > 1:
-        parts.append(wire.packed_uints(_field("row_groups"), row_groups))
+        parts.append(wire.packed_uints(_ROW_GROUPS, row_groups))
     if s.explanations is not None:
         indices, errors, shares = s.explanations
-        parts.append(wire.explanations(_field("explanations"), output.feature_names, indices, errors, shares))
+        parts.append(wire.explanations(_EXPLANATIONS, output.feature_names, indices, errors, shares))
     return head.SerializeToString() + b"".join(parts)
 
 
@@ -90,6 +90,8 @@ _DOUBLE_COLUMNS = [
     (Column.DETECT_COLUMN_THRESHOLDS, "thresholds", _field("thresholds")),
     (Column.DETECT_COLUMN_CONFIDENCES, "confidences", _field("confidences")),
 ]
+_PREDICTED_CLASSES, _PREDICTED_SCORES = _field("predicted_classes"), _field("predicted_scores")
+_GROUPS, _ROW_GROUPS, _EXPLANATIONS = _field("groups"), _field("row_groups"), _field("explanations")
 _BOOL_COLUMNS = [
     (Column.DETECT_COLUMN_IS_ANOMALY, "is_anomaly", _field("is_anomaly")),
     (Column.DETECT_COLUMN_FALLBACK, "fallback", _field("fallback")),

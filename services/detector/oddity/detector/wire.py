@@ -128,11 +128,28 @@ def varints(values: np.ndarray) -> np.ndarray:
 
 
 def _varint_bytes(value: int) -> bytes:
-    return varints(np.array([value])).tobytes()
+    """One varint (tags and lengths: numpy costs more than this loop for a single number)."""
+    if value < 0x80:
+        return _SMALL[value]
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_SMALL = [bytes((i,)) for i in range(0x80)]
 
 
 def length_delimited(number: int, payload: bytes) -> bytes:
-    return _varint_bytes(number << 3 | _LENGTH) + _varint_bytes(len(payload)) + payload
+    tag = _TAGS.get(number)
+    if tag is None:
+        tag = _TAGS[number] = _varint_bytes(number << 3 | _LENGTH)
+    return tag + _varint_bytes(len(payload)) + payload
+
+
+_TAGS: dict[int, bytes] = {}  # length-delimited tags by field number
 
 
 def packed_doubles(number: int, values: np.ndarray) -> bytes:
