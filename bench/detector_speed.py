@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from bench.loadgen import run_load
+from bench.loadgen import run_load, run_mixed
 from bench.machine import describe
 from tests.support import models
 from tests.support.client import detect_request
@@ -108,6 +108,8 @@ def main() -> None:
                         result = run_load(target, METHOD, payload, concurrency=concurrency, seconds=args.seconds)
                         assert result.errors == 0, f"{name}: {result.errors} failed requests"
                         results.setdefault((name, batch, concurrency), []).append(result)
+            name = "autoencoder" if "autoencoder" in graphs else next(iter(graphs))
+            beside = small_beside_large(detector.target, name, rows, args.rounds, args.seconds)
         finally:
             echo.terminate()
             echo.wait(timeout=30)
@@ -139,6 +141,11 @@ def main() -> None:
             ratio = med("auto", batch, conc, "rps") / med("autoencoder", batch, conc, "rps")
             print(f"  {batch:>5} rows x {conc:>2}: {ratio:.0%}")
 
+    alone, mixed = beside
+    print(f"\n(d) one-row calls ({SMALL_CALLERS} callers) alone and beside {LARGE_CALLERS} callers of 4096 rows")
+    print(f"  alone:           p50 {alone[0]:6.2f} ms  p99 {alone[1]:6.2f} ms")
+    print(f"  beside 4096-row: p50 {mixed[0]:6.2f} ms  p99 {mixed[1]:6.2f} ms  (p99 x{mixed[1] / alone[1]:.1f})")
+
     print("\ntargets (issue 13), on the autoencoder when served, else the first model:")
     name = "autoencoder" if "autoencoder" in graphs else next(iter(graphs))
     for batch, conc, check, goal, figure in TARGETS:
@@ -154,6 +161,26 @@ def main() -> None:
             f"  4096 rows x 32: p99 {med(name, 4096, 32, 99):,.0f} ms against 32 requests served one after "
             f"another at the 1-in-flight rate ({queueing:,.0f} ms): {med(name, 4096, 32, 99) / queueing:.2f}"
         )
+
+
+SMALL_CALLERS, LARGE_CALLERS = 8, 2
+
+
+def small_beside_large(target: str, name: str, rows: np.ndarray, rounds: int, seconds: float):
+    """Medians of one-row p50/p99 alone, then while large requests are scored: large requests
+    run on workers, so small ones should keep flowing."""
+    small = detect_request(name, rows[:1]).SerializeToString()
+    large = detect_request(name, rows[:4096]).SerializeToString()
+    alone, mixed = [], []
+    for _ in range(rounds):
+        result = run_load(target, METHOD, small, concurrency=SMALL_CALLERS, seconds=seconds)
+        alone.append((result.percentile(50), result.percentile(99)))
+        result = run_mixed(target, METHOD, [(small, SMALL_CALLERS), (large, LARGE_CALLERS)], seconds=seconds)[0]
+        mixed.append((result.percentile(50), result.percentile(99)))
+    return (
+        tuple(statistics.median(v[i] for v in alone) for i in (0, 1)),
+        tuple(statistics.median(v[i] for v in mixed) for i in (0, 1)),
+    )
 
 
 def _vs_echo(med, limit, name, batch, conc):

@@ -67,3 +67,16 @@ def run_load(
     target: str, method: str, payload: bytes, *, concurrency: int, seconds: float, warmup: float = 0.5
 ) -> LoadResult:
     return asyncio.run(_run(target, method, payload, concurrency, seconds, warmup))
+
+
+def run_mixed(
+    target: str, method: str, loads: list[tuple[bytes, int]], *, seconds: float, warmup: float = 0.5
+) -> list[LoadResult]:
+    """Several closed loops at once against one server, each (payload, concurrency) on its own
+    channel, as separate clients would; one result per load."""
+
+    async def together() -> list[LoadResult]:
+        runs = (_run(target, method, payload, concurrency, seconds, warmup) for payload, concurrency in loads)
+        return list(await asyncio.gather(*runs))
+
+    return asyncio.run(together())
