@@ -7,6 +7,7 @@ import pytest
 
 from oddity.common import bundle
 from oddity.trainer.learners import LEARNERS, make_learner
+from oddity.trainer.learners.tree_graphs import thresholds_for_float32
 from oddity.trainer.validation import onnx_probabilities, onnx_scores, onnx_session
 from tests.support.models import normal_rows
 
@@ -85,3 +86,32 @@ def test_trees_match_their_graph_on_rounded_and_tied_columns():
     session = onnx_session(learner.to_onnx())
     expected = learner.predict_proba(rows)
     np.testing.assert_allclose(onnx_probabilities(session, rows.astype(np.float32)), expected, atol=1e-6)
+
+
+def test_isolation_forest_graph_scores_as_scikit_learn_on_rounded_and_tied_columns():
+    """The isolation forest's graph is built from its trees (one tree-ensemble node): on rounded
+    and tied columns, with each tree on its own subset of the columns, ONNX Runtime (float32
+    input) gives scikit-learn's scores."""
+    rng = np.random.default_rng(5)
+    n = 1500
+    rows = np.column_stack(
+        [
+            rng.normal(0, 1, n).round(3),
+            rng.exponential(20, n).round(4),
+            rng.choice([24, 25, 30, 50, 60], size=n),
+            rng.integers(0, 4, size=n),
+            rng.uniform(-1e4, 1e4, n),
+        ]
+    ).astype(np.float64)
+    learner = make_learner("isolation_forest", {"n_estimators": 60, "max_features": 0.6}).fit(rows)
+    session = onnx_session(learner.to_onnx())
+    np.testing.assert_allclose(onnx_scores(session, rows), learner.anomaly_scores(rows)[0], atol=1e-6, rtol=0)
+
+
+def test_thresholds_rounded_down_split_float32_rows_as_the_float64_thresholds_do():
+    thresholds = np.array([0.1, 1 / 3, 2.5, -7.3, 1e-8, 16777217.0, 3.0000001])
+    rounded = thresholds_for_float32(thresholds)
+    for t64, t32 in zip(thresholds, rounded, strict=True):
+        near = np.float32(t64)
+        candidates = np.array([np.nextafter(near, -np.inf), near, np.nextafter(near, np.inf)], dtype=np.float32)
+        np.testing.assert_array_equal(candidates <= t32, candidates.astype(np.float64) <= t64)

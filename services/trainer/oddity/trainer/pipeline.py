@@ -236,19 +236,20 @@ def _train_detector(
     live_group: manifest_pb2.ModelGroup | None,
     report: Progress,
 ) -> tuple[bytes, float]:
-    """Fit on every row; calibrate on out-of-fold scores of every row (calibration.py)."""
+    """Fit on every row, with out-of-fold scores of every row; calibrate on those (calibration.py)."""
     gate = spec.validation
     seed = int(spec.model.params.get("seed", 0))
     start = time.perf_counter()
     report("training", {"group": plan.name})
     learner = make_learner(kind, spec.model.params)
-    _fit(learner, rows, None, plan, report)
+    folds = calibration.make_folds(len(rows), seed)
+    # The fold models' training is training too: kinds that can train them alongside the
+    # served model do (the autoencoder), so "train" holds every fit and "calibrate" the rest.
+    oof = learner.fit_cross_fitted(rows, folds, _epoch_reporter(plan, report))
     _timed(trained, "train", start)
 
     start = time.perf_counter()
     report("calibrating", {"group": plan.name})
-    folds = calibration.make_folds(len(rows), seed)
-    oof = learner.out_of_fold_scores(rows, folds)
     try:
         calibrated = calibration.calibrate(oof, folds, spec.threshold_percentile)
     except ValueError as exc:

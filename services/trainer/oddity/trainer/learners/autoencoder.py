@@ -1,6 +1,12 @@
 """The autoencoder kind: a dense torch autoencoder whose reconstruction error is the score,
 with standardization folded into the exported graph.
 
+Training is cheap per row and dear per optimizer step (at batch 64 the step's fixed cost
+dominates on CPU), so several autoencoders of one shape train side by side as one stack
+(stacked_training.py): the served model and its cross-fitting fold models share every step,
+which costs about as much as one model alone. Each model keeps its own rows, standardization,
+validation split, batches and early stopping, so the served model is the one `fit` trains alone.
+
 Reason to change: how autoencoders are sized, trained and exported.
 """
 
@@ -17,6 +23,7 @@ import onnx
 
 from oddity.common import bundle
 from oddity.trainer.learners.base import Learner, Progress
+from oddity.trainer.learners.stacked_training import StackRecipe, TrainedStack, train_stack
 
 
 class AutoencoderLearner(Learner):
@@ -59,64 +66,81 @@ class AutoencoderLearner(Learner):
         hidden = int(min(256, max(64, 2 ** int(np.ceil(np.log2(max(d, 2)))) // 4)))
         return [hidden], bottleneck
 
-    def _network(self, d: int):
-        import torch
-
+    def _sizes(self, d: int) -> list[int]:
         default_hidden, default_bottleneck = self.default_sizes(d)
         hidden = list(self.hidden) if self.hidden is not None else default_hidden
         bottleneck = int(self.bottleneck or default_bottleneck)
-        sizes = [d, *hidden, bottleneck, *reversed(hidden), d]
-        layers: list[torch.nn.Module] = []
-        for i, (a, b) in enumerate(itertools.pairwise(sizes)):
-            layers.append(torch.nn.Linear(a, b))
-            if i < len(sizes) - 2:
-                layers.append(torch.nn.ReLU())
-        return torch.nn.Sequential(*layers)
+        return [d, *hidden, bottleneck, *reversed(hidden), d]
 
-    def fit(self, x: np.ndarray, y: np.ndarray | None = None, progress: Progress | None = None) -> AutoencoderLearner:
+    def _recipe(self, d: int) -> StackRecipe:
+        return StackRecipe(
+            sizes=self._sizes(d),
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            weight_decay=self.weight_decay,
+            patience=self.patience,
+            validation_fraction=self.validation_fraction,
+            seed=self.seed,
+            threads=self.threads,
+        )
+
+    @staticmethod
+    def _standardization(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return x.mean(axis=0).astype(np.float32), (x.std(axis=0) + 1e-6).astype(np.float32)
+
+    def _train(
+        self, sets: list[np.ndarray], progress: Progress | None, first_leads: bool = False
+    ) -> tuple[TrainedStack, list]:
+        """Train one autoencoder per row set, side by side; each standardized on its own rows."""
+        scalings = [self._standardization(rows) for rows in sets]
+        standardized = [
+            ((rows - mean) / scale).astype(np.float32) for rows, (mean, scale) in zip(sets, scalings, strict=True)
+        ]
+        return train_stack(self._recipe(sets[0].shape[1]), standardized, progress, first_leads=first_leads), scalings
+
+    def _keep_first(self, stack: TrainedStack, scaling: tuple[np.ndarray, np.ndarray]) -> None:
+        """Model 0 of the stack becomes this learner's network."""
         import torch
 
-        torch.set_num_threads(self.threads)
-        torch.manual_seed(self.seed)
-        rng = np.random.default_rng(self.seed)
-        self.mean_ = x.mean(axis=0).astype(np.float32)
-        self.scale_ = (x.std(axis=0) + 1e-6).astype(np.float32)
-        z = ((x - self.mean_) / self.scale_).astype(np.float32)
-        order = rng.permutation(len(z))
-        n_val = max(1, int(len(z) * self.validation_fraction)) if len(z) >= 20 else 0
-        val, train = torch.from_numpy(z[order[:n_val]]), torch.from_numpy(z[order[n_val:]])
-        self.network_ = self._network(x.shape[1])
-        optimizer = torch.optim.Adam(self.network_.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
-        generator = torch.Generator().manual_seed(self.seed)
-        best, best_state, waited = float("inf"), None, 0
-        self.history_: list[float] = []
-        for epoch in range(1, self.epochs + 1):
-            self.network_.train()
-            for idx in torch.randperm(len(train), generator=generator).split(self.batch_size):
-                batch = train[idx]
-                optimizer.zero_grad()
-                loss = torch.mean((self.network_(batch) - batch) ** 2)
-                loss.backward()
-                optimizer.step()
-            self.network_.eval()
+        self.mean_, self.scale_ = scaling
+        sizes = self._sizes(len(self.mean_))
+        layers: list[torch.nn.Module] = []
+        for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+            linear = torch.nn.Linear(a, b)
             with torch.no_grad():
-                held = val if n_val else train
-                val_loss = float(torch.mean((self.network_(held) - held) ** 2))
-            self.history_.append(val_loss)
-            if progress is not None:
-                progress(epoch, self.epochs, val_loss)
-            if val_loss < best - 1e-7:
-                best, waited = val_loss, 0
-                best_state = {k: v.clone() for k, v in self.network_.state_dict().items()}
-            else:
-                waited += 1
-                if waited >= self.patience:
-                    break
-        if best_state is not None:
-            self.network_.load_state_dict(best_state)
+                linear.weight.copy_(torch.from_numpy(stack.weights[i][0].T))
+                linear.bias.copy_(torch.from_numpy(stack.biases[i][0].reshape(-1)))
+            layers.append(linear)
+            if i < len(sizes) - 2:
+                layers.append(torch.nn.ReLU())
+        self.network_ = torch.nn.Sequential(*layers).eval()
+        self.history_: list[float] = list(stack.histories[0])
         self.epochs_run_ = len(self.history_)
-        self.best_loss_ = best
+        self.best_loss_ = stack.best_losses[0]
+
+    def fit(self, x: np.ndarray, y: np.ndarray | None = None, progress: Progress | None = None) -> AutoencoderLearner:
+        stack, scalings = self._train([x], progress)
+        self._keep_first(stack, scalings[0])
         return self
+
+    def out_of_fold_scores(self, x: np.ndarray, folds: np.ndarray) -> np.ndarray:
+        """The fold models exactly as fit_cross_fitted trains them (beside a model on every row)."""
+        return self.clone().fit_cross_fitted(x, folds)
+
+    def fit_cross_fitted(self, x: np.ndarray, folds: np.ndarray, progress: Progress | None = None) -> np.ndarray:
+        """The served model (on every row) and the fold models in one stack, at about one
+        model's cost. The fold models train no longer than the served one, so their scores
+        show what its training makes of rows it did not see."""
+        labels = np.unique(folds)
+        stack, scalings = self._train([x, *(x[folds != fold] for fold in labels)], progress, first_leads=True)
+        self._keep_first(stack, scalings[0])
+        scores = np.empty(len(x), dtype=np.float64)
+        for model, fold in enumerate(labels, start=1):
+            held = folds == fold
+            mean, scale = scalings[model]
+            scores[held] = stack.errors(model, ((x[held] - mean) / scale).astype(np.float32)).mean(axis=1)
+        return scores
 
     def _scorer(self):
         import torch

@@ -5,7 +5,8 @@ Learners follow estimator conventions: `__init__` stores parameters, `fit` retur
 learned attributes end in `_`. Anomaly learners have `anomaly_scores(x) -> (scores, feature
 errors or None)` (higher = more anomalous; computed by the framework: the parity reference for
 the ONNX graph) and `out_of_fold_scores(x, folds)`: every row's score from a model that did not
-see it, which is what thresholds and quantile tables are taken from.
+see it, which is what thresholds and quantile tables are taken from. `fit_cross_fitted(x, folds)`
+does both at once; kinds that can train the fold models alongside the served one override it.
 
 Reason to change: the interface every learner offers the training pipeline.
 """
@@ -60,6 +61,11 @@ class Learner:
 
     def to_onnx(self) -> bytes:
         raise NotImplementedError
+
+    def fit_cross_fitted(self, x: np.ndarray, folds: np.ndarray, progress: Progress | None = None) -> np.ndarray:
+        """Fit on every row and return every row's out-of-fold score."""
+        self.fit(x, progress=progress)
+        return self.out_of_fold_scores(x, folds)
 
     def out_of_fold_scores(self, x: np.ndarray, folds: np.ndarray) -> np.ndarray:
         """Cross-fitting: for each fold, a clone fitted on the other folds scores it."""

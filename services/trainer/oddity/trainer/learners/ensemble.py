@@ -112,8 +112,8 @@ class EnsembleLearner(Learner):
         folds = calibration.make_folds(len(x), self.seed)
         fitted = []
         for i, member in enumerate(members):
-            learner = _make(member.kind, {**member.params, "seed": self.seed}).fit(x)
-            oof = learner.out_of_fold_scores(x, folds)
+            learner = _make(member.kind, {**member.params, "seed": self.seed})
+            oof = learner.fit_cross_fitted(x, folds)
             fitted.append((member, learner, calibration.score_table(oof), oof))
             if progress is not None:
                 progress(i + 1, len(members), 0.0)

@@ -1,5 +1,6 @@
 """The scikit-learn kinds: isolation forest and one-class SVM detectors, random forest, SVM
-and logistic classifiers; a StandardScaler + estimator pipeline exported with skl2onnx.
+and logistic classifiers; a StandardScaler + estimator pipeline exported with skl2onnx (the
+isolation forest's graph is built from its trees directly: tree_graphs.py).
 
 Reason to change: how scikit-learn models are fitted and exported.
 """
@@ -88,6 +89,13 @@ class IsolationForestLearner(_SklearnDetector):
         from sklearn.ensemble import IsolationForest
 
         return IsolationForest(random_state=self.seed, **{"n_estimators": 100, **self.estimator_params})
+
+    def to_onnx(self) -> bytes:
+        # One tree-ensemble node built from the trees' arrays: skl2onnx's graph takes seconds
+        # per 100 trees to build and to load (tree_graphs.py).
+        from oddity.trainer.learners.tree_graphs import isolation_forest_graph
+
+        return isolation_forest_graph(self.estimator_, self.pipeline_.n_features_in_).SerializeToString()
 
 
 class OneClassSvmLearner(_SklearnDetector):
