@@ -86,3 +86,53 @@ def test_a_cancelled_caller_is_dropped_from_its_batch():
     first, third = asyncio.run(main())
     assert batches == [[[1], [3]]]
     assert (first.ravel().tolist(), third.ravel().tolist()) == ([1.0], [3.0])
+
+
+def test_the_next_batch_is_prepared_while_the_current_one_runs():
+    import threading
+
+    prepared: list[list[int]] = []
+    second_prepared = threading.Event()
+    overlapped = []
+
+    def prepare(payloads):
+        prepared.append([v for p in payloads for v in p])
+        if len(prepared) == 2:
+            second_prepared.set()
+        return np.concatenate([np.asarray(p, dtype=np.float32).reshape(-1, 1) for p in payloads])
+
+    def run(inputs):
+        if not overlapped:  # the first batch holds the worker until the second is prepared
+            overlapped.append(second_prepared.wait(timeout=30))
+        return inputs
+
+    async def main():
+        with ThreadPoolExecutor(max_workers=1) as pool, ThreadPoolExecutor(max_workers=1) as prep:
+            batcher = DynamicBatcher(run, pool, prepare=prepare, prepare_executor=prep, max_batch_size=2, max_wait=0)
+            try:
+                return await asyncio.gather(*(batcher.submit([v], 1) for v in range(4)))
+            finally:
+                await batcher.close()
+
+    results = asyncio.run(main())
+    assert overlapped == [True]
+    assert [r.ravel().tolist() for r in results] == [[0.0], [1.0], [2.0], [3.0]]
+
+
+def test_a_failed_preparation_fails_its_callers_and_the_batcher_goes_on():
+    def prepare(payloads):
+        if any(v < 0 for p in payloads for v in p):
+            raise ValueError("negative item")
+        return np.concatenate([np.asarray(p, dtype=np.float32).reshape(-1, 1) for p in payloads])
+
+    async def main():
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            batcher = DynamicBatcher(lambda x: x, pool, prepare=prepare, prepare_executor=pool, max_wait=0)
+            try:
+                with pytest.raises(Internal, match="negative item"):
+                    await batcher.submit([-1], 1)
+                return await batcher.submit([5], 1)
+            finally:
+                await batcher.close()
+
+    assert asyncio.run(main()).ravel().tolist() == [5.0]

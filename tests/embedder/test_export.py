@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from oddity.embedder import export, graph_optimization
 from oddity.embedder.export import ExportError, ensure_exported
-from oddity.embedder.models import ModelSource
+from oddity.embedder.models import ModelSource, read_meta
 from oddity.embedder.preprocessing import ImageLimits
+from oddity.embedder.quantization import VARIANTS as quantization_variants
 from oddity.embedder.runtime import EmbeddingModel, Item
 from tests.support import encoders
 
@@ -108,3 +110,65 @@ def test_unreachable_weights_say_how_to_provide_them_at_once(tmp_path):
     assert message.startswith("cannot load 'no-such-org/no-such-model': it is not in the local Hugging Face cache")
     assert '"model_id": "/path/to/local/dir", "modality": "image"' in message
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("make", [encoders.tiny_vit, encoders.tiny_clip_vision], ids=["vit", "clip"])
+def test_fused_attention_gives_the_embeddings_of_the_exported_graph(tmp_path, make):
+    weights = make(tmp_path / "weights")
+    cache = tmp_path / "cache"
+    plain = ensure_exported(ModelSource(model_id=str(weights), modality="image", optimize=False), cache)
+    fused = ensure_exported(ModelSource(model_id=str(weights), modality="image", fuse_attention=True), cache)
+    meta = read_meta(fused)
+    assert meta["optimization"]["applied"] and meta["optimization"]["fused"]["Attention"] == 2
+    assert read_meta(plain)["optimization"]["reason"] == "optimize is off for this model"
+    images = [Item(image=i) for i in sample_images(2)]
+    expected = EmbeddingModel("p", plain, limits=ImageLimits()).embed(images)
+    got = EmbeddingModel("f", fused, limits=ImageLimits()).embed(images)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_an_optimized_graph_that_differs_is_not_kept(tmp_path, vit):
+    folder = ensure_exported(ModelSource(model_id=str(vit), modality="image", optimize=False), tmp_path / "cache")
+    target = tmp_path / "fused.onnx"
+
+    def outputs_of(path):  # the fused graph's embeddings come out 1% off
+        rows = export._run(path, export.sample_inputs(folder, read_meta(folder)))
+        return rows * 1.01 if path == target else rows
+
+    outcome = graph_optimization.optimize(
+        folder / "model.onnx", target, hf_model_type="vit", num_heads=2, hidden_size=32, outputs_of=outputs_of
+    )
+    assert not outcome.applied and outcome.fused
+    assert outcome.reason.startswith("fused graph differs from the exported one")
+    assert not target.exists()
+    unknown = graph_optimization.optimize(
+        folder / "model.onnx", target, hf_model_type="swin", num_heads=2, hidden_size=32, outputs_of=outputs_of
+    )
+    assert unknown.reason == "no fusion patterns for model type 'swin'"
+
+
+def test_int8_records_its_variant_and_cosine_and_fails_below_the_gate(tmp_path, vit):
+    cache = tmp_path / "cache"
+    int8 = ensure_exported(ModelSource(model_id=str(vit), modality="image", precision="int8"), cache)
+    quantization = read_meta(int8)["quantization"]
+    assert quantization["variant"] == "per-tensor" and quantization["min_cosine"] >= 0.998
+    strict = ModelSource(model_id=str(vit), modality="image", precision="int8", int8_min_cosine=1.0)
+    with pytest.raises(ExportError) as error:
+        ensure_exported(strict, cache)
+    message = str(error.value)
+    assert "int8 embeddings are too far from fp32 on the sample inputs" in message
+    assert all(variant.name in message for variant in quantization_variants)
+    assert "serve this model in fp32, or lower its int8_min_cosine" in message
+    assert not (cache / strict.cache_key()).exists()
+    assert not [p for p in cache.iterdir() if p.name.startswith(".export-")]
+
+
+def test_texts_of_mixed_lengths_embed_the_same_in_one_batch_as_alone(tmp_path):
+    source = ModelSource(model_id=encoders.minilm_path(), modality="text")
+    served = EmbeddingModel("text", ensure_exported(source, tmp_path / "cache"), limits=ImageLimits())
+    rng = np.random.default_rng(0)
+    words = ["red", "house", "pressure", "line", "spike", "child", "drew", "a", "the", "valve"]
+    texts = [" ".join(rng.choice(words, int(rng.integers(1, 40)))) for _ in range(40)]
+    together = served.embed([Item(text=t) for t in texts])
+    alone = np.vstack([served.embed([Item(text=t)]) for t in texts])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
