@@ -57,26 +57,9 @@ def _tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     return deserialize
 
 
-def _reject_undecodable(behavior):
-    async def reject(request, context):
+def _check_decoded(request: Any) -> None:
+    if isinstance(request, _Undecodable):
         raise errors.InvalidArgument(f"request is not a valid protobuf message: {request.error}")
-
-    if inspect.isasyncgenfunction(behavior):
-
-        async def checked_stream(request, context):
-            if isinstance(request, _Undecodable):
-                await reject(request, context)
-            async for item in behavior(request, context):
-                yield item
-
-        return checked_stream
-
-    async def checked(request, context):
-        if isinstance(request, _Undecodable):
-            await reject(request, context)
-        return await behavior(request, context)
-
-    return checked
 
 
 class _Call:
@@ -172,6 +155,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             call = _Call(self, service, method, in_flight, context)
             stream = behavior(request, context)
             try:
+                _check_decoded(request)
                 async for item in stream:
                     yield item
             except BaseException as exc:
@@ -191,6 +175,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         async def wrapped(request, context):
             call = _Call(self, service, method, in_flight, context)
             try:
+                _check_decoded(request)
                 return await behavior(request, context)
             except BaseException as exc:
                 await call.fail(exc)
@@ -205,8 +190,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         behavior = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
         deserializer = handler.request_deserializer
         if deserializer is not None and not handler.request_streaming:
-            behavior = _reject_undecodable(behavior)
-            deserializer = _tolerant(deserializer)
+            deserializer = _tolerant(deserializer)  # an undecodable request reaches `wrapped`, which refuses it
 
         wrapped = (
             self._wrap_stream(service, method, behavior, in_flight)

@@ -108,12 +108,11 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
-        if method.lstrip("/").rpartition("/")[0] in OPEN_SERVICES:
-            return handler
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = self._wrap(handler)
+        open_service = method.lstrip("/").rpartition("/")[0] in OPEN_SERVICES
+        wrapped = handler if open_service else self._wrap(handler)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
