@@ -5,7 +5,8 @@ Training is cheap per row and dear per optimizer step (at batch 64 the step's fi
 dominates on CPU), so several autoencoders of one shape train side by side as one stack
 (stacked_training.py): the served model and its cross-fitting fold models share every step,
 which costs about as much as one model alone. Each model keeps its own rows, standardization,
-validation split, batches and early stopping, so the served model is the one `fit` trains alone.
+validation split, batches and early stopping, so the served model starts, sees its batches and
+stops as `fit` alone would have it (the same model up to floating-point rounding).
 
 Reason to change: how autoencoders are sized, trained and exported.
 """
