@@ -9,8 +9,9 @@ batch order and early stopping, the loss is the sum of the models' own losses (s
 gradient is its model's own), and Adam works element by element. A model whose validation
 loss has stopped improving leaves the stack, so it stops costing.
 
-Per epoch, each model's rows for the epoch are gathered once into one contiguous tensor
-and batches are slices of it (no per-batch indexing); Adam runs fused.
+Each model's rows are gathered in its epoch order into one contiguous tensor (a chunk of
+batches at a time, at most CHUNK_BYTES), and batches are slices of it: no per-batch
+indexing. Adam runs fused.
 
 Reason to change: how the autoencoders' weights are optimized (batches, optimizer, early stopping).
 """
@@ -27,6 +28,7 @@ import numpy as np
 from oddity.trainer.learners.base import Progress
 
 MIN_IMPROVEMENT = 1e-7  # a validation loss must fall by more than this to count as better
+CHUNK_BYTES = 32 * 2**20  # rows gathered at a time, across the stack
 
 
 @dataclass(frozen=True)
@@ -75,13 +77,14 @@ class _Batches:
         self.pending = torch.empty(0, dtype=torch.int64)
 
     def take(self, count: int) -> Any:
+        """The next `count` row numbers."""
         import torch
 
         while len(self.pending) < count:
             fresh = torch.randperm(len(self.rows), generator=self.generator)
             self.pending = torch.cat([self.pending, fresh]) if len(self.pending) else fresh
         chosen, self.pending = self.pending[:count], self.pending[count:]
-        return self.rows[chosen]
+        return chosen
 
 
 def _split(rows: np.ndarray, recipe: StackRecipe) -> tuple[np.ndarray, np.ndarray | None]:
@@ -155,14 +158,19 @@ def train_stack(
     waited = [0] * count
     active = list(range(count))  # models still in the stack, by their position in it
     for epoch in range(1, recipe.epochs + 1):
-        rows = torch.stack([orders[m].take(per_epoch) for m in active])
+        order = [orders[m].take(per_epoch) for m in active]
         weights, biases = params[:layers], params[layers:]
-        for start in range(0, per_epoch, batch):
-            x = rows[:, start : start + batch]
-            loss = (_forward(weights, biases, x) - x).square().mean(dim=(1, 2)).sum()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        # Rows are gathered a chunk of whole batches at a time (one copy, then slices), the chunk
+        # bounded so wide rows and many models do not copy the whole epoch at once.
+        chunk = max(batch, CHUNK_BYTES // (4 * len(active) * recipe.sizes[0]) // batch * batch)
+        for first in range(0, per_epoch, chunk):
+            rows = torch.stack([orders[m].rows[o[first : first + chunk]] for m, o in zip(active, order, strict=True)])
+            for start in range(0, rows.shape[1], batch):
+                x = rows[:, start : start + batch]
+                loss = (_forward(weights, biases, x) - x).square().mean(dim=(1, 2)).sum()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
         stopped = []
         with torch.no_grad():
             for position, m in enumerate(active):
