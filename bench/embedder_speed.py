@@ -15,7 +15,8 @@ gate) and the session settings the embedder chose; each target figure with its r
 in-run baseline; preprocessing apart from inference for both; and one matrix multiplication
 of ViT-base's MLP shape in ONNX Runtime (MLAS) and in torch (MKL), which is where ~90% of a
 ViT call goes: the ratio of these two bounds what fp32 ONNX Runtime can gain over eager.
---explore adds in-process comparisons: fused attention vs not, threads and spinning.
+--explore adds in-process comparisons: fused Attention vs not, threads and spinning (about a
+minute more).
 """
 
 from __future__ import annotations
@@ -195,39 +196,26 @@ def gemm_gflops() -> tuple[float, float]:
     return best(lambda: session.run(None, {"a": a})), best(lambda: ta @ tw)
 
 
-def explore(folder_fp32: Path, folder_int8: Path, images: list[bytes]) -> None:
-    """In-process: the fp32 graph with fused attention against the exported one, and the
-    int8 graph under other thread and spinning settings."""
-    from oddity.embedder.export import _run, sample_inputs
-    from oddity.embedder.graph_optimization import optimize
+def explore(weights: Path, cache: Path, folders: dict[str, Path], images: list[bytes]) -> None:
+    """In-process: the fp32 graph with fused Attention against the one the embedder serves,
+    and the int8 graph under other thread and spinning settings."""
+    from oddity.embedder.export import ensure_exported
+    from oddity.embedder.models import ModelSource
 
-    print("explore (in-process, ms/image of the ONNX Runtime call):")
-    meta = read_meta(folder_fp32)
-    with tempfile.TemporaryDirectory() as tmp:
-        fused = Path(tmp) / "fused"
-        fused.mkdir()
-        inputs = sample_inputs(folder_fp32, meta)
-        outcome = optimize(
-            folder_fp32 / "model.onnx",
-            fused / "model.onnx",
-            hf_model_type="vit",
-            num_heads=12,
-            hidden_size=768,
-            outputs_of=lambda p: _run(p, inputs),
-            attention=True,
-        )
-        if outcome.applied:
-            (fused / "meta.json").write_text(json.dumps(meta))
-            for _ in range(2):  # alternate: load hits both alike
-                _, base = in_process_split(folder_fp32, images, SessionConfig())
-                _, attention = in_process_split(fused, images, SessionConfig())
-                print(f"  fp32 as exported {base:.0f}, with fused Attention {attention:.0f} ({outcome.fused})")
-        else:
-            print(f"  fused attention not applied: {outcome.reason}")
-    for threads, spinning in ((0, False), (0, True), (1, False)):
-        config = SessionConfig(intra_op_threads=threads, spinning=spinning)
-        _, ms = in_process_split(folder_int8, images, config)
-        print(f"  int8 with {config.threads} thread(s), spinning {'on' if spinning else 'off'}: {ms:.0f}")
+    print("explore (in-process, ms/image of the ONNX Runtime call, alternating):", flush=True)
+    fused = ensure_exported(ModelSource(model_id=str(weights), modality="image", fuse_attention=True), cache)
+    print(f"  fused: {read_meta(fused)['optimization']['fused']}")
+    for _ in range(2):
+        _, served = in_process_split(folders["fp32"], images, SessionConfig())
+        _, attention = in_process_split(fused, images, SessionConfig())
+        print(f"  fp32 as served {served:.0f}, with fused Attention {attention:.0f}", flush=True)
+    for _ in range(2):
+        figures = []
+        for threads, spinning in ((0, False), (0, True), (1, False)):
+            config = SessionConfig(intra_op_threads=threads, spinning=spinning)
+            _, ms = in_process_split(folders["int8"], images, config)
+            figures.append(f"{config.threads} thread(s) spinning {'on' if spinning else 'off'} {ms:.0f}")
+        print("  int8: " + ", ".join(figures), flush=True)
 
 
 def loaded_lines(process: ServiceProcess) -> list[dict]:
@@ -316,7 +304,7 @@ def main() -> None:
         folders = {read_meta(p)["precision"]: p for p in cache.iterdir() if "vit" in p.name}
         split = {p: in_process_split(f, images, SessionConfig()) for p, f in folders.items()}
         if args.explore:
-            explore(folders["fp32"], folders["int8"], images)
+            explore(weights, cache, folders, images)
 
     n = args.images
     rate = {name: n / s for name, s in seconds.items()}

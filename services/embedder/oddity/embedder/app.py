@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import asyncio
 
-import grpc
 from prometheus_client import CollectorRegistry
 
-from oddity.common.server import Readiness
+from oddity.common.server import HandlerRegistry, Readiness
 from oddity.embedder.grpc_api import EmbedderServicer
 from oddity.embedder.metrics import EmbedderMetrics
 from oddity.embedder.service import EmbedderService
@@ -31,7 +30,7 @@ class EmbedderApp:
         self.service = EmbedderService(settings, EmbedderMetrics(metrics_registry))
         self._loading: asyncio.Task | None = None
 
-    def register(self, server: grpc.aio.Server) -> None:
+    def register(self, server: HandlerRegistry) -> None:
         embedder_pb2_grpc.add_EmbedderServicer_to_server(EmbedderServicer(self.service), server)
 
     async def start(self, readiness: Readiness) -> None:
