@@ -24,7 +24,7 @@ import onnx
 
 from oddity.common import bundle
 from oddity.trainer.learners.base import Learner, Progress
-from oddity.trainer.learners.stacked_training import StackRecipe, TrainedStack, train_stack
+from oddity.trainer.learners.stacked_training import RowSet, StackRecipe, TrainedStack, train_stack
 
 
 class AutoencoderLearner(Learner):
@@ -86,25 +86,23 @@ class AutoencoderLearner(Learner):
             threads=self.threads,
         )
 
-    @staticmethod
-    def _standardization(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return x.mean(axis=0).astype(np.float32), (x.std(axis=0) + 1e-6).astype(np.float32)
-
     def _train(
-        self, sets: list[np.ndarray], progress: Progress | None, first_leads: bool = False
-    ) -> tuple[TrainedStack, list]:
-        """Train one autoencoder per row set, side by side; each standardized on its own rows."""
-        scalings = [self._standardization(rows) for rows in sets]
-        standardized = [
-            ((rows - mean) / scale).astype(np.float32) for rows, (mean, scale) in zip(sets, scalings, strict=True)
-        ]
-        return train_stack(self._recipe(sets[0].shape[1]), standardized, progress, first_leads=first_leads), scalings
+        self, x: np.ndarray, sets: list[np.ndarray], progress: Progress | None, first_leads: bool = False
+    ) -> tuple[TrainedStack, list[RowSet]]:
+        """Train one autoencoder per set of row numbers, side by side; each standardized on its own rows."""
+        rows = []
+        for numbers in sets:
+            part = x[numbers]
+            rows.append(
+                RowSet(numbers, part.mean(axis=0).astype(np.float32), (part.std(axis=0) + 1e-6).astype(np.float32))
+            )
+        return train_stack(self._recipe(x.shape[1]), x, rows, progress, first_leads=first_leads), rows
 
-    def _keep_first(self, stack: TrainedStack, scaling: tuple[np.ndarray, np.ndarray]) -> None:
+    def _keep_first(self, stack: TrainedStack, rows: RowSet) -> None:
         """Model 0 of the stack becomes this learner's network."""
         import torch
 
-        self.mean_, self.scale_ = scaling
+        self.mean_, self.scale_ = rows.mean, rows.scale
         sizes = self._sizes(len(self.mean_))
         layers: list[torch.nn.Module] = []
         for i, (a, b) in enumerate(itertools.pairwise(sizes)):
@@ -121,8 +119,8 @@ class AutoencoderLearner(Learner):
         self.best_loss_ = stack.best_losses[0]
 
     def fit(self, x: np.ndarray, y: np.ndarray | None = None, progress: Progress | None = None) -> AutoencoderLearner:
-        stack, scalings = self._train([x], progress)
-        self._keep_first(stack, scalings[0])
+        stack, rows = self._train(x, [np.arange(len(x))], progress)
+        self._keep_first(stack, rows[0])
         return self
 
     def out_of_fold_scores(self, x: np.ndarray, folds: np.ndarray) -> np.ndarray:
@@ -134,13 +132,13 @@ class AutoencoderLearner(Learner):
         model's cost. The fold models train no longer than the served one, so their scores
         show what its training makes of rows it did not see."""
         labels = np.unique(folds)
-        stack, scalings = self._train([x, *(x[folds != fold] for fold in labels)], progress, first_leads=True)
-        self._keep_first(stack, scalings[0])
+        sets = [np.arange(len(x)), *(np.flatnonzero(folds != fold) for fold in labels)]
+        stack, rows = self._train(x, sets, progress, first_leads=True)
+        self._keep_first(stack, rows[0])
         scores = np.empty(len(x), dtype=np.float64)
         for model, fold in enumerate(labels, start=1):
-            held = folds == fold
-            mean, scale = scalings[model]
-            scores[held] = stack.errors(model, ((x[held] - mean) / scale).astype(np.float32)).mean(axis=1)
+            held = np.flatnonzero(folds == fold)
+            scores[held] = stack.errors(model, rows[model].standardized(x, held)).mean(axis=1)
         return scores
 
     def _scorer(self):

@@ -65,34 +65,47 @@ class TrainedStack:
         return (h - z) ** 2
 
 
-class _Batches:
-    """Each model's row order: fresh permutations from its own generator, consumed in turn, so a
-    model with fewer rows than the first one wraps around into its next permutation."""
+@dataclass(frozen=True)
+class RowSet:
+    """One model's rows: their numbers in the shared table, and the standardization it sees
+    them through (so no model's rows are copied whole: they are read a chunk at a time)."""
 
-    def __init__(self, rows: Any, seed: int) -> None:
+    numbers: np.ndarray
+    mean: np.ndarray
+    scale: np.ndarray
+
+    def standardized(self, table: np.ndarray, numbers: np.ndarray) -> np.ndarray:
+        return ((table[numbers] - self.mean) / self.scale).astype(np.float32)
+
+
+class _Batches:
+    """A model's row order: fresh permutations of its training rows from its own generator,
+    consumed in turn, so a model with fewer rows than the first one wraps into its next one."""
+
+    def __init__(self, numbers: np.ndarray, seed: int) -> None:
         import torch
 
-        self.rows = rows
+        self.numbers = numbers
         self.generator = torch.Generator().manual_seed(seed)
-        self.pending = torch.empty(0, dtype=torch.int64)
+        self.pending = np.empty(0, dtype=np.int64)
 
-    def take(self, count: int) -> Any:
-        """The next `count` row numbers."""
+    def take(self, count: int) -> np.ndarray:
+        """The table's row numbers of the next `count` rows."""
         import torch
 
         while len(self.pending) < count:
-            fresh = torch.randperm(len(self.rows), generator=self.generator)
-            self.pending = torch.cat([self.pending, fresh]) if len(self.pending) else fresh
+            fresh = self.numbers[torch.randperm(len(self.numbers), generator=self.generator).numpy()]
+            self.pending = np.concatenate([self.pending, fresh]) if len(self.pending) else fresh
         chosen, self.pending = self.pending[:count], self.pending[count:]
         return chosen
 
 
-def _split(rows: np.ndarray, recipe: StackRecipe) -> tuple[np.ndarray, np.ndarray | None]:
-    """(training rows, validation rows or None: then the training rows are watched)."""
-    order = np.random.default_rng(recipe.seed).permutation(len(rows))
-    n_val = max(1, int(len(rows) * recipe.validation_fraction)) if len(rows) >= 20 else 0
-    validation = np.ascontiguousarray(rows[order[:n_val]]) if n_val else None
-    return np.ascontiguousarray(rows[order[n_val:]]), validation
+def _split(rows: RowSet, recipe: StackRecipe) -> tuple[np.ndarray, np.ndarray]:
+    """(training row numbers, validation row numbers: the training rows when there are too few)."""
+    order = np.random.default_rng(recipe.seed).permutation(len(rows.numbers))
+    n_val = max(1, int(len(order) * recipe.validation_fraction)) if len(order) >= 20 else 0
+    train = rows.numbers[order[n_val:]]
+    return train, rows.numbers[order[:n_val]] if n_val else train
 
 
 def _forward(weights: list, biases: list, h: Any) -> Any:
@@ -128,12 +141,17 @@ def _without(params: list, optimizer: Any, keep: list[int], recipe: StackRecipe)
 
 
 def train_stack(
-    recipe: StackRecipe, sets: list[np.ndarray], progress: Progress | None = None, *, first_leads: bool = False
+    recipe: StackRecipe,
+    table: np.ndarray,
+    sets: list[RowSet],
+    progress: Progress | None = None,
+    *,
+    first_leads: bool = False,
 ) -> TrainedStack:
-    """Train one autoencoder per set of standardized float32 rows. Every model starts from the
-    same seeded weights; an epoch is one pass over the first set's training rows. `progress`
-    hears the first model's epochs. With `first_leads`, the others stop when the first one does
-    at the latest (fold models trained no longer than the model they stand in for)."""
+    """Train one autoencoder per set of the table's rows. Every model starts from the same
+    seeded weights; an epoch is one pass over the first set's training rows. `progress` hears
+    the first model's epochs. With `first_leads`, the others stop when the first one does at
+    the latest (fold models trained no longer than the model they stand in for)."""
     import torch
 
     torch.set_num_threads(recipe.threads)
@@ -149,8 +167,8 @@ def train_stack(
     layers = len(initial)
     optimizer = _optimizer(params, recipe)
     best: list[list[np.ndarray] | None] = [None] * count
-    orders = [_Batches(torch.from_numpy(train), recipe.seed) for train, _ in splits]
-    watched = [torch.from_numpy(val if val is not None else train) for train, val in splits]
+    orders = [_Batches(train, recipe.seed) for train, _ in splits]
+    watched = [torch.from_numpy(rows.standardized(table, val)) for rows, (_, val) in zip(sets, splits, strict=True)]
     per_epoch = len(splits[0][0])
     batch = max(1, min(recipe.batch_size, per_epoch))
     histories: list[list[float]] = [[] for _ in range(count)]
@@ -164,7 +182,11 @@ def train_stack(
         # bounded so wide rows and many models do not copy the whole epoch at once.
         chunk = max(batch, CHUNK_BYTES // (4 * len(active) * recipe.sizes[0]) // batch * batch)
         for first in range(0, per_epoch, chunk):
-            rows = torch.stack([orders[m].rows[o[first : first + chunk]] for m, o in zip(active, order, strict=True)])
+            rows = torch.from_numpy(
+                np.stack(
+                    [sets[m].standardized(table, o[first : first + chunk]) for m, o in zip(active, order, strict=True)]
+                )
+            )
             for start in range(0, rows.shape[1], batch):
                 x = rows[:, start : start + batch]
                 loss = (_forward(weights, biases, x) - x).square().mean(dim=(1, 2)).sum()
