@@ -6,8 +6,8 @@ autograd, the optimizer), not arithmetic: at batch 64 on 20 features, four model
 (~540 vs ~390 µs on 2 cores). So the served model and its cross-fitting fold models train in
 one stack instead of one after another. Stacking changes nothing a model sees: each keeps
 its own rows, validation split, batch order and early stopping, the loss is the sum of the
-models' own losses (so each gradient is its model's own), and Adam works element by element. A model whose validation
-loss has stopped improving leaves the stack, so it stops costing.
+models' own losses (so each gradient is its model's own), and Adam works element by element.
+A model whose validation loss has stopped improving leaves the stack, so it stops costing.
 
 Every model reads the one shared table through its row numbers and its own standardization:
 its rows, in its epoch order, are standardized into one contiguous tensor a chunk of batches
