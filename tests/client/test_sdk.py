@@ -4,7 +4,6 @@ the service, address and status in the message, and model management round-trips
 
 from __future__ import annotations
 
-import grpc
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,6 +13,7 @@ from oddity.v1 import detector_pb2
 from tests.client.conftest import FEATURES, publish_models, table
 from tests.conftest import start_detector
 from tests.support.client import detect_request
+from tests.support.interceptors import RequestIds
 
 
 def stub_detect(served, model: str, frame: pd.DataFrame, **fields) -> detector_pb2.DetectResponse:
@@ -119,23 +119,11 @@ def test_models_model_load_and_unload(served):
         assert (status.unloaded, status.serving_version) == (False, 1)
 
 
-class RequestIds(grpc.aio.ServerInterceptor):
-    """Records the x-request-id of every Detect the detector receives."""
-
-    def __init__(self) -> None:
-        self.seen: list[str] = []
-
-    async def intercept_service(self, continuation, handler_call_details):
-        if handler_call_details.method.endswith("/Detect"):
-            self.seen.append(dict(handler_call_details.invocation_metadata or ()).get("x-request-id", ""))
-        return await continuation(handler_call_details)
-
-
 def test_the_request_id_goes_out_with_every_call(tmp_path):
     repository = tmp_path / "models"
     repository.mkdir()
     publish_models(repository)
-    ids = RequestIds()
+    ids = RequestIds(lambda method: method.endswith("/Detect"))
     detector = start_detector(repository, interceptors=[ids])
     try:
         with DetectorClient(detector.server.target, request_id="batch-7") as client:

@@ -4,7 +4,6 @@ request ids on the wire, and a target that is down."""
 import asyncio
 import io
 
-import grpc
 import numpy as np
 import pytest
 from PIL import Image
@@ -15,26 +14,14 @@ from oddity.common.logging import start_request
 from oddity.embedder.models import ModelSource
 from tests.conftest import start_embedder
 from tests.support import encoders
+from tests.support.interceptors import RequestIds
 from tests.support.servers import wait_models
-
-
-class RequestIds(grpc.aio.ServerInterceptor):
-    """Records the x-request-id of every call the embedder receives."""
-
-    def __init__(self) -> None:
-        self.seen: list[str] = []
-
-    async def intercept_service(self, continuation, handler_call_details):
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        if handler_call_details.method.startswith("/oddity.v1.Embedder/"):
-            self.seen.append(metadata.get("x-request-id", ""))
-        return await continuation(handler_call_details)
 
 
 @pytest.fixture(scope="module")
 def embedder(tmp_path_factory):
     root = tmp_path_factory.mktemp("clients")
-    ids = RequestIds()
+    ids = RequestIds(lambda method: method.startswith("/oddity.v1.Embedder/"))
     models = {"vit": ModelSource(model_id=str(encoders.tiny_vit(root / "vit")), modality="image")}
     handle = start_embedder(root / "cache", models, interceptors=[ids])
     wait_models(handle, timeout=120)

@@ -13,7 +13,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from oddity.common.interceptors import with_behavior
+from oddity.common.interceptors import HandlerInterceptor, with_behavior
 from tests.conftest import start_detector
 from tests.support import models
 from tests.support.client import detect_request
@@ -22,16 +22,15 @@ from tests.support.waiting import wait_for
 D = 4
 
 
-class Gate(grpc.aio.ServerInterceptor):
+class Gate(HandlerInterceptor):
     """Holds Detect calls inside the server until released: calls that are admitted and busy."""
 
     def __init__(self) -> None:
         self.entered = 0
         self.released = threading.Event()
 
-    async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        if handler is None or not handler_call_details.method.endswith("/Detect"):
+    def wrap(self, method, handler):
+        if not method.endswith("/Detect"):
             return handler
 
         async def held(request, context):

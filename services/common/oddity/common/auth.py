@@ -14,14 +14,14 @@ Reason to change: who may call what.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from oddity.common.interceptors import with_behavior
+from oddity.common.interceptors import HandlerInterceptor, with_behavior
 from oddity.common.logging import annotate_request
 from oddity.common.token_files import TokenFile
 
@@ -71,36 +71,7 @@ def _streams(handler: Any) -> bool:
     return bool(handler.unary_stream or handler.stream_stream)
 
 
-def _refusal(code: grpc.StatusCode, message: str, handler: Any, fields: dict[str, Any]) -> Any:
-    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        annotate_request(**fields)
-        await context.abort(code, message)
-
-    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await refuse(request, context)
-        yield  # makes this an async generator, as streaming handlers are
-
-    return with_behavior(handler, refuse_stream if _streams(handler) else refuse)
-
-
-def _annotated(handler: Any, principal: Principal, admin_call: bool) -> Any:
-    """The handler, marking the request's log fields with who called (and that it is audited)."""
-    behavior = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
-    fields = {"principal": principal.name, **({"audit": True} if admin_call else {})}
-
-    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        annotate_request(**fields)
-        return await behavior(request, context)
-
-    async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        annotate_request(**fields)
-        async for item in behavior(request, context):
-            yield item
-
-    return with_behavior(handler, stream if _streams(handler) else unary)
-
-
-class AuthInterceptor(grpc.aio.ServerInterceptor):
+class AuthInterceptor(HandlerInterceptor):
     """Bearer tokens and roles for one service (see the module docstring)."""
 
     def __init__(self, tokens: Tokens, admin_methods: Iterable[str], *, open_health: bool = True) -> None:
@@ -108,29 +79,32 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self.admin_methods = frozenset(admin_methods)
         self.open_services = OPEN_SERVICES if open_health else ()
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
+    def wrap(self, method: str, handler: Any) -> Any:
+        service, _, name = method.lstrip("/").rpartition("/")
         if service in self.open_services:
             return handler
-        token = _bearer(handler_call_details.invocation_metadata)
-        principal = self.tokens.principal(token) if token else None
-        admin_call = method in self.admin_methods
+        admin_call = name in self.admin_methods
+        behavior = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await self._admit(context, name, admin_call)
+            return await behavior(request, context)
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await self._admit(context, name, admin_call)
+            async for item in behavior(request, context):
+                yield item
+
+        return with_behavior(handler, stream if _streams(handler) else unary)
+
+    async def _admit(self, context: grpc.aio.ServicerContext, method: str, admin_call: bool) -> None:
+        """Mark the request's log fields with who called (and that it is audited), or abort
+        the call with UNAUTHENTICATED / PERMISSION_DENIED."""
         audit = {"audit": True} if admin_call else {}
+        token = _bearer(context.invocation_metadata())
+        principal = self.tokens.principal(token) if token else None
+        annotate_request(principal=principal.name if principal else "anonymous", **audit)
         if principal is None:
-            return _refusal(
-                grpc.StatusCode.UNAUTHENTICATED, "a valid bearer token is required", handler,
-                {"principal": "anonymous", **audit},
-            )
-        if admin_call and not principal.admin:
-            return _refusal(
-                grpc.StatusCode.PERMISSION_DENIED, f"{method} needs an admin token", handler,
-                {"principal": principal.name, **audit},
-            )
-        return _annotated(handler, principal, admin_call)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid bearer token is required")
+        elif admin_call and not principal.admin:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{method} needs an admin token")

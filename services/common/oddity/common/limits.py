@@ -19,13 +19,12 @@ import hashlib
 import inspect
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
 from oddity.common.auth import AUTHORIZATION_KEY, OPEN_SERVICES
-from oddity.common.interceptors import with_behavior
+from oddity.common.interceptors import HandlerInterceptor, with_behavior
 
 MAX_TRACKED_CLIENTS = 10_000  # buckets kept (least recently seen dropped first)
 
@@ -76,7 +75,7 @@ def client_key(context: grpc.aio.ServicerContext) -> str:
     return peer.rsplit(":", 1)[0] if peer.startswith(("ipv4:", "ipv6:")) else peer
 
 
-class AdmissionInterceptor(grpc.aio.ServerInterceptor):
+class AdmissionInterceptor(HandlerInterceptor):
     """See the module docstring. Runs on the server's event loop: counters need no lock."""
 
     def __init__(self, max_concurrent: int, rate_limiter: RateLimiter | None = None) -> None:
@@ -86,7 +85,6 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         self.draining = False
         self._idle = asyncio.Event()
         self._idle.set()
-        self._wrapped: dict[str, tuple[Any, Any]] = {}
 
     def start_draining(self) -> None:
         self.draining = True
@@ -99,22 +97,10 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
             return False
         return True
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = await continuation(handler_call_details)
-        if handler is None:
+    def wrap(self, method: str, handler: Any) -> Any:
+        if method.lstrip("/").rpartition("/")[0] in OPEN_SERVICES:
             return handler
-        method = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        open_service = method.lstrip("/").rpartition("/")[0] in OPEN_SERVICES
-        wrapped = handler if open_service else self._wrap(handler)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+        return self._wrap(handler)
 
     def _refusal(self, context: grpc.aio.ServicerContext) -> tuple[grpc.StatusCode, str] | None:
         if self.draining:

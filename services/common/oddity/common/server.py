@@ -14,7 +14,9 @@ everything around it:
 TLS comes from the settings' certificate files (or credentials passed in); extra
 interceptors and the metrics registry are passed in, never hard-wired. Every call passes, in
 order: the server interceptor (request id, logs, metrics, errors), tokens and roles when
-configured, then admission (drain, concurrency cap, per-client rate).
+configured, admission (drain, concurrency cap, per-client rate), then any extra interceptors.
+They wrap each method's handler once as the services register (no per-call interceptor
+pipeline: see oddity.common.interceptors).
 
 Shutdown (SIGTERM): readiness goes NOT_SERVING, new calls get UNAVAILABLE (retryable) while
 the calls in progress finish within the grace period, then the server stops.
@@ -33,11 +35,11 @@ from typing import Protocol, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from oddity.common.auth import AuthInterceptor, Tokens
-from oddity.common.interceptors import ServerInterceptor
+from oddity.common.interceptors import HandlerInterceptor, ServerInterceptor, WrappingRegistry
 from oddity.common.limits import AdmissionInterceptor, RateLimiter
 from oddity.common.logging import configure_logging, get_logger
 from oddity.common.metrics import MetricsEndpoint, RpcMetrics, new_metrics_registry, start_metrics_endpoint
@@ -74,6 +76,14 @@ class Readiness:
         await self._health.set(f"{self._name}/{part}", status)
 
 
+class HandlerRegistry(Protocol):
+    """Where services register their handlers: the two methods generated code calls."""
+
+    def add_generic_rpc_handlers(self, generic_handlers: Sequence[grpc.GenericRpcHandler]) -> None: ...
+
+    def add_registered_method_handlers(self, service: str, method_handlers: dict) -> None: ...
+
+
 class HostedApp(Protocol):
     """What a service plugs into the host."""
 
@@ -82,8 +92,8 @@ class HostedApp(Protocol):
     #: Methods that change what serves: they need an admin token when tokens are configured.
     admin_methods: frozenset[str]
 
-    def register(self, server: grpc.aio.Server) -> None:
-        """Add the servicer(s) to the server."""
+    def register(self, server: HandlerRegistry) -> None:
+        """Add the servicer(s) to the server (e.g. with a generated add_*Servicer_to_server)."""
 
     async def start(self, readiness: Readiness) -> None:
         """Start background work; call readiness.set(True) once requests can be served."""
@@ -101,7 +111,7 @@ class ServiceHost:
         settings: ServiceSettings,
         *,
         metrics_registry: CollectorRegistry,
-        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        interceptors: Sequence[HandlerInterceptor] = (),
         credentials: grpc.ServerCredentials | None = None,
         options: Sequence[tuple[str, object]] = (),
     ) -> None:
@@ -118,7 +128,7 @@ class ServiceHost:
             if settings.rate_limit_per_client
             else None,
         )
-        self._interceptors: list[grpc.aio.ServerInterceptor] = [
+        self._interceptors: list[HandlerInterceptor] = [
             ServerInterceptor(RpcMetrics(metrics_registry), access_log=settings.access_log),
             *([AuthInterceptor(tokens, app.admin_methods, open_health=settings.auth_open_health)] if tokens else []),
             self.admission,
@@ -147,13 +157,12 @@ class ServiceHost:
     async def start(self) -> int:
         """Bind and start serving; returns the bound gRPC port."""
         settings = self.settings
-        server = grpc.aio.server(interceptors=self._interceptors, options=self._options)
-        self.app.register(server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            [self.app.name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-            server,
-        )
+        server = grpc.aio.server(options=self._options)
+        registry = WrappingRegistry(server, self._interceptors)
+        self.app.register(registry)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, registry)
+        names = [self.app.name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(names), registry)
         target = f"{settings.host}:{settings.port}"
         if self._credentials is None:
             if not _loopback(settings.host):

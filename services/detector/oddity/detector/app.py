@@ -9,12 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-import grpc
 from prometheus_client import CollectorRegistry
 
 from oddity.common.clients import EmbedderClient
 from oddity.common.logging import get_logger
-from oddity.common.server import Readiness
+from oddity.common.server import HandlerRegistry, Readiness
 from oddity.detector.grpc_api import DetectorServicer, add_to_server
 from oddity.detector.metrics import DetectorMetrics
 from oddity.detector.model import LoadedModel
@@ -86,7 +85,7 @@ class DetectorApp:
         if self._readiness is not None:
             await self._readiness.set(serving)
 
-    def register(self, server: grpc.aio.Server) -> None:
+    def register(self, server: HandlerRegistry) -> None:
         add_to_server(DetectorServicer(self.service), server)
 
     async def start(self, readiness: Readiness) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Collection
 
 import grpc
 
+from oddity.common.server import HandlerRegistry
 from oddity.common.tensors import array_to_tensor, tensor_to_array
 from oddity.detector import wire
 from oddity.detector.registry import ModelStatus
@@ -142,7 +143,7 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
 _RESULT_FIELD = detector_pb2.DetectImagesResponse.DESCRIPTOR.fields_by_name["result"].number
 
 
-def add_to_server(servicer: DetectorServicer, server: grpc.aio.Server) -> None:
+def add_to_server(servicer: DetectorServicer, server: HandlerRegistry) -> None:
     """Register the Detector service. Detect reads its request with `decode_detect_request`,
     and Detect and DetectImages return bytes written by `detect_response` (see wire.py);
     every other RPC uses its protobuf messages' own (de)serializers."""

@@ -11,14 +11,13 @@ import asyncio
 import contextlib
 from pathlib import Path
 
-import grpc
 from prometheus_client import CollectorRegistry
 from watchfiles import awatch
 
 from oddity.common.clients import DetectorAdminClient, EmbedderClient, RemoteService
 from oddity.common.errors import Unavailable
 from oddity.common.logging import get_logger
-from oddity.common.server import Readiness
+from oddity.common.server import HandlerRegistry, Readiness
 from oddity.trainer.announcer import Announcer, DetectorFleet
 from oddity.trainer.auto_training import AutoTrainer, Backoff
 from oddity.trainer.catalogue import DatasetCatalogue
@@ -58,7 +57,7 @@ class TrainerApp:
         self._detectors: DetectorFleet | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
-    def register(self, server: grpc.aio.Server) -> None:
+    def register(self, server: HandlerRegistry) -> None:
         trainer_pb2_grpc.add_TrainerServicer_to_server(TrainerServicer(self._started_service), server)
 
     def _detector_client(self, address: str, certificate_name: str | None) -> DetectorAdminClient:
