@@ -32,8 +32,10 @@ class ModelSource(BaseModel):
     # is kept only when its outputs match the exported one's.
     optimize: bool = True
     # Fused Attention too. Off by default: on AMD EPYC (Zen 4, AVX-512, onnxruntime 1.32) the
-    # fused kernel ran ViT-base fp32 no faster, MiniLM ~15% slower and int8 ViT (QAttention)
-    # ~10% slower than the unfused MatMuls; bench/embedder_speed.py measures both on a CPU.
+    # fused kernel ran ViT-base fp32 within noise of the unfused graph (-15% to +8% between
+    # runs), MiniLM ~15% slower, and int8 ViT slower both as QAttention (~10%) and as
+    # MultiHeadAttention beside quantized projections (68 vs 61 ms/image);
+    # `python -m bench.embedder_speed --explore` compares them on a CPU.
     fuse_attention: bool = False
     # int8: the export fails unless every sample embedding keeps this cosine to fp32.
     int8_min_cosine: float = Field(default=0.998, gt=0, le=1)
