@@ -57,7 +57,10 @@ class ScoreCounts:
     def observe_many(self, values: np.ndarray) -> None:
         if not values.size:
             return
-        counts = np.bincount(np.searchsorted(self._bounds, values, side="left"), minlength=len(self._counts))
+        # Per bound, how many values it covers (`le`): a few vectorized passes, far cheaper than
+        # a binary search per value (mispredicted branches) on a 50,000-row answer.
+        covered = [np.count_nonzero(values <= bound) for bound in self._bounds]
+        counts = np.diff([0, *covered, values.size])
         total = float(values.sum())
         with self._lock:
             for index, count in enumerate(counts.tolist()):
