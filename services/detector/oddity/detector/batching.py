@@ -55,7 +55,7 @@ class MicroBatcher:
     def __init__(
         self,
         max_batch_rows: int = 256,
-        max_delay: float = 0.002,
+        max_delay: float = 0.003,
         observe_batch: Callable[[int, int], None] | None = None,
     ) -> None:
         self.max_batch_rows = max_batch_rows

@@ -70,7 +70,7 @@ class DetectLimits:
     max_rows: int = 65536
     inline_max_values: int = 32768
     max_batch_rows: int = 256
-    max_batch_delay: float = 0.002
+    max_batch_delay: float = 0.003
 
 
 def check_rows(model: LoadedModel, rows: np.ndarray, feature_names: Sequence[str]) -> np.ndarray:
