@@ -196,12 +196,14 @@ def explanations(number: int, feature_names: Sequence[str], indices, errors, sha
     n, k = indices.shape
     if n == 0 or k == 0:
         return b""
-    d = len(feature_names) or int(indices.max()) + 1
-    # Per feature, the constant part of its FeatureContribution: name and index fields.
+    # Per feature that some row names (not every feature of the model: one row of a 769-feature
+    # model names k), the constant part of its FeatureContribution: name and index fields.
+    features, slots = np.unique(indices, return_inverse=True)
+    slots = slots.reshape(n, k)  # per entry, its feature's position in `features`
     bodies = [
         length_delimited(1, (feature_names[f] if feature_names else f"#{f}").encode())
         + (b"\x10" + _varint_bytes(f) if f else b"")
-        for f in range(d)
+        for f in features.tolist()
     ]
     # Then contribution (field 3, fixed64) and error (field 4, fixed64): 18 bytes per entry.
     doubles = np.empty(n * k, dtype=np.dtype([("t3", "u1"), ("share", "<f8"), ("t4", "u1"), ("error", "<f8")]))
@@ -210,7 +212,7 @@ def explanations(number: int, feature_names: Sequence[str], indices, errors, sha
     # Each entry of Explanation.features (field 1): tag, length, body, the 18 bytes.
     heads = [_varint_bytes(1 << 3 | _LENGTH) + _varint_bytes(len(body) + 18) + body for body in bodies]
     head_lengths = np.array([len(h) for h in heads], dtype=np.intp)
-    entry_lengths = head_lengths[indices] + 18  # [n, k]
+    entry_lengths = head_lengths[slots] + 18  # [n, k]
     row_lengths = entry_lengths.sum(axis=1)
     distinct, row_head_index = np.unique(row_lengths, return_inverse=True)
     row_heads = [_varint_bytes(number << 3 | _LENGTH) + _varint_bytes(int(length)) for length in distinct]
@@ -225,7 +227,7 @@ def explanations(number: int, feature_names: Sequence[str], indices, errors, sha
     starts = np.empty((n, 1 + 2 * k), dtype=np.intp)
     lengths = np.empty((n, 1 + 2 * k), dtype=np.intp)
     starts[:, 0], lengths[:, 0] = row_head_starts[row_head_index], row_head_lengths[row_head_index]
-    starts[:, 1::2], lengths[:, 1::2] = head_starts[indices], head_lengths[indices]
+    starts[:, 1::2], lengths[:, 1::2] = head_starts[slots], head_lengths[slots]
     starts[:, 2::2] = offsets[1] + 18 * np.arange(n * k).reshape(n, k)
     lengths[:, 2::2] = 18
     return segments(source, starts.reshape(-1), lengths.reshape(-1))
