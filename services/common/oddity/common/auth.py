@@ -21,7 +21,7 @@ from typing import Any
 
 import grpc
 
-from oddity.common.interceptors import HandlerInterceptor, with_behavior
+from oddity.common.interceptors import HandlerInterceptor, split_method, with_behavior
 from oddity.common.logging import annotate_request
 from oddity.common.token_files import TokenFile
 
@@ -80,7 +80,7 @@ class AuthInterceptor(HandlerInterceptor):
         self.open_services = OPEN_SERVICES if open_health else ()
 
     def wrap(self, method: str, handler: Any) -> Any:
-        service, _, name = method.lstrip("/").rpartition("/")
+        service, name = split_method(method)
         if service in self.open_services:
             return handler
         admin_call = name in self.admin_methods

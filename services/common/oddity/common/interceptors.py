@@ -80,14 +80,8 @@ class HandlerInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Any:
         handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method
         cache: dict[str, tuple[Any, Any]] = self.__dict__.setdefault("_wrapped_by_method", {})
-        cached = cache.get(method)
-        if cached is None or cached[0] is not handler:
-            cached = cache[method] = (handler, self.wrap(method, handler))
-        return cached[1]
+        return _wrapped_once(cache, handler_call_details.method, handler, self.wrap)
 
 
 class WrappingRegistry:
@@ -120,13 +114,23 @@ class _WrappedGeneric(grpc.GenericRpcHandler):
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
         handler = self._inner.service(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        cached = self._cache.get(method)
-        if cached is None or cached[0] is not handler:
-            cached = self._cache[method] = (handler, self._wrap(method, handler))
-        return cached[1]
+        return _wrapped_once(self._cache, handler_call_details.method, handler, self._wrap)
+
+
+def _wrapped_once(cache: dict[str, tuple[Any, Any]], method: str, handler: Any, wrap: Callable[[str, Any], Any]) -> Any:
+    """`wrap(method, handler)`, made once per method and handler (None passes through)."""
+    if handler is None:
+        return None
+    cached = cache.get(method)
+    if cached is None or cached[0] is not handler:
+        cached = cache[method] = (handler, wrap(method, handler))
+    return cached[1]
+
+
+def split_method(method: str) -> tuple[str, str]:
+    """("package.Service", "Method") of "/package.Service/Method"."""
+    service, _, name = method.lstrip("/").rpartition("/")
+    return service, name
 
 
 class _Call:
@@ -235,7 +239,7 @@ class ServerInterceptor(HandlerInterceptor):
         return wrapped
 
     def wrap(self, method: str, handler: Any) -> Any:
-        service, _, method = method.lstrip("/").rpartition("/")
+        service, method = split_method(method)
         in_flight = self.metrics.in_flight.labels(service, method)
         behavior = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
         deserializer = handler.request_deserializer

@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 
 from oddity.common.auth import AUTHORIZATION_KEY, OPEN_SERVICES
-from oddity.common.interceptors import HandlerInterceptor, with_behavior
+from oddity.common.interceptors import HandlerInterceptor, split_method, with_behavior
 
 MAX_TRACKED_CLIENTS = 10_000  # buckets kept (least recently seen dropped first)
 
@@ -98,7 +98,7 @@ class AdmissionInterceptor(HandlerInterceptor):
         return True
 
     def wrap(self, method: str, handler: Any) -> Any:
-        if method.lstrip("/").rpartition("/")[0] in OPEN_SERVICES:
+        if split_method(method)[0] in OPEN_SERVICES:
             return handler
         return self._wrap(handler)
 
