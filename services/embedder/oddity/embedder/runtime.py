@@ -73,10 +73,6 @@ class EmbeddingModel:
             return self._images(_images(items), first_index)
         return check_texts(_texts(items), first_index)
 
-    def run_batch(self, payloads: list) -> np.ndarray:
-        """One ONNX call for several requests' payloads; rows in payload order."""
-        return self.run(self.batch_inputs(payloads))
-
     def batch_inputs(self, payloads: list) -> dict[str, np.ndarray]:
         """The model inputs of several requests' payloads: pixels stacked, texts tokenized
         (padded to the batch's longest)."""
