@@ -46,14 +46,11 @@ def iforest_scores(train: np.ndarray, test: np.ndarray, seed: int) -> BaselineSc
     return BaselineScores(-forest.score_samples(test))  # scikit-learn: higher = more normal
 
 
-def autoencoder_scores(train: np.ndarray, test: np.ndarray, seed: int) -> BaselineScores:
-    """The seeds' autoencoder: in->64->8->64->in, ReLU, Adam, fixed 50 epochs (no early
-    stopping, no validation split), reconstruction MSE as the score."""
+def seeds_network(d: int):
+    """The seeds' autoencoder: in->64->8->64->in, ReLU."""
     import torch
 
-    torch.manual_seed(seed)
-    d = train.shape[1]
-    network = torch.nn.Sequential(
+    return torch.nn.Sequential(
         torch.nn.Linear(d, AE_HIDDEN),
         torch.nn.ReLU(),
         torch.nn.Linear(AE_HIDDEN, AE_BOTTLENECK),
@@ -62,18 +59,37 @@ def autoencoder_scores(train: np.ndarray, test: np.ndarray, seed: int) -> Baseli
         torch.nn.ReLU(),
         torch.nn.Linear(AE_HIDDEN, d),
     )
+
+
+def train_seeds_network(rows: np.ndarray, epochs: float, seed: int):
+    """The seeds' recipe: Adam, batch AE_BATCH, a fixed number of epochs (no early stopping,
+    no validation split); a fraction of an epoch runs that share of its steps."""
+    import torch
+
+    torch.manual_seed(seed)
+    network = seeds_network(rows.shape[1])
     optimizer = torch.optim.Adam(network.parameters(), lr=AE_LR)
-    rows = torch.from_numpy(train)
+    data = torch.from_numpy(rows)
     generator = torch.Generator().manual_seed(seed)
+    steps_per_epoch = -(-len(rows) // AE_BATCH)
+    budget = int(epochs * steps_per_epoch)
     network.train()
-    for _ in range(AE_EPOCHS):
-        for idx in torch.randperm(len(rows), generator=generator).split(AE_BATCH):
-            batch = rows[idx]
+    while budget > 0:
+        for idx in torch.randperm(len(data), generator=generator).split(AE_BATCH)[:budget]:
+            batch = data[idx]
             optimizer.zero_grad()
             loss = torch.mean((network(batch) - batch) ** 2)
             loss.backward()
             optimizer.step()
-    network.eval()
+        budget -= steps_per_epoch
+    return network.eval()
+
+
+def autoencoder_scores(train: np.ndarray, test: np.ndarray, seed: int) -> BaselineScores:
+    """The seeds' autoencoder trained for AE_EPOCHS, reconstruction MSE as the score."""
+    import torch
+
+    network = train_seeds_network(train, AE_EPOCHS, seed)
     with torch.no_grad():
         held = torch.from_numpy(test)
         return BaselineScores(torch.mean((network(held) - held) ** 2, dim=1).numpy().astype(np.float64))

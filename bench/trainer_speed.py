@@ -39,7 +39,7 @@ import yaml
 from sklearn.metrics import roc_auc_score
 
 from bench.machine import describe
-from bench.quality_baselines import AE_BATCH, AE_BOTTLENECK, AE_EPOCHS, AE_HIDDEN, AE_LR, standardize
+from bench.quality_baselines import AE_BATCH, AE_EPOCHS, standardize, train_seeds_network
 from oddity.common import bundle
 from oddity.trainer import pipeline
 from oddity.trainer.data import fingerprint, load_dataset
@@ -82,44 +82,6 @@ def held_out(rows: int, features: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([normal, (other + noise).astype(np.float32)]), np.r_[np.zeros(rows), np.ones(rows)]
 
 
-def seeds_network(d: int):
-    import torch
-
-    return torch.nn.Sequential(
-        torch.nn.Linear(d, AE_HIDDEN),
-        torch.nn.ReLU(),
-        torch.nn.Linear(AE_HIDDEN, AE_BOTTLENECK),
-        torch.nn.ReLU(),
-        torch.nn.Linear(AE_BOTTLENECK, AE_HIDDEN),
-        torch.nn.ReLU(),
-        torch.nn.Linear(AE_HIDDEN, d),
-    )
-
-
-def seeds_loop(rows: np.ndarray, epochs: float, seed: int = 0):
-    """The seeds' recipe (bench/quality_baselines.autoencoder_scores' loop); a fraction of an
-    epoch runs that share of its steps (the thread probe)."""
-    import torch
-
-    torch.manual_seed(seed)
-    network = seeds_network(rows.shape[1])
-    optimizer = torch.optim.Adam(network.parameters(), lr=AE_LR)
-    data = torch.from_numpy(rows)
-    generator = torch.Generator().manual_seed(seed)
-    steps_per_epoch = -(-len(rows) // AE_BATCH)
-    budget = int(epochs * steps_per_epoch)
-    network.train()
-    while budget > 0:
-        for idx in torch.randperm(len(data), generator=generator).split(AE_BATCH)[:budget]:
-            batch = data[idx]
-            optimizer.zero_grad()
-            loss = torch.mean((network(batch) - batch) ** 2)
-            loss.backward()
-            optimizer.step()
-        budget -= steps_per_epoch
-    return network.eval()
-
-
 def faster_threads(rows: np.ndarray) -> tuple[int, dict[int, float]]:
     """Which torch thread count runs the seeds' loop faster here: µs per step, best of 3 probes."""
     import torch
@@ -129,7 +91,7 @@ def faster_threads(rows: np.ndarray) -> tuple[int, dict[int, float]]:
     for threads in (1, 2, 1, 2, 1, 2):
         torch.set_num_threads(threads)
         start = time.perf_counter()
-        seeds_loop(rows, probe_epochs)
+        train_seeds_network(rows, probe_epochs, seed=0)
         elapsed = (time.perf_counter() - start) / 300 * 1e6
         per_step[threads] = min(per_step.get(threads, float("inf")), elapsed)
     return min(per_step, key=lambda t: per_step[t]), per_step
@@ -148,7 +110,7 @@ def bench_training(root: Path, rows: int, features: int) -> None:
     threads, per_step = faster_threads(train_rows)
     torch.set_num_threads(threads)
     start = time.perf_counter()
-    bare = seeds_loop(train_rows, AE_EPOCHS)
+    bare = train_seeds_network(train_rows, AE_EPOCHS, seed=0)
     bare_seconds = time.perf_counter() - start
     with torch.no_grad():
         held = torch.from_numpy(test_rows)
