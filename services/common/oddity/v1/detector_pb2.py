@@ -26,49 +26,79 @@ from oddity.v1 import manifest_pb2 as oddity_dot_v1_dot_manifest__pb2
 from oddity.v1 import tensor_pb2 as oddity_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18oddity/v1/detector.proto\x12\toddity.v1\x1a\x18oddity/v1/manifest.proto\x1a\x16oddity/v1/tensor.proto\"\xc2\x01\n\x13\x44\x65tectImagesRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06images\x18\x02 \x03(\x0c\x12\r\n\x05texts\x18\x03 \x03(\t\x12\x16\n\x0erouting_values\x18\x04 \x03(\x01\x12)\n\x0e\x65xtra_features\x18\x05 \x01(\x0b\x32\x11.oddity.v1.Tensor\x12!\n\x14threshold_percentile\x18\x06 \x01(\x01H\x00\x88\x01\x01\x42\x17\n\x15_threshold_percentile\"w\n\x14\x44\x65tectImagesResponse\x12)\n\x06result\x18\x01 \x01(\x0b\x32\x19.oddity.v1.DetectResponse\x12\x19\n\x11\x65mbedder_model_id\x18\x02 \x01(\t\x12\x19\n\x11\x65mbedder_revision\x18\x03 \x01(\t\"\xfc\x01\n\rDetectRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x1f\n\x04rows\x18\x03 \x01(\x0b\x32\x11.oddity.v1.Tensor\x12\x15\n\rfeature_names\x18\x04 \x03(\t\x12\x16\n\x0erouting_values\x18\x05 \x03(\x01\x12!\n\x14threshold_percentile\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\rexplain_top_k\x18\x07 \x01(\r\x12(\n\x07\x63olumns\x18\x08 \x03(\x0e\x32\x17.oddity.v1.DetectColumnB\x17\n\x15_threshold_percentile\"W\n\x13\x46\x65\x61tureContribution\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x14\n\x0c\x63ontribution\x18\x03 \x01(\x01\x12\r\n\x05\x65rror\x18\x04 \x01(\x01\"?\n\x0b\x45xplanation\x12\x30\n\x08\x66\x65\x61tures\x18\x01 \x03(\x0b\x32\x1e.oddity.v1.FeatureContribution\"\x9a\x03\n\x0e\x44\x65tectResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0e\n\x06scores\x18\x04 \x03(\x01\x12\x19\n\x11normalized_scores\x18\x05 \x03(\x01\x12\x12\n\nis_anomaly\x18\x06 \x03(\x08\x12\x12\n\nthresholds\x18\x07 \x03(\x01\x12\x13\n\x0b\x63onfidences\x18\x08 \x03(\x01\x12\x0e\n\x06groups\x18\t \x03(\t\x12\x10\n\x08\x66\x61llback\x18\n \x03(\x08\x12,\n\x0c\x65xplanations\x18\x0b \x03(\x0b\x32\x16.oddity.v1.Explanation\x12\x19\n\x11predicted_classes\x18\x0c \x03(\t\x12(\n\rprobabilities\x18\r \x01(\x0b\x32\x11.oddity.v1.Tensor\x12\x14\n\x0c\x63lass_labels\x18\x0e \x03(\t\x12\x18\n\x10predicted_scores\x18\x0f \x03(\x01\x12\x13\n\x0bgroup_names\x18\x10 \x03(\t\x12\x12\n\nrow_groups\x18\x11 \x03(\r\"\x9e\x02\n\x0bModelStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0fserving_version\x18\x02 \x01(\x03\x12\x1a\n\x12\x61vailable_versions\x18\x03 \x03(\x03\x12\x16\n\x0epinned_version\x18\x04 \x01(\x03\x12\x10\n\x08unloaded\x18\x05 \x01(\x08\x12\x0c\n\x04kind\x18\x06 \x01(\t\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12G\n\x11rejected_versions\x18\x08 \x03(\x0b\x32,.oddity.v1.ModelStatus.RejectedVersionsEntry\x1a\x37\n\x15RejectedVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.oddity.v1.ModelStatus\" \n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\"f\n\x10GetModelResponse\x12&\n\x06status\x18\x01 \x01(\x0b\x32\x16.oddity.v1.ModelStatus\x12*\n\x08manifest\x18\x02 \x01(\x0b\x32\x18.oddity.v1.ModelManifest\"2\n\x10LoadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\";\n\x11LoadModelResponse\x12&\n\x06status\x18\x01 \x01(\x0b\x32\x16.oddity.v1.ModelStatus\"#\n\x12UnloadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\"=\n\x13UnloadModelResponse\x12&\n\x06status\x18\x01 \x01(\x0b\x32\x16.oddity.v1.ModelStatus*\xfd\x01\n\x0c\x44\x65tectColumn\x12\x1d\n\x19\x44\x45TECT_COLUMN_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44\x45TECT_COLUMN_SCORES\x10\x01\x12#\n\x1f\x44\x45TECT_COLUMN_NORMALIZED_SCORES\x10\x02\x12\x1c\n\x18\x44\x45TECT_COLUMN_IS_ANOMALY\x10\x03\x12\x1c\n\x18\x44\x45TECT_COLUMN_THRESHOLDS\x10\x04\x12\x1d\n\x19\x44\x45TECT_COLUMN_CONFIDENCES\x10\x05\x12\x18\n\x14\x44\x45TECT_COLUMN_GROUPS\x10\x06\x12\x1a\n\x16\x44\x45TECT_COLUMN_FALLBACK\x10\x07\x32\xc0\x03\n\x08\x44\x65tector\x12=\n\x06\x44\x65tect\x12\x18.oddity.v1.DetectRequest\x1a\x19.oddity.v1.DetectResponse\x12I\n\nListModels\x12\x1c.oddity.v1.ListModelsRequest\x1a\x1d.oddity.v1.ListModelsResponse\x12\x43\n\x08GetModel\x12\x1a.oddity.v1.GetModelRequest\x1a\x1b.oddity.v1.GetModelResponse\x12\x46\n\tLoadModel\x12\x1b.oddity.v1.LoadModelRequest\x1a\x1c.oddity.v1.LoadModelResponse\x12L\n\x0bUnloadModel\x12\x1d.oddity.v1.UnloadModelRequest\x1a\x1e.oddity.v1.UnloadModelResponse\x12O\n\x0c\x44\x65tectImages\x12\x1e.oddity.v1.DetectImagesRequest\x1a\x1f.oddity.v1.DetectImagesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18oddity/v1/detector.proto\x12\toddity.v1\x1a\x18oddity/v1/manifest.proto\x1a\x16oddity/v1/tensor.proto\"m\n\tItemQuery\x12\x11\n\x07item_id\x18\x01 \x01(\tH\x00\x12#\n\x06vector\x18\x02 \x01(\x0b\x32\x11.oddity.v1.TensorH\x00\x12\x0f\n\x05image\x18\x03 \x01(\x0cH\x00\x12\x0e\n\x04text\x18\x04 \x01(\tH\x00\x42\x07\n\x05query\"d\n\x0eMetadataFilter\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12\x0e\n\x06\x61ny_of\x18\x02 \x03(\t\x12\x10\n\x03min\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03max\x18\x04 \x01(\x01H\x01\x88\x01\x01\x42\x06\n\x04_minB\x06\n\x04_max\"\xb9\x01\n\x0eSimilarRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12#\n\x05query\x18\x03 \x01(\x0b\x32\x14.oddity.v1.ItemQuery\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12*\n\x07\x66ilters\x18\x05 \x03(\x0b\x32\x19.oddity.v1.MetadataFilter\x12\x14\n\x0c\x65xclude_self\x18\x06 \x01(\x08\x12\x11\n\twith_tags\x18\x07 \x03(\t\"\xb5\x01\n\x0bSimilarItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nsimilarity\x18\x02 \x01(\x01\x12\x36\n\x08metadata\x18\x03 \x03(\x0b\x32$.oddity.v1.SimilarItem.MetadataEntry\x12\x0c\n\x04tags\x18\x04 \x03(\t\x12\x0f\n\x07\x63luster\x18\x05 \x01(\x05\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"+\n\x08TagMatch\x12\x0b\n\x03tag\x18\x01 \x01(\t\x12\x12\n\nsimilarity\x18\x02 \x01(\x01\"\x98\x01\n\x0fSimilarResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12%\n\x05items\x18\x03 \x03(\x0b\x32\x16.oddity.v1.SimilarItem\x12\x13\n\x0b\x61pproximate\x18\x04 \x01(\x08\x12)\n\x0cmatched_tags\x18\x05 \x03(\x0b\x32\x13.oddity.v1.TagMatch\"p\n\x0f\x43lustersRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x17\n\x0frepresentatives\x18\x03 \x01(\x05\x12$\n\x06\x61ssign\x18\x04 \x03(\x0b\x32\x14.oddity.v1.ItemQuery\"j\n\x0b\x43lusterInfo\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12/\n\x0frepresentatives\x18\x03 \x03(\x0b\x32\x16.oddity.v1.SimilarItem\x12\x10\n\x08top_tags\x18\x04 \x03(\t\"H\n\x11\x43lusterAssignment\x12\x0f\n\x07\x63luster\x18\x01 \x01(\x05\x12\x0e\n\x06is_new\x18\x02 \x01(\x08\x12\x12\n\nsimilarity\x18\x03 \x01(\x01\"\xa4\x01\n\x10\x43lustersResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12(\n\x08\x63lusters\x18\x03 \x03(\x0b\x32\x16.oddity.v1.ClusterInfo\x12\x13\n\x0bunclustered\x18\x04 \x01(\x03\x12\x31\n\x0b\x61ssignments\x18\x05 \x03(\x0b\x32\x1c.oddity.v1.ClusterAssignment\"\x8a\x01\n\x12SuggestTagsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12#\n\x05query\x18\x03 \x01(\x0b\x32\x14.oddity.v1.ItemQuery\x12\x0c\n\x04tags\x18\x04 \x03(\t\x12\r\n\x05top_k\x18\x05 \x01(\x05\x12\x12\n\nneighbours\x18\x06 \x01(\x05\"_\n\rTagSuggestion\x12\x0b\n\x03tag\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x17\n\x0f\x66rom_neighbours\x18\x03 \x01(\x01\x12\x19\n\x11\x66rom_cooccurrence\x18\x04 \x01(\x01\"d\n\x13SuggestTagsResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12-\n\x0bsuggestions\x18\x03 \x03(\x0b\x32\x18.oddity.v1.TagSuggestion\"\xc2\x01\n\x13\x44\x65tectImagesRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06images\x18\x02 \x03(\x0c\x12\r\n\x05texts\x18\x03 \x03(\t\x12\x16\n\x0erouting_values\x18\x04 \x03(\x01\x12)\n\x0e\x65xtra_features\x18\x05 \x01(\x0b\x32\x11.oddity.v1.Tensor\x12!\n\x14threshold_percentile\x18\x06 \x01(\x01H\x00\x88\x01\x01\x42\x17\n\x15_threshold_percentile\"w\n\x14\x44\x65tectImagesResponse\x12)\n\x06result\x18\x01 \x01(\x0b\x32\x19.oddity.v1.DetectResponse\x12\x19\n\x11\x65mbedder_model_id\x18\x02 \x01(\t\x12\x19\n\x11\x65mbedder_revision\x18\x03 \x01(\t\"\xfc\x01\n\rDetectRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x1f\n\x04rows\x18\x03 \x01(\x0b\x32\x11.oddity.v1.Tensor\x12\x15\n\rfeature_names\x18\x04 \x03(\t\x12\x16\n\x0erouting_values\x18\x05 \x03(\x01\x12!\n\x14threshold_percentile\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\rexplain_top_k\x18\x07 \x01(\r\x12(\n\x07\x63olumns\x18\x08 \x03(\x0e\x32\x17.oddity.v1.DetectColumnB\x17\n\x15_threshold_percentile\"W\n\x13\x46\x65\x61tureContribution\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x14\n\x0c\x63ontribution\x18\x03 \x01(\x01\x12\r\n\x05\x65rror\x18\x04 \x01(\x01\"?\n\x0b\x45xplanation\x12\x30\n\x08\x66\x65\x61tures\x18\x01 \x03(\x0b\x32\x1e.oddity.v1.FeatureContribution\"\x9a\x03\n\x0e\x44\x65tectResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0e\n\x06scores\x18\x04 \x03(\x01\x12\x19\n\x11normalized_scores\x18\x05 \x03(\x01\x12\x12\n\nis_anomaly\x18\x06 \x03(\x08\x12\x12\n\nthresholds\x18\x07 \x03(\x01\x12\x13\n\x0b\x63onfidences\x18\x08 \x03(\x01\x12\x0e\n\x06groups\x18\t \x03(\t\x12\x10\n\x08\x66\x61llback\x18\n \x03(\x08\x12,\n\x0c\x65xplanations\x18\x0b \x03(\x0b\x32\x16.oddity.v1.Explanation\x12\x19\n\x11predicted_classes\x18\x0c \x03(\t\x12(\n\rprobabilities\x18\r \x01(\x0b\x32\x11.oddity.v1.Tensor\x12\x14\n\x0c\x63lass_labels\x18\x0e \x03(\t\x12\x18\n\x10predicted_scores\x18\x0f \x03(\x01\x12\x13\n\x0bgroup_names\x18\x10 \x03(\t\x12\x12\n\nrow_groups\x18\x11 \x03(\r\"\x9e\x02\n\x0bModelStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0fserving_version\x18\x02 \x01(\x03\x12\x1a\n\x12\x61vailable_versions\x18\x03 \x03(\x03\x12\x16\n\x0epinned_version\x18\x04 \x01(\x03\x12\x10\n\x08unloaded\x18\x05 \x01(\x08\x12\x0c\n\x04kind\x18\x06 \x01(\t\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12G\n\x11rejected_versions\x18\x08 \x03(\x0b\x32,.oddity.v1.ModelStatus.RejectedVersionsEntry\x1a\x37\n\x15RejectedVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.oddity.v1.ModelStatus\" \n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\"f\n\x10GetModelResponse\x12&\n\x06status\x18\x01 \x01(\x0b\x32\x16.oddity.v1.ModelStatus\x12*\n\x08manifest\x18\x02 \x01(\x0b\x32\x18.oddity.v1.ModelManifest\"2\n\x10LoadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\";\n\x11LoadModelResponse\x12&\n\x06status\x18\x01 \x01(\x0b\x32\x16.oddity.v1.ModelStatus\"#\n\x12UnloadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\"=\n\x13UnloadModelResponse\x12&\n\x06status\x18\x01 \x01(\x0b\x32\x16.oddity.v1.ModelStatus*\xfd\x01\n\x0c\x44\x65tectColumn\x12\x1d\n\x19\x44\x45TECT_COLUMN_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44\x45TECT_COLUMN_SCORES\x10\x01\x12#\n\x1f\x44\x45TECT_COLUMN_NORMALIZED_SCORES\x10\x02\x12\x1c\n\x18\x44\x45TECT_COLUMN_IS_ANOMALY\x10\x03\x12\x1c\n\x18\x44\x45TECT_COLUMN_THRESHOLDS\x10\x04\x12\x1d\n\x19\x44\x45TECT_COLUMN_CONFIDENCES\x10\x05\x12\x18\n\x14\x44\x45TECT_COLUMN_GROUPS\x10\x06\x12\x1a\n\x16\x44\x45TECT_COLUMN_FALLBACK\x10\x07\x32\x95\x05\n\x08\x44\x65tector\x12=\n\x06\x44\x65tect\x12\x18.oddity.v1.DetectRequest\x1a\x19.oddity.v1.DetectResponse\x12I\n\nListModels\x12\x1c.oddity.v1.ListModelsRequest\x1a\x1d.oddity.v1.ListModelsResponse\x12\x43\n\x08GetModel\x12\x1a.oddity.v1.GetModelRequest\x1a\x1b.oddity.v1.GetModelResponse\x12\x46\n\tLoadModel\x12\x1b.oddity.v1.LoadModelRequest\x1a\x1c.oddity.v1.LoadModelResponse\x12L\n\x0bUnloadModel\x12\x1d.oddity.v1.UnloadModelRequest\x1a\x1e.oddity.v1.UnloadModelResponse\x12O\n\x0c\x44\x65tectImages\x12\x1e.oddity.v1.DetectImagesRequest\x1a\x1f.oddity.v1.DetectImagesResponse\x12@\n\x07Similar\x12\x19.oddity.v1.SimilarRequest\x1a\x1a.oddity.v1.SimilarResponse\x12\x43\n\x08\x43lusters\x12\x1a.oddity.v1.ClustersRequest\x1a\x1b.oddity.v1.ClustersResponse\x12L\n\x0bSuggestTags\x12\x1d.oddity.v1.SuggestTagsRequest\x1a\x1e.oddity.v1.SuggestTagsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'oddity.v1.detector_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_SIMILARITEM_METADATAENTRY']._loaded_options = None
+  _globals['_SIMILARITEM_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_MODELSTATUS_REJECTEDVERSIONSENTRY']._loaded_options = None
   _globals['_MODELSTATUS_REJECTEDVERSIONSENTRY']._serialized_options = b'8\001'
-  _globals['_DETECTCOLUMN']._serialized_start=1953
-  _globals['_DETECTCOLUMN']._serialized_end=2206
-  _globals['_DETECTIMAGESREQUEST']._serialized_start=90
-  _globals['_DETECTIMAGESREQUEST']._serialized_end=284
-  _globals['_DETECTIMAGESRESPONSE']._serialized_start=286
-  _globals['_DETECTIMAGESRESPONSE']._serialized_end=405
-  _globals['_DETECTREQUEST']._serialized_start=408
-  _globals['_DETECTREQUEST']._serialized_end=660
-  _globals['_FEATURECONTRIBUTION']._serialized_start=662
-  _globals['_FEATURECONTRIBUTION']._serialized_end=749
-  _globals['_EXPLANATION']._serialized_start=751
-  _globals['_EXPLANATION']._serialized_end=814
-  _globals['_DETECTRESPONSE']._serialized_start=817
-  _globals['_DETECTRESPONSE']._serialized_end=1227
-  _globals['_MODELSTATUS']._serialized_start=1230
-  _globals['_MODELSTATUS']._serialized_end=1516
-  _globals['_MODELSTATUS_REJECTEDVERSIONSENTRY']._serialized_start=1461
-  _globals['_MODELSTATUS_REJECTEDVERSIONSENTRY']._serialized_end=1516
-  _globals['_LISTMODELSREQUEST']._serialized_start=1518
-  _globals['_LISTMODELSREQUEST']._serialized_end=1537
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1539
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1599
-  _globals['_GETMODELREQUEST']._serialized_start=1601
-  _globals['_GETMODELREQUEST']._serialized_end=1633
-  _globals['_GETMODELRESPONSE']._serialized_start=1635
-  _globals['_GETMODELRESPONSE']._serialized_end=1737
-  _globals['_LOADMODELREQUEST']._serialized_start=1739
-  _globals['_LOADMODELREQUEST']._serialized_end=1789
-  _globals['_LOADMODELRESPONSE']._serialized_start=1791
-  _globals['_LOADMODELRESPONSE']._serialized_end=1850
-  _globals['_UNLOADMODELREQUEST']._serialized_start=1852
-  _globals['_UNLOADMODELREQUEST']._serialized_end=1887
-  _globals['_UNLOADMODELRESPONSE']._serialized_start=1889
-  _globals['_UNLOADMODELRESPONSE']._serialized_end=1950
-  _globals['_DETECTOR']._serialized_start=2209
-  _globals['_DETECTOR']._serialized_end=2657
+  _globals['_DETECTCOLUMN']._serialized_start=3541
+  _globals['_DETECTCOLUMN']._serialized_end=3794
+  _globals['_ITEMQUERY']._serialized_start=89
+  _globals['_ITEMQUERY']._serialized_end=198
+  _globals['_METADATAFILTER']._serialized_start=200
+  _globals['_METADATAFILTER']._serialized_end=300
+  _globals['_SIMILARREQUEST']._serialized_start=303
+  _globals['_SIMILARREQUEST']._serialized_end=488
+  _globals['_SIMILARITEM']._serialized_start=491
+  _globals['_SIMILARITEM']._serialized_end=672
+  _globals['_SIMILARITEM_METADATAENTRY']._serialized_start=625
+  _globals['_SIMILARITEM_METADATAENTRY']._serialized_end=672
+  _globals['_TAGMATCH']._serialized_start=674
+  _globals['_TAGMATCH']._serialized_end=717
+  _globals['_SIMILARRESPONSE']._serialized_start=720
+  _globals['_SIMILARRESPONSE']._serialized_end=872
+  _globals['_CLUSTERSREQUEST']._serialized_start=874
+  _globals['_CLUSTERSREQUEST']._serialized_end=986
+  _globals['_CLUSTERINFO']._serialized_start=988
+  _globals['_CLUSTERINFO']._serialized_end=1094
+  _globals['_CLUSTERASSIGNMENT']._serialized_start=1096
+  _globals['_CLUSTERASSIGNMENT']._serialized_end=1168
+  _globals['_CLUSTERSRESPONSE']._serialized_start=1171
+  _globals['_CLUSTERSRESPONSE']._serialized_end=1335
+  _globals['_SUGGESTTAGSREQUEST']._serialized_start=1338
+  _globals['_SUGGESTTAGSREQUEST']._serialized_end=1476
+  _globals['_TAGSUGGESTION']._serialized_start=1478
+  _globals['_TAGSUGGESTION']._serialized_end=1573
+  _globals['_SUGGESTTAGSRESPONSE']._serialized_start=1575
+  _globals['_SUGGESTTAGSRESPONSE']._serialized_end=1675
+  _globals['_DETECTIMAGESREQUEST']._serialized_start=1678
+  _globals['_DETECTIMAGESREQUEST']._serialized_end=1872
+  _globals['_DETECTIMAGESRESPONSE']._serialized_start=1874
+  _globals['_DETECTIMAGESRESPONSE']._serialized_end=1993
+  _globals['_DETECTREQUEST']._serialized_start=1996
+  _globals['_DETECTREQUEST']._serialized_end=2248
+  _globals['_FEATURECONTRIBUTION']._serialized_start=2250
+  _globals['_FEATURECONTRIBUTION']._serialized_end=2337
+  _globals['_EXPLANATION']._serialized_start=2339
+  _globals['_EXPLANATION']._serialized_end=2402
+  _globals['_DETECTRESPONSE']._serialized_start=2405
+  _globals['_DETECTRESPONSE']._serialized_end=2815
+  _globals['_MODELSTATUS']._serialized_start=2818
+  _globals['_MODELSTATUS']._serialized_end=3104
+  _globals['_MODELSTATUS_REJECTEDVERSIONSENTRY']._serialized_start=3049
+  _globals['_MODELSTATUS_REJECTEDVERSIONSENTRY']._serialized_end=3104
+  _globals['_LISTMODELSREQUEST']._serialized_start=3106
+  _globals['_LISTMODELSREQUEST']._serialized_end=3125
+  _globals['_LISTMODELSRESPONSE']._serialized_start=3127
+  _globals['_LISTMODELSRESPONSE']._serialized_end=3187
+  _globals['_GETMODELREQUEST']._serialized_start=3189
+  _globals['_GETMODELREQUEST']._serialized_end=3221
+  _globals['_GETMODELRESPONSE']._serialized_start=3223
+  _globals['_GETMODELRESPONSE']._serialized_end=3325
+  _globals['_LOADMODELREQUEST']._serialized_start=3327
+  _globals['_LOADMODELREQUEST']._serialized_end=3377
+  _globals['_LOADMODELRESPONSE']._serialized_start=3379
+  _globals['_LOADMODELRESPONSE']._serialized_end=3438
+  _globals['_UNLOADMODELREQUEST']._serialized_start=3440
+  _globals['_UNLOADMODELREQUEST']._serialized_end=3475
+  _globals['_UNLOADMODELRESPONSE']._serialized_start=3477
+  _globals['_UNLOADMODELRESPONSE']._serialized_end=3538
+  _globals['_DETECTOR']._serialized_start=3797
+  _globals['_DETECTOR']._serialized_end=4458
 # @@protoc_insertion_point(module_scope)

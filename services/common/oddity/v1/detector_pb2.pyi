@@ -28,6 +28,177 @@ DETECT_COLUMN_CONFIDENCES: DetectColumn
 DETECT_COLUMN_GROUPS: DetectColumn
 DETECT_COLUMN_FALLBACK: DetectColumn
 
+class ItemQuery(_message.Message):
+    __slots__ = ("item_id", "vector", "image", "text")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    vector: _tensor_pb2.Tensor
+    image: bytes
+    text: str
+    def __init__(self, item_id: _Optional[str] = ..., vector: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., image: _Optional[bytes] = ..., text: _Optional[str] = ...) -> None: ...
+
+class MetadataFilter(_message.Message):
+    __slots__ = ("column", "any_of", "min", "max")
+    COLUMN_FIELD_NUMBER: _ClassVar[int]
+    ANY_OF_FIELD_NUMBER: _ClassVar[int]
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    column: str
+    any_of: _containers.RepeatedScalarFieldContainer[str]
+    min: float
+    max: float
+    def __init__(self, column: _Optional[str] = ..., any_of: _Optional[_Iterable[str]] = ..., min: _Optional[float] = ..., max: _Optional[float] = ...) -> None: ...
+
+class SimilarRequest(_message.Message):
+    __slots__ = ("model", "version", "query", "top_k", "filters", "exclude_self", "with_tags")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_SELF_FIELD_NUMBER: _ClassVar[int]
+    WITH_TAGS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: int
+    query: ItemQuery
+    top_k: int
+    filters: _containers.RepeatedCompositeFieldContainer[MetadataFilter]
+    exclude_self: bool
+    with_tags: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., query: _Optional[_Union[ItemQuery, _Mapping]] = ..., top_k: _Optional[int] = ..., filters: _Optional[_Iterable[_Union[MetadataFilter, _Mapping]]] = ..., exclude_self: _Optional[bool] = ..., with_tags: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SimilarItem(_message.Message):
+    __slots__ = ("id", "similarity", "metadata", "tags", "cluster")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    similarity: float
+    metadata: _containers.ScalarMap[str, str]
+    tags: _containers.RepeatedScalarFieldContainer[str]
+    cluster: int
+    def __init__(self, id: _Optional[str] = ..., similarity: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ..., tags: _Optional[_Iterable[str]] = ..., cluster: _Optional[int] = ...) -> None: ...
+
+class TagMatch(_message.Message):
+    __slots__ = ("tag", "similarity")
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    tag: str
+    similarity: float
+    def __init__(self, tag: _Optional[str] = ..., similarity: _Optional[float] = ...) -> None: ...
+
+class SimilarResponse(_message.Message):
+    __slots__ = ("model", "version", "items", "approximate", "matched_tags")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    APPROXIMATE_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_TAGS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: int
+    items: _containers.RepeatedCompositeFieldContainer[SimilarItem]
+    approximate: bool
+    matched_tags: _containers.RepeatedCompositeFieldContainer[TagMatch]
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., items: _Optional[_Iterable[_Union[SimilarItem, _Mapping]]] = ..., approximate: _Optional[bool] = ..., matched_tags: _Optional[_Iterable[_Union[TagMatch, _Mapping]]] = ...) -> None: ...
+
+class ClustersRequest(_message.Message):
+    __slots__ = ("model", "version", "representatives", "assign")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    REPRESENTATIVES_FIELD_NUMBER: _ClassVar[int]
+    ASSIGN_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: int
+    representatives: int
+    assign: _containers.RepeatedCompositeFieldContainer[ItemQuery]
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., representatives: _Optional[int] = ..., assign: _Optional[_Iterable[_Union[ItemQuery, _Mapping]]] = ...) -> None: ...
+
+class ClusterInfo(_message.Message):
+    __slots__ = ("id", "size", "representatives", "top_tags")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    REPRESENTATIVES_FIELD_NUMBER: _ClassVar[int]
+    TOP_TAGS_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    size: int
+    representatives: _containers.RepeatedCompositeFieldContainer[SimilarItem]
+    top_tags: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[int] = ..., size: _Optional[int] = ..., representatives: _Optional[_Iterable[_Union[SimilarItem, _Mapping]]] = ..., top_tags: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ClusterAssignment(_message.Message):
+    __slots__ = ("cluster", "is_new", "similarity")
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    IS_NEW_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    cluster: int
+    is_new: bool
+    similarity: float
+    def __init__(self, cluster: _Optional[int] = ..., is_new: _Optional[bool] = ..., similarity: _Optional[float] = ...) -> None: ...
+
+class ClustersResponse(_message.Message):
+    __slots__ = ("model", "version", "clusters", "unclustered", "assignments")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CLUSTERS_FIELD_NUMBER: _ClassVar[int]
+    UNCLUSTERED_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: int
+    clusters: _containers.RepeatedCompositeFieldContainer[ClusterInfo]
+    unclustered: int
+    assignments: _containers.RepeatedCompositeFieldContainer[ClusterAssignment]
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., clusters: _Optional[_Iterable[_Union[ClusterInfo, _Mapping]]] = ..., unclustered: _Optional[int] = ..., assignments: _Optional[_Iterable[_Union[ClusterAssignment, _Mapping]]] = ...) -> None: ...
+
+class SuggestTagsRequest(_message.Message):
+    __slots__ = ("model", "version", "query", "tags", "top_k", "neighbours")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    NEIGHBOURS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: int
+    query: ItemQuery
+    tags: _containers.RepeatedScalarFieldContainer[str]
+    top_k: int
+    neighbours: int
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., query: _Optional[_Union[ItemQuery, _Mapping]] = ..., tags: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., neighbours: _Optional[int] = ...) -> None: ...
+
+class TagSuggestion(_message.Message):
+    __slots__ = ("tag", "score", "from_neighbours", "from_cooccurrence")
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    FROM_NEIGHBOURS_FIELD_NUMBER: _ClassVar[int]
+    FROM_COOCCURRENCE_FIELD_NUMBER: _ClassVar[int]
+    tag: str
+    score: float
+    from_neighbours: float
+    from_cooccurrence: float
+    def __init__(self, tag: _Optional[str] = ..., score: _Optional[float] = ..., from_neighbours: _Optional[float] = ..., from_cooccurrence: _Optional[float] = ...) -> None: ...
+
+class SuggestTagsResponse(_message.Message):
+    __slots__ = ("model", "version", "suggestions")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SUGGESTIONS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: int
+    suggestions: _containers.RepeatedCompositeFieldContainer[TagSuggestion]
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., suggestions: _Optional[_Iterable[_Union[TagSuggestion, _Mapping]]] = ...) -> None: ...
+
 class DetectImagesRequest(_message.Message):
     __slots__ = ("model", "images", "texts", "routing_values", "extra_features", "threshold_percentile")
     MODEL_FIELD_NUMBER: _ClassVar[int]

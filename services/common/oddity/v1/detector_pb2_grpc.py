@@ -66,6 +66,21 @@ class DetectorStub:
                 request_serializer=oddity_dot_v1_dot_detector__pb2.DetectImagesRequest.SerializeToString,
                 response_deserializer=oddity_dot_v1_dot_detector__pb2.DetectImagesResponse.FromString,
                 _registered_method=True)
+        self.Similar = channel.unary_unary(
+                '/oddity.v1.Detector/Similar',
+                request_serializer=oddity_dot_v1_dot_detector__pb2.SimilarRequest.SerializeToString,
+                response_deserializer=oddity_dot_v1_dot_detector__pb2.SimilarResponse.FromString,
+                _registered_method=True)
+        self.Clusters = channel.unary_unary(
+                '/oddity.v1.Detector/Clusters',
+                request_serializer=oddity_dot_v1_dot_detector__pb2.ClustersRequest.SerializeToString,
+                response_deserializer=oddity_dot_v1_dot_detector__pb2.ClustersResponse.FromString,
+                _registered_method=True)
+        self.SuggestTags = channel.unary_unary(
+                '/oddity.v1.Detector/SuggestTags',
+                request_serializer=oddity_dot_v1_dot_detector__pb2.SuggestTagsRequest.SerializeToString,
+                response_deserializer=oddity_dot_v1_dot_detector__pb2.SuggestTagsResponse.FromString,
+                _registered_method=True)
 
 
 class DetectorServicer:
@@ -119,6 +134,31 @@ class DetectorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Similar(self, request, context):
+        """Items of a model's dataset most like a query (an item id, a vector, an image or a text),
+        from the similarity index served with the model's version. FAILED_PRECONDITION when the
+        version has no index.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Clusters(self, request, context):
+        """The clusters of a model's dataset, with sizes and representatives; assigns new items to
+        the nearest cluster or marks them new.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SuggestTags(self, request, context):
+        """Tags for an item or vector from its neighbours' tags (weighted by similarity) and from
+        co-occurrence with the tags it already has.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DetectorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -151,6 +191,21 @@ def add_DetectorServicer_to_server(servicer, server):
                     servicer.DetectImages,
                     request_deserializer=oddity_dot_v1_dot_detector__pb2.DetectImagesRequest.FromString,
                     response_serializer=oddity_dot_v1_dot_detector__pb2.DetectImagesResponse.SerializeToString,
+            ),
+            'Similar': grpc.unary_unary_rpc_method_handler(
+                    servicer.Similar,
+                    request_deserializer=oddity_dot_v1_dot_detector__pb2.SimilarRequest.FromString,
+                    response_serializer=oddity_dot_v1_dot_detector__pb2.SimilarResponse.SerializeToString,
+            ),
+            'Clusters': grpc.unary_unary_rpc_method_handler(
+                    servicer.Clusters,
+                    request_deserializer=oddity_dot_v1_dot_detector__pb2.ClustersRequest.FromString,
+                    response_serializer=oddity_dot_v1_dot_detector__pb2.ClustersResponse.SerializeToString,
+            ),
+            'SuggestTags': grpc.unary_unary_rpc_method_handler(
+                    servicer.SuggestTags,
+                    request_deserializer=oddity_dot_v1_dot_detector__pb2.SuggestTagsRequest.FromString,
+                    response_serializer=oddity_dot_v1_dot_detector__pb2.SuggestTagsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -317,6 +372,87 @@ class Detector:
             '/oddity.v1.Detector/DetectImages',
             oddity_dot_v1_dot_detector__pb2.DetectImagesRequest.SerializeToString,
             oddity_dot_v1_dot_detector__pb2.DetectImagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Similar(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oddity.v1.Detector/Similar',
+            oddity_dot_v1_dot_detector__pb2.SimilarRequest.SerializeToString,
+            oddity_dot_v1_dot_detector__pb2.SimilarResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Clusters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oddity.v1.Detector/Clusters',
+            oddity_dot_v1_dot_detector__pb2.ClustersRequest.SerializeToString,
+            oddity_dot_v1_dot_detector__pb2.ClustersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SuggestTags(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/oddity.v1.Detector/SuggestTags',
+            oddity_dot_v1_dot_detector__pb2.SuggestTagsRequest.SerializeToString,
+            oddity_dot_v1_dot_detector__pb2.SuggestTagsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -181,7 +181,7 @@ class EmbeddingSource(_message.Message):
     def __init__(self, model: _Optional[str] = ..., model_id: _Optional[str] = ..., revision: _Optional[str] = ..., dimension: _Optional[int] = ..., modality: _Optional[str] = ..., extra_features: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ModelManifest(_message.Message):
-    __slots__ = ("name", "version", "kind", "task", "feature_names", "input_dimension", "routing_key", "groups", "class_labels", "training_metrics", "data_fingerprint", "created_at", "dataset", "description", "embedding", "score_column")
+    __slots__ = ("name", "version", "kind", "task", "feature_names", "input_dimension", "routing_key", "groups", "class_labels", "training_metrics", "data_fingerprint", "created_at", "dataset", "description", "embedding", "score_column", "similarity")
     class TrainingMetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -205,6 +205,7 @@ class ModelManifest(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     SCORE_COLUMN_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     kind: str
@@ -221,4 +222,123 @@ class ModelManifest(_message.Message):
     description: str
     embedding: EmbeddingSource
     score_column: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., kind: _Optional[str] = ..., task: _Optional[_Union[ModelTask, str]] = ..., feature_names: _Optional[_Iterable[str]] = ..., input_dimension: _Optional[int] = ..., routing_key: _Optional[str] = ..., groups: _Optional[_Iterable[_Union[ModelGroup, _Mapping]]] = ..., class_labels: _Optional[_Iterable[str]] = ..., training_metrics: _Optional[_Mapping[str, float]] = ..., data_fingerprint: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dataset: _Optional[str] = ..., description: _Optional[str] = ..., embedding: _Optional[_Union[EmbeddingSource, _Mapping]] = ..., score_column: _Optional[str] = ...) -> None: ...
+    similarity: SimilarityIndex
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., kind: _Optional[str] = ..., task: _Optional[_Union[ModelTask, str]] = ..., feature_names: _Optional[_Iterable[str]] = ..., input_dimension: _Optional[int] = ..., routing_key: _Optional[str] = ..., groups: _Optional[_Iterable[_Union[ModelGroup, _Mapping]]] = ..., class_labels: _Optional[_Iterable[str]] = ..., training_metrics: _Optional[_Mapping[str, float]] = ..., data_fingerprint: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dataset: _Optional[str] = ..., description: _Optional[str] = ..., embedding: _Optional[_Union[EmbeddingSource, _Mapping]] = ..., score_column: _Optional[str] = ..., similarity: _Optional[_Union[SimilarityIndex, _Mapping]] = ...) -> None: ...
+
+class BundleFile(_message.Message):
+    __slots__ = ("file", "sha256")
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    file: str
+    sha256: str
+    def __init__(self, file: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class SimilarityIndex(_message.Message):
+    __slots__ = ("space", "items", "dimension", "center", "scale", "vectors", "approximate", "hnsw", "catalog", "text_vectors", "text_model", "clusters", "tags")
+    SPACE_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    CENTER_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_FIELD_NUMBER: _ClassVar[int]
+    APPROXIMATE_FIELD_NUMBER: _ClassVar[int]
+    HNSW_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_FIELD_NUMBER: _ClassVar[int]
+    TEXT_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_MODEL_FIELD_NUMBER: _ClassVar[int]
+    CLUSTERS_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    space: str
+    items: int
+    dimension: int
+    center: _containers.RepeatedScalarFieldContainer[float]
+    scale: _containers.RepeatedScalarFieldContainer[float]
+    vectors: BundleFile
+    approximate: BundleFile
+    hnsw: HnswParameters
+    catalog: BundleFile
+    text_vectors: BundleFile
+    text_model: EmbeddingSource
+    clusters: int
+    tags: int
+    def __init__(self, space: _Optional[str] = ..., items: _Optional[int] = ..., dimension: _Optional[int] = ..., center: _Optional[_Iterable[float]] = ..., scale: _Optional[_Iterable[float]] = ..., vectors: _Optional[_Union[BundleFile, _Mapping]] = ..., approximate: _Optional[_Union[BundleFile, _Mapping]] = ..., hnsw: _Optional[_Union[HnswParameters, _Mapping]] = ..., catalog: _Optional[_Union[BundleFile, _Mapping]] = ..., text_vectors: _Optional[_Union[BundleFile, _Mapping]] = ..., text_model: _Optional[_Union[EmbeddingSource, _Mapping]] = ..., clusters: _Optional[int] = ..., tags: _Optional[int] = ...) -> None: ...
+
+class HnswParameters(_message.Message):
+    __slots__ = ("m", "ef_construction", "ef_search")
+    M_FIELD_NUMBER: _ClassVar[int]
+    EF_CONSTRUCTION_FIELD_NUMBER: _ClassVar[int]
+    EF_SEARCH_FIELD_NUMBER: _ClassVar[int]
+    m: int
+    ef_construction: int
+    ef_search: int
+    def __init__(self, m: _Optional[int] = ..., ef_construction: _Optional[int] = ..., ef_search: _Optional[int] = ...) -> None: ...
+
+class ItemCatalog(_message.Message):
+    __slots__ = ("ids", "metadata", "tag_names", "tag_counts", "item_tags", "tag_pairs", "item_clusters", "clusters", "captions")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    TAG_NAMES_FIELD_NUMBER: _ClassVar[int]
+    TAG_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    ITEM_TAGS_FIELD_NUMBER: _ClassVar[int]
+    TAG_PAIRS_FIELD_NUMBER: _ClassVar[int]
+    ITEM_CLUSTERS_FIELD_NUMBER: _ClassVar[int]
+    CLUSTERS_FIELD_NUMBER: _ClassVar[int]
+    CAPTIONS_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    metadata: _containers.RepeatedCompositeFieldContainer[MetadataColumn]
+    tag_names: _containers.RepeatedScalarFieldContainer[str]
+    tag_counts: _containers.RepeatedScalarFieldContainer[int]
+    item_tags: _containers.RepeatedCompositeFieldContainer[TagSet]
+    tag_pairs: _containers.RepeatedCompositeFieldContainer[TagPair]
+    item_clusters: _containers.RepeatedScalarFieldContainer[int]
+    clusters: _containers.RepeatedCompositeFieldContainer[ItemCluster]
+    captions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Iterable[_Union[MetadataColumn, _Mapping]]] = ..., tag_names: _Optional[_Iterable[str]] = ..., tag_counts: _Optional[_Iterable[int]] = ..., item_tags: _Optional[_Iterable[_Union[TagSet, _Mapping]]] = ..., tag_pairs: _Optional[_Iterable[_Union[TagPair, _Mapping]]] = ..., item_clusters: _Optional[_Iterable[int]] = ..., clusters: _Optional[_Iterable[_Union[ItemCluster, _Mapping]]] = ..., captions: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class MetadataColumn(_message.Message):
+    __slots__ = ("name", "text", "numbers", "numeric")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    NUMBERS_FIELD_NUMBER: _ClassVar[int]
+    NUMERIC_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    text: _containers.RepeatedScalarFieldContainer[str]
+    numbers: _containers.RepeatedScalarFieldContainer[float]
+    numeric: bool
+    def __init__(self, name: _Optional[str] = ..., text: _Optional[_Iterable[str]] = ..., numbers: _Optional[_Iterable[float]] = ..., numeric: _Optional[bool] = ...) -> None: ...
+
+class TagSet(_message.Message):
+    __slots__ = ("tags",)
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    tags: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, tags: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class TagPair(_message.Message):
+    __slots__ = ("a", "b", "count", "lift", "pmi")
+    A_FIELD_NUMBER: _ClassVar[int]
+    B_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    LIFT_FIELD_NUMBER: _ClassVar[int]
+    PMI_FIELD_NUMBER: _ClassVar[int]
+    a: int
+    b: int
+    count: int
+    lift: float
+    pmi: float
+    def __init__(self, a: _Optional[int] = ..., b: _Optional[int] = ..., count: _Optional[int] = ..., lift: _Optional[float] = ..., pmi: _Optional[float] = ...) -> None: ...
+
+class ItemCluster(_message.Message):
+    __slots__ = ("id", "size", "representatives", "centroid", "radius", "top_tags")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    REPRESENTATIVES_FIELD_NUMBER: _ClassVar[int]
+    CENTROID_FIELD_NUMBER: _ClassVar[int]
+    RADIUS_FIELD_NUMBER: _ClassVar[int]
+    TOP_TAGS_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    size: int
+    representatives: _containers.RepeatedScalarFieldContainer[int]
+    centroid: _containers.RepeatedScalarFieldContainer[float]
+    radius: float
+    top_tags: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[int] = ..., size: _Optional[int] = ..., representatives: _Optional[_Iterable[int]] = ..., centroid: _Optional[_Iterable[float]] = ..., radius: _Optional[float] = ..., top_tags: _Optional[_Iterable[str]] = ...) -> None: ...

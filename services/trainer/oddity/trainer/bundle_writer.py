@@ -27,6 +27,7 @@ from oddity.common.bundle import (
     sha256_bytes,
     validate_manifest,
 )
+from oddity.common.bundle.similarity import index_files
 from oddity.v1 import manifest_pb2
 
 
@@ -38,12 +39,13 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def publish_version(repository: Path, manifest: manifest_pb2.ModelManifest, onnx_files: Mapping[str, bytes]) -> int:
+def publish_version(repository: Path, manifest: manifest_pb2.ModelManifest, files: Mapping[str, bytes]) -> int:
     """Write a new version atomically and return its number.
 
     The files go into a temporary folder inside the model folder, are fsynced, and the folder
     is renamed to the next free version number; manifest.version is set to that number.
-    onnx_files maps file name -> bytes; each active group's sha256 is filled in from them.
+    `files` maps file name -> bytes (ONNX models and index files); the sha256 of each active
+    group and of each index file is filled in from them.
     """
     if not is_valid_model_name(manifest.name):
         raise ValueError(f"invalid model name {manifest.name!r}")
@@ -52,13 +54,17 @@ def publish_version(repository: Path, manifest: manifest_pb2.ModelManifest, onnx
     staged = manifest_pb2.ModelManifest()
     staged.CopyFrom(manifest)
     for group in active_groups(staged):
-        if group.onnx_file not in onnx_files:
+        if group.onnx_file not in files:
             raise ValueError(f"group {group.name!r}: no bytes given for {group.onnx_file}")
-        group.sha256 = sha256_bytes(onnx_files[group.onnx_file])
+        group.sha256 = sha256_bytes(files[group.onnx_file])
+    for entry in index_files(staged):
+        if entry.file not in files:
+            raise ValueError(f"similarity index: no bytes given for {entry.file}")
+        entry.sha256 = sha256_bytes(files[entry.file])
     temp_dir = model_dir / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
     temp_dir.mkdir()
     try:
-        for file_name, data in onnx_files.items():
+        for file_name, data in files.items():
             _write_synced(temp_dir / file_name, data)
         while True:
             version = (max(list_versions(model_dir), default=0)) + 1

@@ -31,8 +31,9 @@ class Publisher:
             log.warning("removed unfinished versions", folders=[str(p) for p in removed])
         return removed
 
-    def publish(self, manifest: manifest_pb2.ModelManifest, onnx_files: dict[str, bytes], keep: int) -> int:
-        version = bundle_writer.publish_version(self.repository, manifest, onnx_files)
+    def publish(self, manifest: manifest_pb2.ModelManifest, files: dict[str, bytes], keep: int) -> int:
+        """`files`: the ONNX models and index files of the version, by file name."""
+        version = bundle_writer.publish_version(self.repository, manifest, files)
         removed = bundle_writer.prune_versions(self.repository / manifest.name, keep)
         log.info("version published", model=manifest.name, version=version, pruned=removed)
         return version
@@ -58,7 +59,7 @@ class Publisher:
         manifest.CopyFrom(source.manifest)
         manifest.description = f"rollback to version {version}"
         manifest.created_at.GetCurrentTime()
-        files = {g.onnx_file: source.onnx[g.name] for g in bundle.active_groups(manifest)}
+        files = source.files()  # the index goes with the models
         return self.publish(manifest, files, keep), version
 
     def set_threshold(self, name: str, percentile: float, keep: int) -> tuple[int, dict[str, float]]:
@@ -81,7 +82,7 @@ class Publisher:
             thresholds[group.name] = group.threshold
         manifest.description = f"threshold moved to percentile {percentile:g} from version {source.manifest.version}"
         manifest.created_at.GetCurrentTime()
-        files = {g.onnx_file: source.onnx[g.name] for g in bundle.active_groups(manifest)}
+        files = source.files()  # the index goes with the models
         return self.publish(manifest, files, keep), thresholds
 
     def _live(self, name: str) -> int:

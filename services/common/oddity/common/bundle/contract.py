@@ -2,9 +2,10 @@
 its manifest must say, which model kinds exist and what their ONNX graphs look like.
 
 A model repository holds `<repository>/<model>/<version>/manifest.json` plus one ONNX
-file per active group. Versions are positive integers (the folder name). A version
+file per active group, and the files of the similarity index when the manifest names one
+(`similarity.py`). Versions are positive integers (the folder name). A version
 counts only when complete: the manifest parses, agrees with its folder, and every
-active group's ONNX file has the sha256 the manifest names. Publishers write into a
+active group's ONNX file (and every index file) has the sha256 the manifest names. Publishers write into a
 hidden temporary folder and rename it into place, so readers never see a half-written
 version under an integer name.
 
@@ -153,6 +154,10 @@ def validate_manifest(manifest: manifest_pb2.ModelManifest, *, name: str, versio
         raise BundleError(f"{len(manifest.groups)} groups but no routing_key to choose between them")
     for group in manifest.groups:
         _validate_group(manifest, group)
+    # Imported here: the similarity module builds on this one (BundleError).
+    from oddity.common.bundle.similarity import validate_index
+
+    validate_index(manifest)
 
 
 def _validate_group(manifest: manifest_pb2.ModelManifest, group: manifest_pb2.ModelGroup) -> None:

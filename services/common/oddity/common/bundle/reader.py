@@ -11,8 +11,9 @@ import hashlib
 import os
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 from oddity.common.bundle.contract import (
     MANIFEST_FILE,
@@ -22,6 +23,7 @@ from oddity.common.bundle.contract import (
     parse_manifest,
     validate_manifest,
 )
+from oddity.common.bundle.similarity import index_files
 from oddity.v1 import manifest_pb2
 
 
@@ -59,11 +61,19 @@ def read_manifest(version_dir: Path) -> manifest_pb2.ModelManifest:
 
 @dataclass(frozen=True)
 class VerifiedVersion:
-    """A complete version: its manifest and the verified bytes of each active group's ONNX file."""
+    """A complete version: its manifest and the verified bytes of each active group's ONNX file
+    and of every index file."""
 
     path: Path
     manifest: manifest_pb2.ModelManifest
     onnx: Mapping[str, bytes]  # group name -> file content
+    index: Mapping[str, bytes] = field(default_factory=dict)  # index file name -> file content
+
+    def files(self) -> dict[str, bytes]:
+        """Every file of the version but the manifest, by file name: what a republished copy
+        (a rollback, a threshold move) writes again."""
+        named = {g.onnx_file: self.onnx[g.name] for g in active_groups(self.manifest)}
+        return {**named, **self.index}
 
 
 def load_verified_version(repository: Path, name: str, version: int) -> VerifiedVersion:
@@ -90,19 +100,26 @@ def _load_verified(repository: Path, name: str, version: int) -> VerifiedVersion
     validate_manifest(manifest, name=name, version=version)
     onnx: dict[str, bytes] = {}
     for group in active_groups(manifest):
-        file_path = path / group.onnx_file
-        try:
-            data = file_path.read_bytes()
-        except FileNotFoundError as exc:
-            raise BundleError(f"group {group.name!r}: {group.onnx_file} missing") from exc
-        digest = sha256_bytes(data)
-        if digest != group.sha256:
-            raise BundleError(
-                f"group {group.name!r}: sha256 of {group.onnx_file} is {digest[:12]}…, manifest says "
-                f"{group.sha256[:12]}… (incomplete copy or corrupt file)"
-            )
-        onnx[group.name] = data
-    return VerifiedVersion(path=path, manifest=manifest, onnx=onnx)
+        onnx[group.name] = _verified_bytes(path / group.onnx_file, group.sha256, f"group {group.name!r}: ")
+    index: dict[str, bytes] = {}
+    for entry in index_files(manifest):
+        index[entry.file] = _verified_bytes(path / entry.file, entry.sha256, "similarity index: ")
+    return VerifiedVersion(path=path, manifest=manifest, onnx=onnx, index=MappingProxyType(index))
+
+
+def _verified_bytes(path: Path, sha256: str, where: str) -> bytes:
+    """The file's bytes, when they hash to `sha256`; `where` prefixes the error."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise BundleError(f"{where}{path.name} missing") from exc
+    digest = sha256_bytes(data)
+    if digest != sha256:
+        raise BundleError(
+            f"{where}sha256 of {path.name} is {digest[:12]}…, manifest says {sha256[:12]}… "
+            "(incomplete copy or corrupt file)"
+        )
+    return data
 
 
 def newest_complete_version(repository: Path, name: str) -> VerifiedVersion | None:
