@@ -4,6 +4,7 @@
     oddity train sensors --follow
     oddity status | history --since 1h | models | threshold sensors --percentile 99 | rollback sensors
     oddity embed cat.png dog.png | detect-images --model drawings --age 7 drawing.png
+    oddity similar library --id img-17 --where "age>=3" | clusters library | tags library --image new.png
 
 A new command is a function in its own module, registered here with `app.command(...)`.
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import typer
 
-from oddity.cli import demo, embedding, score, serving, training, up
+from oddity.cli import demo, embedding, score, serving, similarity, training, up
 from oddity.cli.exit_codes import HELP as EXIT_CODES_HELP
 
 app = typer.Typer(
@@ -40,6 +41,9 @@ app.command("rollback", epilog=EXIT_CODES_HELP)(training.rollback)
 app.command("models", epilog=EXIT_CODES_HELP)(serving.models)
 app.command("detect-images", epilog=EXIT_CODES_HELP)(serving.detect_images)
 app.command("embed", epilog=EXIT_CODES_HELP)(embedding.embed)
+app.command("similar", epilog=EXIT_CODES_HELP)(similarity.similar)
+app.command("clusters", epilog=EXIT_CODES_HELP)(similarity.clusters)
+app.command("tags", epilog=EXIT_CODES_HELP)(similarity.tags)
 app.command("up")(up.up)
 app.command("demo")(demo.demo)
 

@@ -1,6 +1,7 @@
 """Oddity's Python SDK: small synchronous clients of the three services.
 
     from oddity.client import DetectorClient, TrainerClient, EmbedderClient
+    from oddity.client import Filter, Query  # similarity: filters and queries
 
 Each client owns one gRPC channel (a context manager closes it), applies a deadline to every
 call, retries UNAVAILABLE with backoff, speaks TLS and bearer tokens, and raises the domain
@@ -16,6 +17,18 @@ from oddity.client.detection import Contribution, DetectResult
 from oddity.client.detector import DetectorClient, ModelDetails, ModelStatus
 from oddity.client.embedder import EmbedderClient
 from oddity.client.features import FeatureLayout, ModelRows
+from oddity.client.similarity import (
+    ClusterAssignment,
+    ClusterInfo,
+    ClustersResult,
+    Filter,
+    Query,
+    SimilarItem,
+    SimilarResult,
+    TagMatch,
+    TagSuggestion,
+    TagSuggestions,
+)
 from oddity.client.trainer import (
     DatasetStatus,
     GroupEvidence,
@@ -40,6 +53,9 @@ from oddity.common.tls import TlsFiles
 
 __all__ = [
     "AlreadyExists",
+    "ClusterAssignment",
+    "ClusterInfo",
+    "ClustersResult",
     "Contribution",
     "DatasetStatus",
     "DetectResult",
@@ -47,6 +63,7 @@ __all__ = [
     "EmbedderClient",
     "FailedPrecondition",
     "FeatureLayout",
+    "Filter",
     "GroupEvidence",
     "HistoryEvent",
     "Internal",
@@ -57,10 +74,16 @@ __all__ = [
     "ModelStatus",
     "NotFound",
     "OddityError",
+    "Query",
     "ResourceExhausted",
     "RetryPolicy",
     "Rollback",
     "ServiceClient",
+    "SimilarItem",
+    "SimilarResult",
+    "TagMatch",
+    "TagSuggestion",
+    "TagSuggestions",
     "ThresholdChange",
     "TlsFiles",
     "TrainerClient",

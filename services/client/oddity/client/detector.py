@@ -1,9 +1,10 @@
-"""Synchronous client of the detector: score rows, images and texts; list, inspect, load and
-unload models.
+"""Synchronous client of the detector: score rows, images and texts; find similar items, list
+clusters and suggest tags; list, inspect, load and unload models.
 
     with DetectorClient("127.0.0.1:50052") as detector:
         result = detector.detect("sensors", frame, explain_top_k=3)
         flagged = frame[result.is_anomaly]
+        alike = detector.similar("library", item_id="img-17", top_k=5, filters={"age": (3, 6)})
 
 A DataFrame's columns name the features (extra columns are left out), and when the model is
 trained per group its routing column (e.g. `age`) gives each row's routing value. The model's
@@ -28,6 +29,16 @@ from google.protobuf import json_format
 from oddity.client.connection import ServiceClient
 from oddity.client.detection import DetectResult
 from oddity.client.features import FeatureLayout
+from oddity.client.similarity import (
+    ClustersResult,
+    Filters,
+    ImageLike,
+    Query,
+    SimilarResult,
+    TagSuggestions,
+    VectorLike,
+    filter_list,
+)
 from oddity.common.errors import FailedPrecondition
 from oddity.common.tensors import array_to_tensor
 from oddity.v1 import detector_pb2, detector_pb2_grpc, manifest_pb2
@@ -175,6 +186,83 @@ class DetectorClient(ServiceClient):
             embedder_model_id=response.embedder_model_id,
             embedder_revision=response.embedder_revision,
         )
+
+    def similar(
+        self,
+        model: str,
+        *,
+        item_id: str | None = None,
+        vector: VectorLike | None = None,
+        image: ImageLike | None = None,
+        text: str | None = None,
+        top_k: int = 10,
+        filters: Filters = None,
+        exclude_self: bool = False,
+        with_tags: Sequence[str] = (),
+        version: int = 0,
+    ) -> SimilarResult:
+        """The `top_k` indexed items most similar to one query: an indexed item's id, a vector
+        (in the index's space before normalization), an image (bytes or a path) or a text.
+
+        `filters`: a mapping of column to value, or Filter objects (see `oddity.client.similarity`);
+        `with_tags`: keep only items carrying every one of these; `exclude_self`: with `item_id`,
+        leave the item itself out. Raises ValueError unless exactly one query is given.
+        """
+        request = detector_pb2.SimilarRequest(
+            model=model,
+            version=version,
+            query=Query.of(item_id=item_id, vector=vector, image=image, text=text).to_proto(),
+            top_k=top_k,
+            filters=[f.to_proto() for f in filter_list(filters)],
+            exclude_self=exclude_self,
+            with_tags=list(with_tags),
+        )
+        return SimilarResult.from_proto(self._call("Similar", request))
+
+    def clusters(
+        self,
+        model: str,
+        *,
+        representatives: int = 5,
+        assign: Sequence[Query | bytes | Path | np.ndarray] = (),
+        version: int = 0,
+    ) -> ClustersResult:
+        """The clusters of the indexed items, largest first, each with up to `representatives`
+        central members; and, for each item of `assign` (a Query, image bytes, an image Path or a
+        vector), the nearest cluster or none."""
+        request = detector_pb2.ClustersRequest(
+            model=model,
+            version=version,
+            representatives=representatives,
+            assign=[Query.coerce(item).to_proto() for item in assign],
+        )
+        return ClustersResult.from_proto(self._call("Clusters", request))
+
+    def suggest_tags(
+        self,
+        model: str,
+        *,
+        item_id: str | None = None,
+        vector: VectorLike | None = None,
+        image: ImageLike | None = None,
+        text: str | None = None,
+        tags: Sequence[str] = (),
+        top_k: int = 5,
+        neighbours: int = 10,
+        version: int = 0,
+    ) -> TagSuggestions:
+        """Tags for one item (given as in `similar`), best first: from its `neighbours` nearest
+        items' tags, weighted by similarity, and from how often tags go with the ones it has
+        (`tags`, plus an indexed item's own). Tags it has are not suggested."""
+        request = detector_pb2.SuggestTagsRequest(
+            model=model,
+            version=version,
+            query=Query.of(item_id=item_id, vector=vector, image=image, text=text).to_proto(),
+            tags=list(tags),
+            top_k=top_k,
+            neighbours=neighbours,
+        )
+        return TagSuggestions.from_proto(self._call("SuggestTags", request))
 
     def models(self) -> list[ModelStatus]:
         response = self._call("ListModels", detector_pb2.ListModelsRequest())
