@@ -21,6 +21,8 @@ from oddity.detector.registry import ModelRegistry
 from oddity.detector.service import DetectLimits, DetectorService
 from oddity.detector.sessions import SessionConfig
 from oddity.detector.settings import DetectorSettings
+from oddity.detector.similarity import configure_threads
+from oddity.detector.similarity_service import SimilarityService
 from oddity.v1 import detector_pb2
 
 log = get_logger("oddity.detector")
@@ -63,6 +65,14 @@ class DetectorApp:
             embedder=self._embedder_client if settings.embedder else None,
             on_serving_changed=self._serving_changed,
         )
+        # One FAISS thread per search: the server already runs requests concurrently, and
+        # OpenMP threads on a few cores only contend.
+        configure_threads(1)
+        self.similarity = SimilarityService(
+            self.model_registry,
+            self.metrics,
+            embedder=self._embedder_client if settings.embedder else None,
+        )
         self._poller: asyncio.Task | None = None
 
     def _embedder_client(self) -> EmbedderClient:
@@ -86,7 +96,7 @@ class DetectorApp:
             await self._readiness.set(serving)
 
     def register(self, server: HandlerRegistry) -> None:
-        add_to_server(DetectorServicer(self.service), server)
+        add_to_server(DetectorServicer(self.service, self.similarity), server)
 
     async def start(self, readiness: Readiness) -> None:
         self._readiness = readiness

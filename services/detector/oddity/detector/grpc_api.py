@@ -14,6 +14,14 @@ from oddity.common.tensors import array_to_tensor, tensor_to_array
 from oddity.detector import wire
 from oddity.detector.registry import ModelStatus
 from oddity.detector.service import DetectImagesInput, DetectInput, DetectorService, DetectOutput
+from oddity.detector.similarity import MetadataFilter, SimilarItem
+from oddity.detector.similarity_service import (
+    ClustersInput,
+    ItemQuery,
+    SimilarInput,
+    SimilarityService,
+    SuggestTagsInput,
+)
 from oddity.detector.wire import DecodedDetect, decode_detect_request
 from oddity.v1 import detector_pb2, detector_pb2_grpc
 
@@ -111,9 +119,50 @@ def detect_images_input(request: detector_pb2.DetectImagesRequest) -> DetectImag
     )
 
 
+def item_query(query: detector_pb2.ItemQuery, field: str = "query") -> ItemQuery:
+    kind = query.WhichOneof("query")
+    if kind == "item_id":
+        return ItemQuery(item_id=query.item_id)
+    if kind == "vector":
+        return ItemQuery(vector=tensor_to_array(query.vector, field=f"{field}.vector"))
+    if kind == "image":
+        return ItemQuery(image=query.image)
+    if kind == "text":
+        return ItemQuery(text=query.text)
+    return ItemQuery()
+
+
+def metadata_filter(spec: detector_pb2.MetadataFilter) -> MetadataFilter:
+    return MetadataFilter(
+        column=spec.column,
+        any_of=tuple(spec.any_of),
+        min=spec.min if spec.HasField("min") else None,
+        max=spec.max if spec.HasField("max") else None,
+    )
+
+
+def similar_input(request: detector_pb2.SimilarRequest) -> SimilarInput:
+    return SimilarInput(
+        model=request.model,
+        version=request.version,
+        query=item_query(request.query),
+        top_k=request.top_k,
+        filters=[metadata_filter(f) for f in request.filters],
+        exclude_self=request.exclude_self,
+        with_tags=list(request.with_tags),
+    )
+
+
+def similar_item(item: SimilarItem) -> detector_pb2.SimilarItem:
+    return detector_pb2.SimilarItem(
+        id=item.id, similarity=item.similarity, metadata=item.metadata, tags=item.tags, cluster=item.cluster
+    )
+
+
 class DetectorServicer(detector_pb2_grpc.DetectorServicer):
-    def __init__(self, service: DetectorService) -> None:
+    def __init__(self, service: DetectorService, similarity: SimilarityService) -> None:
         self._service = service
+        self._similarity = similarity
 
     async def Detect(self, request: DecodedDetect, context) -> bytes:
         output = await self._service.detect(detect_input(request))
@@ -123,6 +172,66 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
         output, model_id, revision = await self._service.detect_images(detect_images_input(request))
         head = detector_pb2.DetectImagesResponse(embedder_model_id=model_id, embedder_revision=revision)
         return head.SerializeToString() + wire.length_delimited(_RESULT_FIELD, detect_response(output))
+
+    async def Similar(self, request, context):
+        output = await self._similarity.similar(similar_input(request))
+        return detector_pb2.SimilarResponse(
+            model=output.model,
+            version=output.version,
+            items=[similar_item(i) for i in output.items],
+            approximate=output.approximate,
+            matched_tags=[detector_pb2.TagMatch(tag=m.tag, similarity=m.similarity) for m in output.matched_tags],
+        )
+
+    async def Clusters(self, request, context):
+        output = await self._similarity.clusters(
+            ClustersInput(
+                model=request.model,
+                version=request.version,
+                representatives=request.representatives,
+                assign=[item_query(q, f"assign[{i}]") for i, q in enumerate(request.assign)],
+            )
+        )
+        return detector_pb2.ClustersResponse(
+            model=output.model,
+            version=output.version,
+            clusters=[
+                detector_pb2.ClusterInfo(
+                    id=c.id,
+                    size=c.size,
+                    representatives=[similar_item(i) for i in c.representatives],
+                    top_tags=c.top_tags,
+                )
+                for c in output.clusters
+            ],
+            unclustered=output.unclustered,
+            assignments=[
+                detector_pb2.ClusterAssignment(cluster=a.cluster, is_new=a.is_new, similarity=a.similarity)
+                for a in output.assignments
+            ],
+        )
+
+    async def SuggestTags(self, request, context):
+        output = await self._similarity.suggest_tags(
+            SuggestTagsInput(
+                model=request.model,
+                version=request.version,
+                query=item_query(request.query),
+                tags=list(request.tags),
+                top_k=request.top_k,
+                neighbours=request.neighbours,
+            )
+        )
+        return detector_pb2.SuggestTagsResponse(
+            model=output.model,
+            version=output.version,
+            suggestions=[
+                detector_pb2.TagSuggestion(
+                    tag=s.tag, score=s.score, from_neighbours=s.from_neighbours, from_cooccurrence=s.from_cooccurrence
+                )
+                for s in output.suggestions
+            ],
+        )
 
     async def ListModels(self, request, context):
         return detector_pb2.ListModelsResponse(models=[status_to_proto(s) for s in self._service.list_models()])

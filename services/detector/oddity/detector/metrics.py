@@ -136,6 +136,8 @@ class ServingSeries:
         return children
 
 
+#: The similarity RPCs (the `method` label of the similarity metrics).
+SIMILARITY_METHODS = ("Similar", "Clusters", "SuggestTags")
 #: Why a version folder is not served (the `reason` label of oddity_detector_rejected_versions_total).
 REJECTION_REASONS = ("incomplete", "unreadable", "load_failed")
 
@@ -212,6 +214,19 @@ class DetectorMetrics:
             "Retired versions still finishing in-flight requests.",
             registry=registry,
         )
+        self.similarity_requests = Counter(
+            "oddity_detector_similarity_requests",
+            "Similar, Clusters and SuggestTags answers, by whether the approximate index answered.",
+            ["model", "method", "approximate"],
+            registry=registry,
+        )
+        self.similarity_seconds = Histogram(
+            "oddity_detector_similarity_seconds",
+            "Time answering a similarity request (embedding a query included).",
+            ["model", "method", "approximate"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         # Written under the lock, read without it (one dict lookup per request).
         self._series: dict[tuple[str, int], ServingSeries] = {}
         self._served: dict[str, list[int]] = {}  # model -> versions served, oldest first (at most KEPT_VERSIONS)
@@ -240,6 +255,15 @@ class DetectorMetrics:
         for reason in REJECTION_REASONS:
             self.rejected_versions.labels(name, reason)
         self.swaps.labels(name)
+        for method in SIMILARITY_METHODS:  # exact search: what every index can answer with
+            self.similarity_requests.labels(name, method, "false")
+            self.similarity_seconds.labels(name, method, "false")
+
+    def observe_similarity(self, model: str, method: str, approximate: bool, seconds: float) -> None:
+        """One answered similarity request (labels() per call: microseconds beside a search)."""
+        flag = "true" if approximate else "false"
+        self.similarity_requests.labels(model, method, flag).inc()
+        self.similarity_seconds.labels(model, method, flag).observe(seconds)
 
     def serving_changed(self, model: str, manifest: manifest_pb2.ModelManifest | None) -> None:
         """A model's serving version changed (`manifest` None: nothing serves it now): its

@@ -1,9 +1,11 @@
-"""A loaded model version: what its manifest says, its router and its scorer, and the leases
-that keep it alive while requests use it.
+"""A loaded model version: what its manifest says, its router and its scorer, its similarity
+index (when the version has one), and the leases that keep it alive while requests use it.
 
 A LoadedModel is immutable once built. Requests take a lease on it; when the registry swaps
 in a newer version it retires this one, and the sessions are released as soon as the last
-lease is returned, so requests already running finish on the version they began with.
+lease is returned, so requests already running finish on the version they began with. The
+index is part of the version: a swap replaces model and index together, and a leased request
+sees one version's index only. A version whose index cannot be loaded is refused whole.
 
 Reason to change: what a servable version is made of, and its lifetime (leases, retire,
 release).
@@ -18,7 +20,8 @@ import numpy as np
 from oddity.common import bundle
 from oddity.detector.routing import Router, RoutingValues
 from oddity.detector.scoring import ModelScorer, Scores
-from oddity.detector.sessions import SessionConfig, load_sessions
+from oddity.detector.sessions import ModelLoadError, SessionConfig, load_sessions
+from oddity.detector.similarity import IndexLoadError, ItemIndex
 from oddity.v1 import manifest_pb2
 
 
@@ -37,6 +40,13 @@ class LoadedModel:
         self.feature_names = list(manifest.feature_names)
         self.routing_key = manifest.routing_key
         self.router = Router.from_manifest(manifest)
+        # The index first: it is cheaper to refuse before sessions are built.
+        self.similarity: ItemIndex | None = None
+        if manifest.HasField("similarity"):
+            try:
+                self.similarity = ItemIndex.load(manifest.similarity, verified.index)
+            except IndexLoadError as exc:
+                raise ModelLoadError(f"similarity index: {exc}") from None
         self._scorer = ModelScorer.from_manifest(manifest, load_sessions(manifest, verified.onnx, config))
         self._lock = threading.Lock()
         self._leases = 0
