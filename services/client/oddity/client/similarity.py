@@ -225,7 +225,7 @@ class SimilarItem:
         return cls(
             id=item.id,
             similarity=item.similarity,
-            metadata=dict(item.metadata),
+            metadata=dict(sorted(item.metadata.items())),  # a map has no order on the wire
             tags=tuple(item.tags),
             cluster=_cluster(item.cluster),
         )
@@ -273,8 +273,8 @@ class SimilarResult:
         return [item.id for item in self.items]
 
     def metadata_columns(self) -> list[str]:
-        """Every metadata column of the items, in the order first seen."""
-        return list(dict.fromkeys(column for item in self.items for column in item.metadata))
+        """Every metadata column of the items, by name."""
+        return sorted({column for item in self.items for column in item.metadata})
 
     def to_frame(self) -> pd.DataFrame:
         """One row per item: id, similarity, cluster (None: none), tags, then each metadata column
@@ -376,10 +376,10 @@ class ClustersResult:
 
 @dataclass(frozen=True)
 class TagSuggestion:
-    """A tag suggested for an item: `score` = from_neighbours + from_cooccurrence, in [0, 1]."""
+    """A tag suggested for an item, with the two parts of its score."""
 
     tag: str
-    score: float
+    score: float  # in [0, 1]: from the neighbours' tags and from co-occurrence with the item's tags
     from_neighbours: float  # similarity-weighted share of the neighbours carrying the tag
     from_cooccurrence: float  # lift-based support from the tags the item has (0 without any)
 
