@@ -59,6 +59,10 @@ class Dataset:
     dropped_rows: int = 0
     notes: list[str] = field(default_factory=list)
     targets: np.ndarray | None = None  # [N] float64 values of the spec's score_column
+    # Datasets with a similarity index (spec.indexed), per row: the item's default id, and its
+    # row of the source's columns (tables: all but the features), for ids, metadata and tags.
+    item_ids: list[str] | None = None
+    item_table: pd.DataFrame | None = None
 
 
 def source_files(folder: Path, spec: DatasetSpec) -> list[Path]:
@@ -221,8 +225,10 @@ def _to_dataset(table: pd.DataFrame, spec: DatasetSpec, files: list[Path], skipp
     if selection.columns:
         names = list(selection.columns)
     else:
+        # The similarity section's id, tags and caption columns describe items, never measure them.
+        described = {c for c in (spec.index.id_column, spec.index.tags_column, spec.index.caption_column) if c}
         numeric = [c for c in table.columns if pd.api.types.is_numeric_dtype(table[c])]
-        names = [c for c in numeric if c not in set(selection.exclude) | special]
+        names = [c for c in numeric if c not in set(selection.exclude) | special | described]
     required = [*names, *sorted(special)]
     missing = [c for c in required if c not in table.columns]
     if missing:
@@ -253,7 +259,7 @@ def _to_dataset(table: pd.DataFrame, spec: DatasetSpec, files: list[Path], skipp
     routing = values[:, len(names)] if spec.routing else None
     targets = values[:, len(names) + extra.index(spec.score_column)] if spec.score_column else None
     labels = table[spec.label].to_numpy()[good].astype(str) if spec.label else None
-    return Dataset(
+    dataset = Dataset(
         features=features,
         feature_names=names,
         labels=labels,
@@ -263,3 +269,7 @@ def _to_dataset(table: pd.DataFrame, spec: DatasetSpec, files: list[Path], skipp
         notes=notes,
         targets=targets,
     )
+    if spec.indexed:  # a row's default id is its number among the rows read, 1 the first
+        dataset.item_ids = [str(i + 1) for i in np.flatnonzero(good)]
+        dataset.item_table = table.loc[good, [c for c in table.columns if c not in set(names)]].reset_index(drop=True)
+    return dataset

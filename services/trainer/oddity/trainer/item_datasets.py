@@ -1,7 +1,8 @@
 """Image and text datasets turned into training rows: the items (a folder of images with a
 metadata CSV or one subfolder per value, or a CSV of texts) -> vectors from the embedder (in
 batches, cached by content hash) -> rows with the extra numeric columns appended, and for
-classifiers the label (and score column) of each item.
+classifiers the label (and score column) of each item. Each row keeps its item's default id
+and metadata row for the similarity index (index_items.py).
 
 An item the embedder refuses (an undecodable image, an empty text) is dropped and counted;
 the rest of its batch is embedded one by one.
@@ -43,6 +44,16 @@ class _Items:
     contents: list[bytes]  # encoded images or UTF-8 text
     names: list[str]  # file name or row number, for messages
     table: pd.DataFrame  # extra columns, one row per item
+    ids: list[str]  # default item ids: the image's file (as listed, or under the images folder), the text's row
+
+
+@dataclass
+class Embedded:
+    """Vectors of a list of contents, position by position."""
+
+    vectors: list[np.ndarray | None]  # None: refused by the embedder
+    refused: list[int]
+    sent: int  # contents the embedder was asked for (the others came from the cache)
 
 
 def _read_table(folder: Path, relative: str, what: str) -> pd.DataFrame:
@@ -63,6 +74,7 @@ def _image_items(folder: Path, source: ImageSource, label: str | None = None) ->
     if not root.is_dir():
         raise DataError(f"image folder {source.path!r} not found")
     paths: list[Path] = []
+    ids: list[str] = []
     if source.folder_column:
         rows = []
         for sub in sorted(p for p in root.iterdir() if p.is_dir()):
@@ -76,6 +88,7 @@ def _image_items(folder: Path, source: ImageSource, label: str | None = None) ->
                     raise DataError(f"subfolder {sub.name!r} is not a number for {source.folder_column!r}") from None
             for path in sorted(p for p in sub.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
                 paths.append(path)
+                ids.append(path.relative_to(root).as_posix())
                 rows.append({source.folder_column: value})
         table = pd.DataFrame(rows)
     else:
@@ -83,6 +96,7 @@ def _image_items(folder: Path, source: ImageSource, label: str | None = None) ->
         if source.file_column not in table.columns:
             raise DataError(f"{source.metadata} has no {source.file_column!r} column")
         paths = [root / str(name) for name in table[source.file_column]]
+        ids = [str(name) for name in table[source.file_column]]
     if not paths:
         raise DataError(f"no images under {source.path!r}")
     for path in paths:
@@ -95,16 +109,18 @@ def _image_items(folder: Path, source: ImageSource, label: str | None = None) ->
             continue  # listed but missing: dropped and counted
         names.append(path.name)
         keep.append(i)
-    return _Items(contents, names, table.iloc[keep].reset_index(drop=True))
+    return _Items(contents, names, table.iloc[keep].reset_index(drop=True), [ids[i] for i in keep])
 
 
 def _text_items(folder: Path, source: TextSource) -> _Items:
     table = _read_table(folder, source.path, "texts.path")
     if source.text_column not in table.columns:
         raise DataError(f"{source.path} has no {source.text_column!r} column")
-    table = table[table[source.text_column].astype(str).str.strip() != ""].reset_index(drop=True)
+    present = (table[source.text_column].astype(str).str.strip() != "").to_numpy()
+    rows = np.flatnonzero(present)  # the row numbers before empty texts are left out
+    table = table[present].reset_index(drop=True)
     texts = table[source.text_column].astype(str).tolist()
-    return _Items([t.encode() for t in texts], [f"row {i + 2}" for i in range(len(texts))], table)
+    return _Items([t.encode() for t in texts], [f"row {i + 2}" for i in rows], table, [str(i + 1) for i in rows])
 
 
 def load_item_dataset(
@@ -120,18 +136,9 @@ def load_item_dataset(
     info = embedder.model(spec.embedder.model)
     if info.modality != modality:
         raise FailedPrecondition(f"embedder model {info.name!r} embeds {info.modality}s, the dataset holds {modality}s")
-    cache_folder = cache.folder(info)
-    digests = [content_digest(c) for c in items.contents]
-    vectors: list[np.ndarray | None] = [cache.get(cache_folder, d) for d in digests]
-    missing = [i for i, v in enumerate(vectors) if v is None or v.shape != (info.dimension,)]
-    dropped: list[int] = []
-    size = spec.embedder.batch_size
-    for start in range(0, len(missing), size):
-        chunk = missing[start : start + size]
-        for index, vector in _embed_chunk(embedder, info.name, modality, items, chunk, dropped):
-            vectors[index] = vector
-            cache.put(cache_folder, digests[index], vector)
-    good = [(i, v) for i, v in enumerate(vectors) if v is not None]  # refused items got no vector
+    embedded = embed_cached(embedder, info, items.contents, cache, spec.embedder.batch_size)
+    dropped = embedded.refused
+    good = [(i, v) for i, v in enumerate(embedded.vectors) if v is not None]  # refused items got no vector
     if not good:
         raise DataError(f"no item could be embedded ({len(dropped)} unreadable)")
     extra_names = list(spec.extra_features)
@@ -166,6 +173,9 @@ def load_item_dataset(
         notes=[f"unreadable: {', '.join(items.names[i] for i in dropped[:5])}"] if dropped else [],
         targets=numeric[usable][:, needed.index(spec.score_column)] if spec.score_column else None,
     )
+    if spec.indexed:
+        dataset.item_table = table[usable].reset_index(drop=True)
+        dataset.item_ids = [items.ids[good[k][0]] for k in np.flatnonzero(usable)]
     source = manifest_pb2.EmbeddingSource(
         model=info.name,
         model_id=info.model_id,
@@ -176,27 +186,47 @@ def load_item_dataset(
     )
     stats = {
         "items": len(items.contents),
-        "embedded": len(missing) - len(dropped),
-        "cached": len(items.contents) - len(missing),
+        "embedded": embedded.sent - len(dropped),
+        "cached": len(items.contents) - embedded.sent,
         "refused": len(dropped),
     }
     return dataset, source, stats
 
 
+def embed_cached(
+    embedder: ItemEmbedder, info: EmbedderModel, contents: list[bytes], cache: EmbeddingCache, batch_size: int
+) -> Embedded:
+    """Vectors of `contents` (encoded images, or UTF-8 texts) from `info`'s model: from the
+    cache, the rest from the embedder in batches of `batch_size` (and cached)."""
+    cache_folder = cache.folder(info)
+    digests = [content_digest(c) for c in contents]
+    vectors: list[np.ndarray | None] = [cache.get(cache_folder, d) for d in digests]
+    missing = [i for i, v in enumerate(vectors) if v is None or v.shape != (info.dimension,)]
+    for i in missing:
+        vectors[i] = None  # a cached vector of another shape is stale
+    refused: list[int] = []
+    for start in range(0, len(missing), batch_size):
+        chunk = missing[start : start + batch_size]
+        for index, vector in _embed_chunk(embedder, info.name, info.modality, contents, chunk, refused):
+            vectors[index] = vector
+            cache.put(cache_folder, digests[index], vector)
+    return Embedded(vectors, refused, len(missing))
+
+
 def _embed_chunk(
-    embedder: ItemEmbedder, model: str, modality: str, items: _Items, chunk: list[int], dropped: list[int]
+    embedder: ItemEmbedder, model: str, modality: str, contents: list[bytes], chunk: list[int], dropped: list[int]
 ) -> list[tuple[int, np.ndarray]]:
     """Embed a batch; when the embedder refuses it (a bad item), embed one by one and drop the
     refused items (appended to `dropped`)."""
     try:
-        rows = embedder.embed(model, modality, [items.contents[i] for i in chunk])
+        rows = embedder.embed(model, modality, [contents[i] for i in chunk])
         return list(zip(chunk, rows, strict=True))
     except InvalidArgument:
         pass
     result = []
     for index in chunk:
         try:
-            result.append((index, embedder.embed(model, modality, [items.contents[index]])[0]))
+            result.append((index, embedder.embed(model, modality, [contents[index]])[0]))
         except InvalidArgument:
             dropped.append(index)
     return result

@@ -6,8 +6,8 @@ The client waits for a server that is down (wait_for_ready) and retries UNAVAILA
 times; a job is more patient still: an embedder that answers UNAVAILABLE while it restarts
 (still loading its model) is asked again until the job's patience runs out.
 
-- First contact (which model, what dimension): `connect_timeout` seconds, so a job whose
-  embedder is missing fails soon with the reason.
+- First contact (which model, what dimension; which text models): `connect_timeout` seconds,
+  so a job whose embedder is missing fails soon with the reason.
 - Each batch once embedding has begun: `batch_timeout` seconds, enough to wait out a restart.
 
 Reason to change: how long and how a training job waits for the embedder.
@@ -53,6 +53,10 @@ class JobEmbedder:
         if not models:
             raise FailedPrecondition(f"embedder at {self.client.target} does not serve {name!r}")
         return models[0]
+
+    def models(self) -> list[EmbedderModel]:
+        """Every model the embedder serves (e.g. to find a text model for text search)."""
+        return self._patiently(lambda _: self.client.models(request_id=self.request_id), self.connect_timeout)
 
     def embed(self, model: str, modality: str, contents: Sequence[bytes]) -> np.ndarray:
         """Vectors [items, dimension]; InvalidArgument when an item is refused."""

@@ -1,6 +1,6 @@
 """The job runner: runs one training job on a worker thread from loading the data to
-publishing the version, at most `max_concurrent_jobs` at once, so the gRPC loop keeps
-answering.
+publishing the version (its models and similarity index together), at most
+`max_concurrent_jobs` at once, so the gRPC loop keeps answering.
 
 Every outcome is recorded: TRAINING_STARTED, then TRAINING_COMPLETED (and PUBLISHED),
 TRAINING_SKIPPED or TRAINING_FAILED in the history; the outcome metric; the job's
@@ -27,13 +27,14 @@ from oddity.common import bundle
 from oddity.common.clients import EmbedderClient
 from oddity.common.errors import OddityError
 from oddity.common.logging import get_logger
-from oddity.trainer import pipeline
+from oddity.trainer import index_items, pipeline
 from oddity.trainer.announcer import Announcer
 from oddity.trainer.checkpoints import CheckpointStore
 from oddity.trainer.data import DataError, fingerprint, load_dataset
 from oddity.trainer.decisions import DecisionBook
 from oddity.trainer.embedding_cache import EmbeddingCache
 from oddity.trainer.history import History
+from oddity.trainer.index_items import IndexBuildFailed
 from oddity.trainer.item_datasets import load_item_dataset
 from oddity.trainer.job_embedder import JobEmbedder
 from oddity.trainer.jobs import FAILED, RUNNING, SKIPPED, SUCCEEDED, Job, JobBoard, now
@@ -56,7 +57,16 @@ class RepositoryUnwritable(Exception):
 RESTORED_SUCCESSES = 10_000
 
 # Expected failures: recorded with their message, no traceback.
-EXPECTED_FAILURES = (SpecError, DataError, ValidationFailed, ValueError, Interrupted, OddityError, RepositoryUnwritable)
+EXPECTED_FAILURES = (
+    SpecError,
+    DataError,
+    ValidationFailed,
+    ValueError,
+    Interrupted,
+    OddityError,
+    RepositoryUnwritable,
+    IndexBuildFailed,
+)
 
 # A job killed this many times in a row is not resumed again (it may be what kills the trainer).
 MAX_RESUMES = 3
@@ -276,19 +286,15 @@ class JobRunner:
                 )
             again = f" (data and spec unchanged since version {live_number})" if unchanged else ""
             embedding = None
+            embedder = self._job_embedder(job_id)
             if spec.is_embedded:
                 self._progress(job_id, "embedding", {})
-                embedder = JobEmbedder(
-                    self.embedder.client,
-                    self.bridge,
-                    request_id=job_id,
-                    connect_timeout=self.embedder.connect_timeout,
-                    batch_timeout=self.embedder.batch_timeout,
-                )
                 data, embedding, stats = load_item_dataset(request.folder, spec, embedder, self.embedder.cache)
                 details.update(embedding=stats)
             else:
                 data = load_dataset(request.folder, spec, request.data_path)
+            # Checked before training: a bad id column fails the job at once.
+            index_plan = index_items.plan_index(spec, data, embedding)
             run = self._remember(dataset, replace(run, samples=len(data.features)))
             self.metrics.last_run_rows.labels(dataset).set(len(data.features))
             details.update(samples=len(data.features), dropped_rows=data.dropped_rows)
@@ -316,6 +322,15 @@ class JobRunner:
                 checkpoints=self.checkpoints.job(job_id),
             )
             run = self._remember(dataset, replace(run, group_samples=trained.group_samples))
+            files = dict(trained.onnx_files)
+            if index_plan is not None:
+                self._progress(job_id, "indexing", {"group": ""})
+                index_start = time.perf_counter()
+                indexed = index_items.build(index_plan, embedder, self.embedder.cache, spec.embedder.batch_size)
+                trained.durations["index"] = time.perf_counter() - index_start
+                trained.manifest.similarity.CopyFrom(indexed.built.index)
+                files.update(indexed.built.files)
+                details.update(index=indexed.figures())
             tracker.log_metrics(trained.metrics)
             tracker.log_model(trained.onnx_files, bundle.manifest_to_json(trained.manifest))
             self._progress(job_id, "publishing", {"group": ""})
@@ -325,7 +340,7 @@ class JobRunner:
                 raise pipeline.Skipped(f"a rollback to version {pinned.restored_from} holds; this run is not published")
             publish_start = time.perf_counter()
             try:
-                version = self.publisher.publish(trained.manifest, trained.onnx_files, spec.keep_versions)
+                version = self.publisher.publish(trained.manifest, files, spec.keep_versions)
             except OSError as exc:  # read-only, full or missing volume: the operator's to fix
                 raise RepositoryUnwritable(
                     f"cannot write to the model repository {self.publisher.repository}: "
@@ -386,6 +401,16 @@ class JobRunner:
         finally:
             job = self.board.get(job_id) or job
             tracker.finish("FINISHED" if job.state in (SUCCEEDED, SKIPPED) else "FAILED")
+
+    def _job_embedder(self, job_id: str) -> JobEmbedder:
+        """The job's view of the embedder (it connects on the first call, if any)."""
+        return JobEmbedder(
+            self.embedder.client,
+            self.bridge,
+            request_id=job_id,
+            connect_timeout=self.embedder.connect_timeout,
+            batch_timeout=self.embedder.batch_timeout,
+        )
 
     def _track(self, job: Job, request: JobRequest, spec: DatasetSpec, kind: str) -> JobTracking:
         """The job's tracking run (the same run again for a resumed job), kept in the crash record."""

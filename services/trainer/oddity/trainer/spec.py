@@ -107,6 +107,33 @@ class EmbedderSpec(_Strict):
     batch_size: int = Field(default=32, ge=1, le=1024)
 
 
+class SimilaritySpec(_Strict):
+    """The version's similarity index over the items (search, clusters, tags); see
+    docs/datasets.md. Columns left unset take the defaults the dataset kind implies."""
+
+    enabled: bool = True
+    # Item ids: images default to the file column's value (or the path under the images
+    # folder), texts and tables to the row's number.
+    id_column: str | None = None
+    # Columns kept beside the vectors; default: every column but the file, text, tags,
+    # caption and id columns and the features of a table.
+    metadata: list[str] | None = None
+    tags_column: str | None = None  # comma- or semicolon-separated tags
+    caption_column: str | None = None
+    # Embedder model for text search over tags and captions; "": the embedder's first text model.
+    text_model: str = ""
+    approximate_from: int = Field(default=10_000, ge=1)
+    min_cluster_size: int = Field(default=0, ge=0)  # 0: max(5, 2% of the items)
+    min_cooccurrence: int = Field(default=5, ge=1)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> SimilaritySpec:
+        named = [c for c in (self.id_column, self.tags_column, self.caption_column) if c]
+        if len(set(named)) != len(named):
+            raise ValueError("id_column, tags_column and caption_column must be different columns")
+        return self
+
+
 class ModelSpec(_Strict):
     kind: str = "auto"
     params: dict[str, Any] = Field(default_factory=dict)
@@ -193,6 +220,8 @@ class DatasetSpec(_Strict):
     retrain: Retrain = Field(default_factory=Retrain)
     validation: Validation = Field(default_factory=Validation)
     keep_versions: int = Field(5, ge=1)
+    # Image and text datasets are indexed unless `enabled: false`; tables when the section is there.
+    similarity: SimilaritySpec | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> DatasetSpec:
@@ -223,6 +252,18 @@ class DatasetSpec(_Strict):
     @property
     def is_embedded(self) -> bool:
         return self.images is not None or self.texts is not None
+
+    @property
+    def indexed(self) -> bool:
+        """Whether a version carries a similarity index of the items."""
+        if self.similarity is None:
+            return self.is_embedded
+        return self.similarity.enabled
+
+    @property
+    def index(self) -> SimilaritySpec:
+        """The similarity section, or its defaults."""
+        return self.similarity if self.similarity is not None else SimilaritySpec()
 
     @property
     def is_classifier(self) -> bool:

@@ -1,0 +1,228 @@
+"""The trainer publishes each version with its similarity index: an image library (embedded by
+a real embedder) gets an "embedding" index with the ids, metadata, tags, clusters and text
+vectors of its items; a table gets a "features" index; rows dropped for bad values are not
+indexed; bad id columns fail the job; `enabled: false` publishes no index; a rollback serves
+the older index."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from oddity.cli.demo_library import generate_library
+from oddity.common import bundle
+from oddity.common.bundle import similarity as contract
+from oddity.embedder.models import ModelSource
+from oddity.v1 import trainer_pb2
+from tests.conftest import start_embedder, start_trainer
+from tests.support import datasets, encoders
+from tests.support.servers import wait_models
+from tests.trainer.test_robustness import run_job
+
+VIT_DIMENSION = 32  # tests.support.encoders.tiny_vit's hidden size
+TEXT_DIMENSION = 384  # all-MiniLM-L6-v2
+MANUAL = {"retrain": {"policy": "manual"}}
+
+
+@pytest.fixture(scope="module")
+def embedder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("similarity-embedder")
+    models = {
+        "vit": ModelSource(model_id=str(encoders.tiny_vit(root / "vit")), modality="image"),
+        "text": ModelSource(model_id=encoders.minilm_path(), modality="text"),
+    }
+    handle = start_embedder(root / "cache", models)
+    wait_models(handle, timeout=120)
+    yield handle
+    handle.close()
+
+
+@pytest.fixture
+def trainer(embedder, data_volume, repository):
+    handle = start_trainer(data_volume, repository, embedder=embedder.server.target)
+    yield handle
+    handle.close()
+
+
+def catalog_of(version: bundle.VerifiedVersion):
+    return contract.read_catalog(version.index[contract.CATALOG_FILE])
+
+
+def completed(trainer, dataset: str) -> dict:
+    """The details of the dataset's last TRAINING_COMPLETED event."""
+    events = trainer.stub.History(
+        trainer_pb2.HistoryRequest(dataset=dataset, event_types=["TRAINING_COMPLETED"])
+    ).events
+    return json.loads(events[-1].details_json)
+
+
+def metadata_values(catalog, name: str) -> list:
+    column = next(c for c in catalog.metadata if c.name == name)
+    return list(column.numbers) if column.numeric else list(column.text)
+
+
+def image_spec(**similarity) -> dict:
+    spec = {
+        "images": {"path": "images", "metadata": "metadata.csv"},
+        "embedder": {"model": "vit"},
+        "model": {"kind": "knn"},
+        "min_samples": 20,
+        **MANUAL,
+    }
+    if similarity:
+        spec["similarity"] = similarity
+    return spec
+
+
+def shelf(samples: range, seed: int = 0) -> pd.DataFrame:
+    """Table rows: a numeric id, a site, tags and four sensors."""
+    frame = datasets.sensor_frame(len(samples), d=4, seed=seed)
+    frame.insert(0, "sample", list(samples))
+    frame.insert(1, "site", ["north" if i % 2 else "south" for i in range(len(samples))])
+    frame.insert(2, "labels", ["steel; coated" if i % 3 else "steel, bare" for i in range(len(samples))])
+    return frame
+
+
+def table_spec(**similarity) -> dict:
+    return {
+        "sources": [{"path": "rows.csv"}],
+        "model": {"kind": "knn"},
+        "min_samples": 20,
+        "similarity": {"id_column": "sample", "tags_column": "labels", **similarity},
+        **MANUAL,
+    }
+
+
+def test_an_image_library_is_published_with_its_index(trainer, data_volume, repository):
+    folder = data_volume / "datasets" / "library"
+    folder.mkdir()
+    items = generate_library(folder, per_subject=15, seed=3)
+    (folder / "dataset.yaml").write_text(json.dumps(image_spec(id_column="id", tags_column="tags")))
+
+    job = run_job(trainer, "library")
+    assert job.state == trainer_pb2.JOB_STATE_SUCCEEDED, job.message
+
+    version = bundle.load_verified_version(repository, "library", 1)  # every index file's sha256 checked
+    index = version.manifest.similarity
+    assert (index.space, index.items, index.dimension) == ("embedding", 45, VIT_DIMENSION)
+    assert set(version.index) == {contract.VECTORS_FILE, contract.CATALOG_FILE, contract.TEXT_VECTORS_FILE}
+    assert contract.read_npy(version.index[contract.VECTORS_FILE], what="vectors").shape == (45, VIT_DIMENSION)
+    catalog = catalog_of(version)
+    assert list(catalog.ids) == [item.id for item in items]
+    assert [c.name for c in catalog.metadata] == ["subject"]  # not the id, file or tags columns
+    assert metadata_values(catalog, "subject") == [item.subject for item in items]
+    names = list(catalog.tag_names)
+    assert [{names[t] for t in tags.tags} for tags in catalog.item_tags] == [set(item.tags) for item in items]
+
+    # Each subject recurs as one cluster (an item unlike the others may stay outside them all).
+    subjects = np.array([item.subject for item in items])
+    clusters = np.array(catalog.item_clusters)
+    assert index.clusters == len(catalog.clusters) == 3
+    members = sorted(sorted(set(subjects[clusters == c.id].tolist())) for c in catalog.clusters)
+    assert members == [["car"], ["face"], ["house"]]
+
+    # Text search over the tags through the embedder's text model.
+    assert index.text_model.model == "text" and index.text_model.modality == "text"
+    text_vectors = contract.read_npy(version.index[contract.TEXT_VECTORS_FILE], what="text vectors")
+    assert text_vectors.shape == (len(names), TEXT_DIMENSION)
+
+    details = completed(trainer, "library")
+    assert details["index"] == {
+        "space": "embedding",
+        "items": 45,
+        "dimension": VIT_DIMENSION,
+        "clusters": 3,
+        "tags": len(names),
+        "search": "exact",
+        "text_model": "text",
+    }
+    assert "index" in details["phase_seconds"]
+
+
+def test_a_table_gets_a_features_index_without_its_dropped_rows(trainer, data_volume, repository):
+    rows = shelf(range(1001, 1041))
+    rows.loc[6, "sensor_2"] = np.nan  # sample 1007: dropped from the training rows and the index
+    datasets.write_dataset(data_volume, "shelf", table_spec(approximate_from=30), {"rows.csv": rows})
+
+    job = run_job(trainer, "shelf")
+    assert job.state == trainer_pb2.JOB_STATE_SUCCEEDED, job.message
+
+    version = bundle.load_verified_version(repository, "shelf", 1)
+    assert list(version.manifest.feature_names) == ["sensor_0", "sensor_1", "sensor_2", "sensor_3"]  # not the id
+    index = version.manifest.similarity
+    assert (index.space, index.items, index.dimension) == ("features", 39, 4)
+    assert index.approximate.file == contract.APPROXIMATE_FILE and contract.APPROXIMATE_FILE in version.index
+    catalog = catalog_of(version)
+    kept = [s for s in range(1001, 1041) if s != 1007]
+    assert list(catalog.ids) == [str(s) for s in kept]
+    assert [c.name for c in catalog.metadata] == ["site"]
+    assert metadata_values(catalog, "site") == ["north" if (s - 1001) % 2 else "south" for s in kept]
+    assert sorted(catalog.tag_names) == ["bare", "coated", "steel"]
+    assert index.text_model.model == "text"
+    assert completed(trainer, "shelf")["index"]["search"] == "approximate"
+
+
+def test_bad_id_columns_fail_the_job_with_the_reason(trainer, data_volume, repository):
+    datasets.write_dataset(
+        data_volume, "unnamed", table_spec(id_column="serial"), {"rows.csv": shelf(range(1001, 1031))}
+    )
+    twice = shelf(range(1001, 1031))
+    twice.loc[[3, 8], "sample"] = 1002
+    datasets.write_dataset(data_volume, "twice", table_spec(), {"rows.csv": twice})
+
+    unnamed = run_job(trainer, "unnamed")
+    assert unnamed.state == trainer_pb2.JOB_STATE_FAILED
+    assert unnamed.message == (
+        "similarity.id_column 'serial' is not a column of the data; its columns are "
+        "['site', 'labels', 'sample', 'sensor_0', 'sensor_1', 'sensor_2', 'sensor_3']"
+    )
+    repeated = run_job(trainer, "twice")
+    assert repeated.state == trainer_pb2.JOB_STATE_FAILED
+    assert repeated.message == "similarity index: item ids (column 'sample') must be unique; repeated: '1002' (3 times)"
+    assert not (repository / "unnamed").exists() and not (repository / "twice").exists()
+
+
+def test_an_index_can_be_turned_off(trainer, data_volume, repository):
+    folder = data_volume / "datasets" / "plain"
+    folder.mkdir()
+    generate_library(folder, per_subject=8, seed=1)
+    (folder / "dataset.yaml").write_text(json.dumps(image_spec(enabled=False)))
+
+    job = run_job(trainer, "plain")
+    assert job.state == trainer_pb2.JOB_STATE_SUCCEEDED, job.message
+    version = bundle.load_verified_version(repository, "plain", 1)
+    assert not version.manifest.HasField("similarity") and not version.index
+    assert sorted(p.name for p in (repository / "plain" / "1").iterdir()) == ["all.onnx", "manifest.json"]
+    assert "index" not in completed(trainer, "plain")
+
+
+def test_a_rollback_serves_the_older_index(trainer, data_volume, repository):
+    folder = datasets.write_dataset(data_volume, "rolled", table_spec(), {"rows.csv": shelf(range(1001, 1031))})
+    assert run_job(trainer, "rolled").published_version == 1
+    shelf(range(2001, 2041), seed=5).to_csv(folder / "rows.csv", index=False)
+    assert run_job(trainer, "rolled").published_version == 2
+
+    rolled = trainer.stub.Rollback(trainer_pb2.RollbackRequest(dataset="rolled"))
+    assert (rolled.version, rolled.restored_from) == (3, 1)
+    first, restored = (bundle.load_verified_version(repository, "rolled", v) for v in (1, 3))
+    assert restored.manifest.similarity == first.manifest.similarity
+    assert restored.index == first.index
+    assert list(catalog_of(restored).ids) == [str(s) for s in range(1001, 1031)]
+
+
+def test_without_a_text_model_the_index_has_no_text_search_and_the_history_says_why(data_volume, repository):
+    # Nothing listens on port 1: the embedder is not there.
+    trainer = start_trainer(data_volume, repository, embedder="127.0.0.1:1", embedder_connect_timeout_seconds=1)
+    try:
+        datasets.write_dataset(data_volume, "untold", table_spec(), {"rows.csv": shelf(range(1001, 1031))})
+        job = run_job(trainer, "untold")
+        assert job.state == trainer_pb2.JOB_STATE_SUCCEEDED, job.message
+        version = bundle.load_verified_version(repository, "untold", 1)
+        index = version.manifest.similarity
+        assert index.tags == 3 and not index.text_model.model and contract.TEXT_VECTORS_FILE not in version.index
+        figures = completed(trainer, "untold")["index"]
+        assert figures["text_model"] == ""
+        assert figures["text_search"].startswith("no text search: embedder at 127.0.0.1:1: DEADLINE_EXCEEDED")
+    finally:
+        trainer.close()
