@@ -177,6 +177,10 @@ class ItemIndex:
         # Text search: the tags' vectors, then one per caption (a zero row: no caption).
         self._text = text_vectors
         self._captions = len(catalog.captions)
+        n_tags = len(self.tag_names)
+        self._has_caption = (
+            np.any(text_vectors[n_tags:] != 0, axis=1) if text_vectors is not None else np.zeros(0, dtype=bool)
+        )
 
     # -- loading --------------------------------------------------------------------------
 
@@ -377,8 +381,7 @@ class ItemIndex:
         if len(self._tag_ids):
             np.maximum.at(scores, self._tag_item, tag_similarity[self._tag_ids])
         if self._captions:
-            captions = self._text[n_tags:]
-            caption_similarity = np.where(np.any(captions != 0, axis=1), captions @ query, -np.inf)
+            caption_similarity = np.where(self._has_caption, self._text[n_tags:] @ query, -np.inf)
             scores = np.maximum(scores, caption_similarity.astype(np.float32))
         order = np.argsort(-tag_similarity, kind="stable")[:MATCHED_TAGS]
         matched = [
