@@ -1,19 +1,23 @@
 """The trainer publishes each version with its similarity index: an image library (embedded by
 a real embedder) gets an "embedding" index with the ids, metadata, tags, clusters and text
 vectors of its items; a table gets a "features" index; rows dropped for bad values are not
-indexed; bad id columns fail the job; `enabled: false` publishes no index; a rollback serves
-the older index."""
+indexed; bad id columns and text models fail the job; `enabled: false` publishes no index; a
+rollback serves the older index."""
 
+import io
 import json
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image, ImageDraw
 
-from oddity.cli.demo_library import generate_library
 from oddity.common import bundle
 from oddity.common.bundle import similarity as contract
 from oddity.embedder.models import ModelSource
+from oddity.trainer.spec import DatasetSpec
 from oddity.v1 import trainer_pb2
 from tests.conftest import start_embedder, start_trainer
 from tests.support import datasets, encoders
@@ -23,6 +27,53 @@ from tests.trainer.test_robustness import run_job
 VIT_DIMENSION = 32  # tests.support.encoders.tiny_vit's hidden size
 TEXT_DIMENSION = 384  # all-MiniLM-L6-v2
 MANUAL = {"retrain": {"policy": "manual"}}
+
+# Three recurring subjects, each its own scene; a small shape of some ink on each (tags).
+SCENES = {"sunset": (230, 120, 40), "forest": (30, 120, 50), "sea": (30, 80, 190)}
+SHAPES = ("circle", "square")
+INKS = {"white": (245, 245, 245), "black": (15, 15, 15), "yellow": (240, 220, 40)}
+
+
+@dataclass(frozen=True)
+class Picture:
+    id: str
+    file: str
+    subject: str
+    tags: tuple[str, ...]
+    image: bytes
+
+
+def pictures(per_subject: int, seed: int) -> list[Picture]:
+    """Shuffled pictures of every subject: the scene's colour varied, a shape placed at random, noise."""
+    rng = np.random.default_rng(seed)
+    subjects = [s for s in SCENES for _ in range(per_subject)]
+    out = []
+    for n, k in enumerate(rng.permutation(len(subjects))):
+        subject = subjects[k]
+        scene = np.array(SCENES[subject]) + rng.integers(-20, 21, 3)
+        image = Image.new("RGB", (64, 64), tuple(int(c) for c in scene))
+        shape, ink = SHAPES[int(rng.integers(len(SHAPES)))], list(INKS)[int(rng.integers(len(INKS)))]
+        size = int(rng.integers(5, 12))
+        x, y = (int(v) for v in rng.integers(size, 64 - size, 2))
+        draw = ImageDraw.Draw(image)
+        (draw.ellipse if shape == "circle" else draw.rectangle)([x - size, y - size, x + size, y + size], INKS[ink])
+        pixels = np.asarray(image, dtype=np.float32) + rng.normal(0, 8, (64, 64, 3))
+        buffer = io.BytesIO()
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, format="PNG")
+        out.append(Picture(f"p{seed}-{n:03d}", f"{n:03d}.png", subject, (subject, shape, ink), buffer.getvalue()))
+    return out
+
+
+def write_library(folder: Path, items: list[Picture]) -> None:
+    """images/ and metadata.csv (id, file, subject, tags: comma- or semicolon-separated)."""
+    (folder / "images").mkdir(parents=True)
+    for item in items:
+        (folder / "images" / item.file).write_bytes(item.image)
+    rows = [
+        {"id": i.id, "file": i.file, "subject": i.subject, "tags": f"{i.tags[0]}, {i.tags[1]}; {i.tags[2]}"}
+        for i in items
+    ]
+    pd.DataFrame(rows).to_csv(folder / "metadata.csv", index=False)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +115,7 @@ def metadata_values(catalog, name: str) -> list:
 
 def image_spec(**similarity) -> dict:
     spec = {
-        "images": {"path": "images", "metadata": "metadata.csv"},
+        "images": {"path": "images", "metadata": "metadata.csv", "file_column": "file"},
         "embedder": {"model": "vit"},
         "model": {"kind": "knn"},
         "min_samples": 20,
@@ -96,8 +147,8 @@ def table_spec(**similarity) -> dict:
 
 def test_an_image_library_is_published_with_its_index(trainer, data_volume, repository):
     folder = data_volume / "datasets" / "library"
-    folder.mkdir()
-    items = generate_library(folder, per_subject=15, seed=3)
+    items = pictures(12, seed=0)
+    write_library(folder, items)
     (folder / "dataset.yaml").write_text(json.dumps(image_spec(id_column="id", tags_column="tags")))
 
     job = run_job(trainer, "library")
@@ -105,9 +156,9 @@ def test_an_image_library_is_published_with_its_index(trainer, data_volume, repo
 
     version = bundle.load_verified_version(repository, "library", 1)  # every index file's sha256 checked
     index = version.manifest.similarity
-    assert (index.space, index.items, index.dimension) == ("embedding", 45, VIT_DIMENSION)
+    assert (index.space, index.items, index.dimension) == ("embedding", 36, VIT_DIMENSION)
     assert set(version.index) == {contract.VECTORS_FILE, contract.CATALOG_FILE, contract.TEXT_VECTORS_FILE}
-    assert contract.read_npy(version.index[contract.VECTORS_FILE], what="vectors").shape == (45, VIT_DIMENSION)
+    assert contract.read_npy(version.index[contract.VECTORS_FILE], what="vectors").shape == (36, VIT_DIMENSION)
     catalog = catalog_of(version)
     assert list(catalog.ids) == [item.id for item in items]
     assert [c.name for c in catalog.metadata] == ["subject"]  # not the id, file or tags columns
@@ -115,12 +166,13 @@ def test_an_image_library_is_published_with_its_index(trainer, data_volume, repo
     names = list(catalog.tag_names)
     assert [{names[t] for t in tags.tags} for tags in catalog.item_tags] == [set(item.tags) for item in items]
 
-    # Each subject recurs as one cluster (an item unlike the others may stay outside them all).
+    # Each subject recurs as one cluster.
     subjects = np.array([item.subject for item in items])
     clusters = np.array(catalog.item_clusters)
     assert index.clusters == len(catalog.clusters) == 3
-    members = sorted(sorted(set(subjects[clusters == c.id].tolist())) for c in catalog.clusters)
-    assert members == [["car"], ["face"], ["house"]]
+    assert sorted(sorted(subjects[clusters == c.id].tolist()) for c in catalog.clusters) == [
+        [subject] * 12 for subject in sorted(SCENES)
+    ]
 
     # Text search over the tags through the embedder's text model.
     assert index.text_model.model == "text" and index.text_model.modality == "text"
@@ -130,7 +182,7 @@ def test_an_image_library_is_published_with_its_index(trainer, data_volume, repo
     details = completed(trainer, "library")
     assert details["index"] == {
         "space": "embedding",
-        "items": 45,
+        "items": 36,
         "dimension": VIT_DIMENSION,
         "clusters": 3,
         "tags": len(names),
@@ -163,13 +215,14 @@ def test_a_table_gets_a_features_index_without_its_dropped_rows(trainer, data_vo
     assert completed(trainer, "shelf")["index"]["search"] == "approximate"
 
 
-def test_bad_id_columns_fail_the_job_with_the_reason(trainer, data_volume, repository):
+def test_bad_id_columns_and_text_models_fail_the_job_with_the_reason(trainer, data_volume, repository):
     datasets.write_dataset(
         data_volume, "unnamed", table_spec(id_column="serial"), {"rows.csv": shelf(range(1001, 1031))}
     )
     twice = shelf(range(1001, 1031))
     twice.loc[[3, 8], "sample"] = 1002
     datasets.write_dataset(data_volume, "twice", table_spec(), {"rows.csv": twice})
+    datasets.write_dataset(data_volume, "pictures", table_spec(text_model="vit"), {"rows.csv": shelf(range(1, 31))})
 
     unnamed = run_job(trainer, "unnamed")
     assert unnamed.state == trainer_pb2.JOB_STATE_FAILED
@@ -180,13 +233,33 @@ def test_bad_id_columns_fail_the_job_with_the_reason(trainer, data_volume, repos
     repeated = run_job(trainer, "twice")
     assert repeated.state == trainer_pb2.JOB_STATE_FAILED
     assert repeated.message == "similarity index: item ids (column 'sample') must be unique; repeated: '1002' (3 times)"
-    assert not (repository / "unnamed").exists() and not (repository / "twice").exists()
+    pictures = run_job(trainer, "pictures")
+    assert pictures.state == trainer_pb2.JOB_STATE_FAILED
+    assert pictures.message == "similarity.text_model 'vit' embeds images, not texts"
+    assert [p.name for p in repository.iterdir()] == []
+
+
+def test_images_in_subfolders_are_named_by_their_path(trainer, data_volume, repository):
+    folder = data_volume / "datasets" / "aged"
+    for item in pictures(8, seed=2):  # images/<age>/<file>: one age per subject
+        age = folder / "images" / str(3 + list(SCENES).index(item.subject))
+        age.mkdir(parents=True, exist_ok=True)
+        (age / item.file).write_bytes(item.image)
+    spec = {**image_spec(), "images": {"path": "images", "folder_column": "age"}}
+    (folder / "dataset.yaml").write_text(json.dumps(spec))
+
+    job = run_job(trainer, "aged")
+    assert job.state == trainer_pb2.JOB_STATE_SUCCEEDED, job.message
+    catalog = catalog_of(bundle.load_verified_version(repository, "aged", 1))
+    expected = sorted(str(p.relative_to(folder / "images")) for p in (folder / "images").rglob("*.png"))
+    assert list(catalog.ids) == expected  # e.g. "3/005.png"
+    assert metadata_values(catalog, "age") == [float(name.split("/")[0]) for name in expected]
+    assert not catalog.item_tags and not catalog.captions
 
 
 def test_an_index_can_be_turned_off(trainer, data_volume, repository):
     folder = data_volume / "datasets" / "plain"
-    folder.mkdir()
-    generate_library(folder, per_subject=8, seed=1)
+    write_library(folder, pictures(8, seed=1))
     (folder / "dataset.yaml").write_text(json.dumps(image_spec(enabled=False)))
 
     job = run_job(trainer, "plain")
@@ -226,3 +299,30 @@ def test_without_a_text_model_the_index_has_no_text_search_and_the_history_says_
         assert figures["text_search"].startswith("no text search: embedder at 127.0.0.1:1: DEADLINE_EXCEEDED")
     finally:
         trainer.close()
+
+
+@pytest.mark.parametrize(
+    ("spec", "indexed"),
+    [
+        ({"images": {"path": "images"}}, True),
+        ({"texts": {"path": "notes.csv"}}, True),
+        ({"sources": [{"path": "rows.csv"}]}, False),
+        ({"sources": [{"path": "rows.csv"}], "similarity": {}}, True),
+        ({"images": {"path": "images"}, "similarity": {"enabled": False}}, False),
+    ],
+)
+def test_images_and_texts_are_indexed_by_default_tables_when_asked(spec, indexed):
+    assert DatasetSpec.model_validate(spec).indexed is indexed
+
+
+@pytest.mark.parametrize(
+    ("similarity", "problem"),
+    [
+        ({"id_column": "name", "tags_column": "name"}, "id_column, tags_column and caption_column must be different"),
+        ({"tag_column": "tags"}, "Extra inputs are not permitted"),
+        ({"min_cooccurrence": 0}, "greater than or equal to 1"),
+    ],
+)
+def test_a_bad_similarity_section_is_a_spec_error(similarity, problem):
+    with pytest.raises(ValueError, match=problem):
+        DatasetSpec.model_validate({"images": {"path": "images"}, "similarity": similarity})

@@ -51,7 +51,10 @@ class IndexPlan:
     items: IndexItems
     space: str
     settings: IndexSettings
-    text_model: str  # the spec's similarity.text_model ("": the embedder's first text model)
+    text_model_name: str  # the spec's similarity.text_model ("": the embedder's first text model)
+    # Set by choose_text_model: the model that embeds tags and captions, or why there is none.
+    text_model: EmbedderModel | None = None
+    text_note: str = ""
 
     @property
     def has_texts(self) -> bool:
@@ -122,27 +125,48 @@ def plan_index(
         min_cooccurrence=section.min_cooccurrence,
     )
     items = IndexItems(ids=ids, vectors=vectors, metadata=metadata, tags=tags, captions=captions)
-    return IndexPlan(items=items, space=space, settings=settings, text_model=section.text_model)
+    return IndexPlan(items=items, space=space, settings=settings, text_model_name=section.text_model)
 
 
-def build(plan: IndexPlan, embedder: IndexEmbedder | None, cache: EmbeddingCache, batch_size: int) -> IndexOutcome:
-    """Build the planned index; tags and captions are embedded by the text model (through
-    `embedder`, batched and cached like items). Raises IndexBuildFailed, or the embedder's
-    error when a named text model cannot be used."""
-    text_model, note = (None, "") if not plan.has_texts else _text_model(plan.text_model, embedder)
-    text_embedder = (
-        _text_embedder(embedder, text_model, cache, batch_size)
-        if embedder is not None and text_model is not None
-        else None
-    )
-    source = None
-    if text_model is not None:
+def choose_text_model(plan: IndexPlan, embedder: IndexEmbedder) -> None:
+    """The text model for the tags and captions, if there are any (before training, so a
+    named model the embedder does not serve fails the job at once): the model the spec names,
+    which must be a text model; else the embedder's first text model, or none (and why)."""
+    if not plan.has_texts:
+        return
+    name = plan.text_model_name
+    if name:
+        try:
+            model = embedder.model(name)
+        except FailedPrecondition as exc:
+            raise FailedPrecondition(f"similarity.text_model: {exc.message}") from exc
+        if model.modality != "text":
+            raise FailedPrecondition(f"similarity.text_model {name!r} embeds {model.modality}s, not texts")
+        plan.text_model = model
+        return
+    try:
+        served = embedder.models()
+    except Unavailable as exc:
+        plan.text_note = f"no text search: {exc.message}"
+        return
+    plan.text_model = next((m for m in served if m.modality == "text"), None)
+    if plan.text_model is None:
+        plan.text_note = "no text search: the embedder serves no text model"
+
+
+def build(plan: IndexPlan, embedder: IndexEmbedder, cache: EmbeddingCache, batch_size: int) -> IndexOutcome:
+    """Build the planned index; tags and captions are embedded by the plan's text model
+    (through `embedder`, batched and cached like items). Raises IndexBuildFailed, or the
+    embedder's error."""
+    model, source, text_embedder = plan.text_model, None, None
+    if model is not None:
+        text_embedder = _text_embedder(embedder, model, cache, batch_size)
         source = manifest_pb2.EmbeddingSource(
-            model=text_model.name,
-            model_id=text_model.model_id,
-            revision=text_model.revision,
-            dimension=text_model.dimension,
-            modality=text_model.modality,
+            model=model.name,
+            model_id=model.model_id,
+            revision=model.revision,
+            dimension=model.dimension,
+            modality=model.modality,
         )
     try:
         built = build_index(
@@ -150,34 +174,10 @@ def build(plan: IndexPlan, embedder: IndexEmbedder | None, cache: EmbeddingCache
         )
     except (ValueError, ArithmeticError, MemoryError, RuntimeError) as exc:
         raise IndexBuildFailed(f"the similarity index could not be built: {type(exc).__name__}: {exc}") from exc
-    if plan.has_texts and text_model is not None and not built.index.text_model.model:
-        note = "no tags or captions to search by text"
+    note = plan.text_note
+    if model is not None and not built.index.text_model.model:
+        note = "no text search: every tag list and caption is empty"
     return IndexOutcome(built, note)
-
-
-def _text_model(name: str, embedder: IndexEmbedder | None) -> tuple[EmbedderModel | None, str]:
-    """The text model for tags and captions, or None and why there is none. A model the spec
-    names must be served (as a text model); otherwise the embedder's first text model."""
-    if name:
-        if embedder is None:
-            raise FailedPrecondition(f"similarity.text_model {name!r}: no embedder is configured")
-        try:
-            model = embedder.model(name)
-        except FailedPrecondition as exc:
-            raise FailedPrecondition(f"similarity.text_model: {exc.message}") from exc
-        if model.modality != "text":
-            raise FailedPrecondition(f"similarity.text_model {name!r} embeds {model.modality}s, not texts")
-        return model, ""
-    if embedder is None:
-        return None, "no text search: no embedder is configured"
-    try:
-        served = embedder.models()
-    except Unavailable as exc:
-        return None, f"no text search: {exc.message}"
-    first = next((m for m in served if m.modality == "text"), None)
-    if first is None:
-        return None, "no text search: the embedder serves no text model"
-    return first, ""
 
 
 def _text_embedder(

@@ -35,7 +35,8 @@ from oddity.v1 import manifest_pb2
 ABSOLUTE_MIN_ROWS = 20  # below this even a forced run cannot be calibrated
 PARITY_ROWS = 2000  # ONNX Runtime vs the framework on a sample of the rows
 
-# progress(phase, fields): phase is loading, training, calibrating, exporting, validating, publishing;
+# progress(phase, fields): phase is loading, training, calibrating, exporting, validating (then the runner's
+# indexing and publishing);
 # in training, fields may hold epoch, total_epochs, loss, train_loss, validation_loss and epoch_metrics.
 Progress = Callable[[str, dict[str, Any]], None]
 

@@ -293,8 +293,10 @@ class JobRunner:
                 details.update(embedding=stats)
             else:
                 data = load_dataset(request.folder, spec, request.data_path)
-            # Checked before training: a bad id column fails the job at once.
+            # Before training: a bad id column or text model fails the job at once.
             index_plan = index_items.plan_index(spec, data, embedding)
+            if index_plan is not None:
+                index_items.choose_text_model(index_plan, embedder)
             run = self._remember(dataset, replace(run, samples=len(data.features)))
             self.metrics.last_run_rows.labels(dataset).set(len(data.features))
             details.update(samples=len(data.features), dropped_rows=data.dropped_rows)
