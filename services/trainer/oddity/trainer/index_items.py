@@ -108,7 +108,7 @@ def plan_index(
 
     ids = _ids(columns, section.id_column, data.item_ids) if section.id_column else list(data.item_ids)
     _check_unique(ids, f"column {section.id_column!r}" if section.id_column else _default_ids(spec))
-    metadata = {c: columns.values(c) for c in _metadata_columns(spec, data, columns)}
+    metadata = {c: columns.values(c) for c in _metadata_columns(spec, data)}
     tags = [split_tags(v) for v in columns.values(section.tags_column)] if section.tags_column else None
     captions = (
         ["" if _missing(v) else str(v).strip() for v in columns.values(section.caption_column)]
@@ -250,7 +250,7 @@ def _default_ids(spec: DatasetSpec) -> str:
     return "row numbers"
 
 
-def _metadata_columns(spec: DatasetSpec, data: Dataset, columns: _Columns) -> list[str]:
+def _metadata_columns(spec: DatasetSpec, data: Dataset) -> list[str]:
     """The spec's metadata columns, or every column of the source but those that name the
     file, hold the text, id, tags or caption, or are a table's features."""
     section = spec.index
