@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from oddity.common.clients import EmbedderClient
+from oddity.common.clients import EmbedderClient, Embeddings
 from oddity.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from oddity.common.logging import annotate_request
 from oddity.detector.batching import MicroBatcher
@@ -112,6 +112,19 @@ def _order_columns(model: LoadedModel, rows: np.ndarray, names: list[str]) -> np
         raise InvalidArgument(f"feature_names do not match model {model.name!r}: " + "; ".join(parts))
     order = [names.index(f) for f in expected]
     return np.ascontiguousarray(rows[:, order])
+
+
+def check_embedded_by(embeddings: Embeddings, source: manifest_pb2.EmbeddingSource, made: str) -> np.ndarray:
+    """The vectors, when the embedder made them with the weights `source` names (model id,
+    revision, dimension); else FAILED_PRECONDITION: `made` + "vectors of <the source>"."""
+    vectors = embeddings.vectors
+    served = (embeddings.model_id, embeddings.revision, vectors.shape[1])
+    if served != (source.model_id, source.revision, source.dimension):
+        raise FailedPrecondition(
+            f"{made} vectors of {source.model_id} (revision {source.revision}, {source.dimension} values); "
+            f"the embedder serves {served[0]} (revision {served[1]}, {served[2]} values)"
+        )
+    return vectors
 
 
 class DetectorService:
@@ -251,14 +264,7 @@ class DetectorService:
         if (source.modality == "image") != bool(request.images):
             raise InvalidArgument(f"model {request.model!r} scores {source.modality}s")
         embeddings = await self._embedder().embed(source.model, images=request.images, texts=request.texts)
-        vectors = embeddings.vectors
-        served = (embeddings.model_id, embeddings.revision, vectors.shape[1])
-        if served != (source.model_id, source.revision, source.dimension):
-            raise FailedPrecondition(
-                f"model {request.model!r} v{version} was trained on vectors of {source.model_id} "
-                f"(revision {source.revision}, {source.dimension} values); the embedder serves {served[0]} "
-                f"(revision {served[1]}, {served[2]} values)"
-            )
+        vectors = check_embedded_by(embeddings, source, f"model {request.model!r} v{version} was trained on")
         extra = self._extra_features(source, request, n)
         rows = np.hstack([vectors, extra]).astype(np.float32) if extra is not None else vectors
         output = await self.detect(

@@ -29,7 +29,7 @@ from oddity.common.logging import annotate_request
 from oddity.detector.metrics import DetectorMetrics
 from oddity.detector.model import LoadedModel
 from oddity.detector.registry import ModelRegistry
-from oddity.detector.service import EmbedderSource
+from oddity.detector.service import EmbedderSource, check_embedded_by
 from oddity.detector.similarity import (
     ClusterAssignment,
     ClusterInfo,
@@ -340,15 +340,7 @@ class SimilarityService:
         if self._embedder is None:
             raise Unavailable("no embedder is configured on this detector (--embedder)")
         embeddings = await self._embedder().embed(source.model, images=images, texts=texts)
-        vectors = embeddings.vectors
-        served = (embeddings.model_id, embeddings.revision, vectors.shape[1])
-        if served != (source.model_id, source.revision, source.dimension):
-            raise FailedPrecondition(
-                f"model {model.name!r} v{model.version} was indexed with vectors of {source.model_id} "
-                f"(revision {source.revision}, {source.dimension} values); the embedder serves {served[0]} "
-                f"(revision {served[1]}, {served[2]} values)"
-            )
-        return vectors
+        return check_embedded_by(embeddings, source, f"model {model.name!r} v{model.version} was indexed with")
 
 
 async def _run(index: ItemIndex, search: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
