@@ -257,6 +257,22 @@ def test_images_in_subfolders_are_named_by_their_path(trainer, data_volume, repo
     assert not catalog.item_tags and not catalog.captions
 
 
+def test_a_file_listed_twice_is_two_items_told_apart_by_default(trainer, data_volume, repository):
+    folder = data_volume / "datasets" / "relisted"
+    items = pictures(8, seed=3)
+    write_library(folder, items)
+    table = pd.read_csv(folder / "metadata.csv")
+    table = pd.concat([table, table.iloc[[0]].assign(subject="again")], ignore_index=True)
+    table.drop(columns=["id"]).to_csv(folder / "metadata.csv", index=False)
+    (folder / "dataset.yaml").write_text(json.dumps(image_spec(tags_column="tags")))
+
+    job = run_job(trainer, "relisted")
+    assert job.state == trainer_pb2.JOB_STATE_SUCCEEDED, job.message
+    catalog = catalog_of(bundle.load_verified_version(repository, "relisted", 1))
+    assert list(catalog.ids) == [i.file for i in items] + [f"{items[0].file}#2"]
+    assert metadata_values(catalog, "subject")[-1] == "again"
+
+
 def test_an_index_can_be_turned_off(trainer, data_volume, repository):
     folder = data_volume / "datasets" / "plain"
     write_library(folder, pictures(8, seed=1))

@@ -106,8 +106,13 @@ def plan_index(
     for column in section.metadata or []:
         columns.check("similarity.metadata", column)
 
-    ids = _ids(columns, section.id_column, data.item_ids) if section.id_column else list(data.item_ids)
-    _check_unique(ids, f"column {section.id_column!r}" if section.id_column else _default_ids(spec))
+    if section.id_column:
+        ids = _ids(columns, section.id_column, data.item_ids)
+        _check_unique(ids, f"column {section.id_column!r}")
+    else:
+        # Indexing is on by default: a file listed twice (say at two ages) must not fail a run
+        # that trained before, so default ids tell repeats apart instead.
+        ids = _numbered_repeats(data.item_ids)
     metadata = {c: columns.values(c) for c in _metadata_columns(spec, data)}
     tags = [split_tags(v) for v in columns.values(section.tags_column)] if section.tags_column else None
     captions = (
@@ -242,12 +247,14 @@ def _check_unique(ids: list[str], where: str) -> None:
         raise DataError(f"similarity index: item ids ({where}) must be unique; repeated: {shown}{more}")
 
 
-def _default_ids(spec: DatasetSpec) -> str:
-    """Where the default ids come from, for messages."""
-    if spec.images is not None:
-        what = "paths under the images folder" if spec.images.folder_column else f"column {spec.images.file_column!r}"
-        return f"{what}; set similarity.id_column"
-    return "row numbers"
+def _numbered_repeats(ids: list[str]) -> list[str]:
+    """The ids, the second and later repeats of one numbered: a.png, a.png#2, a.png#3."""
+    seen: Counter[str] = Counter()
+    out = []
+    for item in ids:
+        seen[item] += 1
+        out.append(item if seen[item] == 1 else f"{item}#{seen[item]}")
+    return out
 
 
 def _metadata_columns(spec: DatasetSpec, data: Dataset) -> list[str]:
