@@ -39,7 +39,7 @@ DETAILS = {
     "car": {"headlights": 0.5},
     "boat": {"sail": 0.5},
 }
-SUN, MOON = 0.3, 0.2  # shares of items with a sun, with a moon (never both)
+SUN, MOON = 0.15, 0.1  # shares of items with a sun, with a moon (never both)
 OTHER_SCENE = 0.02  # share of items drawn in another subject's scene
 MAX_SHIFT = 18  # pixels
 SCALE = (0.7, 1.25)
@@ -135,21 +135,22 @@ def _background(scene: str) -> Image.Image:
 
 
 def _light(image: Image.Image, light: str, rng: np.random.Generator) -> None:
-    x, y = int(rng.integers(6, 18)), int(rng.integers(5, 12))
+    x, y = int(rng.integers(9, 20)), int(rng.integers(8, 14))
     x = SIZE - x if rng.random() < 0.5 else x
-    behind = image.getpixel((x + 4, y - 3))  # the scene's colour: the crescent's shadow
+    behind = image.getpixel((x + 5, y - 4))  # the scene's colour: the crescent's shadow
     draw = ImageDraw.Draw(image)
     if light == "sun":
-        draw.ellipse([x - 5, y - 5, x + 5, y + 5], fill=(250, 210, 30))
+        draw.ellipse([x - 7, y - 7, x + 7, y + 7], fill=(250, 210, 30))
         for k in range(8):
             angle = 2 * math.pi * k / 8
             draw.line(
-                [x + 6 * math.cos(angle), y + 6 * math.sin(angle), x + 9 * math.cos(angle), y + 9 * math.sin(angle)],
+                [x + 8 * math.cos(angle), y + 8 * math.sin(angle), x + 12 * math.cos(angle), y + 12 * math.sin(angle)],
                 fill=(250, 180, 30),
+                width=2,
             )
     else:
-        draw.ellipse([x - 5, y - 5, x + 5, y + 5], fill=(235, 235, 205))
-        draw.ellipse([x - 2, y - 6, x + 7, y + 3], fill=behind)
+        draw.ellipse([x - 7, y - 7, x + 7, y + 7], fill=(225, 225, 150), outline=(120, 120, 90))
+        draw.ellipse([x - 3, y - 9, x + 9, y + 3], fill=behind)
 
 
 def _subject_layer(subject: str, colour: tuple[int, int, int], details: list[str]) -> Image.Image:
@@ -160,22 +161,24 @@ def _subject_layer(subject: str, colour: tuple[int, int, int], details: list[str
         draw.ellipse([14, 10, 50, 54], fill=colour, outline=BLACK, width=2)
         draw.ellipse([23, 24, 28, 29], fill=BLACK)
         draw.ellipse([36, 24, 41, 29], fill=BLACK)
-        if "smile" in details:
-            draw.arc([22, 30, 42, 46], start=20, end=160, fill=BLACK, width=2)
+        if "smile" in details:  # a wide open smile
+            draw.chord([20, 28, 44, 50], start=0, end=180, fill=(90, 10, 10), outline=BLACK)
         else:
             draw.line([25, 42, 39, 42], fill=BLACK, width=2)
-        if "glasses" in details:
-            draw.ellipse([20, 21, 31, 32], outline=(10, 10, 10), width=2)
-            draw.ellipse([33, 21, 44, 32], outline=(10, 10, 10), width=2)
-            draw.line([31, 26, 33, 26], fill=(10, 10, 10), width=2)
+        if "glasses" in details:  # dark glasses
+            draw.ellipse([18, 20, 31, 32], fill=(10, 10, 10))
+            draw.ellipse([33, 20, 46, 32], fill=(10, 10, 10))
+            draw.line([14, 24, 50, 24], fill=(10, 10, 10), width=2)
     elif subject == "house":
-        draw.rectangle([16, 30, 48, 54], fill=colour, outline=BLACK, width=1)
-        draw.polygon([(12, 30), (32, 12), (52, 30)], fill=(120, 50, 30), outline=BLACK)
-        draw.rectangle([28, 42, 36, 54], fill=(90, 60, 30))
-        draw.rectangle([19, 34, 25, 40], fill=(230, 240, 255), outline=BLACK)
-        draw.rectangle([39, 34, 45, 40], fill=(230, 240, 255), outline=BLACK)
-        if "chimney" in details:
-            draw.rectangle([40, 12, 46, 24], fill=(90, 40, 30), outline=BLACK)
+        draw.rectangle([13, 28, 51, 56], fill=colour, outline=BLACK, width=1)
+        draw.polygon([(9, 28), (32, 10), (55, 28)], fill=(120, 50, 30), outline=BLACK)
+        draw.rectangle([28, 44, 36, 56], fill=(90, 60, 30))
+        draw.rectangle([17, 33, 23, 39], fill=(230, 240, 255), outline=BLACK)
+        draw.rectangle([41, 33, 47, 39], fill=(230, 240, 255), outline=BLACK)
+        if "chimney" in details:  # a chimney and its smoke
+            draw.rectangle([40, 8, 47, 22], fill=(90, 40, 30), outline=BLACK)
+            draw.ellipse([38, 0, 50, 8], fill=(150, 150, 150))
+            draw.ellipse([46, -4, 60, 6], fill=(170, 170, 170))
     elif subject == "car":
         draw.polygon([(22, 26), (40, 26), (46, 34), (18, 34)], fill=colour, outline=BLACK)
         draw.rectangle([12, 34, 52, 45], fill=colour, outline=BLACK)
@@ -183,7 +186,8 @@ def _subject_layer(subject: str, colour: tuple[int, int, int], details: list[str
         draw.polygon([(33, 28), (39, 28), (43, 34), (33, 34)], fill=(200, 230, 250))
         draw.ellipse([16, 40, 26, 50], fill=BLACK)
         draw.ellipse([38, 40, 48, 50], fill=BLACK)
-        if "headlights" in details:
+        if "headlights" in details:  # lit, with their beam
+            draw.polygon([(54, 39), (64, 32), (64, 48)], fill=(255, 250, 170))
             draw.ellipse([48, 36, 55, 42], fill=(255, 245, 150), outline=BLACK)
     elif subject == "boat":
         draw.polygon([(8, 38), (56, 38), (48, 48), (16, 48)], fill=colour, outline=BLACK)
