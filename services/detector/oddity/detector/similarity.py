@@ -36,6 +36,8 @@ FILTERED_EF_SEARCH = 256
 # Text queries: tags at least this similar to the text are reported as matched, best first.
 MATCHED_TAG_FLOOR = 0.5
 MATCHED_TAGS = 10
+# Text queries: items within this of the best text similarity define the typical match.
+TYPICAL_MARGIN = 0.02
 # Co-occurrence support of a tag: log(lift) / log(LIFT_CEILING), clipped to [0, 1] (lift 1,
 # independence, gives 0; ten times more often together than by chance gives 1).
 LIFT_CEILING = 10.0
@@ -389,7 +391,17 @@ class ItemIndex:
             for t in order.tolist()
             if tag_similarity[t] >= MATCHED_TAG_FLOOR
         ]
-        return _top(scores, k, mask, exclude), matched
+        return _top(scores, k, mask, exclude, self._typicality(scores)), matched
+
+    def _typicality(self, scores: np.ndarray) -> np.ndarray | None:
+        """Items sharing a tag tie on text similarity: the most typical of the best-matching
+        items (closest to their mean vector) come first."""
+        finite = np.isfinite(scores)
+        if not finite.any():
+            return None
+        best = self._vectors[scores >= scores[finite].max() - TYPICAL_MARGIN]
+        centre = best.mean(axis=0)
+        return self._vectors @ (centre / max(float(np.linalg.norm(centre)), 1e-12))
 
     # -- clusters -------------------------------------------------------------------------
 
@@ -450,9 +462,11 @@ class ItemIndex:
         ]
 
 
-def _top(scores: np.ndarray, k: int, mask: np.ndarray | None, exclude: int | None) -> Ranked:
+def _top(
+    scores: np.ndarray, k: int, mask: np.ndarray | None, exclude: int | None, tie_break: np.ndarray | None = None
+) -> Ranked:
     """The k best finite scores among the positions `mask` lets through, best first (ties by
-    position), leaving out `exclude`."""
+    the higher `tie_break`, then by position), leaving out `exclude`."""
     scores = np.array(scores, dtype=np.float32)
     if mask is not None:
         scores[~mask] = -np.inf
@@ -461,8 +475,12 @@ def _top(scores: np.ndarray, k: int, mask: np.ndarray | None, exclude: int | Non
     k = min(k, len(scores))
     if k <= 0:
         return Ranked(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32))
-    top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
-    top = top[np.lexsort((top, -scores[top]))]
+    if tie_break is not None:  # every tied item must be a candidate, not the first k by position
+        top = np.flatnonzero(scores >= np.partition(scores, len(scores) - k)[len(scores) - k])
+        top = top[np.lexsort((top, -tie_break[top], -scores[top]))][:k]
+    else:
+        top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+        top = top[np.lexsort((top, -scores[top]))]
     top = top[np.isfinite(scores[top])]
     return Ranked(top.astype(np.int64), scores[top])
 
