@@ -430,6 +430,42 @@ def detector_row(layout: Layout) -> None:
         ),
         8,
     )
+    layout.add(
+        timeseries(
+            "Similarity requests",
+            "Similar, Clusters and SuggestTags answered per second, by model and method, and by whether "
+            "the version's approximate (HNSW) index answered or exact search did.",
+            [
+                (
+                    "sum by (model, method, approximate) (rate("
+                    + selector("oddity_detector_similarity_requests_total", model)
+                    + "[$__rate_interval]))",
+                    "{{model}} {{method}} approximate={{approximate}}",
+                )
+            ],
+            "reqps",
+        ),
+        12,
+    )
+    layout.add(
+        timeseries(
+            "Similarity latency p99",
+            "99th percentile of the time answering a similarity request (embedding an image or text query "
+            "included), by model and method.",
+            [
+                (
+                    quantile(
+                        0.99,
+                        selector("oddity_detector_similarity_seconds_bucket", model),
+                        "model, method",
+                    ),
+                    "{{model}} {{method}}",
+                )
+            ],
+            "s",
+        ),
+        12,
+    )
 
 
 def trainer_row(layout: Layout) -> None:
