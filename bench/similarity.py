@@ -20,7 +20,10 @@ HNSW file and once without it (exact: one matrix-vector product). Every item is 
   - queries/s of both side by side: one query per call through the served index, and batches
     of 64 on the same index files (FAISS's search of 64 rows; exact: one matrix product and a
     top-k), medians of `--rounds` rounds alternating exact and HNSW, on a sample of 1,000
-    queries; and the build time (the whole build_index, HDBSCAN included, and the HNSW alone).
+    queries; and the build time (the whole build_index, HDBSCAN included, and the HNSW alone);
+  - FAISS's HNSW called directly one query at a time, and usearch's HNSW with the same
+    parameters (connectivity 16, expansion 128/64, one thread) when it is installed
+    (`pip install usearch`, in the root pyproject's bench group): recall@10, build, queries/s.
   `--sizes`: the same comparison (FAISS and numpy directly, as the served index runs them) on
   CIFAR's vectors grown by jittered copies, to see where HNSW pays off.
 
@@ -36,7 +39,8 @@ section (id_column: id, tags_column: tags) and trained with Train. Then:
   - tag recall@3 on held-out images (`--held-out` per subject, another seed), queried by image:
     the share of the true tags among the top 3 suggestions, out of min(3, true tags) (what a
     list of 3 can hold at best); "all": every true tag; "details": the tags beyond the subject,
-    with the subject given as a tag the item has (so it is not suggested);
+    with the subject given as a tag the item has (so it is not suggested); and per tag, the
+    share of the held-out images carrying it whose top 3 lacks it;
   - held-out images assigned by `Clusters` to their subject's cluster (the cluster holding most
     of the subject's library items), and novel images (a fourth subject, a boat on water)
     marked new.
@@ -100,6 +104,7 @@ class IndexChoice:
     items: int
     dimension: int
     build_seconds: float  # build_index: vectors, HNSW, HDBSCAN clusters, catalog
+    clusters: int  # found by build_index's HDBSCAN
     hnsw_seconds: float  # constructing the HNSW alone, same parameters
     recall_at_10: float
     filtered_recall_at_10: dict[str, float]  # by the y value the filter keeps
@@ -107,6 +112,8 @@ class IndexChoice:
     same_y_precision_at_10: dict[str, dict[str, float]]  # exact|approximate -> all, y=0, y=1
     single_qps: dict[str, float]  # exact|approximate, one query per call (served index)
     batch_qps: dict[str, float]  # exact|approximate, batches of 64 (index files)
+    direct_single_qps: dict[str, float]  # FAISS HNSW (and usearch), one query per call, called directly
+    usearch: dict[str, float] | None = None  # build_seconds, recall_at_10, batch_qps (when installed)
 
 
 @dataclass
@@ -131,9 +138,11 @@ def load_sets(root: Path, only: str) -> dict[str, tuple[np.ndarray, np.ndarray]]
     return sets
 
 
-def served_pair(x: np.ndarray, y: np.ndarray) -> tuple[ItemIndex, ItemIndex, dict[str, bytes], float]:
+def served_pair(
+    x: np.ndarray, y: np.ndarray
+) -> tuple[ItemIndex, ItemIndex, manifest_pb2.SimilarityIndex, dict[str, bytes], float]:
     """The detector's served index of the set with its HNSW file and without it (exact), from
-    one build; and the build's seconds."""
+    one build; the build's index and files, and its seconds."""
     started = time.perf_counter()
     built = build_index(
         IndexItems(ids=[f"row-{i}" for i in range(len(x))], vectors=x, metadata={SUBJECT_COLUMN: y.tolist()}),
@@ -147,7 +156,7 @@ def served_pair(x: np.ndarray, y: np.ndarray) -> tuple[ItemIndex, ItemIndex, dic
     exact_index.ClearField("approximate")
     exact_index.ClearField("hnsw")
     exact = ItemIndex.load(exact_index, built.files)
-    return exact, approximate, built.files, seconds
+    return exact, approximate, built.index, built.files, seconds
 
 
 def neighbours(index: ItemIndex, queries: Sequence[int], mask: np.ndarray | None = None) -> list[np.ndarray]:
@@ -218,8 +227,72 @@ def batch_runs(vectors: np.ndarray, hnsw: faiss.Index, queries: np.ndarray) -> d
     return {"exact": exact, "approximate": approximate}
 
 
+def usearch_index(vectors: np.ndarray) -> Any | None:
+    """usearch's HNSW over the vectors with the builder's parameters, one thread; None when
+    usearch is not installed (`pip install usearch`, the bench dependency group)."""
+    try:
+        from usearch.index import Index
+    except ImportError:
+        return None
+    index = Index(
+        ndim=vectors.shape[1],
+        metric="ip",
+        dtype="f32",
+        connectivity=HNSW.hnsw_m,
+        expansion_add=HNSW.ef_construction,
+        expansion_search=max(HNSW.ef_search, 4 * K),
+    )
+    index.add(np.arange(len(vectors)), vectors, threads=1)
+    return index
+
+
+def direct_single(
+    vectors: np.ndarray, hnsw: faiss.Index, queries: np.ndarray, other: Any | None
+) -> dict[str, Callable[[], int]]:
+    """One query per call, straight to FAISS (and usearch): the libraries without the served
+    index's per-call Python."""
+    params = hnsw_params(max(HNSW.ef_search, 4 * K))
+
+    def faiss_hnsw() -> int:
+        for query in queries:
+            hnsw.search(query.reshape(1, -1), K + 1, params=params)
+        return len(queries)
+
+    runs = {"faiss": faiss_hnsw}
+    if other is not None:
+
+        def usearch_hnsw() -> int:
+            for query in queries:
+                other.search(query, K + 1, threads=1)
+            return len(queries)
+
+        runs["usearch"] = usearch_hnsw
+    return runs
+
+
+def usearch_figures(
+    vectors: np.ndarray, truth: list[np.ndarray], queries: list[int], rounds: int
+) -> tuple[Any | None, dict[str, float] | None]:
+    started = time.perf_counter()
+    index = usearch_index(vectors)
+    if index is None:
+        return None, None
+    seconds = time.perf_counter() - started
+    found = index.search(vectors, K + 1, threads=1).keys
+    rate = recall([f[f != i][:K] for i, f in enumerate(found)], truth)
+    batches = [vectors[queries][i : i + BATCH] for i in range(0, len(queries), BATCH)]
+
+    def batched() -> int:
+        for batch in batches:
+            index.search(batch, K + 1, threads=1)
+        return len(queries)
+
+    batch_qps = timed(rounds, {"usearch": batched})["usearch"]
+    return index, {"build_seconds": seconds, "recall_at_10": rate, "batch_qps": batch_qps}
+
+
 def index_choice(name: str, x: np.ndarray, y: np.ndarray, rounds: int, rng: np.random.Generator) -> IndexChoice:
-    exact, approximate, files, build_seconds = served_pair(x, y)
+    exact, approximate, built, files, build_seconds = served_pair(x, y)
     vectors = contract.read_npy(files[contract.VECTORS_FILE], what=contract.VECTORS_FILE)
     started = time.perf_counter()
     fresh = faiss.IndexHNSWFlat(vectors.shape[1], HNSW.hnsw_m, faiss.METRIC_INNER_PRODUCT)
@@ -246,12 +319,16 @@ def index_choice(name: str, x: np.ndarray, y: np.ndarray, rounds: int, rng: np.r
             "approximate": lambda: len(neighbours(approximate, sample)),
         },
     )
-    batch = timed(rounds, batch_runs(vectors, hnsw_from(files), vectors[sample]))
+    hnsw = hnsw_from(files)
+    batch = timed(rounds, batch_runs(vectors, hnsw, vectors[sample]))
+    other, usearch = usearch_figures(vectors, truth, sample, rounds)
+    direct = timed(rounds, direct_single(vectors, hnsw, vectors[sample], other))
     return IndexChoice(
         set=name,
         items=len(x),
         dimension=x.shape[1],
         build_seconds=build_seconds,
+        clusters=int(built.clusters),
         hnsw_seconds=hnsw_seconds,
         recall_at_10=recall(found, truth),
         filtered_recall_at_10=filtered_recall,
@@ -262,6 +339,8 @@ def index_choice(name: str, x: np.ndarray, y: np.ndarray, rounds: int, rng: np.r
         },
         single_qps=single,
         batch_qps=batch,
+        direct_single_qps=direct,
+        usearch=usearch,
     )
 
 
@@ -313,7 +392,7 @@ def size_point(x: np.ndarray, rounds: int, rng: np.random.Generator) -> SizePoin
 def print_choice(result: IndexChoice) -> None:
     print(
         f"{result.set}: {result.items} x {result.dimension}; build_index {result.build_seconds:.1f} s "
-        f"(HNSW alone {result.hnsw_seconds:.2f} s)"
+        f"(HNSW alone {result.hnsw_seconds:.2f} s; HDBSCAN found {result.clusters} clusters)"
     )
     filtered = ", ".join(
         f"{kept} {value:.4f} (HNSW answered {result.filtered_approximate_share[kept]:.0%})"
@@ -327,6 +406,17 @@ def print_choice(result: IndexChoice) -> None:
     for label, rates in (("one per call", result.single_qps), (f"batches of {BATCH}", result.batch_qps)):
         ratio = rates["approximate"] / rates["exact"]
         print(f"  {label:<19} {rates['exact']:>10,.0f} {rates['approximate']:>10,.0f} {ratio:>6.1f}x")
+    direct = result.direct_single_qps
+    line = f"  HNSW called directly, one per call: FAISS {direct['faiss']:,.0f}/s"
+    if result.usearch is not None:
+        usearch = result.usearch
+        line += (
+            f"; usearch {direct['usearch']:,.0f}/s, batches of {BATCH} {usearch['batch_qps']:,.0f}/s, "
+            f"recall@10 {usearch['recall_at_10']:.4f}, build {usearch['build_seconds']:.2f} s"
+        )
+    else:
+        line += " (usearch not installed)"
+    print(line)
 
 
 def run_index(data: Path, only: str, sizes: list[int], rounds: int) -> dict[str, Any]:
@@ -374,6 +464,7 @@ class LibraryFigures:
     tag_recall_at_3: float  # every true tag, out of min(3, true tags)
     detail_tag_recall_at_3: float  # the tags beyond the subject, the subject given
     tag_recall_at_3_plain: float  # every true tag, out of all of them
+    missed_tags: dict[str, float]  # per tag: share of the held-out items carrying it whose top 3 lacks it
     held_out_in_subject_cluster: float
     novel_marked_new: float
     seconds: dict[str, float] = field(default_factory=dict)
@@ -456,11 +547,15 @@ def measure_library(
 
     at_home = [a.cluster == home[i.subject] for i, a in zip(held_out, assignments(held_out), strict=True)]
     all_tags, details, plain = [], [], []
+    carried: Counter[str] = Counter()
+    missed: Counter[str] = Counter()
     for item in held_out:
         query = detector_pb2.ItemQuery(image=item.image)
         request = detector_pb2.SuggestTagsRequest(model=model, query=query, top_k=TAGS_K)
         suggested = [s.tag for s in detector.SuggestTags(request, timeout=30).suggestions]
         of_k, of_all = _hits(suggested, item.tags, TAGS_K)
+        carried.update(item.tags)
+        missed.update(t for t in item.tags if t not in suggested[:TAGS_K])
         all_tags.append(of_k)
         plain.append(of_all)
         request = detector_pb2.SuggestTagsRequest(model=model, query=query, tags=[item.subject], top_k=TAGS_K)
@@ -480,6 +575,7 @@ def measure_library(
         tag_recall_at_3=float(np.mean(all_tags)) if all_tags else 0.0,
         detail_tag_recall_at_3=float(np.mean(details)) if details else 0.0,
         tag_recall_at_3_plain=float(np.mean(plain)) if plain else 0.0,
+        missed_tags={t: missed[t] / carried[t] for t in sorted(carried)},
         held_out_in_subject_cluster=float(np.mean(at_home)) if at_home else 0.0,
         novel_marked_new=float(np.mean([a.is_new for a in assignments(novel)])) if novel else 0.0,
     )
@@ -499,6 +595,8 @@ def print_library(figures: LibraryFigures) -> None:
         f"(out of all true tags: {figures.tag_recall_at_3_plain:.3f}); "
         f"details, subject given {figures.detail_tag_recall_at_3:.3f}"
     )
+    missed = ", ".join(f"{t} {share:.0%}" for t, share in figures.missed_tags.items())
+    print(f"  true tags missing from the top 3: {missed}")
     print(f"  held out in their subject's cluster {figures.held_out_in_subject_cluster:.3f}")
     print(f"  novel ({demo_library.NOVEL_SUBJECT}) marked new        {figures.novel_marked_new:.3f}")
     if figures.seconds:
