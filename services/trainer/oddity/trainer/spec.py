@@ -122,7 +122,7 @@ class SimilaritySpec(_Strict):
     caption_column: str | None = None
     # Embedder model for text search over tags and captions; "": the embedder's first text model.
     text_model: str = ""
-    approximate_from: int = Field(default=10_000, ge=1)
+    approximate_from: int = Field(default=5_000, ge=1)
     min_cluster_size: int = Field(default=0, ge=0)  # 0: max(5, 2% of the items)
     min_cooccurrence: int = Field(default=5, ge=1)
 
