@@ -21,31 +21,18 @@ from oddity.client import DetectorClient, EmbedderClient, Query, SimilarResult
 from oddity.embedder.models import ModelSource
 from oddity.v1 import embedder_pb2, manifest_pb2
 from tests.client.conftest import invoke, stdout_of, usage_error
-from tests.client.test_similarity_sdk import HALF_TAG, SUBJECTS, Library, publish_library
+from tests.client.similarity_library import HALF_TAG, SUBJECTS, ServedLibrary, serve_library
 from tests.conftest import ServiceHandle, start_detector, start_embedder
 from tests.support import drawings, encoders
 from tests.support.servers import wait_models
 from tests.support.similarity import publish_indexed
 
 
-@dataclass
-class Served:
-    library: Library
-    detector: ServiceHandle
-
-    @property
-    def target(self) -> str:
-        return self.detector.server.target
-
-
 @pytest.fixture(scope="module")
-def served(tmp_path_factory) -> Iterator[Served]:
+def served(tmp_path_factory) -> Iterator[ServedLibrary]:
     repository = tmp_path_factory.mktemp("similarity-cli") / "models"
     repository.mkdir()
-    library = publish_library(repository)
-    detector = start_detector(repository)
-    yield Served(library, detector)
-    detector.close()
+    yield from serve_library(repository)
 
 
 @pytest.fixture
