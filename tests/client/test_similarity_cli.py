@@ -18,7 +18,6 @@ from typer.testing import CliRunner
 
 from oddity.cli import output
 from oddity.client import DetectorClient, EmbedderClient, Query, SimilarResult
-from oddity.embedder.models import ModelSource
 from oddity.v1 import embedder_pb2, manifest_pb2
 from tests.client.conftest import invoke, stdout_of, usage_error
 from tests.client.similarity_library import HALF_TAG, SUBJECTS, ServedLibrary, serve_library
@@ -243,10 +242,7 @@ def pictures(tmp_path_factory) -> Iterator[Pictures]:
     """Model `pictures`: an index over tiny-ViT vectors of drawings, tagged dog (the first
     six) or car, with MiniLM vectors of the tags for text search."""
     root = tmp_path_factory.mktemp("similarity-pictures")
-    sources = {
-        "vit": ModelSource(model_id=str(encoders.tiny_vit(root / "vit")), modality="image"),
-        "text": ModelSource(model_id=encoders.minilm_path(), modality="text"),
-    }
+    sources = encoders.vit_and_minilm(root)
     embedder = start_embedder(root / "cache", sources)
     detector = None
     try:

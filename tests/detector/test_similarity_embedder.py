@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from oddity.common.tensors import tensor_to_array
-from oddity.embedder.models import ModelSource
 from oddity.v1 import detector_pb2, embedder_pb2, manifest_pb2
 from tests.conftest import start_detector, start_embedder
 from tests.support import drawings, encoders
@@ -50,10 +49,7 @@ def embed(embedder, model: str, *, images=(), texts=()) -> np.ndarray:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     root = tmp_path_factory.mktemp("similarity-embedder")
-    sources = {
-        "vit": ModelSource(model_id=str(encoders.tiny_vit(root / "vit")), modality="image"),
-        "text": ModelSource(model_id=encoders.minilm_path(), modality="text"),
-    }
+    sources = encoders.vit_and_minilm(root)
     embedder = start_embedder(root / "cache", sources)
     wait_models(embedder, timeout=180)
     info = {m.name: m for m in embedder.stub.GetInfo(embedder_pb2.GetInfoRequest()).models}

@@ -36,10 +36,7 @@ def write_drawings(folder, ages, rng):
 
 @pytest.fixture
 def stack(tmp_path, data_volume, repository):
-    models = {
-        "vit": ModelSource(model_id=str(encoders.tiny_vit(tmp_path / "vit")), modality="image"),
-        "text": ModelSource(model_id=encoders.minilm_path(), modality="text"),
-    }
+    models = encoders.vit_and_minilm(tmp_path)
     embedder = start_embedder(tmp_path / "cache", models)
     wait_models(embedder, timeout=120)
     detector = start_detector(repository, embedder=embedder.server.target)

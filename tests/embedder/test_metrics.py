@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from oddity.embedder.models import ModelSource
 from oddity.v1 import embedder_pb2
 from tests.conftest import start_embedder
 from tests.support import encoders
@@ -27,10 +26,7 @@ def png(seed: int) -> bytes:
 @pytest.fixture(scope="module")
 def embedder(tmp_path_factory):
     root = tmp_path_factory.mktemp("embedder-metrics")
-    models = {
-        "vit": ModelSource(model_id=str(encoders.tiny_vit(root / "vit")), modality="image"),
-        "text": ModelSource(model_id=encoders.minilm_path(), modality="text"),
-    }
+    models = encoders.vit_and_minilm(root)
     handle = start_embedder(root / "cache", models, max_batch_size=BATCH_SIZE, max_batch_delay_ms=DELAY_SECONDS * 1000)
     wait_models(handle, timeout=120)
     yield handle

@@ -46,10 +46,7 @@ def images_request(images: list[bytes], model: str = "") -> embedder_pb2.EmbedRe
 @pytest.fixture(scope="module")
 def embedder(tmp_path_factory):
     root = tmp_path_factory.mktemp("embedder")
-    models = {
-        "vit": ModelSource(model_id=str(encoders.tiny_vit(root / "vit")), modality="image"),
-        "text": ModelSource(model_id=encoders.minilm_path(), modality="text"),
-    }
+    models = encoders.vit_and_minilm(root)
     handle = start_embedder(
         root / "cache",
         models,

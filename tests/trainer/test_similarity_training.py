@@ -16,7 +16,6 @@ from PIL import Image, ImageDraw
 
 from oddity.common import bundle
 from oddity.common.bundle import similarity as contract
-from oddity.embedder.models import ModelSource
 from oddity.trainer.spec import DatasetSpec
 from oddity.v1 import trainer_pb2
 from tests.conftest import start_embedder, start_trainer
@@ -79,10 +78,7 @@ def write_library(folder: Path, items: list[Picture]) -> None:
 @pytest.fixture(scope="module")
 def embedder(tmp_path_factory):
     root = tmp_path_factory.mktemp("similarity-embedder")
-    models = {
-        "vit": ModelSource(model_id=str(encoders.tiny_vit(root / "vit")), modality="image"),
-        "text": ModelSource(model_id=encoders.minilm_path(), modality="text"),
-    }
+    models = encoders.vit_and_minilm(root)
     handle = start_embedder(root / "cache", models)
     wait_models(handle, timeout=120)
     yield handle
