@@ -113,11 +113,6 @@ class _Column:
     values: np.ndarray  # float64 (NaN: missing) or str ("": missing)
 
 
-def normalize_tag(tag: str) -> str:
-    """Tags as the index stores them (trimmed, lower-case)."""
-    return tag.strip().lower()
-
-
 class ItemIndex:
     """A version's similarity index (see module docstring). Build it with `load`."""
 
@@ -252,7 +247,7 @@ class ItemIndex:
 
     def tag_indices(self, tags: Sequence[str]) -> list[int]:
         """Indices of the known tags among `tags` (unknown ones left out), each once."""
-        found = (self._tag_position.get(normalize_tag(t)) for t in tags)
+        found = (self._tag_position.get(contract.normalize_tag(t)) for t in tags)
         return list(dict.fromkeys(i for i in found if i is not None))
 
     def describe(self, ranked: Ranked) -> list[SimilarItem]:
@@ -287,7 +282,7 @@ class ItemIndex:
         for spec in filters:
             mask &= self._filter(spec)
         for tag in with_tags:
-            index = self._tag_position.get(normalize_tag(tag))
+            index = self._tag_position.get(contract.normalize_tag(tag))
             if index is None:
                 mask[:] = False
                 break

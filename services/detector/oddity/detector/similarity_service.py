@@ -159,12 +159,7 @@ class SimilarityService:
             mask = index.mask(request.filters, request.with_tags)
             query = (await self._resolve(model, index, [request.query]))[0]
             exclude = query.position if request.exclude_self else None
-            matched: list[TagMatch] = []
-            if query.text_vector is not None:
-                ranked, matched = await _run(index, index.text_search, query.text_vector, k, mask=mask, exclude=exclude)
-            else:
-                assert query.vector is not None
-                ranked = await _run(index, index.search, query.vector, k, mask=mask, exclude=exclude)
+            ranked, matched = await _nearest(index, query, k, mask=mask, exclude=exclude)
             output = SimilarOutput(model.name, model.version, index.describe(ranked), ranked.approximate, matched)
         self.metrics.observe_similarity(model.name, "Similar", ranked.approximate, time.perf_counter() - start)
         return output
@@ -197,12 +192,7 @@ class SimilarityService:
             present = index.tag_indices(request.tags)
             if query.position is not None:  # an indexed item's own tags count as present
                 present = list(dict.fromkeys([*present, *index.item_tags(query.position).tolist()]))
-            ranked: Ranked
-            if query.text_vector is not None:
-                ranked, _ = await _run(index, index.text_search, query.text_vector, neighbours, exclude=query.position)
-            else:
-                assert query.vector is not None
-                ranked = await _run(index, index.search, query.vector, neighbours, exclude=query.position)
+            ranked, _ = await _nearest(index, query, neighbours, exclude=query.position)
             suggestions = index.suggest_tags(ranked, present, top_k)
             output = SuggestTagsOutput(model.name, model.version, suggestions)
         self.metrics.observe_similarity(model.name, "SuggestTags", ranked.approximate, time.perf_counter() - start)
@@ -341,6 +331,17 @@ class SimilarityService:
             raise Unavailable("no embedder is configured on this detector (--embedder)")
         embeddings = await self._embedder().embed(source.model, images=images, texts=texts)
         return check_embedded_by(embeddings, source, f"model {model.name!r} v{model.version} was indexed with")
+
+
+async def _nearest(
+    index: ItemIndex, query: _Resolved, k: int, *, mask: np.ndarray | None = None, exclude: int | None = None
+) -> tuple[Ranked, list[TagMatch]]:
+    """The k items nearest a resolved query: a text-model vector against the tags and captions
+    (with the tags it matched), else the index's own vector search (no tags matched)."""
+    if query.text_vector is not None:
+        return await _run(index, index.text_search, query.text_vector, k, mask=mask, exclude=exclude)
+    assert query.vector is not None
+    return await _run(index, index.search, query.vector, k, mask=mask, exclude=exclude), []
 
 
 async def _run(index: ItemIndex, search: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:

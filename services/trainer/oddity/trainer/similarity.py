@@ -80,7 +80,7 @@ def split_tags(value: object) -> list[str]:
         return []
     tags: list[str] = []
     for part in _TAG_SEPARATORS.split(str(value)):
-        tag = part.strip().lower()
+        tag = contract.normalize_tag(part)
         if tag and tag not in tags:
             tags.append(tag)
     return tags

@@ -44,6 +44,11 @@ def normalize(vectors: np.ndarray, center: np.ndarray | None = None, scale: np.n
     return np.ascontiguousarray(out / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
+def normalize_tag(tag: str) -> str:
+    """A tag as the index stores it and queries name it: trimmed, lower-case."""
+    return tag.strip().lower()
+
+
 def index_normalization(index: manifest_pb2.SimilarityIndex) -> tuple[np.ndarray, np.ndarray]:
     """(center, scale) of an index, as float32 arrays (scale may be empty)."""
     return np.asarray(index.center, dtype=np.float32), np.asarray(index.scale, dtype=np.float32)
