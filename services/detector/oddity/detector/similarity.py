@@ -200,8 +200,7 @@ class ItemIndex:
         if not np.isfinite(vectors).all():
             raise IndexLoadError(f"{contract.VECTORS_FILE} holds NaN or Inf")
         catalog = contract.read_catalog(files[index.catalog.file])
-        contract.validate_catalog(catalog, items)
-        _check_catalog(catalog, items, dimension)
+        contract.validate_catalog(catalog, items, dimension)
         hnsw = _read_hnsw(files[index.approximate.file], items, dimension) if index.approximate.file else None
         text_vectors = None
         if index.text_vectors.file:
@@ -510,25 +509,3 @@ def _read_hnsw(data: bytes, items: int, dimension: int) -> faiss.Index:
             f"{items} of {dimension}"
         )
     return index
-
-
-def _check_catalog(catalog: manifest_pb2.ItemCatalog, items: int, dimension: int) -> None:
-    """What validate_catalog leaves to the reader: indices within range, centroids of the
-    index's dimension."""
-    n_tags = len(catalog.tag_names)
-    where = contract.CATALOG_FILE
-    if any(t < 0 or t >= n_tags for s in catalog.item_tags for t in s.tags):
-        raise IndexLoadError(f"{where}: an item's tag is outside the {n_tags} tag names")
-    for pair in catalog.tag_pairs:
-        if not (0 <= pair.a < n_tags and 0 <= pair.b < n_tags) or not (pair.lift > 0 and math.isfinite(pair.lift)):
-            raise IndexLoadError(f"{where}: tag pair ({pair.a}, {pair.b}) is out of range or has lift {pair.lift}")
-    ids = {c.id for c in catalog.clusters}
-    if len(ids) != len(catalog.clusters):
-        raise IndexLoadError(f"{where}: cluster ids are not unique")
-    if any(c != contract.NO_CLUSTER and c not in ids for c in set(catalog.item_clusters)):
-        raise IndexLoadError(f"{where}: an item belongs to a cluster the catalog does not describe")
-    for cluster in catalog.clusters:
-        if len(cluster.centroid) != dimension:
-            raise IndexLoadError(f"{where}: cluster {cluster.id} has a centroid of {len(cluster.centroid)} values")
-        if any(r < 0 or r >= items for r in cluster.representatives):
-            raise IndexLoadError(f"{where}: cluster {cluster.id} names a representative outside the items")

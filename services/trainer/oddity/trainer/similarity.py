@@ -129,7 +129,7 @@ def build_index(
     if items.captions is not None:
         catalog.captions.extend(str(c) for c in items.captions)
     _add_clusters(catalog, normalized, settings)
-    contract.validate_catalog(catalog, n)
+    contract.validate_catalog(catalog, n, d)
     files[contract.CATALOG_FILE] = catalog.SerializeToString()
     index.catalog.file = contract.CATALOG_FILE
     index.clusters = len(catalog.clusters)

@@ -14,6 +14,7 @@ Reason to change: what an index file holds or how vectors are normalized.
 from __future__ import annotations
 
 import io
+import math
 import re
 from pathlib import Path
 
@@ -109,8 +110,10 @@ def validate_index(manifest: manifest_pb2.ModelManifest) -> None:
             raise BundleError(f"{where}: sha256 of {entry.file} must be 64 lower-case hex digits")
 
 
-def validate_catalog(catalog: manifest_pb2.ItemCatalog, items: int) -> None:
-    """Raise BundleError when a catalog does not describe `items` items position by position."""
+def validate_catalog(catalog: manifest_pb2.ItemCatalog, items: int, dimension: int) -> None:
+    """Raise BundleError when a catalog does not describe `items` items of `dimension` values
+    position by position: a value per item in every column, indices within range, centroids of
+    the index's dimension."""
     if len(catalog.ids) != items:
         raise BundleError(f"{CATALOG_FILE}: {len(catalog.ids)} ids for {items} items")
     if len(set(catalog.ids)) != items:
@@ -127,3 +130,20 @@ def validate_catalog(catalog: manifest_pb2.ItemCatalog, items: int) -> None:
         raise BundleError(f"{CATALOG_FILE}: {len(catalog.item_clusters)} cluster labels for {items} items")
     if catalog.captions and len(catalog.captions) != items:
         raise BundleError(f"{CATALOG_FILE}: {len(catalog.captions)} captions for {items} items")
+    n_tags = len(catalog.tag_names)
+    where = CATALOG_FILE
+    if any(t < 0 or t >= n_tags for s in catalog.item_tags for t in s.tags):
+        raise BundleError(f"{where}: an item's tag is outside the {n_tags} tag names")
+    for pair in catalog.tag_pairs:
+        if not (0 <= pair.a < n_tags and 0 <= pair.b < n_tags) or not (pair.lift > 0 and math.isfinite(pair.lift)):
+            raise BundleError(f"{where}: tag pair ({pair.a}, {pair.b}) is out of range or has lift {pair.lift}")
+    ids = {c.id for c in catalog.clusters}
+    if len(ids) != len(catalog.clusters):
+        raise BundleError(f"{where}: cluster ids are not unique")
+    if any(c != NO_CLUSTER and c not in ids for c in set(catalog.item_clusters)):
+        raise BundleError(f"{where}: an item belongs to a cluster the catalog does not describe")
+    for cluster in catalog.clusters:
+        if len(cluster.centroid) != dimension:
+            raise BundleError(f"{where}: cluster {cluster.id} has a centroid of {len(cluster.centroid)} values")
+        if any(r < 0 or r >= items for r in cluster.representatives):
+            raise BundleError(f"{where}: cluster {cluster.id} names a representative outside the items")
