@@ -169,6 +169,12 @@ class EmbedderService:
         return prepare, run
 
     def info(self, name: str = "") -> list[dict]:
+        """What the named model (or every model) serves as. Every model is UNAVAILABLE while one
+        is still loading: a list without it would say it is not served, and a caller choosing
+        among the models (the trainer picking a text model) would decide on half the list."""
+        loading = sorted(set(self.settings.models) - set(self.models) - set(self.errors))
+        if not name and loading:
+            raise Unavailable(f"models still loading: {', '.join(loading)}; ask again, or name a loaded model")
         names = [name] if name else sorted(self.models)
         result = []
         for model_name in names:
