@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from oddity.common.bundle import similarity as contract
-from oddity.common.bundle.contract import BundleError
+from oddity.common.bundle import index_contract as contract
+from oddity.common.bundle.errors import BundleError
 from oddity.common.errors import InvalidArgument
 from oddity.v1 import manifest_pb2
 

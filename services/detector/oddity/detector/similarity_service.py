@@ -23,7 +23,7 @@ from typing import ParamSpec, TypeVar
 
 import numpy as np
 
-from oddity.common.bundle import similarity as contract
+from oddity.common.bundle import index_contract as contract
 from oddity.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from oddity.common.logging import annotate_request
 from oddity.detector.metrics import DetectorMetrics

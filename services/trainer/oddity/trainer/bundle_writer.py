@@ -27,7 +27,7 @@ from oddity.common.bundle import (
     sha256_bytes,
     validate_manifest,
 )
-from oddity.common.bundle.similarity import index_files
+from oddity.common.bundle.index_contract import index_files
 from oddity.v1 import manifest_pb2
 
 

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from oddity.common.bundle import similarity as contract
+from oddity.common.bundle import index_contract as contract
 from oddity.common.clients import EmbedderModel
 from oddity.common.errors import FailedPrecondition, Unavailable
 from oddity.trainer.data import DataError, Dataset

@@ -2,7 +2,7 @@
 the index's space, an approximate (HNSW) index past `approximate_from` items, the clusters of
 recurring items (HDBSCAN), tag statistics (counts, co-occurrence with lift and PMI) and the
 text-model vectors of tags and captions for text search. The files and their meaning are the
-bundle contract's (`oddity.common.bundle.similarity`).
+bundle contract's (`oddity.common.bundle.index_contract`).
 
 Reason to change: how the index, the clusters or the tag statistics are built.
 """
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from oddity.common.bundle import similarity as contract
+from oddity.common.bundle import index_contract as contract
 from oddity.v1 import manifest_pb2
 
 # HDBSCAN's cost grows with the square of the items: past this many, the clusters are found

@@ -25,7 +25,6 @@ from oddity.common.bundle.contract import (
     QUANTILE_LEVELS,
     SCORE_OUTPUT,
     TEMP_PREFIX,
-    BundleError,
     ModelKind,
     active_groups,
     is_valid_model_name,
@@ -33,6 +32,7 @@ from oddity.common.bundle.contract import (
     parse_manifest,
     validate_manifest,
 )
+from oddity.common.bundle.errors import BundleError
 from oddity.common.bundle.reader import (
     VerifiedVersion,
     VersionCheck,

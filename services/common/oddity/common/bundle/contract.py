@@ -3,7 +3,7 @@ its manifest must say, which model kinds exist and what their ONNX graphs look l
 
 A model repository holds `<repository>/<model>/<version>/manifest.json` plus one ONNX
 file per active group, and the files of the similarity index when the manifest names one
-(`similarity.py`). Versions are positive integers (the folder name). A version
+(`index_contract.py`). Versions are positive integers (the folder name). A version
 counts only when complete: the manifest parses, agrees with its folder, and every
 active group's ONNX file (and every index file) has the sha256 the manifest names. Publishers write into a
 hidden temporary folder and rename it into place, so readers never see a half-written
@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import json_format
 
+from oddity.common.bundle.errors import BundleError
+from oddity.common.bundle.index_contract import validate_index
 from oddity.v1 import manifest_pb2
 
 MANIFEST_FILE = "manifest.json"
@@ -99,10 +101,6 @@ _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
-class BundleError(Exception):
-    """A version folder that is incomplete, corrupt or contradicts its manifest."""
-
-
 def is_valid_model_name(name: str) -> bool:
     return bool(_MODEL_NAME.match(name))
 
@@ -154,9 +152,6 @@ def validate_manifest(manifest: manifest_pb2.ModelManifest, *, name: str, versio
         raise BundleError(f"{len(manifest.groups)} groups but no routing_key to choose between them")
     for group in manifest.groups:
         _validate_group(manifest, group)
-    # Imported here: the similarity module builds on this one (BundleError).
-    from oddity.common.bundle.similarity import validate_index
-
     validate_index(manifest)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from oddity.common.bundle.contract import BundleError
+from oddity.common.bundle.errors import BundleError
 from oddity.v1 import manifest_pb2
 
 VECTORS_FILE = "index_vectors.npy"
