@@ -5,7 +5,8 @@ then held-out normal and anomalous samples scored, in a few minutes on a laptop.
     oddity demo --start --json       # its own stack on a temporary folder; the figures as JSON
 
 Against a running stack (`--detector`/`--trainer`/`--embedder`, and `--data-volume`: the
-folder that stack runs on) it writes the datasets into `<folder>/datasets/`. With `--start`
+folder that stack runs on; a read token is enough: the demo only reads, the trainer trains on
+its own) it writes the datasets into `<folder>/datasets/`. With `--start`
 (the default when nothing answers at the detector and trainer addresses) it runs the same
 supervisor as `oddity up` on free ports and on `--data-volume` or a new temporary folder,
 and stops it at the end (`--keep-running`: keeps it until Ctrl-C).
@@ -35,11 +36,12 @@ import typer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from oddity.cli import demo_data, demo_report, output
-from oddity.cli.connection import open_client
+from oddity.cli.connection import Connection, connection_options
 from oddity.cli.demo_encoder import MODEL_NAME, EncoderUnavailable, default_image_model_id, loads_offline, small_vit
 from oddity.cli.demo_progress import DemoTimeout, Follower, follow
 from oddity.cli.demo_report import Outcome
 from oddity.cli.demo_scoring import score_held_out
+from oddity.cli.endpoints import Service
 from oddity.cli.exit_codes import FAILED, INTERRUPTED, OK, UNAVAILABLE, USAGE
 from oddity.cli.options import JsonFlag
 from oddity.cli.service_logs import TerminalOutput
@@ -157,7 +159,7 @@ def _embeddable(outcome: Outcome, embedder: EmbedderClient, started: bool) -> li
     return names
 
 
-def _run(outcome: Outcome, clients: dict[str, Any], check: Any, started: bool, max_wait: float) -> None:
+def _run(outcome: Outcome, clients: dict[Service, Any], check: Any, started: bool, max_wait: float) -> None:
     """Write the datasets, follow them until served, score the held-out files."""
     detector: DetectorClient = clients["detector"]
     trainer: TrainerClient = clients["trainer"]
@@ -174,6 +176,7 @@ def _run(outcome: Outcome, clients: dict[str, Any], check: Any, started: bool, m
         outcome.figures += score_held_out(detector, item.dataset, item.model)
 
 
+@connection_options("detector", "trainer", "embedder", panel=CONNECTION)
 def demo(
     data_volume: Annotated[
         Path | None,
@@ -214,58 +217,8 @@ def demo(
         float, typer.Option(min=1, help="Seconds to wait for every dataset to be trained and served.")
     ] = 600.0,
     json_output: JsonFlag = False,
-    detector: Annotated[
-        str, typer.Option(envvar="ODDITY_DETECTOR_TARGET", help="Detector address.", rich_help_panel=CONNECTION)
-    ] = "127.0.0.1:50052",
-    trainer: Annotated[
-        str, typer.Option(envvar="ODDITY_TRAINER_TARGET", help="Trainer address.", rich_help_panel=CONNECTION)
-    ] = "127.0.0.1:50053",
-    embedder: Annotated[
-        str, typer.Option(envvar="ODDITY_EMBEDDER_TARGET", help="Embedder address.", rich_help_panel=CONNECTION)
-    ] = "127.0.0.1:50051",
-    tls_ca_file: Annotated[
-        Path | None,
-        typer.Option(
-            envvar="ODDITY_TLS_CA_FILE",
-            exists=True,
-            dir_okay=False,
-            help="CA bundle that verifies the services: calls use TLS.",
-            rich_help_panel=CONNECTION,
-        ),
-    ] = None,
-    tls_cert_file: Annotated[
-        Path | None,
-        typer.Option(
-            envvar="ODDITY_TLS_CERT_FILE",
-            exists=True,
-            dir_okay=False,
-            help="Client certificate (PEM), for mutual TLS; with a key.",
-            rich_help_panel=CONNECTION,
-        ),
-    ] = None,
-    tls_key_file: Annotated[
-        Path | None,
-        typer.Option(
-            envvar="ODDITY_TLS_KEY_FILE",
-            exists=True,
-            dir_okay=False,
-            help="Key of the client certificate (PEM).",
-            rich_help_panel=CONNECTION,
-        ),
-    ] = None,
-    token_file: Annotated[
-        Path | None,
-        typer.Option(
-            envvar="ODDITY_TOKEN_FILE",
-            exists=True,
-            dir_okay=False,
-            help="Bearer token; a read token is enough (the demo reads; the trainer trains on its own).",
-            rich_help_panel=CONNECTION,
-        ),
-    ] = None,
-    timeout: Annotated[
-        float, typer.Option(envvar="ODDITY_TIMEOUT", min=0.1, help="Deadline of each call.", rich_help_panel=CONNECTION)
-    ] = 30.0,
+    *,
+    connection: Connection,
 ) -> None:
     """Drop sample datasets (sensors, a decision log, drawings by age, texts) into a stack, follow
     them until they serve, and score held-out normal and anomalous samples.
@@ -278,17 +231,15 @@ def demo(
         given_models = tuple(parse_model(value) for value in model or ())
     except StackError as exc:
         raise typer.BadParameter(str(exc), param_hint="--model") from None
-    security = {"tls_ca_file": tls_ca_file, "tls_cert_file": tls_cert_file, "tls_key_file": tls_key_file}
-    connection = {**security, "token_file": token_file, "timeout": timeout}
-    targets = {"detector": detector, "trainer": trainer, "embedder": embedder}
+    targets = connection.targets
     if start is None:
         answering = {}
         for service in ("detector", "trainer"):
-            with open_client(service, targets[service], **connection) as client:  # type: ignore[arg-type]
+            with connection.open(service) as client:
                 answering[service] = _answers(client)
         if answering["detector"] != answering["trainer"]:
-            up_one = "detector" if answering["detector"] else "trainer"
-            down = "trainer" if up_one == "detector" else "detector"
+            up_one: Service = "detector" if answering["detector"] else "trainer"
+            down: Service = "trainer" if up_one == "detector" else "detector"
             output.error(
                 f"the {up_one} answers at {targets[up_one]} but the {down} does not at {targets[down]}: "
                 f"give --{down}, or --start for a stack of the demo's own"
@@ -313,7 +264,6 @@ def demo(
                 max_wait,
                 keep_running,
                 json_output,
-                targets,
                 connection,
                 clock_start,
             )
@@ -365,8 +315,7 @@ def _demo(
     max_wait: float,
     keep_running: bool,
     json_output: bool,
-    targets: dict[str, str],
-    connection: dict[str, Any],
+    connection: Connection,
     clock_start: float,
 ) -> int:
     own: OwnStack | None = None
@@ -376,22 +325,22 @@ def _demo(
             return started
         own = started
         folder = own.folder
-        targets = dict(own.stack.targets)
-        connection = {"timeout": connection["timeout"]}  # the stack started here is plaintext on loopback
+        # The stack started here is plaintext on loopback: no TLS files, no token.
+        connection = Connection(dict(own.stack.targets), timeout=connection.timeout)
     else:
         folder = data_volume if data_volume is not None else DEFAULT_FOLDER
         if not (folder / "datasets").is_dir():
             output.error(
                 f"{folder / 'datasets'} does not exist: give --data-volume, the folder the stack at "
-                f"{targets['trainer']} runs on (oddity up --data-volume ...)"
+                f"{connection.targets['trainer']} runs on (oddity up --data-volume ...)"
             )
             return USAGE
     outcome = Outcome(
         folder=folder.resolve(), started_stack=start, seed=seed, image_model=own.image_model if own else ""
     )
-    outcome.targets = targets
+    outcome.targets = dict(connection.targets)
     try:
-        code = _demo_on(outcome, own, targets, connection, max_wait, keep_running, json_output, clock_start)
+        code = _demo_on(outcome, own, connection, max_wait, keep_running, json_output, clock_start)
         if own is not None and keep_running and code == OK:
             output.note("the stack keeps running: Ctrl-C stops it", style="green")
             with StopSignals() as signals:
@@ -405,17 +354,16 @@ def _demo(
 def _demo_on(
     outcome: Outcome,
     own: OwnStack | None,
-    targets: dict[str, str],
-    connection: dict[str, Any],
+    connection: Connection,
     max_wait: float,
     keep_running: bool,
     json_output: bool,
     clock_start: float,
 ) -> int:
-    """Run the demo against the stack at `targets`, print what it found; the exit code."""
+    """Run the demo against the stack `connection` reaches, print what it found; the exit code."""
     code = OK
     try:
-        clients = {s: open_client(s, t, **connection) for s, t in targets.items()}  # type: ignore[arg-type]
+        clients = {service: connection.open(service) for service in connection.targets}
         try:
             check = own.stack.check if own is not None else (lambda: None)
             _run(outcome, clients, check, own is not None, max_wait)

@@ -12,9 +12,8 @@ from typing import Any
 
 from oddity.cli import demo_data, output
 from oddity.cli.demo_scoring import GroupFigures
+from oddity.cli.endpoints import ENDPOINTS, Service
 from oddity.cli.stack import EmbedderModel
-
-CLIENT_DEFAULTS = {"detector": "127.0.0.1:50052", "trainer": "127.0.0.1:50053", "embedder": "127.0.0.1:50051"}
 
 
 @dataclass
@@ -30,7 +29,7 @@ class Outcome:
     seconds: float = 0.0
     image_model: str = ""
     next_steps: list[str] = field(default_factory=list)
-    targets: dict[str, str] = field(default_factory=dict)
+    targets: dict[Service, str] = field(default_factory=dict)
     metrics: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -91,8 +90,9 @@ def show(outcome: Outcome) -> None:
         output.out.print(f"  {step}")
 
 
-def _flags(targets: dict[str, str]) -> dict[str, str]:
-    return {s: f" --{s} {t}" if t != CLIENT_DEFAULTS[s] else "" for s, t in targets.items()}
+def _flags(targets: dict[Service, str]) -> dict[Service, str]:
+    """The address options a command needs: none for a service at its default address."""
+    return {s: f" --{s} {t}" if t != ENDPOINTS[s].default_target else "" for s, t in targets.items()}
 
 
 def next_steps(outcome: Outcome, running: bool, restart: str) -> list[str]:

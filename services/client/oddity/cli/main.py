@@ -16,14 +16,16 @@ from __future__ import annotations
 import typer
 
 from oddity.cli import demo, embedding, score, serving, similarity, training, up
+from oddity.cli.endpoints import ENDPOINTS
 from oddity.cli.exit_codes import HELP as EXIT_CODES_HELP
+
+ADDRESSES = ", ".join(f"--{name} or {e.target_env} (default {e.default_target})" for name, e in ENDPOINTS.items())
 
 app = typer.Typer(
     name="oddity",
     help="Oddity: anomaly detection served over gRPC — score files, train, inspect and steer models.",
     epilog=(
-        f"{EXIT_CODES_HELP} Addresses: --detector/--trainer/--embedder or ODDITY_DETECTOR_TARGET, "
-        "ODDITY_TRAINER_TARGET, ODDITY_EMBEDDER_TARGET (defaults 127.0.0.1:50052, :50053, :50051); "
+        f"{EXIT_CODES_HELP} Addresses: {ADDRESSES}; "
         "TLS and tokens: --tls-ca-file, --tls-cert-file, --tls-key-file, --token-file or ODDITY_TLS_CA_FILE, "
         "ODDITY_TLS_CERT_FILE, ODDITY_TLS_KEY_FILE, ODDITY_TOKEN_FILE."
     ),

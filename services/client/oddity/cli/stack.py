@@ -26,11 +26,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-SERVICES = ("embedder", "detector", "trainer")
-Service = Literal["embedder", "detector", "trainer"]
+from oddity.cli.endpoints import ENDPOINTS, SERVICES, Service
+
 EmbedderMode = Literal["auto", "on", "off"]
-MODULES: dict[str, str] = {name: f"oddity.{name}.main" for name in SERVICES}
-DISTRIBUTIONS: dict[str, str] = {name: f"oddity-{name}" for name in SERVICES}
 WILDCARD_HOSTS = {"0.0.0.0", "", "::", "[::]"}
 # Top-level `images:` or `texts:` in a dataset.yaml (block or flow style): such a dataset
 # needs the embedder. A pattern rather than a YAML parser keeps the client's dependencies small.
@@ -174,8 +172,8 @@ class Security:
 class Ports:
     """gRPC and metrics ports; 0: a free one."""
 
-    grpc: dict[str, int] = field(default_factory=lambda: {"embedder": 50051, "detector": 50052, "trainer": 50053})
-    metrics: dict[str, int] = field(default_factory=lambda: {"embedder": 9101, "detector": 9102, "trainer": 9103})
+    grpc: dict[str, int] = field(default_factory=lambda: {name: e.port for name, e in ENDPOINTS.items()})
+    metrics: dict[str, int] = field(default_factory=lambda: {name: e.metrics_port for name, e in ENDPOINTS.items()})
 
     @classmethod
     def free(cls) -> Ports:
@@ -205,13 +203,13 @@ class StackSettings:
         return replace(self, ports=Ports({**self.ports.grpc, **grpc}, self.ports.metrics))
 
 
-def missing_services(names: tuple[str, ...] = SERVICES) -> list[str]:
+def missing_services(names: tuple[Service, ...] = SERVICES) -> list[Service]:
     """Services that are not installed in this Python (each is its own distribution)."""
     return [name for name in names if importlib.util.find_spec(f"oddity.{name}") is None]
 
 
-def install_hint(names: list[str]) -> str:
-    packages = " ".join(DISTRIBUTIONS[name] for name in names)
+def install_hint(names: list[Service]) -> str:
+    packages = " ".join(ENDPOINTS[name].distribution for name in names)
     return (
         f"oddity up runs the services in this Python ({sys.executable}); not installed: {', '.join(names)}. "
         f'Install them: pip install {packages} (or pip install "oddity-client[stack]"; '
@@ -259,7 +257,7 @@ def _common(settings: StackSettings, service: str) -> list[str]:
     ]
 
 
-def service_args(settings: StackSettings, service: str, addresses: dict[str, str]) -> list[str]:
+def service_args(settings: StackSettings, service: str, addresses: dict[Service, str]) -> list[str]:
     """The command line of one service (after `python -m <module>`); `addresses` holds the
     gRPC addresses of the services it calls."""
     folder = settings.folder
@@ -302,7 +300,8 @@ def metrics_url(settings: StackSettings, port: int) -> str:
     return f"http://{host}:{port}/metrics"  # plain HTTP; a token guards it when set
 
 
-def service_env(service: str) -> dict[str, str]:
+def service_env(service: Service) -> dict[str, str]:
     """Environment set for a service: JSON log lines (the supervisor reads them, whatever the
     user's ODDITY_<SERVICE>_LOG_JSON says) and unbuffered output (tracebacks arrive in order)."""
-    return {f"ODDITY_{service.upper()}_LOG_JSON": "true", "PYTHONUNBUFFERED": "1"}
+    prefix = ENDPOINTS[service].settings_env_prefix
+    return {f"{prefix}LOG_JSON": "true", "PYTHONUNBUFFERED": "1"}

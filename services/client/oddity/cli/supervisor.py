@@ -32,9 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from oddity.cli.endpoints import ENDPOINTS, SERVICES, Service
 from oddity.cli.stack import (
-    MODULES,
-    SERVICES,
     StackError,
     StackSettings,
     install_hint,
@@ -119,7 +118,7 @@ def _die_with_parent() -> Callable[[], None] | None:
 class ServiceProcess:
     """One service as a child process, its output read on a thread."""
 
-    def __init__(self, name: str, args: list[str], log_path: Path, output: StackOutput) -> None:
+    def __init__(self, name: Service, args: list[str], log_path: Path, output: StackOutput) -> None:
         self.name = name
         self.args = args
         self.log_path = log_path
@@ -133,7 +132,7 @@ class ServiceProcess:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", MODULES[self.name], *self.args],
+            [sys.executable, "-m", ENDPOINTS[self.name].module, *self.args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -206,7 +205,7 @@ class ServiceProcess:
 
 @dataclass(frozen=True)
 class Endpoint:
-    service: str
+    service: Service
     target: str  # host:port for clients on this machine
     metrics_url: str | None
     state: str  # running, waiting (the embedder, until a dataset needs it), off
@@ -219,7 +218,7 @@ class Stack:
         self.settings = settings
         self.output = output
         self.processes: dict[str, ServiceProcess] = {}
-        self.targets: dict[str, str] = {}
+        self.targets: dict[Service, str] = {}
         self._last_look = 0.0
 
     def check_installed(self) -> None:
@@ -252,7 +251,7 @@ class Stack:
         mode = self.settings.embedder
         return mode == "on" or (mode == "auto" and bool(self.settings.folder.item_datasets()))
 
-    def _start(self, name: str, stop_requested: Callable[[], bool]) -> None:
+    def _start(self, name: Service, stop_requested: Callable[[], bool]) -> None:
         process = ServiceProcess(
             name,
             service_args(self.settings, name, self.targets),
@@ -286,7 +285,8 @@ class Stack:
 
     def endpoints(self) -> list[Endpoint]:
         result = []
-        for name in ("detector", "trainer", "embedder"):
+        shown: tuple[Service, ...] = ("detector", "trainer", "embedder")
+        for name in shown:
             process = self.processes.get(name)
             if process is not None:
                 url = metrics_url(self.settings, process.metrics_port) if process.metrics_port else None

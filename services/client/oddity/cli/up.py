@@ -30,10 +30,10 @@ from rich.table import Table
 from rich.text import Text
 
 from oddity.cli import output
+from oddity.cli.endpoints import ENDPOINTS, METRICS_PORT_BASE, SERVICES, Service
 from oddity.cli.exit_codes import FAILED, INTERRUPTED, OK, USAGE
 from oddity.cli.service_logs import TerminalOutput, human_line
 from oddity.cli.stack import (
-    SERVICES,
     DataFolder,
     EmbedderMode,
     Ports,
@@ -47,14 +47,12 @@ from oddity.cli.supervisor import Interrupted, ServiceFailed, Stack, parse_line
 NETWORK = "Network"
 SECURITY = "TLS and tokens"
 DEFAULT_FOLDER = Path("oddity-data")
-METRICS_OFFSETS = {"embedder": 1, "detector": 2, "trainer": 3}
-CLIENT_ENV = {
-    "detector": "ODDITY_DETECTOR_TARGET",
-    "trainer": "ODDITY_TRAINER_TARGET",
-    "embedder": "ODDITY_EMBEDDER_TARGET",
-}
-CLIENT_DEFAULTS = {"embedder": "127.0.0.1:50051", "detector": "127.0.0.1:50052", "trainer": "127.0.0.1:50053"}
 FAILED_LINES = 20  # of a dead service's last lines, shown
+METRICS_BASE_HELP = (
+    "Metrics ports are this "
+    + ", ".join(f"+{e.metrics_offset} ({name})" for name, e in ENDPOINTS.items())
+    + "; 0: free ones."
+)
 
 
 class StopSignals:
@@ -152,8 +150,11 @@ def welcome(stack: Stack) -> Panel:
     grid.add_row("models", str(folder / "models"), "")
     grid.add_row("logs", f"{folder / 'logs'}/<service>.log", "")
     lines: list[Any] = [grid, Text("")]
-    targets = {e.service: e.target for e in stack.endpoints() if e.state != "off"}
-    exports = [f"{CLIENT_ENV[s]}={t}" for s, t in targets.items() if t != CLIENT_DEFAULTS[s]]
+    exports = [
+        f"{ENDPOINTS[e.service].target_env}={e.target}"
+        for e in stack.endpoints()
+        if e.state != "off" and e.target != ENDPOINTS[e.service].default_target
+    ]
     if folder != DEFAULT_FOLDER.resolve():  # where `oddity demo` writes its datasets
         exports.append(f"ODDITY_DATA_VOLUME={folder}")
     if exports:
@@ -170,10 +171,10 @@ def show_panel(panel: Panel) -> None:
 
 
 def _metrics_ports(base: int, overrides: dict[str, int | None]) -> dict[str, int]:
-    ports = {}
+    ports: dict[str, int] = {}
     for name in SERVICES:
         given = overrides[name]
-        ports[name] = given if given is not None else (base + METRICS_OFFSETS[name] if base else 0)
+        ports[name] = given if given is not None else (base + ENDPOINTS[name].metrics_offset if base else 0)
     return ports
 
 
@@ -186,6 +187,10 @@ def _file(flag: str, help_text: str) -> Any:
 
 def _port(flag: str, help_text: str) -> Any:
     return typer.Option(flag, min=0, max=65535, help=help_text, rich_help_panel=NETWORK)
+
+
+def _grpc_port(service: Service) -> Any:
+    return _port(f"--{service}-port", f"{service.capitalize()} gRPC port (0: a free one).")
 
 
 def up(
@@ -225,15 +230,10 @@ def up(
         str | None,
         typer.Option(help="Address of the /metrics endpoints (default: --host).", rich_help_panel=NETWORK),
     ] = None,
-    detector_port: Annotated[int, _port("--detector-port", "Detector gRPC port (0: a free one).")] = 50052,
-    trainer_port: Annotated[int, _port("--trainer-port", "Trainer gRPC port (0: a free one).")] = 50053,
-    embedder_port: Annotated[int, _port("--embedder-port", "Embedder gRPC port (0: a free one).")] = 50051,
-    metrics_port_base: Annotated[
-        int,
-        _port(
-            "--metrics-port-base", "Metrics ports are this +1 (embedder), +2 (detector), +3 (trainer); 0: free ones."
-        ),
-    ] = 9100,
+    detector_port: Annotated[int, _grpc_port("detector")] = ENDPOINTS["detector"].port,
+    trainer_port: Annotated[int, _grpc_port("trainer")] = ENDPOINTS["trainer"].port,
+    embedder_port: Annotated[int, _grpc_port("embedder")] = ENDPOINTS["embedder"].port,
+    metrics_port_base: Annotated[int, _port("--metrics-port-base", METRICS_BASE_HELP)] = METRICS_PORT_BASE,
     detector_metrics_port: Annotated[int | None, _port("--detector-metrics-port", "Overrides the base.")] = None,
     trainer_metrics_port: Annotated[int | None, _port("--trainer-metrics-port", "Overrides the base.")] = None,
     embedder_metrics_port: Annotated[int | None, _port("--embedder-metrics-port", "Overrides the base.")] = None,
