@@ -33,7 +33,6 @@ import pandas as pd
 Kind = Literal["anomaly", "classifier", "images", "texts"]
 EXPECTED = "expected"  # held-out column: normal or anomalous
 NORMAL, ANOMALOUS = "normal", "anomalous"
-SENSORS = ["temperature", "pressure", "flow", "power", "vibration", "rpm"]
 DECISION_FEATURES = ["signal_dbm", "battery_pct", "failed_login_rate", "km_from_home", "hour"]
 DECISION = "decision"
 POSITIVE_CLASS = "deny"  # the decision log's class scored as "flagged"

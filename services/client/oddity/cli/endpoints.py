@@ -65,7 +65,3 @@ ENDPOINTS: dict[Service, ServiceEndpoint] = {
     "trainer": _endpoint("trainer", 50053, 9103),
 }
 SERVICES: tuple[Service, ...] = tuple(ENDPOINTS)
-
-
-def default_targets() -> dict[Service, str]:
-    return {name: endpoint.default_target for name, endpoint in ENDPOINTS.items()}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import typer
 
-from oddity.cli import demo, embedding, score, serving, similarity, training, up
+from oddity.cli import demo, embedding, score, serving, similarity_commands, training, up
 from oddity.cli.endpoints import ENDPOINTS
 from oddity.cli.exit_codes import HELP as EXIT_CODES_HELP
 
@@ -43,9 +43,9 @@ app.command("rollback", epilog=EXIT_CODES_HELP)(training.rollback)
 app.command("models", epilog=EXIT_CODES_HELP)(serving.models)
 app.command("detect-images", epilog=EXIT_CODES_HELP)(serving.detect_images)
 app.command("embed", epilog=EXIT_CODES_HELP)(embedding.embed)
-app.command("similar", epilog=EXIT_CODES_HELP)(similarity.similar)
-app.command("clusters", epilog=EXIT_CODES_HELP)(similarity.clusters)
-app.command("tags", epilog=EXIT_CODES_HELP)(similarity.tags)
+app.command("similar", epilog=EXIT_CODES_HELP)(similarity_commands.similar)
+app.command("clusters", epilog=EXIT_CODES_HELP)(similarity_commands.clusters)
+app.command("tags", epilog=EXIT_CODES_HELP)(similarity_commands.tags)
 app.command("up")(up.up)
 app.command("demo")(demo.demo)
 

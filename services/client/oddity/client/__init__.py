@@ -1,7 +1,7 @@
 """Oddity's Python SDK: small synchronous clients of the three services.
 
     from oddity.client import DetectorClient, TrainerClient, EmbedderClient
-    from oddity.client import Filter, Query  # similarity: filters and queries
+    from oddity.client import Filter, Query  # what to look for among a model's indexed items
 
 Each client owns one gRPC channel (a context manager closes it), applies a deadline to every
 call, retries UNAVAILABLE with backoff, speaks TLS and bearer tokens, and raises the domain
@@ -17,12 +17,11 @@ from oddity.client.detection import Contribution, DetectResult
 from oddity.client.detector import DetectorClient, ModelDetails, ModelStatus
 from oddity.client.embedder import EmbedderClient
 from oddity.client.features import FeatureLayout, ModelRows
-from oddity.client.similarity import (
+from oddity.client.item_queries import Filter, Query
+from oddity.client.item_results import (
     ClusterAssignment,
     ClusterInfo,
     ClustersResult,
-    Filter,
-    Query,
     SimilarItem,
     SimilarResult,
     TagMatch,

@@ -29,16 +29,8 @@ from google.protobuf import json_format
 from oddity.client.connection import ServiceClient
 from oddity.client.detection import DetectResult
 from oddity.client.features import FeatureLayout
-from oddity.client.similarity import (
-    ClustersResult,
-    Filters,
-    ImageLike,
-    Query,
-    SimilarResult,
-    TagSuggestions,
-    VectorLike,
-    filter_list,
-)
+from oddity.client.item_queries import Filters, ImageLike, Query, VectorLike, filter_list
+from oddity.client.item_results import ClustersResult, SimilarResult, TagSuggestions
 from oddity.common.errors import FailedPrecondition
 from oddity.common.tensors import array_to_tensor
 from oddity.v1 import detector_pb2, detector_pb2_grpc, manifest_pb2
@@ -204,7 +196,7 @@ class DetectorClient(ServiceClient):
         """The `top_k` indexed items most similar to one query: an indexed item's id, a vector
         (in the index's space before normalization), an image (bytes or a path) or a text.
 
-        `filters`: a mapping of column to value, or Filter objects (see `oddity.client.similarity`);
+        `filters`: a mapping of column to value, or Filter objects (see `oddity.client.item_queries`);
         `with_tags`: keep only items carrying every one of these; `exclude_self`: with `item_id`,
         leave the item itself out. Raises ValueError unless exactly one query is given.
         """
