@@ -2,14 +2,18 @@
 parses and serializes, columns on request, groups as a table, large requests walked without
 copying their rows."""
 
+import ast
+import inspect
+
 import grpc
 import numpy as np
 import pytest
+from google.protobuf.descriptor import FieldDescriptor
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from oddity.common.tensors import array_to_tensor
-from oddity.detector import wire
+from oddity.detector import grpc_api, wire
 from oddity.detector.grpc_api import detect_response
 from oddity.detector.scoring import Scores
 from oddity.detector.service import DetectOutput
@@ -176,6 +180,62 @@ def test_fields_in_any_order_repeated_and_unknown_decode_like_protobuf():
         second.SerializeToString() + detector_pb2.DetectRequest(rows=tensor_pb2.Tensor(shape=[9])).SerializeToString(),
     ):
         assert_decodes_like_protobuf(data)
+
+
+def filled(message, rows_bytes: int):
+    """`message` with every field set (repeated ones twice, with different values), so that
+    any field the walker misplaces shows up; the rows' raw_data is `rows_bytes` long."""
+    for field in message.DESCRIPTOR.fields:
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            filled(getattr(message, field.name), rows_bytes)
+            continue
+        if field.type == FieldDescriptor.TYPE_ENUM:
+            values = [v.number for v in field.enum_type.values[1:3]]
+        elif field.type == FieldDescriptor.TYPE_STRING:
+            values = [f"{field.name}-a", f"{field.name}-b"]
+        elif field.type == FieldDescriptor.TYPE_BYTES:
+            values = [bytes(range(256)) * (rows_bytes // 256), b"other"]
+        elif field.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
+            values = [field.number + 0.5, field.number + 0.25]
+        elif field.type == FieldDescriptor.TYPE_BOOL:
+            values = [True, False]
+        else:  # integers
+            values = [field.number + 300, field.number + 7]
+        if field.is_repeated:
+            getattr(message, field.name).extend(values)
+        else:
+            setattr(message, field.name, values[0])
+    return message
+
+
+def test_every_field_of_a_walked_request_decodes_like_protobuf():
+    """The walker finds rows and raw_data by the numbers the descriptors give: a request with
+    every field of DetectRequest and Tensor set decodes as protobuf decodes it."""
+    data = filled(detector_pb2.DetectRequest(), wire.WALK_FROM_BYTES).SerializeToString()
+    assert len(data) > wire.WALK_FROM_BYTES  # walked, not parsed by protobuf
+    decoded = wire.decode_detect_request(data)
+    assert decoded.rows_raw is not None and bytes(decoded.rows_raw) == bytes(range(256)) * (wire.WALK_FROM_BYTES // 256)
+    assert_decodes_like_protobuf(data)
+
+
+ENCODERS = {"length_delimited", "packed_doubles", "packed_bools", "packed_uints", "repeated_strings", "explanations"}
+
+
+@pytest.mark.parametrize("module", [wire, grpc_api], ids=lambda m: m.__name__)
+def test_field_numbers_come_from_the_descriptors(module):
+    """No field number written as a literal: not as a number handed to an encoder, not as
+    `literal << 3` (a tag), not as a tag in bytes."""
+    literals = []
+    for node in ast.walk(ast.parse(inspect.getsource(module))):
+        encoder = isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in ENCODERS
+        if encoder and node.args and isinstance(node.args[0], ast.Constant):
+            literals.append(ast.unparse(node))
+        tag = isinstance(node, ast.BinOp) and isinstance(node.op, ast.LShift) and ast.unparse(node.right) == "3"
+        if tag and isinstance(node.left, ast.Constant):
+            literals.append(ast.unparse(node))
+        if isinstance(node, ast.Constant) and isinstance(node.value, bytes) and node.value:
+            literals.append(repr(node.value))
+    assert literals == []
 
 
 @pytest.mark.parametrize("cut", [1, 7, 1000])

@@ -20,14 +20,28 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from google.protobuf.message import Message
 
-from oddity.v1 import detector_pb2
+from oddity.v1 import detector_pb2, tensor_pb2
 
 # Below this size protobuf's own parser is faster than walking the fields in Python.
 WALK_FROM_BYTES = 64 * 1024
 
-_ROWS_FIELD = 3  # DetectRequest.rows
-_RAW_DATA_FIELD = 2  # Tensor.raw_data
+
+def field_number(message: type[Message], name: str) -> int:
+    """A field's number as the descriptors say (never a literal: a renumbered field in the
+    .proto would otherwise be read and written silently wrong)."""
+    return message.DESCRIPTOR.fields_by_name[name].number
+
+
+_ROWS_FIELD = field_number(detector_pb2.DetectRequest, "rows")
+_RAW_DATA_FIELD = field_number(tensor_pb2.Tensor, "raw_data")
+_FEATURES_FIELD = field_number(detector_pb2.Explanation, "features")
+_NAME_FIELD = field_number(detector_pb2.FeatureContribution, "name")
+_INDEX_FIELD = field_number(detector_pb2.FeatureContribution, "index")
+_CONTRIBUTION_FIELD = field_number(detector_pb2.FeatureContribution, "contribution")
+_ERROR_FIELD = field_number(detector_pb2.FeatureContribution, "error")
+# Wire types (the encoding's, not the .proto's).
 _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
 
 
@@ -201,18 +215,19 @@ def explanations(number: int, feature_names: Sequence[str], indices, errors, sha
     features, slots = np.unique(indices, return_inverse=True)
     slots = slots.reshape(n, k)  # per entry, its feature's position in `features`
     bodies = [
-        length_delimited(1, (feature_names[f] if feature_names else f"#{f}").encode())
-        + (b"\x10" + _varint_bytes(f) if f else b"")
+        length_delimited(_NAME_FIELD, (feature_names[f] if feature_names else f"#{f}").encode())
+        + (_INDEX_TAG + _varint_bytes(f) if f else b"")
         for f in features.tolist()
     ]
-    # Then contribution (field 3, fixed64) and error (field 4, fixed64): 18 bytes per entry.
-    doubles = np.empty(n * k, dtype=np.dtype([("t3", "u1"), ("share", "<f8"), ("t4", "u1"), ("error", "<f8")]))
-    doubles["t3"], doubles["t4"] = 3 << 3 | _FIXED64, 4 << 3 | _FIXED64
-    doubles["share"], doubles["error"] = shares.reshape(-1), errors.reshape(-1)
-    # Each entry of Explanation.features (field 1): tag, length, body, the 18 bytes.
-    heads = [_varint_bytes(1 << 3 | _LENGTH) + _varint_bytes(len(body) + 18) + body for body in bodies]
+    # Then contribution and error (fixed64 each): _DOUBLES.itemsize bytes per entry.
+    doubles = np.empty(n * k, dtype=_DOUBLES)
+    doubles["contribution_tag"], doubles["error_tag"] = _CONTRIBUTION_TAG, _ERROR_TAG
+    doubles["contribution"], doubles["error"] = shares.reshape(-1), errors.reshape(-1)
+    size = _DOUBLES.itemsize
+    # Each entry of Explanation.features: tag, length, body, the doubles.
+    heads = [_FEATURES_TAG + _varint_bytes(len(body) + size) + body for body in bodies]
     head_lengths = np.array([len(h) for h in heads], dtype=np.intp)
-    entry_lengths = head_lengths[slots] + 18  # [n, k]
+    entry_lengths = head_lengths[slots] + size  # [n, k]
     row_lengths = entry_lengths.sum(axis=1)
     distinct, row_head_index = np.unique(row_lengths, return_inverse=True)
     row_heads = [_varint_bytes(number << 3 | _LENGTH) + _varint_bytes(int(length)) for length in distinct]
@@ -223,11 +238,26 @@ def explanations(number: int, feature_names: Sequence[str], indices, errors, sha
     head_starts = offsets[0] + np.cumsum(head_lengths) - head_lengths
     row_head_lengths = np.array([len(h) for h in row_heads], dtype=np.intp)
     row_head_starts = offsets[2] + np.cumsum(row_head_lengths) - row_head_lengths
-    # Segments per row: its head, then per entry the feature's head and its 18 bytes.
+    # Segments per row: its head, then per entry the feature's head and its doubles.
     starts = np.empty((n, 1 + 2 * k), dtype=np.intp)
     lengths = np.empty((n, 1 + 2 * k), dtype=np.intp)
     starts[:, 0], lengths[:, 0] = row_head_starts[row_head_index], row_head_lengths[row_head_index]
     starts[:, 1::2], lengths[:, 1::2] = head_starts[slots], head_lengths[slots]
-    starts[:, 2::2] = offsets[1] + 18 * np.arange(n * k).reshape(n, k)
-    lengths[:, 2::2] = 18
+    starts[:, 2::2] = offsets[1] + size * np.arange(n * k).reshape(n, k)
+    lengths[:, 2::2] = size
     return segments(source, starts.reshape(-1), lengths.reshape(-1))
+
+
+_FEATURES_TAG = _varint_bytes(_FEATURES_FIELD << 3 | _LENGTH)
+_INDEX_TAG = _varint_bytes(_INDEX_FIELD << 3 | _VARINT)
+_CONTRIBUTION_TAG = _varint_bytes(_CONTRIBUTION_FIELD << 3 | _FIXED64)
+_ERROR_TAG = _varint_bytes(_ERROR_FIELD << 3 | _FIXED64)
+# A FeatureContribution's two doubles with their tags, as one record per entry.
+_DOUBLES = np.dtype(
+    [
+        ("contribution_tag", f"V{len(_CONTRIBUTION_TAG)}"),
+        ("contribution", "<f8"),
+        ("error_tag", f"V{len(_ERROR_TAG)}"),
+        ("error", "<f8"),
+    ]
+)
