@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from oddity.common import bundle
-from oddity.trainer.learners import LEARNERS, make_learner
+from oddity.trainer.learners import BUILT_IN, learner_class, make_learner
 from oddity.trainer.learners.tree_graphs import thresholds_for_float32
 from oddity.trainer.validation import onnx_probabilities, onnx_scores, onnx_session
 from tests.support.models import normal_rows
@@ -16,8 +16,16 @@ LABELS = np.where(ROWS[:, 0] + ROWS[:, 1] > 0, "up", "down")
 
 
 def test_every_kind_has_a_learner_and_every_learner_a_kind():
-    assert sorted(LEARNERS) == sorted(bundle.KINDS)
-    assert all(cls.kind == kind for kind, cls in LEARNERS.items())
+    assert sorted(cls.kind for cls in BUILT_IN) == sorted(bundle.KINDS)
+    assert all(learner_class(cls.kind) is cls for cls in BUILT_IN)
+
+
+@pytest.mark.parametrize("cls", BUILT_IN, ids=lambda cls: cls.kind)
+def test_each_learner_declares_what_the_contract_table_says_of_its_kind(cls):
+    """The learner classes declare their kinds; the contract's table of built-in kinds (which
+    the detector reads) says the same of each."""
+    contract = bundle.KINDS[cls.kind]
+    assert (cls.task, cls.explains, cls.score_head) == (contract.task, contract.feature_errors, contract.score_head)
 
 
 @pytest.mark.parametrize("kind", sorted(bundle.KINDS))

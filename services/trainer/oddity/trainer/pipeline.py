@@ -18,17 +18,15 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from sklearn.model_selection import train_test_split
 
 from oddity.common import bundle
 from oddity.common.bundle.contract import PREDICTED_SCORE_OUTPUT
 from oddity.trainer import calibration, classifier_evaluation, validation
 from oddity.trainer.checkpoints import JobCheckpoints
 from oddity.trainer.data import Dataset
-from oddity.trainer.learners import Learner, make_learner
-from oddity.trainer.learners.autoencoder import AutoencoderLearner
-from oddity.trainer.learners.ensemble import EnsembleLearner
-from oddity.trainer.learners.knn import KnnLearner
-from oddity.trainer.learners.mlp import MlpClassifierLearner
+from oddity.trainer.learners import Learner, learner_class, make_anomaly_learner, make_classifier
+from oddity.trainer.learners import Progress as LearnerProgress
 from oddity.trainer.spec import DatasetSpec
 from oddity.v1 import manifest_pb2
 
@@ -102,19 +100,20 @@ def train(
     `checkpoints`: where kinds that train in epochs keep (and resume from) their checkpoints."""
     report = progress or (lambda phase, fields: None)
     kind = kind or spec.model.kind
+    learner_type = learner_class(kind)
     n = len(data.features)
     if n < spec.min_samples and not force:
         raise Skipped(f"not enough samples: {n} < min_samples {spec.min_samples}")
     manifest = manifest_pb2.ModelManifest(
         name=spec.name,
         kind=kind,
-        task=manifest_pb2.ModelTask.ValueType(bundle.KINDS[kind].task),
+        task=manifest_pb2.ModelTask.ValueType(learner_type.task),
         feature_names=data.feature_names,
         input_dimension=len(data.feature_names),
         routing_key=spec.routing.key if spec.routing else "",
         data_fingerprint=fingerprint,
         dataset=spec.name,
-        score_column=(spec.score_column or "") if bundle.KINDS[kind].score_head else "",
+        score_column=(spec.score_column or "") if learner_type.score_head else "",
     )
     if embedding is not None:
         manifest.embedding.CopyFrom(embedding)
@@ -132,9 +131,23 @@ def train(
             group.status = manifest_pb2.GROUP_STATUS_INSUFFICIENT_DATA
             group.status_message = f"{count} rows < min_samples {spec.min_samples}"
             continue
-        _train_group(
-            spec, data, plan, group, kind, rng, trained, live, live_groups.get(plan.name), report, checkpoints
+        head = learner_type.score_head and data.targets is not None
+        context = GroupContext(
+            spec=spec,
+            kind=kind,
+            plan=plan,
+            group=group,
+            rows=data.features[plan.mask],
+            labels=data.labels[plan.mask] if data.labels is not None else None,
+            targets=data.targets[plan.mask] if head and data.targets is not None else None,
+            rng=rng,
+            trained=trained,
+            live=live,
+            live_group=live_groups.get(plan.name),
+            report=report,
+            checkpoints=checkpoints,
         )
+        _train_group(context, learner_type)
     if not bundle.active_groups(manifest):
         raise Skipped(
             "every group is below min_samples: " + ", ".join(f"{g.name}={g.train_samples}" for g in manifest.groups)
@@ -144,110 +157,100 @@ def train(
     return trained
 
 
-def _train_group(
-    spec: DatasetSpec,
-    data: Dataset,
-    plan: GroupPlan,
-    group: manifest_pb2.ModelGroup,
-    kind: str,
-    rng: np.random.Generator,
-    trained: TrainedModel,
-    live: bundle.VerifiedVersion | None,
-    live_group: manifest_pb2.ModelGroup | None,
-    report: Progress,
-    checkpoints: JobCheckpoints | None,
-) -> None:
-    rows = data.features[plan.mask]
-    prefix = f"{plan.name}." if plan.name != bundle.ALL_GROUP else ""
-    if bundle.KINDS[kind].is_classifier:
-        if data.labels is None:
-            raise ValueError(f"{kind} is a classifier and the rows carry no labels")
-        head = bundle.KINDS[kind].score_head and data.targets is not None
-        onnx_model, parity = _train_classifier(
-            spec,
-            rows,
-            data.labels[plan.mask],
-            data.targets[plan.mask] if head and data.targets is not None else None,
-            plan,
-            group,
-            kind,
-            rng,
-            trained,
-            live,
-            live_group,
-            report,
-            checkpoints,
+@dataclass(frozen=True)
+class GroupContext:
+    """What training one group works with: the run's spec, kind and shared state, the group's
+    plan, rows and manifest entry, and the live version's entry of the same group."""
+
+    spec: DatasetSpec
+    kind: str
+    plan: GroupPlan
+    group: manifest_pb2.ModelGroup
+    rows: np.ndarray
+    labels: np.ndarray | None
+    targets: np.ndarray | None  # the score column's values, for kinds with a regression head
+    rng: np.random.Generator
+    trained: TrainedModel
+    live: bundle.VerifiedVersion | None
+    live_group: manifest_pb2.ModelGroup | None
+    report: Progress
+    checkpoints: JobCheckpoints | None
+
+    @property
+    def prefix(self) -> str:
+        """How the run's metrics name this group's figures."""
+        return f"{self.plan.name}." if self.plan.name != bundle.ALL_GROUP else ""
+
+    @property
+    def live_is_comparable(self) -> bool:
+        """The live version serves this group from the same inputs: its figures can be compared."""
+        return (
+            self.live is not None
+            and self.live_group is not None
+            and self.live_group.status == manifest_pb2.GROUP_STATUS_ACTIVE
+            and _same_inputs(self.live, self.trained.manifest)
         )
+
+    def timed(self, step: str, started: float) -> None:
+        durations = self.trained.durations
+        durations[step] = durations.get(step, 0.0) + time.perf_counter() - started
+
+    def epoch_reporter(self) -> LearnerProgress:
+        """A learner's per-epoch progress as the job's training progress."""
+        name, report = self.plan.name, self.report
+
+        def told(epoch: int, total: int, loss: float, figures: Mapping[str, float] | None = None, /) -> None:
+            fields: dict[str, Any] = {"group": name, "epoch": epoch, "total_epochs": total, "loss": loss}
+            if figures:
+                rest = dict(figures)
+                fields["train_loss"] = rest.pop("train_loss", 0.0)
+                fields["validation_loss"] = rest.pop("validation_loss", 0.0)
+                fields["epoch_metrics"] = rest
+            report("training", fields)
+
+        return told
+
+    def resume_reporter(self) -> Callable[[int], None]:
+        """Told when a group's training goes on from a checkpoint (a resumed job)."""
+        name, report = self.plan.name, self.report
+        return lambda epoch: report("training", {"group": name, "resumed_from_epoch": epoch, "epoch": epoch})
+
+
+def _train_group(context: GroupContext, learner_type: type[Learner]) -> None:
+    if learner_type.is_classifier_kind():
+        onnx_model, parity = _train_classifier(context)
     else:
-        onnx_model, parity = _train_detector(spec, rows, plan, group, kind, trained, live, live_group, report)
+        onnx_model, parity = _train_detector(context)
+    group, trained = context.group, context.trained
     group.metrics["parity_max_abs_diff"] = parity
-    trained.metrics[f"{prefix}parity_max_abs_diff"] = parity
+    trained.metrics[f"{context.prefix}parity_max_abs_diff"] = parity
     group.status = manifest_pb2.GROUP_STATUS_ACTIVE
-    group.onnx_file = f"{plan.name}.onnx"
+    group.onnx_file = f"{context.plan.name}.onnx"
     trained.onnx_files[group.onnx_file] = onnx_model
 
 
-def _timed(trained: TrainedModel, step: str, started: float) -> None:
-    trained.durations[step] = trained.durations.get(step, 0.0) + time.perf_counter() - started
-
-
-def _export(
-    learner: Learner, plan: GroupPlan, trained: TrainedModel, report: Progress
-) -> tuple[bytes, ort.InferenceSession]:
+def _export(learner: Learner, context: GroupContext) -> tuple[bytes, ort.InferenceSession]:
     start = time.perf_counter()
-    report("exporting", {"group": plan.name})
+    context.report("exporting", {"group": context.plan.name})
     onnx_model = learner.to_onnx()
     session = validation.onnx_session(onnx_model)
-    _timed(trained, "export", start)
+    context.timed("export", start)
     return onnx_model, session
 
 
-def _epoch_reporter(plan: GroupPlan, report: Progress):
-    """A learner's per-epoch progress as the job's training progress."""
-
-    def told(epoch: int, total: int, loss: float, figures: Mapping[str, float] | None = None, /) -> None:
-        fields: dict[str, Any] = {"group": plan.name, "epoch": epoch, "total_epochs": total, "loss": loss}
-        if figures:
-            rest = dict(figures)
-            fields["train_loss"] = rest.pop("train_loss", 0.0)
-            fields["validation_loss"] = rest.pop("validation_loss", 0.0)
-            fields["epoch_metrics"] = rest
-        report("training", fields)
-
-    return told
-
-
-def _resume_reporter(plan: GroupPlan, report: Progress):
-    """Told when a group's training goes on from a checkpoint (a resumed job)."""
-    return lambda epoch: report("training", {"group": plan.name, "resumed_from_epoch": epoch, "epoch": epoch})
-
-
-def _fit(learner: Learner, rows: np.ndarray, labels: np.ndarray | None, plan: GroupPlan, report: Progress) -> None:
-    learner.fit(rows, labels, progress=_epoch_reporter(plan, report))
-
-
-def _train_detector(
-    spec: DatasetSpec,
-    rows: np.ndarray,
-    plan: GroupPlan,
-    group: manifest_pb2.ModelGroup,
-    kind: str,
-    trained: TrainedModel,
-    live: bundle.VerifiedVersion | None,
-    live_group: manifest_pb2.ModelGroup | None,
-    report: Progress,
-) -> tuple[bytes, float]:
+def _train_detector(context: GroupContext) -> tuple[bytes, float]:
     """Fit on every row, with out-of-fold scores of every row; calibrate on those (calibration.py)."""
+    spec, plan, group, rows, report = context.spec, context.plan, context.group, context.rows, context.report
     gate = spec.validation
     seed = int(spec.model.params.get("seed", 0))
     start = time.perf_counter()
     report("training", {"group": plan.name})
-    learner = make_learner(kind, spec.model.params)
+    learner = make_anomaly_learner(context.kind, spec.model.params)
     folds = calibration.make_folds(len(rows), seed)
     # The fold models' training is training too: kinds that can train them alongside the
     # served model do (the autoencoder), so "train" holds every fit and "calibrate" the rest.
-    oof = learner.fit_cross_fitted(rows, folds, _epoch_reporter(plan, report))
-    _timed(trained, "train", start)
+    oof = learner.fit_cross_fitted(rows, folds, context.epoch_reporter())
+    context.timed("train", start)
 
     start = time.perf_counter()
     report("calibrating", {"group": plan.name})
@@ -255,9 +258,9 @@ def _train_detector(
         calibrated = calibration.calibrate(oof, folds, spec.threshold_percentile)
     except ValueError as exc:
         raise validation.ValidationFailed(f"group {plan.name!r}: {exc}") from exc
-    _timed(trained, "calibrate", start)
+    context.timed("calibrate", start)
 
-    onnx_model, session = _export(learner, plan, trained, report)
+    onnx_model, session = _export(learner, context)
 
     start = time.perf_counter()
     report("validating", {"group": plan.name})
@@ -269,16 +272,11 @@ def _train_detector(
         calibrated.cross_validated_rate, calibrated.rows, gate.anomaly_rate, plan.name, spec.threshold_percentile
     )
     expected = 1 - spec.threshold_percentile / 100
-    if (
-        live is not None
-        and live_group is not None
-        and live_group.status == manifest_pb2.GROUP_STATUS_ACTIVE
-        and _same_inputs(live, trained.manifest)
-    ):
+    if context.live is not None and context.live_group is not None and context.live_is_comparable:
         # The live version saw most of these rows, so its rate here leans low: the check only
         # stops a new model that flags far more than the live one did.
-        live_scores = validation.onnx_scores(validation.onnx_session(live.onnx[plan.name]), rows)
-        live_rate = float(np.mean(live_scores > live_group.threshold))
+        live_scores = validation.onnx_scores(validation.onnx_session(context.live.onnx[plan.name]), rows)
+        live_rate = float(np.mean(live_scores > context.live_group.threshold))
         validation.check_regression(
             abs(calibrated.cross_validated_rate - expected),
             abs(live_rate - expected),
@@ -292,108 +290,86 @@ def _train_detector(
     group.quantiles.values.extend(calibrated.quantiles.tolist())
     group.calibration.CopyFrom(
         manifest_pb2.Calibration(
-            method="leave_one_out" if isinstance(learner, KnnLearner) else "cross_fit",
+            method=learner.calibration_method,
             folds=calibrated.folds,
             rows=calibrated.rows,
             expected_anomaly_rate=expected,
             cross_validated_anomaly_rate=calibrated.cross_validated_rate,
         )
     )
-    if isinstance(learner, EnsembleLearner):
-        total = sum(m.weight for m in learner.evidence()) or 1.0
-        for member in learner.evidence():
-            group.members.add(
-                kind=member.kind,
-                params_json=json.dumps(member.params, sort_keys=True),
-                weight=member.weight / total,
-                synthetic_auc=member.synthetic_auc,
-                note=member.note,
-            )
-    if isinstance(learner, AutoencoderLearner):
-        group.metrics["epochs"] = learner.epochs_run_
-        group.metrics["validation_loss"] = learner.best_loss_
+    evidence = learner.evidence()
+    total = sum(m.weight for m in evidence) or 1.0
+    for member in evidence:
+        group.members.add(
+            kind=member.kind,
+            params_json=json.dumps(member.params, sort_keys=True),
+            weight=member.weight / total,
+            synthetic_auc=member.synthetic_auc,
+            note=member.note,
+        )
+    group.metrics.update(learner.training_figures())
     group.metrics["cross_validated_anomaly_rate"] = calibrated.cross_validated_rate
-    prefix = f"{plan.name}." if plan.name != bundle.ALL_GROUP else ""
-    trained.metrics[f"{prefix}cross_validated_anomaly_rate"] = calibrated.cross_validated_rate
+    context.trained.metrics[f"{context.prefix}cross_validated_anomaly_rate"] = calibrated.cross_validated_rate
     group.train_samples = len(rows)
     group.validation_samples = calibrated.rows
-    _timed(trained, "validate", start)
+    context.timed("validate", start)
     return onnx_model, parity
 
 
-def _train_classifier(
-    spec: DatasetSpec,
-    rows: np.ndarray,
-    labels: np.ndarray,
-    targets: np.ndarray | None,
-    plan: GroupPlan,
-    group: manifest_pb2.ModelGroup,
-    kind: str,
-    rng: np.random.Generator,
-    trained: TrainedModel,
-    live: bundle.VerifiedVersion | None,
-    live_group: manifest_pb2.ModelGroup | None,
-    report: Progress,
-    checkpoints: JobCheckpoints | None,
-) -> tuple[bytes, float]:
+def _train_classifier(context: GroupContext) -> tuple[bytes, float]:
     """Fit on a stratified training split; judge on the held-out rows (never used for fitting,
     early stopping or the temperature); the gate compares balanced accuracy with the live
     version's on the same rows."""
+    spec, plan, group, rows, report = context.spec, context.plan, context.group, context.rows, context.report
+    trained, targets = context.trained, context.targets
+    if context.labels is None:
+        raise ValueError(f"{context.kind} is a classifier and the rows carry no labels")
+    labels = context.labels
     gate = spec.validation
-    train_idx, holdout = holdout_split(labels, gate.holdout_fraction, rng)
+    train_idx, holdout = holdout_split(labels, gate.holdout_fraction, context.rng)
     start = time.perf_counter()
     report("training", {"group": plan.name})
-    learner = make_learner(kind, spec.model.params)
-    if isinstance(learner, MlpClassifierLearner):
-        learner.fit(
-            rows[train_idx],
-            labels[train_idx],
-            progress=_epoch_reporter(plan, report),
-            targets=targets[train_idx] if targets is not None else None,
-            checkpoints=checkpoints.group(plan.name, _resume_reporter(plan, report)) if checkpoints else None,
-        )
-    else:
-        _fit(learner, rows[train_idx], labels[train_idx], plan, report)
-    _timed(trained, "train", start)
+    learner = make_classifier(context.kind, spec.model.params)
+    checkpoints = context.checkpoints
+    learner.fit(
+        rows[train_idx],
+        labels[train_idx],
+        progress=context.epoch_reporter(),
+        targets=targets[train_idx] if targets is not None else None,
+        checkpoints=checkpoints.group(plan.name, context.resume_reporter()) if checkpoints else None,
+    )
+    context.timed("train", start)
 
-    onnx_model, session = _export(learner, plan, trained, report)
+    onnx_model, session = _export(learner, context)
 
     start = time.perf_counter()
     report("validating", {"group": plan.name})
-    classes = learner.classes_  # type: ignore[attr-defined]
+    classes = learner.classes_
     held_rows = rows[holdout]
     probabilities = validation.onnx_probabilities(session, held_rows)
-    parity = validation.check_parity(
-        probabilities,
-        learner.predict_proba(held_rows),  # type: ignore[attr-defined]
-        gate.parity_tolerance,
-    )
+    parity = validation.check_parity(probabilities, learner.predict_proba(held_rows), gate.parity_tolerance)
     predicted_scores = None
-    if isinstance(learner, MlpClassifierLearner):
-        reference = learner.predict_scores(held_rows)  # the regression head's, if it has one
-        if reference is not None:
-            predicted_scores = session.run(
-                [PREDICTED_SCORE_OUTPUT], {bundle.INPUT_NAME: held_rows.astype(np.float32)}
-            )[0].astype(np.float64)
-            parity = max(parity, validation.check_parity(predicted_scores, reference, gate.parity_tolerance))
-        evaluation = classifier_evaluation.evaluate(
-            classes,
-            labels[holdout],
-            probabilities,
-            uncalibrated=learner.predict_proba(held_rows, calibrated=False),
-            temperature=learner.temperature_,
-            predicted_scores=predicted_scores,
-            targets=targets[holdout] if targets is not None else None,
-        )
-    else:
-        evaluation = classifier_evaluation.evaluate(classes, labels[holdout], probabilities)
+    reference = learner.predict_scores(held_rows)  # the regression head's, if it has one
+    if reference is not None:
+        predicted_scores = session.run([PREDICTED_SCORE_OUTPUT], {bundle.INPUT_NAME: held_rows.astype(np.float32)})[
+            0
+        ].astype(np.float64)
+        parity = max(parity, validation.check_parity(predicted_scores, reference, gate.parity_tolerance))
+    evaluation = classifier_evaluation.evaluate(
+        classes,
+        labels[holdout],
+        probabilities,
+        uncalibrated=learner.uncalibrated_proba(held_rows),
+        temperature=learner.temperature,
+        predicted_scores=predicted_scores,
+        targets=targets[holdout] if targets is not None else None,
+    )
     trained.manifest.class_labels[:] = [str(c) for c in classes]
+    live = context.live
     if (
         live is not None
-        and live_group is not None
-        and live_group.status == manifest_pb2.GROUP_STATUS_ACTIVE
+        and context.live_is_comparable
         and list(live.manifest.class_labels) == list(trained.manifest.class_labels)
-        and _same_inputs(live, trained.manifest)
     ):
         live_session = validation.onnx_session(live.onnx[plan.name])
         live_balanced = classifier_evaluation.balanced_accuracy(
@@ -404,26 +380,24 @@ def _train_classifier(
         )
         group.metrics["live_balanced_accuracy"] = live_balanced
     figures = evaluation.figures()
-    if isinstance(learner, MlpClassifierLearner):
-        figures.update(epochs=learner.epochs_run_, best_epoch=learner.best_epoch_)
-        trained.epochs[plan.name] = list(learner.history_)
-        if learner.resumed_from_epoch_:
-            trained.resumed_from_epoch[plan.name] = learner.resumed_from_epoch_
-    prefix = f"{plan.name}." if plan.name != bundle.ALL_GROUP else ""
+    figures.update(learner.training_figures())
+    history = learner.epoch_history()
+    if history is not None:
+        trained.epochs[plan.name] = history
+    if learner.resumed_from_epoch:
+        trained.resumed_from_epoch[plan.name] = learner.resumed_from_epoch
     group.metrics.update(figures)
     group.evaluation.CopyFrom(evaluation.to_proto())
-    trained.metrics.update({f"{prefix}{k}": v for k, v in figures.items()})
+    trained.metrics.update({f"{context.prefix}{k}": v for k, v in figures.items()})
     group.train_samples = len(train_idx)
     group.validation_samples = len(holdout)
-    _timed(trained, "validate", start)
+    context.timed("validate", start)
     return onnx_model, parity
 
 
 def holdout_split(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(training rows, held-out rows): `fraction` of the rows (at least 4) held out, stratified
     by class when every class has two rows or more, so a rare class is judged too."""
-    from sklearn.model_selection import train_test_split
-
     n = len(labels)
     n_holdout = max(4, int(n * fraction))
     order = rng.permutation(n)

@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from oddity.common import bundle
 from oddity.common.errors import AlreadyExists, InvalidArgument, NotFound
 from oddity.common.logging import get_logger
+from oddity.trainer import learners
 from oddity.trainer.announcer import Announcer
 from oddity.trainer.auto_training import Backoff
 from oddity.trainer.catalogue import DatasetCatalogue, DatasetEntry
@@ -98,11 +98,11 @@ class TrainerService:
         await asyncio.to_thread(self.catalogue.refresh)
         entry, spec = self.catalogue.valid(dataset)
         override = self._resolve_data_path(data_path) if data_path else None
-        if model_kind and model_kind not in bundle.KINDS:
-            raise InvalidArgument(f"unknown model_kind {model_kind!r}; choose one of {sorted(bundle.KINDS)}")
-        if model_kind and bundle.KINDS[model_kind].is_classifier != spec.is_classifier:
+        if model_kind and model_kind not in learners.kinds():
+            raise InvalidArgument(f"unknown model_kind {model_kind!r}; choose one of {learners.kinds()}")
+        if model_kind and learners.learner_class(model_kind).is_classifier_kind() != spec.is_classifier:
             raise InvalidArgument(f"model_kind {model_kind!r} does not fit dataset {dataset!r} (label: {spec.label})")
-        if model_kind and spec.score_column and not bundle.KINDS[model_kind].score_head:
+        if model_kind and spec.score_column and not learners.learner_class(model_kind).score_head:
             raise InvalidArgument(
                 f"model_kind {model_kind!r} has no regression head for dataset {dataset!r}'s score_column "
                 f"{spec.score_column!r}"

@@ -15,10 +15,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from oddity.common.bundle import KINDS, is_valid_model_name
+from oddity.common.bundle import is_valid_model_name
+from oddity.trainer.learners import learner_class, learners
 
 SPEC_FILE = "dataset.yaml"
-FORMATS = ("csv", "xlsx", "xls", "parquet", "jsonl")
 
 
 class SpecError(Exception):
@@ -141,16 +141,14 @@ class ModelSpec(_Strict):
     @field_validator("kind")
     @classmethod
     def _known(cls, value: str) -> str:
-        if value not in KINDS:
-            raise ValueError(f"unknown model kind {value!r}; choose one of {sorted(KINDS)}")
+        learner_class(value)  # ValueError names the registered kinds
         return value
 
     @model_validator(mode="after")
     def _known_params(self) -> ModelSpec:
-        """Unknown or malformed parameters are a spec error now, not a failed training later."""
-        from oddity.trainer.learners import make_learner  # learners import torch and onnx lazily
-
-        make_learner(self.kind, self.params)
+        """Unknown or malformed parameters are a spec error now, not a failed training later
+        (checked against the kind's declared parameters: no learner is built)."""
+        learner_class(self.kind).check_params(self.params)
         return self
 
 
@@ -228,7 +226,8 @@ class DatasetSpec(_Strict):
         kinds = [k for k, v in (("sources", self.sources), ("images", self.images), ("texts", self.texts)) if v]
         if len(kinds) != 1:
             raise ValueError("give exactly one of sources (tables), images or texts")
-        classifier = KINDS[self.model.kind].is_classifier
+        kind = learner_class(self.model.kind)
+        classifier = kind.is_classifier_kind()
         if classifier and not self.label:
             raise ValueError(f"model kind {self.model.kind!r} is a classifier and needs a label column")
         if not classifier and self.label:
@@ -237,8 +236,8 @@ class DatasetSpec(_Strict):
             )
         if classifier and self.routing is not None:
             raise ValueError("classifiers are trained on one group; remove routing")
-        if self.score_column and not KINDS[self.model.kind].score_head:
-            heads = sorted(k for k, v in KINDS.items() if v.score_head)
+        if self.score_column and not kind.score_head:
+            heads = sorted(k for k, v in learners().items() if v.score_head)
             raise ValueError(
                 f"score_column needs a model kind with a regression head ({', '.join(heads)}), "
                 f"not {self.model.kind!r}"
@@ -267,7 +266,7 @@ class DatasetSpec(_Strict):
 
     @property
     def is_classifier(self) -> bool:
-        return KINDS[self.model.kind].is_classifier
+        return learner_class(self.model.kind).is_classifier_kind()
 
     @property
     def selection(self) -> FeatureSelection:

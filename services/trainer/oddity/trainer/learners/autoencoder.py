@@ -23,14 +23,17 @@ import numpy as np
 import onnx
 
 from oddity.common import bundle
-from oddity.trainer.learners.base import Learner, Progress
+from oddity.trainer.learners.base import AnomalyLearner, Progress
+from oddity.trainer.learners.registry import register_learner
 from oddity.trainer.learners.stacked_training import RowSet, StackRecipe, TrainedStack, train_stack
 
 
-class AutoencoderLearner(Learner):
+@register_learner
+class AutoencoderLearner(AnomalyLearner):
     """Dense autoencoder (torch) with standardization folded into the exported graph."""
 
     kind = "autoencoder"
+    explains = True
     PARAMS = {
         "hidden",
         "bottleneck",
@@ -41,6 +44,8 @@ class AutoencoderLearner(Learner):
         "validation_fraction",
         "seed",
         "weight_decay",
+        # Accepted so that specs written before still parse; torch's thread count is the
+        # trainer's torch_threads setting, set once at start-up (runtime.py).
         "threads",
     }
 
@@ -55,7 +60,6 @@ class AutoencoderLearner(Learner):
         self.validation_fraction = float(params.get("validation_fraction", 0.1))
         self.seed = int(params.get("seed", 0))
         self.weight_decay = float(params.get("weight_decay", 1e-5))
-        self.threads = int(params.get("threads", 1))
 
     @staticmethod
     def default_sizes(d: int) -> tuple[list[int], int]:
@@ -83,7 +87,6 @@ class AutoencoderLearner(Learner):
             patience=self.patience,
             validation_fraction=self.validation_fraction,
             seed=self.seed,
-            threads=self.threads,
         )
 
     def _train(
@@ -122,6 +125,9 @@ class AutoencoderLearner(Learner):
         stack, rows = self._train(x, [np.arange(len(x))], progress)
         self._keep_first(stack, rows[0])
         return self
+
+    def training_figures(self) -> dict[str, float]:
+        return {"epochs": self.epochs_run_, "validation_loss": self.best_loss_}
 
     def out_of_fold_scores(self, x: np.ndarray, folds: np.ndarray) -> np.ndarray:
         """The fold models exactly as fit_cross_fitted trains them (beside a model on every row)."""

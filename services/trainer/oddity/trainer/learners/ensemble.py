@@ -23,17 +23,17 @@ Reason to change: how detectors are combined, and how the default chooses among 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from oddity.common import bundle
 from oddity.trainer import calibration
-from oddity.trainer.learners.base import Learner, Progress
+from oddity.trainer.learners.base import AnomalyLearner, Member, Progress
+from oddity.trainer.learners.registry import learner_class, make_anomaly_learner, register_learner
 from oddity.trainer.onnx_graphs import MemberGraph, ensemble_graph
+from oddity.trainer.validation import onnx_scores, onnx_session
 
-SYNTHETIC_TYPES = ("local", "dependency", "clustered")
 # Error shares of rows whose total error is below this are ~0 (a row next to its own copy),
 # not the ratio of two rounding errors.
 SHARE_FLOOR = 1e-6
@@ -48,26 +48,26 @@ DEFAULT_CANDIDATES: list[dict[str, Any]] = [
 ]
 
 
-@dataclass
-class Member:
-    kind: str
-    params: dict[str, Any]
-    weight: float = 1.0
-    synthetic_auc: dict[str, float] = field(default_factory=dict)
-    note: str = ""
-
-    @property
-    def label(self) -> str:
-        metric = self.params.get("metric")
-        return f"{self.kind}({metric})" if metric else self.kind
-
-
-def _make(kind: str, params: dict[str, Any]) -> Learner:
-    from oddity.trainer.learners import make_learner  # the registry imports this module
-
-    if bundle.KINDS.get(kind) is None or bundle.KINDS[kind].is_classifier or kind in ("ensemble", "auto"):
+def _member_class(kind: str) -> type[AnomalyLearner]:
+    """The learner class of a member kind: any registered anomaly detector but a combined one."""
+    try:
+        cls = learner_class(kind)
+    except ValueError:
+        cls = None
+    if cls is None or not issubclass(cls, AnomalyLearner) or issubclass(cls, EnsembleLearner):
         raise ValueError(f"ensemble members must be anomaly detectors (knn, autoencoder, ...), got {kind!r}")
-    return make_learner(kind, params)
+    return cls
+
+
+def _check_members(members: list[Member], seed: int) -> None:
+    """Every member's kind and parameters, checked without building a learner."""
+    for member in members:
+        _member_class(member.kind).check_params({**member.params, "seed": seed})
+
+
+def _make(kind: str, params: dict[str, Any]) -> AnomalyLearner:
+    _member_class(kind)
+    return make_anomaly_learner(kind, params)
 
 
 def _parse_members(raw: Any, where: str) -> list[Member]:
@@ -86,17 +86,29 @@ def _parse_members(raw: Any, where: str) -> list[Member]:
     return members
 
 
-class EnsembleLearner(Learner):
+DEFAULT_MEMBERS: list[dict[str, Any]] = [{"kind": "knn"}, {"kind": "autoencoder"}]
+
+
+@register_learner
+class EnsembleLearner(AnomalyLearner):
     kind = "ensemble"
+    explains = True  # when a member does
     PARAMS = {"members"}
+    # Which parameter lists the members, its default, and what its errors call it.
+    MEMBERS_PARAM, DEFAULT_MEMBERS, MEMBERS_NAME = "members", DEFAULT_MEMBERS, "ensemble members"
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        self.members = _parse_members(
-            params.get("members", [{"kind": "knn"}, {"kind": "autoencoder"}]), "ensemble members"
-        )
-        for member in self.members:
-            _make(member.kind, {**member.params, "seed": self.seed})  # validates kinds and params early
+        self.members = self._members(params)
+
+    @classmethod
+    def _members(cls, params: Mapping[str, Any]) -> list[Member]:
+        return _parse_members(params.get(cls.MEMBERS_PARAM, cls.DEFAULT_MEMBERS), cls.MEMBERS_NAME)
+
+    @classmethod
+    def check_params(cls, params: Mapping[str, Any]) -> None:
+        super().check_params(params)
+        _check_members(cls._members(params), int(params.get("seed", 0)))
 
     def fit(self, x: np.ndarray, y: np.ndarray | None = None, progress: Progress | None = None) -> EnsembleLearner:
         self._fit_members([m for m in self.members if m.weight > 0], x, progress)
@@ -132,7 +144,7 @@ class EnsembleLearner(Learner):
             fitted = [f for f, kept in zip(fitted, keep, strict=True) if kept]
         total = sum(member.weight for member, *_ in fitted)
         self.members_ = [member for member, *_ in fitted]
-        self.learners_: list[Learner] = [learner for _, learner, _, _ in fitted]
+        self.learners_: list[AnomalyLearner] = [learner for _, learner, _, _ in fitted]
         self.tables_: list[tuple[np.ndarray, np.ndarray]] = [table for _, _, table, _ in fitted]
         self.oof_ = sum(
             (member.weight / total * calibration.to_common_scale(oof, *table) for member, _, table, oof in fitted),
@@ -172,18 +184,21 @@ class EnsembleLearner(Learner):
         return list(self.members_)
 
 
+@register_learner
 class AutoLearner(EnsembleLearner):
     kind = "auto"
     PARAMS = {"candidates", "budget_seconds", "holdout_fraction"}
+    MEMBERS_PARAM, DEFAULT_MEMBERS, MEMBERS_NAME = "candidates", DEFAULT_CANDIDATES, "auto candidates"
 
     def __init__(self, **params: Any) -> None:
-        Learner.__init__(self, **params)
-        self.members = _parse_members(params.get("candidates", DEFAULT_CANDIDATES), "auto candidates")
-        for member in self.members:
-            _make(member.kind, {**member.params, "seed": self.seed})
+        super().__init__(**params)
         self.budget_seconds = float(params.get("budget_seconds", 300.0))
         self.holdout_fraction = float(params.get("holdout_fraction", 0.2))
-        if not 0.05 <= self.holdout_fraction <= 0.5:
+
+    @classmethod
+    def check_params(cls, params: Mapping[str, Any]) -> None:
+        super().check_params(params)
+        if not 0.05 <= float(params.get("holdout_fraction", 0.2)) <= 0.5:
             raise ValueError("auto: holdout_fraction must lie in [0.05, 0.5]")
 
     def fit(self, x: np.ndarray, y: np.ndarray | None = None, progress: Progress | None = None) -> AutoLearner:
@@ -247,10 +262,10 @@ def roc_auc(normal_scores: np.ndarray, anomaly_scores: np.ndarray) -> float:
     return float((rank_sum - n_anomaly * (n_anomaly + 1) / 2) / (n_normal * n_anomaly))
 
 
-def _common_scale_gap(learner: Learner, table: tuple[np.ndarray, np.ndarray], x: np.ndarray, seed: int) -> float:
+def _common_scale_gap(
+    learner: AnomalyLearner, table: tuple[np.ndarray, np.ndarray], x: np.ndarray, seed: int
+) -> float:
     """Largest difference, on the common scale, between the member's ONNX graph and the member."""
-    from oddity.trainer.validation import onnx_scores, onnx_session
-
     sample = x[np.random.default_rng(seed).permutation(len(x))[:PARITY_ROWS]]
     exported = onnx_scores(onnx_session(learner.to_onnx()), sample)
     reference = learner.anomaly_scores(sample)[0]

@@ -19,6 +19,7 @@ Reason to change: how nearest-neighbour distances are computed, capped and expor
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from oddity.common import bundle
-from oddity.trainer.learners.base import Learner, Progress
+from oddity.trainer.learners.base import AnomalyLearner, Progress
+from oddity.trainer.learners.registry import register_learner
 
 REFERENCE_VALUES = 750_000  # rows x dimensions of the default reference cap
 MAX_REFERENCE_ROWS = 20_000
@@ -40,8 +42,11 @@ def default_reference_cap(d: int) -> int:
     return int(min(MAX_REFERENCE_ROWS, max(MIN_REFERENCE_ROWS, REFERENCE_VALUES // max(d, 1))))
 
 
-class KnnLearner(Learner):
+@register_learner
+class KnnLearner(AnomalyLearner):
     kind = "knn"
+    explains = True
+    calibration_method = "leave_one_out"  # out_of_fold_scores: exact leave-one-out
     PARAMS = {"k", "metric", "max_reference"}
 
     def __init__(self, **params: Any) -> None:
@@ -49,10 +54,16 @@ class KnnLearner(Learner):
         self.k = int(params.get("k", 5))
         self.metric = str(params.get("metric", "euclidean"))
         self.max_reference = params.get("max_reference")
-        if self.k < 1:
-            raise ValueError(f"knn: k must be >= 1, got {self.k}")
-        if self.metric not in ("euclidean", "cosine"):
-            raise ValueError(f"knn: metric must be 'euclidean' or 'cosine', got {self.metric!r}")
+
+    @classmethod
+    def check_params(cls, params: Mapping[str, Any]) -> None:
+        super().check_params(params)
+        k = int(params.get("k", 5))
+        metric = str(params.get("metric", "euclidean"))
+        if k < 1:
+            raise ValueError(f"knn: k must be >= 1, got {k}")
+        if metric not in ("euclidean", "cosine"):
+            raise ValueError(f"knn: metric must be 'euclidean' or 'cosine', got {metric!r}")
 
     # -- the transform the graph repeats ---------------------------------------------------
 

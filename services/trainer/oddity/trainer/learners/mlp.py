@@ -33,7 +33,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from oddity.common import bundle
 from oddity.common.bundle.contract import PREDICTED_SCORE_OUTPUT
 from oddity.trainer.checkpoints import GroupCheckpoints
-from oddity.trainer.learners.base import Learner, Progress
+from oddity.trainer.learners.base import ClassifierLearner, Progress
+from oddity.trainer.learners.registry import register_learner
 
 MIN_VALIDATION_ROWS = 20  # below this many rows there is no validation split (nor temperature)
 TEMPERATURE_BOUNDS = (0.05, 20.0)
@@ -62,20 +63,33 @@ class MlpParams(BaseModel):
     temperature_scaling: bool = True
     score_weight: float = Field(1.0, ge=0)  # weight of the regression head's loss
     checkpoint_every: int = Field(5, ge=0)  # epochs; 0: no checkpoints
+    # Accepted so that specs written before still parse; torch's thread count is the trainer's
+    # torch_threads setting, set once at start-up (runtime.py).
     threads: int = Field(1, ge=1, le=64)
     seed: int = 0
 
 
-class MlpClassifierLearner(Learner):
+@register_learner
+class MlpClassifierLearner(ClassifierLearner):
     """Dense classifier (torch) with standardization and temperature folded into the graph."""
 
     kind = "mlp_classifier"
+    score_head = True
     PARAMS = set(MlpParams.model_fields)
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
+        self.config = self._config(params)
+
+    @classmethod
+    def check_params(cls, params: Mapping[str, Any]) -> None:
+        super().check_params(params)
+        cls._config(params)
+
+    @staticmethod
+    def _config(params: Mapping[str, Any]) -> MlpParams:
         try:
-            self.config = MlpParams.model_validate(params)
+            return MlpParams.model_validate(params)
         except ValidationError as exc:  # the spec shows this message
             problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
             raise ValueError(f"mlp_classifier parameters: {problems}") from None
@@ -101,7 +115,6 @@ class MlpClassifierLearner(Learner):
         if y is None:
             raise ValueError("mlp_classifier is a classifier and needs labels")
         config = self.config
-        torch.set_num_threads(config.threads)
         self.classes_, encoded = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
             raise ValueError(f"the label column has one class only ({self.classes_[0]!r})")
@@ -258,6 +271,23 @@ class MlpClassifierLearner(Learner):
         scorer = self._scorer(self.temperature_ if calibrated else 1.0)
         with torch.no_grad():
             return scorer(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))[1].numpy()
+
+    def uncalibrated_proba(self, x: np.ndarray) -> np.ndarray:
+        return self.predict_proba(x, calibrated=False)
+
+    @property
+    def temperature(self) -> float:
+        return self.temperature_
+
+    def training_figures(self) -> dict[str, float]:
+        return {"epochs": self.epochs_run_, "best_epoch": self.best_epoch_}
+
+    def epoch_history(self) -> list[dict[str, float]]:
+        return list(self.history_)
+
+    @property
+    def resumed_from_epoch(self) -> int:
+        return self.resumed_from_epoch_
 
     def predict_scores(self, x: np.ndarray) -> np.ndarray | None:
         """The regression head's value per row, in the score column's units (None: no head)."""

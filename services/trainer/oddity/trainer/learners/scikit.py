@@ -1,6 +1,7 @@
-"""The scikit-learn kinds: isolation forest and one-class SVM detectors, random forest, SVM
-and logistic classifiers; a StandardScaler + estimator pipeline exported with skl2onnx (the
-isolation forest's graph is built from its trees directly: tree_graphs.py).
+"""The scikit-learn kinds: isolation forest and one-class SVM detectors, random forest and
+logistic classifiers; a StandardScaler + estimator pipeline exported with skl2onnx (the
+isolation forest's graph is built from its trees directly: tree_graphs.py; the SVM classifier
+is svm.py).
 
 Reason to change: how scikit-learn models are fitted and exported.
 """
@@ -14,13 +15,15 @@ import onnx
 from onnx import helper, numpy_helper
 
 from oddity.common import bundle
-from oddity.trainer.learners.base import Learner, Progress
+from oddity.trainer.checkpoints import GroupCheckpoints
+from oddity.trainer.learners.base import AnomalyLearner, ClassifierLearner, Learner, Progress
+from oddity.trainer.learners.registry import register_learner
+from oddity.trainer.learners.tree_graphs import isolation_forest_graph
 
 
 class _SklearnLearner(Learner):
     """Shared by the scikit-learn kinds: a StandardScaler + estimator pipeline, exported with skl2onnx."""
 
-    PARAMS: set[str] = set()
     #: Standardize the features first. Trees split on raw values and need no scaling; scaling
     #: them would only let float32 rounding in the ONNX graph flip splits on tied values.
     SCALE = True
@@ -32,7 +35,7 @@ class _SklearnLearner(Learner):
     def _estimator(self):
         raise NotImplementedError
 
-    def fit(self, x: np.ndarray, y: np.ndarray | None = None, progress: Progress | None = None):
+    def _fit_pipeline(self, x: np.ndarray, y: np.ndarray | None, progress: Progress | None) -> None:
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
@@ -41,7 +44,6 @@ class _SklearnLearner(Learner):
         self.pipeline_.fit(x, y)
         if progress is not None:
             progress(1, 1, 0.0)
-        return self
 
     def _convert(self, d: int, options: dict | None = None) -> onnx.ModelProto:
         from skl2onnx import convert_sklearn
@@ -58,7 +60,11 @@ class _SklearnLearner(Learner):
         )
 
 
-class _SklearnDetector(_SklearnLearner):
+class _SklearnDetector(_SklearnLearner, AnomalyLearner):
+    def fit(self, x: np.ndarray, y: np.ndarray | None = None, progress: Progress | None = None) -> _SklearnDetector:
+        self._fit_pipeline(x, None, progress)
+        return self
+
     def anomaly_scores(self, x: np.ndarray) -> tuple[np.ndarray, None]:
         # scikit-learn: higher decision_function = more normal; Oddity: higher = more anomalous.
         return -self.pipeline_.decision_function(x).astype(np.float64), None
@@ -80,6 +86,7 @@ class _SklearnDetector(_SklearnLearner):
         return model.SerializeToString()
 
 
+@register_learner
 class IsolationForestLearner(_SklearnDetector):
     kind = "isolation_forest"
     SCALE = False
@@ -93,11 +100,10 @@ class IsolationForestLearner(_SklearnDetector):
     def to_onnx(self) -> bytes:
         # One tree-ensemble node built from the trees' arrays: skl2onnx's graph takes seconds
         # per 100 trees to build and to load (tree_graphs.py).
-        from oddity.trainer.learners.tree_graphs import isolation_forest_graph
-
         return isolation_forest_graph(self.estimator_, self.pipeline_.n_features_in_).SerializeToString()
 
 
+@register_learner
 class OneClassSvmLearner(_SklearnDetector):
     kind = "one_class_svm"
     PARAMS = {"nu", "gamma", "kernel"}
@@ -108,13 +114,23 @@ class OneClassSvmLearner(_SklearnDetector):
         return OneClassSVM(**{"nu": 0.05, "gamma": "scale", **self.estimator_params})
 
 
-class _SklearnClassifier(_SklearnLearner):
-    def fit(self, x: np.ndarray, y: np.ndarray | None = None, progress: Progress | None = None):
-        assert y is not None
+class SklearnClassifier(_SklearnLearner, ClassifierLearner):
+    def fit(
+        self,
+        x: np.ndarray,
+        y: np.ndarray | None = None,
+        progress: Progress | None = None,
+        *,
+        targets: np.ndarray | None = None,
+        checkpoints: GroupCheckpoints | None = None,
+    ) -> SklearnClassifier:
+        if y is None:
+            raise ValueError(f"{self.kind} is a classifier and needs labels")
         self.classes_, encoded = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
             raise ValueError(f"the label column has one class only ({self.classes_[0]!r})")
-        return super().fit(x, encoded, progress)
+        self._fit_pipeline(x, encoded, progress)
+        return self
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         return self.pipeline_.predict_proba(x)
@@ -131,7 +147,8 @@ class _SklearnClassifier(_SklearnLearner):
         return model.SerializeToString()
 
 
-class RandomForestLearner(_SklearnClassifier):
+@register_learner
+class RandomForestLearner(SklearnClassifier):
     kind = "random_forest"
     PARAMS = {"n_estimators", "max_depth", "min_samples_leaf", "class_weight"}
     SCALE = False
@@ -142,19 +159,8 @@ class RandomForestLearner(_SklearnClassifier):
         return RandomForestClassifier(random_state=self.seed, **{"n_estimators": 100, **self.estimator_params})
 
 
-class SvmLearner(_SklearnClassifier):
-    kind = "svm"
-    PARAMS = {"C", "gamma", "kernel", "class_weight"}
-
-    def _estimator(self):
-        from sklearn.calibration import CalibratedClassifierCV
-        from sklearn.svm import SVC
-
-        # Probabilities from a calibrated SVC (SVC(probability=True) is deprecated in scikit-learn).
-        return CalibratedClassifierCV(SVC(random_state=self.seed, **self.estimator_params), ensemble=False)
-
-
-class LogisticLearner(_SklearnClassifier):
+@register_learner
+class LogisticLearner(SklearnClassifier):
     kind = "logistic"
     PARAMS = {"C", "class_weight", "max_iter"}
 

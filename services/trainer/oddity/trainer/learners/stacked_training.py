@@ -43,7 +43,6 @@ class StackRecipe:
     patience: int
     validation_fraction: float
     seed: int
-    threads: int
 
 
 @dataclass
@@ -156,7 +155,6 @@ def train_stack(
     the latest (fold models trained no longer than the model they stand in for)."""
     import torch
 
-    torch.set_num_threads(recipe.threads)
     torch.manual_seed(recipe.seed)
     count = len(sets)
     splits = [_split(rows, recipe) for rows in sets]

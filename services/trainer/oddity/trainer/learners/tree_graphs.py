@@ -8,7 +8,10 @@ hold what scikit-learn adds up per tree (the leaf's depth + the average path len
 rows left in it - 1), followed by the score formula: milliseconds to build and to load.
 
 Splits match scikit-learn's exactly: it compares float32 inputs with float64 thresholds, and
-`x <= t` for a float32 x holds exactly when x <= t rounded down to float32.
+`x <= t` for a float32 x holds exactly when x <= t rounded down to float32. Everything is read
+from the fitted forest's public attributes (estimators_, estimators_features_, max_samples_,
+offset_ and each tree's tree_ arrays); what scikit-learn keeps privately (node depths, the
+average path length of a leaf's rows) is computed here by its published formulas.
 
 Reason to change: how fitted trees are written as ONNX graphs.
 """
@@ -35,11 +38,29 @@ def thresholds_for_float32(thresholds: np.ndarray) -> np.ndarray:
     return t32
 
 
+def average_path_length(rows: np.ndarray) -> np.ndarray:
+    """The average path length of an unsuccessful search in a binary search tree of `rows`
+    rows (Liu et al., Isolation Forest, eq. 1): what a leaf still holding rows adds to a depth."""
+    n = np.asarray(rows, dtype=np.float64)
+    longer = np.maximum(n, 3.0)  # the formula's branch only; n <= 2 is taken below
+    lengths = 2.0 * (np.log(longer - 1.0) + np.euler_gamma) - 2.0 * (longer - 1.0) / longer
+    return np.where(n <= 1, 0.0, np.where(n == 2, 1.0, lengths))
+
+
+def node_depths(children_left: np.ndarray, children_right: np.ndarray) -> np.ndarray:
+    """Each node's depth, the root's 1 (children are numbered after their parent)."""
+    depths = np.zeros(len(children_left), dtype=np.float64)
+    depths[0] = 1.0
+    for node, (left, right) in enumerate(zip(children_left, children_right, strict=True)):
+        if left != _LEAF:
+            depths[left] = depths[right] = depths[node] + 1.0
+    return depths
+
+
 def isolation_forest_graph(forest, d: int) -> onnx.ModelProto:
     """score = -decision_function(x) (higher = more anomalous) of a fitted IsolationForest."""
-    from sklearn.ensemble._iforest import _average_path_length
-
-    subsampled = forest._max_features != forest.n_features_in_  # as score_samples decides
+    # score_samples reads a column subset when each tree saw fewer than every feature.
+    subsampled = any(len(columns) != forest.n_features_in_ for columns in forest.estimators_features_)
     tree_ids: list[np.ndarray] = []
     node_ids: list[np.ndarray] = []
     features: list[np.ndarray] = []
@@ -63,7 +84,7 @@ def isolation_forest_graph(forest, d: int) -> onnx.ModelProto:
         false_ids.append(np.where(leaf, 0, tree.children_right))
         missing_true.append(np.asarray(getattr(tree, "missing_go_to_left", np.zeros(count)), dtype=np.int64))
         # What scikit-learn adds up for a row that ends in this leaf (IsolationForest._compute_score_samples).
-        path = forest._decision_path_lengths[i] + forest._average_path_length_per_tree[i] - 1.0
+        path = node_depths(tree.children_left, tree.children_right) + average_path_length(tree.n_node_samples) - 1.0
         leaf_trees.append(np.full(int(leaf.sum()), i, dtype=np.int64))
         leaf_nodes.append(np.flatnonzero(leaf))
         leaf_values.append(path[leaf])
@@ -90,7 +111,7 @@ def isolation_forest_graph(forest, d: int) -> onnx.ModelProto:
         target_weights=np.concatenate(leaf_values).astype(np.float32).tolist(),
     )
     # score_samples = -2^(-depths / denominator); Oddity's score = -(score_samples - offset_).
-    denominator = len(forest.estimators_) * float(_average_path_length([forest.max_samples_])[0])
+    denominator = len(forest.estimators_) * float(average_path_length(np.array([forest.max_samples_]))[0])
     factor, shift = (-math.log(2.0) / denominator, 0.0) if denominator else (0.0, -math.log(2.0))
     initializers = [
         numpy_helper.from_array(np.array(factor, dtype=np.float32), "forest_factor"),
