@@ -31,6 +31,7 @@ from oddity.client.detection import DetectResult
 from oddity.client.features import FeatureLayout
 from oddity.client.item_queries import Filters, ImageLike, Query, VectorLike, filter_list
 from oddity.client.item_results import ClustersResult, SimilarResult, TagSuggestions
+from oddity.client.messages import from_message
 from oddity.common.errors import FailedPrecondition
 from oddity.common.tensors import array_to_tensor
 from oddity.v1 import detector_pb2, detector_pb2_grpc, manifest_pb2
@@ -62,16 +63,7 @@ class ModelStatus:
 
     @classmethod
     def from_proto(cls, status: detector_pb2.ModelStatus) -> ModelStatus:
-        return cls(
-            name=status.name,
-            serving_version=status.serving_version,
-            available_versions=tuple(status.available_versions),
-            pinned_version=status.pinned_version,
-            unloaded=status.unloaded,
-            kind=status.kind,
-            last_error=status.last_error,
-            rejected_versions=dict(status.rejected_versions),
-        )
+        return from_message(cls, status)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"available_versions": list(self.available_versions)}
@@ -83,6 +75,10 @@ class ModelDetails:
 
     status: ModelStatus
     manifest: manifest_pb2.ModelManifest
+
+    @classmethod
+    def from_proto(cls, response: detector_pb2.GetModelResponse) -> ModelDetails:
+        return from_message(cls, response, status=ModelStatus.from_proto(response.status), manifest=response.manifest)
 
     def to_dict(self) -> dict[str, Any]:
         manifest = json_format.MessageToDict(self.manifest, preserving_proto_field_name=True)
@@ -261,8 +257,7 @@ class DetectorClient(ServiceClient):
         return [ModelStatus.from_proto(m) for m in response.models]
 
     def model(self, name: str) -> ModelDetails:
-        response = self._call("GetModel", detector_pb2.GetModelRequest(model=name))
-        return ModelDetails(ModelStatus.from_proto(response.status), response.manifest)
+        return ModelDetails.from_proto(self._call("GetModel", detector_pb2.GetModelRequest(model=name)))
 
     def layout(self, name: str) -> FeatureLayout:
         """Which columns `name` reads (from its serving manifest; kept until another version answers)."""

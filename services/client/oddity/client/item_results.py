@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from oddity.client.messages import from_message
 from oddity.v1 import detector_pb2
 
 NO_CLUSTER = -1  # the wire's "in no cluster"
@@ -33,13 +34,7 @@ class SimilarItem:
 
     @classmethod
     def from_proto(cls, item: detector_pb2.SimilarItem) -> SimilarItem:
-        return cls(
-            id=item.id,
-            similarity=item.similarity,
-            metadata=dict(sorted(item.metadata.items())),  # a map has no order on the wire
-            tags=tuple(item.tags),
-            cluster=_cluster(item.cluster),
-        )
+        return from_message(cls, item, cluster=_cluster(item.cluster))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"tags": list(self.tags)}
@@ -51,6 +46,10 @@ class TagMatch:
 
     tag: str
     similarity: float
+
+    @classmethod
+    def from_proto(cls, match: detector_pb2.TagMatch) -> TagMatch:
+        return from_message(cls, match)
 
 
 @dataclass(frozen=True)
@@ -65,12 +64,11 @@ class SimilarResult:
 
     @classmethod
     def from_proto(cls, response: detector_pb2.SimilarResponse) -> SimilarResult:
-        return cls(
-            model=response.model,
-            version=response.version,
+        return from_message(
+            cls,
+            response,
             items=[SimilarItem.from_proto(i) for i in response.items],
-            approximate=response.approximate,
-            matched_tags=[TagMatch(m.tag, m.similarity) for m in response.matched_tags],
+            matched_tags=[TagMatch.from_proto(m) for m in response.matched_tags],
         )
 
     def __len__(self) -> int:
@@ -126,12 +124,7 @@ class ClusterInfo:
 
     @classmethod
     def from_proto(cls, cluster: detector_pb2.ClusterInfo) -> ClusterInfo:
-        return cls(
-            id=cluster.id,
-            size=cluster.size,
-            representatives=[SimilarItem.from_proto(i) for i in cluster.representatives],
-            top_tags=tuple(cluster.top_tags),
-        )
+        return from_message(cls, cluster, representatives=[SimilarItem.from_proto(i) for i in cluster.representatives])
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -152,7 +145,7 @@ class ClusterAssignment:
 
     @classmethod
     def from_proto(cls, assignment: detector_pb2.ClusterAssignment) -> ClusterAssignment:
-        return cls(_cluster(assignment.cluster), assignment.is_new, assignment.similarity)
+        return from_message(cls, assignment, cluster=_cluster(assignment.cluster))
 
 
 @dataclass(frozen=True)
@@ -167,11 +160,10 @@ class ClustersResult:
 
     @classmethod
     def from_proto(cls, response: detector_pb2.ClustersResponse) -> ClustersResult:
-        return cls(
-            model=response.model,
-            version=response.version,
+        return from_message(
+            cls,
+            response,
             clusters=[ClusterInfo.from_proto(c) for c in response.clusters],
-            unclustered=response.unclustered,
             assignments=[ClusterAssignment.from_proto(a) for a in response.assignments],
         )
 
@@ -194,6 +186,10 @@ class TagSuggestion:
     from_neighbours: float  # similarity-weighted share of the neighbours carrying the tag
     from_cooccurrence: float  # lift-based support from the tags the item has (0 without any)
 
+    @classmethod
+    def from_proto(cls, suggestion: detector_pb2.TagSuggestion) -> TagSuggestion:
+        return from_message(cls, suggestion)
+
 
 @dataclass(frozen=True)
 class TagSuggestions:
@@ -205,13 +201,7 @@ class TagSuggestions:
 
     @classmethod
     def from_proto(cls, response: detector_pb2.SuggestTagsResponse) -> TagSuggestions:
-        return cls(
-            model=response.model,
-            version=response.version,
-            suggestions=[
-                TagSuggestion(s.tag, s.score, s.from_neighbours, s.from_cooccurrence) for s in response.suggestions
-            ],
-        )
+        return from_message(cls, response, suggestions=[TagSuggestion.from_proto(s) for s in response.suggestions])
 
     def __len__(self) -> int:
         return len(self.suggestions)

@@ -20,34 +20,14 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf import json_format, timestamp_pb2
+from google.protobuf import json_format
 
 from oddity.client.connection import ServiceClient
+from oddity.client.messages import from_message, timestamp
 from oddity.common.errors import NotFound
-from oddity.v1 import manifest_pb2, trainer_pb2, trainer_pb2_grpc
+from oddity.v1 import trainer_pb2, trainer_pb2_grpc
 
-JOB_STATES = {
-    trainer_pb2.JOB_STATE_UNSPECIFIED: "unspecified",
-    trainer_pb2.JOB_STATE_QUEUED: "queued",
-    trainer_pb2.JOB_STATE_RUNNING: "running",
-    trainer_pb2.JOB_STATE_SUCCEEDED: "succeeded",
-    trainer_pb2.JOB_STATE_FAILED: "failed",
-    trainer_pb2.JOB_STATE_SKIPPED: "skipped",
-}
 FINISHED_STATES = frozenset({"succeeded", "failed", "skipped"})
-GROUP_STATUSES = {
-    manifest_pb2.GROUP_STATUS_UNSPECIFIED: "unspecified",
-    manifest_pb2.GROUP_STATUS_ACTIVE: "active",
-    manifest_pb2.GROUP_STATUS_INSUFFICIENT_DATA: "insufficient_data",
-    manifest_pb2.GROUP_STATUS_FAILED: "failed",
-}
-
-
-def _time(stamp: timestamp_pb2.Timestamp) -> datetime | None:
-    """A protobuf timestamp as an aware UTC datetime; None when unset."""
-    if stamp.seconds == 0 and stamp.nanos == 0:
-        return None
-    return stamp.ToDatetime(tzinfo=UTC)
 
 
 def to_json_value(value: Any) -> Any:
@@ -90,27 +70,7 @@ class Job:
 
     @classmethod
     def from_proto(cls, job: trainer_pb2.Job) -> Job:
-        return cls(
-            id=job.id,
-            dataset=job.dataset,
-            state=JOB_STATES.get(job.state, str(job.state)),
-            phase=job.phase,
-            epoch=job.epoch,
-            total_epochs=job.total_epochs,
-            loss=job.loss,
-            group=job.group,
-            message=job.message,
-            trigger=job.trigger,
-            created_at=_time(job.created_at),
-            started_at=_time(job.started_at),
-            finished_at=_time(job.finished_at),
-            published_version=job.published_version,
-            metrics=dict(job.metrics),
-            train_loss=job.train_loss,
-            validation_loss=job.validation_loss,
-            epoch_metrics=dict(job.epoch_metrics),
-            resumed_from_epoch=job.resumed_from_epoch,
-        )
+        return from_message(cls, job)
 
     def to_dict(self) -> dict[str, Any]:
         return to_json_value(asdict(self))
@@ -130,6 +90,17 @@ class GroupEvidence:
     #: Classifiers, on held-out rows: accuracy, balanced_accuracy, macro_f1, classes (precision,
     #: recall), confusion_matrix, ece_before/after_temperature, temperature, score_mae; else {}.
     evaluation: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)  # validation figures, as the manifest's group has them
+
+    @classmethod
+    def from_proto(cls, group: trainer_pb2.GroupEvidence) -> GroupEvidence:
+        return from_message(
+            cls,
+            group,
+            calibration=json_format.MessageToDict(group.calibration, preserving_proto_field_name=True),
+            members=[json_format.MessageToDict(m, preserving_proto_field_name=True) for m in group.members],
+            evaluation=_evaluation(group.evaluation) if group.HasField("evaluation") else {},
+        )
 
 
 def _evaluation(evaluation: Any) -> dict[str, Any]:
@@ -149,8 +120,12 @@ class DatasetStatus:
     kind: str
     training_in_progress: bool
     last_training_time: datetime | None
+    # Automatic training (the spec's retrain: section), flattened from the message's auto_training.
     policy: str  # on_change, interval or manual
-    auto_training: bool
+    auto_training: bool  # enabled
+    interval_hours: float
+    debounce_seconds: float
+    min_samples: int
     samples: int
     group_samples: dict[str, int]
     last_error: str
@@ -165,39 +140,16 @@ class DatasetStatus:
 
     @classmethod
     def from_proto(cls, status: trainer_pb2.DatasetStatus) -> DatasetStatus:
-        return cls(
-            dataset=status.dataset,
-            valid=status.valid,
-            error=status.error,
-            model=status.model,
-            kind=status.kind,
-            training_in_progress=status.training_in_progress,
-            last_training_time=_time(status.last_training_time),
-            policy=status.auto_training.policy,
-            auto_training=status.auto_training.enabled,
-            samples=status.samples,
-            group_samples=dict(status.group_samples),
-            last_error=status.last_error,
-            live_version=status.live_version,
-            data_fingerprint=status.data_fingerprint,
-            pinned_version=status.pinned_version,
-            pinned_until=status.pinned_until,
-            threshold_override=status.threshold_override,
-            consecutive_failures=status.consecutive_failures,
-            next_retry_time=_time(status.next_retry_time),
-            live_groups=tuple(
-                GroupEvidence(
-                    group=g.group,
-                    status=GROUP_STATUSES.get(g.status, str(g.status)),
-                    train_samples=g.train_samples,
-                    threshold=g.threshold,
-                    threshold_percentile=g.threshold_percentile,
-                    calibration=json_format.MessageToDict(g.calibration, preserving_proto_field_name=True),
-                    members=[json_format.MessageToDict(m, preserving_proto_field_name=True) for m in g.members],
-                    evaluation=_evaluation(g.evaluation) if g.HasField("evaluation") else {},
-                )
-                for g in status.live_groups
-            ),
+        auto = status.auto_training
+        return from_message(
+            cls,
+            status,
+            policy=auto.policy,
+            auto_training=auto.enabled,
+            interval_hours=auto.interval_hours,
+            debounce_seconds=auto.debounce_seconds,
+            min_samples=auto.min_samples,
+            live_groups=tuple(GroupEvidence.from_proto(g) for g in status.live_groups),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -216,13 +168,12 @@ class HistoryEvent:
 
     @classmethod
     def from_proto(cls, event: trainer_pb2.HistoryEvent) -> HistoryEvent:
-        details = json.loads(event.details_json) if event.details_json else {}
-        return cls(
-            timestamp=_time(event.timestamp) or datetime.fromtimestamp(0, UTC),
-            event_type=event.event_type,
-            dataset=event.dataset,
-            message=event.message,
-            details=details,
+        # details_json, not the Struct `details`: a Struct holds every number as a double.
+        return from_message(
+            cls,
+            event,
+            timestamp=timestamp(event.timestamp) or datetime.fromtimestamp(0, UTC),
+            details=json.loads(event.details_json) if event.details_json else {},
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -235,6 +186,10 @@ class Rollback:
     restored_from: int
     next: str  # what happens from here
 
+    @classmethod
+    def from_proto(cls, response: trainer_pb2.RollbackResponse) -> Rollback:
+        return from_message(cls, response)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -243,6 +198,10 @@ class Rollback:
 class ThresholdChange:
     version: int  # the new version with the moved thresholds
     next: str
+
+    @classmethod
+    def from_proto(cls, response: trainer_pb2.SetThresholdResponse) -> ThresholdChange:
+        return from_message(cls, response)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -306,12 +265,12 @@ class TrainerClient(ServiceClient):
 
     def rollback(self, dataset: str, version: int | None = None) -> Rollback:
         """Serve an earlier version again (None: the newest complete one before the live one)."""
-        response = self._call("Rollback", trainer_pb2.RollbackRequest(dataset=dataset, version=version or 0))
-        return Rollback(version=response.version, restored_from=response.restored_from, next=response.next)
+        return Rollback.from_proto(
+            self._call("Rollback", trainer_pb2.RollbackRequest(dataset=dataset, version=version or 0))
+        )
 
     def set_threshold(self, dataset: str, percentile: float) -> ThresholdChange:
         """Move every group's threshold to `percentile` (0 < p < 100) of its normal scores, kept
         for later versions; 0 clears it (back to the spec's percentile)."""
         request = trainer_pb2.SetThresholdRequest(dataset=dataset, percentile=percentile)
-        response = self._call("SetThreshold", request)
-        return ThresholdChange(version=response.version, next=response.next)
+        return ThresholdChange.from_proto(self._call("SetThreshold", request))
