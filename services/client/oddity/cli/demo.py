@@ -5,11 +5,11 @@ then held-out normal and anomalous samples scored, in a few minutes on a laptop.
     oddity demo --start --json       # its own stack on a temporary folder; the figures as JSON
 
 Against a running stack (`--detector`/`--trainer`/`--embedder`, and `--data-volume`: the
-folder that stack runs on; a read token is enough: the demo only reads, the trainer trains on
-its own) it writes the datasets into `<folder>/datasets/`. With `--start`
-(the default when nothing answers at the detector and trainer addresses) it runs the same
-supervisor as `oddity up` on free ports and on `--data-volume` or a new temporary folder,
-and stops it at the end (`--keep-running`: keeps it until Ctrl-C).
+folder that stack runs on) it writes the datasets into `<folder>/datasets/`; a read token is
+enough (the demo only reads; the trainer trains on its own). With `--start` (the default
+when nothing answers at the detector and trainer addresses) it runs the same supervisor as
+`oddity up` on free ports and on `--data-volume` or a new temporary folder, and stops it at
+the end (`--keep-running`: keeps it until Ctrl-C).
 
 The drawings need an image model that loads offline: the embedder's `vit` when its weights
 are local (or cached), else a small ViT made in `<folder>/demo/small-vit` that the stack

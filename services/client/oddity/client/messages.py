@@ -45,7 +45,7 @@ def timestamp(stamp: timestamp_pb2.Timestamp) -> datetime | None:
 @functools.cache
 def enum_names(enum: EnumDescriptor) -> dict[int, str]:
     """Each value of an enum by its lowercase name without the enum's prefix:
-    JobState's JOB_STATE_INSUFFICIENT_DATA -> "insufficient_data"."""
+    GroupStatus's GROUP_STATUS_INSUFFICIENT_DATA -> "insufficient_data"."""
     prefix = re.sub(r"(?<!^)(?=[A-Z])", "_", enum.name).upper() + "_"
     return {value.number: value.name.removeprefix(prefix).lower() for value in enum.values}
 
