@@ -18,6 +18,7 @@ from oddity.common.clients import DetectorAdminClient, EmbedderClient, RemoteSer
 from oddity.common.errors import Unavailable
 from oddity.common.logging import get_logger
 from oddity.common.server import HandlerRegistry, Readiness
+from oddity.trainer import runtime
 from oddity.trainer.announcer import Announcer, DetectorFleet
 from oddity.trainer.auto_training import AutoTrainer, Backoff
 from oddity.trainer.catalogue import DatasetCatalogue
@@ -83,6 +84,7 @@ class TrainerApp:
         settings = self.settings
         settings.datasets_root.mkdir(parents=True, exist_ok=True)
         settings.model_repository.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(runtime.configure, settings.torch_threads)  # process-wide, once
         loop = asyncio.get_running_loop()
         embedder = EmbedderClient(
             settings.embedder,

@@ -17,7 +17,7 @@ from pathlib import Path
 from oddity.common import bundle
 from oddity.common.errors import InvalidArgument, NotFound
 from oddity.common.logging import get_logger
-from oddity.trainer.data import fingerprint
+from oddity.trainer.data import FileDigests, fingerprint
 from oddity.trainer.metrics import TrainerMetrics
 from oddity.trainer.spec import DatasetSpec, SpecError, SpecMissing, load_spec
 from oddity.v1 import manifest_pb2
@@ -46,6 +46,7 @@ class DatasetCatalogue:
         self.repository = repository
         self.metrics = metrics
         self._entries: dict[str, DatasetEntry] = {}
+        self.digests = FileDigests()  # scans rehash only the files that changed
         self._lock = threading.Lock()
 
     def refresh(self) -> set[str]:
@@ -86,7 +87,7 @@ class DatasetCatalogue:
                     log.warning("invalid dataset spec", dataset=name, error=str(exc))
             return DatasetEntry(name, folder, error=str(exc))
         try:
-            digest = fingerprint(folder, spec)
+            digest = fingerprint(folder, spec, self.digests)
         except OSError as exc:
             return DatasetEntry(name, folder, spec, error=f"cannot read the data: {exc}")
         return DatasetEntry(name, folder, spec, fingerprint=digest)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,32 +121,53 @@ def ready_marker_time(folder: Path) -> int | None:
         return None
 
 
-# path -> (size, mtime_ns, sha256): periodic scans rehash only files that changed.
-_file_digests: dict[Path, tuple[int, int, str]] = {}
+class FileDigests:
+    """sha256 of files, remembered by (size, mtime_ns) so periodic scans rehash only files that
+    changed; at most `limit` files, the least recently used forgotten first. Safe to share
+    between threads (scans and jobs)."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self.limit = limit
+        self._known: OrderedDict[Path, tuple[int, int, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+    def digest(self, path: Path) -> str:
+        stat = path.stat()
+        with self._lock:
+            cached = self._known.get(path)
+            if cached is not None and cached[:2] == (stat.st_size, stat.st_mtime_ns):
+                self._known.move_to_end(path)
+                return cached[2]
+        value = file_digest(path)
+        with self._lock:
+            self._known[path] = (stat.st_size, stat.st_mtime_ns, value)
+            self._known.move_to_end(path)
+            while len(self._known) > self.limit:
+                self._known.popitem(last=False)
+        return value
 
 
 def file_digest(path: Path) -> str:
-    stat = path.stat()
-    cached = _file_digests.get(path)
-    if cached is not None and cached[:2] == (stat.st_size, stat.st_mtime_ns):
-        return cached[2]
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
-    _file_digests[path] = (stat.st_size, stat.st_mtime_ns, digest.hexdigest())
     return digest.hexdigest()
 
 
-def fingerprint(folder: Path, spec: DatasetSpec) -> str:
-    """Content hash of the spec and every source file: unchanged data, unchanged fingerprint."""
+def fingerprint(folder: Path, spec: DatasetSpec, digests: FileDigests | None = None) -> str:
+    """Content hash of the spec and every source file: unchanged data, unchanged fingerprint.
+    `digests`: the caller's remembered file hashes (None: every file is hashed)."""
     digest = hashlib.sha256()
     spec_path = folder / SPEC_FILE
     if spec_path.exists():
         digest.update(spec_path.read_bytes())
     for path in source_files(folder, spec):
         digest.update(str(path.relative_to(folder)).encode())
-        digest.update(file_digest(path).encode())
+        digest.update((digests.digest(path) if digests is not None else file_digest(path)).encode())
     return digest.hexdigest()
 
 

@@ -59,6 +59,13 @@ class TrainerSettings(ServiceSettings):
         5.0, gt=0, description="Deadline of telling a detector to load a new version (it also polls)."
     )
     max_concurrent_jobs: int = Field(1, ge=1, description="Training jobs that may run at the same time.")
+    torch_threads: int = Field(
+        1,
+        ge=0,
+        le=256,
+        description="Threads torch trains with (autoencoder, mlp_classifier), set once for the process; 0: one "
+        "per usable core. Their small steps train fastest on one thread.",
+    )
     watch: bool = Field(True, description="React to file-system events on the data volume.")
     force_polling: bool = Field(
         False, description="Poll the file system instead of using events (network volumes often deliver none)."
