@@ -27,6 +27,9 @@ from oddity.client import DetectorClient, DetectResult
 from tests.client.conftest import start_up
 from tests.support.waiting import wait_for
 
+# The whole demo as processes: a stack, four datasets trained and served (about a minute a test).
+pytestmark = pytest.mark.slow
+
 DEMO_SECONDS = 600
 
 

@@ -22,6 +22,9 @@ from tests.support import datasets
 from tests.support.certificates import identity
 from tests.support.waiting import wait_for
 
+# `oddity up` as a real process with its services (15 to 50 s a test).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def up_process(tmp_path) -> Iterator[UpProcess]:
