@@ -2,7 +2,6 @@
 
 import json
 import socket
-import time
 
 import grpc
 import numpy as np
@@ -14,6 +13,7 @@ from oddity.v1 import trainer_pb2
 from tests.conftest import start_detector, start_trainer
 from tests.support import datasets
 from tests.support.client import detect_request
+from tests.support.waiting import wait_for
 from tests.trainer.test_robustness import run_job
 
 
@@ -211,14 +211,13 @@ def test_interval_policy_retrains_on_its_clock_and_skips_unchanged_data(data_vol
     spec = manual_spec(retrain={"policy": "interval", "interval_hours": 0.0005})  # 1.8 s
     datasets.write_dataset(data_volume, "clock", spec, {"rows.csv": datasets.sensor_frame(600)})
     trainer = start_trainer(data_volume, repository, scan_interval_seconds=0.5)
+
+    def after_a_skip():
+        events = trainer.stub.History(trainer_pb2.HistoryRequest(dataset="clock")).events
+        return events if any(e.event_type == "TRAINING_SKIPPED" for e in events) else None
+
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            events = trainer.stub.History(trainer_pb2.HistoryRequest(dataset="clock")).events
-            if any(e.event_type == "TRAINING_SKIPPED" for e in events):
-                break
-            assert time.monotonic() < deadline, [e.message for e in events]
-            time.sleep(0.2)
+        events = wait_for(after_a_skip, timeout=60, what="an interval run on unchanged data")
         published = [e for e in events if e.event_type == "PUBLISHED"]
         skipped = next(e for e in events if e.event_type == "TRAINING_SKIPPED")
         assert len(published) == 1 and "data unchanged since version 1" in skipped.message

@@ -2,13 +2,12 @@
 `after_rollback: hold`), and a threshold override is carried into later versions until it is
 cleared. Both RPCs say what happens next, GetStatus shows them, and they survive a restart."""
 
-import time
-
 from oddity.common import bundle
 from oddity.v1 import detector_pb2, trainer_pb2
 from tests.conftest import start_detector, start_trainer
 from tests.support import datasets
 from tests.support.waiting import wait_for
+from tests.trainer.scans import after_scans, started, training
 from tests.trainer.test_robustness import run_job
 
 SCAN_SECONDS = 0.3
@@ -47,7 +46,8 @@ def test_a_rollback_holds_until_the_data_changes(data_volume, repository):
         rolled = trainer.stub.Rollback(trainer_pb2.RollbackRequest(dataset="held"))
         assert (rolled.version, rolled.restored_from) == (3, 1)
         assert rolled.next == "version 3 (a copy of version 1) serves until the data changes; then the trainer retrains"
-        time.sleep(4 * SCAN_SECONDS)  # three scans and more, on the data version 2 was trained on
+        after_scans(trainer)  # on the data version 2 was trained on
+        assert (training(trainer, "held"), started(trainer, "held")) == (False, 2)
         assert bundle.list_versions(repository / "held") == [1, 2, 3] and serving(detector, "held") == 3
         held = status(trainer, "held")
         assert (held.pinned_version, held.pinned_until) == (3, "the data changes")
@@ -74,7 +74,8 @@ def test_with_hold_a_rollback_waits_for_train(data_volume, repository):
         rolled = trainer.stub.Rollback(trainer_pb2.RollbackRequest(dataset="hold"))
         assert rolled.next == "version 3 (a copy of version 1) serves until Train is called (after_rollback: hold)"
         datasets.sensor_frame(400, seed=2).to_csv(folder / "c.csv", index=False)
-        time.sleep(2)  # new data, and still the rolled-back version
+        after_scans(trainer)  # new data, and still the rolled-back version
+        assert (training(trainer, "hold"), started(trainer, "hold")) == (False, 2)
         assert bundle.list_versions(repository / "hold") == [1, 2, 3]
         assert run_job(trainer, "hold").published_version == 4
         wait_for(lambda: status(trainer, "hold").pinned_version == 0, what="the hold released")

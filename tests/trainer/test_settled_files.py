@@ -12,12 +12,17 @@ from oddity.v1 import trainer_pb2
 from tests.conftest import start_trainer
 from tests.support import datasets
 from tests.support.waiting import wait_for
+from tests.trainer.scans import after_scans, started, training
 
 
 def published(trainer, dataset: str) -> list[trainer_pb2.HistoryEvent]:
     events = trainer.stub.History(trainer_pb2.HistoryRequest(dataset=dataset)).events
     return [e for e in events if e.event_type in ("TRAINING_COMPLETED", "PUBLISHED")]
 
+
+def failures(trainer, dataset: str) -> list[trainer_pb2.HistoryEvent]:
+    request = trainer_pb2.HistoryRequest(dataset=dataset, event_types=["TRAINING_FAILED"])
+    return list(trainer.stub.History(request).events)
 
 
 
@@ -29,6 +34,7 @@ def trainer(data_volume, repository):
     handle.close()
 
 
+@pytest.mark.slow  # a copy of 20 s: ten times the debounce
 def test_a_csv_copied_in_chunks_trains_once_on_every_row(trainer, data_volume, repository):
     spec = {"sources": [{"path": "*.csv"}], "retrain": {"debounce_seconds": 2.0}}
     folder = data_volume / "datasets" / "copied"
@@ -50,7 +56,8 @@ def test_a_csv_copied_in_chunks_trains_once_on_every_row(trainer, data_volume, r
     copier.start()
     copier.join()
     wait_for(lambda: bundle.list_versions(repository / "copied") == [1], timeout=60, what="version 1")
-    time.sleep(3)  # a scan or a late event must not train it again
+    after_scans(trainer)  # a scan or a late event must not train it again
+    assert (training(trainer, "copied"), started(trainer, "copied")) == (False, 1)
     assert bundle.list_versions(repository / "copied") == [1]
     completed = [e for e in published(trainer, "copied") if e.event_type == "TRAINING_COMPLETED"]
     assert [int(e.details["samples"]) for e in completed] == [4000]
@@ -60,17 +67,19 @@ def test_a_file_renamed_into_place_trains_once_and_temporary_names_are_never_rea
     folder = data_volume / "datasets" / "renamed"
     folder.mkdir()
     (folder / "dataset.yaml").write_text("sources: [{path: '*'}]\nretrain: {debounce_seconds: 0.5}\n")
-    # Written under in-progress names for a while: nothing trains (a bare `*` skips them, and
-    # the spec itself).
+    # Written under in-progress names: none is read (a bare `*` skips them, and the spec
+    # itself), so the run finds no data.
     partial = folder / "readings.csv.partial"
     datasets.sensor_frame(1500, seed=4).to_csv(partial, index=False)
     (folder / ".readings.csv.swp").write_text("editor state")
     (folder / "upload.tmp").write_text("a,b\n1,2\n")
-    time.sleep(2)
+    failed = wait_for(lambda: failures(trainer, "renamed"), what="the run that finds no data")
+    assert [e.message for e in failed] == ["no files match ['*']"]
     assert bundle.list_versions(repository / "renamed") == []
     partial.rename(folder / "readings.csv")
     wait_for(lambda: bundle.list_versions(repository / "renamed") == [1], timeout=30, what="version 1")
-    time.sleep(2)
+    after_scans(trainer)
+    assert (training(trainer, "renamed"), started(trainer, "renamed")) == (False, 2)
     assert bundle.list_versions(repository / "renamed") == [1]
     [completed] = [e for e in published(trainer, "renamed") if e.event_type == "TRAINING_COMPLETED"]
     assert int(completed.details["samples"]) == 1500
@@ -83,8 +92,9 @@ def test_a_ready_marker_hands_off_explicitly(trainer, data_volume, repository):
         "sources: [{path: '*.csv'}]\nretrain: {debounce_seconds: 0.2, ready_marker: true}\n"
     )
     datasets.sensor_frame(800, seed=5).to_csv(folder / "part-1.csv", index=False)
-    time.sleep(2.5)
-    assert bundle.list_versions(repository / "marked") == []  # quiet, but not handed off
+    after_scans(trainer)  # quiet for longer than the debounce, but not handed off
+    assert (training(trainer, "marked"), started(trainer, "marked")) == (False, 0)
+    assert bundle.list_versions(repository / "marked") == []
     datasets.sensor_frame(800, seed=6).to_csv(folder / "part-2.csv", index=False)
     (folder / "_READY").touch()
     wait_for(lambda: bundle.list_versions(repository / "marked") == [1], timeout=30, what="version 1")
@@ -96,5 +106,6 @@ def test_a_ready_marker_hands_off_explicitly(trainer, data_volume, repository):
     assert int(completed.details["samples"]) == 1600
     # New data after the marker waits for the next one.
     datasets.sensor_frame(400, seed=7).to_csv(folder / "part-3.csv", index=False)
-    time.sleep(2.5)
+    after_scans(trainer)
+    assert (training(trainer, "marked"), started(trainer, "marked")) == (False, 1)
     assert bundle.list_versions(repository / "marked") == [1]

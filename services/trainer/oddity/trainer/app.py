@@ -31,7 +31,7 @@ from oddity.trainer.jobs import JobBoard
 from oddity.trainer.loop_calls import LoopBridge
 from oddity.trainer.metrics import TrainerMetrics
 from oddity.trainer.publisher import Publisher
-from oddity.trainer.runner import EmbedderAccess, JobRunner
+from oddity.trainer.runner import EmbedderAccess, JobEnvironment, JobRunner
 from oddity.trainer.service import TrainerService
 from oddity.trainer.settings import TrainerSettings
 from oddity.trainer.tracking import ExperimentTracking
@@ -103,24 +103,24 @@ class TrainerApp:
         publisher = Publisher(settings.model_repository)
         announcer = Announcer(history, self.metrics, self._detectors)
         catalogue = DatasetCatalogue(settings.datasets_root, settings.model_repository, self.metrics)
-        self.runner = JobRunner(
-            JobBoard(settings.state_dir / "running", loop),
-            publisher,
-            announcer,
-            history,
-            self.metrics,
-            LoopBridge(loop),
-            EmbedderAccess(
+        environment = JobEnvironment(
+            publisher=publisher,
+            announcer=announcer,
+            decisions=decisions,
+            history=history,
+            metrics=self.metrics,
+            checkpoints=CheckpointStore(settings.state_dir / "checkpoints"),
+            embedder=EmbedderAccess(
                 client=embedder,
                 cache=EmbeddingCache(settings.state_dir / "embeddings"),
                 connect_timeout=settings.embedder_connect_timeout_seconds,
                 batch_timeout=settings.embedder_timeout_seconds,
             ),
-            decisions,
-            checkpoints=CheckpointStore(settings.state_dir / "checkpoints"),
+            bridge=LoopBridge(loop),
             tracking=ExperimentTracking(settings.mlflow_tracking_uri),
-            max_concurrent_jobs=settings.max_concurrent_jobs,
         )
+        board = JobBoard(settings.state_dir / "running", loop)
+        self.runner = JobRunner(board, environment, max_concurrent_jobs=settings.max_concurrent_jobs)
         service = TrainerService(
             settings.data_volume, catalogue, self.runner, publisher, announcer, history, decisions, backoff
         )
@@ -155,6 +155,8 @@ class TrainerApp:
                 await policy.scan()
             except Exception:
                 log.exception("dataset scan failed")
+            else:
+                self.metrics.scans.inc()
 
     async def stop(self) -> None:
         for task in self._tasks:

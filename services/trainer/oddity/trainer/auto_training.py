@@ -37,8 +37,9 @@ from oddity.common.logging import get_logger
 from oddity.trainer.catalogue import DatasetCatalogue, DatasetEntry
 from oddity.trainer.data import file_states, ready_marker_time
 from oddity.trainer.decisions import DecisionBook
-from oddity.trainer.jobs import Job
-from oddity.trainer.runner import JobRequest, JobRunner, LastRun
+from oddity.trainer.job_records import LastRun
+from oddity.trainer.jobs import Job, JobRequest
+from oddity.trainer.runner import JobRunner
 from oddity.trainer.spec import DEFAULT_DEBOUNCE_SECONDS
 
 log = get_logger("oddity.trainer.auto_training")

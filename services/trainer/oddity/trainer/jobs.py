@@ -4,7 +4,8 @@ A job is an immutable snapshot; every change replaces the board's snapshot at on
 reader on the event loop (GetJob, WatchJob) never sees half of an update made by a worker
 thread (e.g. state "failed" without its message).
 
-The crash record of a running job holds what it takes to run it again (its request and its
+A job runs a `JobRequest` (the dataset, what started it, the Train request's overrides). The
+crash record of a running job holds what it takes to run it again (its request and its
 experiment-tracking run), so a job with checkpoints can resume after the trainer was killed.
 
 Reason to change: what a job is and how its progress is seen and survives a crash.
@@ -59,6 +60,52 @@ class Job:
     @property
     def done(self) -> bool:
         return self.state in TERMINAL
+
+
+@dataclass(frozen=True)
+class Resume:
+    """A job that goes on after a restart: its id, how often it resumed, its tracking run."""
+
+    job_id: str
+    resumes: int
+    tracking_run_id: str = ""
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """What to run: the dataset, what started it, and the Train request's overrides."""
+
+    dataset: str
+    folder: Path
+    trigger: str  # api, file_change, scan, interval, startup, data_changed_after_rollback
+    force: bool = False
+    data_path: Path | None = None
+    model_kind: str | None = None
+    resume: Resume | None = None
+
+    def record(self) -> dict[str, Any]:
+        """What the crash record keeps to run this request again."""
+        return {
+            "folder": str(self.folder),
+            "force": self.force,
+            "data_path": str(self.data_path) if self.data_path is not None else "",
+            "model_kind": self.model_kind or "",
+            "resumes": self.resume.resumes if self.resume is not None else 0,
+            "tracking_run_id": self.resume.tracking_run_id if self.resume is not None else "",
+        }
+
+    @classmethod
+    def resumed(cls, job: Job, record: dict[str, Any]) -> JobRequest:
+        """The request of an interrupted job, from its crash record, to run it again."""
+        return cls(
+            dataset=job.dataset,
+            folder=Path(record["folder"]),
+            trigger=job.trigger,
+            force=bool(record.get("force", False)),
+            data_path=Path(record["data_path"]) if record.get("data_path") else None,
+            model_kind=record.get("model_kind") or None,
+            resume=Resume(job.id, int(record.get("resumes", 0)) + 1, str(record.get("tracking_run_id", ""))),
+        )
 
 
 class JobBoard:

@@ -72,6 +72,11 @@ class TrainerMetrics:
         self.invalid_datasets = Gauge(
             "oddity_trainer_invalid_datasets", "Datasets whose spec is invalid.", registry=registry
         )
+        self.scans = Counter(
+            "oddity_trainer_scans",
+            "Periodic scans of the datasets folder completed (each starts the jobs that are due).",
+            registry=registry,
+        )
         self._live_series: dict[tuple[str, str], set[tuple[str, str]]] = {}  # (dataset, model) -> (group, metric)
         self._lock = threading.Lock()
 

@@ -1,60 +1,47 @@
-"""The job runner: runs one training job on a worker thread from loading the data to
-publishing the version (its models and similarity index together), at most
-`max_concurrent_jobs` at once, so the gRPC loop keeps answering.
+"""The job runner: runs one training job on a worker thread, at most `max_concurrent_jobs` at
+once, so the gRPC loop keeps answering. A job goes through its stages (job_stages.py): plan →
+load → train (+ index) → publish; the skip rules (skip_rules.py) are asked between them, and
+every outcome is recorded (job_records.py) — a failed job never touches the live model.
 
-Every outcome is recorded: TRAINING_STARTED, then TRAINING_COMPLETED (and PUBLISHED),
-TRAINING_SKIPPED or TRAINING_FAILED in the history; the outcome metric; the job's
-experiment-tracking run (tracking.py); a crash record while the job runs. At the next start a
-job that left checkpoints (kinds that train in epochs) resumes from its last one under the same
-job id (at most MAX_RESUMES times); any other is reported as an interrupted (failed) job. A
-failed job never touches the live model. When the trainer stops, running jobs end at their
-next step.
+At the next start a job that left checkpoints (kinds that train in epochs) resumes from its
+last one under the same job id (at most MAX_RESUMES times); any other is reported as an
+interrupted (failed) job. When the trainer stops, running jobs end at their next step.
 
-Reason to change: how a job runs and what its outcomes record.
+Reason to change: in which order a job's stages run and how a job is queued, resumed and stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
-from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from oddity.common import bundle
 from oddity.common.clients import EmbedderClient
 from oddity.common.errors import OddityError
 from oddity.common.logging import get_logger
-from oddity.trainer import index_items, pipeline
+from oddity.trainer import job_stages, pipeline
 from oddity.trainer.announcer import Announcer
 from oddity.trainer.checkpoints import CheckpointStore
-from oddity.trainer.data import DataError, fingerprint, load_dataset
+from oddity.trainer.data import DataError
 from oddity.trainer.decisions import DecisionBook
 from oddity.trainer.embedding_cache import EmbeddingCache
 from oddity.trainer.history import History
-from oddity.trainer.index_items import IndexBuildFailed
-from oddity.trainer.item_datasets import load_item_dataset
+from oddity.trainer.index_items import IndexBuildFailed, IndexPlan
 from oddity.trainer.job_embedder import JobEmbedder
-from oddity.trainer.jobs import FAILED, RUNNING, SKIPPED, SUCCEEDED, Job, JobBoard, now
+from oddity.trainer.job_records import JobRecord, JobRecords, LastRun
+from oddity.trainer.job_stages import Baseline, Built, Loaded, Plan, RepositoryUnwritable
+from oddity.trainer.jobs import FAILED, SKIPPED, SUCCEEDED, Job, JobBoard, JobRequest
 from oddity.trainer.loop_calls import Interrupted, LoopBridge
 from oddity.trainer.metrics import REJECTED, TrainerMetrics
 from oddity.trainer.publisher import Publisher
-from oddity.trainer.spec import DatasetSpec, SpecError, load_spec
-from oddity.trainer.tracking import NO_TRACKING, ExperimentTracking, JobTracking
+from oddity.trainer.skip_rules import JobFacts, skip_reason
+from oddity.trainer.spec import SpecError
+from oddity.trainer.tracking import ExperimentTracking, JobTracking
 from oddity.trainer.validation import ValidationFailed
 
 log = get_logger("oddity.trainer.runner")
-
-
-class RepositoryUnwritable(Exception):
-    """The model repository cannot take a new version (read-only, full, gone): one line, no traceback."""
-
-
-# How many of the history's newest successful runs are read back at start: a dataset whose
-# last success is older than that many successes (of all datasets) starts without one.
-RESTORED_SUCCESSES = 10_000
 
 # Expected failures: recorded with their message, no traceback.
 EXPECTED_FAILURES = (
@@ -73,65 +60,6 @@ MAX_RESUMES = 3
 
 
 @dataclass(frozen=True)
-class Resume:
-    """A job that goes on after a restart: its id, how often it resumed, its tracking run."""
-
-    job_id: str
-    resumes: int
-    tracking_run_id: str = ""
-
-
-@dataclass(frozen=True)
-class JobRequest:
-    """What to run: the dataset, what started it, and the Train request's overrides."""
-
-    dataset: str
-    folder: Path
-    trigger: str  # api, file_change, scan, interval, startup
-    force: bool = False
-    data_path: Path | None = None
-    model_kind: str | None = None
-    resume: Resume | None = None
-
-    def record(self) -> dict[str, Any]:
-        """What the crash record keeps to run this request again."""
-        return {
-            "folder": str(self.folder),
-            "force": self.force,
-            "data_path": str(self.data_path) if self.data_path is not None else "",
-            "model_kind": self.model_kind or "",
-            "resumes": self.resume.resumes if self.resume is not None else 0,
-            "tracking_run_id": self.resume.tracking_run_id if self.resume is not None else "",
-        }
-
-    @classmethod
-    def resumed(cls, job: Job, record: dict[str, Any]) -> JobRequest:
-        """The request of an interrupted job, from its crash record, to run it again."""
-        return cls(
-            dataset=job.dataset,
-            folder=Path(record["folder"]),
-            trigger=job.trigger,
-            force=bool(record.get("force", False)),
-            data_path=Path(record["data_path"]) if record.get("data_path") else None,
-            model_kind=record.get("model_kind") or None,
-            resume=Resume(job.id, int(record.get("resumes", 0)) + 1, str(record.get("tracking_run_id", ""))),
-        )
-
-
-@dataclass(frozen=True)
-class LastRun:
-    """What the latest jobs of a dataset found (shown by GetStatus)."""
-
-    trained_at: datetime | None = None  # last successful run
-    error: str = ""  # reason of the last failure, cleared by a success
-    samples: int = 0
-    group_samples: dict[str, int] = field(default_factory=dict)
-    failures: int = 0  # failed runs in a row (a Train request starts counting again)
-    failed_at: float = 0.0  # time.time() of the last failure
-    failed_fingerprint: str = ""  # the data and spec that failed: a change of either ends the backoff
-
-
-@dataclass(frozen=True)
 class EmbedderAccess:
     """The embedder for image and text datasets, and how long a job waits for it."""
 
@@ -141,35 +69,41 @@ class EmbedderAccess:
     batch_timeout: float
 
 
+@dataclass(frozen=True)
+class JobEnvironment:
+    """What every job works with, built once at start: where versions go and who hears of
+    them, what operators decided, the embedder, where outcomes are recorded, the event loop
+    (for calls to other services, and to stop jobs)."""
+
+    publisher: Publisher
+    announcer: Announcer
+    decisions: DecisionBook
+    history: History
+    metrics: TrainerMetrics
+    checkpoints: CheckpointStore
+    embedder: EmbedderAccess
+    bridge: LoopBridge
+    tracking: ExperimentTracking = field(default_factory=lambda: ExperimentTracking(None))
+
+
+@dataclass(frozen=True)
+class RunningJob:
+    """One job on its worker thread: its request, what is recorded of it so far, its view of
+    the embedder, and how its stages report progress."""
+
+    request: JobRequest
+    record: JobRecord
+    embedder: JobEmbedder
+    progress: job_stages.Progress
+
+
 class JobRunner:
-    def __init__(
-        self,
-        board: JobBoard,
-        publisher: Publisher,
-        announcer: Announcer,
-        history: History,
-        metrics: TrainerMetrics,
-        bridge: LoopBridge,
-        embedder: EmbedderAccess,
-        decisions: DecisionBook,
-        *,
-        checkpoints: CheckpointStore,
-        tracking: ExperimentTracking | None = None,
-        max_concurrent_jobs: int = 1,
-    ) -> None:
+    def __init__(self, board: JobBoard, env: JobEnvironment, *, max_concurrent_jobs: int = 1) -> None:
         self.board = board
-        self.publisher = publisher
-        self.announcer = announcer
-        self.history = history
-        self.metrics = metrics
-        self.bridge = bridge
-        self.embedder = embedder
-        self.decisions = decisions
-        self.checkpoints = checkpoints
-        self.tracking = tracking or ExperimentTracking(None)
+        self.env = env
+        self.records = JobRecords(board, env.history, env.metrics, env.checkpoints)
         self._slots = asyncio.Semaphore(max_concurrent_jobs)
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._last_runs: dict[str, LastRun] = {}
         self._to_resume: list[JobRequest] = []
 
     def job(self, job_id: str) -> Job | None:
@@ -182,33 +116,23 @@ class JobRunner:
         return self.board.running_for(dataset)
 
     def last_run(self, dataset: str) -> LastRun:
-        return self._last_runs.get(dataset, LastRun())
+        return self.records.last_run(dataset)
 
     def recover(self) -> list[Job]:
         """At start: each dataset's last successful run as the history tells it (so GetStatus
         and its metric survive a restart), and the jobs a killed trainer left running: those
         with checkpoints are kept for `resume_interrupted`, the others reported as failed
         (interrupted) and returned."""
-        for event in self.history.read(event_types=("TRAINING_COMPLETED",), limit=RESTORED_SUCCESSES):
-            try:
-                dataset, at = str(event["dataset"]), datetime.fromisoformat(event["timestamp"])
-            except (KeyError, TypeError, ValueError):
-                continue
-            self._last_runs[dataset] = replace(self.last_run(dataset), trained_at=at)  # oldest first: newest wins
-            self.metrics.last_success.labels(dataset).set(at.timestamp())
+        self.records.restore()
         failed = []
         for job, record in self.board.interrupted():
             resumes = record.get("resumes", 0) if isinstance(record.get("resumes", 0), int) else MAX_RESUMES
-            if self.checkpoints.has(job.id) and isinstance(record.get("folder"), str) and resumes < MAX_RESUMES:
+            if self.env.checkpoints.has(job.id) and isinstance(record.get("folder"), str) and resumes < MAX_RESUMES:
                 self._to_resume.append(JobRequest.resumed(job, record))
                 continue
             reason = "interrupted" if resumes < MAX_RESUMES else f"interrupted {resumes + 1} times; not resumed again"
-            self.history.append(
-                "TRAINING_FAILED", job.dataset, job.message, job_id=job.id, reason=reason, trigger=job.trigger
-            )
-            self.metrics.jobs.labels(job.dataset, FAILED).inc()
-            failed.append(self.board.add(job))
-        self.checkpoints.remove_all_but({r.resume.job_id for r in self._to_resume if r.resume is not None})
+            failed.append(self.records.interrupted(job, reason))
+        self.env.checkpoints.remove_all_but({r.resume.job_id for r in self._to_resume if r.resume is not None})
         return failed
 
     def resume_interrupted(self) -> list[Job]:
@@ -237,268 +161,193 @@ class JobRunner:
 
     async def close(self) -> None:
         """Stop: running jobs end at their next step (recorded as failed)."""
-        self.bridge.stop()
+        self.env.bridge.stop()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
     async def _run(self, job_id: str, request: JobRequest) -> None:
         async with self._slots:
-            self.metrics.running.inc()
+            self.env.metrics.running.inc()
             try:
                 await asyncio.to_thread(self._execute, job_id, request)
             finally:
-                self.metrics.running.dec()
+                self.env.metrics.running.dec()
 
     def _execute(self, job_id: str, request: JobRequest) -> None:
-        """Worker thread: one job from start to end; every outcome is recorded."""
-        started = time.perf_counter()
-        job = self.board.update(job_id, state=RUNNING, phase="loading", started_at=now())
-        self.board.mark_running(job, **request.record())
-        dataset = request.dataset
-        details: dict[str, Any] = {"job_id": job_id, "trigger": request.trigger}
-        if request.resume is not None:
-            details["resumes"] = request.resume.resumes
-        run = self.last_run(dataset)
-        if request.trigger == "api" and request.resume is None:  # an operator asked: what failed before starts over
-            run = self._remember(dataset, replace(run, failures=0))
-        digest = ""
-        tracker = NO_TRACKING
+        """Worker thread: one job through its stages; whatever happens is recorded."""
+        record = self.records.begin(job_id, request)
+        job = RunningJob(request, record, self._job_embedder(job_id), self._progress(record))
         try:
-            self.bridge.check()
-            spec = load_spec(request.folder)
-            decided = self.decisions.get(dataset)
-            if decided.threshold_percentile:  # an operator's SetThreshold outlives retraining
-                spec = with_threshold_override(spec, decided.threshold_percentile)
-                details["threshold_override"] = decided.threshold_percentile
-            kind = request.model_kind or spec.model.kind
-            details.update(model=spec.name, kind=kind)
-            doing = "resuming" if request.resume is not None else "training"
-            self.history.append("TRAINING_STARTED", dataset, f"{doing} {kind} for {dataset}", **details)
-            tracker = self._track(job, request, spec, kind)
-            digest = fingerprint(request.folder, spec)
-            live = bundle.newest_complete_version(self.publisher.repository, spec.name)
-            live_number = live.manifest.version if live is not None else 0
-            unchanged = live is not None and live.manifest.data_fingerprint == digest and not request.data_path
-            if unchanged and request.trigger == "interval":
-                raise pipeline.Skipped(f"data unchanged since version {live_number}")
-            if unchanged and request.trigger == "api" and not request.force and not request.model_kind:
-                raise pipeline.Skipped(
-                    f"data and spec unchanged since version {live_number}; Train with force to train again"
-                )
-            again = f" (data and spec unchanged since version {live_number})" if unchanged else ""
-            embedding = None
-            embedder = self._job_embedder(job_id)
-            if spec.is_embedded:
-                self._progress(job_id, "embedding", {})
-                data, embedding, stats = load_item_dataset(request.folder, spec, embedder, self.embedder.cache)
-                details.update(embedding=stats)
-            else:
-                data = load_dataset(request.folder, spec, request.data_path)
-            # Before training: a bad id column or text model fails the job at once.
-            index_plan = index_items.plan_index(spec, data, embedding)
-            if index_plan is not None:
-                index_items.choose_text_model(index_plan, embedder)
-            run = self._remember(dataset, replace(run, samples=len(data.features)))
-            self.metrics.last_run_rows.labels(dataset).set(len(data.features))
-            details.update(samples=len(data.features), dropped_rows=data.dropped_rows)
-            tracker.log_params(
-                {
-                    "kind": kind,
-                    **{f"params.{k}": v for k, v in spec.model.params.items()},
-                    "label": spec.label or "",
-                    "score_column": spec.score_column or "",
-                    "features": len(data.feature_names),
-                    "samples": len(data.features),
-                    "holdout_fraction": spec.validation.holdout_fraction,
-                    "data_fingerprint": digest,
-                }
-            )
-            trained = pipeline.train(
-                spec,
-                data,
-                fingerprint=digest,
-                force=request.force,
-                kind=kind,
-                live=live,
-                progress=lambda phase, fields: self._progress(job_id, phase, fields, tracker),
-                embedding=embedding,
-                checkpoints=self.checkpoints.job(job_id),
-            )
-            run = self._remember(dataset, replace(run, group_samples=trained.group_samples))
-            files = dict(trained.onnx_files)
-            if index_plan is not None:
-                self._progress(job_id, "indexing", {"group": ""})
-                index_start = time.perf_counter()
-                indexed = index_items.build(index_plan, embedder, self.embedder.cache, spec.embedder.batch_size)
-                trained.durations["index"] = time.perf_counter() - index_start
-                trained.manifest.similarity.CopyFrom(indexed.built.index)
-                files.update(indexed.built.files)
-                details.update(index=indexed.figures())
-            tracker.log_metrics(trained.metrics)
-            tracker.log_model(trained.onnx_files, bundle.manifest_to_json(trained.manifest))
-            self._progress(job_id, "publishing", {"group": ""})
-            pinned = self.decisions.get(dataset).pin
-            if pinned is not None and request.trigger not in ("api", "data_changed_after_rollback"):
-                # A Rollback came while this run trained on the data it rolled away from.
-                raise pipeline.Skipped(f"a rollback to version {pinned.restored_from} holds; this run is not published")
-            publish_start = time.perf_counter()
-            try:
-                version = self.publisher.publish(trained.manifest, files, spec.keep_versions)
-            except OSError as exc:  # read-only, full or missing volume: the operator's to fix
-                raise RepositoryUnwritable(
-                    f"cannot write to the model repository {self.publisher.repository}: "
-                    f"{exc.strerror or type(exc).__name__}"
-                ) from exc
-            trained.durations["publish"] = time.perf_counter() - publish_start
-            details.update(
-                metrics=trained.metrics,
-                group_samples=trained.group_samples,
-                duration_seconds=round(time.perf_counter() - started, 3),
-                phase_seconds={k: round(v, 3) for k, v in trained.durations.items()},
-            )
-            if trained.epochs:  # every epoch's figures, per group: what MLflow would show
-                details["epochs"] = trained.epochs
-            if trained.resumed_from_epoch:
-                details["resumed_from_epoch"] = trained.resumed_from_epoch
-            self.history.append(
-                "TRAINING_COMPLETED", dataset, f"trained {kind} on {len(data.features)} rows", **details
-            )
-            if pinned is not None:  # a new version replaces the rolled-back one
-                self.decisions.unpin(dataset)
-            self.announcer.record(dataset, spec.name, version, job_id=job_id)
-            trained.manifest.version = version
-            tracker.set_tags({"oddity.version": str(version)})
-            self.metrics.live(dataset, trained.manifest)
-            # Published: from here on the job succeeds, even if the trainer is stopping.
-            self.bridge.call(self.announcer.notify(spec.name, request_id=job_id), interruptible=False)
-            finished = now()
-            self._remember(dataset, replace(run, trained_at=finished, error="", failures=0))
-            self.metrics.last_success.labels(dataset).set(finished.timestamp())
-            self._finish(
-                job_id,
-                dataset,
-                SUCCEEDED,
-                f"published version {version}{again}",
-                started,
-                published_version=version,
-                metrics=trained.metrics,
-            )
+            planned, baseline = self._plan(job)
+            loaded, index_plan = self._load(job, planned, baseline)
+            built = self._train(job, planned, baseline, loaded, index_plan)
+            self._publish(job, planned, baseline, loaded, built)
         except pipeline.Skipped as exc:
-            self.history.append("TRAINING_SKIPPED", dataset, str(exc), reason=str(exc), **details)
-            self._remember(dataset, replace(self.last_run(dataset), failures=0))
-            tracker.set_tags({"oddity.outcome": SKIPPED, "oddity.message": str(exc)})
-            self._finish(job_id, dataset, SKIPPED, str(exc), started)
+            self.records.skipped(record, str(exc))
         except EXPECTED_FAILURES as exc:
-            if isinstance(exc, OddityError):
-                reason = exc.message
-            elif isinstance(exc, ValueError):
-                reason = f"{type(exc).__name__}: {exc}"
-            else:
-                reason = str(exc)
             outcome = REJECTED if isinstance(exc, ValidationFailed) else FAILED
-            tracker.set_tags({"oddity.outcome": outcome, "oddity.message": reason})
-            self._fail(job_id, dataset, reason, details, started, digest, outcome)
+            record.tracker.set_tags({"oddity.outcome": outcome, "oddity.message": failure_reason(exc)})
+            self.records.failed(record, failure_reason(exc), outcome)
         except Exception as exc:  # a bug must not stop the trainer; the live model stays as it is
-            log.exception("training crashed", dataset=dataset, job_id=job_id)
-            self._fail(job_id, dataset, f"internal error: {type(exc).__name__}: {exc}", details, started, digest)
+            log.exception("training crashed", dataset=request.dataset, job_id=job_id)
+            self.records.failed(record, f"internal error: {type(exc).__name__}: {exc}")
         finally:
-            job = self.board.get(job_id) or job
-            tracker.finish("FINISHED" if job.state in (SUCCEEDED, SKIPPED) else "FAILED")
+            ended = self.board.get(job_id)
+            record.tracker.finish("FINISHED" if ended is not None and ended.state in (SUCCEEDED, SKIPPED) else "FAILED")
+
+    def _plan(self, job: RunningJob) -> tuple[Plan, Baseline]:
+        """Stage 1: the spec and kind (the job starts, with its tracking run), then the data
+        against the live version; unchanged data may end the job here."""
+        request, record = job.request, job.record
+        self.env.bridge.check()
+        planned = job_stages.plan(request, self.env.decisions.get(request.dataset))
+        record.details.update(planned.details())
+        doing = "resuming" if request.resume is not None else "training"
+        self.records.started(record, f"{doing} {planned.kind} for {request.dataset}")
+        record.tracker = self._track(request, record.job_id, planned)
+        baseline = job_stages.baseline(request.folder, planned.spec, self.env.publisher.repository)
+        record.fingerprint = baseline.fingerprint
+        skip_unless_go(facts(request, planned, baseline))
+        return planned, baseline
+
+    def _load(self, job: RunningJob, planned: Plan, baseline: Baseline) -> tuple[Loaded, IndexPlan | None]:
+        """Stage 2: the rows and the plan of their index; too few rows end the job here."""
+        record, spec = job.record, planned.spec
+        loaded = job_stages.load(job.request, spec, job.embedder, self.env.embedder.cache, job.progress)
+        if loaded.embedding_stats is not None:
+            record.details.update(embedding=loaded.embedding_stats)
+        index_plan = job_stages.plan_index(spec, loaded, job.embedder)
+        self.records.loaded(record, loaded.data)
+        record.tracker.log_params(job_stages.tracked_params(planned, loaded, baseline))
+        skip_unless_go(facts(job.request, planned, baseline, rows=len(loaded.data.features)))
+        return loaded, index_plan
+
+    def _train(
+        self, job: RunningJob, planned: Plan, baseline: Baseline, loaded: Loaded, index_plan: IndexPlan | None
+    ) -> Built:
+        """Stage 3: the model, then its similarity index."""
+        record = job.record
+        checkpoints = self.env.checkpoints.job(record.job_id)
+        built = job_stages.train(
+            planned, baseline, loaded, force=job.request.force, progress=job.progress, checkpoints=checkpoints
+        )
+        self.records.trained(record, built.trained.group_samples)
+        if index_plan is not None:
+            cache, batch_size = self.env.embedder.cache, planned.spec.embedder.batch_size
+            built = job_stages.build_index(built, index_plan, job.embedder, cache, batch_size, job.progress)
+            record.details.update(index=built.index_figures)
+        record.tracker.log_metrics(built.trained.metrics)
+        record.tracker.log_model(built.trained.onnx_files, bundle.manifest_to_json(built.trained.manifest))
+        return built
+
+    def _publish(self, job: RunningJob, planned: Plan, baseline: Baseline, loaded: Loaded, built: Built) -> None:
+        """Stage 4: unless a rollback came while the job trained, write the version and tell
+        the detectors; from then on the job succeeds, even if the trainer is stopping."""
+        request, record, spec = job.request, job.record, planned.spec
+        job.progress("publishing", {"group": ""})
+        pin = self.env.decisions.get(request.dataset).pin
+        rows = len(loaded.data.features)
+        holds = pin.restored_from if pin is not None else None
+        skip_unless_go(facts(request, planned, baseline, rows=rows, rollback_holds=holds))
+        version = job_stages.publish(self.env.publisher, built, spec.keep_versions)
+        record.details.update(job_stages.completed_details(built, record.started))
+        self.records.completed(record, f"trained {planned.kind} on {rows} rows")
+        if pin is not None:  # a new version replaces the rolled-back one
+            self.env.decisions.unpin(request.dataset)
+        self.env.announcer.record(request.dataset, spec.name, version, job_id=record.job_id)
+        built.trained.manifest.version = version
+        record.tracker.set_tags({"oddity.version": str(version)})
+        self.env.metrics.live(request.dataset, built.trained.manifest)
+        self.env.bridge.call(self.env.announcer.notify(spec.name, request_id=record.job_id), interruptible=False)
+        unchanged = facts(request, planned, baseline).unchanged_since
+        again = f" (data and spec unchanged since version {unchanged})" if unchanged else ""
+        self.records.succeeded(record, f"published version {version}{again}", version, built.trained.metrics)
 
     def _job_embedder(self, job_id: str) -> JobEmbedder:
         """The job's view of the embedder (it connects on the first call, if any)."""
+        embedder = self.env.embedder
         return JobEmbedder(
-            self.embedder.client,
-            self.bridge,
+            embedder.client,
+            self.env.bridge,
             request_id=job_id,
-            connect_timeout=self.embedder.connect_timeout,
-            batch_timeout=self.embedder.batch_timeout,
+            connect_timeout=embedder.connect_timeout,
+            batch_timeout=embedder.batch_timeout,
         )
 
-    def _track(self, job: Job, request: JobRequest, spec: DatasetSpec, kind: str) -> JobTracking:
+    def _track(self, request: JobRequest, job_id: str, planned: Plan) -> JobTracking:
         """The job's tracking run (the same run again for a resumed job), kept in the crash record."""
-        tracker = self.tracking.start(
-            model=spec.name,
-            dataset=job.dataset,
-            job_id=job.id,
+        tracker = self.env.tracking.start(
+            model=planned.spec.name,
+            dataset=request.dataset,
+            job_id=job_id,
             tags={
-                "oddity.dataset": job.dataset,
-                "oddity.job_id": job.id,
-                "oddity.kind": kind,
-                "oddity.trigger": job.trigger,
+                "oddity.dataset": request.dataset,
+                "oddity.job_id": job_id,
+                "oddity.kind": planned.kind,
+                "oddity.trigger": request.trigger,
             },
             run_id=request.resume.tracking_run_id if request.resume is not None else "",
         )
         if tracker.active:
-            self.board.mark_running(job, **{**request.record(), "tracking_run_id": tracker.run_id})
+            job = self.board.get(job_id)
+            if job is not None:
+                self.board.mark_running(job, **{**request.record(), "tracking_run_id": tracker.run_id})
             if request.resume is not None:
                 tracker.set_tags({"oddity.resumes": str(request.resume.resumes)})
         return tracker
 
-    def _remember(self, dataset: str, run: LastRun) -> LastRun:
-        self._last_runs[dataset] = run
-        self.metrics.consecutive_failures.labels(dataset).set(run.failures)
-        return run
+    def _progress(self, record: JobRecord) -> job_stages.Progress:
+        """How the job's stages report their phase (and each epoch's figures to tracking);
+        a stopping trainer ends the job at its next report."""
 
-    def _progress(self, job_id: str, phase: str, fields: dict[str, Any], tracker: JobTracking = NO_TRACKING) -> None:
-        self.bridge.check()
-        self.board.update(job_id, phase=phase, **fields)
-        if "epoch_metrics" in fields:
-            figures = {
-                "loss": fields["loss"],
-                "train_loss": fields["train_loss"],
-                "validation_loss": fields["validation_loss"],
-                **fields["epoch_metrics"],
-            }
-            tracker.log_epoch(fields.get("group", ""), int(fields["epoch"]), figures)
+        def report(phase: str, fields: dict[str, Any]) -> None:
+            self.env.bridge.check()
+            self.board.update(record.job_id, phase=phase, **fields)
+            if "epoch_metrics" in fields:
+                figures = {
+                    "loss": fields["loss"],
+                    "train_loss": fields["train_loss"],
+                    "validation_loss": fields["validation_loss"],
+                    **fields["epoch_metrics"],
+                }
+                record.tracker.log_epoch(fields.get("group", ""), int(fields["epoch"]), figures)
 
-    def _fail(
-        self,
-        job_id: str,
-        dataset: str,
-        reason: str,
-        details: dict[str, Any],
-        started: float,
-        digest: str,
-        outcome: str = FAILED,
-    ) -> None:
-        previous = self.last_run(dataset)
-        self._remember(
-            dataset,
-            replace(
-                previous, error=reason, failures=previous.failures + 1, failed_at=time.time(), failed_fingerprint=digest
-            ),
-        )
-        self.history.append("TRAINING_FAILED", dataset, reason, reason=reason, **details)
-        self._finish(job_id, dataset, FAILED, reason, started, outcome=outcome)
-
-    def _finish(
-        self,
-        job_id: str,
-        dataset: str,
-        state: str,
-        message: str,
-        started: float,
-        *,
-        outcome: str = "",
-        **fields: Any,
-    ) -> None:
-        """End the job in `state`; its metrics count it under `outcome` (the state unless the
-        validation gate refused the model: rejected)."""
-        outcome = outcome or state
-        self.board.mark_finished(job_id)
-        self.checkpoints.remove(job_id)  # a job that ended never resumes
-        self.metrics.jobs.labels(dataset, outcome).inc()
-        self.metrics.job_seconds.labels(dataset, outcome).observe(time.perf_counter() - started)
-        # Last: a watcher that sees the job done also sees its history and metrics.
-        self.board.update(job_id, state=state, phase="done", message=message, finished_at=now(), **fields)
-        log.info("job finished", dataset=dataset, job_id=job_id, outcome=state, message=message)
+        return report
 
 
-def with_threshold_override(spec: DatasetSpec, percentile: float) -> DatasetSpec:
-    """The spec with an operator's threshold percentile. The gate's anomaly-rate bounds were set
-    around the spec's own percentile, so they move with it: bounds of [1%, 10%] at p95 (5%
-    expected) become [4%, 40%] at p80 (20% expected)."""
-    factor = (1 - percentile / 100) / (1 - spec.threshold_percentile / 100)
-    low, high = spec.validation.anomaly_rate
-    validation = spec.validation.model_copy(update={"anomaly_rate": (min(1.0, low * factor), min(1.0, high * factor))})
-    return spec.model_copy(update={"threshold_percentile": percentile, "validation": validation})
+def facts(
+    request: JobRequest,
+    planned: Plan,
+    baseline: Baseline,
+    *,
+    rows: int | None = None,
+    rollback_holds: int | None = None,
+) -> JobFacts:
+    """What the skip rules look at, from the stages so far."""
+    return JobFacts(
+        trigger=request.trigger,
+        fingerprint=baseline.fingerprint,
+        live_version=baseline.live_version,
+        live_fingerprint=baseline.live_fingerprint,
+        force=request.force,
+        other_kind=bool(request.model_kind),
+        data_path=request.data_path is not None,
+        min_samples=planned.spec.min_samples,
+        rows=rows,
+        rollback_holds=rollback_holds,
+    )
+
+
+def skip_unless_go(known: JobFacts) -> None:
+    """Raise Skipped (the job ends, recorded as skipped) when a skip rule applies."""
+    reason = skip_reason(known)
+    if reason is not None:
+        raise pipeline.Skipped(reason)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """An expected failure as the job and the history tell it: the message, no traceback."""
+    if isinstance(exc, OddityError):
+        return exc.message
+    if isinstance(exc, ValueError):
+        return f"{type(exc).__name__}: {exc}"
+    return str(exc)

@@ -24,9 +24,9 @@ from oddity.trainer.auto_training import Backoff
 from oddity.trainer.catalogue import DatasetCatalogue, DatasetEntry
 from oddity.trainer.decisions import DecisionBook, Pin
 from oddity.trainer.history import History
-from oddity.trainer.jobs import Job
+from oddity.trainer.jobs import Job, JobRequest
 from oddity.trainer.publisher import Publisher
-from oddity.trainer.runner import JobRequest, JobRunner
+from oddity.trainer.runner import JobRunner
 from oddity.trainer.spec import DatasetSpec
 from oddity.v1 import manifest_pb2
 
