@@ -19,8 +19,9 @@ import pytest
 from typer.testing import CliRunner
 
 from oddity.cli.main import app
-from tests.conftest import ServiceHandle, start_detector
-from tests.support import models
+from tests.conftest import ServiceHandle, start_detector, start_embedder
+from tests.support import encoders, models
+from tests.support.servers import wait_models
 
 FEATURES = ["f0", "f1", "f2", "f3"]
 
@@ -63,6 +64,19 @@ def served(tmp_path_factory) -> Iterator[Served]:
     detector = start_detector(repository)
     yield Served(repository, detector)
     detector.close()
+
+
+@pytest.fixture(scope="package")
+def embedder(tmp_path_factory) -> Iterator[ServiceHandle]:
+    """One embedder for the modules that embed: a tiny ViT ("vit", the default) and MiniLM
+    ("text"), exported once (the export is most of an embedder's start)."""
+    root = tmp_path_factory.mktemp("embedder")
+    handle = start_embedder(root / "cache", encoders.vit_and_minilm(root))
+    try:
+        wait_models(handle, timeout=300)
+        yield handle
+    finally:
+        handle.close()
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """`oddity embed` and `oddity detect-images` against a real embedder (a tiny ViT exported to
-ONNX) and a detector serving a model over its vectors plus the child's age: the vectors and
+ONNX, the default model) and a detector serving a model over its vectors plus the child's age: the vectors and
 scores are those of Embed and DetectImages on the same files."""
 
 from __future__ import annotations
@@ -10,22 +10,17 @@ import numpy as np
 import pytest
 
 from oddity.client import EmbedderClient
-from oddity.embedder.models import ModelSource
 from oddity.v1 import detector_pb2, embedder_pb2
 from tests.client.conftest import invoke, usage_error
-from tests.conftest import start_detector, start_embedder
-from tests.support import drawings, encoders, models
-from tests.support.servers import wait_models
+from tests.conftest import start_detector
+from tests.support import drawings, models
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def stack(tmp_path_factory, embedder):
     root = tmp_path_factory.mktemp("embedding-cli")
-    sources = {"vit": ModelSource(model_id=str(encoders.tiny_vit(root / "vit")), modality="image")}
-    embedder = start_embedder(root / "cache", sources)
     detector = None
     try:
-        wait_models(embedder, timeout=120)
         repository = root / "models"
         repository.mkdir()
         served = embedder.stub.GetInfo(embedder_pb2.GetInfoRequest(model="vit")).models[0]
@@ -41,7 +36,6 @@ def stack(tmp_path_factory):
     finally:
         if detector is not None:
             detector.close()
-        embedder.close()
 
 
 def test_embed_prints_the_vectors_of_embed(cli, stack):
@@ -64,7 +58,7 @@ def test_embed_prints_the_vectors_of_embed(cli, stack):
 
     with EmbedderClient(embedder.server.target) as sdk:
         assert sdk.embed(images=files).tolist() == want.tolist()
-        assert [(m.name, m.modality, m.dimension) for m in sdk.models()] == [("vit", "image", want.shape[1])]
+        assert [(m.name, m.modality, m.dimension) for m in sdk.models("vit")] == [("vit", "image", want.shape[1])]
 
 
 def test_detect_images_scores_as_detect_images_does(cli, stack):

@@ -21,9 +21,8 @@ from oddity.client import DetectorClient, EmbedderClient, Query, SimilarResult
 from oddity.v1 import embedder_pb2, manifest_pb2
 from tests.client.conftest import invoke, stdout_of, usage_error
 from tests.client.similarity_library import HALF_TAG, SUBJECTS, ServedLibrary, serve_library
-from tests.conftest import ServiceHandle, start_detector, start_embedder
-from tests.support import drawings, encoders
-from tests.support.servers import wait_models
+from tests.conftest import ServiceHandle, start_detector
+from tests.support import drawings
 from tests.support.similarity import publish_indexed
 
 
@@ -238,15 +237,12 @@ class Pictures:
 
 
 @pytest.fixture(scope="module")
-def pictures(tmp_path_factory) -> Iterator[Pictures]:
+def pictures(tmp_path_factory, embedder) -> Iterator[Pictures]:
     """Model `pictures`: an index over tiny-ViT vectors of drawings, tagged dog (the first
     six) or car, with MiniLM vectors of the tags for text search."""
     root = tmp_path_factory.mktemp("similarity-pictures")
-    sources = encoders.vit_and_minilm(root)
-    embedder = start_embedder(root / "cache", sources)
     detector = None
     try:
-        wait_models(embedder, timeout=300)
         info = {m.name: m for m in embedder.stub.GetInfo(embedder_pb2.GetInfoRequest()).models}
         rng = np.random.default_rng(3)
         files, ids, tags = [], [], []
@@ -286,7 +282,6 @@ def pictures(tmp_path_factory) -> Iterator[Pictures]:
     finally:
         if detector is not None:
             detector.close()
-        embedder.close()
 
 
 def test_an_image_finds_itself_first(pictures):
