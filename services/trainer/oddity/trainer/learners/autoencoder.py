@@ -1,5 +1,5 @@
 """The autoencoder kind: a dense torch autoencoder whose reconstruction error is the score,
-with standardization folded into the exported graph.
+with standardization folded into the exported graph (written from the weights: dense_graphs.py).
 
 Training is cheap per row and dear per optimizer step (at batch 64 the step's fixed cost
 dominates on CPU), so several autoencoders of one shape train side by side as one stack
@@ -14,16 +14,14 @@ Reason to change: how autoencoders are sized, trained and exported.
 from __future__ import annotations
 
 import itertools
-import tempfile
-import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
+from onnx import TensorProto, helper
 
 from oddity.common import bundle
 from oddity.trainer.learners.base import AnomalyLearner, Progress
+from oddity.trainer.learners.dense_graphs import GraphBuilder, linear_layers
 from oddity.trainer.learners.registry import register_learner
 from oddity.trainer.learners.stacked_training import RowSet, StackRecipe, TrainedStack, train_stack
 
@@ -177,23 +175,18 @@ class AutoencoderLearner(AnomalyLearner):
     def to_onnx(self) -> bytes:
         import torch
 
-        with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
-            path = Path(folder) / "model.onnx"
-            torch.onnx.export(
-                self._scorer(),
-                (torch.zeros(2, len(self.mean_)),),
-                path,
-                input_names=[bundle.INPUT_NAME],
-                output_names=[bundle.SCORE_OUTPUT, bundle.FEATURE_ERRORS_OUTPUT],
-                dynamic_axes={
-                    bundle.INPUT_NAME: {0: "N"},
-                    bundle.SCORE_OUTPUT: {0: "N"},
-                    bundle.FEATURE_ERRORS_OUTPUT: {0: "N"},
-                },
-                opset_version=bundle.OPSET,
-                dynamo=False,
-            )
-            model = onnx.load(path)
-        model.ir_version = bundle.IR_VERSION
-        return model.SerializeToString()
+        d = len(self.mean_)
+        build = GraphBuilder("autoencoder_")
+        z = build.standardized(bundle.INPUT_NAME, self.mean_, self.scale_)
+        layers = linear_layers(m for m in self.network_ if isinstance(m, torch.nn.Linear))
+        difference = build.node("Sub", [build.dense(z, layers, "layer"), z], "difference")
+        errors = build.node("Mul", [difference, difference], bundle.FEATURE_ERRORS_OUTPUT)
+        build.node("ReduceMean", [errors], bundle.SCORE_OUTPUT, axes=[1], keepdims=0)
+        return build.model(
+            "oddity_autoencoder",
+            d,
+            [
+                helper.make_tensor_value_info(bundle.SCORE_OUTPUT, TensorProto.FLOAT, ["N"]),
+                helper.make_tensor_value_info(bundle.FEATURE_ERRORS_OUTPUT, TensorProto.FLOAT, ["N", d]),
+            ],
+        )

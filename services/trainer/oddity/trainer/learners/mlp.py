@@ -19,21 +19,19 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import tempfile
 import types
-import warnings
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import onnx
+from onnx import TensorProto, helper
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from oddity.common import bundle
 from oddity.common.bundle.contract import PREDICTED_SCORE_OUTPUT
 from oddity.trainer.checkpoints import GroupCheckpoints
 from oddity.trainer.learners.base import ClassifierLearner, Progress
+from oddity.trainer.learners.dense_graphs import GraphBuilder, linear_layers
 from oddity.trainer.learners.registry import register_learner
 
 MIN_VALIDATION_ROWS = 20  # below this many rows there is no validation split (nor temperature)
@@ -302,32 +300,36 @@ class MlpClassifierLearner(ClassifierLearner):
 
     def _scorer(self, temperature: float):
         """The served computation as a torch module: raw rows in; label, probabilities (and the
-        score) out. Exported as the ONNX graph, and the reference it is checked against."""
+        score) out: the reference the ONNX graph (to_onnx) is checked against."""
         target = (self.target_mean_, self.target_scale_) if self.has_score_ else None
         return _torch_modules().Scorer(self.network_, self.mean_, self.scale_, temperature, target).eval()
 
     def to_onnx(self) -> bytes:
+        """The served computation (the torch Scorer's) written from the weights: raw rows in;
+        label, softmax(logits / T) and, with a regression head, the score in its own units."""
         import torch
 
-        outputs = [bundle.LABEL_OUTPUT, bundle.PROBABILITIES_OUTPUT]
+        network = self.network_
+        build = GraphBuilder("mlp_")
+        z = build.standardized(bundle.INPUT_NAME, self.mean_, self.scale_)
+        hidden = linear_layers(m for m in network.trunk if isinstance(m, torch.nn.Linear))
+        h = build.dense(z, hidden, "trunk", relu_last=True)  # dropout is the identity when serving
+        logits = build.dense(h, linear_layers([network.classes]), "classes")
+        scaled = build.node("Div", [logits, build.const("temperature", self.temperature_)], "scaled")
+        probabilities = build.node("Softmax", [scaled], bundle.PROBABILITIES_OUTPUT, axis=1)
+        build.node("ArgMax", [probabilities], bundle.LABEL_OUTPUT, axis=1, keepdims=0)
+        classes = len(self.classes_)
+        outputs = [
+            helper.make_tensor_value_info(bundle.LABEL_OUTPUT, TensorProto.INT64, ["N"]),
+            helper.make_tensor_value_info(bundle.PROBABILITIES_OUTPUT, TensorProto.FLOAT, ["N", classes]),
+        ]
         if self.has_score_:
-            outputs.append(PREDICTED_SCORE_OUTPUT)
-        with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
-            path = Path(folder) / "model.onnx"
-            torch.onnx.export(
-                self._scorer(self.temperature_),
-                (torch.zeros(2, len(self.mean_)),),
-                path,
-                input_names=[bundle.INPUT_NAME],
-                output_names=outputs,
-                dynamic_axes={name: {0: "N"} for name in [bundle.INPUT_NAME, *outputs]},
-                opset_version=bundle.OPSET,
-                dynamo=False,
-            )
-            model = onnx.load(path)
-        model.ir_version = bundle.IR_VERSION
-        return model.SerializeToString()
+            standardized = build.dense(h, linear_layers([network.score]), "score")
+            flat = build.node("Reshape", [standardized, build.const("flat", [-1], np.int64)], "score_flat")
+            scaled_score = build.node("Mul", [flat, build.const("target_scale", self.target_scale_)], "score_scaled")
+            build.node("Add", [scaled_score, build.const("target_mean", self.target_mean_)], PREDICTED_SCORE_OUTPUT)
+            outputs.append(helper.make_tensor_value_info(PREDICTED_SCORE_OUTPUT, TensorProto.FLOAT, ["N"]))
+        return build.model("oddity_mlp_classifier", len(self.mean_), outputs)
 
 
 @functools.cache
@@ -339,7 +341,7 @@ def _torch_modules():
     class SeededDropout(torch.nn.Module):
         """Dropout drawing its masks from the learner's own generator (not torch's global one),
         so a checkpoint's generator state is all it takes to continue exactly; the identity in
-        eval mode, and so in the exported graph."""
+        eval mode, and so absent from the exported graph."""
 
         def __init__(self, p: float, generator: torch.Generator) -> None:
             super().__init__()
