@@ -10,7 +10,14 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from oddity.common import bundle
-from oddity.trainer.learners import AnomalyLearner, register_learner, unregister_learner
+from oddity.trainer.learners import (
+    AnomalyLearner,
+    kinds,
+    learner_class,
+    load_entry_points,
+    register_learner,
+    unregister_learner,
+)
 from oddity.trainer.spec import SpecError, load_spec
 from oddity.v1 import detector_pb2, manifest_pb2, trainer_pb2
 from tests.conftest import start_detector, start_trainer
@@ -146,3 +153,40 @@ def test_a_taken_kind_cannot_be_registered_twice(toy_kind):
     with pytest.raises(ValueError, match=f"model kind '{KIND}' is served by DistanceToMeanLearner already"):
         register_learner(Impostor)
     onnx.checker.check_model(onnx.load_from_string(toy_kind(floor=1.0).fit(np.eye(3)).to_onnx()))
+
+
+PLUGIN = '''
+import numpy as np
+from oddity.trainer.learners import AnomalyLearner
+
+
+class FarFromZeroLearner(AnomalyLearner):
+    kind = "far_from_zero"
+
+    def fit(self, x, y=None, progress=None):
+        return self
+
+    def anomaly_scores(self, x):
+        return np.abs(x).sum(axis=1), None
+'''
+
+
+def test_a_separate_distribution_adds_a_kind_through_its_entry_point(tmp_path, monkeypatch):
+    """A package that declares `far_from_zero = module:Class` under `oddity.learners` (and one
+    whose entry point is broken) on the path: the trainer's start-up loads the first and
+    leaves the other out."""
+    (tmp_path / "oddity_far_from_zero.py").write_text(PLUGIN)
+    info = tmp_path / "oddity_far_from_zero-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: oddity-far-from-zero\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        "[oddity.learners]\nfar_from_zero = oddity_far_from_zero:FarFromZeroLearner\n"
+        "missing_kind = oddity_far_from_zero:NoSuchLearner\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        assert load_entry_points() == ["far_from_zero"]
+        assert learner_class("far_from_zero").__name__ == "FarFromZeroLearner"
+        assert "missing_kind" not in kinds()
+    finally:
+        unregister_learner("far_from_zero")
