@@ -7,7 +7,7 @@ library through the real services (Similar, Clusters, SuggestTags).
 (a) Index choice, on the embedding sets of the anomaly-benchmarks folder (`embeddings/*.npz`:
 ResNet-18 image features, BERT text features; `y`, 0 or 1, is treated as a second subject
 and kept as a metadata column). Each set is indexed by the trainer's builder
-(`oddity.trainer.similarity.build_index`, HNSW forced with approximate_from=0) and searched
+(`oddity.trainer.index_builder.build_index`, HNSW forced with approximate_from=0) and searched
 through the detector's served index (`oddity.detector.similarity.ItemIndex`), once with the
 HNSW file and once without it (exact: one matrix-vector product). Every item is a query
 (like `Similar` by item id with exclude_self); the top 10 are compared:
@@ -77,7 +77,7 @@ from oddity.cli.demo_encoder import small_vit
 from oddity.cli.demo_library import LibraryItem
 from oddity.common.bundle import similarity as contract
 from oddity.detector.similarity import ItemIndex, MetadataFilter, configure_threads
-from oddity.trainer.similarity import IndexItems, IndexSettings, build_index
+from oddity.trainer.index_builder import IndexItems, IndexSettings, build_index
 from oddity.v1 import detector_pb2, detector_pb2_grpc, manifest_pb2, trainer_pb2, trainer_pb2_grpc
 
 # The development sets sit beside the repository: ../shared/data/anomaly-benchmarks.

@@ -17,7 +17,7 @@ import pytest
 
 from oddity.common import bundle
 from oddity.common.tensors import array_to_tensor
-from oddity.trainer.similarity import IndexSettings
+from oddity.trainer.index_builder import IndexSettings
 from oddity.v1 import detector_pb2, manifest_pb2
 from tests.conftest import start_detector
 from tests.support import models

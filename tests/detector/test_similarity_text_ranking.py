@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from oddity.detector.similarity import ItemIndex
-from oddity.trainer.similarity import IndexItems, build_index
+from oddity.trainer.index_builder import IndexItems, build_index
 from oddity.v1 import manifest_pb2
 
 TAG_VECTORS = {"car": [1.0, 0.0], "face": [0.0, 1.0]}

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from oddity.trainer import bundle_writer
-from oddity.trainer.similarity import IndexItems, IndexSettings, TextEmbedder, build_index
+from oddity.trainer.index_builder import IndexItems, IndexSettings, TextEmbedder, build_index
 from oddity.v1 import manifest_pb2
 from tests.support.models import group_proto, random_autoencoder, timing_group
 

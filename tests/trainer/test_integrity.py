@@ -64,7 +64,7 @@ def test_links_that_leave_the_folder_are_refused_and_links_inside_work(tmp_path)
             "file 'data.csv' leads outside the dataset folder (through '..' or a symbolic link); "
             "only files inside it are read"
         )
-        with pytest.raises(OSError):  # the catalogue reports it as unreadable data, it reads nothing
+        with pytest.raises(OSError):  # the datasets' scan reports it as unreadable data, it reads nothing
             fingerprint(folder, spec)
 
     # A link inside the folder is just another name for a file the dataset owns.

@@ -1,5 +1,5 @@
 """What the trainer sets once per process: torch's thread count (not per job), and bounded
-caches on the objects that own them (file digests on the catalogue)."""
+caches on the objects that own them (file digests on the datasets, datasets.py)."""
 
 import os
 

@@ -12,8 +12,8 @@ from sklearn.metrics import adjusted_rand_score
 
 from oddity.common import bundle
 from oddity.common.bundle import similarity as contract
+from oddity.trainer.index_builder import IndexItems, IndexSettings, build_index, split_tags
 from oddity.trainer.publisher import Publisher
-from oddity.trainer.similarity import IndexItems, IndexSettings, build_index, split_tags
 from oddity.v1 import manifest_pb2
 from tests.support.similarity import publish_indexed
 
@@ -89,7 +89,7 @@ def test_clusters_are_numbered_largest_first():
 
 
 def test_past_the_sample_size_items_join_the_nearest_cluster(monkeypatch):
-    monkeypatch.setattr("oddity.trainer.similarity.CLUSTER_SAMPLE", 90)
+    monkeypatch.setattr("oddity.trainer.index_builder.CLUSTER_SAMPLE", 90)
     vectors, labels = subjects()
     catalog = contract.read_catalog(
         build_index(items_of(vectors, labels), space="embedding").files[contract.CATALOG_FILE]

@@ -21,8 +21,8 @@ from oddity.common.server import HandlerRegistry, Readiness
 from oddity.trainer import runtime
 from oddity.trainer.announcer import Announcer, DetectorFleet
 from oddity.trainer.auto_training import AutoTrainer, Backoff
-from oddity.trainer.catalogue import DatasetCatalogue
 from oddity.trainer.checkpoints import CheckpointStore
+from oddity.trainer.datasets import Datasets
 from oddity.trainer.decisions import DecisionBook
 from oddity.trainer.embedding_cache import EmbeddingCache
 from oddity.trainer.grpc_api import TrainerServicer
@@ -102,7 +102,7 @@ class TrainerApp:
         backoff = Backoff(settings.retry_backoff_seconds, settings.retry_backoff_max_seconds)
         publisher = Publisher(settings.model_repository)
         announcer = Announcer(history, self.metrics, self._detectors)
-        catalogue = DatasetCatalogue(settings.datasets_root, settings.model_repository, self.metrics)
+        datasets = Datasets(settings.datasets_root, settings.model_repository, self.metrics)
         environment = JobEnvironment(
             publisher=publisher,
             announcer=announcer,
@@ -122,12 +122,12 @@ class TrainerApp:
         board = JobBoard(settings.state_dir / "running", loop)
         self.runner = JobRunner(board, environment, max_concurrent_jobs=settings.max_concurrent_jobs)
         service = TrainerService(
-            settings.data_volume, catalogue, self.runner, publisher, announcer, history, decisions, backoff
+            settings.data_volume, datasets, self.runner, publisher, announcer, history, decisions, backoff
         )
         await asyncio.to_thread(service.recover)
         service.resume_interrupted()  # before the policy looks: a resumed dataset is training
         self.service = service
-        self.policy = AutoTrainer(catalogue, self.runner, decisions, backoff)
+        self.policy = AutoTrainer(datasets, self.runner, decisions, backoff)
         await self.policy.startup()
         if settings.watch:
             self._tasks.append(asyncio.create_task(self._watch(self.policy), name="oddity-trainer-watch"))

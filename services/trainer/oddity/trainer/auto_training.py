@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from oddity.common.logging import get_logger
-from oddity.trainer.catalogue import DatasetCatalogue, DatasetEntry
 from oddity.trainer.data import file_states, ready_marker_time
+from oddity.trainer.datasets import DatasetEntry, Datasets
 from oddity.trainer.decisions import DecisionBook
 from oddity.trainer.job_records import LastRun
 from oddity.trainer.jobs import Job, JobRequest
@@ -69,9 +69,9 @@ class Backoff:
 
 class AutoTrainer:
     def __init__(
-        self, catalogue: DatasetCatalogue, runner: JobRunner, decisions: DecisionBook, backoff: Backoff | None = None
+        self, datasets: Datasets, runner: JobRunner, decisions: DecisionBook, backoff: Backoff | None = None
     ) -> None:
-        self.catalogue = catalogue
+        self.datasets = datasets
         self.runner = runner
         self.decisions = decisions
         self.backoff = backoff or Backoff()
@@ -106,7 +106,7 @@ class AutoTrainer:
                 await task
 
     async def _after_quiet(self, name: str) -> None:
-        entry = self.catalogue.find(name)
+        entry = self.datasets.find(name)
         spec = entry.spec if entry is not None else None
         await asyncio.sleep(spec.retrain.debounce_seconds if spec is not None else DEFAULT_DEBOUNCE_SECONDS)
         self._quiet.pop(name, None)
@@ -120,8 +120,8 @@ class AutoTrainer:
             log.exception("automatic training failed to start", dataset=name)
 
     async def _evaluate(self, trigger: str, only: set[str] | None = None) -> None:
-        changed = await asyncio.to_thread(self.catalogue.refresh)
-        for entry in self.catalogue.entries():
+        changed = await asyncio.to_thread(self.datasets.refresh)
+        for entry in self.datasets.entries():
             spec = entry.spec
             if spec is None or (only is not None and entry.name not in only):
                 continue
@@ -188,7 +188,7 @@ class AutoTrainer:
     def _start(self, name: str, trigger: str) -> None:
         running = self.runner.running_for(name)
         if running is None:
-            self.runner.submit(JobRequest(dataset=name, folder=self.catalogue.get(name).folder, trigger=trigger))
+            self.runner.submit(JobRequest(dataset=name, folder=self.datasets.get(name).folder, trigger=trigger))
         elif name not in self._queued:
             self._queued[name] = trigger
             self._spawn(self._after_job(running, name))

@@ -1,9 +1,9 @@
-"""The dataset catalogue: which datasets the data volume holds, their specs or the errors that
+"""The datasets: which datasets the data volume holds, their specs or the errors that
 make them invalid, their content fingerprints, and which of them changed since the live
 version of their model was trained.
 
 `refresh()` rereads the data volume (specs and fingerprints; it reads files, so call it off
-the event loop) and replaces the catalogue's entries; everything else reads those entries.
+the event loop) and replaces the entries; everything else reads those entries.
 
 Reason to change: how datasets are found and described (folders, specs, fingerprints).
 """
@@ -22,7 +22,7 @@ from oddity.trainer.metrics import TrainerMetrics
 from oddity.trainer.spec import DatasetSpec, SpecError, SpecMissing, load_spec
 from oddity.v1 import manifest_pb2
 
-log = get_logger("oddity.trainer.catalogue")
+log = get_logger("oddity.trainer.datasets")
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,9 @@ class DatasetEntry:
         return self.spec.name if self.spec is not None else self.name
 
 
-class DatasetCatalogue:
+class Datasets:
+    """The datasets under the data volume's datasets folder, as last read."""
+
     def __init__(self, root: Path, repository: Path, metrics: TrainerMetrics) -> None:
         self.root = root
         self.repository = repository

@@ -24,8 +24,8 @@ from oddity.common.clients import EmbedderModel
 from oddity.common.errors import FailedPrecondition, Unavailable
 from oddity.trainer.data import DataError, Dataset
 from oddity.trainer.embedding_cache import EmbeddingCache
+from oddity.trainer.index_builder import BuiltIndex, IndexItems, IndexSettings, TextEmbedder, build_index, split_tags
 from oddity.trainer.item_datasets import ItemEmbedder, embed_cached
-from oddity.trainer.similarity import BuiltIndex, IndexItems, IndexSettings, TextEmbedder, build_index, split_tags
 from oddity.trainer.spec import DatasetSpec
 from oddity.v1 import manifest_pb2
 

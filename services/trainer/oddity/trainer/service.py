@@ -21,7 +21,7 @@ from oddity.common.logging import get_logger
 from oddity.trainer import learners
 from oddity.trainer.announcer import Announcer
 from oddity.trainer.auto_training import Backoff
-from oddity.trainer.catalogue import DatasetCatalogue, DatasetEntry
+from oddity.trainer.datasets import DatasetEntry, Datasets
 from oddity.trainer.decisions import DecisionBook, Pin
 from oddity.trainer.history import History
 from oddity.trainer.jobs import Job, JobRequest
@@ -65,7 +65,7 @@ class TrainerService:
     def __init__(
         self,
         data_volume: Path,
-        catalogue: DatasetCatalogue,
+        datasets: Datasets,
         runner: JobRunner,
         publisher: Publisher,
         announcer: Announcer,
@@ -76,7 +76,7 @@ class TrainerService:
         self.data_volume = data_volume
         self.decisions = decisions
         self.backoff = backoff
-        self.catalogue = catalogue
+        self.datasets = datasets
         self.runner = runner
         self.publisher = publisher
         self.announcer = announcer
@@ -95,8 +95,8 @@ class TrainerService:
     # -- jobs ------------------------------------------------------------------------------
 
     async def train(self, dataset: str, *, force: bool = False, data_path: str = "", model_kind: str = "") -> Job:
-        await asyncio.to_thread(self.catalogue.refresh)
-        entry, spec = self.catalogue.valid(dataset)
+        await asyncio.to_thread(self.datasets.refresh)
+        entry, spec = self.datasets.valid(dataset)
         override = self._resolve_data_path(data_path) if data_path else None
         if model_kind and model_kind not in learners.kinds():
             raise InvalidArgument(f"unknown model_kind {model_kind!r}; choose one of {learners.kinds()}")
@@ -149,14 +149,14 @@ class TrainerService:
     # -- status and history ----------------------------------------------------------------
 
     async def statuses(self, dataset: str = "") -> list[DatasetStatus]:
-        await asyncio.to_thread(self.catalogue.refresh)  # fingerprints read files: off the event loop
-        entries = [self.catalogue.get(dataset)] if dataset else self.catalogue.entries()
+        await asyncio.to_thread(self.datasets.refresh)  # fingerprints read files: off the event loop
+        entries = [self.datasets.get(dataset)] if dataset else self.datasets.entries()
         return [self._status(entry) for entry in entries]
 
     def _status(self, entry: DatasetEntry) -> DatasetStatus:
         spec = entry.spec
         run = self.runner.last_run(entry.name)
-        live = self.catalogue.live_manifest(entry.model)
+        live = self.datasets.live_manifest(entry.model)
         decided = self.decisions.get(entry.name)
         retry = self.backoff.next_retry(run, entry.fingerprint)
         return DatasetStatus(
@@ -175,7 +175,7 @@ class TrainerService:
             samples=run.samples,
             group_samples=run.group_samples,
             last_error=run.error,
-            live_version=self.catalogue.live_version(entry.model),
+            live_version=self.datasets.live_version(entry.model),
             data_fingerprint=entry.fingerprint,
             live_groups=tuple(live.groups) if live is not None else (),
             pinned_version=decided.pin.version if decided.pin else 0,
@@ -198,7 +198,7 @@ class TrainerService:
         a new version that holds until the data changes (or Train, with after_rollback: hold);
         returns (new, restored, what happens next)."""
         spec = await self._spec(dataset)
-        entry = self.catalogue.get(dataset)
+        entry = self.datasets.get(dataset)
         hold = spec.retrain.after_rollback == "hold"
         # Pinned before the rolled-back version appears, so no scan in between retrains it away.
         await asyncio.to_thread(self.decisions.pin, dataset, Pin(0, version, entry.fingerprint, hold=hold))
@@ -256,8 +256,8 @@ class TrainerService:
         return version, f"later versions use the spec's threshold_percentile ({percentile:g})"
 
     async def _spec(self, dataset: str) -> DatasetSpec:
-        await asyncio.to_thread(self.catalogue.refresh)
-        return self.catalogue.valid(dataset)[1]
+        await asyncio.to_thread(self.datasets.refresh)
+        return self.datasets.valid(dataset)[1]
 
     async def _announce(self, dataset: str, model: str, version: int, **details: Any) -> None:
         await asyncio.to_thread(self.announcer.record, dataset, model, version, **details)

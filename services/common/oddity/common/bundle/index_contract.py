@@ -1,5 +1,5 @@
 """The similarity part of the bundle contract: what a version's index files hold and how
-vectors enter the index's space. The trainer builds the files (`oddity.trainer.similarity`),
+vectors enter the index's space. The trainer builds the files (`oddity.trainer.index_builder`),
 the detector serves them (`oddity.detector.similarity`); both normalize with `normalize` here.
 
 Files (plain names in the version folder, each with a sha256 in manifest.similarity):
