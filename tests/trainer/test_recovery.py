@@ -4,8 +4,12 @@ interrupted job as failed."""
 import json
 import signal
 
+import pytest
+
 from oddity.common import bundle
+from oddity.trainer.jobs import INTERRUPTED_MESSAGE
 from oddity.v1 import trainer_pb2, trainer_pb2_grpc
+from tests.conftest import start_trainer
 from tests.support import datasets
 from tests.support.servers import ServiceProcess, channel
 
@@ -35,6 +39,7 @@ def start_long_training(process: ServiceProcess, data_volume, dataset: str) -> t
     raise AssertionError("the job ended before its second epoch")
 
 
+@pytest.mark.slow  # real trainer processes: a kill mid-training and a restart
 def test_kill_during_training_then_restart(data_volume, repository):
     process = start(data_volume, repository)
     try:
@@ -66,6 +71,7 @@ def test_kill_during_training_then_restart(data_volume, repository):
     assert [json.loads(line)["event_type"] for line in lines] == ["TRAINING_STARTED", "TRAINING_FAILED"]
 
 
+@pytest.mark.slow  # a real trainer process stopped mid-training
 def test_sigterm_during_training_ends_the_job_and_exits_zero(data_volume, repository):
     process = start(data_volume, repository)
     try:
@@ -78,3 +84,38 @@ def test_sigterm_during_training_ends_the_job_and_exits_zero(data_volume, reposi
     assert [e["event_type"] for e in events] == ["TRAINING_STARTED", "TRAINING_FAILED"]
     assert "shutting down" in events[-1]["message"]
     assert not list((data_volume / ".oddity" / "running").glob("*.json"))  # nothing left to recover
+
+
+JOB_ID = "0123456789abcdef"
+
+
+@pytest.mark.parametrize(
+    ("resumes", "checkpoint", "reason"),
+    [(0, False, "interrupted"), (3, True, "interrupted 4 times; not resumed again")],
+    ids=["without checkpoints", "resumed too often"],
+)
+def test_a_job_left_running_that_does_not_resume_is_failed_at_the_next_start(
+    data_volume, repository, resumes, checkpoint, reason
+):
+    # What a killed trainer leaves: the job's crash record (and, for kinds that train in
+    # epochs, its checkpoints).
+    state = data_volume / ".oddity"
+    (state / "running").mkdir(parents=True)
+    record = {"id": JOB_ID, "dataset": "crashy", "trigger": "api", "started_at": "2026-01-01T00:00:00+00:00"}
+    record.update(folder=str(data_volume / "datasets" / "crashy"), resumes=resumes)
+    (state / "running" / f"{JOB_ID}.json").write_text(json.dumps(record))
+    if checkpoint:
+        (state / "checkpoints" / JOB_ID).mkdir(parents=True)
+        (state / "checkpoints" / JOB_ID / "all.pt").write_bytes(b"weights")
+
+    trainer = start_trainer(data_volume, repository)
+    try:
+        job = trainer.stub.GetJob(trainer_pb2.GetJobRequest(job_id=JOB_ID)).job
+        assert (job.state, job.message) == (trainer_pb2.JOB_STATE_FAILED, INTERRUPTED_MESSAGE)
+        failed = trainer.stub.History(trainer_pb2.HistoryRequest(dataset="crashy")).events
+        assert [(e.event_type, e.details["reason"]) for e in failed] == [("TRAINING_FAILED", reason)]
+        assert trainer.metric("oddity_trainer_jobs_total", dataset="crashy", outcome="failed") == 1
+    finally:
+        trainer.close()
+    assert not list((state / "running").glob("*.json"))  # nothing left to recover
+    assert not (state / "checkpoints" / JOB_ID).exists()

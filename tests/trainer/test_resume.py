@@ -59,6 +59,7 @@ def completed(process: ServiceProcess, dataset: str) -> dict:
     return json.loads(event.details_json)
 
 
+@pytest.mark.slow  # two real trainer processes, an uninterrupted run and a resumed one
 def test_a_killed_trainer_resumes_the_job_from_its_last_checkpoint(data_volume, repository):
     scans = graded_scans(scale=3.0, seed=3)
     for name in ("steady", "crashy"):  # the same rows and spec under two names
