@@ -123,3 +123,25 @@ def test_thresholds_rounded_down_split_float32_rows_as_the_float64_thresholds_do
         near = np.float32(t64)
         candidates = np.array([np.nextafter(near, -np.inf), near, np.nextafter(near, np.inf)], dtype=np.float32)
         np.testing.assert_array_equal(candidates <= t32, candidates.astype(np.float64) <= t64)
+
+
+def test_nothing_outside_the_learners_names_a_learner_class():
+    """Kinds extend by addition: the pipeline, spec and service reach learners through the
+    registry and the task protocols, never a concrete class, and the pipeline switches on no type."""
+    import ast
+    from pathlib import Path
+
+    import oddity.trainer
+
+    concrete = {cls.__name__ for cls in BUILT_IN}
+    package = Path(oddity.trainer.__file__).parent
+    for path in package.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("oddity.trainer.learners"):
+                assert not {a.name for a in node.names} & concrete, f"{path.name} imports a learner class"
+            if isinstance(node, ast.Name):
+                assert node.id not in concrete, f"{path.name} names {node.id}"
+    pipeline = ast.parse((package / "pipeline.py").read_text())
+    calls = [n.func.id for n in ast.walk(pipeline) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
+    assert "isinstance" not in calls and "issubclass" not in calls
