@@ -41,11 +41,12 @@ from sklearn.metrics import roc_auc_score
 from bench.machine import describe
 from bench.quality_baselines import AE_BATCH, AE_EPOCHS, standardize, train_seeds_network
 from oddity.common import bundle
-from oddity.trainer import pipeline
+from oddity.trainer import pipeline, runtime
 from oddity.trainer.data import fingerprint, load_dataset
 from oddity.trainer.learners import AutoencoderLearner
 from oddity.trainer.learners.scikit import IsolationForestLearner, _SklearnDetector
 from oddity.trainer.publisher import Publisher
+from oddity.trainer.settings import TrainerSettings
 from oddity.trainer.spec import load_spec
 from oddity.trainer.validation import onnx_scores, onnx_session
 from oddity.v1 import detector_pb2, detector_pb2_grpc
@@ -122,6 +123,7 @@ def bench_training(root: Path, rows: int, features: int) -> None:
     data = load_dataset(folder, spec)
     digest = fingerprint(folder, spec)
     load_seconds = time.perf_counter() - start
+    runtime.set_torch_threads(TrainerSettings.model_fields["torch_threads"].default)  # as the trainer starts
     trained = pipeline.train(spec, data, fingerprint=digest)
     start = time.perf_counter()
     Publisher(repository).publish(trained.manifest, trained.onnx_files, keep=5)
