@@ -86,3 +86,21 @@ def test_anomaly_rate_gate_is_tight_on_many_rows_and_loose_on_few():
         "outside validation.anomaly_rate [1%, 10%]; lower threshold_percentile (now 99.5) or widen "
         "validation.anomaly_rate"
     )
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ("{kind: knn, params: {k: 0}}", "knn: k must be >= 1, got 0"),
+        ("{kind: autoencoder, params: {epochs: many}}", "invalid literal for int() with base 10: 'many'"),
+        ("{kind: auto, params: {holdout_fraction: 0.9}}", "auto: holdout_fraction must lie in [0.05, 0.5]"),
+        ("{kind: ensemble, params: {members: [svm]}}", "ensemble members must be anomaly detectors"),
+        ("{kind: ensemble, params: {members: [{kind: knn, params: {kk: 1}}]}}", "unknown knn parameters ['kk']"),
+        ("{kind: svm, params: {kernel: precomputed}}", "svm: kernel must be one of ['linear', 'poly', 'rbf'"),
+    ],
+)
+def test_model_parameters_are_checked_against_the_kind_when_the_spec_is_read(tmp_path, model, message):
+    label = "label: y\n" if "kind: svm," in model else ""
+    (tmp_path / "dataset.yaml").write_text(f"sources: [{{path: a.csv}}]\nmodel: {model}\n{label}")
+    with pytest.raises(SpecError, match=re.escape(message)):
+        load_spec(tmp_path)

@@ -14,6 +14,7 @@ Reason to change: how autoencoders are sized, trained and exported.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -51,13 +52,31 @@ class AutoencoderLearner(AnomalyLearner):
         super().__init__(**params)
         self.hidden = params.get("hidden")
         self.bottleneck = params.get("bottleneck")
-        self.epochs = int(params.get("epochs", 50))
-        self.batch_size = int(params.get("batch_size", 64))
-        self.learning_rate = float(params.get("learning_rate", 1e-3))
-        self.patience = int(params.get("patience", 5))
-        self.validation_fraction = float(params.get("validation_fraction", 0.1))
-        self.seed = int(params.get("seed", 0))
-        self.weight_decay = float(params.get("weight_decay", 1e-5))
+        numbers = self._numbers(params)
+        self.epochs = int(numbers["epochs"])
+        self.batch_size = int(numbers["batch_size"])
+        self.learning_rate = numbers["learning_rate"]
+        self.patience = int(numbers["patience"])
+        self.validation_fraction = numbers["validation_fraction"]
+        self.weight_decay = numbers["weight_decay"]
+
+    @classmethod
+    def check_params(cls, params: Mapping[str, Any]) -> None:
+        super().check_params(params)
+        cls._numbers(params)
+
+    @staticmethod
+    def _numbers(params: Mapping[str, Any]) -> dict[str, float]:
+        """The numeric parameters, defaults filled in; ValueError for a value that is no number."""
+        return {
+            "epochs": int(params.get("epochs", 50)),
+            "batch_size": int(params.get("batch_size", 64)),
+            "learning_rate": float(params.get("learning_rate", 1e-3)),
+            "patience": int(params.get("patience", 5)),
+            "validation_fraction": float(params.get("validation_fraction", 0.1)),
+            "weight_decay": float(params.get("weight_decay", 1e-5)),
+            "threads": int(params.get("threads", 1)),
+        }
 
     @staticmethod
     def default_sizes(d: int) -> tuple[list[int], int]:

@@ -76,6 +76,7 @@ class Learner:
         """Raise ValueError when `params` are not this kind's: called when a spec is read (no
         learner is built then) and by `__init__`. Kinds that check values extend it."""
         check_params(cls.kind, params, cls.PARAMS | {"seed"})
+        int(params.get("seed", 0))  # ValueError for a seed that is no number
 
     @classmethod
     def is_classifier_kind(cls) -> bool:

@@ -198,6 +198,7 @@ class AutoLearner(EnsembleLearner):
     @classmethod
     def check_params(cls, params: Mapping[str, Any]) -> None:
         super().check_params(params)
+        float(params.get("budget_seconds", 300.0))
         if not 0.05 <= float(params.get("holdout_fraction", 0.2)) <= 0.5:
             raise ValueError("auto: holdout_fraction must lie in [0.05, 0.5]")
 
