@@ -76,7 +76,8 @@ class ModelKind:
         return self.task == CLASSIFICATION
 
 
-# The one table of model kinds: the trainer's spec and learners and the detector read it.
+# The built-in model kinds, as the detector reads a manifest's kind. The trainer's learner classes
+# declare the same (a test keeps them equal) and may add kinds: the detector serves those by task.
 KINDS: dict[str, ModelKind] = {
     k.name: k
     for k in (
