@@ -208,7 +208,7 @@ def test_a_model_failing_the_gate_is_not_published(stack, data_volume, repositor
 
 
 def test_interval_policy_retrains_on_its_clock_and_skips_unchanged_data(data_volume, repository):
-    spec = manual_spec(retrain={"policy": "interval", "interval_hours": 0.0005})  # 1.8 s
+    spec = manual_spec(retrain={"policy": "interval", "interval_hours": 0.0002, "debounce_seconds": 0})  # 0.72 s
     datasets.write_dataset(data_volume, "clock", spec, {"rows.csv": datasets.sensor_frame(600)})
     trainer = start_trainer(data_volume, repository, scan_interval_seconds=0.5)
 

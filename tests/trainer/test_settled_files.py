@@ -28,8 +28,8 @@ def failures(trainer, dataset: str) -> list[trainer_pb2.HistoryEvent]:
 
 @pytest.fixture
 def trainer(data_volume, repository):
-    # Events and a scan every half second: both must wait for settled files.
-    handle = start_trainer(data_volume, repository, force_polling=False, scan_interval_seconds=0.5)
+    # Events and a scan every quarter second: both must wait for settled files.
+    handle = start_trainer(data_volume, repository, force_polling=False, scan_interval_seconds=0.25)
     yield handle
     handle.close()
 
