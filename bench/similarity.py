@@ -8,7 +8,7 @@ library through the real services (Similar, Clusters, SuggestTags).
 ResNet-18 image features, BERT text features; `y`, 0 or 1, is treated as a second subject
 and kept as a metadata column). Each set is indexed by the trainer's builder
 (`oddity.trainer.index_builder.build_index`, HNSW forced with approximate_from=0) and searched
-through the detector's served index (`oddity.detector.similarity.ItemIndex`), once with the
+through the detector's served index (`oddity.detector.item_index.ItemIndex`), once with the
 HNSW file and once without it (exact: one matrix-vector product). Every item is a query
 (like `Similar` by item id with exclude_self); the top 10 are compared:
   - recall@10 of HNSW against exact search;
@@ -75,8 +75,10 @@ from bench.quality import MAX_MESSAGE, start_service, stop_service
 from oddity.cli import demo_library
 from oddity.cli.demo_encoder import small_vit
 from oddity.cli.demo_library import LibraryItem
-from oddity.common.bundle import similarity as contract
-from oddity.detector.similarity import ItemIndex, MetadataFilter, configure_threads
+from oddity.common.bundle import index_contract as contract
+from oddity.detector.item_attributes import MetadataFilter
+from oddity.detector.item_index import ItemIndex
+from oddity.detector.main import configure_process
 from oddity.trainer.index_builder import IndexItems, IndexSettings, build_index
 from oddity.v1 import detector_pb2, detector_pb2_grpc, manifest_pb2, trainer_pb2, trainer_pb2_grpc
 
@@ -304,7 +306,7 @@ def index_choice(name: str, x: np.ndarray, y: np.ndarray, rounds: int, rng: np.r
     truth, found = neighbours(exact, everyone), neighbours(approximate, everyone)
     filtered_recall, filtered_share = {}, {}
     for value in np.unique(y):
-        mask = exact.mask([MetadataFilter(SUBJECT_COLUMN, any_of=(str(value),))], [])
+        mask = exact.attributes.mask([MetadataFilter(SUBJECT_COLUMN, any_of=(str(value),))], [])
         assert mask is not None
         kept = f"{SUBJECT_COLUMN}={value}"
         filtered_recall[kept] = recall(neighbours(approximate, everyone, mask), neighbours(exact, everyone, mask))
@@ -421,7 +423,7 @@ def print_choice(result: IndexChoice) -> None:
 
 def run_index(data: Path, only: str, sizes: list[int], rounds: int) -> dict[str, Any]:
     # As the detector runs searches: one FAISS thread each (the server runs them concurrently).
-    configure_threads(1)
+    configure_process()
     sets = load_sets(data, only)
     rng = np.random.default_rng(0)
     choices = []

@@ -12,11 +12,13 @@ from oddity.v1 import detector_pb2, detector_pb2_grpc
 from tests.support import models
 from tests.support.client import detect_request
 from tests.support.servers import ServiceProcess, channel
+from tests.support.waiting import wait_for
 
 D = 10
 POLL = 0.5
 VERSIONS = 10
 CLIENTS = 4
+ANSWERS_PER_VERSION = 30  # answers the clients get from each version before the next is published
 
 
 @pytest.fixture
@@ -29,6 +31,7 @@ def detector_process(repository):
     process.kill()
 
 
+@pytest.mark.slow
 def test_publish_under_load_loses_no_request(repository, detector_process):
     # Each version is a different model, so a score tells which version computed it.
     fits = [
@@ -59,13 +62,18 @@ def test_publish_under_load_loses_no_request(repository, detector_process):
                     continue
                 seen[index].append((time.monotonic(), response.model_version, response.scores[0]))
 
+    def answered(count: int) -> None:
+        """Wait until the clients have had `count` more answers."""
+        start = sum(len(s) for s in seen)
+        wait_for(lambda: sum(len(s) for s in seen) >= start + count, what=f"{count} more answers")
+
     threads = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
     for thread in threads:
         thread.start()
     published: dict[int, float] = {}
     try:
         for v in range(2, VERSIONS + 1):
-            time.sleep(0.3)
+            answered(ANSWERS_PER_VERSION)
             assert models.publish_simple(repository, "live", fits[v - 1], dimension=D) == v
             published[v] = time.monotonic()
             if v % 3 == 0:  # every third version is pushed with LoadModel instead of waiting for a poll
@@ -77,7 +85,7 @@ def test_publish_under_load_loses_no_request(repository, detector_process):
                 while stub.Detect(detect_request("live", probe), timeout=10).model_version != v:
                     assert time.monotonic() < deadline, f"version {v} not serving within two poll intervals"
                     time.sleep(0.01)
-        time.sleep(0.3)
+        answered(ANSWERS_PER_VERSION)
     finally:
         stop.set()
         for thread in threads:

@@ -45,6 +45,7 @@ def internal_answers(detector) -> float:
     )
 
 
+@pytest.mark.slow
 def test_listing_and_unknown_models_while_folders_come_and_go(repository, tmp_path, fit, capfd):
     # Scans run on the poller and, forced, on the churn thread (LoadModel or the registry's
     # refresh); each replaces the table while the event loop reads it for every ListModels and

@@ -8,7 +8,6 @@ keeps serving; and a swap under load never mixes versions in one answer."""
 import hashlib
 import math
 import threading
-import time
 from functools import partial
 
 import grpc
@@ -471,16 +470,21 @@ def test_a_swap_under_load_never_mixes_versions(repository):
     def is_serving(version: int) -> bool:
         return detector.stub.GetModel(detector_pb2.GetModelRequest(model="live")).status.serving_version == version
 
+    def answered(count: int) -> None:
+        """Wait until the clients have had `count` more answers."""
+        start = len(answers)
+        wait_for(lambda: len(answers) >= start + count, what=f"{count} more answers")
+
     threads = [threading.Thread(target=client) for _ in range(2)]
     try:
         wait_for(partial(is_serving, 1), what="version 1")
         for thread in threads:
             thread.start()
         for version in (2, 3):
-            time.sleep(0.3)
+            answered(20)
             publish(version)
             wait_for(partial(is_serving, version), timeout=10, what=f"version {version}")
-        time.sleep(0.3)
+        answered(20)
     finally:
         stop.set()
         for thread in threads:

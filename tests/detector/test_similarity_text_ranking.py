@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from oddity.detector.similarity import ItemIndex
+from oddity.detector.item_index import ItemIndex
 from oddity.trainer.index_builder import IndexItems, build_index
 from oddity.v1 import manifest_pb2
 

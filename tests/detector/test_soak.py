@@ -3,9 +3,12 @@ a version is published every 2 s and the embedder restarts once — no failed ca
 client sees versions rise, memory stays within 10% of after warm-up. `python -m bench.soak`
 runs the full 60 s."""
 
+import pytest
+
 from bench.soak import run_soak
 
 
+@pytest.mark.slow
 def test_a_short_soak_under_swaps_and_an_embedder_restart():
     result = run_soak(seconds=14, publish_every=2, clients=3)
     print(result.report())

@@ -198,3 +198,19 @@ def test_old_version_is_released_after_its_requests_finish(repository, detector,
     old.release()
     assert old.released and detector.model_registry.draining() == 0
     assert os.path.isdir(repository / "m" / "1")  # the detector never writes to the repository
+
+
+def test_a_lease_added_for_a_batch_keeps_a_retired_version_until_it_is_returned(repository, detector, fits):
+    """A batch on a worker adds its own lease: its callers may give up (and return theirs)
+    while it runs, after a swap retired the version."""
+    models.publish_simple(repository, "m", fits[0], dimension=D)
+    detector.stub.LoadModel(detector_pb2.LoadModelRequest(model="m"))
+    old = detector.model_registry.acquire("m")  # the batch's caller
+    old.add_lease()  # the batch on its worker
+    models.publish_simple(repository, "m", fits[1], dimension=D)
+    detector.stub.LoadModel(detector_pb2.LoadModelRequest(model="m"))
+    old.release()  # the caller gave up
+    assert not old.released
+    assert len(old.score(models.normal_rows(2, D), bulk=True).scores) == 2
+    old.release()  # the batch is done
+    assert old.released and detector.model_registry.draining() == 0

@@ -21,7 +21,6 @@ from oddity.detector.registry import ModelRegistry
 from oddity.detector.service import DetectLimits, DetectorService
 from oddity.detector.sessions import SessionConfig
 from oddity.detector.settings import DetectorSettings
-from oddity.detector.similarity import configure_threads
 from oddity.detector.similarity_service import SimilarityService
 from oddity.v1 import detector_pb2
 
@@ -59,15 +58,15 @@ class DetectorApp:
                 max_rows=settings.max_rows_per_request,
                 inline_max_values=settings.inline_max_values,
                 max_batch_rows=settings.max_batch_rows,
+                max_batch_values=settings.max_batch_values,
+                inline_max_batch_values=settings.inline_max_batch_values,
+                inline_max_batch_seconds=settings.inline_max_batch_ms / 1000,
                 max_batch_delay=settings.max_batch_delay_ms / 1000,
             ),
             workers=settings.inference_workers,
             embedder=self._embedder_client if settings.embedder else None,
             on_serving_changed=self._serving_changed,
         )
-        # One FAISS thread per search: the server already runs requests concurrently, and
-        # OpenMP threads on a few cores only contend.
-        configure_threads(1)
         self.similarity = SimilarityService(
             self.model_registry,
             self.metrics,

@@ -12,9 +12,10 @@ import grpc
 from oddity.common.server import HandlerRegistry
 from oddity.common.tensors import array_to_tensor, tensor_to_array
 from oddity.detector import wire
+from oddity.detector.item_attributes import MetadataFilter
+from oddity.detector.item_index import SimilarItem
 from oddity.detector.registry import ModelStatus
 from oddity.detector.service import DetectImagesInput, DetectInput, DetectorService, DetectOutput
-from oddity.detector.similarity import MetadataFilter, SimilarItem
 from oddity.detector.similarity_service import (
     ClustersInput,
     ItemQuery,

@@ -18,10 +18,10 @@ import threading
 import numpy as np
 
 from oddity.common import bundle
+from oddity.detector.item_index import IndexLoadError, ItemIndex
 from oddity.detector.routing import Router, RoutingValues
 from oddity.detector.scoring import ModelScorer, Scores
 from oddity.detector.sessions import ModelLoadError, SessionConfig, load_sessions
-from oddity.detector.similarity import IndexLoadError, ItemIndex
 from oddity.v1 import manifest_pb2
 
 
@@ -74,6 +74,15 @@ class LoadedModel:
                 return False
             self._leases += 1
             return True
+
+    def add_lease(self) -> None:
+        """One more lease, taken while holding one, for work that may outlive the holder's
+        (a batch on a worker): granted even once retired, since the version is not released
+        while a lease is held."""
+        with self._lock:
+            if self._leases <= 0:
+                raise RuntimeError(f"no lease on {self.name} v{self.version} to add to")
+            self._leases += 1
 
     def release(self) -> None:
         with self._lock:

@@ -1,8 +1,9 @@
 """The detector's use cases, free of protobuf: score rows (and items through the embedder),
 list/get/load/unload models.
 
-Small requests are scored on the event loop (a thread hop costs more than the model);
-large ones run on a small worker pool so the loop keeps serving while ONNX Runtime works.
+Small requests are scored in micro-batches, on the event loop (a thread hop costs more than
+the model) or, when a batch is too costly for it, on a thread of its own; large requests run
+on a small worker pool; so the loop keeps serving while ONNX Runtime works.
 
 Reason to change: what the detector offers its callers (the use cases and their checks).
 """
@@ -17,19 +18,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from oddity.common.clients import EmbedderClient, Embeddings
 from oddity.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from oddity.common.logging import annotate_request
 from oddity.detector.batching import MicroBatcher
+from oddity.detector.embedder_calls import EmbedderSource, check_embedded_by
 from oddity.detector.metrics import DetectorMetrics
 from oddity.detector.model import LoadedModel
 from oddity.detector.registry import ModelRegistry, ModelStatus
 from oddity.detector.scoring import Scores
 from oddity.v1 import manifest_pb2
 
-# The embedder client, for DetectImages. A callable, because a grpc.aio channel belongs to the
-# event loop that creates it: the app makes the client on the serving loop at first use.
-EmbedderSource = Callable[[], EmbedderClient]
 # Told whether some model serves, after every scan, load and unload (the app's readiness).
 ServingListener = Callable[[bool], Awaitable[None]]
 
@@ -68,8 +66,11 @@ class DetectImagesInput:
 @dataclass(frozen=True)
 class DetectLimits:
     max_rows: int = 65536
-    inline_max_values: int = 32768
+    inline_max_values: int = 32768  # requests up to this many values are scored on the event loop
     max_batch_rows: int = 256
+    max_batch_values: int = 65536
+    inline_max_batch_values: int = 32768  # micro-batches up to this many values: on the event loop
+    inline_max_batch_seconds: float = 0.002  # ... and expected to take at most this long
     max_batch_delay: float = 0.003
 
 
@@ -114,19 +115,6 @@ def _order_columns(model: LoadedModel, rows: np.ndarray, names: list[str]) -> np
     return np.ascontiguousarray(rows[:, order])
 
 
-def check_embedded_by(embeddings: Embeddings, source: manifest_pb2.EmbeddingSource, made: str) -> np.ndarray:
-    """The vectors, when the embedder made them with the weights `source` names (model id,
-    revision, dimension); else FAILED_PRECONDITION: `made` + "vectors of <the source>"."""
-    vectors = embeddings.vectors
-    served = (embeddings.model_id, embeddings.revision, vectors.shape[1])
-    if served != (source.model_id, source.revision, source.dimension):
-        raise FailedPrecondition(
-            f"{made} vectors of {source.model_id} (revision {source.revision}, {source.dimension} values); "
-            f"the embedder serves {served[0]} (revision {served[1]}, {served[2]} values)"
-        )
-    return vectors
-
-
 class DetectorService:
     def __init__(
         self,
@@ -142,10 +130,16 @@ class DetectorService:
         self.metrics = metrics
         self.limits = limits
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="oddity-infer")
+        # Micro-batches too costly for the loop, one at a time (see batching.py).
+        self._batch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oddity-batch")
         self._batcher = MicroBatcher(
             max_batch_rows=limits.max_batch_rows,
             max_delay=limits.max_batch_delay,
             observe_batch=metrics.observe_batch,
+            max_batch_values=limits.max_batch_values,
+            inline_max_values=limits.inline_max_batch_values,
+            inline_max_seconds=limits.inline_max_batch_seconds,
+            batch_thread=self._batch_thread,
         )
         self._embedder = embedder
         self._on_serving_changed = on_serving_changed
@@ -328,5 +322,6 @@ class DetectorService:
             await self._on_serving_changed(self.registry.has_models)
 
     def close(self) -> None:
+        self._batch_thread.shutdown(wait=True)
         self._pool.shutdown(wait=True)
         self.registry.close()

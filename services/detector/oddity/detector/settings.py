@@ -45,6 +45,23 @@ class DetectorSettings(ServiceSettings):
     max_batch_rows: int = Field(
         256, ge=1, description="Small concurrent requests are coalesced into ONNX calls of up to this many rows."
     )
+    max_batch_values: int = Field(
+        65536,
+        ge=1,
+        description="A micro-batch also closes at this many values (rows x features): wide rows cost by values.",
+    )
+    inline_max_batch_values: int = Field(
+        32768,
+        ge=0,
+        description="Micro-batches up to rows x features values are scored on the event loop; larger ones on a "
+        "thread of their own, so health checks and other calls do not wait behind them.",
+    )
+    inline_max_batch_ms: float = Field(
+        2.0,
+        ge=0,
+        description="Micro-batches the model's recent batches say take more CPU time than this are scored on "
+        "that thread too (a value costs a thousandfold more in some models than in others).",
+    )
     # 3 ms measured best on 2 cores with 32 one-row callers: 2 ms made more, smaller ONNX
     # calls (82% of the echo server's calls/s), 4 ms raised p99 (1.5x echo's).
     max_batch_delay_ms: float = Field(

@@ -26,20 +26,13 @@ import numpy as np
 from oddity.common.bundle import index_contract as contract
 from oddity.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from oddity.common.logging import annotate_request
+from oddity.detector.embedder_calls import EmbedderSource, check_embedded_by
+from oddity.detector.index_analytics import ClusterAssignment, TagSuggestion
+from oddity.detector.item_attributes import MetadataFilter
+from oddity.detector.item_index import ClusterInfo, ItemIndex, Ranked, SimilarItem, TagMatch
 from oddity.detector.metrics import DetectorMetrics
 from oddity.detector.model import LoadedModel
 from oddity.detector.registry import ModelRegistry
-from oddity.detector.service import EmbedderSource, check_embedded_by
-from oddity.detector.similarity import (
-    ClusterAssignment,
-    ClusterInfo,
-    ItemIndex,
-    MetadataFilter,
-    Ranked,
-    SimilarItem,
-    TagMatch,
-    TagSuggestion,
-)
 from oddity.v1 import manifest_pb2
 
 P = ParamSpec("P")
@@ -156,7 +149,7 @@ class SimilarityService:
         start = time.perf_counter()
         k = self._count("top_k", request.top_k, DEFAULT_TOP_K)
         with self._lease(request.model, request.version) as (model, index):
-            mask = index.mask(request.filters, request.with_tags)
+            mask = index.attributes.mask(request.filters, request.with_tags)
             query = (await self._resolve(model, index, [request.query]))[0]
             exclude = query.position if request.exclude_self else None
             ranked, matched = await _nearest(index, query, k, mask=mask, exclude=exclude)
@@ -176,9 +169,9 @@ class SimilarityService:
             if request.assign:
                 resolved = await self._resolve(model, index, request.assign, what="assign", text_vectors=False)
                 vectors = np.stack([r.vector for r in resolved if r.vector is not None])
-                assignments = index.assign(vectors)
+                assignments = index.clusters.assign(vectors)
             output = ClustersOutput(
-                model.name, model.version, index.clusters(representatives), index.unclustered, assignments
+                model.name, model.version, index.cluster_infos(representatives), index.clusters.unclustered, assignments
             )
         self.metrics.observe_similarity(model.name, "Clusters", False, time.perf_counter() - start)
         return output
@@ -189,11 +182,11 @@ class SimilarityService:
         neighbours = self._count("neighbours", request.neighbours, DEFAULT_NEIGHBOURS)
         with self._lease(request.model, request.version) as (model, index):
             query = (await self._resolve(model, index, [request.query]))[0]
-            present = index.tag_indices(request.tags)
+            present = index.attributes.tag_indices(request.tags)
             if query.position is not None:  # an indexed item's own tags count as present
-                present = list(dict.fromkeys([*present, *index.item_tags(query.position).tolist()]))
+                present = list(dict.fromkeys([*present, *index.attributes.item_tags(query.position).tolist()]))
             ranked, _ = await _nearest(index, query, neighbours, exclude=query.position)
-            suggestions = index.suggest_tags(ranked, present, top_k)
+            suggestions = index.tags.suggest(ranked.positions, ranked.similarities, present, top_k)
             output = SuggestTagsOutput(model.name, model.version, suggestions)
         self.metrics.observe_similarity(model.name, "SuggestTags", ranked.approximate, time.perf_counter() - start)
         return output

@@ -1,6 +1,6 @@
 """The similarity part of the bundle contract: what a version's index files hold and how
 vectors enter the index's space. The trainer builds the files (`oddity.trainer.index_builder`),
-the detector serves them (`oddity.detector.similarity`); both normalize with `normalize` here.
+the detector serves them (`oddity.detector.item_index`); both normalize with `normalize` here.
 
 Files (plain names in the version folder, each with a sha256 in manifest.similarity):
   index_vectors.npy       float32 [items, dimension], normalized, catalog order (.npy, no pickles)
