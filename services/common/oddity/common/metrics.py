@@ -118,6 +118,8 @@ def start_metrics_endpoint(
     if token_file is not None:
         app = _with_token(app, token_file)
     server = make_server(addr, port, app, Server, handler_class=_SilentHandler)
-    thread = Thread(target=server.serve_forever, name="oddity-metrics", daemon=True)
+    # close() waits for the serving loop to notice: poll often enough that a stop takes
+    # milliseconds, not the default half second.
+    thread = Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, name="oddity-metrics", daemon=True)
     thread.start()
     return MetricsEndpoint(server=server, thread=thread)
