@@ -107,7 +107,8 @@ class AutoTrainer:
 
     async def _after_quiet(self, name: str) -> None:
         entry = self.datasets.find(name)
-        spec = entry.spec if entry is not None else None
+        # A folder no scan has read yet (a new dataset) waits for its own spec's debounce too.
+        spec = entry.spec if entry is not None else await asyncio.to_thread(self.datasets.read_spec, name)
         await asyncio.sleep(spec.retrain.debounce_seconds if spec is not None else DEFAULT_DEBOUNCE_SECONDS)
         self._quiet.pop(name, None)
         await self._evaluate_one("file_change", name)

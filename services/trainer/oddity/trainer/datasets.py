@@ -110,6 +110,14 @@ class Datasets:
     def find(self, name: str) -> DatasetEntry | None:
         return self._entries.get(name)
 
+    def read_spec(self, name: str) -> DatasetSpec | None:
+        """The spec of a dataset folder as it is on disk now (None: missing or invalid), for a
+        folder not read yet; reads a file, so call it off the event loop."""
+        try:
+            return load_spec(self.root / name)
+        except SpecError:
+            return None
+
     def get(self, name: str) -> DatasetEntry:
         entry = self._entries.get(name)
         if entry is None:
