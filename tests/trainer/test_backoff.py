@@ -42,7 +42,7 @@ def test_a_failing_dataset_backs_off_and_a_change_ends_the_wait(data_volume, rep
     try:
         failures = lambda: trainer.metric("oddity_trainer_consecutive_failures", dataset="failing")  # noqa: E731
         wait_for(lambda: failures() == 1, what="the first failure")
-        after_scans(trainer, 5)  # each sees the data that failed, and waits
+        after_scans(trainer)  # each sees the data that failed, and waits
         assert (training(trainer, "failing"), started(trainer, "failing")) == (False, 1)
         shown = status(trainer)
         assert shown.consecutive_failures == 1
@@ -53,7 +53,7 @@ def test_a_failing_dataset_backs_off_and_a_change_ends_the_wait(data_volume, rep
         # next wait is twice as long.
         datasets.sensor_frame(50, seed=9).to_csv(folder / "rows.csv", mode="a", header=False, index=False)
         wait_for(lambda: failures() == 2, what="a run on the new data")
-        after_scans(trainer, 5)
+        after_scans(trainer)
         assert (training(trainer, "failing"), started(trainer, "failing")) == (False, 2)
         assert status(trainer).consecutive_failures == 2
         assert round(retry_wait(trainer)) == 2 * BASE_SECONDS
