@@ -11,7 +11,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from oddity.common import bundle
-from oddity.common.bundle import similarity as contract
+from oddity.common.bundle import index_contract as contract
 from oddity.trainer.index_builder import IndexItems, IndexSettings, build_index, split_tags
 from oddity.trainer.publisher import Publisher
 from oddity.v1 import manifest_pb2

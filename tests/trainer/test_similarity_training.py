@@ -15,7 +15,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from oddity.common import bundle
-from oddity.common.bundle import similarity as contract
+from oddity.common.bundle import index_contract as contract
 from oddity.trainer.spec import DatasetSpec
 from oddity.v1 import trainer_pb2
 from tests.conftest import start_embedder, start_trainer
