@@ -118,6 +118,7 @@ class TrainerApp:
             ),
             bridge=LoopBridge(loop),
             tracking=ExperimentTracking(settings.mlflow_tracking_uri),
+            digests=datasets.digests,
         )
         board = JobBoard(settings.state_dir / "running", loop)
         self.runner = JobRunner(board, environment, max_concurrent_jobs=settings.max_concurrent_jobs)

@@ -25,7 +25,7 @@ from typing import Any
 from oddity.common import bundle
 from oddity.trainer import index_items, pipeline
 from oddity.trainer.checkpoints import JobCheckpoints
-from oddity.trainer.data import Dataset, fingerprint, load_dataset
+from oddity.trainer.data import Dataset, FileDigests, fingerprint, load_dataset
 from oddity.trainer.decisions import Decisions
 from oddity.trainer.embedding_cache import EmbeddingCache
 from oddity.trainer.index_items import IndexEmbedder, IndexPlan
@@ -95,9 +95,10 @@ class Baseline:
         return self.live.manifest.data_fingerprint if self.live is not None else ""
 
 
-def baseline(folder: Path, spec: DatasetSpec, repository: Path) -> Baseline:
-    """Fingerprint the data (reads every source file) and find the live version."""
-    return Baseline(fingerprint(folder, spec), bundle.newest_complete_version(repository, spec.name))
+def baseline(folder: Path, spec: DatasetSpec, repository: Path, digests: FileDigests) -> Baseline:
+    """Fingerprint the data (hashes the source files that changed since `digests` saw them)
+    and find the live version."""
+    return Baseline(fingerprint(folder, spec, digests), bundle.newest_complete_version(repository, spec.name))
 
 
 # -- load ---------------------------------------------------------------------------------

@@ -96,14 +96,12 @@ def train(
     embedding: manifest_pb2.EmbeddingSource | None = None,
     checkpoints: JobCheckpoints | None = None,
 ) -> TrainedModel:
-    """Train, export and validate every group; raises Skipped, ValidationFailed or ValueError.
-    `checkpoints`: where kinds that train in epochs keep (and resume from) their checkpoints."""
+    """Train, export and validate every group; raises Skipped (every group below min_samples;
+    a run with too few rows in all is the job's skip rule, skip_rules.py), ValidationFailed or
+    ValueError. `checkpoints`: where kinds that train in epochs keep (and resume from) their checkpoints."""
     report = progress or (lambda phase, fields: None)
     kind = kind or spec.model.kind
     learner_type = learner_class(kind)
-    n = len(data.features)
-    if n < spec.min_samples and not force:
-        raise Skipped(f"not enough samples: {n} < min_samples {spec.min_samples}")
     manifest = manifest_pb2.ModelManifest(
         name=spec.name,
         kind=kind,

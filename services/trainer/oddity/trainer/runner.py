@@ -24,7 +24,7 @@ from oddity.common.logging import get_logger
 from oddity.trainer import job_stages, pipeline
 from oddity.trainer.announcer import Announcer
 from oddity.trainer.checkpoints import CheckpointStore
-from oddity.trainer.data import DataError
+from oddity.trainer.data import DataError, FileDigests
 from oddity.trainer.decisions import DecisionBook
 from oddity.trainer.embedding_cache import EmbeddingCache
 from oddity.trainer.history import History
@@ -84,6 +84,8 @@ class JobEnvironment:
     embedder: EmbedderAccess
     bridge: LoopBridge
     tracking: ExperimentTracking = field(default_factory=lambda: ExperimentTracking(None))
+    # The files' digests the scans keep: a job rehashes only what changed since the last scan.
+    digests: FileDigests = field(default_factory=FileDigests)
 
 
 @dataclass(frozen=True)
@@ -204,7 +206,7 @@ class JobRunner:
         doing = "resuming" if request.resume is not None else "training"
         self.records.started(record, f"{doing} {planned.kind} for {request.dataset}")
         record.tracker = self._track(request, record.job_id, planned)
-        baseline = job_stages.baseline(request.folder, planned.spec, self.env.publisher.repository)
+        baseline = job_stages.baseline(request.folder, planned.spec, self.env.publisher.repository, self.env.digests)
         record.fingerprint = baseline.fingerprint
         skip_unless_go(facts(request, planned, baseline))
         return planned, baseline
