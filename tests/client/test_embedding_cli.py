@@ -15,6 +15,8 @@ from tests.client.conftest import invoke, usage_error
 from tests.conftest import start_detector
 from tests.support import drawings, models
 
+pytestmark = pytest.mark.slow  # a scenario through real services; `-m "not slow"` leaves it out
+
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, embedder):

@@ -5,6 +5,8 @@ import contextlib
 import io
 import re
 
+import pytest
+
 from oddity.client import DetectorClient
 from tests.conftest import start_detector, start_trainer
 from tests.support import datasets
@@ -19,6 +21,7 @@ def readme_python_example() -> str:
     return blocks[0]
 
 
+@pytest.mark.slow
 def test_the_readme_example_runs(data_volume, repository, tmp_path, monkeypatch):
     detector = start_detector(repository)
     trainer = start_trainer(data_volume, repository, detectors=[detector.server.target])

@@ -189,6 +189,7 @@ def test_a_file_that_cannot_be_parsed_exits_1_naming_it(served, cli, tmp_path, n
     assert line.startswith(f"error: {name} cannot be read as {path.suffix[1:]}: ")
 
 
+@pytest.mark.slow
 def test_a_detector_that_cannot_be_reached_exits_3(cli, tmp_path):
     path = tmp_path / "readings.csv"
     table(5).to_csv(path, index=False)
@@ -227,6 +228,7 @@ def test_a_file_that_is_not_there_or_not_a_table_exits_2(served, cli, tmp_path):
     assert "cannot read .txt files" in text.stderr
 
 
+@pytest.mark.slow
 def test_score_as_a_real_process(served, tmp_path):
     path = tmp_path / "readings.csv"
     table(25).to_csv(path, index=False)

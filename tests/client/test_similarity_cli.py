@@ -284,6 +284,7 @@ def pictures(tmp_path_factory, embedder) -> Iterator[Pictures]:
             detector.close()
 
 
+@pytest.mark.slow
 def test_an_image_finds_itself_first(pictures):
     result = run(pictures, "similar", "pictures", "--image", pictures.files[4], "-k", 3, "--json")
     assert result.exit_code == 0, result.stderr
@@ -292,6 +293,7 @@ def test_an_image_finds_itself_first(pictures):
     assert items[0]["similarity"] == pytest.approx(1.0, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_a_text_finds_the_items_of_the_tag_it_matches(pictures):
     result = run(pictures, "similar", "pictures", "--text", "puppy", "-k", DOG_ITEMS, "--json")
     assert result.exit_code == 0, result.stderr
@@ -305,6 +307,7 @@ def test_a_text_finds_the_items_of_the_tag_it_matches(pictures):
     assert stdout_of(shown).splitlines()[-1] == f"matched tags: dog ({similarity:.3f})"
 
 
+@pytest.mark.slow
 def test_images_are_assigned_and_tagged_as_the_sdk_answers(pictures):
     image = pictures.files[7]
     with DetectorClient(pictures.target) as sdk:

@@ -86,6 +86,7 @@ def test_env_vars_do_the_same(cli, secured):
     assert [m["name"] for m in json.loads(result.stdout)] == ["routed", "sensors"]
 
 
+@pytest.mark.slow
 def test_each_missing_piece_fails_with_its_code_and_one_line(cli, secured):
     no_token = invoke(cli, "models", *options(secured, token=False))
     assert no_token.exit_code == 1

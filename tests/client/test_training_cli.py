@@ -196,6 +196,7 @@ def test_threshold_and_rollback_change_what_the_trainer_reports(cli, stack, sdk)
     )
 
 
+@pytest.mark.slow
 def test_train_follow_shows_losses_and_figures_per_epoch_and_the_regression_head_scores(cli, stack):
     result = invoke(cli, "train", "grades", "--follow", "--json", "--trainer", stack.server.target)
     assert result.exit_code == 0, result.stderr

@@ -217,6 +217,7 @@ def test_any_embed_request_gets_a_clean_status(stack, model, items):
     | st.text(max_size=20),
     model_kind=st.sampled_from(["", "auto", "knn", "random_forest", "nope"]) | st.text(max_size=8),
 )
+@pytest.mark.slow
 def test_any_train_request_gets_a_clean_status(stack, dataset, force, data_path, model_kind):
     request = trainer_pb2.TrainRequest(dataset=dataset, force=force, data_path=data_path, model_kind=model_kind)
     clean(stack.trainer.stub.Train, request)
@@ -273,6 +274,7 @@ def parse(folder: Path, text: str) -> None:
         assert str(exc), "a spec error without a message"
 
 
+@pytest.mark.slow
 @FUZZ
 @given(value=st.dictionaries(st.sampled_from(SPEC_KEYS), yaml_values, max_size=8))
 def test_any_dataset_yaml_mapping_gives_a_spec_or_a_spec_error(tmp_path_factory, value):

@@ -13,6 +13,7 @@ from tests.support import drawings, encoders, models
 from tests.support.servers import ServiceProcess, channel, embedder_process
 
 
+@pytest.mark.slow
 def test_every_line_is_json_and_request_ids_cross_services(tmp_path, repository):
     vit = encoders.tiny_vit(tmp_path / "vit")
     embedder = embedder_process(

@@ -139,6 +139,7 @@ def test_a_half_written_pair_keeps_the_previous_certificate(published, tmp_path)
         detector.close()
 
 
+@pytest.mark.slow
 def test_oddity_clients_pick_up_rotated_files(published, tmp_path):
     """The client's files rotate to a new CA while the detector restarts with the new CA: the
     client's next call (after it looks at its files again) goes through on a new channel."""
@@ -177,6 +178,7 @@ def test_oddity_clients_pick_up_rotated_files(published, tmp_path):
         detector.close()
 
 
+@pytest.mark.slow
 def test_the_trainer_tells_a_mutual_tls_detector_over_tls(data_volume, repository, tmp_path):
     ca = trustme.CA()
     detector_files = identity(tmp_path / "detector", ca, "localhost", "127.0.0.1")

@@ -130,6 +130,7 @@ def matches(selector: dict, labels: dict) -> bool:
 # --- rendering and schemas ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @kustomizations
 def test_renders_and_every_object_validates_against_the_kubernetes_schemas(kustomization):
     errors, custom = [], []
@@ -151,6 +152,7 @@ def test_renders_and_every_object_validates_against_the_kubernetes_schemas(kusto
         assert not custom, f"cert-manager resources outside the prod overlay: {custom}"
 
 
+@pytest.mark.slow
 def test_kubectl_builds_the_same_objects():
     """Operators apply with `kubectl apply -k`, whose built-in kustomize is newer than the pinned one."""
     kubectl = shutil.which("kubectl")

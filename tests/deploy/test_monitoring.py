@@ -183,6 +183,7 @@ def test_promtool_checks_the_rules():
     assert f"SUCCESS: {len(rules())} rules found" in result.stdout
 
 
+@pytest.mark.slow
 def test_promtool_unit_tests_pass():
     result = promtool("test", "rules", RULES_TEST.name)
     assert result.returncode == 0, result.stdout + result.stderr

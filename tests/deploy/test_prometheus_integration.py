@@ -51,7 +51,7 @@ FEATURES = 8
 #: Where to draw the dashboard from this run's data (a path in the repository), if anywhere.
 RENDER = os.environ.get("ODDITY_RENDER_DASHBOARD", "")
 # The picture's run is longer than the test's (see LONG).
-pytestmark = pytest.mark.timeout(900 if RENDER else 300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900 if RENDER else 300)]
 
 
 @dataclass

@@ -44,6 +44,7 @@ def routed(repository, request):
         detector.close()
 
 
+@pytest.mark.slow
 def test_concurrent_requests_each_get_their_own_rows(routed):
     detector, fits = routed
     rng = np.random.default_rng(0)

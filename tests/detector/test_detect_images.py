@@ -28,6 +28,7 @@ def vit(tmp_path):
     return {"vit": ModelSource(model_id=str(encoders.tiny_vit(tmp_path / "vit")), modality="image")}
 
 
+@pytest.mark.slow
 def test_detect_images_rides_over_an_embedder_restart(tmp_path, repository, vit):
     first = start_embedder_on(0, tmp_path / "cache", vit)
     second = detector = None

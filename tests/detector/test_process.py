@@ -33,6 +33,7 @@ def publish_heavy(repository, d=64, hidden=(2048, 2048)):
     models.publish_simple(repository, "heavy", fitted, dimension=d)
 
 
+@pytest.mark.slow
 def test_sigterm_drains_in_flight_requests_and_exits_zero(repository):
     publish_heavy(repository)
     process = ServiceProcess(

@@ -17,6 +17,8 @@ from tests.support.servers import wait_models
 from tests.support.similarity import publish_indexed
 from tests.support.waiting import wait_for
 
+pytestmark = pytest.mark.slow  # a scenario through real services; `-m "not slow"` leaves it out
+
 PICTURES = 24
 # Item i of the pictures is tagged TAGS[i % 3] and captioned CAPTIONS[i % 3].
 TAGS = ("dog", "automobile", "flower")

@@ -17,6 +17,8 @@ from tests.support import drawings, encoders, models
 from tests.support.servers import wait_models
 from tests.trainer.test_robustness import run_job
 
+pytestmark = pytest.mark.slow  # a scenario through real services; `-m "not slow"` leaves it out
+
 
 def write_drawings(folder, ages, rng):
     images = folder / "images"

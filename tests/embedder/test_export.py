@@ -62,6 +62,7 @@ def test_image_embeddings_match_transformers(tmp_path, make):
     assert cosine(got, expected).min() >= 0.9999
 
 
+@pytest.mark.slow
 def test_text_embeddings_match_transformers_with_minilm(tmp_path):
     import torch
     from transformers import AutoModel, AutoTokenizer
@@ -163,6 +164,7 @@ def test_int8_records_its_variant_and_cosine_and_fails_below_the_gate(tmp_path, 
     assert not [p for p in cache.iterdir() if p.name.startswith(".export-")]
 
 
+@pytest.mark.slow
 def test_texts_of_mixed_lengths_embed_the_same_in_one_batch_as_alone(tmp_path):
     source = ModelSource(model_id=encoders.minilm_path(), modality="text")
     served = EmbeddingModel("text", ensure_exported(source, tmp_path / "cache"), limits=ImageLimits())

@@ -14,6 +14,7 @@ from oddity.embedder.settings import EmbedderSettings
 from tests.support import encoders
 
 
+@pytest.mark.slow
 def test_every_model_is_listed_once_none_is_still_loading(tmp_path):
     models = {
         **encoders.vit_and_minilm(tmp_path),

@@ -12,6 +12,8 @@ from tests.conftest import start_embedder
 from tests.support import encoders
 from tests.support.servers import wait_models
 
+pytestmark = pytest.mark.slow  # a scenario through real services; `-m "not slow"` leaves it out
+
 BATCH_SIZE = 8
 DELAY_SECONDS = 0.05
 

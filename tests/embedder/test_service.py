@@ -213,6 +213,7 @@ def test_unloadable_model_stays_not_serving_with_one_clear_line(tmp_path):
         handle.close()
 
 
+@pytest.mark.slow
 def test_the_default_models_offline_serve_text_and_name_the_image_model_that_failed(tmp_path, capfd):
     """The default configuration on a machine without a hub: the MiniLM shipped offline serves,
     the ViT hub id is NOT_SERVING by name with one line saying what to do, and the embedder as a

@@ -16,6 +16,8 @@ from oddity.embedder.models import ModelSource
 from tests.conftest import start_detector, start_embedder, start_trainer
 from tests.support.servers import wait_models
 
+pytestmark = pytest.mark.slow  # a scenario through real services; `-m "not slow"` leaves it out
+
 PER_SUBJECT = 40
 HELD_OUT = 20  # per subject, and novel items
 # The random-weight ViT sees the scene and the subject's colour far better than small details

@@ -42,6 +42,7 @@ def test_below_min_samples_is_skipped_unless_forced(stack, data_volume):
     assert detector.stub.Detect(detect_request("small", np.zeros((1, 8), np.float32))).model_version == 1
 
 
+@pytest.mark.slow
 def test_watch_job_streams_epochs_and_a_second_train_is_refused(stack, data_volume):
     trainer, _ = stack
     datasets.write_dataset(data_volume, "slow", manual_spec(epochs=40), {"rows.csv": datasets.sensor_frame(2000)})
@@ -207,6 +208,7 @@ def test_a_model_failing_the_gate_is_not_published(stack, data_volume, repositor
     assert failed.events[-1].details["reason"] == job.message
 
 
+@pytest.mark.slow
 def test_interval_policy_retrains_on_its_clock_and_skips_unchanged_data(data_volume, repository):
     spec = manual_spec(retrain={"policy": "interval", "interval_hours": 0.0002, "debounce_seconds": 0})  # 0.72 s
     datasets.write_dataset(data_volume, "clock", spec, {"rows.csv": datasets.sensor_frame(600)})
@@ -226,6 +228,7 @@ def test_interval_policy_retrains_on_its_clock_and_skips_unchanged_data(data_vol
         trainer.close()
 
 
+@pytest.mark.slow
 def test_every_detector_is_told_and_an_unreachable_one_only_logged(data_volume, repository):
     with socket.socket() as s:  # an address where no detector listens
         s.bind(("127.0.0.1", 0))

@@ -27,6 +27,7 @@ def retry_wait(trainer) -> float:
     return status(trainer).next_retry_time.ToMicroseconds() / 1e6 - failed
 
 
+@pytest.mark.slow
 def test_a_failing_dataset_backs_off_and_a_change_ends_the_wait(data_volume, repository):
     # The gate refuses every model of this spec (a 95th-percentile threshold flags ~5%).
     spec = {

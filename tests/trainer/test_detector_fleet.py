@@ -4,6 +4,8 @@ version; a name that does not resolve leaves the others told."""
 
 import asyncio
 
+import pytest
+
 from oddity.common.clients import DetectorAdminClient
 from oddity.trainer.announcer import DetectorFleet
 from oddity.v1 import detector_pb2
@@ -36,6 +38,7 @@ def test_every_address_of_a_detector_service_gets_a_client():
     assert len(made) == len(targets)  # one client per address, made once
 
 
+@pytest.mark.slow
 def test_the_trainer_tells_the_replicas_behind_a_service_name(data_volume, repository):
     detector = start_detector(repository, poll_interval_seconds=3600)
     trainer = start_trainer(data_volume, repository, detector_services=[f"localhost:{detector.server.port}"])

@@ -22,6 +22,8 @@ from tests.support import drawings, encoders
 from tests.support.servers import wait_models
 from tests.support.waiting import wait_for
 
+pytestmark = pytest.mark.slow  # a scenario through real services; `-m "not slow"` leaves it out
+
 ITEMS = 160
 BATCH = 2  # 80 Embed calls
 DELAY_MS = 50  # each call waits this long for company in the embedder's batcher: >= 4 s of embedding

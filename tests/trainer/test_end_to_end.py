@@ -31,6 +31,7 @@ def stack(data_volume, repository):
     detector.close()
 
 
+@pytest.mark.slow
 def test_dropped_csv_is_trained_published_and_served(stack, data_volume):
     trainer, detector = stack
     normal = datasets.sensor_frame(3000, seed=0)
@@ -65,6 +66,7 @@ def test_dropped_csv_is_trained_published_and_served(stack, data_volume):
     )
 
 
+@pytest.mark.slow
 def test_isolation_forest_serves_on_the_same_scale(stack, data_volume):
     _, detector = stack
     normal = datasets.sensor_frame(2000, seed=3)
@@ -100,6 +102,7 @@ def decision_log(n: int, seed: int) -> pd.DataFrame:
     return log
 
 
+@pytest.mark.slow
 def test_classifier_serves_classes_and_probabilities(stack, data_volume, repository):
     trainer, detector = stack
     spec = {
@@ -140,6 +143,7 @@ def test_classifier_serves_classes_and_probabilities(stack, data_volume, reposit
     assert completed.details["metrics"]["balanced_accuracy"] > 0.75
 
 
+@pytest.mark.slow
 def test_file_events_train_a_new_dataset_on_a_relative_data_volume(data_volume, repository):
     # As `oddity-trainer --data-volume volumes/data` runs it: file events (not the periodic scan,
     # set far off here) must reach datasets under a relative path.

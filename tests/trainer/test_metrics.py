@@ -101,6 +101,7 @@ def test_a_published_run(trainer, data_volume, repository):
         again.close()
 
 
+@pytest.mark.slow
 def test_failures_in_a_row_then_a_success(data_volume, repository):
     trainer = start_trainer(data_volume, repository, scan_interval_seconds=0.2, retry_backoff_seconds=1.0)
     try:

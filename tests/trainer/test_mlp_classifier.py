@@ -73,6 +73,7 @@ class Killed(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_a_fit_interrupted_after_a_checkpoint_resumes_from_it_and_ends_as_an_uninterrupted_one(tmp_path):
     scans = graded_scans(seed=1)
     rows, labels, scores = scans[FEATURES].to_numpy(np.float32), scans.grade.to_numpy(), scans.quality.to_numpy()

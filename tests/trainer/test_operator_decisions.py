@@ -2,6 +2,8 @@
 `after_rollback: hold`), and a threshold override is carried into later versions until it is
 cleared. Both RPCs say what happens next, GetStatus shows them, and they survive a restart."""
 
+import pytest
+
 from oddity.common import bundle
 from oddity.v1 import detector_pb2, trainer_pb2
 from tests.conftest import start_detector, start_trainer
@@ -32,6 +34,7 @@ def events(trainer, dataset: str, kind: str) -> list[trainer_pb2.HistoryEvent]:
     return list(trainer.stub.History(request).events)
 
 
+@pytest.mark.slow
 def test_a_rollback_holds_until_the_data_changes(data_volume, repository):
     folder = datasets.write_dataset(data_volume, "held", spec(), {"a.csv": datasets.sensor_frame(400)})
     detector = start_detector(repository)
@@ -62,6 +65,7 @@ def test_a_rollback_holds_until_the_data_changes(data_volume, repository):
         detector.close()
 
 
+@pytest.mark.slow
 def test_with_hold_a_rollback_waits_for_train(data_volume, repository):
     folder = datasets.write_dataset(
         data_volume, "hold", spec(after_rollback="hold"), {"a.csv": datasets.sensor_frame(400)}
@@ -83,6 +87,7 @@ def test_with_hold_a_rollback_waits_for_train(data_volume, repository):
         trainer.close()
 
 
+@pytest.mark.slow
 def test_a_threshold_override_is_carried_into_later_versions_until_cleared(data_volume, repository):
     folder = datasets.write_dataset(data_volume, "strict", spec(), {"a.csv": datasets.sensor_frame(600)})
     trainer = start_trainer(data_volume, repository, scan_interval_seconds=SCAN_SECONDS)

@@ -63,6 +63,7 @@ def test_a_csv_copied_in_chunks_trains_once_on_every_row(trainer, data_volume, r
     assert [int(e.details["samples"]) for e in completed] == [4000]
 
 
+@pytest.mark.slow
 def test_a_file_renamed_into_place_trains_once_and_temporary_names_are_never_read(trainer, data_volume, repository):
     folder = data_volume / "datasets" / "renamed"
     folder.mkdir()
@@ -85,6 +86,7 @@ def test_a_file_renamed_into_place_trains_once_and_temporary_names_are_never_rea
     assert int(completed.details["samples"]) == 1500
 
 
+@pytest.mark.slow
 def test_a_ready_marker_hands_off_explicitly(trainer, data_volume, repository):
     folder = data_volume / "datasets" / "marked"
     folder.mkdir()

@@ -23,6 +23,8 @@ from tests.support import datasets, encoders
 from tests.support.servers import wait_models
 from tests.trainer.test_robustness import run_job
 
+pytestmark = pytest.mark.slow  # a scenario through real services; `-m "not slow"` leaves it out
+
 VIT_DIMENSION = 32  # tests.support.encoders.tiny_vit's hidden size
 TEXT_DIMENSION = 384  # all-MiniLM-L6-v2
 MANUAL = {"retrain": {"policy": "manual"}}

@@ -53,6 +53,7 @@ def stack(data_volume, repository):
     detector.close()
 
 
+@pytest.mark.slow
 def test_imbalanced_grades_are_learned_served_and_judged(stack, data_volume, repository):
     trainer, detector = stack
     scans = graded_scans(seed=0)
@@ -121,6 +122,7 @@ def test_imbalanced_grades_are_learned_served_and_judged(stack, data_volume, rep
     assert len(completed.details["epochs"]["all"]) == group.metrics["epochs"]
 
 
+@pytest.mark.slow
 def test_a_classifier_below_the_live_ones_balanced_accuracy_is_not_published(data_volume, repository):
     trainer = start_trainer(data_volume, repository)
     try:

@@ -73,6 +73,7 @@ def services(tmp_path, data_volume, repository):
     embedder.close()
 
 
+@pytest.mark.slow
 def test_an_image_classifier_is_trained_through_the_embedder_and_served_by_detect_images(services, data_volume):
     trainer, detector = services
     write_drawings(data_volume)
