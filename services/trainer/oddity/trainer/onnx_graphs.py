@@ -1,12 +1,13 @@
-"""Composing ONNX graphs: several member graphs behind one input, each member's score mapped
-onto the common ensemble scale, and their weighted mean as the score.
+"""Composing ONNX graphs: a graph as a model the bundle contract's readers take
+(`contract_model`), and an ensemble: several member graphs behind one input, each member's
+score mapped onto the common ensemble scale, and their weighted mean as the score.
 
-Reason to change: how ensemble graphs are assembled.
+Reason to change: how the trainer's graphs become models, and how ensemble graphs are assembled.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +25,16 @@ class MemberGraph:
     table: np.ndarray  # out-of-fold score table (calibration.score_table)
     levels: np.ndarray
     weight: float
+
+
+def contract_model(graph: onnx.GraphProto, opsets: Mapping[str, int] | None = None) -> onnx.ModelProto:
+    """`graph` as a checked model with the contract's IR version; `opsets`: domain -> version
+    (default: the ONNX domain at the contract's opset)."""
+    imports = opsets if opsets is not None else {"": bundle.OPSET}
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in imports.items()])
+    model.ir_version = bundle.IR_VERSION
+    onnx.checker.check_model(model)
+    return model
 
 
 def _const(name: str, value: np.ndarray) -> onnx.TensorProto:
@@ -137,7 +148,4 @@ def ensemble_graph(members: Sequence[MemberGraph], dimension: int, share_floor: 
         outputs,
         initializers,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()])
-    model.ir_version = bundle.IR_VERSION
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
+    return contract_model(graph, opsets).SerializeToString()

@@ -18,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from oddity.common import bundle
 from oddity.common.bundle.contract import PREDICTED_SCORE_OUTPUT
+from oddity.trainer.onnx_graphs import contract_model
 
 
 def linear_layers(modules: Iterable[Any]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -70,10 +71,7 @@ class GraphBuilder:
             list(outputs),
             self.initializers,
         )
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", bundle.OPSET)])
-        model.ir_version = bundle.IR_VERSION
-        onnx.checker.check_model(model)
-        return model.SerializeToString()
+        return contract_model(graph).SerializeToString()
 
 
 _GRAPH_NAMES = {

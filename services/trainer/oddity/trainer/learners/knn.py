@@ -23,12 +23,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from oddity.common import bundle
 from oddity.trainer.learners.base import AnomalyLearner, Progress
 from oddity.trainer.learners.registry import register_learner
+from oddity.trainer.onnx_graphs import contract_model
 
 REFERENCE_VALUES = 750_000  # rows x dimensions of the default reference cap
 MAX_REFERENCE_ROWS = 20_000
@@ -204,7 +204,4 @@ class KnnLearner(AnomalyLearner):
             ],
             initializers,
         )
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", bundle.OPSET)])
-        model.ir_version = bundle.IR_VERSION
-        onnx.checker.check_model(model)
-        return model.SerializeToString()
+        return contract_model(graph).SerializeToString()

@@ -26,6 +26,7 @@ from sklearn.svm import SVC
 from oddity.common import bundle
 from oddity.trainer.learners.registry import register_learner
 from oddity.trainer.learners.scikit import SklearnClassifier
+from oddity.trainer.onnx_graphs import contract_model
 
 KERNELS = ("linear", "poly", "rbf", "sigmoid")
 
@@ -214,7 +215,4 @@ def svm_graph(learner: SvmLearner, d: int) -> onnx.ModelProto:
         ],
         init,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", bundle.OPSET)])
-    model.ir_version = bundle.IR_VERSION
-    onnx.checker.check_model(model)
-    return model
+    return contract_model(graph)

@@ -25,6 +25,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from oddity.common import bundle
+from oddity.trainer.onnx_graphs import contract_model
 
 _LEAF = -1  # scikit-learn's children_left/right of a leaf
 
@@ -134,10 +135,4 @@ def isolation_forest_graph(forest, d: int) -> onnx.ModelProto:
         [helper.make_tensor_value_info(bundle.SCORE_OUTPUT, TensorProto.FLOAT, ["N"])],
         initializers,
     )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", bundle.OPSET), helper.make_opsetid("ai.onnx.ml", bundle.ML_OPSET)],
-    )
-    model.ir_version = bundle.IR_VERSION
-    onnx.checker.check_model(model)
-    return model
+    return contract_model(graph, {"": bundle.OPSET, "ai.onnx.ml": bundle.ML_OPSET})
