@@ -3,6 +3,9 @@ warnings and progress of the libraries that export a Hugging Face model — is o
 and a request id given by the caller reaches the embedder through the detector."""
 
 import json
+import subprocess
+import sys
+import textwrap
 
 import grpc
 import numpy as np
@@ -62,3 +65,34 @@ def _is_json_object(line: str) -> bool:
         return isinstance(json.loads(line), dict)
     except ValueError:
         return False
+
+
+# Our lines (structlog) and a library's (the standard library) from two threads at once, as a
+# request's line and an exporter's progress meet in the embedder.
+TWO_WRITERS = textwrap.dedent(
+    """
+    import logging, threading
+    from oddity.common.logging import configure_logging, get_logger
+
+    configure_logging(service="two-writers")
+    ours, theirs = get_logger("ours"), logging.getLogger("library")
+    start = threading.Barrier(2)
+
+    def write(log):
+        start.wait()
+        for i in range(3000):
+            log.info("line %d", i)
+
+    threads = [threading.Thread(target=write, args=(log,)) for log in (ours, theirs)]
+    for t in threads: t.start()
+    for t in threads: t.join()
+    """
+)
+
+
+def test_lines_of_two_threads_never_run_into_each_other():
+    result = subprocess.run([sys.executable, "-c", TWO_WRITERS], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 6000
+    assert [line for line in lines if not _is_json_object(line)] == []

@@ -3,7 +3,9 @@
 Request-scoped fields (request id, model, version) live in one context variable that the
 RPC interceptor sets per call and the services annotate; every log line of that call
 carries them. Standard-library loggers (grpc, ...) and Python warnings of libraries are
-rendered the same way, so stdout holds nothing but JSON lines.
+rendered the same way, so stdout holds nothing but JSON lines. Both write through one
+`LineWriter`: each line in one write under one lock, so lines from two threads (a request's
+and a library's) never run into each other.
 
 Reason to change: the log format or the request-scoped fields.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from contextvars import ContextVar
 from typing import Any
 
@@ -51,6 +54,45 @@ def _merge_request_fields(_logger: Any, _name: str, event: dict[str, Any]) -> di
     return event
 
 
+class LineWriter:
+    """Whole lines to one stream, one at a time."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+
+    def write_line(self, text: str) -> None:
+        with self._lock:
+            self._stream.write(text + "\n")
+            self._stream.flush()
+
+
+class _LineLogger:
+    """structlog's logger: every level writes the rendered line through the shared writer."""
+
+    def __init__(self, writer: LineWriter) -> None:
+        self._writer = writer
+
+    def msg(self, message: str) -> None:
+        self._writer.write_line(message)
+
+    log = debug = info = warn = warning = err = error = critical = exception = fatal = failure = msg
+
+
+class _LineHandler(logging.Handler):
+    """The standard library's records, rendered by the formatter, through the shared writer."""
+
+    def __init__(self, writer: LineWriter) -> None:
+        super().__init__()
+        self._writer = writer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._writer.write_line(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
 def configure_logging(*, level: str = "info", json: bool = True, service: str | None = None) -> None:
     """Configure structlog and the standard library once per process."""
     level_no = logging.getLevelNamesMapping()[level.upper()]
@@ -63,13 +105,14 @@ def configure_logging(*, level: str = "info", json: bool = True, service: str | 
     if service:
         shared.insert(0, _add_service(service))
     renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    writer = LineWriter(sys.stdout)
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level_no),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=lambda *_args: _LineLogger(writer),
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stdout)
+    handler = _LineHandler(writer)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
