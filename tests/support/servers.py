@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from oddity.cli.supervisor import die_with_parent
 from oddity.common.server import ServiceHost
 
 
@@ -115,6 +116,8 @@ class ServiceProcess:
             stderr=subprocess.STDOUT,
             text=True,
             env=self.env,
+            # A test run that is killed (a CI timeout, Ctrl-C twice) leaves no server behind.
+            preexec_fn=die_with_parent(),
         )
         threading.Thread(target=self._read, daemon=True).start()
         while True:

@@ -97,7 +97,7 @@ def parse_line(line: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _die_with_parent() -> Callable[[], None] | None:
+def die_with_parent() -> Callable[[], None] | None:
     """A pre-exec hook asking the kernel to SIGTERM the child when its parent dies (Linux)."""
     if not sys.platform.startswith("linux"):
         return None
@@ -140,7 +140,7 @@ class ServiceProcess:
             errors="replace",
             env={**os.environ, **service_env(self.name)},
             process_group=0,
-            preexec_fn=_die_with_parent(),
+            preexec_fn=die_with_parent(),
         )
         assert self.proc.stdout is not None
         self._reader = threading.Thread(
