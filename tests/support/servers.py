@@ -116,8 +116,10 @@ class ServiceProcess:
             stderr=subprocess.STDOUT,
             text=True,
             env=self.env,
-            # A test run that is killed (a CI timeout, Ctrl-C twice) leaves no server behind.
-            preexec_fn=die_with_parent(),
+            # A test run that is killed (a CI timeout, Ctrl-C twice) leaves no server behind. The
+            # kernel ties that signal to the thread that forks: a process started from another
+            # thread (to export while others start) would die with that thread, so it goes without.
+            preexec_fn=die_with_parent() if threading.current_thread() is threading.main_thread() else None,
         )
         threading.Thread(target=self._read, daemon=True).start()
         while True:

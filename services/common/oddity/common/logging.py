@@ -55,16 +55,17 @@ def _merge_request_fields(_logger: Any, _name: str, event: dict[str, Any]) -> di
 
 
 class LineWriter:
-    """Whole lines to one stream, one at a time."""
+    """Whole lines to standard output, one at a time. The stream is looked up at each write,
+    as print() does: whoever replaced sys.stdout since (a test's capture) gets the lines."""
 
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
+    def __init__(self) -> None:
         self._lock = threading.Lock()
 
     def write_line(self, text: str) -> None:
         with self._lock:
-            self._stream.write(text + "\n")
-            self._stream.flush()
+            stream = sys.stdout
+            stream.write(text + "\n")
+            stream.flush()
 
 
 class _LineLogger:
@@ -105,7 +106,7 @@ def configure_logging(*, level: str = "info", json: bool = True, service: str | 
     if service:
         shared.insert(0, _add_service(service))
     renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
-    writer = LineWriter(sys.stdout)
+    writer = LineWriter()
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level_no),
