@@ -16,6 +16,7 @@ from oddity.common import bundle
 from oddity.embedder.app import EmbedderApp
 from oddity.embedder.models import ModelSource
 from oddity.embedder.settings import EmbedderSettings
+from oddity.trainer.job_control import STOPPED_MESSAGE
 from oddity.v1 import embedder_pb2_grpc, trainer_pb2
 from tests.conftest import LOOPBACK, ServiceHandle, start_trainer
 from tests.support import drawings, encoders
@@ -125,6 +126,6 @@ def test_stopping_the_trainer_ends_a_job_that_waits_for_the_embedder(data_volume
     finally:
         trainer.close()
     events = [json.loads(line) for line in (data_volume / ".oddity" / "history.jsonl").read_text().splitlines()]
-    assert [e["event_type"] for e in events] == ["TRAINING_STARTED", "TRAINING_FAILED"]
-    assert events[-1]["message"] == "interrupted: the trainer is shutting down"
+    assert [e["event_type"] for e in events] == ["TRAINING_STARTED", "TRAINING_STOPPED"]
+    assert events[-1]["message"] == STOPPED_MESSAGE
     assert not list((data_volume / ".oddity" / "running").glob("*.json"))

@@ -7,6 +7,7 @@ import signal
 import pytest
 
 from oddity.common import bundle
+from oddity.trainer.job_control import STOPPED_MESSAGE
 from oddity.trainer.jobs import INTERRUPTED_MESSAGE
 from oddity.v1 import trainer_pb2, trainer_pb2_grpc
 from tests.conftest import start_trainer
@@ -81,8 +82,8 @@ def test_sigterm_during_training_ends_the_job_and_exits_zero(data_volume, reposi
         process.kill()
     assert bundle.list_versions(repository / "stopping") == []
     events = [json.loads(line) for line in (data_volume / ".oddity" / "history.jsonl").read_text().splitlines()]
-    assert [e["event_type"] for e in events] == ["TRAINING_STARTED", "TRAINING_FAILED"]
-    assert "shutting down" in events[-1]["message"]
+    assert [e["event_type"] for e in events] == ["TRAINING_STARTED", "TRAINING_STOPPED"]
+    assert events[-1]["message"] == STOPPED_MESSAGE
     assert not list((data_volume / ".oddity" / "running").glob("*.json"))  # nothing left to recover
 
 

@@ -159,8 +159,8 @@ class DatasetStatus:
 @dataclass(frozen=True)
 class HistoryEvent:
     timestamp: datetime
-    #: TRAINING_STARTED, TRAINING_COMPLETED, TRAINING_FAILED, TRAINING_SKIPPED, PUBLISHED,
-    #: ROLLED_BACK or THRESHOLD_CHANGED.
+    #: TRAINING_STARTED, TRAINING_COMPLETED, TRAINING_FAILED, TRAINING_SKIPPED, TRAINING_STOPPED,
+    #: PUBLISHED, ROLLED_BACK or THRESHOLD_CHANGED.
     event_type: str
     dataset: str
     message: str

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from oddity.common import bundle
+from oddity.trainer import job_control
 
 # Levels at which each ensemble member's out-of-fold CDF is tabled.
 MEMBER_LEVELS = np.linspace(0.0, 1.0, 201)
@@ -53,6 +54,7 @@ def calibrate(oof_scores: np.ndarray, folds: np.ndarray, percentile: float) -> C
         raise ValueError("the model produces non-finite scores on held-out rows")
     flagged = 0
     for fold in np.unique(folds):
+        job_control.check()
         held = folds == fold
         flagged += int(np.sum(oof_scores[held] > np.percentile(oof_scores[~held], percentile)))
     return Calibration(

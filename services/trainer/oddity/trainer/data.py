@@ -15,15 +15,20 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import itertools
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from oddity.trainer.row_sample import IN_ALL, IN_GROUP, ColumnFigures, RowSample
 from oddity.trainer.spec import READY_MARKER, SPEC_FILE, DatasetSpec
+from oddity.trainer.table_chunks import Chunk, ReadCounts, Unreadable, chunks
 
 SUFFIX_FORMATS = {".csv": "csv", ".xlsx": "xlsx", ".xls": "xls", ".parquet": "parquet", ".jsonl": "jsonl"}
 
@@ -65,6 +70,24 @@ class Dataset:
     # row of the source's columns (tables: all but the features), for ids, metadata and tags.
     item_ids: list[str] | None = None
     item_table: pd.DataFrame | None = None
+    # Records read (usable, dropped and malformed): more than the rows when the rows are a sample.
+    rows_seen: int = 0
+    # Per row, which group samples it is in (row_sample.IN_GROUP | IN_ALL); None: every row in each.
+    membership: np.ndarray | None = None
+    # Per feature column, over every row read: count, missing, mean, min, max.
+    column_figures: dict[str, dict[str, Any]] | None = None
+
+    def in_group_sample(self) -> np.ndarray:
+        """Per row: trained on by its routing group."""
+        if self.membership is None:
+            return np.ones(len(self.features), dtype=bool)
+        return (self.membership & IN_GROUP).astype(bool)
+
+    def in_all_sample(self) -> np.ndarray:
+        """Per row: trained on by the `all` group."""
+        if self.membership is None:
+            return np.ones(len(self.features), dtype=bool)
+        return (self.membership & IN_ALL).astype(bool)
 
 
 def source_files(folder: Path, spec: DatasetSpec) -> list[Path]:
@@ -80,15 +103,48 @@ def source_files(folder: Path, spec: DatasetSpec) -> list[Path]:
         path = folder / spec.texts.path
         files = [path] if path.is_file() else []
     else:
-        files = []
-        for source in spec.sources:
-            matches = sorted(
-                p for p in folder.glob(source.path) if p.is_file() and not in_progress(p) and p.name != SPEC_FILE
-            )
-            files.extend(m for m in matches if m not in files)
+        files = [file for path, _ in source_units(folder, spec) for file in parquet_folder_files(path)]
     for path in files:
         inside(folder, path, "file")
     return files
+
+
+def source_units(folder: Path, spec: DatasetSpec) -> list[tuple[Path, str]]:
+    """A table dataset's sources as they are read, each with its format: files, and folders of
+    Parquet files (hive partitions such as `day=2026-12-01/part-0.parquet`), each inside the folder."""
+    inside(folder.parent, folder, "the dataset folder")
+    units: list[Path] = []
+    for source in spec.sources:
+        matches = sorted(
+            p
+            for p in folder.glob(source.path)
+            if not in_progress(p) and p.name != SPEC_FILE and (p.is_file() or _parquet_folder(p, source.format))
+        )
+        units.extend(m for m in matches if m not in units and not any(m.is_relative_to(u) for u in units))
+    for path in units:
+        inside(folder, path, "folder" if path.is_dir() else "file")
+    return [(path, _format(path, spec)) for path in units]
+
+
+def _parquet_folder(path: Path, fmt: str | None) -> bool:
+    """A folder is a source when it holds Parquet files (and the source does not say another format)."""
+    if not path.is_dir() or fmt not in (None, "parquet"):
+        return False
+    return any(p.suffix == ".parquet" for p in parquet_folder_files(path))
+
+
+def parquet_folder_files(path: Path) -> list[Path]:
+    """A source's files: itself, or a Parquet folder's data files (as pyarrow reads them: names
+    starting with `.` or `_`, such as Spark's `_SUCCESS`, are not data)."""
+    if not path.is_dir():
+        return [path]
+    return sorted(
+        p
+        for p in path.rglob("*")
+        if p.is_file()
+        and not in_progress(p)
+        and not any(part.startswith(("_", ".")) for part in p.relative_to(path).parts)
+    )
 
 
 # Write-then-rename: files still being written carry one of these names and are never read.
@@ -171,31 +227,6 @@ def fingerprint(folder: Path, spec: DatasetSpec, digests: FileDigests | None = N
     return digest.hexdigest()
 
 
-def _read(path: Path, fmt: str) -> tuple[pd.DataFrame, int]:
-    """One file as a table, and the number of malformed lines skipped."""
-    try:
-        if fmt == "csv":
-            data = path.read_bytes()
-            try:
-                text = data.decode("utf-8-sig")
-            except UnicodeDecodeError as exc:
-                raise DataError(f"{path.name} is not UTF-8 text (byte {exc.start}): save it as UTF-8 CSV") from exc
-            if not text.strip():
-                raise DataError(f"{path.name} is empty")
-            return read_csv_text(text)
-        if fmt in ("xlsx", "xls"):
-            return pd.read_excel(path, engine="openpyxl" if fmt == "xlsx" else "xlrd"), 0
-        if fmt == "parquet":
-            return pd.read_parquet(path), 0
-        return pd.read_json(path, lines=True), 0
-    except DataError:
-        raise
-    except pd.errors.EmptyDataError as exc:
-        raise DataError(f"{path.name} is empty") from exc
-    except Exception as exc:  # each reader raises its own types for corrupt files
-        raise DataError(f"{path.name} cannot be read as {fmt}: {type(exc).__name__}: {exc}") from exc
-
-
 def read_csv_text(text: str) -> tuple[pd.DataFrame, int]:
     """A CSV as a table, and the number of malformed records skipped: a record with more or
     fewer fields than the header is malformed. (pandas alone would turn extra leading fields
@@ -215,84 +246,212 @@ def read_csv_text(text: str) -> tuple[pd.DataFrame, int]:
     return pd.read_csv(io.StringIO(clean.getvalue())), malformed
 
 
-def load_dataset(folder: Path, spec: DatasetSpec, data_path: Path | None = None) -> Dataset:
-    """Read the dataset's files (or `data_path`, an override) into training rows."""
-    files = [data_path] if data_path is not None else source_files(folder, spec)
-    if not files:
+def load_dataset(
+    folder: Path, spec: DatasetSpec, data_path: Path | None = None, *, check: Callable[[], None] = lambda: None
+) -> Dataset:
+    """Read the dataset's sources (or `data_path`, an override) a chunk at a time into training
+    rows: at most `training.max_rows` per group, a uniform sample of the usable rows, with every
+    row counted and each column's figures over all rows. `check` is called between chunks (it
+    raises to stop a job)."""
+    units = [(data_path, _format(data_path, spec))] if data_path is not None else source_units(folder, spec)
+    if not units:
         raise DataError(f"no files match {[s.path for s in spec.sources]}")
-    formats: dict[str, str | None] = {s.path: s.format for s in spec.sources}
-    frames, skipped = [], 0
-    for path in files:
-        fmt: str | None = next((f for pattern, f in formats.items() if f and path.match(pattern)), None)
-        fmt = fmt or SUFFIX_FORMATS.get(path.suffix.lower())
-        if fmt is None:
-            raise DataError(f"{path.name}: unknown format; set `format` in the source")
-        frame, bad = _read(path, fmt)
-        frames.append(frame)
-        skipped += bad
-    table = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    if table.empty:
-        if skipped:
-            raise DataError(
-                f"{skipped} of {skipped} rows (100%) are malformed (wrong field count: the header names "
-                f"{len(table.columns)} columns)"
-            )
-        raise DataError("the data has no rows")
-    return _to_dataset(table, spec, files, skipped)
+    reading = _Reading(spec)
+    for path, fmt in units:
+        counts = ReadCounts()
+        stream = chunks(path, fmt, counts)
+        while True:
+            check()
+            try:
+                chunk = next(stream, None)
+            except Unreadable as exc:
+                raise DataError(f"{path.name} {exc}") from exc
+            except pd.errors.EmptyDataError as exc:
+                raise DataError(f"{path.name} is empty") from exc
+            except Exception as exc:  # each reader raises its own types for corrupt files
+                raise DataError(f"{path.name} cannot be read as {fmt}: {type(exc).__name__}: {exc}") from exc
+            if chunk is None:
+                break
+            reading.add(chunk, csv_text=fmt == "csv")
+        reading.malformed += counts.malformed
+        reading.header = reading.header or counts.header
+    return reading.dataset([path for path, _ in units])
 
 
-def _to_dataset(table: pd.DataFrame, spec: DatasetSpec, files: list[Path], skipped: int) -> Dataset:
-    table.columns = [str(c).strip() for c in table.columns]
-    selection = spec.selection
-    special = {c for c in (spec.label, spec.score_column, spec.routing.key if spec.routing else None) if c}
-    if selection.columns:
-        names = list(selection.columns)
-    else:
-        # The similarity section's id, tags and caption columns describe items, never measure them.
-        described = {c for c in (spec.index.id_column, spec.index.tags_column, spec.index.caption_column) if c}
-        numeric = [c for c in table.columns if pd.api.types.is_numeric_dtype(table[c])]
-        names = [c for c in numeric if c not in set(selection.exclude) | special | described]
-    required = [*names, *sorted(special)]
-    missing = [c for c in required if c not in table.columns]
-    if missing:
-        raise DataError(f"missing columns {missing}; the file has {list(table.columns)}")
-    if not names:
-        raise DataError("no feature columns: list them under `features` or provide numeric columns")
-    # Routing key and score column are numeric like the features: a row missing either is malformed.
-    extra = [c for c in (spec.routing.key if spec.routing else None, spec.score_column) if c]
-    numeric_part = table[names + extra].apply(pd.to_numeric, errors="coerce")
-    values = numeric_part.to_numpy(dtype=np.float64)
-    good = np.isfinite(values).all(axis=1)
-    if spec.label:
-        good &= table[spec.label].notna().to_numpy()
-    dropped = int((~good).sum()) + skipped
-    notes = [f"dropped {dropped} malformed rows"] if dropped else []
-    values = values[good]
-    if len(values) == 0:
-        raise DataError(f"no usable rows: all {len(table)} rows have missing or non-numeric values")
-    share = dropped / (len(table) + skipped)
-    if share > spec.validation.max_bad_row_fraction:
-        raise DataError(
-            f"{dropped} of {len(table) + skipped} rows ({share:.0%}) are malformed (missing, non-numeric or "
-            f"wrong field count), more than max_bad_row_fraction {spec.validation.max_bad_row_fraction:.0%}"
+def bound_rows(data: Dataset, spec: DatasetSpec) -> Dataset:
+    """Rows already in memory (embedded items) with the same per-group bound as read rows: each
+    group trains on a uniform sample of at most `training.max_rows`; every row stays (the
+    similarity index keeps them all)."""
+    routing = spec.routing
+    groups = max(len(routing.bounds) - 1, 0) if routing else 0
+    if len(data.features) <= spec.training.max_rows:
+        return data
+    sample = RowSample(spec.training.max_rows, groups, routing is None or routing.all_group, _seed(spec))
+    group_of = routing_groups(data.routing, routing.bounds) if routing and data.routing is not None else None
+    n = len(data.features)
+    sample.offer(group_of if group_of is not None else np.full(n, -1), {"row": np.arange(n)})
+    sampled = sample.result()
+    data.membership = np.zeros(n, dtype=np.uint8)
+    data.membership[sampled.payload["row"]] = sampled.membership
+    used = int(np.count_nonzero(data.membership))
+    data.notes.append(f"trained on a uniform sample of {used} of {n} rows")
+    return data
+
+
+def _seed(spec: DatasetSpec) -> int:
+    """The sample's seed: the model's, so a run on the same data trains on the same rows."""
+    return int(spec.model.params.get("seed", 0))
+
+
+def _format(path: Path, spec: DatasetSpec) -> str:
+    fmt: str | None = next((s.format for s in spec.sources if s.format and path.match(s.path)), None)
+    fmt = fmt or ("parquet" if path.is_dir() else SUFFIX_FORMATS.get(path.suffix.lower()))
+    if fmt is None:
+        raise DataError(f"{path.name}: unknown format; set `format` in the source")
+    return fmt
+
+
+def routing_groups(values: np.ndarray, bounds: list[float]) -> np.ndarray:
+    """Each value's routing group: i for [bounds[i], bounds[i+1]) (the last closed above), -1 outside."""
+    group = np.full(len(values), -1, dtype=np.int64)
+    for i, (low, high) in enumerate(itertools.pairwise(bounds)):
+        last = i == len(bounds) - 2
+        group[(values >= low) & ((values <= high) if last else (values < high)) & (group < 0)] = i
+    return group
+
+
+@dataclass(frozen=True)
+class _Roles:
+    """What each column is for, decided on the first chunk: features, the numeric routing key
+    and score column, the label, and (indexed datasets) the columns kept for the items."""
+
+    features: list[str]
+    numeric_extra: list[str]
+    label: str | None
+    described: list[str] | None
+
+    @classmethod
+    def of(cls, chunk: Chunk, spec: DatasetSpec) -> _Roles:
+        columns = chunk.columns
+        selection = spec.selection
+        special = {c for c in (spec.label, spec.score_column, spec.routing.key if spec.routing else None) if c}
+        if selection.columns:
+            names = list(selection.columns)
+        else:
+            # The similarity section's id, tags and caption columns describe items, never measure them.
+            described = {c for c in (spec.index.id_column, spec.index.tags_column, spec.index.caption_column) if c}
+            left_out = set(selection.exclude) | special | described
+            names = [c for c in columns if c not in left_out and chunk.holds_numbers(c)]
+        missing = [c for c in [*names, *sorted(special)] if c not in columns]
+        if missing:
+            raise DataError(f"missing columns {missing}; the file has {columns}")
+        if not names:
+            raise DataError("no feature columns: list them under `features` or provide numeric columns")
+        # Routing key and score column are numeric like the features: a row missing either is malformed.
+        extra = [c for c in (spec.routing.key if spec.routing else None, spec.score_column) if c]
+        kept = [c for c in columns if c not in set(names)] if spec.indexed else None
+        return cls(names, extra, spec.label, kept)
+
+
+class _Reading:
+    """The rows read so far: counted, checked, summarized and sampled chunk by chunk."""
+
+    def __init__(self, spec: DatasetSpec) -> None:
+        self.spec = spec
+        self.roles: _Roles | None = None
+        self.header: list[str] = []
+        self.rows = 0  # well-formed records
+        self.malformed = 0  # records with the wrong field count
+        self.dropped = 0  # well-formed records with a missing or non-numeric value
+        self.csv_text = False
+        self.figures: ColumnFigures | None = None
+        bounds = spec.routing.bounds if spec.routing else []
+        self.sample = RowSample(
+            spec.training.max_rows,
+            groups=max(len(bounds) - 1, 0),
+            all_group=spec.routing is None or spec.routing.all_group,
+            seed=_seed(spec),
         )
-    features = values[:, : len(names)].astype(np.float32)
-    if not np.isfinite(features).all():
-        raise DataError("feature values overflow float32")
-    routing = values[:, len(names)] if spec.routing else None
-    targets = values[:, len(names) + extra.index(spec.score_column)] if spec.score_column else None
-    labels = table[spec.label].to_numpy()[good].astype(str) if spec.label else None
-    dataset = Dataset(
-        features=features,
-        feature_names=names,
-        labels=labels,
-        routing=routing,
-        files=files,
-        dropped_rows=dropped,
-        notes=notes,
-        targets=targets,
-    )
-    if spec.indexed:  # a row's default id is its number among the rows read, 1 the first
-        dataset.item_ids = [str(i + 1) for i in np.flatnonzero(good)]
-        dataset.item_table = table.loc[good, [c for c in table.columns if c not in set(names)]].reset_index(drop=True)
-    return dataset
+
+    def add(self, chunk: Chunk, *, csv_text: bool) -> None:
+        spec = self.spec
+        roles = self.roles = self.roles or _Roles.of(chunk, spec)
+        self.figures = self.figures or ColumnFigures(roles.features)
+        self.csv_text |= csv_text
+        columns = set(chunk.columns)
+        wanted = roles.features + roles.numeric_extra
+        values = np.column_stack(
+            [chunk.numbers(c) if c in columns else np.full(chunk.rows, np.nan) for c in wanted]
+        )
+        self.figures.add(values[:, : len(roles.features)])
+        good = np.isfinite(values).all(axis=1)
+        if roles.label:
+            good &= chunk.present(roles.label) if roles.label in columns else False
+        rows = np.flatnonzero(good)
+        self.dropped += chunk.rows - len(rows)
+        first_row, self.rows = self.rows, self.rows + chunk.rows
+        if not len(rows):
+            return
+        values = values[rows]
+        features = values[:, : len(roles.features)].astype(np.float32)
+        if not np.isfinite(features).all():
+            raise DataError("feature values overflow float32")
+        payload: dict[str, np.ndarray] = {"features": features, "row": first_row + rows}
+        group = np.full(len(rows), -1, dtype=np.int64)
+        if spec.routing:
+            payload["routing"] = values[:, len(roles.features)]
+            group = routing_groups(payload["routing"], spec.routing.bounds)
+        if spec.score_column:
+            payload["targets"] = values[:, len(roles.features) + roles.numeric_extra.index(spec.score_column)]
+        if roles.label:
+            payload["labels"] = chunk.frame([roles.label], rows)[roles.label].to_numpy().astype(str)
+        frame = None
+        if roles.described is not None:
+            frame = chunk.frame([c for c in roles.described if c in columns], rows)
+        self.sample.offer(group, payload, frame)
+
+    def dataset(self, files: list[Path]) -> Dataset:
+        spec, seen = self.spec, self.rows + self.malformed
+        if self.roles is None or self.rows == 0:
+            if self.malformed:
+                raise DataError(
+                    f"{self.malformed} of {self.malformed} rows (100%) are malformed (wrong field count: the "
+                    f"header names {len(self.header)} columns)"
+                )
+            raise DataError("the data has no rows")
+        dropped = self.dropped + self.malformed
+        if self.dropped == self.rows:
+            raise DataError(f"no usable rows: all {self.rows} rows have missing or non-numeric values")
+        share = dropped / seen
+        if share > spec.validation.max_bad_row_fraction:
+            raise DataError(
+                f"{dropped} of {seen} rows ({share:.0%}) are malformed (missing, non-numeric or "
+                f"wrong field count), more than max_bad_row_fraction {spec.validation.max_bad_row_fraction:.0%}"
+            )
+        sampled = self.sample.result()
+        payload = sampled.payload
+        used = len(sampled.membership)
+        notes = [f"dropped {dropped} malformed rows"] if dropped else []
+        if used < self.rows - self.dropped:
+            notes.append(f"trained on a uniform sample of {used} of {self.rows - self.dropped} rows")
+        assert self.figures is not None
+        dataset = Dataset(
+            features=payload["features"],
+            feature_names=self.roles.features,
+            labels=payload.get("labels"),
+            routing=payload.get("routing"),
+            files=files,
+            dropped_rows=dropped,
+            notes=notes,
+            targets=payload.get("targets"),
+            rows_seen=seen,
+            membership=sampled.membership,
+            column_figures=self.figures.as_dict(),
+        )
+        if spec.indexed:  # a row's default id is its number among the rows read, 1 the first
+            dataset.item_ids = [str(i + 1) for i in payload["row"]]
+            frame = sampled.frame if sampled.frame is not None else pd.DataFrame(index=range(used))
+            if self.csv_text:  # CSV cells came as text: typed as pandas types a CSV's columns
+                frame = pd.read_csv(io.StringIO(frame.to_csv(index=False))) if len(frame.columns) else frame
+            dataset.item_table = frame
+        return dataset

@@ -19,6 +19,7 @@ EVENT_TYPES = (
     "TRAINING_COMPLETED",
     "TRAINING_FAILED",
     "TRAINING_SKIPPED",
+    "TRAINING_STOPPED",  # the trainer stopped (SIGTERM, Ctrl-C) while the job ran
     "PUBLISHED",
     "ROLLED_BACK",
     "THRESHOLD_CHANGED",

@@ -1,8 +1,10 @@
 """What a training job leaves behind, the last stage of every job whatever its outcome:
-TRAINING_STARTED, then TRAINING_COMPLETED, TRAINING_SKIPPED or TRAINING_FAILED in the
-history (with the details gathered stage by stage); the job's final state on the board; the
-job metrics; the dataset's last run (GetStatus, the retry backoff); the outcome on the job's
-experiment-tracking run. A job that ended leaves no crash record and no checkpoints.
+TRAINING_STARTED, then TRAINING_COMPLETED, TRAINING_SKIPPED, TRAINING_FAILED or
+TRAINING_STOPPED (the trainer stopped meanwhile) in the history (with the details gathered
+stage by stage); the job's final state on the board; the job metrics; the dataset's last run
+(GetStatus, the retry backoff); the outcome on the job's experiment-tracking run. A job that
+ended, stopped ones too, leaves no crash record and no checkpoints: the next start does not
+report it as interrupted.
 
 Reason to change: what a job's outcome records.
 """
@@ -14,13 +16,18 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+import numpy as np
+
 from oddity.common.logging import get_logger
 from oddity.trainer.checkpoints import CheckpointStore
 from oddity.trainer.data import Dataset
 from oddity.trainer.history import History
 from oddity.trainer.jobs import FAILED, RUNNING, SKIPPED, SUCCEEDED, Job, JobBoard, JobRequest, now
-from oddity.trainer.metrics import TrainerMetrics
+from oddity.trainer.metrics import STOPPED, TrainerMetrics
 from oddity.trainer.tracking import NO_TRACKING, JobTracking
+
+# Wider tables record no per-column figures in the history (the line would outgrow the rest).
+COLUMN_FIGURES_SHOWN = 256
 
 log = get_logger("oddity.trainer.runner")
 
@@ -106,7 +113,14 @@ class JobRecords:
         """The rows the run trains on (GetStatus and the rows metric show them)."""
         self._remember(record.dataset, samples=len(data.features))
         self.metrics.last_run_rows.labels(record.dataset).set(len(data.features))
-        record.details.update(samples=len(data.features), dropped_rows=data.dropped_rows)
+        record.details.update(
+            samples=len(data.features),
+            dropped_rows=data.dropped_rows,
+            rows_seen=data.rows_seen or len(data.features) + data.dropped_rows,
+            rows_used=int(np.count_nonzero(data.in_group_sample() | data.in_all_sample())),
+        )
+        if data.column_figures is not None and len(data.column_figures) <= COLUMN_FIGURES_SHOWN:
+            record.details.update(columns=data.column_figures)
 
     def trained(self, record: JobRecord, group_samples: dict[str, int]) -> None:
         self._remember(record.dataset, group_samples=group_samples)
@@ -140,6 +154,14 @@ class JobRecords:
         )
         self.history.append("TRAINING_FAILED", record.dataset, reason, reason=reason, **record.details)
         self._finish(record, FAILED, reason, outcome=outcome)
+
+    def stopped(self, record: JobRecord, message: str) -> None:
+        """The trainer stopped while the job ran: nothing was published. Not a failure of the
+        data, so the retry backoff does not count it; the job's state is failed (the API has
+        no other end for it), its outcome in the history and the metrics is stopped."""
+        self.history.append("TRAINING_STOPPED", record.dataset, message, reason=message, **record.details)
+        record.tracker.set_tags({"oddity.outcome": STOPPED, "oddity.message": message})
+        self._finish(record, FAILED, message, outcome=STOPPED)
 
     def _remember(self, dataset: str, **changes: Any) -> None:
         run = self._last_runs[dataset] = replace(self.last_run(dataset), **changes)

@@ -25,7 +25,7 @@ from typing import Any
 from oddity.common import bundle
 from oddity.trainer import index_items, pipeline
 from oddity.trainer.checkpoints import JobCheckpoints
-from oddity.trainer.data import Dataset, FileDigests, fingerprint, load_dataset
+from oddity.trainer.data import Dataset, FileDigests, bound_rows, fingerprint, load_dataset
 from oddity.trainer.decisions import Decisions
 from oddity.trainer.embedding_cache import EmbeddingCache
 from oddity.trainer.index_items import IndexEmbedder, IndexPlan
@@ -121,8 +121,9 @@ def load(
     if spec.is_embedded:
         progress("embedding", {})
         data, embedding, stats = load_item_dataset(request.folder, spec, embedder, cache)
-        return Loaded(data, embedding, stats)
-    return Loaded(load_dataset(request.folder, spec, request.data_path))
+        return Loaded(bound_rows(data, spec), embedding, stats)
+    progress("reading", {})
+    return Loaded(load_dataset(request.folder, spec, request.data_path, check=lambda: progress("reading", {})))
 
 
 def plan_index(spec: DatasetSpec, loaded: Loaded, embedder: IndexEmbedder) -> IndexPlan | None:

@@ -3,7 +3,8 @@
 Training runs on worker threads so the gRPC loop keeps answering; the clients of other
 services (grpc.aio) live on the loop. A worker runs a client coroutine on the loop and blocks
 for its result. When the trainer stops, calls in flight are cancelled and new ones refused,
-so a job waiting for a remote service ends at once (as Interrupted) instead of at its deadline.
+so a job waiting for a remote service ends at once (job_control.Stopped) instead of at its
+deadline.
 
 Reason to change: how worker threads wait for the event loop and are stopped.
 """
@@ -16,13 +17,9 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from oddity.trainer.job_control import Stopped
+
 T = TypeVar("T")
-
-INTERRUPTED = "interrupted: the trainer is shutting down"
-
-
-class Interrupted(Exception):
-    """The trainer is stopping; the job ends here and publishes nothing."""
 
 
 class LoopBridge:
@@ -33,34 +30,34 @@ class LoopBridge:
         self._pending: set[concurrent.futures.Future[Any]] = set()
 
     def check(self) -> None:
-        """Raise Interrupted once the trainer is stopping (jobs call this at each step)."""
+        """Raise Stopped once the trainer is stopping (a job's limits call this: job_control.py)."""
         if self._stopping.is_set():
-            raise Interrupted(INTERRUPTED)
+            raise Stopped()
 
     def call(self, coro: Coroutine[Any, Any, T], *, interruptible: bool = True) -> T:
         """Run `coro` on the loop and return its result; called from a worker thread.
 
-        Interruptible calls are cancelled when the trainer stops (Interrupted); the others
+        Interruptible calls are cancelled when the trainer stops (Stopped); the others
         (telling detectors about a version already published) run to their own deadline."""
         with self._lock:
             if interruptible and self._stopping.is_set():
                 coro.close()
-                raise Interrupted(INTERRUPTED)
+                raise Stopped()
             future = asyncio.run_coroutine_threadsafe(coro, self._loop)
             if interruptible:
                 self._pending.add(future)
         try:
             return future.result()
         except concurrent.futures.CancelledError:
-            raise Interrupted(INTERRUPTED) from None
+            raise Stopped() from None
         finally:
             with self._lock:
                 self._pending.discard(future)
 
     def sleep(self, seconds: float) -> None:
-        """Wait in a worker thread; Interrupted as soon as the trainer stops."""
+        """Wait in a worker thread; Stopped as soon as the trainer stops."""
         if self._stopping.wait(seconds):
-            raise Interrupted(INTERRUPTED)
+            raise Stopped()
 
     def stop(self) -> None:
         """Refuse new interruptible calls and cancel those in flight."""

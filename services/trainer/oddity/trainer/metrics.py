@@ -17,9 +17,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from oddity.common import bundle
 from oddity.v1 import manifest_pb2
 
-# The `outcome` of a failed job whose model the validation gate refused; the other outcomes
-# are the job's final state (succeeded: published, failed, skipped).
+# The `outcome` of a failed job whose model the validation gate refused, and of one the
+# trainer's stop ended; the other outcomes are the job's final state (succeeded: published,
+# failed, skipped).
 REJECTED = "rejected"
+STOPPED = "stopped"
 
 
 class TrainerMetrics:
@@ -27,7 +29,8 @@ class TrainerMetrics:
         registry = metrics_registry
         self.jobs = Counter(
             "oddity_trainer_jobs",
-            "Training jobs by outcome: succeeded (published), rejected (by the validation gate), failed, skipped.",
+            "Training jobs by outcome: succeeded (published), rejected (by the validation gate), failed, skipped, "
+            "stopped (by the trainer's stop).",
             ["dataset", "outcome"],
             registry=registry,
         )

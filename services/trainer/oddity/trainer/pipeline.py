@@ -22,9 +22,9 @@ from sklearn.model_selection import train_test_split
 
 from oddity.common import bundle
 from oddity.common.bundle.contract import PREDICTED_SCORE_OUTPUT
-from oddity.trainer import calibration, classifier_evaluation, validation
+from oddity.trainer import calibration, classifier_evaluation, job_control, validation
 from oddity.trainer.checkpoints import JobCheckpoints
-from oddity.trainer.data import Dataset
+from oddity.trainer.data import Dataset, routing_groups
 from oddity.trainer.learners import Learner, learner_class, make_anomaly_learner, make_classifier
 from oddity.trainer.learners import Progress as LearnerProgress
 from oddity.trainer.spec import DatasetSpec
@@ -32,6 +32,10 @@ from oddity.v1 import manifest_pb2
 
 ABSOLUTE_MIN_ROWS = 20  # below this even a forced run cannot be calibrated
 PARITY_ROWS = 2000  # ONNX Runtime vs the framework on a sample of the rows
+# Rows per ONNX Runtime call when the live version scores a group's rows: a kNN graph holds a
+# rows x reference matrix (4,096 x 20,000 floats: 330 MB), and the job's limits are checked
+# between calls.
+LIVE_SCORING_ROWS = 4096
 
 # progress(phase, fields): phase is loading, training, calibrating, exporting, validating (then the runner's
 # indexing and publishing);
@@ -68,19 +72,19 @@ class TrainedModel:
 
 
 def plan_groups(spec: DatasetSpec, data: Dataset) -> list[GroupPlan]:
-    n = len(data.features)
+    """Each group's rows: its routing range's share of the sample, and `all`'s own sample."""
     if spec.routing is None:
-        return [GroupPlan(bundle.ALL_GROUP, np.ones(n, dtype=bool))]
+        return [GroupPlan(bundle.ALL_GROUP, data.in_all_sample())]
     key, bounds, values = spec.routing.key, spec.routing.bounds, data.routing
     if values is None:
         raise ValueError(f"the rows carry no values of the routing key {key!r}")
+    group_of, sampled = routing_groups(values, bounds), data.in_group_sample()
     plans = []
     for i, (low, high) in enumerate(itertools.pairwise(bounds)):
         last = i == len(bounds) - 2
-        mask: np.ndarray = (values >= low) & ((values <= high) if last else (values < high))
-        plans.append(GroupPlan(f"{key}_{low:g}_{high:g}", mask, low, high, last))
+        plans.append(GroupPlan(f"{key}_{low:g}_{high:g}", (group_of == i) & sampled, low, high, last))
     if spec.routing.all_group:
-        plans.append(GroupPlan(bundle.ALL_GROUP, np.ones(n, dtype=bool)))
+        plans.append(GroupPlan(bundle.ALL_GROUP, data.in_all_sample()))
     return plans
 
 
@@ -273,7 +277,7 @@ def _train_detector(context: GroupContext) -> tuple[bytes, float]:
     if context.live is not None and context.live_group is not None and context.live_is_comparable:
         # The live version saw most of these rows, so its rate here leans low: the check only
         # stops a new model that flags far more than the live one did.
-        live_scores = validation.onnx_scores(validation.onnx_session(context.live.onnx[plan.name]), rows)
+        live_scores = _scores_in_chunks(validation.onnx_session(context.live.onnx[plan.name]), rows)
         live_rate = float(np.mean(live_scores > context.live_group.threshold))
         validation.check_regression(
             abs(calibrated.cross_validated_rate - expected),
@@ -391,6 +395,14 @@ def _train_classifier(context: GroupContext) -> tuple[bytes, float]:
     group.validation_samples = len(holdout)
     context.timed("validate", start)
     return onnx_model, parity
+
+
+def _scores_in_chunks(session: ort.InferenceSession, rows: np.ndarray) -> np.ndarray:
+    parts = []
+    for start in range(0, len(rows), LIVE_SCORING_ROWS):
+        job_control.check()
+        parts.append(validation.onnx_scores(session, rows[start : start + LIVE_SCORING_ROWS]))
+    return np.concatenate(parts) if parts else np.empty(0)
 
 
 def holdout_split(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

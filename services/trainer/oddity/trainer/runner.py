@@ -5,7 +5,9 @@ every outcome is recorded (job_records.py) — a failed job never touches the li
 
 At the next start a job that left checkpoints (kinds that train in epochs) resumes from its
 last one under the same job id (at most MAX_RESUMES times); any other is reported as an
-interrupted (failed) job. When the trainer stops, running jobs end at their next step.
+interrupted (failed) job. A job runs within its limits (job_control.py): when the trainer stops
+it ends at its next check (a chunk of a long step) and is recorded as stopped; past
+`training.time_budget_seconds` it fails, saying so. Either way nothing is published.
 
 Reason to change: in which order a job's stages run and how a job is queued, resumed and stopped.
 """
@@ -21,7 +23,7 @@ from oddity.common import bundle
 from oddity.common.clients import EmbedderClient
 from oddity.common.errors import OddityError
 from oddity.common.logging import get_logger
-from oddity.trainer import job_stages, pipeline
+from oddity.trainer import job_control, job_stages, pipeline
 from oddity.trainer.announcer import Announcer
 from oddity.trainer.checkpoints import CheckpointStore
 from oddity.trainer.data import DataError, FileDigests
@@ -29,11 +31,12 @@ from oddity.trainer.decisions import DecisionBook
 from oddity.trainer.embedding_cache import EmbeddingCache
 from oddity.trainer.history import History
 from oddity.trainer.index_items import IndexBuildFailed, IndexPlan
+from oddity.trainer.job_control import JobLimits, Stopped, TimeBudgetSpent
 from oddity.trainer.job_embedder import JobEmbedder
 from oddity.trainer.job_records import JobRecord, JobRecords, LastRun
 from oddity.trainer.job_stages import Baseline, Built, Loaded, Plan, RepositoryUnwritable
 from oddity.trainer.jobs import FAILED, SKIPPED, SUCCEEDED, Job, JobBoard, JobRequest
-from oddity.trainer.loop_calls import Interrupted, LoopBridge
+from oddity.trainer.loop_calls import LoopBridge
 from oddity.trainer.metrics import REJECTED, TrainerMetrics
 from oddity.trainer.publisher import Publisher
 from oddity.trainer.skip_rules import JobFacts, skip_reason
@@ -49,7 +52,7 @@ EXPECTED_FAILURES = (
     DataError,
     ValidationFailed,
     ValueError,
-    Interrupted,
+    TimeBudgetSpent,
     OddityError,
     RepositoryUnwritable,
     IndexBuildFailed,
@@ -91,12 +94,13 @@ class JobEnvironment:
 @dataclass(frozen=True)
 class RunningJob:
     """One job on its worker thread: its request, what is recorded of it so far, its view of
-    the embedder, and how its stages report progress."""
+    the embedder, how its stages report progress, and its limits (the stop, the time budget)."""
 
     request: JobRequest
     record: JobRecord
     embedder: JobEmbedder
     progress: job_stages.Progress
+    limits: JobLimits
 
 
 class JobRunner:
@@ -161,9 +165,13 @@ class JobRunner:
         if task is not None:
             await asyncio.shield(task)
 
-    async def close(self) -> None:
-        """Stop: running jobs end at their next step (recorded as failed)."""
+    def stop_jobs(self) -> None:
+        """Running jobs end at their next check (recorded as stopped); queued ones as they start."""
         self.env.bridge.stop()
+
+    async def close(self) -> None:
+        """Stop the jobs and wait until each has recorded its end."""
+        self.stop_jobs()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
     async def _run(self, job_id: str, request: JobRequest) -> None:
@@ -175,9 +183,14 @@ class JobRunner:
                 self.env.metrics.running.dec()
 
     def _execute(self, job_id: str, request: JobRequest) -> None:
-        """Worker thread: one job through its stages; whatever happens is recorded."""
+        """Worker thread: one job through its stages, within its limits; whatever happens is recorded."""
+        limits = JobLimits(self.env.bridge.check)
+        with job_control.running(limits):
+            self._run_stages(job_id, request, limits)
+
+    def _run_stages(self, job_id: str, request: JobRequest, limits: JobLimits) -> None:
         record = self.records.begin(job_id, request)
-        job = RunningJob(request, record, self._job_embedder(job_id), self._progress(record))
+        job = RunningJob(request, record, self._job_embedder(job_id), self._progress(record, limits), limits)
         try:
             planned, baseline = self._plan(job)
             loaded, index_plan = self._load(job, planned, baseline)
@@ -185,6 +198,8 @@ class JobRunner:
             self._publish(job, planned, baseline, loaded, built)
         except pipeline.Skipped as exc:
             self.records.skipped(record, str(exc))
+        except Stopped as exc:
+            self.records.stopped(record, str(exc))
         except EXPECTED_FAILURES as exc:
             outcome = REJECTED if isinstance(exc, ValidationFailed) else FAILED
             record.tracker.set_tags({"oddity.outcome": outcome, "oddity.message": failure_reason(exc)})
@@ -200,8 +215,9 @@ class JobRunner:
         """Stage 1: the spec and kind (the job starts, with its tracking run), then the data
         against the live version; unchanged data may end the job here."""
         request, record = job.request, job.record
-        self.env.bridge.check()
+        job.limits.check()
         planned = job_stages.plan(request, self.env.decisions.get(request.dataset))
+        job.limits.set_budget(planned.spec.training.time_budget_seconds)  # counted from the job's start
         record.details.update(planned.details())
         doing = "resuming" if request.resume is not None else "training"
         self.records.started(record, f"{doing} {planned.kind} for {request.dataset}")
@@ -297,12 +313,14 @@ class JobRunner:
                 tracker.set_tags({"oddity.resumes": str(request.resume.resumes)})
         return tracker
 
-    def _progress(self, record: JobRecord) -> job_stages.Progress:
+    def _progress(self, record: JobRecord, limits: JobLimits) -> job_stages.Progress:
         """How the job's stages report their phase (and each epoch's figures to tracking);
-        a stopping trainer ends the job at its next report."""
+        each report checks the job's limits too."""
 
         def report(phase: str, fields: dict[str, Any]) -> None:
-            self.env.bridge.check()
+            group = fields.get("group")
+            limits.phase = f"{phase} (group {group})" if group else phase
+            limits.check()
             self.board.update(record.job_id, phase=phase, **fields)
             if "epoch_metrics" in fields:
                 figures = {

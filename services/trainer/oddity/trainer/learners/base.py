@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 
 from oddity.common import bundle
+from oddity.trainer import job_control
 from oddity.trainer.checkpoints import GroupCheckpoints
 
 
@@ -123,6 +124,7 @@ class AnomalyLearner(Learner):
         """Cross-fitting: for each fold, a clone fitted on the other folds scores it."""
         scores = np.empty(len(x), dtype=np.float64)
         for fold in np.unique(folds):
+            job_control.check()
             held = folds == fold
             scores[held] = self.clone().fit(x[~held]).anomaly_scores(x[held])[0]
         return scores

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from oddity.trainer import calibration
+from oddity.trainer import calibration, job_control
 from oddity.trainer.learners.base import AnomalyLearner, Member, Progress
 from oddity.trainer.learners.registry import learner_class, make_anomaly_learner, register_learner
 from oddity.trainer.onnx_graphs import MemberGraph, ensemble_graph
@@ -124,6 +124,7 @@ class EnsembleLearner(AnomalyLearner):
         folds = calibration.make_folds(len(x), self.seed)
         fitted = []
         for i, member in enumerate(members):
+            job_control.check()
             learner = _make(member.kind, {**member.params, "seed": self.seed})
             oof = learner.fit_cross_fitted(x, folds)
             fitted.append((member, learner, calibration.score_table(oof), oof))
@@ -211,6 +212,7 @@ class AutoLearner(EnsembleLearner):
         started = time.perf_counter()
         weighed: list[Member] = []
         for member in self.members:
+            job_control.check()
             if time.perf_counter() - started > self.budget_seconds and weighed:
                 member.weight, member.note = 0.0, f"skipped: past budget_seconds {self.budget_seconds:g}"
                 weighed.append(member)
@@ -218,6 +220,7 @@ class AutoLearner(EnsembleLearner):
             learner = _make(member.kind, {**member.params, "seed": self.seed}).fit(rest)
             normal_scores = learner.anomaly_scores(held)[0]
             for name, rows in synthetic.items():
+                job_control.check()
                 member.synthetic_auc[name] = roc_auc(normal_scores, learner.anomaly_scores(rows)[0])
             auc = float(np.mean(list(member.synthetic_auc.values())))
             member.weight = max(auc - 0.5, 0.0) ** EVIDENCE_POWER
@@ -267,6 +270,7 @@ def _common_scale_gap(
     learner: AnomalyLearner, table: tuple[np.ndarray, np.ndarray], x: np.ndarray, seed: int
 ) -> float:
     """Largest difference, on the common scale, between the member's ONNX graph and the member."""
+    job_control.check()
     sample = x[np.random.default_rng(seed).permutation(len(x))[:PARITY_ROWS]]
     exported = onnx_scores(onnx_session(learner.to_onnx()), sample)
     reference = learner.anomaly_scores(sample)[0]

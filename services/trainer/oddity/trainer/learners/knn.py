@@ -26,6 +26,7 @@ import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
 from oddity.common import bundle
+from oddity.trainer import job_control
 from oddity.trainer.learners.base import AnomalyLearner, Progress
 from oddity.trainer.learners.registry import register_learner
 from oddity.trainer.onnx_graphs import contract_model
@@ -33,7 +34,8 @@ from oddity.trainer.onnx_graphs import contract_model
 REFERENCE_VALUES = 750_000  # rows x dimensions of the default reference cap
 MAX_REFERENCE_ROWS = 20_000
 MIN_REFERENCE_ROWS = 500
-_CHUNK = 1024  # rows per distance block: bounds memory at CHUNK x reference floats
+_CHUNK = 1024  # rows per distance block: bounds memory at CHUNK x reference floats (and the
+# time a stop or a spent time budget waits: job_control.check() runs between blocks)
 _SPARE = 8  # candidates beyond k whose exact distances are computed
 _EPS = 1e-12
 
@@ -103,6 +105,7 @@ class KnnLearner(AnomalyLearner):
         distances = np.empty((len(z), k))
         errors = np.empty(z.shape)
         for start in range(0, len(z), _CHUNK):
+            job_control.check()
             block = z[start : start + _CHUNK]
             d2 = np.einsum("ij,ij->i", block, block)[:, None] + reference_sq[None, :] - 2.0 * block @ reference.T
             if exclude is not None:

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from oddity.common import bundle
 from oddity.common.bundle.contract import PREDICTED_SCORE_OUTPUT
+from oddity.trainer import job_control
 from oddity.trainer.checkpoints import GroupCheckpoints
 from oddity.trainer.learners.base import ClassifierLearner, Progress
 from oddity.trainer.learners.dense_graphs import GraphBuilder, linear_layers
@@ -187,6 +188,7 @@ class MlpClassifierLearner(ClassifierLearner):
                 order = train_rows[torch.randperm(len(train_rows), generator=generator)]
             total, seen = 0.0, 0
             for batch in order.split(config.batch_size):
+                job_control.check()  # a stop or a spent time budget ends the job within one batch
                 optimizer.zero_grad()
                 loss = criterion(batch)
                 loss.backward()

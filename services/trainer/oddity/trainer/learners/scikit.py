@@ -15,6 +15,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from oddity.common import bundle
+from oddity.trainer import job_control
 from oddity.trainer.checkpoints import GroupCheckpoints
 from oddity.trainer.learners.base import AnomalyLearner, ClassifierLearner, Learner, Progress
 from oddity.trainer.learners.registry import register_learner
@@ -41,7 +42,11 @@ class _SklearnLearner(Learner):
 
         self.estimator_ = self._estimator()
         self.pipeline_ = make_pipeline(*([StandardScaler()] if self.SCALE else []), self.estimator_)
+        # One scikit-learn call cannot be stopped inside: the limits are checked on each side
+        # of it (its rows are bounded by training.max_rows).
+        job_control.check()
         self.pipeline_.fit(x, y)
+        job_control.check()
         if progress is not None:
             progress(1, 1, 0.0)
 

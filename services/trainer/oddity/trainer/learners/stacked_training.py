@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from oddity.trainer import job_control
 from oddity.trainer.learners.base import Progress
 
 MIN_IMPROVEMENT = 1e-7  # a validation loss must fall by more than this to count as better
@@ -188,6 +189,7 @@ def train_stack(
                 )
             )
             for start in range(0, rows.shape[1], batch):
+                job_control.check()  # a stop or a spent time budget ends the job within one batch
                 x = rows[:, start : start + batch]
                 loss = (_forward(weights, biases, x) - x).square().mean(dim=(1, 2)).sum()
                 optimizer.zero_grad(set_to_none=True)
