@@ -12,10 +12,10 @@ from google.protobuf.descriptor import FieldDescriptor
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from oddity.common.scoring import Scores
 from oddity.common.tensors import array_to_tensor
 from oddity.detector import grpc_api, wire
 from oddity.detector.grpc_api import detect_response
-from oddity.detector.scoring import Scores
 from oddity.detector.service import DetectOutput
 from oddity.v1 import detector_pb2, tensor_pb2
 from tests.detector.conftest import D

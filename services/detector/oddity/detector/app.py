@@ -13,13 +13,13 @@ from prometheus_client import CollectorRegistry
 
 from oddity.common.clients import EmbedderClient
 from oddity.common.logging import get_logger
+from oddity.common.scoring import SessionConfig
 from oddity.common.server import HandlerRegistry, Readiness
 from oddity.detector.grpc_api import DetectorServicer, add_to_server
 from oddity.detector.metrics import DetectorMetrics
 from oddity.detector.model import LoadedModel
 from oddity.detector.registry import ModelRegistry
 from oddity.detector.service import DetectLimits, DetectorService
-from oddity.detector.sessions import SessionConfig
 from oddity.detector.settings import DetectorSettings
 from oddity.detector.similarity_service import SimilarityService
 from oddity.v1 import detector_pb2

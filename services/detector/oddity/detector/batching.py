@@ -49,9 +49,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from oddity.common.errors import OddityError
+from oddity.common.scoring import RoutingValues, Scores
 from oddity.detector.model import LoadedModel
-from oddity.detector.routing import RoutingValues
-from oddity.detector.scoring import Scores
 
 
 @dataclass(slots=True)

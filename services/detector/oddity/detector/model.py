@@ -1,5 +1,6 @@
-"""A loaded model version: what its manifest says, its router and its scorer, its similarity
-index (when the version has one), and the leases that keep it alive while requests use it.
+"""A loaded model version: what its manifest says, its scorer (`oddity.common.scoring`: the
+routing and scoring that in-process scorers share), its similarity index (when the version
+has one), and the leases that keep it alive while requests use it.
 
 A LoadedModel is immutable once built. Requests take a lease on it; when the registry swaps
 in a newer version it retires this one, and the sessions are released as soon as the last
@@ -18,10 +19,8 @@ import threading
 import numpy as np
 
 from oddity.common import bundle
+from oddity.common.scoring import ModelLoadError, RoutingValues, Scores, SessionConfig, VersionScorer
 from oddity.detector.item_index import IndexLoadError, ItemIndex
-from oddity.detector.routing import Router, RoutingValues
-from oddity.detector.scoring import ModelScorer, Scores
-from oddity.detector.sessions import ModelLoadError, SessionConfig, load_sessions
 from oddity.v1 import manifest_pb2
 
 
@@ -39,7 +38,6 @@ class LoadedModel:
         self.dimension = int(manifest.input_dimension)
         self.feature_names = list(manifest.feature_names)
         self.routing_key = manifest.routing_key
-        self.router = Router.from_manifest(manifest)
         # The index first: it is cheaper to refuse before sessions are built.
         self.similarity: ItemIndex | None = None
         if manifest.HasField("similarity"):
@@ -47,7 +45,7 @@ class LoadedModel:
                 self.similarity = ItemIndex.load(manifest.similarity, verified.index)
             except IndexLoadError as exc:
                 raise ModelLoadError(f"similarity index: {exc}") from None
-        self._scorer = ModelScorer.from_manifest(manifest, load_sessions(manifest, verified.onnx, config))
+        self._scorer = VersionScorer(verified, config)
         self._lock = threading.Lock()
         self._leases = 0
         self._retired = False
@@ -62,9 +60,11 @@ class LoadedModel:
         explain_top_k: int = 0,
         bulk: bool = False,
     ) -> Scores:
-        """Score validated rows [N, D] (float32, finite); `bulk` picks the multi-threaded sessions."""
-        used, row_group, fallback = self.router.route(routing_values, rows.shape[0])
-        return self._scorer.score(rows, used, row_group, fallback, threshold_percentile, explain_top_k, bulk)
+        """Score validated rows [N, D] (float32, finite); `bulk` splits large calls over the
+        bulk threads."""
+        return self._scorer.score(
+            rows, routing_values, threshold_percentile=threshold_percentile, explain_top_k=explain_top_k, bulk=bulk
+        )
 
     # -- leases ---------------------------------------------------------------------------
 

@@ -34,9 +34,9 @@ from types import MappingProxyType
 from oddity.common import bundle
 from oddity.common.errors import FailedPrecondition, NotFound, OddityError, Unavailable
 from oddity.common.logging import get_logger
+from oddity.common.scoring import ModelLoadError
 from oddity.detector.metrics import DetectorMetrics
 from oddity.detector.model import LoadedModel
-from oddity.detector.sessions import ModelLoadError
 from oddity.v1 import manifest_pb2
 
 log = get_logger("oddity.detector.registry")

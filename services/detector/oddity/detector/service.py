@@ -20,12 +20,12 @@ import numpy as np
 
 from oddity.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from oddity.common.logging import annotate_request
+from oddity.common.scoring import Scores
 from oddity.detector.batching import MicroBatcher
 from oddity.detector.embedder_calls import EmbedderSource, check_embedded_by
 from oddity.detector.metrics import DetectorMetrics
 from oddity.detector.model import LoadedModel
 from oddity.detector.registry import ModelRegistry, ModelStatus
-from oddity.detector.scoring import Scores
 from oddity.v1 import manifest_pb2
 
 # Told whether some model serves, after every scan, load and unload (the app's readiness).

@@ -1,7 +1,8 @@
-"""Turning a version's ONNX Runtime outputs into answers: the per-request scoring that
+"""Turning a version's ONNX Runtime outputs into answers: the scoring of routed rows that
 assembles `Scores` (raw scores, normalized scores, thresholds, decisions, confidences,
 feature contributions; class probabilities and a regression head's score for classifiers),
-and the pure numpy rules it uses, shared by every model kind.
+and the pure numpy rules it uses, shared by every model kind. The detector answers with it,
+and so do in-process scorers (`oddity.client.bundle_scoring`), so both give the same numbers.
 
 Reason to change: what a score means (normalization, thresholds, confidence, contributions,
 the columns of an answer).
@@ -18,7 +19,7 @@ import onnxruntime as ort
 from oddity.common import bundle
 from oddity.common.bundle.contract import PREDICTED_SCORE_OUTPUT
 from oddity.common.errors import FailedPrecondition
-from oddity.detector.sessions import GroupSessions
+from oddity.common.scoring.sessions import GroupSessions, SessionConfig, run_rows
 from oddity.v1 import manifest_pb2
 
 _EPS = 1e-12
@@ -139,11 +140,10 @@ class Scores:
 
 @dataclass(frozen=True, slots=True)
 class GroupScorer:
-    """One active group: its sessions and its score distribution (threshold, quantile table)."""
+    """One active group: its session and its score distribution (threshold, quantile table)."""
 
     name: str
     session: ort.InferenceSession
-    bulk_session: ort.InferenceSession
     has_feature_errors: bool
     has_predicted_score: bool
     threshold: float
@@ -174,15 +174,22 @@ class ModelScorer:
         *,
         is_classifier: bool = False,
         class_labels: Sequence[str] = (),
+        config: SessionConfig | None = None,
     ) -> None:
         self.model = model
+        self.config = config or SessionConfig()
         self.kind = kind
         self.is_classifier = is_classifier
         self.class_labels = list(class_labels)
         self._groups = dict(groups)  # by manifest index; active groups only
 
     @classmethod
-    def from_manifest(cls, manifest: manifest_pb2.ModelManifest, sessions: Mapping[str, GroupSessions]) -> ModelScorer:
+    def from_manifest(
+        cls,
+        manifest: manifest_pb2.ModelManifest,
+        sessions: Mapping[str, GroupSessions],
+        config: SessionConfig | None = None,
+    ) -> ModelScorer:
         is_classifier = manifest.task == manifest_pb2.MODEL_TASK_CLASSIFICATION
         groups = {}
         for index, group in enumerate(manifest.groups):
@@ -196,7 +203,6 @@ class ModelScorer:
             groups[index] = GroupScorer(
                 name=group.name,
                 session=loaded.session,
-                bulk_session=loaded.bulk_session,
                 has_feature_errors=loaded.has_feature_errors,
                 has_predicted_score=loaded.has_predicted_score,
                 threshold=group.threshold,
@@ -208,8 +214,18 @@ class ModelScorer:
                 calibration_rows=rows,
             )
         return cls(
-            manifest.name, manifest.kind, groups, is_classifier=is_classifier, class_labels=manifest.class_labels
+            manifest.name,
+            manifest.kind,
+            groups,
+            is_classifier=is_classifier,
+            class_labels=manifest.class_labels,
+            config=config,
         )
+
+    @property
+    def explains(self) -> bool:
+        """Whether every active group reports per-feature errors."""
+        return bool(self._groups) and all(group.has_feature_errors for group in self._groups.values())
 
     def release(self) -> None:
         """Drop the sessions (the version's last request is done)."""
@@ -226,11 +242,12 @@ class ModelScorer:
         bulk: bool,
     ) -> Scores:
         """Score validated rows [N, D] routed by `Router.route` (`used`, `row_group`, `fallback`);
-        `bulk` picks the multi-threaded sessions."""
+        `bulk` splits large calls over the config's bulk threads (same numbers)."""
         if self.is_classifier:
             return self._classify(rows, used, row_group, fallback, threshold_percentile, explain_top_k, bulk)
         groups = self._groups
         n = rows.shape[0]
+        threads = self.config.threads(bulk)
         if explain_top_k and not all(groups[i].has_feature_errors for i in used):
             raise FailedPrecondition(
                 f"model {self.model!r} ({self.kind}) does not report per-feature errors; set explain_top_k to 0"
@@ -239,8 +256,7 @@ class ModelScorer:
         errors: np.ndarray | None = None
         if len(used) == 1:
             group = groups[used[0]]
-            session = group.bulk_session if bulk else group.session
-            results = session.run(outputs, {bundle.INPUT_NAME: rows})
+            results = run_rows(group.session, outputs, rows, threads)
             raw = results[0].reshape(-1).astype(np.float64)
             if explain_top_k:
                 errors = results[1]
@@ -262,8 +278,7 @@ class ModelScorer:
                 group = groups[index]
                 names.append(group.name)
                 mask = row_group == position
-                session = group.bulk_session if bulk else group.session
-                results = session.run(outputs, {bundle.INPUT_NAME: np.ascontiguousarray(rows[mask])})
+                results = run_rows(group.session, outputs, np.ascontiguousarray(rows[mask]), threads)
                 raw[mask] = results[0].reshape(-1)
                 if errors is not None:
                     errors[mask] = results[1]
@@ -297,6 +312,7 @@ class ModelScorer:
             raise FailedPrecondition(
                 f"model {self.model!r} is a classifier: threshold_percentile and explain_top_k do not apply"
             )
+        threads = self.config.threads(bulk)
         probabilities = np.empty((rows.shape[0], len(self.class_labels)), dtype=np.float32)
         # A regression head's score, when every group that scores has one.
         with_scores = all(self._groups[index].has_predicted_score for index in used)
@@ -306,10 +322,9 @@ class ModelScorer:
         for position, index in enumerate(used):
             group = self._groups[index]
             names.append(group.name)
-            session = group.bulk_session if bulk else group.session
             mask = row_group == position
             part = rows if len(used) == 1 else np.ascontiguousarray(rows[mask])
-            results = session.run(outputs, {bundle.INPUT_NAME: part})
+            results = run_rows(group.session, outputs, part, threads)
             probabilities[mask] = results[0]
             if predicted is not None:
                 predicted[mask] = results[1].reshape(-1)

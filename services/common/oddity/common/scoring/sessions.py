@@ -1,15 +1,26 @@
-"""ONNX Runtime sessions for a verified version: built with the detector's session options,
-checked against the graph contract (input `input` [N, D]; output `score` or `probabilities`;
-optional `feature_errors`; `predicted_score` when the manifest names a score column) and
-warmed up, so a version that cannot serve fails here, before any request sees it.
+"""ONNX Runtime sessions for a verified version: built with one set of session options (the
+detector's and every in-process scorer's), checked against the graph contract (input `input`
+[N, D]; output `score` or `probabilities`; optional `feature_errors`; `predicted_score` when
+the manifest names a score column) and warmed up, so a version that cannot serve fails here,
+before any row is scored.
 
-Reason to change: how ONNX Runtime runs the graphs (session options, the graph contract's
-names and shapes, warm-up).
+A row's numbers must not depend on the threads that score it: ONNX Runtime's tree ensembles
+sum their trees in another order with more than one intra-op thread (a random forest's class
+flipped on one row in 10,000 between one and two threads). So every session runs on one
+intra-op thread, and a call with many rows is split into contiguous parts run side by side
+(`run_rows`). The parts start at multiples of ROW_ALIGNMENT rows: some kernels give a row's
+last bit by its position in the call (a kNN graph's ReduceMean, period 4 on AVX-512 here),
+which a part starting at a multiple of 64 keeps.
+
+Reason to change: how ONNX Runtime runs the graphs (session options, threads, the graph
+contract's names and shapes, warm-up).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +30,11 @@ from oddity.common import bundle
 from oddity.common.bundle.contract import PREDICTED_SCORE_OUTPUT
 from oddity.v1 import manifest_pb2
 
+# Parts of a split call start at multiples of this many rows (see the module docstring).
+ROW_ALIGNMENT = 64
+# A call is split only when each part gets at least this many rows (a thread hop costs more).
+MIN_PART_ROWS = 512
+
 
 class ModelLoadError(Exception):
     """A verified version that still cannot be served (bad graph, wrong inputs or outputs)."""
@@ -26,19 +42,24 @@ class ModelLoadError(Exception):
 
 @dataclass(frozen=True)
 class SessionConfig:
-    """How ONNX Runtime sessions are built."""
+    """How ONNX Runtime sessions are built and how many threads share a call's rows."""
 
+    # Threads over which the rows of a small call are split (one: no thread wake-ups).
     intra_op_threads: int = 1
-    # Large requests get a second session with more threads: shorter latency for big batches,
-    # while one-row calls keep the single-threaded session (no thread wake-ups).
+    # ... and those of a large call (the detector's large requests, on a worker).
     bulk_intra_op_threads: int = 2
     # Spinning threads burn a core each while idle; off leaves the CPU to gRPC.
     allow_spinning: bool = False
     warmup_batch_size: int = 64
 
-    def options(self, threads: int) -> ort.SessionOptions:
+    def threads(self, bulk: bool) -> int:
+        return self.bulk_intra_op_threads if bulk else self.intra_op_threads
+
+    def options(self) -> ort.SessionOptions:
+        """The options of every session; numbers depend on them (one intra-op thread: see the
+        module docstring), so the detector and in-process scorers share them."""
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
+        options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -49,12 +70,43 @@ class SessionConfig:
 
 @dataclass(frozen=True, slots=True)
 class GroupSessions:
-    """The sessions of one active group, ready to run."""
+    """The session of one active group, ready to run (from several threads at once)."""
 
-    session: ort.InferenceSession  # small requests, on the event loop
-    bulk_session: ort.InferenceSession  # large requests, on a worker (the same session unless threads differ)
+    session: ort.InferenceSession
     has_feature_errors: bool  # the graph also returns `feature_errors` [N, D]
     has_predicted_score: bool = False  # a classifier's regression head: `predicted_score` [N]
+
+
+_pools: dict[int, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """One process-wide pool per thread count (parts never wait on other parts: no deadlock)."""
+    with _pools_lock:
+        pool = _pools.get(threads)
+        if pool is None:
+            pool = _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="oddity-rows")
+        return pool
+
+
+def run_rows(
+    session: ort.InferenceSession, outputs: Sequence[str], rows: np.ndarray, threads: int = 1
+) -> list[np.ndarray]:
+    """The session's `outputs` for rows [N, D]; with `threads` > 1 a call with many rows is
+    split into aligned contiguous parts run side by side, with the same numbers as one call."""
+    n = rows.shape[0]
+    if threads <= 1 or n < 2 * MIN_PART_ROWS:
+        return session.run(list(outputs), {bundle.INPUT_NAME: rows})
+    parts = min(threads, n // MIN_PART_ROWS)
+    per_part = -(-n // parts)
+    step = -(-per_part // ROW_ALIGNMENT) * ROW_ALIGNMENT
+    futures = [
+        _pool(threads).submit(session.run, list(outputs), {bundle.INPUT_NAME: rows[start : start + step]})
+        for start in range(0, n, step)
+    ]
+    results = [future.result() for future in futures]
+    return [np.concatenate([result[i] for result in results]) for i in range(len(outputs))]
 
 
 def load_sessions(
@@ -83,14 +135,7 @@ def _load_group(
     score_head: bool,
 ) -> GroupSessions:
     try:
-        session = ort.InferenceSession(
-            onnx, config.options(config.intra_op_threads), providers=["CPUExecutionProvider"]
-        )
-        bulk_session = session
-        if config.bulk_intra_op_threads != config.intra_op_threads:
-            bulk_session = ort.InferenceSession(
-                onnx, config.options(config.bulk_intra_op_threads), providers=["CPUExecutionProvider"]
-            )
+        session = ort.InferenceSession(onnx, config.options(), providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own exception types for bad graphs
         raise ModelLoadError(f"group {group.name!r}: ONNX Runtime cannot load {group.onnx_file}: {exc}") from exc
     has_feature_errors = _check_signature(group.name, session, dimension, is_classifier)
@@ -99,7 +144,7 @@ def _load_group(
             f"group {group.name!r}: the manifest names a score column but the graph has no "
             f"{PREDICTED_SCORE_OUTPUT!r} output"
         )
-    loaded = GroupSessions(session, bulk_session, has_feature_errors, score_head)
+    loaded = GroupSessions(session, has_feature_errors, score_head)
     _warm_up(group.name, loaded, config.warmup_batch_size, dimension, is_classifier, classes)
     return loaded
 
@@ -123,10 +168,10 @@ def _check_signature(group: str, session: ort.InferenceSession, dimension: int, 
 def _warm_up(
     group: str, loaded: GroupSessions, batch_size: int, dimension: int, is_classifier: bool, classes: list[str]
 ) -> None:
-    """Run the sessions once per batch shape so the first request pays no set-up cost, and
+    """Run the session once per batch shape so the first request pays no set-up cost, and
     prove the outputs have the promised shapes."""
-    runs = [(loaded.session, 1), (loaded.session, batch_size), (loaded.bulk_session, batch_size)]
-    for session, n in runs:
+    session = loaded.session
+    for n in (1, batch_size):
         rows = np.zeros((n, dimension), dtype=np.float32)
         try:
             outputs = session.run(None, {bundle.INPUT_NAME: rows})
