@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from oddity.common.clients.targets import normalize
 from oddity.common.settings import ServiceSettings
 
 
@@ -67,7 +68,14 @@ class DetectorSettings(ServiceSettings):
     max_batch_delay_ms: float = Field(
         3.0, ge=0, description="Under load, how long a micro-batch may wait for more requests (0: never wait)."
     )
-    embedder: str = Field("", description="Embedder address for DetectImages, e.g. 127.0.0.1:50051 (empty: none).")
+    embedder: str = Field(
+        "",
+        description="Embedder address for DetectImages (empty: none): host:port, e.g. 127.0.0.1:50051; "
+        "dns:///name:port to spread the calls over every address the name resolves to, e.g. a Kubernetes "
+        "headless Service; or IP addresses separated by commas (or a list). Spread calls go round robin to the "
+        "embedders that are up.",
+    )
+
     embedder_token_file: Path | None = Field(
         None, description="Bearer token (a file, first line) for the embedder, when it requires tokens."
     )
@@ -78,3 +86,8 @@ class DetectorSettings(ServiceSettings):
         "restarting, then answers UNAVAILABLE.",
     )
     warmup_batch_size: int = Field(64, ge=1, description="Batch size of the warm-up run of every new version.")
+
+    @field_validator("embedder", mode="before")
+    @classmethod
+    def _embedder_addresses(cls, value: object) -> object:
+        return normalize(value) if isinstance(value, (str, list, tuple)) else value

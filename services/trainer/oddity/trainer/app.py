@@ -115,6 +115,7 @@ class TrainerApp:
                 cache=EmbeddingCache(settings.state_dir / "embeddings"),
                 connect_timeout=settings.embedder_connect_timeout_seconds,
                 batch_timeout=settings.embedder_timeout_seconds,
+                batches_in_flight=settings.embedder_batches_in_flight,
             ),
             bridge=LoopBridge(loop),
             tracking=ExperimentTracking(settings.mlflow_tracking_uri),

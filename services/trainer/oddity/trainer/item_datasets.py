@@ -7,14 +7,22 @@ and metadata row for the similarity index (index_items.py).
 An item the embedder refuses (an undecodable image, an empty text) is dropped and counted;
 the rest of its batch is embedded one by one.
 
+Up to `batches_in_flight` batches are at the embedder at once (so several embedder replicas
+work on one job, and the items in flight stay bounded); their vectors are taken, and cached,
+in the order of the items.
+
 Reason to change: how image and text items become rows.
 """
 
 from __future__ import annotations
 
+import contextvars
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -28,9 +36,15 @@ from oddity.v1 import manifest_pb2
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif"}
 
+T = TypeVar("T")
+R = TypeVar("R")
+
 
 class ItemEmbedder(Protocol):
-    """What a dataset needs of the embedder (blocking calls; see job_embedder.JobEmbedder)."""
+    """What a dataset needs of the embedder (blocking calls, safe from several threads at once;
+    see job_embedder.JobEmbedder)."""
+
+    batches_in_flight: int  # embed calls that may run at once
 
     def model(self, name: str) -> EmbedderModel: ...
 
@@ -205,28 +219,54 @@ def embed_cached(
     for i in missing:
         vectors[i] = None  # a cached vector of another shape is stale
     refused: list[int] = []
-    for start in range(0, len(missing), batch_size):
-        chunk = missing[start : start + batch_size]
-        for index, vector in _embed_chunk(embedder, info.name, info.modality, contents, chunk, refused):
+    chunks = [missing[start : start + batch_size] for start in range(0, len(missing), batch_size)]
+
+    def embed(chunk: list[int]) -> tuple[list[tuple[int, np.ndarray]], list[int]]:
+        return _embed_chunk(embedder, info.name, info.modality, contents, chunk)
+
+    for embedded, dropped in in_order(embed, chunks, embedder.batches_in_flight):
+        for index, vector in embedded:  # each batch cached as it arrives: a re-run after a crash resumes here
             vectors[index] = vector
             cache.put(cache_folder, digests[index], vector)
+        refused.extend(dropped)
     return Embedded(vectors, refused, len(missing))
 
 
+def in_order(work: Callable[[T], R], items: Iterable[T], depth: int) -> Iterator[R]:
+    """work(item) for each item, up to `depth` at once on threads of their own, the results in
+    the items' order. A failure is raised at its item; the items not started yet never start."""
+    if depth <= 1:
+        yield from map(work, items)
+        return
+    with ThreadPoolExecutor(max_workers=depth, thread_name_prefix="oddity-embed") as pool:
+        pending: deque[Future[R]] = deque()
+        try:
+            for item in items:
+                if len(pending) >= depth:
+                    yield pending.popleft().result()
+                # The job's context (its log fields) goes with each call.
+                pending.append(pool.submit(contextvars.copy_context().run, work, item))
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
 def _embed_chunk(
-    embedder: ItemEmbedder, model: str, modality: str, contents: list[bytes], chunk: list[int], dropped: list[int]
-) -> list[tuple[int, np.ndarray]]:
-    """Embed a batch; when the embedder refuses it (a bad item), embed one by one and drop the
-    refused items (appended to `dropped`)."""
+    embedder: ItemEmbedder, model: str, modality: str, contents: list[bytes], chunk: list[int]
+) -> tuple[list[tuple[int, np.ndarray]], list[int]]:
+    """Embed a batch: (index, vector) of each item, and the items refused. When the embedder
+    refuses the batch (a bad item), its items are embedded one by one."""
     try:
         rows = embedder.embed(model, modality, [contents[i] for i in chunk])
-        return list(zip(chunk, rows, strict=True))
+        return list(zip(chunk, rows, strict=True)), []
     except InvalidArgument:
         pass
-    result = []
+    result, dropped = [], []
     for index in chunk:
         try:
             result.append((index, embedder.embed(model, modality, [contents[index]])[0]))
         except InvalidArgument:
             dropped.append(index)
-    return result
+    return result, dropped

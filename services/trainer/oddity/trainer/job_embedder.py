@@ -9,6 +9,8 @@ times; a job is more patient still: an embedder that answers UNAVAILABLE while i
 - First contact (which model, what dimension; which text models): `connect_timeout` seconds,
   so a job whose embedder is missing fails soon with the reason.
 - Each batch once embedding has begun: `batch_timeout` seconds, enough to wait out a restart.
+- Up to `batches_in_flight` batches at once (item_datasets.embed_cached calls from that many
+  threads): with several embedder replicas behind the client's address, each gets some.
 
 Reason to change: how long and how a training job waits for the embedder.
 """
@@ -39,8 +41,10 @@ class JobEmbedder:
         request_id: str,
         connect_timeout: float,
         batch_timeout: float,
+        batches_in_flight: int = 1,
     ) -> None:
         self.client = client
+        self.batches_in_flight = batches_in_flight
         self.bridge = bridge
         self.request_id = request_id
         self.connect_timeout = connect_timeout

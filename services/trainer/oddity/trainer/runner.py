@@ -70,6 +70,7 @@ class EmbedderAccess:
     cache: EmbeddingCache
     connect_timeout: float
     batch_timeout: float
+    batches_in_flight: int = 1  # embed calls a job keeps going at once
 
 
 @dataclass(frozen=True)
@@ -289,6 +290,7 @@ class JobRunner:
             request_id=job_id,
             connect_timeout=embedder.connect_timeout,
             batch_timeout=embedder.batch_timeout,
+            batches_in_flight=embedder.batches_in_flight,
         )
 
     def _track(self, request: JobRequest, job_id: str, planned: Plan) -> JobTracking:

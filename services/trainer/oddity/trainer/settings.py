@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from oddity.common.clients.targets import normalize
 from oddity.common.settings import ServiceSettings
 
 
@@ -36,7 +37,22 @@ class TrainerSettings(ServiceSettings):
         'Kubernetes headless Service ["oddity-detector-replicas.oddity.svc:50052"]: each replica is told; the '
         "name is resolved again before each notification.",
     )
-    embedder: str = Field("127.0.0.1:50051", description="Embedder address, for image and text datasets.")
+    embedder: str = Field(
+        "127.0.0.1:50051",
+        description="Embedder address, for image and text datasets: host:port (one embedder); "
+        "dns:///name:port to spread the batches over every address the name resolves to, e.g. a Kubernetes "
+        "headless Service; or IP addresses separated by commas (or a list), e.g. "
+        "127.0.0.1:50061,127.0.0.1:50062. Spread calls go round robin to the embedders that are up.",
+    )
+    embedder_batches_in_flight: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Embed calls a training job keeps going at once (each one batch of the dataset's "
+        "embedder.batch_size items), so several embedders work on one job; also bounds the items held in "
+        "flight.",
+    )
+
     embedder_connect_timeout_seconds: float = Field(
         10.0,
         gt=0,
@@ -86,6 +102,11 @@ class TrainerSettings(ServiceSettings):
         "parameters, per-epoch metrics and ONNX graphs. Unset: MLFLOW_TRACKING_URI if set, else no tracking. "
         "Needs the oddity-trainer[tracking] extra.",
     )
+
+    @field_validator("embedder", mode="before")
+    @classmethod
+    def _embedder_addresses(cls, value: object) -> object:
+        return normalize(value) if isinstance(value, (str, list, tuple)) else value
 
     @property
     def datasets_root(self) -> Path:

@@ -5,6 +5,9 @@
   retryPolicy; requests up to the message limit are buffered so large ones are retried too.
 - Reconnects: after a server restart the channel reconnects within a second or two instead of
   gRPC's default backoff of up to two minutes.
+- Replicas: a target naming several servers (`dns:///name:port`, an address list; see
+  targets.py) spreads calls over them with gRPC's round_robin policy; a retried call goes to
+  another ready server.
 - Deadlines on every call; `wait_for_ready` callers (batch work such as training) wait out a
   server that is down until the deadline, request-path callers fail fast after the retries.
 - Errors: a failed call raises the domain error of `oddity.common.status.remote_error`, with a
@@ -31,6 +34,7 @@ from typing import Any
 import grpc
 
 from oddity.common.auth import AUTHORIZATION_KEY
+from oddity.common.clients.targets import grpc_target
 from oddity.common.logging import REQUEST_ID_KEY, current_request_id, get_logger
 from oddity.common.status import remote_error
 from oddity.common.tls import TlsFiles, channel_credentials
@@ -53,9 +57,12 @@ class RetryPolicy:
     max_backoff_seconds: float = 4.0
     backoff_multiplier: float = 2.0
 
-    def service_config(self, service: str) -> str:
+    def service_config(self, service: str, *, balanced: bool = False) -> str:
+        """The service config; `balanced`: each call goes to the next ready address (round_robin)
+        instead of all to the first one that connects (gRPC's default, pick_first)."""
         return json.dumps(
             {
+                **({"loadBalancingConfig": [{"round_robin": {}}]} if balanced else {}),
                 "methodConfig": [
                     {
                         "name": [{"service": service}],
@@ -67,17 +74,19 @@ class RetryPolicy:
                             "retryableStatusCodes": ["UNAVAILABLE"],
                         },
                     }
-                ]
+                ],
             }
         )
 
 
-def channel_options(service: str, max_message_bytes: int, retry: RetryPolicy) -> list[tuple[str, Any]]:
+def channel_options(
+    service: str, max_message_bytes: int, retry: RetryPolicy, *, balanced: bool = False
+) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.enable_retries", 1),
-        ("grpc.service_config", retry.service_config(service)),
+        ("grpc.service_config", retry.service_config(service, balanced=balanced)),
         # Only requests that fit the retry buffer are retried (default 256 KiB: one batch of images).
         ("grpc.per_rpc_retry_buffer_size", max_message_bytes),
         ("grpc.initial_reconnect_backoff_ms", 200),
@@ -87,7 +96,8 @@ def channel_options(service: str, max_message_bytes: int, retry: RetryPolicy) ->
 
 
 class RemoteService:
-    """Base of the clients: one grpc.aio channel to `target`, created on the running event loop.
+    """Base of the clients: one grpc.aio channel to `target` (an address setting: one address,
+    `dns:///name:port` or an address list, see targets.py), created on the running event loop.
     Subclasses name their stub class; `self._stub` always belongs to the current channel."""
 
     #: Fully qualified gRPC service name, e.g. "oddity.v1.Embedder".
@@ -109,12 +119,18 @@ class RemoteService:
         token_file: Path | None = None,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        self.target = target
+        self.target = target  # as configured, for messages
+        self._grpc_target = grpc_target(target)
         self.token_file = token_file
         self.timeout = timeout
         self.wait_for_ready = wait_for_ready
         self.tls = tls if tls is not None and tls.calls_tls else None
-        self._options = [*channel_options(self.service, max_message_bytes, retry or RetryPolicy()), *options]
+        self._options = [
+            *channel_options(
+                self.service, max_message_bytes, retry or RetryPolicy(), balanced=self._grpc_target.balanced
+            ),
+            *options,
+        ]
         self._tls_signature = self.tls.signature() if self.tls else None
         self._tls_checked = time.monotonic()
         self._retiring: set[asyncio.Task] = set()
@@ -123,8 +139,8 @@ class RemoteService:
 
     def _new_channel(self) -> grpc.aio.Channel:
         if self.tls is None:
-            return grpc.aio.insecure_channel(self.target, options=self._options)
-        return grpc.aio.secure_channel(self.target, channel_credentials(self.tls), options=self._options)
+            return grpc.aio.insecure_channel(self._grpc_target.uri, options=self._options)
+        return grpc.aio.secure_channel(self._grpc_target.uri, channel_credentials(self.tls), options=self._options)
 
     def _rotate_if_changed(self) -> None:
         """A new channel when the certificate files changed; the old one closes after its calls."""

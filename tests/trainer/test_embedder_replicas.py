@@ -1,0 +1,151 @@
+"""A training job spreads its embedding over every embedder replica behind one address setting,
+and loses none of its work when one of them dies.
+
+Two embedder processes serve the same tiny ViT on 127.0.0.1; the trainer's `embedder` setting
+names both (an address list), and the job keeps several batches in flight. Each embedder's own
+/metrics counts what it embedded. One DNS name for both replicas is not shown here: on loopback
+every name this machine resolves gives one address (`localhost` is 127.0.0.1 only), and the
+resolver reads no per-test hosts file; the DNS form is the same round_robin channel with
+gRPC's own resolver in front."""
+
+import urllib.request
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from oddity.common import bundle
+from oddity.v1 import trainer_pb2
+from tests.conftest import start_trainer
+from tests.support import drawings, encoders
+from tests.support.servers import ServiceProcess, embedder_process
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.slow  # real embedder processes and a trainer
+
+BATCH = 4
+IN_FLIGHT = 4
+# Each Embed call waits this long for company in the embedder's batcher: the embedding of a
+# dataset takes seconds, long enough to stop an embedder in the middle of it.
+DELAY_MS = 40
+
+
+@pytest.fixture(scope="module")
+def vit(tmp_path_factory):
+    """The tiny ViT, and an export cache the embedders share (the second one loads, not exports)."""
+    folder = tmp_path_factory.mktemp("vit")
+    models = {"vit": {"model_id": str(encoders.tiny_vit(folder / "weights")), "modality": "image"}}
+    return models, folder / "cache"
+
+
+def two_embedders(vit) -> list[ServiceProcess]:
+    models, cache = vit
+    started = []
+    try:
+        for _ in range(2):
+            embedder = embedder_process(cache, models, "--max-batch-delay-ms", str(DELAY_MS))
+            embedder.wait_ready("oddity.v1.Embedder/vit", timeout=180)
+            started.append(embedder)
+    except BaseException:
+        for embedder in started:
+            embedder.kill()
+        raise
+    return started
+
+
+def items_embedded(embedder: ServiceProcess) -> float:
+    """oddity_embedder_items_total of the embedder's vit model, from its own /metrics."""
+    url = f"http://127.0.0.1:{embedder.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "oddity_embedder_items_total" and sample.labels.get("model") == "vit"
+    )
+
+
+def write_drawings(folder, n: int) -> None:
+    rng = np.random.default_rng(11)
+    (folder / "images").mkdir(parents=True)
+    rows = []
+    for i, age in enumerate(rng.uniform(3, 12, n)):
+        (folder / "images" / f"d{i:04d}.png").write_bytes(drawings.drawing(age, rng))
+        rows.append({"file_name": f"d{i:04d}.png", "age": round(float(age), 1)})
+    pd.DataFrame(rows).to_csv(folder / "metadata.csv", index=False)
+    spec = {
+        "images": {"path": "images", "metadata": "metadata.csv"},
+        "embedder": {"model": "vit", "batch_size": BATCH},
+        "model": {"kind": "autoencoder", "params": {"epochs": 10, "hidden": [16], "bottleneck": 4}},
+        "min_samples": 50,
+        "retrain": {"policy": "manual"},
+        "validation": {"anomaly_rate": [0.0, 0.2]},
+    }
+    (folder / "dataset.yaml").write_text(yaml.safe_dump(spec))
+
+
+def embedding_stats(trainer) -> dict:
+    completed = trainer.stub.History(
+        trainer_pb2.HistoryRequest(dataset="drawings", event_types=["TRAINING_COMPLETED"])
+    ).events[-1]
+    stats = completed.details["embedding"]
+    return {key: int(stats[key]) for key in ("items", "embedded", "cached", "refused")}
+
+
+def final_job(trainer, job_id: str):
+    updates = list(trainer.stub.WatchJob(trainer_pb2.WatchJobRequest(job_id=job_id), timeout=300))
+    return updates[-1].job
+
+
+def test_a_job_spreads_its_batches_over_both_embedders(vit, data_volume, repository):
+    items = 96  # 24 batches
+    write_drawings(data_volume / "datasets" / "drawings", items)
+    embedders = two_embedders(vit)
+    addresses = ",".join(e.target for e in embedders)
+    trainer = start_trainer(data_volume, repository, embedder=addresses, embedder_batches_in_flight=IN_FLIGHT)
+    try:
+        job = trainer.stub.Train(trainer_pb2.TrainRequest(dataset="drawings")).job
+        final = final_job(trainer, job.id)
+        assert final.state == trainer_pb2.JOB_STATE_SUCCEEDED, final.message
+        assert bundle.list_versions(repository / "drawings") == [1]
+        assert embedding_stats(trainer) == {"items": items, "embedded": items, "cached": 0, "refused": 0}
+        counts = [items_embedded(e) for e in embedders]
+        # Every item was embedded once, and each replica embedded part of them.
+        assert sum(counts) == items
+        assert all(count > 0 for count in counts), counts
+    finally:
+        trainer.close()
+        for embedder in embedders:
+            embedder.kill()
+
+
+def test_an_embedder_killed_mid_job_costs_no_failed_job(vit, data_volume, repository):
+    items = 240  # 60 batches
+    write_drawings(data_volume / "datasets" / "drawings", items)
+    doomed, survivor = two_embedders(vit)
+    trainer = start_trainer(
+        data_volume,
+        repository,
+        embedder=f"{doomed.target},{survivor.target}",
+        embedder_batches_in_flight=IN_FLIGHT,
+    )
+    try:
+        job = trainer.stub.Train(trainer_pb2.TrainRequest(dataset="drawings")).job
+        # Once the doomed embedder has answered a few batches of this job: SIGKILL, mid-job.
+        wait_for(lambda: items_embedded(doomed) >= 2 * BATCH, 120, "the doomed embedder's first batches")
+        doomed.kill()
+        running = trainer.stub.GetJob(trainer_pb2.GetJobRequest(job_id=job.id)).job
+        assert (running.state, running.phase) == (trainer_pb2.JOB_STATE_RUNNING, "embedding"), running.message
+
+        final = final_job(trainer, job.id)
+        assert final.state == trainer_pb2.JOB_STATE_SUCCEEDED, final.message
+        assert final.published_version == 1
+        # Every item has its vector: the batches that were at the doomed embedder went to the survivor.
+        assert embedding_stats(trainer) == {"items": items, "embedded": items, "cached": 0, "refused": 0}
+    finally:
+        trainer.close()
+        doomed.kill()
+        survivor.kill()
