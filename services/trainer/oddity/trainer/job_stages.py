@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from oddity.common import bundle
-from oddity.trainer import index_items, pipeline
+from oddity.trainer import index_items, job_control, pipeline
 from oddity.trainer.checkpoints import JobCheckpoints
 from oddity.trainer.data import Dataset, FileDigests, bound_rows, fingerprint, load_dataset
 from oddity.trainer.decisions import Decisions
@@ -122,8 +122,12 @@ def load(
         progress("embedding", {})
         data, embedding, stats = load_item_dataset(request.folder, spec, embedder, cache)
         return Loaded(bound_rows(data, spec), embedding, stats)
-    progress("reading", {})
-    return Loaded(load_dataset(request.folder, spec, request.data_path, check=lambda: progress("reading", {})))
+
+    def between_chunks() -> None:  # a stop or a spent time budget ends the read at the next chunk
+        job_control.check()
+        progress("reading", {})
+
+    return Loaded(load_dataset(request.folder, spec, request.data_path, check=between_chunks))
 
 
 def plan_index(spec: DatasetSpec, loaded: Loaded, embedder: IndexEmbedder) -> IndexPlan | None:
