@@ -13,6 +13,10 @@ and which column routes rows to their group (e.g. `age`). Rows go to the detecto
 of `--batch-rows`: one batch is read while the one before is scored and the one before that
 is written, so memory stays flat however large the file.
 
+`--engine spark` scores a Parquet folder (or file) into a Parquet folder on Apache Spark,
+with the version read from `--repository` instead of asked of a detector: the same answers
+(`oddity.cli.spark_score`).
+
 Reason to change: the score command's behaviour.
 """
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -28,7 +33,7 @@ import pandas as pd
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-from oddity.cli import output, table_files
+from oddity.cli import output, spark_score, table_files
 from oddity.cli.connection import connects
 from oddity.cli.exit_codes import reports_failures
 from oddity.cli.options import ThresholdPercentile
@@ -46,6 +51,13 @@ RESULT_PREFIX = "oddity_"
 RESULT_COLUMNS = {*ANOMALY_COLUMNS, TOP_FEATURES_COLUMN, *CLASSIFIER_COLUMNS}
 WORKERS = 2  # Detect calls in flight at once: the detector batches them, this process reads and writes meanwhile
 BACKLOG = 3  # batches read ahead of the one being written (bounds memory)
+
+
+class Engine(StrEnum):
+    """Where rows are scored."""
+
+    grpc = "grpc"  # the detector, over gRPC
+    spark = "spark"  # Apache Spark, in-process ONNX Runtime on its executors
 
 
 class BatchScorer:
@@ -125,14 +137,19 @@ def score(
     file: Annotated[
         Path,
         typer.Argument(
-            exists=True, dir_okay=False, readable=True, help="Table to score: .csv, .parquet, .jsonl or .xlsx."
+            exists=True,
+            readable=True,
+            help="Table to score: .csv, .parquet, .jsonl or .xlsx (with --engine spark: a Parquet folder or file).",
         ),
     ],
     model: Annotated[str, typer.Option("--model", "-m", help="Model to score with.")],
     out: Annotated[
         Path | None,
         typer.Option(
-            "--out", "-o", dir_okay=False, help="Where to write: .csv, .jsonl or .parquet (default: csv on stdout)."
+            "--out",
+            "-o",
+            help="Where to write: .csv, .jsonl or .parquet (default: csv on stdout); "
+            "with --engine spark: a new Parquet folder.",
         ),
     ] = None,
     batch_rows: Annotated[int, typer.Option(min=1, max=65_536, help="Rows per Detect call.")] = 10_000,
@@ -141,10 +158,48 @@ def score(
     ] = 3,
     threshold_percentile: ThresholdPercentile = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+    engine: Annotated[
+        Engine, typer.Option(help="grpc: the detector scores; spark: Apache Spark, from --repository.")
+    ] = Engine.grpc,
+    repository: Annotated[
+        Path | None,
+        typer.Option(
+            "--repository",
+            exists=True,
+            file_okay=False,
+            help="Model repository folder to read the version from (--engine spark).",
+        ),
+    ] = None,
+    version: Annotated[
+        int | None, typer.Option("--version", min=1, help="Version to score with (--engine spark; default: newest).")
+    ] = None,
+    spark_master: Annotated[str, typer.Option(help="Spark master URL (--engine spark).")] = spark_score.DEFAULT_MASTER,
     *,
     client: DetectorClient,
 ) -> None:
     """Score every row of a table file; write the rows with their scores, decisions and groups."""
+    if engine is Engine.spark:
+        if repository is None:
+            raise typer.BadParameter(
+                "--engine spark reads the version from a model repository", param_hint="--repository"
+            )
+        if out is None:
+            raise typer.BadParameter("--engine spark writes a Parquet folder: name it", param_hint="--out")
+        spark_score.score_parquet_folder(
+            file,
+            out,
+            repository=repository,
+            model=model,
+            version=version,
+            top_features=top_features,
+            threshold_percentile=threshold_percentile,
+            master=spark_master,
+        )
+        return
+    if file.is_dir():
+        raise typer.BadParameter("a folder is scored with --engine spark", param_hint="FILE")
+    if repository is not None or version is not None:
+        raise typer.BadParameter("--repository and --version go with --engine spark", param_hint="--engine")
     if table_files.read_format(file) is None:
         raise typer.BadParameter(f"cannot read {file.suffix or 'files without a suffix'} files", param_hint="FILE")
     if table_files.write_format(out) is None:
