@@ -1,13 +1,15 @@
 """A training job spreads its embedding over every embedder replica behind one address setting,
 and loses none of its work when one of them dies.
 
-Two embedder processes serve the same tiny ViT on 127.0.0.1; the trainer's `embedder` setting
-names both (an address list), and the job keeps several batches in flight. Each embedder's own
-/metrics counts what it embedded. One DNS name for both replicas is not shown here: on loopback
-every name this machine resolves gives one address (`localhost` is 127.0.0.1 only), and the
-resolver reads no per-test hosts file; the DNS form is the same round_robin channel with
-gRPC's own resolver in front."""
+Two embedder processes serve the same tiny ViT; the trainer's `embedder` setting names both,
+as an address list or as one DNS name, and the job keeps several batches in flight. Each
+embedder's own /metrics counts what it embedded. The DNS name is answered by a name server
+of the test's own (gRPC's resolver takes a DNS server in the target: dns://server/name:port):
+its answer grows by a replica mid-test, as a headless Service's does when a pod starts."""
 
+import socket
+import struct
+import threading
 import urllib.request
 
 import numpy as np
@@ -20,7 +22,7 @@ from oddity.common import bundle
 from oddity.v1 import trainer_pb2
 from tests.conftest import start_trainer
 from tests.support import drawings, encoders
-from tests.support.servers import ServiceProcess, embedder_process
+from tests.support.servers import ServiceProcess, embedder_process, wait_serving
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow  # real embedder processes and a trainer
@@ -40,19 +42,64 @@ def vit(tmp_path_factory):
     return models, folder / "cache"
 
 
-def two_embedders(vit) -> list[ServiceProcess]:
+def two_embedders(vit, hosts: tuple[str, str] = ("127.0.0.1", "127.0.0.1"), *flags: str) -> list[ServiceProcess]:
+    """Two embedders of the tiny ViT; on two addresses, they share one port."""
     models, cache = vit
+    port = free_port() if hosts[0] != hosts[1] else 0
     started = []
     try:
-        for _ in range(2):
-            embedder = embedder_process(cache, models, "--max-batch-delay-ms", str(DELAY_MS))
-            embedder.wait_ready("oddity.v1.Embedder/vit", timeout=180)
+        for host in hosts:
+            embedder = embedder_process(
+                cache, models, "--host", host, "--max-batch-delay-ms", str(DELAY_MS), *flags, port=port
+            )
+            wait_serving(f"{host}:{embedder.port}", "oddity.v1.Embedder/vit", timeout=180)
             started.append(embedder)
     except BaseException:
         for embedder in started:
             embedder.kill()
         raise
     return started
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class NameServer:
+    """A DNS server on 127.0.0.1 (UDP) for the test: A queries get `addresses` (which the test
+    changes), AAAA queries no address; `answers` lists what each A query was told."""
+
+    def __init__(self, addresses: list[str]) -> None:
+        self.addresses = addresses
+        self.answers: list[list[str]] = []
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.socket.bind(("127.0.0.1", 0))
+        self.port = self.socket.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                query, client = self.socket.recvfrom(512)
+            except OSError:  # closed
+                return
+            end = 12  # the header; then the name, one length-prefixed label after another
+            while query[end]:
+                end += 1 + query[end]
+            (kind,) = struct.unpack(">H", query[end + 1 : end + 3])
+            addresses = list(self.addresses) if kind == 1 else []
+            if kind == 1:
+                self.answers.append(addresses)
+            # Same id, a response without error, the question as asked, then one A record each.
+            reply = query[:2] + struct.pack(">HHHHH", 0x8180, 1, len(addresses), 0, 0) + query[12 : end + 5]
+            for address in addresses:
+                reply += struct.pack(">HHHIH", 0xC00C, 1, 1, 1, 4) + socket.inet_aton(address)
+            self.socket.sendto(reply, client)
+
+    def close(self) -> None:
+        self.socket.close()
 
 
 def items_embedded(embedder: ServiceProcess) -> float:
@@ -68,8 +115,8 @@ def items_embedded(embedder: ServiceProcess) -> float:
     )
 
 
-def write_drawings(folder, n: int) -> None:
-    rng = np.random.default_rng(11)
+def write_drawings(folder, n: int, seed: int = 11) -> None:
+    rng = np.random.default_rng(seed)
     (folder / "images").mkdir(parents=True)
     rows = []
     for i, age in enumerate(rng.uniform(3, 12, n)):
@@ -87,9 +134,9 @@ def write_drawings(folder, n: int) -> None:
     (folder / "dataset.yaml").write_text(yaml.safe_dump(spec))
 
 
-def embedding_stats(trainer) -> dict:
+def embedding_stats(trainer, dataset: str = "drawings") -> dict:
     completed = trainer.stub.History(
-        trainer_pb2.HistoryRequest(dataset="drawings", event_types=["TRAINING_COMPLETED"])
+        trainer_pb2.HistoryRequest(dataset=dataset, event_types=["TRAINING_COMPLETED"])
     ).events[-1]
     stats = completed.details["embedding"]
     return {key: int(stats[key]) for key in ("items", "embedded", "cached", "refused")}
@@ -149,3 +196,35 @@ def test_an_embedder_killed_mid_job_costs_no_failed_job(vit, data_volume, reposi
         trainer.close()
         doomed.kill()
         survivor.kill()
+
+
+def test_a_dns_name_spreads_a_job_over_its_addresses_and_finds_a_replica_added_later(vit, data_volume, repository):
+    items = 64  # 16 batches per job
+    write_drawings(data_volume / "datasets" / "first", items, seed=1)
+    write_drawings(data_volume / "datasets" / "second", items, seed=2)  # other images: nothing cached
+    # Each embedder closes a connection after a second: its clients resolve the name again.
+    first, added = two_embedders(vit, ("127.0.0.1", "127.0.0.2"), "--max-connection-age-seconds", "1")
+    names = NameServer(["127.0.0.1"])
+    target = f"dns://127.0.0.1:{names.port}/embedders.oddity.test:{first.port}"
+    trainer = start_trainer(data_volume, repository, embedder=target, embedder_batches_in_flight=IN_FLIGHT)
+    try:
+        job = trainer.stub.Train(trainer_pb2.TrainRequest(dataset="first")).job
+        final = final_job(trainer, job.id)
+        assert final.state == trainer_pb2.JOB_STATE_SUCCEEDED, final.message
+        assert [items_embedded(first), items_embedded(added)] == [items, 0]
+
+        # The name now resolves to both, as a headless Service's does once a new pod is ready.
+        names.addresses = ["127.0.0.1", "127.0.0.2"]
+        wait_for(lambda: ["127.0.0.1", "127.0.0.2"] in names.answers, 60, "the trainer to resolve the name again")
+        job = trainer.stub.Train(trainer_pb2.TrainRequest(dataset="second")).job
+        final = final_job(trainer, job.id)
+        assert final.state == trainer_pb2.JOB_STATE_SUCCEEDED, final.message
+        assert embedding_stats(trainer, "second") == {"items": items, "embedded": items, "cached": 0, "refused": 0}
+        second_job = [items_embedded(first) - items, items_embedded(added)]
+        assert sum(second_job) == items
+        assert all(count > 0 for count in second_job), second_job
+    finally:
+        trainer.close()
+        names.close()
+        for embedder in (first, added):
+            embedder.kill()

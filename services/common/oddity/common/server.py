@@ -102,6 +102,16 @@ class HostedApp(Protocol):
         """Release resources; called after the server has drained."""
 
 
+def _connection_age(settings: ServiceSettings) -> list[tuple[str, object]]:
+    """gRPC's server-side connection age (GOAWAY after max_connection_age_seconds)."""
+    if settings.max_connection_age_seconds is None:
+        return []
+    return [
+        ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(settings.grace_period_seconds * 1000)),
+    ]
+
+
 class ServiceHost:
     """One gRPC server (plus /metrics) around one service."""
 
@@ -141,6 +151,7 @@ class ServiceHost:
             ("grpc.max_send_message_length", settings.max_message_bytes),
             # Fail loudly on a port already in use instead of silently sharing it.
             ("grpc.so_reuseport", 0),
+            *_connection_age(settings),
             *options,
         ]
         self.server: grpc.aio.Server | None = None

@@ -41,6 +41,13 @@ class ServiceSettings(BaseSettings):
     max_message_bytes: int = Field(
         64 * 1024 * 1024, gt=0, description="Largest request or response message; larger -> RESOURCE_EXHAUSTED."
     )
+    max_connection_age_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="Close each client connection after this long (its calls in flight get grace_period_seconds "
+        "to finish), so clients that spread calls over a DNS name (dns:///) resolve it again and find replicas "
+        "added since. Unset: connections stay open.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Lowest level logged.")
     log_json: bool = Field(True, description="JSON log lines (false: human-readable console lines).")
     access_log: bool = Field(False, description="Log every RPC at info level (errors are always logged).")

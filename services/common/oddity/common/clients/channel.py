@@ -45,6 +45,7 @@ log = get_logger("oddity.clients")
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 TLS_CHECK_SECONDS = 1.0  # how often a client looks at its certificate files
 OLD_CHANNEL_GRACE_SECONDS = 60.0  # calls on a replaced channel get this long to finish
+DNS_MIN_SECONDS_BETWEEN_RESOLUTIONS = 2
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,13 @@ def channel_options(
         ("grpc.initial_reconnect_backoff_ms", 200),
         ("grpc.min_reconnect_backoff_ms", 200),
         ("grpc.max_reconnect_backoff_ms", 2000),
+        # A spread target's name is resolved again when a connection closes (a replica gone, a
+        # server's max connection age): within 2 s rather than gRPC's default floor of 30 s.
+        *(
+            [("grpc.dns_min_time_between_resolutions_ms", DNS_MIN_SECONDS_BETWEEN_RESOLUTIONS * 1000)]
+            if balanced
+            else []
+        ),
     ]
 
 
