@@ -29,6 +29,7 @@ import pandas as pd
 
 from oddity.common.clients import EmbedderModel
 from oddity.common.errors import FailedPrecondition, InvalidArgument
+from oddity.trainer import job_control
 from oddity.trainer.data import DataError, Dataset, inside, read_csv_text
 from oddity.trainer.embedding_cache import EmbeddingCache, content_digest
 from oddity.trainer.spec import DatasetSpec, ImageSource, TextSource
@@ -225,6 +226,7 @@ def embed_cached(
         return _embed_chunk(embedder, info.name, info.modality, contents, chunk)
 
     for embedded, dropped in in_order(embed, chunks, embedder.batches_in_flight):
+        job_control.check()  # a stop or a spent time budget ends the job between batches
         for index, vector in embedded:  # each batch cached as it arrives: a re-run after a crash resumes here
             vectors[index] = vector
             cache.put(cache_folder, digests[index], vector)
