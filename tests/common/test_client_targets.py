@@ -70,3 +70,14 @@ def test_balanced_service_config_picks_round_robin_and_keeps_the_retry_policy():
     assert balanced["loadBalancingConfig"] == [{"round_robin": {}}]
     assert "loadBalancingConfig" not in single
     assert balanced["methodConfig"] == single["methodConfig"]
+
+
+def test_with_tls_an_address_list_is_refused_and_a_dns_name_is_taken(tmp_path):
+    ca = tmp_path / "ca.crt"  # calls use TLS once a CA is set; the settings do not read it
+    with pytest.raises(ValidationError, match="with TLS each server is checked against the name dialled"):
+        TrainerSettings(embedder="10.0.0.5:50051,10.0.0.6:50051", tls_ca_file=ca)
+    with pytest.raises(ValidationError, match="give one DNS name that the certificates carry"):
+        DetectorSettings(embedder="ipv4:10.0.0.5:50051,10.0.0.6:50051", tls_ca_file=ca)
+    target = "dns:///oddity-embedder-replicas:50051"
+    assert DetectorSettings(embedder=target, tls_ca_file=ca).embedder == target
+    assert TrainerSettings(embedder="10.0.0.5:50051", tls_ca_file=ca).embedder == "10.0.0.5:50051"

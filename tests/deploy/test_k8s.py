@@ -425,7 +425,7 @@ def test_addresses_name_the_services_and_ports(kustomization):
     services = {s["metadata"]["name"]: s for s in objects(kustomization, "Service")}
 
     def check(address: str, callee: str, headless: bool = False) -> None:
-        host, _, port = address.rpartition(":")
+        host, _, port = address.removeprefix("dns:///").rpartition(":")
         service = services[host.split(".")[0]]
         assert (service["spec"].get("clusterIP") == "None") == headless, address
         assert int(port) in {p["port"] for p in service["spec"]["ports"] if p["name"] == "grpc"}, address
@@ -433,9 +433,12 @@ def test_addresses_name_the_services_and_ports(kustomization):
         assert matches({"matchLabels": service["spec"]["selector"]}, labels), address
 
     detector = container_env(kustomization, main_container(kustomization, SERVICES["detector"]))
-    check(detector["ODDITY_DETECTOR_EMBEDDER"], "embedder")
     trainer = container_env(kustomization, main_container(kustomization, SERVICES["trainer"]))
-    check(trainer["ODDITY_TRAINER_EMBEDDER"], "embedder")
+    # The embedder's callers spread their calls over every replica: round robin over the headless
+    # Service's addresses, which only a dns:/// target gets (a plain host:port would pin one pod).
+    for embedder in (detector["ODDITY_DETECTOR_EMBEDDER"], trainer["ODDITY_TRAINER_EMBEDDER"]):
+        assert embedder.startswith("dns:///"), embedder
+        check(embedder, "embedder", headless=True)
     # Every detector replica is told of a new version: the headless Service resolves to each.
     assert "ODDITY_TRAINER_DETECTOR_SERVICES" in trainer, "the trainer should know the detectors' headless Service"
     (replicas,) = yaml.safe_load(trainer["ODDITY_TRAINER_DETECTOR_SERVICES"])

@@ -7,21 +7,29 @@ embedder's own /metrics counts what it embedded. The DNS name is answered by a n
 of the test's own (gRPC's resolver takes a DNS server in the target: dns://server/name:port):
 its answer grows by a replica mid-test, as a headless Service's does when a pod starts."""
 
+import asyncio
 import socket
 import struct
 import threading
 import urllib.request
+from concurrent import futures
 
+import grpc
 import numpy as np
 import pandas as pd
 import pytest
+import trustme
 import yaml
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from oddity.common import bundle
+from oddity.common.clients import RemoteService
+from oddity.common.errors import Unavailable
 from oddity.v1 import trainer_pb2
 from tests.conftest import start_trainer
 from tests.support import drawings, encoders
+from tests.support.certificates import identity
 from tests.support.servers import ServiceProcess, embedder_process, wait_serving
 from tests.support.waiting import wait_for
 
@@ -228,3 +236,44 @@ def test_a_dns_name_spreads_a_job_over_its_addresses_and_finds_a_replica_added_l
         names.close()
         for embedder in (first, added):
             embedder.kill()
+
+
+class HealthClient(RemoteService):
+    """The clients' channel (targets, TLS, retries) on a server's health service."""
+
+    service = "grpc.health.v1.Health"
+    label = "health"
+    stub_class = health_pb2_grpc.HealthStub
+
+
+def test_over_tls_a_dns_name_is_checked_against_the_certificate(tmp_path):
+    """In the prod overlay, the embedders' certificate carries the headless Service's name."""
+    ca = trustme.CA()
+    server = identity(tmp_path / "server", ca, "embedders.oddity.test")
+    client = identity(tmp_path / "client", ca, "trainer")
+    port = free_port()
+    health_server = grpc.server(futures.ThreadPoolExecutor(2))
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), health_server)
+    credentials = grpc.ssl_server_credentials(
+        [(server.key.read_bytes(), server.cert.read_bytes())],
+        root_certificates=ca.cert_pem.bytes(),
+        require_client_auth=True,
+    )
+    health_server.add_secure_port(f"127.0.0.1:{port}", credentials)
+    health_server.start()
+    names = NameServer(["127.0.0.1"])
+
+    async def check(name: str) -> int:
+        caller = HealthClient(f"dns://127.0.0.1:{names.port}/{name}:{port}", tls=client.files(), timeout=2)
+        try:
+            return (await caller._call("Check", health_pb2.HealthCheckRequest())).status
+        finally:
+            await caller.close()
+
+    try:
+        assert asyncio.run(check("embedders.oddity.test")) == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(Unavailable, match="health at dns://"):  # a name the certificate does not carry
+            asyncio.run(check("elsewhere.oddity.test"))
+    finally:
+        names.close()
+        health_server.stop(0)

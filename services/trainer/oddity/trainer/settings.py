@@ -7,11 +7,12 @@ Reason to change: the trainer's settings.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from oddity.common.clients.targets import normalize
+from oddity.common.clients.targets import check_verifiable, normalize
 from oddity.common.settings import ServiceSettings
 
 
@@ -107,6 +108,12 @@ class TrainerSettings(ServiceSettings):
     @classmethod
     def _embedder_addresses(cls, value: object) -> object:
         return normalize(value) if isinstance(value, (str, list, tuple)) else value
+
+    @model_validator(mode="after")
+    def _embedder_verifiable(self) -> Self:
+        if self.embedder and self.tls().calls_tls:
+            check_verifiable(self.embedder)
+        return self
 
     @property
     def datasets_root(self) -> Path:

@@ -12,6 +12,9 @@ are spread over several servers.
 - Any other target with a scheme (`ipv4:`, `ipv6:`, `unix:`, ...) is dialled as written,
   round robin.
 
+With TLS, a server is checked against the name dialled (the certificate must carry it): a
+DNS name works, an address list has no name to check and is refused.
+
 A server that goes away leaves the rotation: round_robin picks only ready connections, and a
 call that failed UNAVAILABLE on it is retried (the retry policy) on another one.
 
@@ -86,6 +89,16 @@ def grpc_target(address: str) -> Target:
     if versions == {4}:
         return Target("ipv4:" + ",".join(f"{ip}:{port}" for ip, port in ips), balanced=True)
     return Target("ipv6:" + ",".join(f"[{ip}]:{port}" for ip, port in ips), balanced=True)
+
+
+def check_verifiable(address: str) -> None:
+    """AddressError when TLS could not check the servers of `address`: an address list."""
+    uri = grpc_target(address).uri
+    if uri.startswith(("ipv4:", "ipv6:")) and "," in uri:
+        raise AddressError(
+            f"{address!r}: with TLS each server is checked against the name dialled, and a list of addresses "
+            "names none; give one DNS name that the certificates carry, as dns:///name:port"
+        )
 
 
 def _host_port(address: str) -> tuple[str, int]:
