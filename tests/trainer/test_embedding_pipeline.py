@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from oddity.trainer.item_datasets import in_order
+from oddity.trainer.item_datasets import FileContents, in_order
 
 DEPTH = 3
 
@@ -77,3 +77,16 @@ def test_depth_one_runs_each_call_in_turn_on_the_callers_thread():
 
     assert list(in_order(work, [1, 2, 3], 1)) == [2, 3, 4]
     assert set(threads) == {threading.current_thread()}
+
+
+def test_image_files_are_read_when_asked_for_and_an_unreadable_one_reads_empty(tmp_path):
+    first, second = tmp_path / "a.png", tmp_path / "b.png"
+    first.write_bytes(b"first")
+    second.write_bytes(b"second")
+    contents = FileContents([first, second])
+    first.write_bytes(b"first, changed")  # nothing was read when the list was made
+    assert len(contents) == 2
+    assert contents[0] == b"first, changed"
+    assert contents[0:2] == [b"first, changed", b"second"]
+    second.unlink()  # gone after listing: empty bytes, which the embedder refuses (dropped, counted)
+    assert contents[1] == b""

@@ -7,9 +7,10 @@ and metadata row for the similarity index (index_items.py).
 An item the embedder refuses (an undecodable image, an empty text) is dropped and counted;
 the rest of its batch is embedded one by one.
 
-Up to `batches_in_flight` batches are at the embedder at once (so several embedder replicas
-work on one job, and the items in flight stay bounded); their vectors are taken, and cached,
-in the order of the items.
+Images are read when needed (for their digest, then for their batch), never all held at
+once. Up to `batches_in_flight` batches are at the embedder at once (so several embedder
+replicas work on one job, and the items in flight stay bounded); their vectors are taken, and
+cached, in the order of the items.
 
 Reason to change: how image and text items become rows.
 """
@@ -18,11 +19,11 @@ from __future__ import annotations
 
 import contextvars
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, overload
 
 import numpy as np
 import pandas as pd
@@ -49,14 +50,14 @@ class ItemEmbedder(Protocol):
 
     def model(self, name: str) -> EmbedderModel: ...
 
-    def embed(self, model: str, modality: str, contents: list[bytes]) -> np.ndarray:
+    def embed(self, model: str, modality: str, contents: Sequence[bytes]) -> np.ndarray:
         """Vectors [items, dimension]; raises InvalidArgument when an item is refused."""
         ...
 
 
 @dataclass
 class _Items:
-    contents: list[bytes]  # encoded images or UTF-8 text
+    contents: Sequence[bytes]  # encoded images (read on access) or UTF-8 text
     names: list[str]  # file name or row number, for messages
     table: pd.DataFrame  # extra columns, one row per item
     ids: list[str]  # default item ids: the image's file (as listed, or under the images folder), the text's row
@@ -116,15 +117,37 @@ def _image_items(folder: Path, source: ImageSource, label: str | None = None) ->
         raise DataError(f"no images under {source.path!r}")
     for path in paths:
         inside(folder, path, "image")
-    contents, names, keep = [], [], []
-    for i, path in enumerate(paths):
+    keep = [i for i, path in enumerate(paths) if path.is_file()]  # listed but missing: dropped and counted
+    files = [paths[i] for i in keep]
+    return _Items(
+        FileContents(files), [p.name for p in files], table.iloc[keep].reset_index(drop=True), [ids[i] for i in keep]
+    )
+
+
+class FileContents(Sequence[bytes]):
+    """The bytes of files, read each time one is asked for, so a dataset's images are never all
+    in memory. A file that cannot be read reads as empty, which the embedder refuses: the item
+    is dropped and counted as unreadable."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @overload
+    def __getitem__(self, index: int) -> bytes: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[bytes]: ...
+
+    def __getitem__(self, index: int | slice) -> bytes | list[bytes]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
         try:
-            contents.append(path.read_bytes())
+            return self.paths[index].read_bytes()
         except OSError:
-            continue  # listed but missing: dropped and counted
-        names.append(path.name)
-        keep.append(i)
-    return _Items(contents, names, table.iloc[keep].reset_index(drop=True), [ids[i] for i in keep])
+            return b""
 
 
 def _text_items(folder: Path, source: TextSource) -> _Items:
@@ -209,7 +232,7 @@ def load_item_dataset(
 
 
 def embed_cached(
-    embedder: ItemEmbedder, info: EmbedderModel, contents: list[bytes], cache: EmbeddingCache, batch_size: int
+    embedder: ItemEmbedder, info: EmbedderModel, contents: Sequence[bytes], cache: EmbeddingCache, batch_size: int
 ) -> Embedded:
     """Vectors of `contents` (encoded images, or UTF-8 texts) from `info`'s model: from the
     cache, the rest from the embedder in batches of `batch_size` (and cached)."""
@@ -256,7 +279,7 @@ def in_order(work: Callable[[T], R], items: Iterable[T], depth: int) -> Iterator
 
 
 def _embed_chunk(
-    embedder: ItemEmbedder, model: str, modality: str, contents: list[bytes], chunk: list[int]
+    embedder: ItemEmbedder, model: str, modality: str, contents: Sequence[bytes], chunk: list[int]
 ) -> tuple[list[tuple[int, np.ndarray]], list[int]]:
     """Embed a batch: (index, vector) of each item, and the items refused. When the embedder
     refuses the batch (a bad item), its items are embedded one by one."""
