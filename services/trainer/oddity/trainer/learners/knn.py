@@ -34,8 +34,10 @@ from oddity.trainer.onnx_graphs import contract_model
 REFERENCE_VALUES = 750_000  # rows x dimensions of the default reference cap
 MAX_REFERENCE_ROWS = 20_000
 MIN_REFERENCE_ROWS = 500
-_CHUNK = 1024  # rows per distance block: bounds memory at CHUNK x reference floats (and the
-# time a stop or a spent time budget waits: job_control.check() runs between blocks)
+# Rows per distance block: bounds memory at CHUNK x reference floats, a few float64 copies of
+# 256 x 15,000 (30 MB each) at once where 1,024 rows took half a GB at peak, and the time a
+# stop or a spent time budget waits (job_control.check() runs between blocks).
+_CHUNK = 256
 _SPARE = 8  # candidates beyond k whose exact distances are computed
 _EPS = 1e-12
 
