@@ -1,5 +1,5 @@
-"""A training job spreads its embedding over every embedder replica behind one address setting,
-and loses none of its work when one of them dies.
+"""A training job (and the detector's DetectImages) spreads its embedding over every embedder
+replica behind one address setting, and a job loses none of its work when one of them dies.
 
 Two embedder processes serve the same tiny ViT; the trainer's `embedder` setting names both,
 as an address list or as one DNS name, and the job keeps several batches in flight. Each
@@ -26,8 +26,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from oddity.common import bundle
 from oddity.common.clients import RemoteService
 from oddity.common.errors import Unavailable
-from oddity.v1 import trainer_pb2
-from tests.conftest import start_trainer
+from oddity.v1 import detector_pb2, trainer_pb2
+from tests.conftest import start_detector, start_trainer
 from tests.support import drawings, encoders
 from tests.support.certificates import identity
 from tests.support.servers import ServiceProcess, embedder_process, wait_serving
@@ -155,12 +155,13 @@ def final_job(trainer, job_id: str):
     return updates[-1].job
 
 
-def test_a_job_spreads_its_batches_over_both_embedders(vit, data_volume, repository):
+def test_a_job_and_the_detector_spread_their_calls_over_both_embedders(vit, data_volume, repository):
     items = 96  # 24 batches
     write_drawings(data_volume / "datasets" / "drawings", items)
     embedders = two_embedders(vit)
     addresses = ",".join(e.target for e in embedders)
     trainer = start_trainer(data_volume, repository, embedder=addresses, embedder_batches_in_flight=IN_FLIGHT)
+    detector = None
     try:
         job = trainer.stub.Train(trainer_pb2.TrainRequest(dataset="drawings")).job
         final = final_job(trainer, job.id)
@@ -171,7 +172,21 @@ def test_a_job_spreads_its_batches_over_both_embedders(vit, data_volume, reposit
         # Every item was embedded once, and each replica embedded part of them.
         assert sum(counts) == items
         assert all(count > 0 for count in counts), counts
+
+        # The detector serving the version: its DetectImages calls go to both too.
+        detector = start_detector(repository, embedder=addresses)
+        wait_serving(detector.server.target, "oddity.v1.Detector", timeout=60)
+        rng = np.random.default_rng(3)
+        calls = 8
+        for _ in range(calls):
+            request = detector_pb2.DetectImagesRequest(model="drawings", images=[drawings.drawing(6.0, rng)])
+            assert len(detector.stub.DetectImages(request, timeout=60).result.scores) == 1
+        by_detector = [items_embedded(e) - before for e, before in zip(embedders, counts, strict=True)]
+        assert sum(by_detector) == calls
+        assert all(count > 0 for count in by_detector), by_detector
     finally:
+        if detector is not None:
+            detector.close()
         trainer.close()
         for embedder in embedders:
             embedder.kill()
