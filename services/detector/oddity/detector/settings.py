@@ -73,8 +73,8 @@ class DetectorSettings(ServiceSettings):
         "",
         description="Embedder address for DetectImages (empty: none): host:port, e.g. 127.0.0.1:50051; "
         "dns:///name:port to spread the calls over every address the name resolves to, e.g. a Kubernetes "
-        "headless Service; or IP addresses separated by commas (or a list). Spread calls go round robin to the "
-        "embedders that are up.",
+        "headless Service; or IP addresses separated by commas (or a list; not with TLS). Spread calls go round "
+        "robin to the embedders that are up.",
     )
 
     embedder_token_file: Path | None = Field(

@@ -43,7 +43,8 @@ class TrainerSettings(ServiceSettings):
         description="Embedder address, for image and text datasets: host:port (one embedder); "
         "dns:///name:port to spread the batches over every address the name resolves to, e.g. a Kubernetes "
         "headless Service; or IP addresses separated by commas (or a list), e.g. "
-        "127.0.0.1:50061,127.0.0.1:50062. Spread calls go round robin to the embedders that are up.",
+        "127.0.0.1:50061,127.0.0.1:50062 (not with TLS: a list names no server to check). Spread calls go round "
+        "robin to the embedders that are up.",
     )
     embedder_batches_in_flight: int = Field(
         4,
