@@ -25,6 +25,7 @@ import numpy as np
 
 from oddity.common.clients import EmbedderClient, EmbedderModel
 from oddity.common.errors import FailedPrecondition, Unavailable
+from oddity.trainer import job_control
 from oddity.trainer.loop_calls import LoopBridge
 
 T = TypeVar("T")
@@ -81,6 +82,7 @@ class JobEmbedder:
             try:
                 return self.bridge.call(call(max(remaining, 0.001)))
             except Unavailable as exc:
+                job_control.check()  # a stop or a spent time budget ends the waiting too
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise Unavailable(f"{exc.message} (the job waited {patience:g} s for the embedder)") from exc
