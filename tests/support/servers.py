@@ -86,8 +86,11 @@ class ServiceProcess:
     """A service started as a child process (its console script's module); the bound port is
     read from its JSON 'serving' log line."""
 
-    def __init__(self, module: str, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, module: str, args: list[str], env: dict[str, str] | None = None, preexec: Callable[[], None] | None = None
+    ) -> None:
         self.module = module
+        self.preexec = preexec  # run in the child before the service (e.g. joining a memory cgroup)
         self.args = args
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen | None = None
@@ -119,7 +122,7 @@ class ServiceProcess:
             # A test run that is killed (a CI timeout, Ctrl-C twice) leaves no server behind. The
             # kernel ties that signal to the thread that forks: a process started from another
             # thread (to export while others start) would die with that thread, so it goes without.
-            preexec_fn=die_with_parent() if threading.current_thread() is threading.main_thread() else None,
+            preexec_fn=self._preexec(),
         )
         threading.Thread(target=self._read, daemon=True).start()
         while True:
@@ -135,6 +138,18 @@ class ServiceProcess:
                 self.port = int(event["port"])
                 self.metrics_port = int(event.get("metrics_port") or 0)
                 return self
+
+    def _preexec(self) -> Callable[[], None] | None:
+        dying = die_with_parent() if threading.current_thread() is threading.main_thread() else None
+        hooks = [hook for hook in (self.preexec, dying) if hook is not None]
+        if not hooks:
+            return None
+
+        def run() -> None:
+            for hook in hooks:
+                hook()
+
+        return run
 
     def wait_ready(self, service: str, timeout: float = 60) -> None:
         """Poll grpc.health.v1 until the service's readiness is SERVING."""
