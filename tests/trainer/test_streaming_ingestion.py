@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 
 from oddity.trainer import pipeline, table_chunks
-from oddity.trainer.data import DataError, load_dataset, read_csv_text, source_files
+from oddity.trainer.data import DataError, Dataset, bound_rows, load_dataset, read_csv_text, source_files
 from oddity.trainer.row_sample import IN_ALL, IN_GROUP, RowSample
 from oddity.trainer.spec import load_spec
 from tests.support import datasets
@@ -179,3 +179,18 @@ def test_jsonl_is_read_in_chunks(tmp_path, monkeypatch):
     data = load_dataset(folder, spec)
     np.testing.assert_allclose(data.features, frame.to_numpy(dtype=np.float32), rtol=1e-6)
     assert data.rows_seen == 450
+
+
+def test_rows_already_in_memory_train_on_the_same_bound_and_all_stay(tmp_path):
+    """Embedded items: every item stays (the similarity index keeps them), each group trains
+    on a uniform sample of at most max_rows."""
+    rng = np.random.default_rng(2)
+    features = rng.normal(size=(3000, 4)).astype(np.float32)
+    ages = rng.choice([4.0, 7.0], size=3000)
+    routing = {"key": "age", "bounds": [3, 6, 9]}
+    _, spec = write(tmp_path, {"sources": [{"path": "*.csv"}], "routing": routing, "training": {"max_rows": 500}}, {})
+    data = bound_rows(Dataset(features, ["a", "b", "c", "d"], None, ages, files=[]), spec)
+    assert len(data.features) == 3000
+    plans = {plan.name: int(plan.mask.sum()) for plan in pipeline.plan_groups(spec, data)}
+    assert plans == {"age_3_6": 500, "age_6_9": 500, "all": 500}
+    assert data.notes == [f"trained on a uniform sample of {int(np.count_nonzero(data.membership))} of 3000 rows"]
