@@ -1,7 +1,8 @@
 """Apache Spark scoring a Parquet folder with `mapInPandas` (`local[2]`) against a detector
 process serving the same versions over gRPC: the same scores and normalized scores to the
-last bit, the same decisions and groups, row by row; and `oddity score --engine spark`
-writing a Parquet folder of the input's columns and the answers.
+last bit, the same decisions and groups (classes and probabilities for a classifier), row by
+row; and `oddity score --engine spark` writing a Parquet folder of the input's columns and
+the answers.
 
 ONNX Runtime gives some graphs' scores (the kNN's mean distance) a last-bit difference by a
 row's position in a call, so the detector gets the rows in Spark's batches: one file per
@@ -26,7 +27,11 @@ from tests.client.conftest import invoke, usage_error
 from tests.support.servers import ServiceProcess
 
 pyspark_sql = pytest.importorskip("pyspark.sql")
-pytestmark = pytest.mark.slow  # a JVM, a detector process and trained models for the module
+pytestmark = [
+    pytest.mark.slow,  # a JVM, a detector process and trained models for the module
+    # pyspark 4.3 warns that it does not fully support pandas 3 (what it uses here works).
+    pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning"),
+]
 
 FILES = 4
 ROWS_PER_FILE = 2_500  # below spark.sql.execution.arrow.maxRecordsPerBatch: one batch per file
@@ -150,3 +155,12 @@ def test_the_spark_engine_needs_a_repository_and_a_new_folder(repository, parque
     )
     assert result.exit_code == 1
     assert f"{tmp_path} exists: give --out a new folder" in result.stderr
+
+
+def test_spark_classifier_answers_equal_the_detectors(spark, detector, repository, parquet_folder, tmp_path):
+    out = tmp_path / "scored"
+    score_parquet(spark, parquet_folder, out, repository, "classes")
+    scored = read_scored(out)
+    served = detector_answers(detector, parquet_folder, "classes", 0)
+    assert [c for c in scored.columns if c.startswith("probability_")] == ["probability_high", "probability_low"]
+    pd.testing.assert_frame_equal(scored, served, check_exact=True, check_dtype=False)
