@@ -5,7 +5,8 @@ are spread over several servers.
   that answers takes every call).
 - `dns:///name:port`: every address the name resolves to (a Kubernetes headless Service has
   one per ready pod), each call to the next ready one (gRPC's `round_robin` policy). gRPC
-  resolves the name again when a connection closes.
+  resolves the name again when a connection closes (a replica gone, or the server's
+  max_connection_age_seconds passed), so replicas added later are found.
 - `10.0.0.5:50051,10.0.0.6:50051` (or a list): those servers, round robin; IP addresses only
   (gRPC's `ipv4:`/`ipv6:` schemes take several addresses, its `dns:` scheme one name), all of
   one family.
