@@ -34,17 +34,17 @@ def start(data_volume, repository) -> ServiceProcess:
     return process
 
 
-def write_long_dataset(data_volume, name: str, **training) -> None:
-    """The default kind (`auto`: two kNN candidates weighed, then each cross-fitted) on
-    200,000 rows of 8 features, every row used."""
-    rows = np.random.default_rng(0).normal(size=(ROWS, 8)).round(4)
+def write_long_dataset(data_volume, name: str, rows: int = ROWS, **training) -> None:
+    """The default kind (`auto`: two kNN candidates weighed, then each cross-fitted) on rows
+    of 8 features, every row used."""
+    values = np.random.default_rng(0).normal(size=(rows, 8)).round(4)
     spec = {
         "sources": [{"path": "*.csv"}],
         "retrain": {"policy": "manual"},
-        "training": {"max_rows": ROWS, **training},
+        "training": {"max_rows": rows, **training},
     }
     datasets.write_dataset(
-        data_volume, name, spec, {"rows.csv": pd.DataFrame(rows, columns=[f"f{i}" for i in range(8)])}
+        data_volume, name, spec, {"rows.csv": pd.DataFrame(values, columns=[f"f{i}" for i in range(8)])}
     )
 
 
@@ -90,7 +90,7 @@ def test_sigterm_mid_training_stops_the_job_and_the_trainer_exits(data_volume, r
 
 
 def test_a_job_past_its_time_budget_fails_and_publishes_nothing(data_volume, repository):
-    write_long_dataset(data_volume, "slow", time_budget_seconds=1)
+    write_long_dataset(data_volume, "slow", rows=50_000, time_budget_seconds=1)  # a minute's training
     process = start(data_volume, repository)
     try:
         with channel(process.target) as ch:
