@@ -12,11 +12,10 @@ The columns are those of `DetectResult.to_frame()` (`oddity.client.detection`). 
 onnxruntime (`pip install "oddity-client[batch]"`); pickles are never loaded, only the files
 the manifest names, each checked against its sha256.
 
-Rows are numbers in the same ONNX Runtime calls as the detector's: a row's score equals the
-detector's when the row sits at the same place in a batch of the same rows (a request of the
-same rows, in the same order). ONNX Runtime gives some graphs' scores (a kNN's mean distance)
-a last-bit difference by a row's position in a call, so rows batched otherwise may differ by
-about 1e-7.
+A batch is scored as the detector scores a request of the same rows, to the last bit. ONNX
+Runtime gives some graphs' scores (a kNN's mean distance) a last-bit difference (about 1e-7)
+by a row's position in a call, so rows batched otherwise than the detector's requests may
+differ there (docs/batch-scoring.md).
 
 Reason to change: how a version is scored outside the detector (inputs, outputs, checks).
 """

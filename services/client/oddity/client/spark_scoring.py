@@ -17,6 +17,7 @@ Reason to change: how Oddity's scoring is laid onto Spark.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,16 +35,21 @@ if TYPE_CHECKING:
 
 RESULT_PREFIX = "oddity_"
 
-# Per Python worker: the scorers built so far, by (model, version). Spark reuses its Python
-# workers across tasks, so a version's sessions are built once per worker, not per task.
-_scorers: dict[tuple[str, int], BundleScorer] = {}
+# Per Python worker: the scorers built lately, by their manifest's sha256 (it names every
+# graph's sha256, so two repositories' "v3" never mix). Spark reuses its Python workers across
+# tasks and jobs, so a version's sessions are built once per worker, not once per task.
+_scorers: dict[str, BundleScorer] = {}
 _scorers_lock = threading.Lock()
+KEPT_SCORERS = 4
 
 
-def _scorer(version: ModelVersion, key: tuple[str, int]) -> BundleScorer:
+def _scorer(version: ModelVersion) -> BundleScorer:
+    key = hashlib.sha256(version.manifest_json.encode()).hexdigest()
     with _scorers_lock:
         scorer = _scorers.get(key)
         if scorer is None:
+            if len(_scorers) >= KEPT_SCORERS:
+                _scorers.pop(next(iter(_scorers)))  # the oldest
             scorer = _scorers[key] = BundleScorer(version)
         return scorer
 
@@ -53,15 +59,13 @@ class ScoringJob:
     """What every executor needs: the version's bytes and the scoring options."""
 
     version: ModelVersion
-    model: str
-    version_number: int
     explain_top_k: int = 0
     threshold_percentile: float | None = None
     prefix: str = ""
 
     def __call__(self, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         """mapInPandas' function: each batch's rows, then their answers."""
-        scorer = _scorer(self.version, (self.model, self.version_number))
+        scorer = _scorer(self.version)
         for batch in batches:
             scored = scorer.score(
                 batch, explain_top_k=self.explain_top_k, threshold_percentile=self.threshold_percentile
@@ -88,7 +92,7 @@ def scoring_job(
         raise InvalidArgument(f"model {model!r} is a classifier: explain_top_k does not apply")
     answers = {name for name, _ in result_fields(manifest, explain=True)}
     prefix = RESULT_PREFIX if columns and answers & set(columns) else ""
-    job = ScoringJob(read, manifest.name, int(manifest.version), explain_top_k, threshold_percentile, prefix)
+    job = ScoringJob(read, explain_top_k, threshold_percentile, prefix)
     return job, manifest
 
 
