@@ -84,15 +84,18 @@ class NameServer:
         self.answers: list[list[str]] = []
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.socket.bind(("127.0.0.1", 0))
+        self.socket.settimeout(0.1)  # to look at `stopping` between queries
         self.port = self.socket.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
 
     def _serve(self) -> None:
-        while True:
+        while not self.stopping.is_set():
             try:
                 query, client = self.socket.recvfrom(512)
-            except OSError:  # closed
-                return
+            except TimeoutError:
+                continue
             end = 12  # the header; then the name, one length-prefixed label after another
             while query[end]:
                 end += 1 + query[end]
@@ -107,6 +110,8 @@ class NameServer:
             self.socket.sendto(reply, client)
 
     def close(self) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=10)
         self.socket.close()
 
 
