@@ -11,9 +11,10 @@ import pytest
 from oddity.trainer import job_control
 from oddity.trainer.job_control import JobLimits, Stopped, TimeBudgetSpent
 from oddity.trainer.learners import AutoencoderLearner, KnnLearner, make_learner
+from oddity.trainer.learners.knn import BLOCK_ROWS
 from tests.support.models import normal_rows
 
-BLOCK = 1024  # the kNN's rows per distance block
+BLOCKS = 5  # distance blocks of the rows scored
 
 
 class StopAtCheck:
@@ -30,7 +31,7 @@ class StopAtCheck:
 
 
 def test_knn_scoring_stops_at_the_next_block_when_the_trainer_stops():
-    rows = normal_rows(5 * BLOCK, 6)
+    rows = normal_rows(BLOCKS * BLOCK_ROWS, 6)
     learner = KnnLearner().fit(rows)
     stop = StopAtCheck(2)
     with job_control.running(JobLimits(stop)), pytest.raises(Stopped):
@@ -39,7 +40,7 @@ def test_knn_scoring_stops_at_the_next_block_when_the_trainer_stops():
 
 
 def test_knn_leave_one_out_scores_stop_at_the_next_block_too():
-    rows = normal_rows(5 * BLOCK, 6)
+    rows = normal_rows(BLOCKS * BLOCK_ROWS, 6)
     learner = KnnLearner().fit(rows)
     stop = StopAtCheck(3)
     with job_control.running(JobLimits(stop)), pytest.raises(Stopped):

@@ -32,9 +32,8 @@ from oddity.v1 import manifest_pb2
 
 ABSOLUTE_MIN_ROWS = 20  # below this even a forced run cannot be calibrated
 PARITY_ROWS = 2000  # ONNX Runtime vs the framework on a sample of the rows
-# Rows per ONNX Runtime call when the live version scores a group's rows: a kNN graph holds a
-# rows x reference matrix (4,096 x 20,000 floats: 330 MB), and the job's limits are checked
-# between calls.
+# Rows the live version scores between two checks of the job's limits (a kNN graph's scoring
+# of a group's rows takes a while; validation.onnx_scores bounds the memory of each call).
 LIVE_SCORING_ROWS = 4096
 
 # progress(phase, fields): phase is loading, training, calibrating, exporting, validating (then the runner's

@@ -34,10 +34,10 @@ from oddity.trainer.onnx_graphs import contract_model
 REFERENCE_VALUES = 750_000  # rows x dimensions of the default reference cap
 MAX_REFERENCE_ROWS = 20_000
 MIN_REFERENCE_ROWS = 500
-# Rows per distance block: bounds memory at CHUNK x reference floats, a few float64 copies of
+# Rows per distance block: bounds memory at BLOCK_ROWS x reference floats, a few float64 copies of
 # 256 x 15,000 (30 MB each) at once where 1,024 rows took half a GB at peak, and the time a
 # stop or a spent time budget waits (job_control.check() runs between blocks).
-_CHUNK = 256
+BLOCK_ROWS = 256
 _SPARE = 8  # candidates beyond k whose exact distances are computed
 _EPS = 1e-12
 
@@ -106,19 +106,19 @@ class KnnLearner(AnomalyLearner):
         k, c = self.k_, self.candidates_
         distances = np.empty((len(z), k))
         errors = np.empty(z.shape)
-        for start in range(0, len(z), _CHUNK):
+        for start in range(0, len(z), BLOCK_ROWS):
             job_control.check()
-            block = z[start : start + _CHUNK]
+            block = z[start : start + BLOCK_ROWS]
             d2 = np.einsum("ij,ij->i", block, block)[:, None] + reference_sq[None, :] - 2.0 * block @ reference.T
             if exclude is not None:
-                own = exclude[start : start + _CHUNK]
+                own = exclude[start : start + BLOCK_ROWS]
                 mine = own >= 0
                 d2[np.flatnonzero(mine), own[mine]] = np.inf
             candidates = np.argpartition(d2, c - 1, axis=1)[:, :c]
             squares = (block[:, None, :] - reference[candidates]) ** 2  # [rows, c, D]
             exact = squares.sum(axis=2)
             if exclude is not None:  # a row's own copy stays excluded among the candidates
-                exact[candidates == exclude[start : start + _CHUNK, None]] = np.inf
+                exact[candidates == exclude[start : start + BLOCK_ROWS, None]] = np.inf
             order = np.argsort(exact, axis=1, kind="stable")[:, :k]
             distances[start : start + len(block)] = np.sqrt(np.take_along_axis(exact, order, axis=1))
             errors[start : start + len(block)] = squares[np.arange(len(block)), order[:, 0]]
