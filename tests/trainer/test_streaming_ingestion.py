@@ -155,7 +155,7 @@ def test_a_parquet_folder_with_hive_partitions_is_one_source(tmp_path):
     written = []
     for day in ("2026-12-01", "2026-12-02"):
         for site in (1, 3):
-            part = folder / "events" / f"day={day}" / f"site={site}"
+            part = folder / "events" / f"day={day}" / f"site={site}" / "hour=7"
             part.mkdir(parents=True)
             values = rng.normal(size=(300, 4))
             pq.write_table(pa.table({f"x{i}": values[:, i] for i in range(4)}), part / "part-0.parquet")
@@ -165,7 +165,7 @@ def test_a_parquet_folder_with_hive_partitions_is_one_source(tmp_path):
     spec = load_spec(folder)
     data = load_dataset(folder, spec)
     assert data.rows_seen == 1200
-    assert data.feature_names == ["x0", "x1", "x2", "x3"]  # day is text, site routes
+    assert data.feature_names == ["x0", "x1", "x2", "x3"]  # partition columns say where rows are stored
     assert sorted(np.unique(data.routing)) == [1.0, 3.0]
     np.testing.assert_allclose(np.sort(data.features[:, 0]), np.sort(np.vstack(written)[:, 0]), rtol=1e-6)
     assert [p.name for p in source_files(folder, spec)] == ["part-0.parquet"] * 4

@@ -340,7 +340,7 @@ class _Roles:
         else:
             # The similarity section's id, tags and caption columns describe items, never measure them.
             described = {c for c in (spec.index.id_column, spec.index.tags_column, spec.index.caption_column) if c}
-            left_out = set(selection.exclude) | special | described
+            left_out = set(selection.exclude) | special | described | set(chunk.partitions)
             names = [c for c in columns if c not in left_out and chunk.holds_numbers(c)]
         missing = [c for c in [*names, *sorted(special)] if c not in columns]
         if missing:

@@ -57,6 +57,12 @@ class Chunk(Protocol):
     @property
     def rows(self) -> int: ...
 
+    @property
+    def partitions(self) -> tuple[str, ...]:
+        """Columns that come from a folder's hive partitions (`day=...`): they say where rows
+        are stored, so they are never taken as features unless listed."""
+        ...
+
     def numbers(self, name: str) -> np.ndarray:
         """The column as float64; NaN where the cell is missing or not a number."""
         ...
@@ -90,6 +96,7 @@ class ArrowChunk:
     batch: pa.RecordBatch
     # CSV cells arrive as text: numbers are parsed here, and typed the way pandas would type them.
     text: bool = False
+    partitions: tuple[str, ...] = ()
 
     @property
     def columns(self) -> list[str]:
@@ -194,14 +201,17 @@ def parquet_chunks(path: Path, counts: ReadCounts) -> Iterator[Chunk]:
     if path.is_dir():
         dataset = pa_dataset.dataset(path, format="parquet", partitioning="hive")
         counts.header = list(dataset.schema.names)
+        partitioning = dataset.partitioning
+        partitions = tuple(partitioning.schema.names) if partitioning is not None else ()
         batches = dataset.to_batches(batch_size=CHUNK_ROWS, batch_readahead=1, fragment_readahead=1)
     else:
         parquet = pq.ParquetFile(path)
         counts.header = list(parquet.schema_arrow.names)
-        batches = parquet.iter_batches(batch_size=CHUNK_ROWS)
+        batches, partitions = parquet.iter_batches(batch_size=CHUNK_ROWS), ()
     for batch in batches:
         if batch.num_rows:
-            yield ArrowChunk(batch.rename_columns([str(n).strip() for n in batch.schema.names]))
+            names = [str(n).strip() for n in batch.schema.names]
+            yield ArrowChunk(batch.rename_columns(names), partitions=partitions)
 
 
 # -- pandas chunks (JSONL, Excel) -----------------------------------------------------------
@@ -218,6 +228,10 @@ class PandasChunk:
     @property
     def rows(self) -> int:
         return len(self.table)
+
+    @property
+    def partitions(self) -> tuple[str, ...]:
+        return ()
 
     def numbers(self, name: str) -> np.ndarray:
         return pd.to_numeric(self.table[name], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
