@@ -67,8 +67,11 @@ def _dataset(folder: Path) -> pa_dataset.Dataset:
     return pa_dataset.dataset(folder, format="parquet", partitioning="hive")
 
 
-def in_process_rate(folder: Path, repository: Path, model: str, out: Path) -> tuple[float, int]:
-    """Rows/s and rows of this process reading, scoring and writing the folder."""
+def in_process_rate(
+    folder: Path, repository: Path, model: str, out: Path, limit: int | None = None
+) -> tuple[float, int]:
+    """Rows/s and rows of this process reading, scoring and writing the folder (its first
+    `limit` rows, when given: a rate needs no more)."""
     scorer = BundleScorer.load(repository, model, threads=IN_PROCESS_THREADS)
     started, rows = time.perf_counter(), 0
     writer: pq.ParquetWriter | None = None
@@ -81,6 +84,8 @@ def in_process_rate(folder: Path, repository: Path, model: str, out: Path) -> tu
                 writer = pq.ParquetWriter(out / "part-0.parquet", scored.schema)
             writer.write_table(scored)
             rows += batch.num_rows
+            if limit is not None and rows >= limit:
+                break
     finally:
         if writer is not None:
             writer.close()
@@ -152,6 +157,7 @@ def measure(
     model: str,
     check_rows: int = 10_000,
     detector_address: str | None = None,
+    baseline_rows: int | None = None,
 ) -> dict[str, Any]:
     """Spark local[2] vs in-process ONNX Runtime on the folder, and the answers checked (see
     the module docstring). JSON-ready figures; the caller prints them."""
@@ -159,7 +165,8 @@ def measure(
     scratch = Path(tempfile.mkdtemp(prefix="oddity-batch-scoring-"))
     spark = spark_session()
     try:
-        local, rows = in_process_rate(parquet_folder, repository, model, scratch / "in-process")
+        local, _ = in_process_rate(parquet_folder, repository, model, scratch / "in-process", baseline_rows)
+        rows = _dataset(parquet_folder).count_rows()
         shutil.rmtree(scratch / "in-process", ignore_errors=True)  # room on disk for Spark's copy
         # A running cluster's JVM is warm: a first job on one file pays the JIT and worker start.
         first_file = min(parquet_folder.rglob("*.parquet"))
