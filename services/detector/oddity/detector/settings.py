@@ -32,9 +32,14 @@ class DetectorSettings(ServiceSettings):
     max_rows_per_request: int = Field(
         65536, gt=0, description="Largest number of rows in one Detect request; more -> RESOURCE_EXHAUSTED."
     )
-    intra_op_threads: int = Field(1, ge=1, description="ONNX Runtime threads per call for small requests.")
+    intra_op_threads: int = Field(
+        1,
+        ge=1,
+        description="Threads a small request's rows are split over (each part one single-threaded ONNX Runtime "
+        "call, so answers do not depend on the threads).",
+    )
     bulk_intra_op_threads: int = Field(
-        2, ge=1, description="ONNX Runtime threads per call for large requests (those run on a worker)."
+        2, ge=1, description="Threads a large request's rows (those run on a worker) are split over."
     )
     inference_workers: int = Field(
         2, ge=1, description="Threads that run large batches outside the event loop (about one per core)."
