@@ -28,7 +28,7 @@ import pandas as pd
 
 from oddity.trainer.row_sample import IN_ALL, IN_GROUP, ColumnFigures, RowSample
 from oddity.trainer.spec import READY_MARKER, SPEC_FILE, DatasetSpec
-from oddity.trainer.table_chunks import Chunk, ReadCounts, Unreadable, chunks
+from oddity.trainer.table_chunks import Chunk, ReadCounts, Unreadable, chunks, release_buffers
 
 SUFFIX_FORMATS = {".csv": "csv", ".xlsx": "xlsx", ".xls": "xls", ".parquet": "parquet", ".jsonl": "jsonl"}
 
@@ -275,6 +275,7 @@ def load_dataset(
             reading.add(chunk, csv_text=fmt == "csv")
         reading.malformed += counts.malformed
         reading.header = reading.header or counts.header
+    release_buffers()
     return reading.dataset([path for path, _ in units])
 
 
