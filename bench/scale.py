@@ -331,7 +331,7 @@ def resident_memory_over_jobs(root: Path, jobs: int) -> None:
     stack = Stack(root / "stack-jobs")
     try:
         name = "repeated"
-        stack.land(name, source, {"sources": [{"path": "*.csv"}], "retrain": {"policy": "manual"}}, test_part())
+        stack.land(name, source, {"sources": [{"path": "*.csv"}], "retrain": {"debounce_seconds": 0.5}}, test_part())
         between = [stack.trainer_memory("VmRSS")]
         with channel(stack.trainer.target) as ch:
             stub = trainer_pb2_grpc.TrainerStub(ch)
