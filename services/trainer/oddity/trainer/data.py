@@ -228,9 +228,10 @@ def fingerprint(folder: Path, spec: DatasetSpec, digests: FileDigests | None = N
 
 
 def read_csv_text(text: str) -> tuple[pd.DataFrame, int]:
-    """A CSV as a table, and the number of malformed records skipped: a record with more or
-    fewer fields than the header is malformed. (pandas alone would turn extra leading fields
-    into an index and shift every column name, or pad short records with blanks.)"""
+    """A small CSV read whole (an image dataset's metadata, a text dataset's texts) as a table,
+    and the number of malformed records skipped: a record with more or fewer fields than the
+    header is malformed. (pandas alone would turn extra leading fields into an index and shift
+    every column name, or pad short records with blanks.) Sources go through table_chunks."""
     records = csv.reader(io.StringIO(text))
     header = next(records, [])
     kept, malformed = [header], 0
