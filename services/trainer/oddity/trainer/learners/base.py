@@ -133,6 +133,11 @@ class AnomalyLearner(Learner):
         """Combined detectors: every member considered, with its weight and evidence."""
         return []
 
+    def selection(self) -> str:
+        """Detectors that choose among candidates (auto): what they chose and why, in one line
+        ("" for the others)."""
+        return ""
+
 
 class ClassifierLearner(Learner):
     """A classifier: class probabilities in the order of `classes_`, and with a regression head
