@@ -63,10 +63,19 @@ class Job:
     validation_loss: float = 0.0
     epoch_metrics: dict[str, float] = field(default_factory=dict)  # e.g. validation balanced accuracy
     resumed_from_epoch: int = 0  # > 0: continued from this checkpoint after a restart
+    #: What epoch and total_epochs count: "epoch" (loss is the epoch's), "member" (ensembles and
+    #: auto) or "step" (kinds fitted in one go: no loss); "" before training reports.
+    progress_unit: str = ""
 
     @property
     def finished(self) -> bool:
         return self.state in FINISHED_STATES
+
+    @property
+    def counts_epochs(self) -> bool:
+        """epoch, total_epochs and loss are a training's epochs and their loss (a trainer that
+        does not say what it counts counted epochs)."""
+        return self.progress_unit in ("", "epoch")
 
     @classmethod
     def from_proto(cls, job: trainer_pb2.Job) -> Job:
@@ -91,6 +100,8 @@ class GroupEvidence:
     #: recall), confusion_matrix, ece_before/after_temperature, temperature, score_mae; else {}.
     evaluation: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)  # validation figures, as the manifest's group has them
+    #: Kinds that choose a detector (auto): what they chose and why, in one line; "" for the others.
+    selection: str = ""
 
     @classmethod
     def from_proto(cls, group: trainer_pb2.GroupEvidence) -> GroupEvidence:
@@ -137,6 +148,10 @@ class DatasetStatus:
     consecutive_failures: int
     next_retry_time: datetime | None
     live_groups: tuple[GroupEvidence, ...]
+    #: The last load's columns left out of the features because they hold no numbers (the
+    #: first 20), and how many there were (features not listed in the spec).
+    left_out_columns: tuple[str, ...] = ()
+    left_out_column_count: int = 0
 
     @classmethod
     def from_proto(cls, status: trainer_pb2.DatasetStatus) -> DatasetStatus:

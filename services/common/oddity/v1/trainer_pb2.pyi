@@ -28,7 +28,7 @@ JOB_STATE_FAILED: JobState
 JOB_STATE_SKIPPED: JobState
 
 class Job(_message.Message):
-    __slots__ = ("id", "dataset", "state", "phase", "epoch", "total_epochs", "loss", "group", "message", "trigger", "created_at", "started_at", "finished_at", "published_version", "metrics", "train_loss", "validation_loss", "epoch_metrics", "resumed_from_epoch")
+    __slots__ = ("id", "dataset", "state", "phase", "epoch", "total_epochs", "loss", "group", "message", "trigger", "created_at", "started_at", "finished_at", "published_version", "metrics", "train_loss", "validation_loss", "epoch_metrics", "resumed_from_epoch", "progress_unit")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +62,7 @@ class Job(_message.Message):
     VALIDATION_LOSS_FIELD_NUMBER: _ClassVar[int]
     EPOCH_METRICS_FIELD_NUMBER: _ClassVar[int]
     RESUMED_FROM_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_UNIT_FIELD_NUMBER: _ClassVar[int]
     id: str
     dataset: str
     state: JobState
@@ -81,7 +82,8 @@ class Job(_message.Message):
     validation_loss: float
     epoch_metrics: _containers.ScalarMap[str, float]
     resumed_from_epoch: int
-    def __init__(self, id: _Optional[str] = ..., dataset: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., phase: _Optional[str] = ..., epoch: _Optional[int] = ..., total_epochs: _Optional[int] = ..., loss: _Optional[float] = ..., group: _Optional[str] = ..., message: _Optional[str] = ..., trigger: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., published_version: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., train_loss: _Optional[float] = ..., validation_loss: _Optional[float] = ..., epoch_metrics: _Optional[_Mapping[str, float]] = ..., resumed_from_epoch: _Optional[int] = ...) -> None: ...
+    progress_unit: str
+    def __init__(self, id: _Optional[str] = ..., dataset: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., phase: _Optional[str] = ..., epoch: _Optional[int] = ..., total_epochs: _Optional[int] = ..., loss: _Optional[float] = ..., group: _Optional[str] = ..., message: _Optional[str] = ..., trigger: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., published_version: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., train_loss: _Optional[float] = ..., validation_loss: _Optional[float] = ..., epoch_metrics: _Optional[_Mapping[str, float]] = ..., resumed_from_epoch: _Optional[int] = ..., progress_unit: _Optional[str] = ...) -> None: ...
 
 class TrainRequest(_message.Message):
     __slots__ = ("dataset", "force", "data_path", "model_kind")
@@ -140,7 +142,7 @@ class AutoTraining(_message.Message):
     def __init__(self, policy: _Optional[str] = ..., enabled: _Optional[bool] = ..., interval_hours: _Optional[float] = ..., debounce_seconds: _Optional[float] = ..., min_samples: _Optional[int] = ...) -> None: ...
 
 class DatasetStatus(_message.Message):
-    __slots__ = ("dataset", "valid", "error", "model", "kind", "training_in_progress", "last_training_time", "auto_training", "samples", "group_samples", "last_error", "live_version", "data_fingerprint", "live_groups", "pinned_version", "pinned_until", "threshold_override", "consecutive_failures", "next_retry_time")
+    __slots__ = ("dataset", "valid", "error", "model", "kind", "training_in_progress", "last_training_time", "auto_training", "samples", "group_samples", "last_error", "live_version", "data_fingerprint", "live_groups", "pinned_version", "pinned_until", "threshold_override", "consecutive_failures", "next_retry_time", "left_out_columns", "left_out_column_count")
     class GroupSamplesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -167,6 +169,8 @@ class DatasetStatus(_message.Message):
     THRESHOLD_OVERRIDE_FIELD_NUMBER: _ClassVar[int]
     CONSECUTIVE_FAILURES_FIELD_NUMBER: _ClassVar[int]
     NEXT_RETRY_TIME_FIELD_NUMBER: _ClassVar[int]
+    LEFT_OUT_COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    LEFT_OUT_COLUMN_COUNT_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     valid: bool
     error: str
@@ -186,10 +190,12 @@ class DatasetStatus(_message.Message):
     threshold_override: float
     consecutive_failures: int
     next_retry_time: _timestamp_pb2.Timestamp
-    def __init__(self, dataset: _Optional[str] = ..., valid: _Optional[bool] = ..., error: _Optional[str] = ..., model: _Optional[str] = ..., kind: _Optional[str] = ..., training_in_progress: _Optional[bool] = ..., last_training_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., auto_training: _Optional[_Union[AutoTraining, _Mapping]] = ..., samples: _Optional[int] = ..., group_samples: _Optional[_Mapping[str, int]] = ..., last_error: _Optional[str] = ..., live_version: _Optional[int] = ..., data_fingerprint: _Optional[str] = ..., live_groups: _Optional[_Iterable[_Union[GroupEvidence, _Mapping]]] = ..., pinned_version: _Optional[int] = ..., pinned_until: _Optional[str] = ..., threshold_override: _Optional[float] = ..., consecutive_failures: _Optional[int] = ..., next_retry_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    left_out_columns: _containers.RepeatedScalarFieldContainer[str]
+    left_out_column_count: int
+    def __init__(self, dataset: _Optional[str] = ..., valid: _Optional[bool] = ..., error: _Optional[str] = ..., model: _Optional[str] = ..., kind: _Optional[str] = ..., training_in_progress: _Optional[bool] = ..., last_training_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., auto_training: _Optional[_Union[AutoTraining, _Mapping]] = ..., samples: _Optional[int] = ..., group_samples: _Optional[_Mapping[str, int]] = ..., last_error: _Optional[str] = ..., live_version: _Optional[int] = ..., data_fingerprint: _Optional[str] = ..., live_groups: _Optional[_Iterable[_Union[GroupEvidence, _Mapping]]] = ..., pinned_version: _Optional[int] = ..., pinned_until: _Optional[str] = ..., threshold_override: _Optional[float] = ..., consecutive_failures: _Optional[int] = ..., next_retry_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., left_out_columns: _Optional[_Iterable[str]] = ..., left_out_column_count: _Optional[int] = ...) -> None: ...
 
 class GroupEvidence(_message.Message):
-    __slots__ = ("group", "status", "train_samples", "threshold", "threshold_percentile", "calibration", "members", "evaluation", "metrics")
+    __slots__ = ("group", "status", "train_samples", "threshold", "threshold_percentile", "calibration", "members", "evaluation", "metrics", "selection")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -206,6 +212,7 @@ class GroupEvidence(_message.Message):
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
     EVALUATION_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    SELECTION_FIELD_NUMBER: _ClassVar[int]
     group: str
     status: _manifest_pb2.GroupStatus
     train_samples: int
@@ -215,7 +222,8 @@ class GroupEvidence(_message.Message):
     members: _containers.RepeatedCompositeFieldContainer[_manifest_pb2.MemberEvidence]
     evaluation: _manifest_pb2.ClassifierEvaluation
     metrics: _containers.ScalarMap[str, float]
-    def __init__(self, group: _Optional[str] = ..., status: _Optional[_Union[_manifest_pb2.GroupStatus, str]] = ..., train_samples: _Optional[int] = ..., threshold: _Optional[float] = ..., threshold_percentile: _Optional[float] = ..., calibration: _Optional[_Union[_manifest_pb2.Calibration, _Mapping]] = ..., members: _Optional[_Iterable[_Union[_manifest_pb2.MemberEvidence, _Mapping]]] = ..., evaluation: _Optional[_Union[_manifest_pb2.ClassifierEvaluation, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    selection: str
+    def __init__(self, group: _Optional[str] = ..., status: _Optional[_Union[_manifest_pb2.GroupStatus, str]] = ..., train_samples: _Optional[int] = ..., threshold: _Optional[float] = ..., threshold_percentile: _Optional[float] = ..., calibration: _Optional[_Union[_manifest_pb2.Calibration, _Mapping]] = ..., members: _Optional[_Iterable[_Union[_manifest_pb2.MemberEvidence, _Mapping]]] = ..., evaluation: _Optional[_Union[_manifest_pb2.ClassifierEvaluation, _Mapping]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., selection: _Optional[str] = ...) -> None: ...
 
 class GetStatusRequest(_message.Message):
     __slots__ = ("dataset",)
