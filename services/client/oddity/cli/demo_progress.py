@@ -58,7 +58,7 @@ def _job_detail(job: Job) -> str:
     if job.group:
         parts.append(f"group {job.group}")
     if job.total_epochs:
-        parts.append(f"epoch {job.epoch}/{job.total_epochs}")
+        parts.append(f"{job.progress_unit or 'epoch'} {job.epoch}/{job.total_epochs}")
     return " · ".join(parts)
 
 

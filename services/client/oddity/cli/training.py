@@ -63,7 +63,9 @@ def _job_line(job: Job) -> str:
         parts.append(job.phase)
     if job.group:
         parts.append(f"group {job.group}")
-    if job.total_epochs:
+    if job.total_epochs and not job.counts_epochs:  # members or steps: no loss to show
+        parts.append(f"{job.progress_unit} {job.epoch}/{job.total_epochs}")
+    elif job.total_epochs:
         parts.append(f"epoch {job.epoch}/{job.total_epochs}")
         if job.train_loss or job.validation_loss:
             parts.append(f"train loss {job.train_loss:.4g} · val loss {job.validation_loss:.4g}")
@@ -185,9 +187,24 @@ def status(
         )
     columns = ("dataset", "model", "kind", "live", "samples", "state", "last training", "decisions", "error")
     output.show(output.table(None, columns, rows))
+    for line in _choices_and_left_out(statuses):
+        output.out.print(line, soft_wrap=True, markup=False)
     evaluated = [(s, g) for s in statuses for g in s.live_groups if g.evaluation]
     if evaluated:
         output.show(output.table("classifiers, on held-out rows", EVALUATION_COLUMNS, map(_evaluation_row, evaluated)))
+
+
+def _choices_and_left_out(statuses: list[DatasetStatus]) -> list[str]:
+    """One line per group whose kind chose a detector (what and why), one per dataset whose
+    last load left columns out of the features for holding no numbers."""
+    lines = []
+    for s in statuses:
+        if s.left_out_column_count:
+            more = s.left_out_column_count - len(s.left_out_columns)
+            names = ", ".join(s.left_out_columns) + (f" and {more} more" if more else "")
+            lines.append(f"{s.dataset}: columns left out (not numeric): {names}")
+        lines += [f"{s.dataset} · group {g.group}: {g.selection}" for g in s.live_groups if g.selection]
+    return lines
 
 
 EVALUATION_COLUMNS = ("dataset", "group", "rows", "balanced acc.", "macro F1", "ECE (before -> after T)", "score MAE")

@@ -31,6 +31,9 @@ from oddity.trainer.spec import READY_MARKER, SPEC_FILE, DatasetSpec
 from oddity.trainer.table_chunks import Chunk, ReadCounts, Unreadable, chunks, release_buffers
 
 SUFFIX_FORMATS = {".csv": "csv", ".xlsx": "xlsx", ".xls": "xls", ".parquet": "parquet", ".jsonl": "jsonl"}
+# Columns left out for holding no numbers that a message, the history or GetStatus names at most
+# (a wide table of text would outgrow the line; the count says how many there were).
+LEFT_OUT_NAMES_SHOWN = 20
 
 
 class DataError(Exception):
@@ -76,6 +79,9 @@ class Dataset:
     membership: np.ndarray | None = None
     # Per feature column, over every row read: count, missing, mean, min, max.
     column_figures: dict[str, dict[str, Any]] | None = None
+    # Features not listed in the spec: the columns that would have been features had they held
+    # numbers (text, dates, ...), left out (the history and GetStatus name them).
+    left_out_columns: list[str] = field(default_factory=list)
 
     def in_group_sample(self) -> np.ndarray:
         """Per row: trained on by its routing group."""
@@ -325,34 +331,40 @@ def routing_groups(values: np.ndarray, bounds: list[float]) -> np.ndarray:
 @dataclass(frozen=True)
 class _Roles:
     """What each column is for, decided on the first chunk: features, the numeric routing key
-    and score column, the label, and (indexed datasets) the columns kept for the items."""
+    and score column, the label, (indexed datasets) the columns kept for the items, and the
+    columns left out of the default features for holding no numbers."""
 
     features: list[str]
     numeric_extra: list[str]
     label: str | None
     described: list[str] | None
+    not_numeric: list[str]
 
     @classmethod
     def of(cls, chunk: Chunk, spec: DatasetSpec) -> _Roles:
         columns = chunk.columns
         selection = spec.selection
         special = {c for c in (spec.label, spec.score_column, spec.routing.key if spec.routing else None) if c}
+        not_numeric: list[str] = []
         if selection.columns:
             names = list(selection.columns)
         else:
             # The similarity section's id, tags and caption columns describe items, never measure them.
             described = {c for c in (spec.index.id_column, spec.index.tags_column, spec.index.caption_column) if c}
             left_out = set(selection.exclude) | special | described | set(chunk.partitions)
-            names = [c for c in columns if c not in left_out and chunk.holds_numbers(c)]
+            numeric = {c: chunk.holds_numbers(c) for c in columns if c not in left_out}
+            names = [c for c, holds in numeric.items() if holds]
+            not_numeric = [c for c, holds in numeric.items() if not holds]
         missing = [c for c in [*names, *sorted(special)] if c not in columns]
         if missing:
             raise DataError(f"missing columns {missing}; the file has {columns}")
         if not names:
-            raise DataError("no feature columns: list them under `features` or provide numeric columns")
+            held = f" ({', '.join(not_numeric[:LEFT_OUT_NAMES_SHOWN])} hold no numbers)" if not_numeric else ""
+            raise DataError(f"no feature columns{held}: list them under `features` or provide numeric columns")
         # Routing key and score column are numeric like the features: a row missing either is malformed.
         extra = [c for c in (spec.routing.key if spec.routing else None, spec.score_column) if c]
         kept = [c for c in columns if c not in set(names)] if spec.indexed else None
-        return cls(names, extra, spec.label, kept)
+        return cls(names, extra, spec.label, kept, not_numeric)
 
 
 class _Reading:
@@ -449,6 +461,7 @@ class _Reading:
             rows_seen=seen,
             membership=sampled.membership,
             column_figures=self.figures.as_dict(),
+            left_out_columns=self.roles.not_numeric,
         )
         if spec.indexed:  # a row's default id is its number among the rows read, 1 the first
             dataset.item_ids = [str(i + 1) for i in payload["row"]]

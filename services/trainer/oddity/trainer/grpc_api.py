@@ -54,6 +54,7 @@ def job_to_proto(job: Job) -> trainer_pb2.Job:
         validation_loss=job.validation_loss,
         epoch_metrics=job.epoch_metrics,
         resumed_from_epoch=job.resumed_from_epoch,
+        progress_unit=job.progress_unit,
     )
 
 
@@ -83,6 +84,8 @@ def status_to_proto(status: DatasetStatus) -> trainer_pb2.DatasetStatus:
         threshold_override=status.threshold_override,
         consecutive_failures=status.consecutive_failures,
         next_retry_time=_timestamp(status.next_retry_time),
+        left_out_columns=status.left_out_columns,
+        left_out_column_count=status.left_out_column_count,
         live_groups=[
             trainer_pb2.GroupEvidence(
                 group=g.name,
@@ -94,6 +97,7 @@ def status_to_proto(status: DatasetStatus) -> trainer_pb2.DatasetStatus:
                 members=g.members,
                 evaluation=g.evaluation if g.HasField("evaluation") else None,
                 metrics=g.metrics,
+                selection=g.selection,
             )
             for g in status.live_groups
         ],

@@ -20,7 +20,7 @@ import numpy as np
 
 from oddity.common.logging import get_logger
 from oddity.trainer.checkpoints import CheckpointStore
-from oddity.trainer.data import Dataset
+from oddity.trainer.data import LEFT_OUT_NAMES_SHOWN, Dataset
 from oddity.trainer.history import History
 from oddity.trainer.jobs import FAILED, RUNNING, SKIPPED, SUCCEEDED, Job, JobBoard, JobRequest, now
 from oddity.trainer.metrics import STOPPED, TrainerMetrics
@@ -44,6 +44,10 @@ class LastRun:
     error: str = ""  # reason of the last failure, cleared by a success
     samples: int = 0
     group_samples: dict[str, int] = field(default_factory=dict)
+    # Columns of the last load left out of the features for holding no numbers (the first
+    # LEFT_OUT_NAMES_SHOWN), and how many there were.
+    left_out_columns: tuple[str, ...] = ()
+    left_out_column_count: int = 0
     failures: int = 0  # failed runs in a row (a Train request starts counting again)
     failed_at: float = 0.0  # time.time() of the last failure
     failed_fingerprint: str = ""  # the data and spec that failed: a change of either ends the backoff
@@ -110,8 +114,15 @@ class JobRecords:
         self.history.append("TRAINING_STARTED", record.dataset, message, **record.details)
 
     def loaded(self, record: JobRecord, data: Dataset) -> None:
-        """The rows the run trains on (GetStatus and the rows metric show them)."""
-        self._remember(record.dataset, samples=len(data.features))
+        """The rows the run trains on and the columns left out (GetStatus and the rows metric
+        show them)."""
+        left_out = data.left_out_columns
+        self._remember(
+            record.dataset,
+            samples=len(data.features),
+            left_out_columns=tuple(left_out[:LEFT_OUT_NAMES_SHOWN]),
+            left_out_column_count=len(left_out),
+        )
         self.metrics.last_run_rows.labels(record.dataset).set(len(data.features))
         record.details.update(
             samples=len(data.features),
@@ -121,6 +132,8 @@ class JobRecords:
         )
         if data.column_figures is not None and len(data.column_figures) <= COLUMN_FIGURES_SHOWN:
             record.details.update(columns=data.column_figures)
+        if left_out:
+            record.details.update(left_out_columns=left_out[:LEFT_OUT_NAMES_SHOWN], left_out_column_count=len(left_out))
 
     def trained(self, record: JobRecord, group_samples: dict[str, int]) -> None:
         self._remember(record.dataset, group_samples=group_samples)

@@ -50,6 +50,8 @@ class Job:
     validation_loss: float = 0.0
     epoch_metrics: dict[str, float] = field(default_factory=dict)
     resumed_from_epoch: int = 0
+    # What epoch and total_epochs count: epoch (loss is the epoch's), member or step (no loss).
+    progress_unit: str = ""
     message: str = ""
     created_at: datetime = field(default_factory=now)
     started_at: datetime | None = None

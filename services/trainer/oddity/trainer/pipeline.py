@@ -25,7 +25,7 @@ from oddity.common.bundle.contract import PREDICTED_SCORE_OUTPUT
 from oddity.trainer import calibration, classifier_evaluation, job_control, validation
 from oddity.trainer.checkpoints import JobCheckpoints
 from oddity.trainer.data import Dataset, routing_groups
-from oddity.trainer.learners import Learner, learner_class, make_anomaly_learner, make_classifier
+from oddity.trainer.learners import EnsembleLearner, Learner, learner_class, make_anomaly_learner, make_classifier
 from oddity.trainer.learners import Progress as LearnerProgress
 from oddity.trainer.spec import DatasetSpec
 from oddity.v1 import manifest_pb2
@@ -38,7 +38,8 @@ LIVE_SCORING_ROWS = 4096
 
 # progress(phase, fields): phase is loading, training, calibrating, exporting, validating (then the runner's
 # indexing and publishing);
-# in training, fields may hold epoch, total_epochs, loss, train_loss, validation_loss and epoch_metrics.
+# in training, fields may hold epoch, total_epochs, progress_unit (what they count), loss, train_loss,
+# validation_loss and epoch_metrics.
 Progress = Callable[[str, dict[str, Any]], None]
 
 
@@ -198,10 +199,16 @@ class GroupContext:
 
     def epoch_reporter(self) -> LearnerProgress:
         """A learner's per-epoch progress as the job's training progress."""
-        name, report = self.plan.name, self.report
+        name, report, unit = self.plan.name, self.report, progress_unit(learner_class(self.kind))
 
         def told(epoch: int, total: int, loss: float, figures: Mapping[str, float] | None = None, /) -> None:
-            fields: dict[str, Any] = {"group": name, "epoch": epoch, "total_epochs": total, "loss": loss}
+            fields: dict[str, Any] = {
+                "group": name,
+                "epoch": epoch,
+                "total_epochs": total,
+                "progress_unit": unit,
+                "loss": loss,
+            }
             if figures:
                 rest = dict(figures)
                 fields["train_loss"] = rest.pop("train_loss", 0.0)
@@ -215,6 +222,16 @@ class GroupContext:
         """Told when a group's training goes on from a checkpoint (a resumed job)."""
         name, report = self.plan.name, self.report
         return lambda epoch: report("training", {"group": name, "resumed_from_epoch": epoch, "epoch": epoch})
+
+
+def progress_unit(learner_type: type[Learner]) -> str:
+    """What a kind's progress calls count: epochs (kinds with an `epochs` parameter), members
+    (ensembles and auto) or steps (kinds fitted in one go, which tell 1 of 1 and no loss)."""
+    if "epochs" in learner_type.PARAMS:
+        return "epoch"
+    if issubclass(learner_type, EnsembleLearner):
+        return "member"
+    return "step"
 
 
 def _train_group(context: GroupContext, learner_type: type[Learner]) -> None:
@@ -308,6 +325,7 @@ def _train_detector(context: GroupContext) -> tuple[bytes, float]:
             synthetic_auc=member.synthetic_auc,
             note=member.note,
         )
+    group.selection = learner.selection()
     group.metrics.update(learner.training_figures())
     group.metrics["cross_validated_anomaly_rate"] = calibrated.cross_validated_rate
     context.trained.metrics[f"{context.prefix}cross_validated_anomaly_rate"] = calibrated.cross_validated_rate

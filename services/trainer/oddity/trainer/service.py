@@ -59,6 +59,10 @@ class DatasetStatus:
     threshold_override: float = 0.0
     consecutive_failures: int = 0
     next_retry_time: datetime | None = None
+    # The last load's columns left out of the features for holding no numbers (the first few),
+    # and how many there were.
+    left_out_columns: tuple[str, ...] = ()
+    left_out_column_count: int = 0
 
 
 class TrainerService:
@@ -183,6 +187,8 @@ class TrainerService:
             threshold_override=decided.threshold_percentile,
             consecutive_failures=run.failures,
             next_retry_time=datetime.fromtimestamp(retry, UTC) if retry is not None else None,
+            left_out_columns=run.left_out_columns,
+            left_out_column_count=run.left_out_column_count,
         )
 
     async def history(
