@@ -25,7 +25,7 @@ from oddity.common.bundle.contract import PREDICTED_SCORE_OUTPUT
 from oddity.trainer import calibration, classifier_evaluation, job_control, validation
 from oddity.trainer.checkpoints import JobCheckpoints
 from oddity.trainer.data import Dataset, routing_groups
-from oddity.trainer.learners import EnsembleLearner, Learner, learner_class, make_anomaly_learner, make_classifier
+from oddity.trainer.learners import Learner, learner_class, make_anomaly_learner, make_classifier
 from oddity.trainer.learners import Progress as LearnerProgress
 from oddity.trainer.spec import DatasetSpec
 from oddity.v1 import manifest_pb2
@@ -225,13 +225,9 @@ class GroupContext:
 
 
 def progress_unit(learner_type: type[Learner]) -> str:
-    """What a kind's progress calls count: epochs (kinds with an `epochs` parameter), members
+    """What a kind's progress calls count, as the kind declares: epochs (with a loss), members
     (ensembles and auto) or steps (kinds fitted in one go, which tell 1 of 1 and no loss)."""
-    if "epochs" in learner_type.PARAMS:
-        return "epoch"
-    if issubclass(learner_type, EnsembleLearner):
-        return "member"
-    return "step"
+    return learner_type.progress_unit
 
 
 def _train_group(context: GroupContext, learner_type: type[Learner]) -> None:

@@ -85,6 +85,9 @@ KINDS: dict[str, ModelKind] = {
         ModelKind("auto", ANOMALY_DETECTION, feature_errors=True),
         ModelKind("autoencoder", ANOMALY_DETECTION, feature_errors=True),
         ModelKind("knn", ANOMALY_DETECTION, feature_errors=True),
+        # Distance to the normal rows' mean under a shrinkage covariance; PCA reconstruction error.
+        ModelKind("mahalanobis", ANOMALY_DETECTION, feature_errors=True),
+        ModelKind("pca", ANOMALY_DETECTION, feature_errors=True),
         ModelKind("ensemble", ANOMALY_DETECTION, feature_errors=True),
         ModelKind("isolation_forest", ANOMALY_DETECTION),
         ModelKind("one_class_svm", ANOMALY_DETECTION),

@@ -15,6 +15,7 @@ from __future__ import annotations
 from oddity.trainer.learners.autoencoder import AutoencoderLearner
 from oddity.trainer.learners.base import AnomalyLearner, ClassifierLearner, Learner, Member, Progress
 from oddity.trainer.learners.ensemble import AutoLearner, EnsembleLearner
+from oddity.trainer.learners.gaussian import MahalanobisLearner, PcaLearner
 from oddity.trainer.learners.knn import KnnLearner
 from oddity.trainer.learners.mlp import MlpClassifierLearner
 from oddity.trainer.learners.registry import (
@@ -41,6 +42,8 @@ BUILT_IN: tuple[type[Learner], ...] = (
     AutoencoderLearner,
     EnsembleLearner,
     KnnLearner,
+    MahalanobisLearner,
+    PcaLearner,
     IsolationForestLearner,
     OneClassSvmLearner,
     RandomForestLearner,

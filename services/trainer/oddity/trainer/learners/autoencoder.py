@@ -33,6 +33,7 @@ class AutoencoderLearner(AnomalyLearner):
 
     kind = "autoencoder"
     explains = True
+    progress_unit = "epoch"
     PARAMS = {
         "hidden",
         "bottleneck",

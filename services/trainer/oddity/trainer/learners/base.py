@@ -66,6 +66,8 @@ class Learner:
     #: A classifier that can also predict a continuous value (the spec's score_column).
     score_head: ClassVar[bool] = False
     PARAMS: ClassVar[set[str]] = set()
+    #: What the kind's progress calls count: "epoch" (with a loss), "member" or "step".
+    progress_unit: ClassVar[str] = "step"
 
     def __init__(self, **params: Any) -> None:
         self.check_params(params)

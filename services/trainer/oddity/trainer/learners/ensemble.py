@@ -93,6 +93,7 @@ DEFAULT_MEMBERS: list[dict[str, Any]] = [{"kind": "knn"}, {"kind": "autoencoder"
 class EnsembleLearner(AnomalyLearner):
     kind = "ensemble"
     explains = True  # when a member does
+    progress_unit = "member"
     PARAMS = {"members"}
     # Which parameter lists the members, its default, and what its errors call it.
     MEMBERS_PARAM, DEFAULT_MEMBERS, MEMBERS_NAME = "members", DEFAULT_MEMBERS, "ensemble members"
@@ -237,9 +238,7 @@ class AutoLearner(EnsembleLearner):
         return list(self.considered_)
 
 
-def make_synthetic_anomalies(
-    normal: np.ndarray, scale: np.ndarray, rng: np.random.Generator
-) -> dict[str, np.ndarray]:
+def make_synthetic_anomalies(normal: np.ndarray, scale: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Synthetic anomalies built from held-out normal rows (see the module docstring)."""
     n, d = normal.shape
     m = max(50, n)
@@ -266,9 +265,7 @@ def roc_auc(normal_scores: np.ndarray, anomaly_scores: np.ndarray) -> float:
     return float((rank_sum - n_anomaly * (n_anomaly + 1) / 2) / (n_normal * n_anomaly))
 
 
-def _common_scale_gap(
-    learner: AnomalyLearner, table: tuple[np.ndarray, np.ndarray], x: np.ndarray, seed: int
-) -> float:
+def _common_scale_gap(learner: AnomalyLearner, table: tuple[np.ndarray, np.ndarray], x: np.ndarray, seed: int) -> float:
     """Largest difference, on the common scale, between the member's ONNX graph and the member."""
     job_control.check()
     sample = x[np.random.default_rng(seed).permutation(len(x))[:PARITY_ROWS]]

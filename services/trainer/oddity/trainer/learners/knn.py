@@ -1,7 +1,10 @@
 """The knn kind: an item is as unusual as it is far from its k nearest normal rows.
 
-The score is the mean distance to the k nearest rows of a stored reference set (the training
-rows, standardized; or L2-normalized for `metric: cosine`, which suits embeddings). The ONNX
+The score is the mean distance to the k nearest rows of a stored reference set (`aggregate:
+kth`: the distance to the k-th nearest). The reference rows are the training rows,
+standardized; or L2-normalized for `metric: cosine`, which suits embeddings; or whitened by the
+shrinkage covariance for `metric: whitened` (gaussian.whitening: distances that discount
+correlated features, a local Mahalanobis distance). The ONNX
 graph is brute force over the reference matrix: standardization, one matrix product to find
 the k + 8 nearest candidates (|z|^2 + |r|^2 - 2 z.r), their distances computed exactly from
 the differences, and the k nearest of those (the product's float32 cancellation blurs
@@ -28,6 +31,7 @@ from onnx import TensorProto, helper, numpy_helper
 from oddity.common import bundle
 from oddity.trainer import job_control
 from oddity.trainer.learners.base import AnomalyLearner, Progress
+from oddity.trainer.learners.gaussian import whitening
 from oddity.trainer.learners.registry import register_learner
 from oddity.trainer.onnx_graphs import contract_model
 
@@ -38,6 +42,8 @@ MIN_REFERENCE_ROWS = 500
 # 256 x 15,000 (30 MB each) at once where 1,024 rows took half a GB at peak, and the time a
 # stop or a spent time budget waits (job_control.check() runs between blocks).
 BLOCK_ROWS = 256
+METRICS = ("euclidean", "cosine", "whitened")
+AGGREGATES = ("mean", "kth")
 _SPARE = 8  # candidates beyond k whose exact distances are computed
 _EPS = 1e-12
 
@@ -51,12 +57,13 @@ class KnnLearner(AnomalyLearner):
     kind = "knn"
     explains = True
     calibration_method = "leave_one_out"  # out_of_fold_scores: exact leave-one-out
-    PARAMS = {"k", "metric", "max_reference"}
+    PARAMS = {"k", "metric", "aggregate", "max_reference"}
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         self.k = int(params.get("k", 5))
         self.metric = str(params.get("metric", "euclidean"))
+        self.aggregate = str(params.get("aggregate", "mean"))
         self.max_reference = params.get("max_reference")
 
     @classmethod
@@ -66,8 +73,11 @@ class KnnLearner(AnomalyLearner):
         metric = str(params.get("metric", "euclidean"))
         if k < 1:
             raise ValueError(f"knn: k must be >= 1, got {k}")
-        if metric not in ("euclidean", "cosine"):
-            raise ValueError(f"knn: metric must be 'euclidean' or 'cosine', got {metric!r}")
+        if metric not in METRICS:
+            raise ValueError(f"knn: metric must be one of {list(METRICS)}, got {metric!r}")
+        aggregate = str(params.get("aggregate", "mean"))
+        if aggregate not in AGGREGATES:
+            raise ValueError(f"knn: aggregate must be one of {list(AGGREGATES)}, got {aggregate!r}")
 
     # -- the transform the graph repeats ---------------------------------------------------
 
@@ -75,7 +85,7 @@ class KnnLearner(AnomalyLearner):
         x = np.asarray(x, dtype=np.float64)
         if self.metric == "cosine":
             return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), _EPS)
-        return (x - self.mean_) / self.scale_
+        return ((x - self.mean_) / self.scale_) @ self.whitening_
 
     # -- fitting ---------------------------------------------------------------------------
 
@@ -83,8 +93,13 @@ class KnnLearner(AnomalyLearner):
         n, d = x.shape
         if n < 2:
             raise ValueError("knn needs at least 2 rows")
-        self.mean_ = x.mean(axis=0).astype(np.float64)
-        self.scale_ = x.std(axis=0).astype(np.float64) + 1e-6
+        if self.metric == "whitened":
+            fitted = whitening(x, self.seed)
+            self.mean_, self.scale_, self.whitening_ = fitted.mean, fitted.scale, fitted.matrix
+        else:
+            self.mean_ = x.mean(axis=0).astype(np.float64)
+            self.scale_ = x.std(axis=0).astype(np.float64) + 1e-6
+            self.whitening_ = np.eye(d)
         cap = int(self.max_reference or default_reference_cap(d))
         rows = np.arange(n)
         if n > cap:
@@ -124,9 +139,12 @@ class KnnLearner(AnomalyLearner):
             errors[start : start + len(block)] = squares[np.arange(len(block)), order[:, 0]]
         return distances, errors
 
+    def _aggregated(self, distances: np.ndarray) -> np.ndarray:
+        return distances[:, -1] if self.aggregate == "kth" else distances.mean(axis=1)
+
     def anomaly_scores(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         distances, errors = self._nearest(self._transform(x))
-        return distances.mean(axis=1), errors.astype(np.float32)
+        return self._aggregated(distances), errors.astype(np.float32)
 
     def out_of_fold_scores(self, x: np.ndarray, folds: np.ndarray) -> np.ndarray:
         """Leave-one-out, exactly (the folds are not needed): a reference row is scored against
@@ -134,7 +152,7 @@ class KnnLearner(AnomalyLearner):
         exclude = np.full(len(x), -1, dtype=np.int64)
         exclude[self.reference_rows_] = np.arange(len(self.reference_rows_))
         distances, _ = self._nearest(self._transform(x), exclude)
-        return distances.mean(axis=1)
+        return self._aggregated(distances)
 
     # -- export ----------------------------------------------------------------------------
 
@@ -157,6 +175,16 @@ class KnnLearner(AnomalyLearner):
                 helper.make_node("ReduceL2", [bundle.INPUT_NAME], ["knn_norm"], axes=[1], keepdims=1),
                 helper.make_node("Max", ["knn_norm", "knn_eps"], ["knn_norm_safe"]),
                 helper.make_node("Div", [bundle.INPUT_NAME, "knn_norm_safe"], ["knn_z"]),
+            ]
+        elif self.metric == "whitened":
+            # The standardization's division folds into the whitening matrix.
+            initializers += [
+                numpy_helper.from_array(self.mean_.astype(np.float32), "knn_mean"),
+                numpy_helper.from_array((self.whitening_ / self.scale_[:, None]).astype(np.float32), "knn_whiten"),
+            ]
+            nodes = [
+                helper.make_node("Sub", [bundle.INPUT_NAME, "knn_mean"], ["knn_centred"]),
+                helper.make_node("MatMul", ["knn_centred", "knn_whiten"], ["knn_z"]),
             ]
         else:
             initializers += [
@@ -186,7 +214,14 @@ class KnnLearner(AnomalyLearner):
             helper.make_node("ReduceSum", ["knn_diff_sq", "knn_axis2"], ["knn_exact_d2"], keepdims=0),
             helper.make_node("TopK", ["knn_exact_d2", "knn_k"], ["knn_top_d2", "knn_top_slot"], axis=1, largest=0),
             helper.make_node("Sqrt", ["knn_top_d2"], ["knn_distance"]),
-            helper.make_node("ReduceMean", ["knn_distance"], [bundle.SCORE_OUTPUT], axes=[1], keepdims=0),
+            # TopK sorts nearest first: the k-th distance is the largest of the k.
+            helper.make_node(
+                "ReduceMax" if self.aggregate == "kth" else "ReduceMean",
+                ["knn_distance"],
+                [bundle.SCORE_OUTPUT],
+                axes=[1],
+                keepdims=0,
+            ),
             # Explanations: squared differences to the nearest reference row.
             helper.make_node("Gather", ["knn_top_slot", "knn_first"], ["knn_nearest_slot"], axis=1),
             helper.make_node("Unsqueeze", ["knn_nearest_slot", "knn_axis2"], ["knn_nearest_slot3"]),

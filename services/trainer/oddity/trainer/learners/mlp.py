@@ -74,6 +74,7 @@ class MlpClassifierLearner(ClassifierLearner):
 
     kind = "mlp_classifier"
     score_head = True
+    progress_unit = "epoch"
     PARAMS = set(MlpParams.model_fields)
 
     def __init__(self, **params: Any) -> None:
@@ -505,5 +506,3 @@ def _key(x: np.ndarray, encoded: np.ndarray, targets: np.ndarray | None, params:
     if targets is not None:
         digest.update(np.ascontiguousarray(targets, dtype=np.float64).tobytes())
     return digest.hexdigest()
-
-

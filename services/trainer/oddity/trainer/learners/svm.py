@@ -197,9 +197,7 @@ def svm_graph(learner: SvmLearner, d: int) -> onnx.ModelProto:
             helper.make_node("ReduceSum", ["svm_calibrated", "svm_axis1"], ["svm_total"], keepdims=1),
             helper.make_node("Greater", ["svm_total", "svm_zero_p"], ["svm_has_total"]),
             helper.make_node("Div", ["svm_calibrated", "svm_total"], ["svm_normalized"]),
-            helper.make_node(
-                "Where", ["svm_has_total", "svm_normalized", "svm_uniform"], ["svm_probabilities"]
-            ),
+            helper.make_node("Where", ["svm_has_total", "svm_normalized", "svm_uniform"], ["svm_probabilities"]),
         ]
     nodes += [
         helper.make_node("ArgMax", ["svm_probabilities"], [bundle.LABEL_OUTPUT], axis=1, keepdims=0),
