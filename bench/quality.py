@@ -46,6 +46,7 @@ from sklearn.metrics import roc_auc_score
 
 from bench.machine import describe
 from bench.quality_baselines import BASELINES, PYOD_AUTO, pyod_auto_unavailable, standardize
+from bench.recipe_study import StudyRun, print_summary, study_split, summarize
 from oddity.v1 import detector_pb2, detector_pb2_grpc, tensor_pb2, trainer_pb2, trainer_pb2_grpc
 
 # The development sets sit beside the repository: ../shared/data/anomaly-benchmarks.
@@ -87,10 +88,13 @@ class Split:
     train: np.ndarray
     test: np.ndarray
     y_test: np.ndarray
+    contamination: float = 0.0  # share of the training rows that are anomalies
+    level: float = 0.0  # the share asked for (--contamination)
 
     @property
     def dataset(self) -> str:
-        return f"{self.set.name}-s{self.seed}"
+        dirty = f"-c{round(self.level * 1000):03d}" if self.level else ""
+        return f"{self.set.name}-s{self.seed}{dirty}"
 
 
 def load_sets(root: Path) -> list[BenchSet]:
@@ -125,17 +129,23 @@ def select_sets(sets: list[BenchSet], patterns: str, quick: bool) -> list[BenchS
     return sets
 
 
-def make_split(bench_set: BenchSet, seed: int) -> Split:
+def make_split(bench_set: BenchSet, seed: int, contamination: float = 0.0) -> Split:
+    """The seed's split; with `contamination` c, anomalies moved from the test part make up the
+    share c of the training rows (at most half of the set's anomalies move; the share reached
+    is the split's `contamination`)."""
     rng = np.random.default_rng(seed)
     normals = rng.permutation(np.flatnonzero(~bench_set.y))
     anomalies = rng.permutation(np.flatnonzero(bench_set.y))
     n_train = round(len(normals) * TRAIN_SHARE)
     train = normals[:n_train][:CAP_TRAIN]
+    moved = min(round(contamination / (1 - contamination) * len(train)), len(anomalies) // 2)
     test_normal = normals[n_train:][:CAP_TEST_NORMAL]
-    test_anomaly = anomalies[:CAP_TEST_ANOMALY]
+    test_anomaly = anomalies[moved:][:CAP_TEST_ANOMALY]
+    train = np.concatenate([train, anomalies[:moved]])
     test = np.concatenate([test_normal, test_anomaly])
     y_test = np.concatenate([np.zeros(len(test_normal), bool), np.ones(len(test_anomaly), bool)])
-    return Split(bench_set, seed, bench_set.x[train], bench_set.x[test], y_test)
+    share = moved / len(train)
+    return Split(bench_set, seed, bench_set.x[rng.permutation(train)], bench_set.x[test], y_test, share, contamination)
 
 
 def auc(y: np.ndarray, scores: np.ndarray) -> float:
@@ -202,6 +212,8 @@ def write_dataset(volume: Path, split: Split, kind: str | None) -> None:
     # %.9g round-trips float32, so the trainer reads back exactly the rows the baselines get.
     np.savetxt(folder / "train.csv", split.train, fmt="%.9g", delimiter=",", header=header, comments="")
     spec: dict[str, Any] = {"sources": [{"path": "train.csv"}]}
+    if split.contamination:  # what a user who knows their export is dirty writes
+        spec["contamination"] = round(split.contamination, 4)
     if kind:
         spec["model"] = {"kind": kind}
     (folder / "dataset.yaml").write_text(yaml.safe_dump(spec))
@@ -432,6 +444,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--kind", default=None, help="model kind for Oddity (default: no `model` key)")
     parser.add_argument("--quick", action="store_true", help=f"smoke run: {', '.join(QUICK_SETS)}, 1 seed")
     parser.add_argument("--no-baselines", action="store_true")
+    parser.add_argument("--no-study", action="store_true", help="skip the leave-one-out study of the default's recipe")
+    parser.add_argument(
+        "--contamination",
+        default="0",
+        help="comma-separated shares of anomalous training rows, e.g. 0,0.05 (each level is a run)",
+    )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the anomaly-benchmarks folder")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args()
@@ -452,11 +470,16 @@ def choose_baselines(disabled: bool) -> tuple[list[str], list[str]]:
     return baselines, notes
 
 
-def run_record(split: Split, run: OddityRun, aucs: dict[str, float | None], notes: dict[str, str]) -> dict[str, Any]:
+def run_record(
+    split: Split, run: OddityRun, aucs: dict[str, float | None], notes: dict[str, str], study: StudyRun | None
+) -> dict[str, Any]:
     return {
         "set": split.set.name,
         "group": split.set.group,
         "seed": split.seed,
+        "contamination": split.contamination,
+        "level": split.level,
+        "study": asdict(study) if study else None,
         "train_rows": len(split.train),
         "test_rows": len(split.test),
         "test_anomalies": int(split.y_test.sum()),
@@ -467,7 +490,14 @@ def run_record(split: Split, run: OddityRun, aucs: dict[str, float | None], note
     }
 
 
-def run_splits(splits: list[Split], baselines: list[str], kind: str | None) -> list[dict[str, Any]]:
+def run_study(split: Split) -> StudyRun:
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):  # the trainer has the other core
+        return study_split(split.set.name, split.set.group, split.seed, split.train, split.test, split.y_test, auc)
+
+
+def run_splits(splits: list[Split], baselines: list[str], kind: str | None, study: bool) -> list[dict[str, Any]]:
     runs = []
     with tempfile.TemporaryDirectory(prefix="oddity-quality-") as tmp, Oddity(Path(tmp), kind) as oddity:
         # Every job is queued first: the trainer works through them on one core while the
@@ -476,10 +506,11 @@ def run_splits(splits: list[Split], baselines: list[str], kind: str | None) -> l
         baseline_results = []
         for i, split in enumerate(splits, 1):
             aucs, notes = run_baselines(split, baselines)
-            baseline_results.append((aucs, notes))
-            if baselines:
-                scores = " ".join(f"{m} {fmt(a)}" for m, a in aucs.items())
-                print(f"  [{i}/{len(splits)}] baselines {split.dataset}: {scores}", flush=True)
+            studied = run_study(split) if study else None
+            baseline_results.append((aucs, notes, studied))
+            if baselines or studied:
+                scores = " ".join(f"{m} {fmt(a)}" for m, a in {**aucs, **(studied.aucs if studied else {})}.items())
+                print(f"  [{i}/{len(splits)}] in-process {split.dataset}: {scores}", flush=True)
         for i, (split, job_id) in enumerate(zip(splits, jobs, strict=True), 1):
             run = oddity.result(split, job_id)
             outcome = (
@@ -493,6 +524,64 @@ def run_splits(splits: list[Split], baselines: list[str], kind: str | None) -> l
     return runs
 
 
+FLOOR_BASELINES = ("knn", "iforest", "autoencoder")
+FLOOR = 0.03  # no set more than this below the best of FLOOR_BASELINES
+
+
+def floor_report(table: dict[str, dict]) -> list[tuple[str, float, str]]:
+    """Sets where Oddity is more than FLOOR below the best of kNN, IsolationForest and the
+    seeds' autoencoder: (set, gap, best baseline)."""
+    below = []
+    for name, row in table.items():
+        present = {m: row["auc"].get(m) for m in FLOOR_BASELINES if row["auc"].get(m) is not None}
+        if not present or row["auc"].get(ODDITY) is None:
+            continue
+        best = max(present, key=lambda m: present[m])
+        gap = row["auc"][ODDITY] - present[best]
+        if gap < -FLOOR:
+            below.append((name, gap, best))
+    return below
+
+
+def verdict(groups: dict[str, dict], baselines: list[str]) -> dict[str, Any]:
+    """Per group: Oddity's mean AUC minus the best single baseline's."""
+    out = {}
+    for group, summary in groups.items():
+        means = summary["mean_auc"]
+        present = {m: means[m] for m in baselines if means.get(m) is not None}
+        if not present or means.get(ODDITY) is None:
+            continue
+        best = max(present, key=lambda m: present[m])
+        out[group] = {"best_baseline": best, "margin": means[ODDITY] - present[best]}
+    return out
+
+
+def report_level(runs: list[dict], methods: list[str], baselines: list[str], level: float) -> dict[str, Any]:
+    print(f"\n==== training rows anomalous: {level:.0%} ====")
+    table = per_set(runs, [*methods, ODDITY_NORMALIZED])
+    print_table(table, [*methods, ODDITY_NORMALIZED])
+    groups = {g: group_summary(runs, table, methods, g) for g in GROUPS}
+    for group, summary in groups.items():
+        if summary["sets"]:
+            print_group(group, summary)
+    margins = verdict(groups, baselines)
+    for group, row in margins.items():
+        print(f"  {group}: Oddity minus the best baseline ({row['best_baseline']}): {row['margin']:+.3f} mean AUC")
+    below = floor_report(table)
+    print(f"  sets more than {FLOOR} below the best of {', '.join(FLOOR_BASELINES)}: ", end="")
+    print(", ".join(f"{n} ({g:+.3f} vs {b})" for n, g, b in below) or "none")
+    studied = [StudyRun(**r["study"]) for r in runs if r.get("study")]
+    study = summarize(studied) if studied else None
+    if study:
+        print_summary(study)
+    refused = [r for r in runs if r["oddity"]["state"] != "succeeded"]
+    if refused:
+        print("\nOddity runs without a model (counted as missing):")
+    for run in refused:
+        print(f"  {run['set']} seed {run['seed']}: {run['oddity']['state']}: {run['oddity']['message']}")
+    return {"groups": groups, "margins": margins, "below_floor": below, "study": study, "sets": table}
+
+
 def main() -> None:
     args = parse_args()
     started = time.perf_counter()
@@ -503,24 +592,25 @@ def main() -> None:
     if not sets:
         sys.exit("no set matches --sets")
     seeds = list(range(args.seeds))
+    levels = [float(c) for c in args.contamination.split(",") if c.strip()]
     baselines, notes = choose_baselines(args.no_baselines)
     methods = [ODDITY, *baselines]
     print(f"oddity: model kind {args.kind or 'default (no model key)'}; baselines: {', '.join(baselines) or 'none'}")
-    print(f"{len(sets)} sets x {len(seeds)} seeds\n")
+    print(f"{len(sets)} sets x {len(seeds)} seeds x contamination {levels}\n")
 
-    runs = run_splits([make_split(s, seed) for s in sets for seed in seeds], baselines, args.kind)
-
-    table = per_set(runs, [*methods, ODDITY_NORMALIZED])
-    print_table(table, [*methods, ODDITY_NORMALIZED])
-    groups = {g: group_summary(runs, table, methods, g) for g in GROUPS}
-    for group, summary in groups.items():
-        if summary["sets"]:
-            print_group(group, summary)
-    refused = [r for r in runs if r["oddity"]["state"] != "succeeded"]
-    if refused:
-        print("\nOddity runs without a model (counted as missing):")
-    for run in refused:
-        print(f"  {run['set']} seed {run['seed']}: {run['oddity']['state']}: {run['oddity']['message']}")
+    splits = [make_split(s, seed, c) for c in levels for s in sets for seed in seeds]
+    runs = run_splits(splits, baselines, args.kind, not args.no_study)
+    by_level = {}
+    for level in levels:
+        mine = [r for r, split in zip(runs, splits, strict=True) if split.level == level]
+        by_level[level] = report_level(mine, methods, baselines, level)
+    if 0.0 in by_level:
+        clean = by_level[0.0]["groups"]
+        for level, result in by_level.items():
+            for group, summary in result["groups"].items():
+                if level and summary["mean_auc"].get(ODDITY) is not None and clean[group]["mean_auc"].get(ODDITY):
+                    lost = clean[group]["mean_auc"][ODDITY] - summary["mean_auc"][ODDITY]
+                    print(f"{group} at {level:.0%} anomalous training rows: Oddity lost {lost:+.3f} mean AUC")
     wall = time.perf_counter() - started
     print(f"\ntotal wall time {wall:.0f} s")
 
@@ -528,13 +618,13 @@ def main() -> None:
         "machine": describe(),
         "kind": args.kind,
         "seeds": seeds,
+        "contamination": levels,
         "caps": {"train": CAP_TRAIN, "test_normal": CAP_TEST_NORMAL, "test_anomaly": CAP_TEST_ANOMALY},
         "train_share": TRAIN_SHARE,
         "methods": methods,
         "notes": notes,
         "wall_seconds": wall,
-        "groups": groups,
-        "sets": table,
+        "levels": {str(level): result for level, result in by_level.items()},
         "runs": runs,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)

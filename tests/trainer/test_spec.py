@@ -93,7 +93,7 @@ def test_anomaly_rate_gate_is_tight_on_many_rows_and_loose_on_few():
     [
         ("{kind: knn, params: {k: 0}}", "knn: k must be >= 1, got 0"),
         ("{kind: autoencoder, params: {epochs: many}}", "invalid literal for int() with base 10: 'many'"),
-        ("{kind: auto, params: {holdout_fraction: 0.9}}", "auto: holdout_fraction must lie in [0.05, 0.5]"),
+        ("{kind: auto, params: {trim: 0.9}}", "auto: trim must lie in [0, 0.3], got 0.9"),
         ("{kind: ensemble, params: {members: [svm]}}", "ensemble members must be anomaly detectors"),
         ("{kind: ensemble, params: {members: [{kind: knn, params: {kk: 1}}]}}", "unknown knn parameters ['kk']"),
         ("{kind: svm, params: {kernel: precomputed}}", "svm: kernel must be one of ['linear', 'poly', 'rbf'"),

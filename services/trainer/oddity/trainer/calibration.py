@@ -20,6 +20,8 @@ from oddity.trainer import job_control
 
 # Levels at which each ensemble member's out-of-fold CDF is tabled.
 MEMBER_LEVELS = np.linspace(0.0, 1.0, 201)
+# Relative error a member's raw score may carry when its ONNX graph computes it in float32.
+FLOAT32_SLACK = 1e-5
 _EPS = 1e-12
 
 
@@ -47,22 +49,28 @@ class Calibration:
     # Share of rows flagged when each fold is judged by a threshold taken on the other folds:
     # what new normal rows will see, measured on every row.
     cross_validated_rate: float
+    # The same with rows tied at their threshold counted as flagged: when many rows score
+    # alike (duplicates), no threshold can flag a share between the two rates.
+    cross_validated_rate_with_ties: float
 
 
 def calibrate(oof_scores: np.ndarray, folds: np.ndarray, percentile: float) -> Calibration:
     if not np.isfinite(oof_scores).all():
         raise ValueError("the model produces non-finite scores on held-out rows")
-    flagged = 0
+    flagged = flagged_with_ties = 0
     for fold in np.unique(folds):
         job_control.check()
         held = folds == fold
-        flagged += int(np.sum(oof_scores[held] > np.percentile(oof_scores[~held], percentile)))
+        threshold = np.percentile(oof_scores[~held], percentile)
+        flagged += int(np.sum(oof_scores[held] > threshold))
+        flagged_with_ties += int(np.sum(oof_scores[held] >= threshold))
     return Calibration(
         threshold=float(np.percentile(oof_scores, percentile)),
         quantiles=np.quantile(oof_scores, bundle.QUANTILE_LEVELS),
         folds=len(np.unique(folds)),
         rows=len(oof_scores),
         cross_validated_rate=flagged / len(oof_scores),
+        cross_validated_rate_with_ties=flagged_with_ties / len(oof_scores),
     )
 
 
@@ -94,3 +102,13 @@ def to_common_scale(scores: np.ndarray, table: np.ndarray, levels: np.ndarray) -
     inside = levels[lower] + t * (levels[lower + 1] - levels[lower])
     span = max(float(table[-1] - table[len(table) // 2]), _EPS)
     return inside + np.maximum(scores - table[-1], 0.0) / span
+
+
+def rounding_allowance(scores: np.ndarray, table: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """How far a member's common-scale score may move when its raw score carries float32
+    rounding (FLOAT32_SLACK of its magnitude, at least of the table's): where many normal rows
+    score nearly alike the CDF is steep and turns rounding into visible differences. Parity on
+    the common scale is judged beyond this, so ties cannot cost a model."""
+    scores = np.asarray(scores, dtype=np.float64)
+    error = FLOAT32_SLACK * np.maximum(np.abs(scores), max(1.0, float(np.max(np.abs(table)))))
+    return to_common_scale(scores + error, table, levels) - to_common_scale(scores - error, table, levels)

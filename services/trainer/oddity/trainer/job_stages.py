@@ -31,6 +31,7 @@ from oddity.trainer.embedding_cache import EmbeddingCache
 from oddity.trainer.index_items import IndexEmbedder, IndexPlan
 from oddity.trainer.item_datasets import load_item_dataset
 from oddity.trainer.jobs import JobRequest
+from oddity.trainer.learners import learner_class
 from oddity.trainer.publisher import Publisher
 from oddity.trainer.spec import DatasetSpec, load_spec
 from oddity.v1 import manifest_pb2
@@ -66,7 +67,27 @@ def plan(request: JobRequest, decided: Decisions) -> Plan:
     spec = load_spec(request.folder)
     if decided.threshold_percentile:
         spec = with_threshold_override(spec, decided.threshold_percentile)
-    return Plan(spec, request.model_kind or spec.model.kind, decided.threshold_percentile)
+    kind = request.model_kind or spec.model.kind
+    return Plan(with_contamination(spec, kind), kind, decided.threshold_percentile)
+
+
+def with_contamination(spec: DatasetSpec, kind: str) -> DatasetSpec:
+    """The spec as training applies its `contamination` c: the threshold is the percentile p
+    among the (1 - c) normal rows, so p * (1 - c) of all rows, and the gate's anomaly-rate bounds
+    grow by the c * p / 100 the anomalies add; kinds that trim (auto) trim at least c."""
+    c = spec.contamination
+    if not c:
+        return spec
+    low, high = spec.validation.anomaly_rate
+    added = c * spec.threshold_percentile / 100
+    validation = spec.validation.model_copy(update={"anomaly_rate": (min(1.0, low + added), min(1.0, high + added))})
+    model, learner = spec.model, learner_class(kind)
+    if "trim" in learner.PARAMS and "trim" not in model.params:
+        trim = max(c, float(getattr(learner, "default_trim", 0.0)))
+        model = model.model_copy(update={"params": {**model.params, "trim": trim}})
+    return spec.model_copy(
+        update={"threshold_percentile": spec.threshold_percentile * (1 - c), "validation": validation, "model": model}
+    )
 
 
 def with_threshold_override(spec: DatasetSpec, percentile: float) -> DatasetSpec:

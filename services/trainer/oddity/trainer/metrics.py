@@ -111,9 +111,8 @@ class TrainerMetrics:
 
 def validation_figures(manifest: manifest_pb2.ModelManifest) -> dict[tuple[str, str], float]:
     """(group, metric) -> value for every active group: the calibration (threshold percentile,
-    expected and cross-validated anomaly rates, rows behind them), the leading ensemble
-    member's ROC-AUC on each kind of synthetic anomaly, and every figure in the group's
-    `metrics` (classifiers: accuracy, balanced accuracy; all: ONNX parity)."""
+    expected and cross-validated anomaly rates, rows behind them) and every figure in the
+    group's `metrics` (classifiers: accuracy, balanced accuracy; all: ONNX parity)."""
     figures: dict[tuple[str, str], float] = {}
     for group in bundle.active_groups(manifest):
         name = group.name
@@ -124,10 +123,6 @@ def validation_figures(manifest: manifest_pb2.ModelManifest) -> dict[tuple[str, 
                 figures[(name, "expected_anomaly_rate")] = calibration.expected_anomaly_rate
                 figures[(name, "cross_validated_anomaly_rate")] = calibration.cross_validated_anomaly_rate
                 figures[(name, "calibration_rows")] = float(calibration.rows)
-        if group.members:
-            leading = max(group.members, key=lambda member: member.weight)
-            for kind, auc in leading.synthetic_auc.items():
-                figures[(name, f"synthetic_auc_{kind}")] = auc
         for metric, value in group.metrics.items():
             figures[(name, metric)] = value
     return figures

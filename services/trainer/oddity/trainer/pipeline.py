@@ -280,10 +280,18 @@ def _train_detector(context: GroupContext) -> tuple[bytes, float]:
     report("validating", {"group": plan.name})
     sample = rows[np.random.default_rng(seed).permutation(len(rows))[:PARITY_ROWS]]
     parity = validation.check_parity(
-        validation.onnx_scores(session, sample), learner.anomaly_scores(sample)[0], gate.parity_tolerance
+        validation.onnx_scores(session, sample),
+        learner.anomaly_scores(sample)[0],
+        gate.parity_tolerance,
+        learner.parity_allowance(sample),
     )
     validation.check_anomaly_rate(
-        calibrated.cross_validated_rate, calibrated.rows, gate.anomaly_rate, plan.name, spec.threshold_percentile
+        calibrated.cross_validated_rate,
+        calibrated.rows,
+        gate.anomaly_rate,
+        plan.name,
+        spec.threshold_percentile,
+        calibrated.cross_validated_rate_with_ties,
     )
     expected = 1 - spec.threshold_percentile / 100
     if context.live is not None and context.live_group is not None and context.live_is_comparable:

@@ -231,6 +231,10 @@ class DatasetSpec(_Strict):
     model: ModelSpec = Field(default_factory=ModelSpec)
     min_samples: int = Field(40, ge=1)
     threshold_percentile: float = Field(95.0, gt=0, lt=100)
+    # Share of the training rows expected to be anomalies (nobody cleans an export before
+    # dropping it): the threshold percentile is taken among the other rows, and kinds that trim
+    # their training rows (auto) leave out at least this share.
+    contamination: float = Field(0.0, ge=0, le=0.3)
     retrain: Retrain = Field(default_factory=Retrain)
     validation: Validation = Field(default_factory=Validation)
     training: Training = Field(default_factory=Training)
@@ -256,8 +260,7 @@ class DatasetSpec(_Strict):
         if self.score_column and not kind.score_head:
             heads = sorted(k for k, v in learners().items() if v.score_head)
             raise ValueError(
-                f"score_column needs a model kind with a regression head ({', '.join(heads)}), "
-                f"not {self.model.kind!r}"
+                f"score_column needs a model kind with a regression head ({', '.join(heads)}), not {self.model.kind!r}"
             )
         if self.score_column and self.score_column == self.label:
             raise ValueError("score_column and label must be different columns")

@@ -131,6 +131,11 @@ class AnomalyLearner(Learner):
             scores[held] = self.clone().fit(x[~held]).anomaly_scores(x[held])[0]
         return scores
 
+    def parity_allowance(self, x: np.ndarray) -> np.ndarray:
+        """Per row, how far the ONNX graph's score may differ from anomaly_scores(x) through
+        float32 rounding alone (0 for kinds whose scores carry rounding at their own scale)."""
+        return np.zeros(len(x))
+
     def evidence(self) -> list[Member]:
         """Combined detectors: every member considered, with its weight and evidence."""
         return []

@@ -105,6 +105,7 @@ class KnnLearner(AnomalyLearner):
         if n > cap:
             rows = np.sort(np.random.default_rng(self.seed).choice(n, cap, replace=False))
         self.reference_rows_ = rows
+        self.reference_source_ = np.asarray(x[rows], dtype=np.float32)  # as served: float32
         self.reference_ = self._transform(x[rows])
         self.k_ = min(self.k, len(rows) - 1)
         self.candidates_ = min(self.k_ + _SPARE, len(rows) - 1)
@@ -156,9 +157,17 @@ class KnnLearner(AnomalyLearner):
 
     # -- export ----------------------------------------------------------------------------
 
+    def _graph_reference(self) -> np.ndarray:
+        """The reference rows as the graph stores them. Standardized ones are computed with the
+        graph's own float32 operations, so a row identical to a reference row is at distance
+        exactly 0 in the graph as in the learner: duplicates decide ties in real data."""
+        if self.metric != "euclidean":
+            return self.reference_.astype(np.float32)
+        return (self.reference_source_ - self.mean_.astype(np.float32)) / self.scale_.astype(np.float32)
+
     def to_onnx(self) -> bytes:
         d = self.reference_.shape[1]
-        reference = self.reference_.astype(np.float32)
+        reference = self._graph_reference()
         initializers = [
             numpy_helper.from_array(reference, "knn_reference"),
             numpy_helper.from_array(np.einsum("ij,ij->i", reference, reference)[None, :], "knn_reference_sq"),
