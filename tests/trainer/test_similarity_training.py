@@ -183,6 +183,8 @@ def test_an_image_library_is_published_with_its_index(trainer, data_volume, repo
         "items": 36,
         "dimension": VIT_DIMENSION,
         "clusters": 3,
+        "unclustered": 0,
+        "unclustered_share": 0.0,
         "tags": len(names),
         "search": "exact",
         "text_model": "text",

@@ -150,13 +150,20 @@ class ClusterAssignment:
 
 @dataclass(frozen=True)
 class ClustersResult:
-    """What Clusters answers: the clusters, largest first, and one assignment per item given."""
+    """What Clusters answers: the clusters, largest first (their number is the count the
+    trainer chose), the items in none, and one assignment per item given."""
 
     model: str
     version: int
     clusters: list[ClusterInfo]
-    unclustered: int  # items in no cluster
+    unclustered: int  # items in no cluster (fewer with a larger similarity.cluster_reach)
     assignments: list[ClusterAssignment]
+
+    @property
+    def unclustered_share(self) -> float:
+        """The share of the indexed items in no cluster (0 for an index without items)."""
+        items = self.unclustered + sum(c.size for c in self.clusters)
+        return self.unclustered / items if items else 0.0
 
     @classmethod
     def from_proto(cls, response: detector_pb2.ClustersResponse) -> ClustersResult:
@@ -173,6 +180,7 @@ class ClustersResult:
             "version": self.version,
             "clusters": [c.to_dict() for c in self.clusters],
             "unclustered": self.unclustered,
+            "unclustered_share": self.unclustered_share,
             "assignments": [asdict(a) for a in self.assignments],
         }
 

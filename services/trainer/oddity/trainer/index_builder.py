@@ -1,8 +1,9 @@
 """Building a version's similarity index from a dataset's items: their vectors normalized into
-the index's space, an approximate (HNSW) index past `approximate_from` items, the clusters of
-recurring items (HDBSCAN), tag statistics (counts, co-occurrence with lift and PMI) and the
-text-model vectors of tags and captions for text search. The files and their meaning are the
-bundle contract's (`oddity.common.bundle.index_contract`).
+the index's space, an approximate (HNSW) index past `approximate_from` items, the groups of the
+items (`group_items`: a count chosen by silhouette, k-means, each group's reach), tag statistics
+(counts, co-occurrence with lift and PMI) and the text-model vectors of tags and captions for
+text search. The files and their meaning are the bundle contract's
+(`oddity.common.bundle.index_contract`).
 
 Reason to change: how the index, the clusters or the tag statistics are built.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,21 +22,26 @@ import numpy as np
 from oddity.common.bundle import index_contract as contract
 from oddity.v1 import manifest_pb2
 
-# HDBSCAN's cost grows with the square of the items: past this many, the clusters are found
-# on a random sample and the other items join the nearest cluster (or none).
+# Grouping costs grow with the items: past this many, the groups are found on a random sample
+# and every item joins its nearest group (or none, beyond its reach).
 CLUSTER_SAMPLE = 5000
-# HDBSCAN runs on the sample projected onto this many principal components: 20x faster than
-# on 512-768 dimensions, with the same clusters on the embedding sets (centroids and radii
-# are still taken in the full space).
+# The count is chosen on this many of the sample, projected onto CLUSTER_DIMENSIONS principal
+# components: Ward's tree and the silhouettes of its cuts cost the square of the items (1.2 s
+# for every count from 2 to 50 at 2,000; the same count as on the whole sample of the sets in
+# bench/grouping.py). Centroids and reaches are taken in the full space.
+COUNT_SAMPLE = 2000
 CLUSTER_DIMENSIONS = 32
-# Members whose HDBSCAN membership is at least this are the cluster's core: representatives
-# are chosen among them.
-CORE_PROBABILITY = 0.9
+# The most groups a count may have, however small min_cluster_size is.
+MAX_CLUSTERS = 50
 REPRESENTATIVES = 10
 TOP_TAGS = 5
-# A new item is "new" beyond median + RADIUS_MADS robust standard deviations of the members'
-# distances to their centroid.
-RADIUS_MADS = 3.0
+# A robust standard deviation from a median absolute deviation (of a normal distribution).
+MAD_TO_DEVIATION = 1.4826
+# A new item joins its nearest group within median + NEW_ITEM_REACH robust deviations of the
+# members' distances (the catalog's radius), else it is new: stricter than the library's own
+# reach, so that what the library lacks is marked new (bench/similarity.py's novel images: 95%
+# marked new at 3 deviations, 90% at 4, 70% at 5).
+NEW_ITEM_REACH = 3.0
 
 TextEmbedder = Callable[[list[str]], np.ndarray]
 
@@ -56,7 +62,11 @@ class IndexSettings:
     # HNSW from this many items, exact search below: bench/similarity.py measured HNSW at 2x exact's
     # queries/s from 5,000 items (recall@10 >= 0.999 on the embedding sets).
     approximate_from: int = 5_000
-    min_cluster_size: int = 0  # 0: max(5, 2% of the items clustered)
+    min_cluster_size: int = 0  # 0: max(5, 2% of the items grouped)
+    # An item of the library belongs to its nearest group within median + cluster_reach robust
+    # deviations of the members' distances to the centroid; farther, to none. Larger: fewer
+    # items in no group (bench/grouping.py).
+    cluster_reach: float = 5.0
     min_cooccurrence: int = 5  # pairs of tags seen together fewer times are not trusted
     hnsw_m: int = 16
     ef_construction: int = 128
@@ -68,6 +78,26 @@ class IndexSettings:
 class BuiltIndex:
     index: manifest_pb2.SimilarityIndex  # sha256 fields are the publisher's to fill
     files: dict[str, bytes]
+    unclustered: int = 0  # items in no group
+
+
+@dataclass(frozen=True)
+class Grouping:
+    """The groups of a set of items, largest first: each item's group (NO_CLUSTER: none), and
+    each group's L2-normalized centroid and radius (the cosine distance within which a new item
+    joins it)."""
+
+    labels: np.ndarray  # int64 [items]
+    centroids: np.ndarray  # float32 [groups, dimension]
+    radii: np.ndarray  # float64 [groups]
+
+    @property
+    def count(self) -> int:
+        return len(self.centroids)
+
+    @property
+    def unclustered_share(self) -> float:
+        return float(np.mean(self.labels == contract.NO_CLUSTER)) if len(self.labels) else 0.0
 
 
 _TAG_SEPARATORS = re.compile(r"[,;]")
@@ -98,13 +128,7 @@ def build_index(
     column), with its files. Raises ValueError for items that cannot be indexed."""
     vectors = _check_items(items)
     n, d = vectors.shape
-    center = vectors.mean(axis=0, dtype=np.float64).astype(np.float32)
-    scale = np.empty(0, dtype=np.float32)
-    if space == contract.FEATURES_SPACE:
-        std = vectors.std(axis=0, dtype=np.float64)
-        scale = np.where(std > 1e-12, std, 1.0).astype(np.float32)
-    elif space != contract.EMBEDDING_SPACE:
-        raise ValueError(f"unknown index space {space!r}")
+    center, scale = space_normalization(vectors, space)
     normalized = contract.normalize(vectors, center, scale)
 
     index = manifest_pb2.SimilarityIndex(
@@ -128,7 +152,8 @@ def build_index(
         _add_tags(catalog, items.tags, settings.min_cooccurrence)
     if items.captions is not None:
         catalog.captions.extend(str(c) for c in items.captions)
-    _add_clusters(catalog, normalized, settings)
+    grouping = group_items(normalized, settings)
+    _add_clusters(catalog, normalized, grouping)
     contract.validate_catalog(catalog, n, d)
     files[contract.CATALOG_FILE] = catalog.SerializeToString()
     index.catalog.file = contract.CATALOG_FILE
@@ -140,7 +165,19 @@ def build_index(
         files[contract.TEXT_VECTORS_FILE] = contract.npy_bytes(_text_vectors(text_embedder, texts))
         index.text_vectors.file = contract.TEXT_VECTORS_FILE
         index.text_model.CopyFrom(text_model)
-    return BuiltIndex(index=index, files=files)
+    return BuiltIndex(index=index, files=files, unclustered=int(np.sum(grouping.labels == contract.NO_CLUSTER)))
+
+
+def space_normalization(vectors: np.ndarray, space: str) -> tuple[np.ndarray, np.ndarray]:
+    """(center, scale) of float32 `vectors` in `space`: the mean, and for "features" each
+    column's standard deviation (1 for a constant column; empty scale for "embedding")."""
+    center = vectors.mean(axis=0, dtype=np.float64).astype(np.float32)
+    if space == contract.EMBEDDING_SPACE:
+        return center, np.empty(0, dtype=np.float32)
+    if space != contract.FEATURES_SPACE:
+        raise ValueError(f"unknown index space {space!r}")
+    std = vectors.std(axis=0, dtype=np.float64)
+    return center, np.where(std > 1e-12, std, 1.0).astype(np.float32)
 
 
 def _check_items(items: IndexItems) -> np.ndarray:
@@ -221,63 +258,123 @@ def _add_tags(catalog: manifest_pb2.ItemCatalog, tags: list[list[str]], min_cooc
         catalog.tag_pairs.add(a=a, b=b, count=count, lift=lift, pmi=math.log(lift))
 
 
-def _add_clusters(catalog: manifest_pb2.ItemCatalog, normalized: np.ndarray, settings: IndexSettings) -> None:
-    """HDBSCAN over the normalized vectors (on a sample past CLUSTER_SAMPLE items); clusters
-    numbered largest first; every item's cluster or NO_CLUSTER."""
-    from sklearn.cluster import HDBSCAN
-    from sklearn.decomposition import PCA
+def group_items(normalized: np.ndarray, settings: IndexSettings = IndexSettings()) -> Grouping:
+    """The groups of L2-normalized item vectors [N, D]. The count is the one whose cut of Ward's
+    tree has the best silhouette, from 2 to the most groups of min_cluster_size items (at most
+    MAX_CLUSTERS); k-means, started from that cut's means, makes the groups (on a sample past
+    CLUSTER_SAMPLE items); a group of fewer than min_cluster_size items is dissolved into the
+    others. Each item belongs to its nearest group unless its cosine distance to the group's
+    centroid exceeds median + cluster_reach robust deviations of the members' distances (the
+    deviation of the far half: distances to a centroid are skewed to the far side); a group's
+    radius, for new items, is median + NEW_ITEM_REACH deviations."""
+    from sklearn.cluster import KMeans
 
     n = len(normalized)
     rng = np.random.default_rng(settings.seed)
     sample = np.sort(rng.choice(n, CLUSTER_SAMPLE, replace=False)) if n > CLUSTER_SAMPLE else np.arange(n)
     size = settings.min_cluster_size or max(5, round(0.02 * len(sample)))
-    labels = np.full(n, contract.NO_CLUSTER, dtype=np.int64)
-    if len(sample) <= size:  # too few items for a cluster of the minimum size to stand out
-        catalog.item_clusters.extend(labels.tolist())
-        return
+    none = Grouping(
+        labels=np.full(n, contract.NO_CLUSTER, dtype=np.int64),
+        centroids=np.empty((0, normalized.shape[1]), dtype=np.float32),
+        radii=np.empty(0),
+    )
     points = normalized[sample]
-    if points.shape[1] > CLUSTER_DIMENSIONS and len(points) > CLUSTER_DIMENSIONS:
-        points = PCA(CLUSTER_DIMENSIONS, random_state=settings.seed).fit_transform(points)
-    model = HDBSCAN(min_cluster_size=size, metric="euclidean", copy=True).fit(points)
-    found = [c for c in np.unique(model.labels_) if c >= 0]
-    found.sort(key=lambda c: -int(np.sum(model.labels_ == c)))
-    centroids, radii, members_of = [], [], []
-    for c in found:
-        members = sample[model.labels_ == c]
+    starts = _count_cut(points, min(MAX_CLUSTERS, len(sample) // size), rng, settings.seed)
+    if starts is None:  # too few (distinct) items for two groups of the minimum size
+        return none
+    model = KMeans(len(starts), init=starts, n_init=1, random_state=settings.seed).fit(points)
+    while (small := np.bincount(model.labels_, minlength=model.n_clusters) < size).any():
+        kept = model.cluster_centers_[~small]
+        model = KMeans(len(kept), init=kept, n_init=1, random_state=settings.seed).fit(points)
+    nearest = model.predict(normalized)
+    labels = np.full(n, contract.NO_CLUSTER, dtype=np.int64)
+    groups: list[tuple[np.ndarray, np.ndarray, float]] = []  # (members, centroid, radius)
+    for c in range(model.n_clusters):
+        members = np.flatnonzero(nearest == c)
         centroid = normalized[members].mean(axis=0)
         centroid /= max(float(np.linalg.norm(centroid)), 1e-12)
         distances = 1.0 - normalized[members] @ centroid
         median = float(np.median(distances))
-        mad = float(np.median(np.abs(distances - median)))
-        centroids.append(centroid.astype(np.float32))
-        radii.append(median + RADIUS_MADS * 1.4826 * mad)
-        members_of.append((members, model.probabilities_[model.labels_ == c]))
-    if centroids:
-        labels[sample] = [found.index(c) if c >= 0 else contract.NO_CLUSTER for c in model.labels_]
-        rest = np.setdiff1d(np.arange(n), sample)
-        if len(rest):  # items outside the sample join the nearest cluster within its radius
-            similarity = normalized[rest] @ np.stack(centroids).T
-            nearest = similarity.argmax(axis=1)
-            close = 1.0 - similarity[np.arange(len(rest)), nearest] <= np.asarray(radii)[nearest]
-            labels[rest] = np.where(close, nearest, contract.NO_CLUSTER)
-    catalog.item_clusters.extend(labels.tolist())
+        deviation = MAD_TO_DEVIATION * float(np.median(distances[distances >= median] - median))
+        reached = members[distances <= median + settings.cluster_reach * deviation]
+        groups.append((reached, centroid.astype(np.float32), median + NEW_ITEM_REACH * deviation))
+    groups.sort(key=lambda g: -len(g[0]))  # stable: equal sizes keep k-means' order
+    for gid, (members, _, _) in enumerate(groups):
+        labels[members] = gid
+    return Grouping(
+        labels=labels,
+        centroids=np.stack([g[1] for g in groups]),
+        radii=np.asarray([g[2] for g in groups], dtype=np.float64),
+    )
+
+
+def _count_cut(points: np.ndarray, most: int, rng: np.random.Generator, seed: int) -> np.ndarray | None:
+    """Full-space means [k, D] of the groups of the Ward cut with the best silhouette among 2 to
+    `most` groups, on COUNT_SAMPLE of `points` projected onto CLUSTER_DIMENSIONS components;
+    None when no cut makes two groups."""
+    from sklearn.cluster import AgglomerativeClustering
+    from sklearn.decomposition import PCA
+    from sklearn.metrics import pairwise_distances, silhouette_score
+
+    if most < 2 or (points == points[0]).all():  # no two groups of the minimum size, or one item
+        return None
+    chosen = np.sort(rng.choice(len(points), COUNT_SAMPLE, replace=False)) if len(points) > COUNT_SAMPLE else None
+    full = points if chosen is None else points[chosen]
+    projected = full
+    if full.shape[1] > CLUSTER_DIMENSIONS and len(full) > CLUSTER_DIMENSIONS:
+        projected = PCA(CLUSTER_DIMENSIONS, random_state=seed).fit_transform(full)
+    tree = AgglomerativeClustering(n_clusters=1, linkage="ward").fit(projected)
+    distances = pairwise_distances(projected)
+    best: tuple[float, np.ndarray] | None = None
+    # A silhouette needs from 2 to items - 1 groups.
+    for cut in _tree_cuts(tree.children_, len(full), min(most, len(full) - 1)):
+        score = float(silhouette_score(distances, cut, metric="precomputed"))
+        if best is None or score > best[0]:
+            best = (score, cut)
+    if best is None:
+        return None
+    cut = best[1]
+    return np.stack([full[cut == c].mean(axis=0) for c in np.unique(cut)])
+
+
+def _tree_cuts(children: np.ndarray, n: int, most: int) -> Iterator[np.ndarray]:
+    """The labels [n] of a merge tree's cuts into 2, 3, ... `most` groups (scikit-learn's
+    children_: merge m joins children[m] into node n + m): each cut undoes one more of the last
+    merges. A node's leaves are a contiguous run of one leaf order, so a split relabels a run."""
+    size = np.ones(2 * n - 1, dtype=np.int64)
+    for m, (a, b) in enumerate(children):
+        size[n + m] = size[a] + size[b]
+    start = np.zeros(2 * n - 1, dtype=np.int64)
+    for m in range(n - 2, -1, -1):  # the root's run is all the leaves; each child takes its part
+        a, b = children[m]
+        start[a], start[b] = start[n + m], start[n + m] + size[a]
+    at = start[:n]  # each leaf's place in the leaf order
+    run = np.zeros(n, dtype=np.int64)  # group by place
+    for k in range(2, most + 1):
+        _, b = children[n - k]  # the merge undone: its second child's leaves become group k - 1
+        run[start[b] : start[b] + size[b]] = k - 1
+        yield run[at]
+
+
+def _add_clusters(catalog: manifest_pb2.ItemCatalog, normalized: np.ndarray, grouping: Grouping) -> None:
+    """Every item's group (or NO_CLUSTER) and each group with its most central members, its
+    centroid, radius and most frequent tags."""
+    catalog.item_clusters.extend(grouping.labels.tolist())
     tag_names = list(catalog.tag_names)
-    for cid, (centroid, radius, (members, probabilities)) in enumerate(zip(centroids, radii, members_of, strict=True)):
-        everyone = np.flatnonzero(labels == cid)
-        core = members[probabilities >= CORE_PROBABILITY]
-        candidates = core if len(core) else members
-        # The most central core members, the medoid-like one first.
-        order = np.argsort(-(normalized[candidates] @ centroid), kind="stable")
+    for cid, (centroid, radius) in enumerate(zip(grouping.centroids, grouping.radii, strict=True)):
+        members = np.flatnonzero(grouping.labels == cid)
+        # The most central members, the medoid-like one first.
+        order = np.argsort(-(normalized[members] @ centroid), kind="stable")
         top_tags: list[str] = []
         if catalog.item_tags:
-            votes = Counter(tag_names[t] for i in everyone for t in catalog.item_tags[int(i)].tags)
+            votes = Counter(tag_names[t] for i in members for t in catalog.item_tags[int(i)].tags)
             top_tags = [t for t, _ in sorted(votes.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_TAGS]]
         catalog.clusters.add(
             id=cid,
-            size=len(everyone),
-            representatives=candidates[order[:REPRESENTATIVES]].tolist(),
+            size=len(members),
+            representatives=members[order[:REPRESENTATIVES]].tolist(),
             centroid=centroid.tolist(),
-            radius=radius,
+            radius=float(radius),
             top_tags=top_tags,
         )
 

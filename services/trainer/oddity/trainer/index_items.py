@@ -75,6 +75,8 @@ class IndexOutcome:
             "items": index.items,
             "dimension": index.dimension,
             "clusters": index.clusters,
+            "unclustered": self.built.unclustered,
+            "unclustered_share": round(self.built.unclustered / index.items, 4),
             "tags": index.tags,
             "search": "approximate" if index.approximate.file else "exact",
             "text_model": index.text_model.model,
@@ -127,6 +129,7 @@ def plan_index(
     settings = IndexSettings(
         approximate_from=section.approximate_from,
         min_cluster_size=section.min_cluster_size,
+        cluster_reach=section.cluster_reach,
         min_cooccurrence=section.min_cooccurrence,
     )
     items = IndexItems(ids=ids, vectors=vectors, metadata=metadata, tags=tags, captions=captions)

@@ -124,6 +124,9 @@ class SimilaritySpec(_Strict):
     text_model: str = ""
     approximate_from: int = Field(default=5_000, ge=1)
     min_cluster_size: int = Field(default=0, ge=0)  # 0: max(5, 2% of the items)
+    # An item is in no group beyond median + cluster_reach robust deviations of its nearest
+    # group's distances to its centroid; larger: fewer items in no group.
+    cluster_reach: float = Field(default=5.0, ge=0)
     min_cooccurrence: int = Field(default=5, ge=1)
 
     @model_validator(mode="after")
