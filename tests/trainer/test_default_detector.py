@@ -147,3 +147,29 @@ def test_parity_is_judged_beyond_float32_rounding_on_tied_scores():
     exported = validation.onnx_scores(validation.onnx_session(learner.to_onnx()), sample)
     framework = learner.anomaly_scores(sample)[0]
     validation.check_parity(exported, framework, 1e-3, learner.parity_allowance(sample))
+
+
+@pytest.mark.slow
+def test_a_dirty_export_is_not_learned_as_normal_and_contamination_keeps_the_flag_rate(stack, data_volume):
+    """5% of the training rows are an incident (a shifted cluster). Trimmed, the default still
+    flags rows like them; with `contamination: 0.05` the threshold is taken among the other
+    rows, so new normal rows are flagged at the spec's 5%."""
+    trainer, detector = stack
+    normal = datasets.sensor_frame(1900, seed=0)
+    incident = datasets.sensor_frame(100, seed=5) + 4 * normal.std()
+    spec = {**default_spec(), "contamination": 0.05}
+    datasets.write_dataset(data_volume, "dirty", spec, {"export.csv": pd.concat([normal, incident])})
+    job = run_job(trainer, "dirty")
+    assert job.state == trainer_pb2.JOB_STATE_SUCCEEDED, job.message
+    group = detector.stub.GetModel(detector_pb2.GetModelRequest(model="dirty")).manifest.groups[0]
+    assert group.threshold_percentile == pytest.approx(95 * 0.95)
+    assert group.selection.endswith("the 100 of 2000 rows it scored highest were left out of the fit")
+
+    columns = list(normal.columns)
+    test_normal = datasets.sensor_frame(2000, seed=42).to_numpy()
+    more_incident = (datasets.sensor_frame(200, seed=43) + 4 * normal.std()).to_numpy()
+    response = score(detector, "dirty", np.vstack([test_normal, more_incident]), columns)
+    truth = np.r_[np.zeros(len(test_normal)), np.ones(len(more_incident))]
+    assert roc_auc_score(truth, response.scores) >= 0.95
+    flagged = float(np.mean(response.is_anomaly[: len(test_normal)]))
+    assert 0.03 <= flagged <= 0.07, flagged

@@ -131,7 +131,7 @@ def test_unknown_model_parameters_are_a_spec_error_when_read(tmp_path):
         load_spec(folder)
     assert str(refused.value) == (
         "dataset.yaml: model: Value error, unknown knn parameters ['kk']; allowed: "
-        "['k', 'max_reference', 'metric', 'seed']"
+        "['aggregate', 'k', 'max_reference', 'metric', 'seed']"
     )
 
 

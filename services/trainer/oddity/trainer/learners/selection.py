@@ -40,7 +40,6 @@ KNN: Recipe = ({"kind": "knn", "params": {"metric": "euclidean", "k": 5}},)
 # The alternatives judged for each profile, by name; RECIPES names the one each profile trains.
 CHOICES: dict[str, Recipe] = {
     "knn": KNN,
-    "knn-k10": ({"kind": "knn", "params": {"metric": "euclidean", "k": 10}},),
     "knn+cosine": (*KNN, {"kind": "knn", "params": {"metric": "cosine", "k": 5}}),
     "knn+mahalanobis": (*KNN, {"kind": "mahalanobis"}),
     "knn-whitened": ({"kind": "knn", "params": {"metric": "whitened", "k": 5}},),
