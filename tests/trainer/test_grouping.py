@@ -36,7 +36,6 @@ def unclustered_share(labels: np.ndarray) -> float:
     return float(np.mean(np.asarray(labels) == contract.NO_CLUSTER))
 
 
-@pytest.mark.slow  # about 1 s: every count from 2 to 49 on 1,797 items
 def test_digits_are_grouped_by_digit_with_few_items_left_out():
     digits = sklearn_datasets.load_digits()
     grouping = group_items(table_vectors(digits.data))
