@@ -64,7 +64,7 @@ def test_default_ranks_anomalies_and_shows_its_evidence(stack, data_volume):
     assert group.members[0].weight == pytest.approx(1.0)
     assert group.selection == (
         "knn(euclidean): the default for a table (8 features, 100% distinct values per column); "
-        "the 75 of 1500 rows it scored highest were left out of the fit"
+        "the 30 of 1500 rows it scored highest were left out of the fit"
     )
     # The same evidence through the trainer's GetStatus.
     status = trainer.stub.GetStatus(trainer_pb2.GetStatusRequest(dataset="plant")).datasets[0]
