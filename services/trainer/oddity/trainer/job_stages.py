@@ -72,22 +72,14 @@ def plan(request: JobRequest, decided: Decisions) -> Plan:
 
 
 def with_contamination(spec: DatasetSpec, kind: str) -> DatasetSpec:
-    """The spec as training applies its `contamination` c: the threshold is the percentile p
-    among the (1 - c) normal rows, so p * (1 - c) of all rows, and the gate's anomaly-rate bounds
-    grow by the c * p / 100 the anomalies add; kinds that trim (auto) trim at least c."""
+    """The spec as training applies its `contamination` c: kinds that trim (auto) trim at least c."""
     c = spec.contamination
-    if not c:
+    learner = learner_class(kind)
+    if not c or "trim" not in learner.PARAMS or "trim" in spec.model.params:
         return spec
-    low, high = spec.validation.anomaly_rate
-    added = c * spec.threshold_percentile / 100
-    validation = spec.validation.model_copy(update={"anomaly_rate": (min(1.0, low + added), min(1.0, high + added))})
-    model, learner = spec.model, learner_class(kind)
-    if "trim" in learner.PARAMS and "trim" not in model.params:
-        trim = max(c, float(getattr(learner, "default_trim", 0.0)))
-        model = model.model_copy(update={"params": {**model.params, "trim": trim}})
-    return spec.model_copy(
-        update={"threshold_percentile": spec.threshold_percentile * (1 - c), "validation": validation, "model": model}
-    )
+    trim = max(c, float(getattr(learner, "default_trim", 0.0)))
+    model = spec.model.model_copy(update={"params": {**spec.model.params, "trim": trim}})
+    return spec.model_copy(update={"model": model})
 
 
 def with_threshold_override(spec: DatasetSpec, percentile: float) -> DatasetSpec:
