@@ -100,6 +100,56 @@ def test_a_client_above_its_rate_is_refused_and_others_are_not(published, tmp_pa
         detector.close()
 
 
+def admitted(detector, request, headers) -> int:
+    """How many of the calls (one per metadata tuple) were answered; the rest must be refused
+    by the rate limit."""
+    answered = 0
+    for metadata in headers:
+        try:
+            detector.stub.Detect(request, metadata=metadata, timeout=10)
+            answered += 1
+        except grpc.RpcError as refused:
+            assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused.details()
+    return answered
+
+
+def test_random_authorization_headers_do_not_mint_buckets_without_tokens(published):
+    """Without tokens the key is the caller's address: 300 calls, each with a header of its
+    own, share one bucket (burst 10 at 0.01 a second: 10 admitted, whatever the headers say)."""
+    detector = start_detector(published, rate_limit_per_client=0.01, rate_limit_burst=10)
+    try:
+        request = detect_request("m", models.normal_rows(1, D))
+        headers = [(("authorization", f"Bearer random-{i}"),) for i in range(300)]
+        assert admitted(detector, request, headers) == 10
+    finally:
+        detector.close()
+
+
+def test_a_token_spelled_differently_is_still_the_same_client(published, tmp_path):
+    """The key is the principal the token authenticates as: "bearer", "BEARER" and extra
+    blanks are the same client, so they share its bucket."""
+    tokens = tmp_path / "read-tokens"
+    tokens.write_text("dashboard:token-a\n")
+    detector = start_detector(published, read_tokens_file=tokens, rate_limit_per_client=0.01, rate_limit_burst=3)
+    try:
+        request = detect_request("m", models.normal_rows(1, D))
+        spellings = ["Bearer token-a", "bearer token-a", "BEARER token-a", "Bearer   token-a  ", "bearer  token-a"]
+        headers = [(("authorization", spelling),) for spelling in spellings * 4]
+        assert admitted(detector, request, headers) == 3
+    finally:
+        detector.close()
+
+
+def test_buckets_are_bounded_in_number():
+    from oddity.common.limits import MAX_TRACKED_CLIENTS, RateLimiter
+
+    limiter = RateLimiter(rate=1.0, burst=1)
+    for i in range(MAX_TRACKED_CLIENTS + 500):
+        limiter.allow(f"client-{i}")
+    assert len(limiter._buckets) == MAX_TRACKED_CLIENTS
+    assert "client-0" not in limiter._buckets  # the least recently seen went first
+
+
 def test_the_metrics_endpoint_can_require_a_token(published, tmp_path):
     token_file = tmp_path / "metrics-token"
     token_file.write_text("prometheus:scr4pe\n")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,16 @@ OPEN_SERVICES = (
     "grpc.reflection.v1alpha.ServerReflection",
     "grpc.reflection.v1.ServerReflection",
 )
+
+
+# Who the call being handled authenticated as (set by AuthInterceptor before the handlers it
+# wraps run; None without tokens): the rate limit's key, so a header alone never mints a bucket.
+_caller: ContextVar[str | None] = ContextVar("oddity_caller", default=None)
+
+
+def authenticated_caller() -> str | None:
+    """The principal the current call authenticated as, or None (no tokens configured)."""
+    return _caller.get()
 
 
 @dataclass(frozen=True)
@@ -104,6 +115,7 @@ class AuthInterceptor(HandlerInterceptor):
         token = _bearer(context.invocation_metadata())
         principal = self.tokens.principal(token) if token else None
         annotate_request(principal=principal.name if principal else "anonymous", **audit)
+        _caller.set(principal.name if principal else None)
         if principal is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid bearer token is required")
         elif admin_call and not principal.admin:

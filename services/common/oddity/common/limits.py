@@ -5,8 +5,9 @@ One interceptor decides, before a handler runs, whether the call is admitted:
     retry, so clients move to another replica or wait for the restart), never CANCELLED;
   - beyond `max_concurrent` calls in progress, RESOURCE_EXHAUSTED at once: no queue grows
     behind a busy server;
-  - with a per-client rate, a token bucket per client (its bearer token, or its address
-    without tokens) refuses calls above the rate with RESOURCE_EXHAUSTED.
+  - with a per-client rate, a token bucket per client (the principal it authenticated as, or
+    its address without tokens; at most MAX_TRACKED_CLIENTS buckets, least recently seen
+    dropped first) refuses calls above the rate with RESOURCE_EXHAUSTED.
 Health checks and reflection are always admitted: probes must see a busy server as alive.
 
 Reason to change: the limits on a server's work and the drain on shutdown.
@@ -15,7 +16,6 @@ Reason to change: the limits on a server's work and the drain on shutdown.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import inspect
 import time
 from collections import OrderedDict
@@ -23,7 +23,7 @@ from typing import Any
 
 import grpc
 
-from oddity.common.auth import AUTHORIZATION_KEY, OPEN_SERVICES
+from oddity.common.auth import OPEN_SERVICES, authenticated_caller
 from oddity.common.interceptors import HandlerInterceptor, split_method, with_behavior
 
 MAX_TRACKED_CLIENTS = 10_000  # buckets kept (least recently seen dropped first)
@@ -66,11 +66,12 @@ class RateLimiter:
 
 
 def client_key(context: grpc.aio.ServicerContext) -> str:
-    """Who is calling, for the rate limit: a hash of the bearer token, else the peer's address."""
-    for key, value in context.invocation_metadata() or ():
-        if key == AUTHORIZATION_KEY:
-            raw = value if isinstance(value, bytes) else value.encode()
-            return "token:" + hashlib.sha256(raw).hexdigest()[:16]
+    """Who is calling, for the rate limit: the principal the call authenticated as (with tokens
+    configured), else the peer's address. Headers are never read here: a random authorization
+    header must not mint a bucket of its own."""
+    caller = authenticated_caller()
+    if caller is not None:
+        return "principal:" + caller
     peer = context.peer() or "unknown"  # "ipv4:127.0.0.1:53412": the port changes per connection
     return peer.rsplit(":", 1)[0] if peer.startswith(("ipv4:", "ipv6:")) else peer
 
