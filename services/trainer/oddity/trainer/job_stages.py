@@ -32,7 +32,7 @@ from oddity.trainer.index_items import IndexEmbedder, IndexPlan
 from oddity.trainer.item_datasets import load_item_dataset
 from oddity.trainer.jobs import JobRequest
 from oddity.trainer.learners import learner_class
-from oddity.trainer.publisher import Publisher
+from oddity.trainer.publisher import Publisher, unwritable
 from oddity.trainer.spec import DatasetSpec, load_spec
 from oddity.v1 import manifest_pb2
 
@@ -232,9 +232,7 @@ def publish(publisher: Publisher, built: Built, keep_versions: int) -> int:
     try:
         version = publisher.publish(built.trained.manifest, built.files, keep_versions)
     except OSError as exc:  # read-only, full or missing volume: the operator's to fix
-        raise RepositoryUnwritable(
-            f"cannot write to the model repository {publisher.repository}: {exc.strerror or type(exc).__name__}"
-        ) from exc
+        raise RepositoryUnwritable(unwritable(publisher.repository, exc)) from exc
     built.trained.durations["publish"] = time.perf_counter() - start
     return version
 

@@ -7,17 +7,32 @@ Reason to change: what a new model, a rollback or a threshold move writes.
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import numpy as np
 
 from oddity.common import bundle
-from oddity.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from oddity.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from oddity.common.logging import get_logger
 from oddity.trainer import bundle_writer
 from oddity.v1 import manifest_pb2
 
 log = get_logger("oddity.trainer.publisher")
+
+
+def unwritable(repository: Path, exc: OSError) -> str:
+    """What a failed write into the model repository tells its caller (training and the admin
+    calls alike): a read-only, full or missing volume is the operator's to fix."""
+    return f"cannot write to the model repository {repository}: {exc.strerror or type(exc).__name__}"
+
+
+def repository_error(repository: Path, exc: OSError) -> ResourceExhausted | FailedPrecondition:
+    """The admin calls' status for a failed write: a full disk is RESOURCE_EXHAUSTED, anything
+    else (read-only, permissions, missing) FAILED_PRECONDITION."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ResourceExhausted(unwritable(repository, exc))
+    return FailedPrecondition(unwritable(repository, exc))
 
 
 class Publisher:

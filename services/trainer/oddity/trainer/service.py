@@ -25,7 +25,7 @@ from oddity.trainer.datasets import DatasetEntry, Datasets
 from oddity.trainer.decisions import DecisionBook, Pin
 from oddity.trainer.history import History
 from oddity.trainer.jobs import Job, JobRequest
-from oddity.trainer.publisher import Publisher
+from oddity.trainer.publisher import Publisher, repository_error
 from oddity.trainer.runner import JobRunner
 from oddity.trainer.spec import DatasetSpec
 from oddity.v1 import manifest_pb2
@@ -206,14 +206,21 @@ class TrainerService:
         spec = await self._spec(dataset)
         entry = self.datasets.get(dataset)
         hold = spec.retrain.after_rollback == "hold"
-        # Pinned before the rolled-back version appears, so no scan in between retrains it away.
+        # Pinned before the rolled-back version appears, so no scan in between retrains it away;
+        # a rollback that fails puts back the pin there was (an earlier rollback's hold).
+        earlier = self.decisions.get(dataset).pin
         await asyncio.to_thread(self.decisions.pin, dataset, Pin(0, version, entry.fingerprint, hold=hold))
         try:
             new, restored = await asyncio.to_thread(
                 self.publisher.rollback, spec.name, version, spec.keep_versions
             )
-        except BaseException:
-            await asyncio.to_thread(self.decisions.unpin, dataset)
+        except BaseException as exc:
+            if earlier is None:
+                await asyncio.to_thread(self.decisions.unpin, dataset)
+            else:
+                await asyncio.to_thread(self.decisions.pin, dataset, earlier)
+            if isinstance(exc, OSError):
+                raise repository_error(self.publisher.repository, exc) from exc
             raise
         pin = Pin(new, restored, entry.fingerprint, hold=hold)
         await asyncio.to_thread(self.decisions.pin, dataset, pin)
@@ -239,9 +246,12 @@ class TrainerService:
         override = percentile
         if percentile == 0:
             percentile = spec.threshold_percentile
-        version, thresholds = await asyncio.to_thread(
-            self.publisher.set_threshold, spec.name, percentile, spec.keep_versions
-        )
+        try:
+            version, thresholds = await asyncio.to_thread(
+                self.publisher.set_threshold, spec.name, percentile, spec.keep_versions
+            )
+        except OSError as exc:
+            raise repository_error(self.publisher.repository, exc) from exc
         await asyncio.to_thread(self.decisions.set_threshold, dataset, override)
         pin = self.decisions.get(dataset).pin
         if pin is not None:  # the rolled-back bundle serves on, under its new number
