@@ -48,6 +48,7 @@ class Datasets:
         self.repository = repository
         self.metrics = metrics
         self._entries: dict[str, DatasetEntry] = {}
+        self._owners: dict[str, str] = {}  # model name -> the dataset folder that has it
         self.digests = FileDigests()  # scans rehash only the files that changed
         self._lock = threading.Lock()
 
@@ -60,10 +61,9 @@ class Datasets:
                 if self.root.is_dir()
                 else []
             )
-            entries: dict[str, DatasetEntry] = {}
+            entries = self._unique_models({name: self._read(name, self._entries.get(name)) for name in names})
             changed = set()
-            for name in names:
-                entry = entries[name] = self._read(name, self._entries.get(name))
+            for name, entry in entries.items():
                 if entry.spec is None:
                     continue
                 # The live manifest is read here anyway: its metrics follow every scan (and so
@@ -76,6 +76,50 @@ class Datasets:
             self.metrics.keep_live({e.name: e.spec.name if e.spec is not None else None for e in entries.values()})
             self.metrics.invalid_datasets.set(sum(1 for e in entries.values() if e.error))
             return changed
+
+    def _unique_models(self, entries: dict[str, DatasetEntry]) -> dict[str, DatasetEntry]:
+        """One dataset folder per model name: when several specs name the same model, the folder
+        that had it first keeps it (the one this process saw first, else the one the live
+        version was trained from, else the oldest folder) and the others are invalid, saying
+        which folder has the name. So two folders never publish over each other."""
+        claims: dict[str, list[str]] = {}
+        for name, entry in entries.items():
+            if entry.spec is not None:
+                claims.setdefault(entry.spec.name, []).append(name)
+        for model, folders in claims.items():
+            if len(folders) < 2:
+                self._owners[model] = folders[0]
+                continue
+            owner = self._owner(model, folders)
+            self._owners[model] = owner
+            for name in folders:
+                if name == owner:
+                    continue
+                entry = entries[name]
+                error = (
+                    f"model name {model!r} is already used by the dataset folder {owner!r}; "
+                    f"give {name}/dataset.yaml another name"
+                )
+                if self._entries.get(name, entry).error != error:
+                    log.warning("duplicate model name", dataset=name, model=model, owner=owner)
+                entries[name] = DatasetEntry(name, entry.folder, error=error)
+        return entries
+
+    def _owner(self, model: str, folders: list[str]) -> str:
+        known = self._owners.get(model)
+        if known in folders:
+            return known
+        live = self.live_manifest(model)
+        if live is not None and live.dataset in folders:
+            return live.dataset
+
+        def age(name: str) -> tuple[float, str]:
+            try:
+                return (self.root.joinpath(name).stat().st_ctime, name)
+            except OSError:
+                return (float("inf"), name)
+
+        return min(folders, key=age)
 
     def _read(self, name: str, previous: DatasetEntry | None) -> DatasetEntry:
         folder = self.root / name
