@@ -3,6 +3,7 @@ token cannot call admin RPCs, an admin token can, every admin call leaves one au
 health stays open for probes, tokens rotate without a restart, and the trainer's own call to
 the detector carries its admin token."""
 
+import os
 import time
 
 import grpc
@@ -10,6 +11,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from oddity.common.auth import Tokens
+from oddity.common.token_files import CHECK_SECONDS
 from oddity.v1 import detector_pb2, detector_pb2_grpc, trainer_pb2
 from tests.conftest import start_detector, start_trainer
 from tests.support import datasets, models
@@ -39,9 +41,33 @@ def test_tokens_are_compared_and_rotated(tmp_path):
     assert tokens.principal(b"first").name == "ops"
     assert tokens.principal(b"plain-token").name.startswith("token-")
     assert tokens.principal(b"nope") is None
-    time.sleep(0.01)
     path.write_text("ops:second\n")
+    time.sleep(CHECK_SECONDS)  # files are looked at again at most once a second
     assert tokens.principal(b"first") is None and tokens.principal(b"second").admin
+
+
+def test_a_rotation_that_keeps_size_and_mtime_is_seen(tmp_path):
+    """`cp -p` and `rsync -a` keep the mtime: a same-length token must still replace the old."""
+    path = tmp_path / "tokens"
+    path.write_text("ops:aaaa\n")
+    tokens = Tokens(read_files=[path])
+    assert tokens.principal(b"aaaa").name == "ops"
+    before = path.stat()
+    path.write_text("ops:bbbb\n")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    time.sleep(CHECK_SECONDS)
+    assert (tokens.principal(b"aaaa"), tokens.principal(b"bbbb").name) == (None, "ops")
+
+
+def test_a_tokens_file_that_is_not_text_keeps_the_last_good_tokens(tmp_path):
+    path = tmp_path / "tokens"
+    path.write_text("ops:good\n")
+    tokens = Tokens(read_files=[path])
+    assert tokens.principal(b"good").name == "ops"
+    path.write_bytes(b"ops:\xff\xfe broken\n")
+    time.sleep(CHECK_SECONDS)
+    assert tokens.principal(b"good").name == "ops"
 
 
 def test_roles_on_the_detector(repository, token_files):
