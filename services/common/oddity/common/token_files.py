@@ -34,6 +34,7 @@ class TokenFile:
         self._digest: bytes | None = None
         self._checked = -float("inf")
         self._tokens: list[tuple[bytes, str]] = []
+        self._failure = ""
 
     def tokens(self) -> list[tuple[bytes, str]]:
         now = time.monotonic()
@@ -49,8 +50,13 @@ class TokenFile:
             self._tokens, self._digest = [], None  # a Secret being re-mounted: no token matches meanwhile
             return
         except OSError as exc:
-            log.warning("cannot read the tokens file; the last tokens read stay", path=str(self.path), error=str(exc))
+            if str(exc) != self._failure:  # once per failure, not once a second
+                self._failure = str(exc)
+                log.warning(
+                    "cannot read the tokens file; the last tokens read stay", path=str(self.path), error=str(exc)
+                )
             return
+        self._failure = ""
         digest = hashlib.sha256(raw).digest()
         if digest == self._digest:
             return
