@@ -95,7 +95,7 @@ class GroupEvidence:
     threshold: float
     threshold_percentile: float
     calibration: dict[str, Any]  # method, folds, rows, expected and cross-validated anomaly rates
-    members: list[dict[str, Any]]  # auto and ensembles: kind, params_json, weight, synthetic_auc, note
+    members: list[dict[str, Any]]  # auto and ensembles: kind, params_json, weight, note
     #: Classifiers, on held-out rows: accuracy, balanced_accuracy, macro_f1, classes (precision,
     #: recall), confusion_matrix, ece_before/after_temperature, temperature, score_mae; else {}.
     evaluation: dict[str, Any] = field(default_factory=dict)

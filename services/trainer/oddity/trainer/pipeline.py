@@ -199,7 +199,7 @@ class GroupContext:
 
     def epoch_reporter(self) -> LearnerProgress:
         """A learner's per-epoch progress as the job's training progress."""
-        name, report, unit = self.plan.name, self.report, progress_unit(learner_class(self.kind))
+        name, report, unit = self.plan.name, self.report, learner_class(self.kind).progress_unit
 
         def told(epoch: int, total: int, loss: float, figures: Mapping[str, float] | None = None, /) -> None:
             fields: dict[str, Any] = {
@@ -222,12 +222,6 @@ class GroupContext:
         """Told when a group's training goes on from a checkpoint (a resumed job)."""
         name, report = self.plan.name, self.report
         return lambda epoch: report("training", {"group": name, "resumed_from_epoch": epoch, "epoch": epoch})
-
-
-def progress_unit(learner_type: type[Learner]) -> str:
-    """What a kind's progress calls count, as the kind declares: epochs (with a loss), members
-    (ensembles and auto) or steps (kinds fitted in one go, which tell 1 of 1 and no loss)."""
-    return learner_type.progress_unit
 
 
 def _train_group(context: GroupContext, learner_type: type[Learner]) -> None:
@@ -326,7 +320,6 @@ def _train_detector(context: GroupContext) -> tuple[bytes, float]:
             kind=member.kind,
             params_json=json.dumps(member.params, sort_keys=True),
             weight=member.weight / total,
-            synthetic_auc=member.synthetic_auc,
             note=member.note,
         )
     group.selection = learner.selection()

@@ -17,7 +17,7 @@ Reason to change: the interface every learner offers the training pipeline.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -47,7 +47,6 @@ class Member:
     kind: str
     params: dict[str, Any]
     weight: float = 1.0
-    synthetic_auc: dict[str, float] = field(default_factory=dict)
     note: str = ""
 
     @property

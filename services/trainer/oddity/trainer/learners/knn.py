@@ -58,6 +58,7 @@ class KnnLearner(AnomalyLearner):
     explains = True
     calibration_method = "leave_one_out"  # out_of_fold_scores: exact leave-one-out
     PARAMS = {"k", "metric", "aggregate", "max_reference"}
+    whitening_: np.ndarray | None  # metric whitened: standardized rows @ this matrix
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
@@ -85,7 +86,8 @@ class KnnLearner(AnomalyLearner):
         x = np.asarray(x, dtype=np.float64)
         if self.metric == "cosine":
             return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), _EPS)
-        return ((x - self.mean_) / self.scale_) @ self.whitening_
+        z = (x - self.mean_) / self.scale_
+        return z @ self.whitening_ if self.whitening_ is not None else z
 
     # -- fitting ---------------------------------------------------------------------------
 
@@ -99,7 +101,7 @@ class KnnLearner(AnomalyLearner):
         else:
             self.mean_ = x.mean(axis=0).astype(np.float64)
             self.scale_ = x.std(axis=0).astype(np.float64) + 1e-6
-            self.whitening_ = np.eye(d)
+            self.whitening_ = None
         cap = int(self.max_reference or default_reference_cap(d))
         rows = np.arange(n)
         if n > cap:
@@ -185,7 +187,7 @@ class KnnLearner(AnomalyLearner):
                 helper.make_node("Max", ["knn_norm", "knn_eps"], ["knn_norm_safe"]),
                 helper.make_node("Div", [bundle.INPUT_NAME, "knn_norm_safe"], ["knn_z"]),
             ]
-        elif self.metric == "whitened":
+        elif self.whitening_ is not None:  # metric: whitened
             # The standardization's division folds into the whitening matrix.
             initializers += [
                 numpy_helper.from_array(self.mean_.astype(np.float32), "knn_mean"),
