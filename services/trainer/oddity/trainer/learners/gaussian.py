@@ -56,9 +56,13 @@ class Whitening:
         return ((np.asarray(x, np.float64) - self.mean) / self.scale) @ self.matrix
 
 
+def standardization(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each feature's mean and scale (its deviation, floored so a constant feature stays finite)."""
+    return x.mean(axis=0).astype(np.float64), x.std(axis=0).astype(np.float64) + SCALE_FLOOR
+
+
 def _standardized_sample(x: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    mean = x.mean(axis=0).astype(np.float64)
-    scale = x.std(axis=0).astype(np.float64) + SCALE_FLOOR
+    mean, scale = standardization(x)
     rows = x
     if len(x) > COVARIANCE_ROWS:
         rows = x[np.sort(np.random.default_rng(seed).choice(len(x), COVARIANCE_ROWS, replace=False))]

@@ -31,7 +31,7 @@ from onnx import TensorProto, helper, numpy_helper
 from oddity.common import bundle
 from oddity.trainer import job_control
 from oddity.trainer.learners.base import AnomalyLearner, Progress
-from oddity.trainer.learners.gaussian import whitening
+from oddity.trainer.learners.gaussian import standardization, whitening
 from oddity.trainer.learners.registry import register_learner
 from oddity.trainer.onnx_graphs import contract_model
 
@@ -99,8 +99,7 @@ class KnnLearner(AnomalyLearner):
             fitted = whitening(x, self.seed)
             self.mean_, self.scale_, self.whitening_ = fitted.mean, fitted.scale, fitted.matrix
         else:
-            self.mean_ = x.mean(axis=0).astype(np.float64)
-            self.scale_ = x.std(axis=0).astype(np.float64) + 1e-6
+            self.mean_, self.scale_ = standardization(x)
             self.whitening_ = None
         cap = int(self.max_reference or default_reference_cap(d))
         rows = np.arange(n)
