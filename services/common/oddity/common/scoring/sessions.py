@@ -34,6 +34,10 @@ from oddity.v1 import manifest_pb2
 ROW_ALIGNMENT = 64
 # A call is split only when each part gets at least this many rows (a thread hop costs more).
 MIN_PART_ROWS = 512
+# Rows one ONNX Runtime run takes at most, whatever the request: a kNN graph holds a few
+# rows x reference matrices (65,536 rows against 20,000 reference rows took the detector to
+# 16 GB, and its arena kept them); 1,024 rows of that are ~80 MB each.
+MAX_RUN_ROWS = 1024
 
 
 class ModelLoadError(Exception):
@@ -93,19 +97,20 @@ def _pool(threads: int) -> ThreadPoolExecutor:
 def run_rows(
     session: ort.InferenceSession, outputs: Sequence[str], rows: np.ndarray, threads: int = 1
 ) -> list[np.ndarray]:
-    """The session's `outputs` for rows [N, D]; with `threads` > 1 a call with many rows is
-    split into aligned contiguous parts run side by side, with the same numbers as one call."""
+    """The session's `outputs` for rows [N, D]; a call with many rows is split into aligned
+    contiguous parts of at most MAX_RUN_ROWS (run side by side with `threads` > 1), with the
+    same numbers as one call."""
     n = rows.shape[0]
-    if threads <= 1 or n < 2 * MIN_PART_ROWS:
+    parts = min(threads, n // MIN_PART_ROWS) if threads > 1 and n >= 2 * MIN_PART_ROWS else 1
+    if parts == 1 and n <= MAX_RUN_ROWS:
         return session.run(list(outputs), {bundle.INPUT_NAME: rows})
-    parts = min(threads, n // MIN_PART_ROWS)
-    per_part = -(-n // parts)
+    per_part = min(-(-n // parts), MAX_RUN_ROWS)
     step = -(-per_part // ROW_ALIGNMENT) * ROW_ALIGNMENT
-    futures = [
-        _pool(threads).submit(session.run, list(outputs), {bundle.INPUT_NAME: rows[start : start + step]})
-        for start in range(0, n, step)
-    ]
-    results = [future.result() for future in futures]
+    feeds = [{bundle.INPUT_NAME: rows[start : start + step]} for start in range(0, n, step)]
+    if parts == 1:
+        results = [session.run(list(outputs), feed) for feed in feeds]
+    else:
+        results = list(_pool(threads).map(lambda feed: session.run(list(outputs), feed), feeds))
     return [np.concatenate([result[i] for result in results]) for i in range(len(outputs))]
 
 
