@@ -5,8 +5,11 @@ re-read when they change, so tokens rotate without a restart. Read tokens may ca
 and status RPCs; admin tokens may call everything, including the RPCs that change what
 serves (LoadModel, UnloadModel, Train, Rollback, SetThreshold). Health checks and server
 reflection stay open for probes unless configured otherwise. Refusals say no more than
-UNAUTHENTICATED or PERMISSION_DENIED; every admin call leaves one audit log line (who, what,
-result), written by the server interceptor when the call ends.
+UNAUTHENTICATED or PERMISSION_DENIED, and come before a request's bytes are judged (an
+undecodable request is refused innermost, see oddity.common.interceptors). Every admin call
+leaves one audit log line, written by the server interceptor when the call ends: who
+(`principal`), what (`rpc`, and the model or dataset and version the handler annotated once
+it knew them), result (`code`).
 
 Reason to change: who may call what.
 """

@@ -10,6 +10,9 @@ Handlers are wrapped once per method when services register (`WrappingRegistry`)
 intercepted per call: grpc.aio's interceptor pipeline costs tens of microseconds a call, a
 large part of a one-row Detect. `HandlerInterceptor.wrap` is the one hook; the same objects
 still work as grpc.aio interceptors.
+A request whose bytes do not parse is refused with INVALID_ARGUMENT innermost, by the
+registry, after every interceptor: tokens, roles and admission judge it like any other call
+(no token is UNAUTHENTICATED whatever the bytes, and an admin call is audited).
 
 Reason to change: what every incoming RPC gets (request ids, logs, metrics, status mapping),
 or how wrappers are applied to handlers.
@@ -42,7 +45,7 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
 
 
 class _Undecodable:
-    """Stands in for a request whose bytes did not parse, so the handler can answer
+    """Stands in for a request whose bytes did not parse, so the call is answered
     INVALID_ARGUMENT instead of grpc's UNKNOWN with an internal exception text."""
 
     __slots__ = ("error",)
@@ -66,6 +69,38 @@ def _check_decoded(request: Any) -> None:
         raise errors.InvalidArgument(f"request is not a valid protobuf message: {request.error}")
 
 
+def _decodes_requests(handler: Any) -> bool:
+    """Whether the handler's single request is parsed by a deserializer that could fail."""
+    return handler.request_deserializer is not None and not handler.request_streaming
+
+
+def _refusing_undecodable(handler: Any) -> Any:
+    """The handler, refusing a request that did not parse before it runs."""
+    if not _decodes_requests(handler):
+        return handler
+    behavior = handler.unary_unary or handler.unary_stream
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        _check_decoded(request)
+        return await behavior(request, context)
+
+    async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        _check_decoded(request)
+        async for item in behavior(request, context):
+            yield item
+
+    # Streaming handlers that write with context.write() are coroutines: they take the unary path.
+    return with_behavior(handler, stream if inspect.isasyncgenfunction(behavior) else unary)
+
+
+def _decoding_tolerantly(handler: Any) -> Any:
+    """The handler, its requests parsed into `_Undecodable` instead of failing in grpc."""
+    if not _decodes_requests(handler):
+        return handler
+    behavior = handler.unary_unary or handler.unary_stream
+    return with_behavior(handler, behavior, _tolerant(handler.request_deserializer))
+
+
 class HandlerInterceptor(grpc.aio.ServerInterceptor):
     """Wraps the handler of a method once (`wrap`); as a grpc.aio interceptor it reuses the
     wrapped handler of each method, but the fast path is `WrappingRegistry`."""
@@ -87,16 +122,18 @@ class HandlerInterceptor(grpc.aio.ServerInterceptor):
 class WrappingRegistry:
     """Stands in for a grpc.aio.Server while services register (the generated
     `add_*Servicer_to_server` functions call these two methods): each handler is wrapped by
-    the interceptors once, the first outermost, and handed to the server."""
+    the interceptors once, the first outermost, and handed to the server. Undecodable
+    requests pass every interceptor and are refused just before the service's handler."""
 
     def __init__(self, server: grpc.aio.Server, interceptors: Sequence[HandlerInterceptor]) -> None:
         self._server = server
         self._interceptors = list(interceptors)
 
     def wrap(self, method: str, handler: Any) -> Any:
+        handler = _refusing_undecodable(handler)
         for interceptor in reversed(self._interceptors):
             handler = interceptor.wrap(method, handler)
-        return handler
+        return _decoding_tolerantly(handler)
 
     def add_generic_rpc_handlers(self, generic_handlers: Sequence[grpc.GenericRpcHandler]) -> None:
         self._server.add_generic_rpc_handlers(tuple(_WrappedGeneric(h, self.wrap) for h in generic_handlers))
@@ -208,7 +245,6 @@ class ServerInterceptor(HandlerInterceptor):
             call = _Call(self, service, method, in_flight, context)
             stream = behavior(request, context)
             try:
-                _check_decoded(request)
                 async for item in stream:
                     yield item
             except BaseException as exc:
@@ -228,7 +264,6 @@ class ServerInterceptor(HandlerInterceptor):
         async def wrapped(request, context):
             call = _Call(self, service, method, in_flight, context)
             try:
-                _check_decoded(request)
                 return await behavior(request, context)
             except BaseException as exc:
                 await call.fail(exc)
@@ -242,16 +277,12 @@ class ServerInterceptor(HandlerInterceptor):
         service, method = split_method(method)
         in_flight = self.metrics.in_flight.labels(service, method)
         behavior = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
-        deserializer = handler.request_deserializer
-        if deserializer is not None and not handler.request_streaming:
-            deserializer = _tolerant(deserializer)  # an undecodable request reaches `wrapped`, which refuses it
-
         wrapped = (
             self._wrap_stream(service, method, behavior, in_flight)
             if inspect.isasyncgenfunction(behavior)
             else self._wrap_unary(service, method, behavior, in_flight)
         )
-        return with_behavior(handler, wrapped, deserializer)
+        return with_behavior(handler, wrapped)
 
 
 def with_behavior(handler: Any, behavior: Callable[..., Any], deserializer: Any = None) -> Any:

@@ -9,6 +9,8 @@ from collections.abc import Collection
 
 import grpc
 
+from oddity.common.errors import NotFound
+from oddity.common.logging import annotate_request
 from oddity.common.server import HandlerRegistry
 from oddity.common.tensors import array_to_tensor, tensor_to_array
 from oddity.detector import wire
@@ -241,13 +243,25 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
         status = self._service.get_model(request.model)
         return detector_pb2.GetModelResponse(status=status_to_proto(status), manifest=status.manifest)
 
+    # The admin RPCs name what they change in the call's audit line: the version asked for
+    # (0: the newest) until the one loaded is known, and the version an unload stops serving.
+    # Names are cut to 200 characters: a log field is no place for a megabyte of name.
     async def LoadModel(self, request, context):
+        annotate_request(model=request.model[:200], version=request.version)
         status = await self._service.load_model(request.model, request.version)
+        annotate_request(version=status.serving_version)
         return detector_pb2.LoadModelResponse(status=status_to_proto(status))
 
     async def UnloadModel(self, request, context):
+        annotate_request(model=request.model[:200], version=self._serving_version(request.model))
         status = await self._service.unload_model(request.model)
         return detector_pb2.UnloadModelResponse(status=status_to_proto(status))
+
+    def _serving_version(self, model: str) -> int:
+        try:
+            return self._service.get_model(model).serving_version
+        except NotFound:
+            return 0
 
 
 _RESULT_FIELD = detector_pb2.DetectImagesResponse.DESCRIPTOR.fields_by_name["result"].number

@@ -12,6 +12,7 @@ from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
 
+from oddity.common.logging import annotate_request
 from oddity.trainer.jobs import Job
 from oddity.trainer.service import DatasetStatus, TrainerService
 from oddity.v1 import trainer_pb2, trainer_pb2_grpc
@@ -129,10 +130,14 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
     def __init__(self, service: Callable[[], TrainerService]) -> None:
         self._service = service
 
+    # The admin RPCs (Train, Rollback, SetThreshold) name what they change in the call's audit
+    # line as soon as they know it; names are cut to 200 characters for the log.
     async def Train(self, request, context):
+        annotate_request(dataset=request.dataset[:200])
         job = await self._service().train(
             request.dataset, force=request.force, data_path=request.data_path, model_kind=request.model_kind
         )
+        annotate_request(job=job.id)
         return trainer_pb2.TrainResponse(job=job_to_proto(job))
 
     async def GetJob(self, request, context):
@@ -151,9 +156,13 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         return trainer_pb2.HistoryResponse(events=[event_to_proto(e) for e in events])
 
     async def Rollback(self, request, context):
+        annotate_request(dataset=request.dataset[:200], restored_from=request.version)
         version, restored, next_step = await self._service().rollback(request.dataset, request.version)
+        annotate_request(version=version, restored_from=restored)
         return trainer_pb2.RollbackResponse(version=version, restored_from=restored, next=next_step)
 
     async def SetThreshold(self, request, context):
+        annotate_request(dataset=request.dataset[:200], percentile=request.percentile)
         version, next_step = await self._service().set_threshold(request.dataset, request.percentile)
+        annotate_request(version=version)
         return trainer_pb2.SetThresholdResponse(version=version, next=next_step)
