@@ -5,7 +5,8 @@ RPC interceptor sets per call and the services annotate; every log line of that 
 carries them. Standard-library loggers (grpc, ...) and Python warnings of libraries are
 rendered the same way, so stdout holds nothing but JSON lines. Both write through one
 `LineWriter`: each line in one write under one lock, so lines from two threads (a request's
-and a library's) never run into each other.
+and a library's) never run into each other. Long fields are cut (`cut_long_fields`): a name a
+caller sent is repeated to 200 characters, any other text to `FIELD_LIMIT`.
 
 Reason to change: the log format or the request-scoped fields.
 """
@@ -20,8 +21,15 @@ from typing import Any
 
 import structlog
 
+from oddity.common.errors import NAME_LIMIT, shown
+
 # gRPC metadata key of the request id: taken from callers, passed on to every outbound call.
 REQUEST_ID_KEY = "x-request-id"
+
+# Fields that hold a name a caller may have sent, repeated up to NAME_LIMIT characters.
+NAME_FIELDS = frozenset({"model", "dataset", "name", "path", "item", "item_id", "request_id"})
+# Any other text field (a message, a traceback) is cut beyond this many characters.
+FIELD_LIMIT = 16_000
 
 _request_fields: ContextVar[dict[str, Any] | None] = ContextVar("oddity_request_fields", default=None)
 
@@ -51,6 +59,14 @@ def _merge_request_fields(_logger: Any, _name: str, event: dict[str, Any]) -> di
     if fields:
         for key, value in fields.items():
             event.setdefault(key, value)
+    return event
+
+
+def cut_long_fields(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Cut long text fields, so that a megabyte of model name never makes a megabyte of log line."""
+    for key, value in event.items():
+        if isinstance(value, str) and len(value) > NAME_LIMIT:
+            event[key] = shown(value, NAME_LIMIT if key in NAME_FIELDS else FIELD_LIMIT)
     return event
 
 
@@ -108,7 +124,7 @@ def configure_logging(*, level: str = "info", json: bool = True, service: str | 
     renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     writer = LineWriter()
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        processors=[*shared, structlog.processors.format_exc_info, cut_long_fields, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level_no),
         logger_factory=lambda *_args: _LineLogger(writer),
         cache_logger_on_first_use=True,
@@ -116,7 +132,7 @@ def configure_logging(*, level: str = "info", json: bool = True, service: str | 
     handler = _LineHandler(writer)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name, cut_long_fields],
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
         )
     )

@@ -32,7 +32,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from oddity.common import bundle
-from oddity.common.errors import FailedPrecondition, NotFound, OddityError, Unavailable
+from oddity.common.errors import FailedPrecondition, NotFound, OddityError, Unavailable, shown
 from oddity.common.logging import get_logger
 from oddity.common.scoring import ModelLoadError
 from oddity.detector.metrics import DetectorMetrics
@@ -172,7 +172,7 @@ class ModelRegistry:
         the model's last error."""
         with self._scan_lock:
             if not bundle.is_valid_model_name(name) or not (self.repository / name).is_dir():
-                raise NotFound(f"model {name!r} not found in the model repository")
+                raise NotFound(f"model {shown(name)!r} not found in the model repository")
             entry = self._table.models.get(name) or ModelEntry(name=name)
             if not version:
                 self._refresh_model(name, present=True, entry=replace(entry, pinned=None, unloaded=False))
@@ -199,7 +199,7 @@ class ModelRegistry:
         with self._scan_lock:
             entry = self._table.models.get(name)
             if entry is None or (entry.serving is None and not entry.unloaded):
-                raise NotFound(f"model {name!r} is not loaded")
+                raise NotFound(f"model {shown(name)!r} is not loaded")
             entry = replace(entry, serving=None, unloaded=True)
             self._put(entry)
             return _status(entry)
@@ -341,7 +341,7 @@ class ModelRegistry:
     def status(self, name: str) -> ModelStatus:
         entry = self._table.models.get(name)
         if entry is None:
-            raise NotFound(f"model {name!r} not found")
+            raise NotFound(f"model {shown(name)!r} not found")
         return _status(entry)
 
     def close(self) -> None:
@@ -359,7 +359,7 @@ def _missing(table: ModelTable, name: str, entry: ModelEntry | None) -> OddityEr
             "the model repository has not been scanned yet (the detector is starting, or the repository is missing)"
         )
     if entry is None:
-        return NotFound(f"model {name!r} not found")
+        return NotFound(f"model {shown(name)!r} not found")
     if entry.unloaded:
         return NotFound(f"model {name!r} is unloaded on this detector; LoadModel serves it again")
     reason = f": {entry.last_error}" if entry.last_error else ""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from oddity.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from oddity.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable, shown
 from oddity.common.logging import annotate_request
 from oddity.common.scoring import Scores
 from oddity.detector.batching import MicroBatcher
@@ -107,7 +107,7 @@ def _order_columns(model: LoadedModel, rows: np.ndarray, names: list[str]) -> np
         if missing:
             parts.append(f"missing {missing}")
         if unknown:
-            parts.append(f"unknown {unknown}")
+            parts.append(f"unknown {shown(str(unknown))}")
         if len(set(names)) != len(names):
             parts.append("duplicate names")
         raise InvalidArgument(f"feature_names do not match model {model.name!r}: " + "; ".join(parts))

@@ -24,7 +24,7 @@ from typing import ParamSpec, TypeVar
 import numpy as np
 
 from oddity.common.bundle import index_contract as contract
-from oddity.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from oddity.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable, shown
 from oddity.common.logging import annotate_request
 from oddity.detector.embedder_calls import EmbedderSource, check_embedded_by
 from oddity.detector.index_analytics import ClusterAssignment, TagSuggestion
@@ -237,7 +237,8 @@ class SimilarityService:
                 position = index.position(query.item_id)
                 if position is None:
                     raise NotFound(
-                        f"{where}: item {query.item_id!r} is not in the index of model {model.name!r} v{model.version}"
+                        f"{where}: item {shown(query.item_id)!r} is not in the index of model {model.name!r} "
+                        f"v{model.version}"
                     )
                 resolved[i] = _Resolved(vector=index.vector(position), position=position)
             elif query.vector is not None:

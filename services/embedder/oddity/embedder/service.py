@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from prometheus_client import Counter, Histogram
 
-from oddity.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from oddity.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable, shown
 from oddity.common.logging import annotate_request, get_logger
 from oddity.embedder.batching import DynamicBatcher
 from oddity.embedder.export import ExportError, ensure_exported
@@ -116,7 +116,7 @@ class EmbedderService:
                 raise FailedPrecondition(f"model {name!r} is not loaded: {self.errors[name]}")
             if name in self.settings.models:
                 raise Unavailable(f"model {name!r} is still loading")
-            raise NotFound(f"model {name!r} not found; served: {sorted(self.settings.models)}")
+            raise NotFound(f"model {shown(name)!r} not found; served: {sorted(self.settings.models)}")
         return served
 
     async def embed(self, model_name: str, items: list[Item]) -> tuple[EmbeddingModel, np.ndarray]:
