@@ -49,7 +49,7 @@ class QuantileTable(_message.Message):
     def __init__(self, probabilities: _Optional[_Iterable[float]] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ModelGroup(_message.Message):
-    __slots__ = ("name", "bounds", "onnx_file", "sha256", "threshold", "threshold_percentile", "quantiles", "train_samples", "validation_samples", "status", "status_message", "metrics", "calibration", "members", "evaluation", "selection")
+    __slots__ = ("name", "bounds", "onnx_file", "sha256", "threshold", "threshold_percentile", "quantiles", "train_samples", "validation_samples", "status", "status_message", "metrics", "calibration", "members", "evaluation", "selection", "scratch_bytes_per_row")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +73,7 @@ class ModelGroup(_message.Message):
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
     EVALUATION_FIELD_NUMBER: _ClassVar[int]
     SELECTION_FIELD_NUMBER: _ClassVar[int]
+    SCRATCH_BYTES_PER_ROW_FIELD_NUMBER: _ClassVar[int]
     name: str
     bounds: RoutingBounds
     onnx_file: str
@@ -89,7 +90,8 @@ class ModelGroup(_message.Message):
     members: _containers.RepeatedCompositeFieldContainer[MemberEvidence]
     evaluation: ClassifierEvaluation
     selection: str
-    def __init__(self, name: _Optional[str] = ..., bounds: _Optional[_Union[RoutingBounds, _Mapping]] = ..., onnx_file: _Optional[str] = ..., sha256: _Optional[str] = ..., threshold: _Optional[float] = ..., threshold_percentile: _Optional[float] = ..., quantiles: _Optional[_Union[QuantileTable, _Mapping]] = ..., train_samples: _Optional[int] = ..., validation_samples: _Optional[int] = ..., status: _Optional[_Union[GroupStatus, str]] = ..., status_message: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., members: _Optional[_Iterable[_Union[MemberEvidence, _Mapping]]] = ..., evaluation: _Optional[_Union[ClassifierEvaluation, _Mapping]] = ..., selection: _Optional[str] = ...) -> None: ...
+    scratch_bytes_per_row: int
+    def __init__(self, name: _Optional[str] = ..., bounds: _Optional[_Union[RoutingBounds, _Mapping]] = ..., onnx_file: _Optional[str] = ..., sha256: _Optional[str] = ..., threshold: _Optional[float] = ..., threshold_percentile: _Optional[float] = ..., quantiles: _Optional[_Union[QuantileTable, _Mapping]] = ..., train_samples: _Optional[int] = ..., validation_samples: _Optional[int] = ..., status: _Optional[_Union[GroupStatus, str]] = ..., status_message: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., members: _Optional[_Iterable[_Union[MemberEvidence, _Mapping]]] = ..., evaluation: _Optional[_Union[ClassifierEvaluation, _Mapping]] = ..., selection: _Optional[str] = ..., scratch_bytes_per_row: _Optional[int] = ...) -> None: ...
 
 class ClassifierEvaluation(_message.Message):
     __slots__ = ("rows", "accuracy", "balanced_accuracy", "macro_f1", "classes", "confusion_matrix", "ece_before_temperature", "ece_after_temperature", "temperature", "calibration_bins", "score_mae")

@@ -42,6 +42,7 @@ class DetectorApp:
             intra_op_threads=settings.intra_op_threads,
             bulk_intra_op_threads=settings.bulk_intra_op_threads,
             warmup_batch_size=settings.warmup_batch_size,
+            run_memory_budget_bytes=settings.run_memory_budget_mb << 20,
         )
         self.model_registry = ModelRegistry(
             settings.model_repository,

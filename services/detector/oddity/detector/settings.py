@@ -41,6 +41,13 @@ class DetectorSettings(ServiceSettings):
     bulk_intra_op_threads: int = Field(
         2, ge=1, description="Threads a large request's rows (those run on a worker) are split over."
     )
+    run_memory_budget_mb: int = Field(
+        128,
+        ge=1,
+        description="Scratch memory one request's ONNX Runtime runs may take together: runs take as many rows as "
+        "the model's declared memory per row allows (more, smaller runs for large requests); a request whose "
+        "smallest run (64 rows) would exceed it -> RESOURCE_EXHAUSTED.",
+    )
     inference_workers: int = Field(
         2, ge=1, description="Threads that run large batches outside the event loop (about one per core)."
     )

@@ -28,6 +28,7 @@ from oddity.common.bundle import (
     validate_manifest,
 )
 from oddity.common.bundle.index_contract import index_files
+from oddity.trainer.graph_memory import scratch_bytes_per_row
 from oddity.v1 import manifest_pb2
 
 
@@ -45,7 +46,7 @@ def publish_version(repository: Path, manifest: manifest_pb2.ModelManifest, file
     The files go into a temporary folder inside the model folder, are fsynced, and the folder
     is renamed to the next free version number; manifest.version is set to that number.
     `files` maps file name -> bytes (ONNX models and index files); the sha256 of each active
-    group and of each index file is filled in from them.
+    group and of each index file, and each group's scratch memory per row, are filled in from them.
     """
     if not is_valid_model_name(manifest.name):
         raise ValueError(f"invalid model name {manifest.name!r}")
@@ -57,6 +58,7 @@ def publish_version(repository: Path, manifest: manifest_pb2.ModelManifest, file
         if group.onnx_file not in files:
             raise ValueError(f"group {group.name!r}: no bytes given for {group.onnx_file}")
         group.sha256 = sha256_bytes(files[group.onnx_file])
+        group.scratch_bytes_per_row = scratch_bytes_per_row(files[group.onnx_file], int(staged.input_dimension))
     for entry in index_files(staged):
         if entry.file not in files:
             raise ValueError(f"similarity index: no bytes given for {entry.file}")

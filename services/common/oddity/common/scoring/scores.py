@@ -151,6 +151,7 @@ class GroupScorer:
     quantile_values: np.ndarray
     normalized_threshold: float
     calibration_rows: int  # normal scores behind the quantile table
+    scratch_bytes_per_row: int = 0  # what the graph takes per row while it runs (0: undeclared)
 
     def normalize(self, scores: np.ndarray) -> np.ndarray:
         return normalize(scores, self.probabilities, self.quantile_values, self.calibration_rows)
@@ -212,6 +213,7 @@ class ModelScorer:
                 if is_classifier
                 else float(normalize(np.array([group.threshold]), probabilities, values, rows)[0]),
                 calibration_rows=rows,
+                scratch_bytes_per_row=int(group.scratch_bytes_per_row),
             )
         return cls(
             manifest.name,
@@ -230,6 +232,12 @@ class ModelScorer:
     def release(self) -> None:
         """Drop the sessions (the version's last request is done)."""
         self._groups = {}
+
+    def _run(self, group: GroupScorer, outputs: Sequence[str], rows: np.ndarray, threads: int) -> list[np.ndarray]:
+        """The group's outputs for rows, in runs that keep the call within the memory budget."""
+        what = f"model {self.model!r} (group {group.name!r})"
+        rows_per_run = self.config.rows_per_run(group.scratch_bytes_per_row, rows.shape[0], threads, what)
+        return run_rows(group.session, outputs, rows, threads, rows_per_run)
 
     def score(
         self,
@@ -256,7 +264,7 @@ class ModelScorer:
         errors: np.ndarray | None = None
         if len(used) == 1:
             group = groups[used[0]]
-            results = run_rows(group.session, outputs, rows, threads)
+            results = self._run(group, outputs, rows, threads)
             raw = results[0].reshape(-1).astype(np.float64)
             if explain_top_k:
                 errors = results[1]
@@ -278,7 +286,7 @@ class ModelScorer:
                 group = groups[index]
                 names.append(group.name)
                 mask = row_group == position
-                results = run_rows(group.session, outputs, np.ascontiguousarray(rows[mask]), threads)
+                results = self._run(group, outputs, np.ascontiguousarray(rows[mask]), threads)
                 raw[mask] = results[0].reshape(-1)
                 if errors is not None:
                     errors[mask] = results[1]
@@ -324,7 +332,7 @@ class ModelScorer:
             names.append(group.name)
             mask = row_group == position
             part = rows if len(used) == 1 else np.ascontiguousarray(rows[mask])
-            results = run_rows(group.session, outputs, part, threads)
+            results = self._run(group, outputs, part, threads)
             probabilities[mask] = results[0]
             if predicted is not None:
                 predicted[mask] = results[1].reshape(-1)

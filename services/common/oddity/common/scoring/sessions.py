@@ -12,6 +12,13 @@ intra-op thread, and a call with many rows is split into contiguous parts run si
 last bit by its position in the call (a kNN graph's ReduceMean, period 4 on AVX-512 here),
 which a part starting at a multiple of 64 keeps.
 
+A request's memory is bounded too: each version's manifest declares the scratch memory a row
+takes while its graph runs (`scratch_bytes_per_row`, e.g. about 320 KB for a kNN graph with
+20,000 reference rows), and runs take as many rows as the budget allows
+(`SessionConfig.rows_per_run`); a call too large for even the smallest run is refused with
+RESOURCE_EXHAUSTED. A call of several runs ends each thread's last run with the arena shrunk,
+so the memory returns after the call instead of staying with ONNX Runtime.
+
 Reason to change: how ONNX Runtime runs the graphs (session options, threads, the graph
 contract's names and shapes, warm-up).
 """
@@ -28,16 +35,24 @@ import onnxruntime as ort
 
 from oddity.common import bundle
 from oddity.common.bundle.contract import PREDICTED_SCORE_OUTPUT
+from oddity.common.errors import ResourceExhausted
 from oddity.v1 import manifest_pb2
 
 # Parts of a split call start at multiples of this many rows (see the module docstring).
 ROW_ALIGNMENT = 64
 # A call is split only when each part gets at least this many rows (a thread hop costs more).
 MIN_PART_ROWS = 512
-# Rows one ONNX Runtime run takes at most, whatever the request: a kNN graph holds a few
-# rows x reference matrices (65,536 rows against 20,000 reference rows took the detector to
-# 16 GB, and its arena kept them); 1,024 rows of that are ~80 MB each.
-MAX_RUN_ROWS = 1024
+# Rows one ONNX Runtime run takes when the manifest declares no scratch memory per row (bundles
+# published before it did): a kNN graph holds a few rows x reference matrices (65,536 rows
+# against 20,000 reference rows took the detector to 16 GB, and its arena kept them).
+UNDECLARED_RUN_ROWS = 1024
+# ... and at most, whatever the declared cost (it is an estimate; this bounds a wrong one).
+MAX_RUN_ROWS = 16384
+# The default scratch memory budget of one call's runs (the detector's run_memory_budget_mb).
+RUN_MEMORY_BUDGET_BYTES = 128 << 20
+# ONNX Runtime releases its arena's free chunks at the end of a run given these options.
+_SHRINK_ARENA = ort.RunOptions()
+_SHRINK_ARENA.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
 
 class ModelLoadError(Exception):
@@ -55,9 +70,28 @@ class SessionConfig:
     # Spinning threads burn a core each while idle; off leaves the CPU to gRPC.
     allow_spinning: bool = False
     warmup_batch_size: int = 64
+    # Scratch memory one call's runs may take together (see the module docstring).
+    run_memory_budget_bytes: int = RUN_MEMORY_BUDGET_BYTES
 
     def threads(self, bulk: bool) -> int:
         return self.bulk_intra_op_threads if bulk else self.intra_op_threads
+
+    def rows_per_run(self, scratch_bytes_per_row: int, rows: int, threads: int, what: str) -> int:
+        """Rows one run of a call with `rows` rows on `threads` threads may take, so that the runs
+        side by side stay within the budget; raises ResourceExhausted naming `what` (the model
+        and group) when even the smallest run (ROW_ALIGNMENT rows, or the whole call if fewer)
+        would not."""
+        if scratch_bytes_per_row <= 0:
+            return UNDECLARED_RUN_ROWS
+        smallest = min(rows, ROW_ALIGNMENT)
+        if smallest * scratch_bytes_per_row > self.run_memory_budget_bytes:
+            raise ResourceExhausted(
+                f"scoring {smallest} rows at once with {what} takes "
+                f"{_megabytes(smallest * scratch_bytes_per_row)} of scratch memory, above the run "
+                f"memory budget of {_megabytes(self.run_memory_budget_bytes)} (run_memory_budget_mb)"
+            )
+        per_thread = self.run_memory_budget_bytes // (max(threads, 1) * scratch_bytes_per_row)
+        return max(min(per_thread, MAX_RUN_ROWS), smallest)
 
     def options(self) -> ort.SessionOptions:
         """The options of every session; numbers depend on them (one intra-op thread: see the
@@ -95,22 +129,42 @@ def _pool(threads: int) -> ThreadPoolExecutor:
 
 
 def run_rows(
-    session: ort.InferenceSession, outputs: Sequence[str], rows: np.ndarray, threads: int = 1
+    session: ort.InferenceSession,
+    outputs: Sequence[str],
+    rows: np.ndarray,
+    threads: int = 1,
+    rows_per_run: int = UNDECLARED_RUN_ROWS,
 ) -> list[np.ndarray]:
     """The session's `outputs` for rows [N, D]; a call with many rows is split into aligned
-    contiguous parts of at most MAX_RUN_ROWS (run side by side with `threads` > 1), with the
-    same numbers as one call."""
+    contiguous parts of at most `rows_per_run` rows (`SessionConfig.rows_per_run`), run side by
+    side on `threads` > 1, with the same numbers as one call."""
     n = rows.shape[0]
     parts = min(threads, n // MIN_PART_ROWS) if threads > 1 and n >= 2 * MIN_PART_ROWS else 1
-    if parts == 1 and n <= MAX_RUN_ROWS:
+    if parts == 1 and n <= rows_per_run:
         return session.run(list(outputs), {bundle.INPUT_NAME: rows})
-    per_part = min(-(-n // parts), MAX_RUN_ROWS)
-    step = -(-per_part // ROW_ALIGNMENT) * ROW_ALIGNMENT
-    feeds = [{bundle.INPUT_NAME: rows[start : start + step]} for start in range(0, n, step)]
-    if parts == 1:
-        results = [session.run(list(outputs), feed) for feed in feeds]
+    even = -(-n // parts)
+    step = -(-even // ROW_ALIGNMENT) * ROW_ALIGNMENT
+    if step > rows_per_run:
+        step = max(rows_per_run // ROW_ALIGNMENT, 1) * ROW_ALIGNMENT
+    starts = range(0, n, step)
+    # Each thread runs a contiguous share of the parts, its last run shrinking the arena.
+    per_thread = -(-len(starts) // parts)
+    shares = [starts[i : i + per_thread] for i in range(0, len(starts), per_thread)]
+
+    def run_share(share: range) -> list[list[np.ndarray]]:
+        return [
+            session.run(
+                list(outputs),
+                {bundle.INPUT_NAME: rows[start : start + step]},
+                _SHRINK_ARENA if start == share[-1] else None,
+            )
+            for start in share
+        ]
+
+    if len(shares) == 1:
+        results = run_share(shares[0])
     else:
-        results = list(_pool(threads).map(lambda feed: session.run(list(outputs), feed), feeds))
+        results = [result for share in _pool(threads).map(run_share, shares) for result in share]
     return [np.concatenate([result[i] for result in results]) for i in range(len(outputs))]
 
 
@@ -198,3 +252,7 @@ def _warm_up(
             raise ModelLoadError(f"group {group!r}: score output has shape {score.shape} for {n} rows")
         if loaded.has_feature_errors and np.shape(by_name[bundle.FEATURE_ERRORS_OUTPUT]) != (n, dimension):
             raise ModelLoadError(f"group {group!r}: feature_errors output is not [N, {dimension}]")
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / (1 << 20):,.1f} MB"
