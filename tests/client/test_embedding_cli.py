@@ -63,6 +63,25 @@ def test_embed_prints_the_vectors_of_embed(cli, stack):
         assert [(m.name, m.modality, m.dimension) for m in sdk.models("vit")] == [("vit", "image", want.shape[1])]
 
 
+def test_embed_sends_texts_to_the_text_model(cli, embedder, tmp_path):
+    """The embedder's default is the image model: .txt files go to its text model instead."""
+    texts = ["a red kite over the hill", "a quarterly sensor report"]
+    files = []
+    for i, text in enumerate(texts):
+        files.append(tmp_path / f"note-{i}.txt")
+        files[-1].write_text(text + "\n")
+    expected = embedder.stub.Embed(
+        embedder_pb2.EmbedRequest(model="text", items=[embedder_pb2.EmbedItem(text=t) for t in texts])
+    )
+    want = np.frombuffer(expected.embeddings.raw_data, "<f4").reshape(len(texts), -1)
+
+    result = invoke(cli, "embed", *files, "--json", "--embedder", embedder.server.target)
+    assert result.exit_code == 0, result.stderr
+    printed = json.loads(result.stdout)
+    assert (printed["model"], printed["dimension"]) == ("text", want.shape[1])
+    assert np.array([item["vector"] for item in printed["items"]], np.float32).tolist() == want.tolist()
+
+
 def test_detect_images_scores_as_detect_images_does(cli, stack):
     _, detector, files = stack
     images = [f.read_bytes() for f in files]

@@ -17,6 +17,7 @@ from oddity.cli.exit_codes import reports_failures
 from oddity.cli.items import read_items
 from oddity.cli.options import JsonFlag
 from oddity.client import EmbedderClient
+from oddity.common.errors import FailedPrecondition
 
 SHOWN_VALUES = 4  # leading values per vector in the table
 
@@ -32,8 +33,10 @@ def embed(
     *,
     client: EmbedderClient,
 ) -> None:
-    """Embed images or texts; print a summary table, or every vector with --json."""
+    """Embed images or texts; print a summary table, or every vector with --json. Without
+    --model, images go to the embedder's default image model and .txt files to its text model."""
     items = read_items(files)
+    model = model or served_model(client, items.kind)
     vectors = client.embed(images=items.images, texts=items.texts, model=model)
     if json_output:
         output.print_json(
@@ -58,3 +61,15 @@ def embed(
         for f, v in zip(files, vectors, strict=True)
     ]
     output.show(output.table(None, ("file", "kind", "dimension", "norm", "first values"), rows))
+
+
+def served_model(client: EmbedderClient, kind: str) -> str:
+    """The embedder's model for items of `kind` ("image" or "text"): its default model when it
+    takes that kind, else the first that does."""
+    fitting = sorted((not m.is_default, m.name) for m in client.models() if m.modality == kind)
+    if not fitting:
+        raise FailedPrecondition(
+            f"the embedder serves no {kind} model; start one with "
+            f"`oddity up --model NAME={'text:' if kind == 'text' else ''}PATH`, or name one with --model"
+        )
+    return fitting[0][1]
