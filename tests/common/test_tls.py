@@ -1,13 +1,18 @@
 """TLS and mutual TLS on real servers: a client without the CA, with a client certificate of
 another CA, or without a token is refused; with them it works; health answers without a token;
-rotated certificates are picked up without a restart, by servers and by Oddity's clients; the
-trainer tells a mutual-TLS detector of a new version over TLS."""
+rotated certificates are picked up without a restart, by servers and by Oddity's clients (a
+rotation that keeps sizes and mtimes too); a half-written pair is warned about once; the
+trainer tells a mutual-TLS detector of a new version over TLS; an Oddity client whose
+handshakes fail says it is TLS and why."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import socket
 import ssl
+import time
 
 import grpc
 import numpy as np
@@ -16,6 +21,9 @@ import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from oddity.common.clients import DetectorAdminClient
+from oddity.common.errors import Unavailable
+from oddity.common.tls import TlsFiles
+from oddity.common.watched_files import CHECK_SECONDS
 from oddity.embedder.models import ModelSource
 from oddity.v1 import detector_pb2, detector_pb2_grpc, embedder_pb2, embedder_pb2_grpc
 from tests.conftest import start_detector, start_embedder, start_trainer
@@ -52,9 +60,11 @@ def refused(target: str, creds: grpc.ChannelCredentials, metadata=None) -> grpc.
     return error.value.code()
 
 
-def served_certificate(port: int, ca: trustme.CA, client: trustme.LeafCert) -> bytes:
-    """The DER certificate the server presents to a new connection."""
-    context = ssl.create_default_context(cadata=ca.cert_pem.bytes().decode())
+def served_certificate(port: int, client: trustme.LeafCert) -> bytes:
+    """The DER certificate the server presents to a new connection (not verified: whichever it is)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
     client.configure_cert(context)
     context.set_alpn_protocols(["h2"])
     with (
@@ -62,6 +72,15 @@ def served_certificate(port: int, ca: trustme.CA, client: trustme.LeafCert) -> b
         context.wrap_socket(raw, server_hostname="localhost") as tls,
     ):
         return tls.getpeercert(binary_form=True)
+
+
+def mutual_tls_detector(repository, folder, ca: trustme.CA):
+    """A detector serving a certificate of `ca` for localhost, requiring client certificates of `ca`."""
+    server = identity(folder, ca, "localhost", "127.0.0.1")
+    detector = start_detector(
+        repository, tls_cert_file=server.cert, tls_key_file=server.key, tls_ca_file=server.ca, tls_client_auth=True
+    )
+    return detector, server
 
 
 @pytest.fixture
@@ -103,12 +122,10 @@ def test_mutual_tls_and_tokens_refuse_every_missing_piece(published, tmp_path):
         detector.close()
 
 
+@pytest.mark.slow
 def test_a_rotated_server_certificate_and_ca_are_used_without_a_restart(published, tmp_path):
     old_ca, new_ca = trustme.CA(), trustme.CA()
-    server = identity(tmp_path / "detector", old_ca, "localhost", "127.0.0.1")
-    detector = start_detector(
-        published, tls_cert_file=server.cert, tls_key_file=server.key, tls_ca_file=server.ca, tls_client_auth=True
-    )
+    detector, server = mutual_tls_detector(published, tmp_path / "detector", old_ca)
     try:
         port = detector.server.port
         target = f"localhost:{port}"
@@ -119,24 +136,124 @@ def test_a_rotated_server_certificate_and_ca_are_used_without_a_restart(publishe
         rotated = new_ca.issue_cert("localhost", "127.0.0.1")
         server.write(new_ca, rotated)
 
-        pem = rotated.cert_chain_pems[0].bytes().decode()
-        assert served_certificate(port, new_ca, new_client) == ssl.PEM_cert_to_DER_cert(pem)
+        new = ssl.PEM_cert_to_DER_cert(rotated.cert_chain_pems[0].bytes().decode())
+        # Files are looked at again within a second.
+        wait_for(lambda: served_certificate(port, new_client) == new, timeout=10, what="the new certificate served")
         assert detect(target, credentials(new_ca, new_client)) == 1
         assert refused(target, credentials(old_ca, old_client)) == grpc.StatusCode.UNAVAILABLE
     finally:
         detector.close()
 
 
-def test_a_half_written_pair_keeps_the_previous_certificate(published, tmp_path):
+def warnings_logged(capfd, event: str) -> int:
+    lines = [json.loads(line) for line in capfd.readouterr().out.splitlines() if line.startswith("{")]
+    return sum(1 for line in lines if line.get("event") == event)
+
+
+@pytest.mark.slow
+def test_a_half_written_pair_keeps_the_previous_certificate_and_is_warned_about_once(published, tmp_path, capfd):
     ca = trustme.CA()
     server = identity(tmp_path / "detector", ca, "localhost", "127.0.0.1")
     detector = start_detector(published, tls_cert_file=server.cert, tls_key_file=server.key, tls_ca_file=server.ca)
     try:
         target = f"localhost:{detector.server.port}"
+        capfd.readouterr()
         server.cert.write_bytes(ca.issue_cert("localhost").cert_chain_pems[0].bytes())  # its key not written yet
-        assert detect(target, credentials(ca)) == 1
+        for _ in range(2):  # new connections for longer than the files are looked at again
+            for _ in range(10):
+                assert detect(target, credentials(ca)) == 1
+            time.sleep(CHECK_SECONDS)
+        assert warnings_logged(capfd, "new certificate files not usable yet; serving the previous ones") == 1
     finally:
         detector.close()
+
+
+def same_sized_pair(ca: trustme.CA, like: trustme.LeafCert) -> trustme.LeafCert:
+    """Another certificate and key with the sizes of `like`'s (signatures vary by a byte or two)."""
+    sizes = [len(like.cert_chain_pems[0].bytes()), len(like.private_key_pem.bytes())]
+    for _ in range(100):
+        other = ca.issue_cert("localhost", "127.0.0.1")
+        if [len(other.cert_chain_pems[0].bytes()), len(other.private_key_pem.bytes())] == sizes:
+            return other
+    raise AssertionError("no certificate of the same size in 100 tries")
+
+
+@pytest.mark.slow
+def test_a_rotation_that_keeps_sizes_and_mtimes_is_picked_up(published, tmp_path):
+    """`cp -p` or `rsync -a` of a same-sized pair: the files are rewritten in place and keep
+    their mtimes; new connections get the new certificate."""
+    ca = trustme.CA()
+    first = ca.issue_cert("localhost", "127.0.0.1")
+    server = identity(tmp_path / "detector", ca, "localhost", "127.0.0.1").write(ca, first)
+    detector = start_detector(published, tls_cert_file=server.cert, tls_key_file=server.key, tls_ca_file=server.ca)
+    try:
+        port = detector.server.port
+        client = ca.issue_cert("client")
+        assert served_certificate(port, client) == ssl.PEM_cert_to_DER_cert(first.cert_chain_pems[0].bytes().decode())
+
+        second = same_sized_pair(ca, first)
+        for path, pem in ((server.cert, second.cert_chain_pems[0]), (server.key, second.private_key_pem)):
+            before = os.stat(path)
+            path.write_bytes(pem.bytes())
+            os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+            assert (os.stat(path).st_size, os.stat(path).st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+
+        new = ssl.PEM_cert_to_DER_cert(second.cert_chain_pems[0].bytes().decode())
+        wait_for(lambda: served_certificate(port, client) == new, timeout=10, what="the new certificate served")
+    finally:
+        detector.close()
+
+
+def test_a_client_that_fails_the_handshake_says_it_is_tls_and_why(published, tmp_path):
+    ca, foreign = trustme.CA(), trustme.CA()
+    detector, _ = mutual_tls_detector(published, tmp_path / "detector", ca)
+    stranger = identity(tmp_path / "trainer", foreign, "trainer")  # trusts another CA, and is signed by it
+
+    async def load() -> str:
+        client = DetectorAdminClient(f"localhost:{detector.server.port}", tls=stranger.files(), timeout=0.5)
+        try:
+            with pytest.raises(Unavailable) as error:
+                await client.load_model("m")
+            return error.value.message
+        finally:
+            await client.close()
+
+    try:
+        message = asyncio.run(load())
+    finally:
+        detector.close()
+    assert "TLS handshake failure: the server's certificate is not trusted by the CA file" in message
+    assert str(stranger.ca) in message
+
+
+@pytest.mark.slow
+def test_a_client_whose_certificate_the_server_refuses_is_told_so(published, tmp_path):
+    ca, foreign = trustme.CA(), trustme.CA()
+    detector, server = mutual_tls_detector(published, tmp_path / "detector", ca)
+    stranger = identity(tmp_path / "trainer", foreign, "trainer")
+    stranger.ca.write_bytes(ca.cert_pem.bytes())  # trusts the detector; its own certificate is foreign
+    port = detector.server.port
+
+    async def messages() -> list[str]:
+        found = []
+        for files in (stranger.files(), TlsFiles(ca_file=server.ca)):  # a foreign certificate, then none
+            client = DetectorAdminClient(f"localhost:{port}", tls=files, timeout=0.5)
+            try:
+                with pytest.raises(Unavailable) as error:
+                    await client.load_model("m")
+                found.append(error.value.message.partition("TLS handshake failure: ")[2])
+            finally:
+                await client.close()
+        return found
+
+    try:
+        foreign_certificate, no_certificate = asyncio.run(messages())
+    finally:
+        detector.close()
+    assert foreign_certificate.startswith(
+        f"the server ended the handshake after this service's certificate {stranger.cert}"
+    )
+    assert no_certificate == "the server ended the handshake: it requires a client certificate, and none is configured"
 
 
 @pytest.mark.slow
@@ -236,9 +353,12 @@ def test_the_detector_calls_a_mutual_tls_embedder_over_tls(repository, tmp_path)
         client = ca.issue_cert("client")
         with grpc.secure_channel(f"localhost:{embedder.server.port}", credentials(ca, client)) as ch:
             wait_for(
-                lambda: health_pb2_grpc.HealthStub(ch).Check(
-                    health_pb2.HealthCheckRequest(service="oddity.v1.Embedder"), timeout=10
-                ).status == health_pb2.HealthCheckResponse.SERVING,
+                lambda: (
+                    health_pb2_grpc.HealthStub(ch)
+                    .Check(health_pb2.HealthCheckRequest(service="oddity.v1.Embedder"), timeout=10)
+                    .status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ),
                 timeout=120,
                 what="the embedder ready",
             )

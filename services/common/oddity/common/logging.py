@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+from collections.abc import MutableMapping
 from contextvars import ContextVar
 from typing import Any
 
@@ -62,7 +63,7 @@ def _merge_request_fields(_logger: Any, _name: str, event: dict[str, Any]) -> di
     return event
 
 
-def cut_long_fields(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+def cut_long_fields(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Cut long text fields, so that a megabyte of model name never makes a megabyte of log line."""
     for key, value in event.items():
         if isinstance(value, str) and len(value) > NAME_LIMIT:

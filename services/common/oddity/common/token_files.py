@@ -9,58 +9,42 @@ Reason to change: the format of token files.
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Iterable
 from pathlib import Path
 
 from oddity.common.logging import get_logger
+from oddity.common.watched_files import CHECK_SECONDS as CHECK_SECONDS
+from oddity.common.watched_files import WatchedFiles
 
 log = get_logger("oddity.common.token_files")
 
 
-# How often a file is looked at again: often enough that a rotation applies within a second,
-# rarely enough that a busy server does not read it per call.
-CHECK_SECONDS = 1.0
-
-
 class TokenFile:
-    """The tokens of one file, re-read when its content changes (compared by hash, so a
-    rotation that keeps the size and mtime, as `cp -p` or `rsync -a` do, is seen too). A file
-    that cannot be read or decoded keeps the last good tokens and is logged once per content."""
+    """The tokens of one file, re-read when its content changes (watched_files.py: a rotation
+    that keeps the size and mtime, as `cp -p` or `rsync -a` do, is seen too). A file that
+    cannot be read or decoded keeps the last good tokens and is logged once per change."""
 
     def __init__(self, path: Path, admin: bool) -> None:
         self.path = path
         self.admin = admin
-        self._digest: bytes | None = None
-        self._checked = -float("inf")
+        self._watch = WatchedFiles(path)
         self._tokens: list[tuple[bytes, str]] = []
-        self._failure = ""
 
     def tokens(self) -> list[tuple[bytes, str]]:
-        now = time.monotonic()
-        if now - self._checked >= CHECK_SECONDS:
-            self._checked = now
-            self._reload()
+        try:
+            changed = self._watch.changed()
+        except OSError as exc:
+            log.warning("cannot read the tokens file; the last tokens read stay", path=str(self.path), error=str(exc))
+            return self._tokens
+        if changed is not None:
+            (raw,) = changed
+            self._reload(raw)
         return self._tokens
 
-    def _reload(self) -> None:
-        try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
-            self._tokens, self._digest = [], None  # a Secret being re-mounted: no token matches meanwhile
+    def _reload(self, raw: bytes | None) -> None:
+        if raw is None:
+            self._tokens = []  # a Secret being re-mounted: no token matches meanwhile
             return
-        except OSError as exc:
-            if str(exc) != self._failure:  # once per failure, not once a second
-                self._failure = str(exc)
-                log.warning(
-                    "cannot read the tokens file; the last tokens read stay", path=str(self.path), error=str(exc)
-                )
-            return
-        self._failure = ""
-        digest = hashlib.sha256(raw).digest()
-        if digest == self._digest:
-            return
-        self._digest = digest
         try:
             self._tokens = list(_parse(raw.decode("utf-8")))
         except UnicodeDecodeError as exc:

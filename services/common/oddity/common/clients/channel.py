@@ -16,7 +16,9 @@
 - Tokens: with a token file, every call carries `authorization: Bearer <token>`.
 - TLS: with TLS files, the channel verifies the server with the CA and presents this
   service's certificate; rotated files give a new channel for later calls (checked at most
-  once a second), while calls on the old one finish.
+  once a second, by content), while calls on the old one finish. A call that fails
+  UNAVAILABLE or DEADLINE_EXCEEDED while the channel is not connected says why the TLS
+  handshake fails, when it does (gRPC itself only says the server is unavailable).
 
 Reason to change: how Oddity services talk to each other on the wire.
 """
@@ -34,16 +36,16 @@ from typing import Any
 import grpc
 
 from oddity.common.auth import AUTHORIZATION_KEY
-from oddity.common.clients.targets import grpc_target
+from oddity.common.clients.targets import first_host_port, grpc_target
 from oddity.common.logging import REQUEST_ID_KEY, current_request_id, get_logger
 from oddity.common.status import remote_error
-from oddity.common.tls import TlsFiles, channel_credentials
+from oddity.common.tls import TlsFiles, channel_credentials, handshake_failure
 from oddity.common.token_files import read_token
+from oddity.common.watched_files import CHECK_SECONDS, Contents
 
 log = get_logger("oddity.clients")
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-TLS_CHECK_SECONDS = 1.0  # how often a client looks at its certificate files
 OLD_CHANNEL_GRACE_SECONDS = 60.0  # calls on a replaced channel get this long to finish
 DNS_MIN_SECONDS_BETWEEN_RESOLUTIONS = 2
 
@@ -139,33 +141,31 @@ class RemoteService:
             ),
             *options,
         ]
-        self._tls_signature = self.tls.signature() if self.tls else None
-        self._tls_checked = time.monotonic()
+        self._tls_watch = self.tls.watch() if self.tls else None
+        self._handshake_check: tuple[float, asyncio.Future[str | None]] | None = None
         self._retiring: set[asyncio.Task] = set()
-        self.channel = self._new_channel()
+        self.channel = self._new_channel(self._tls_watch.changed() if self._tls_watch else None)
         self._stub = self.stub_class(self.channel)
 
-    def _new_channel(self) -> grpc.aio.Channel:
+    def _new_channel(self, tls_contents: Contents | None) -> grpc.aio.Channel:
         if self.tls is None:
             return grpc.aio.insecure_channel(self._grpc_target.uri, options=self._options)
-        return grpc.aio.secure_channel(self._grpc_target.uri, channel_credentials(self.tls), options=self._options)
+        credentials = channel_credentials(self.tls, tls_contents)
+        return grpc.aio.secure_channel(self._grpc_target.uri, credentials, options=self._options)
 
     def _rotate_if_changed(self) -> None:
         """A new channel when the certificate files changed; the old one closes after its calls."""
-        now = time.monotonic()
-        if self.tls is None or now - self._tls_checked < TLS_CHECK_SECONDS:
-            return
-        self._tls_checked = now
-        signature = self.tls.signature()
-        if signature == self._tls_signature:
+        if self._tls_watch is None:
             return
         try:
-            channel = self._new_channel()
-        except (OSError, ValueError) as exc:  # a half-written pair: keep the old channel, look again later
+            contents = self._tls_watch.changed()
+            if contents is None:
+                return
+            channel = self._new_channel(contents)
+        except (OSError, ValueError) as exc:  # a half-written pair: keep the old channel until the files change
             log.warning("new certificate files not usable yet", target=self.target, error=str(exc))
             return
         old, self.channel, self._stub = self.channel, channel, self.stub_class(channel)
-        self._tls_signature = signature
         task = asyncio.create_task(old.close(grace=OLD_CHANNEL_GRACE_SECONDS))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
@@ -188,7 +188,26 @@ class RemoteService:
             )
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
-            raise remote_error(code, f"{self.label} at {self.target}: {code.name}: {exc.details()}") from exc
+            details = exc.details()
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                failure = await self._handshake_failure()
+                if failure is not None:
+                    details = f"{details}; TLS handshake failure: {failure}"
+            raise remote_error(code, f"{self.label} at {self.target}: {code.name}: {details}") from exc
+
+    async def _handshake_failure(self) -> str | None:
+        """Why TLS handshakes with the server fail, when the channel is not connected; one check
+        a second at most, shared by the calls that fail meanwhile."""
+        if self.tls is None or self.channel.get_state() == grpc.ChannelConnectivity.READY:
+            return None
+        address = first_host_port(self.target)
+        if address is None:
+            return None
+        now = time.monotonic()
+        if self._handshake_check is None or now - self._handshake_check[0] >= CHECK_SECONDS:
+            check = asyncio.ensure_future(asyncio.to_thread(handshake_failure, self.tls, *address))
+            self._handshake_check = (now, check)
+        return await asyncio.shield(self._handshake_check[1])
 
     async def close(self) -> None:
         await self.channel.close()

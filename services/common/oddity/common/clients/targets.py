@@ -102,6 +102,26 @@ def check_verifiable(address: str) -> None:
         )
 
 
+def first_host_port(address: str) -> tuple[str, int] | None:
+    """The host and port of the first server `address` names, to reach it outside gRPC; None
+    for a target with no host and port (a unix socket, ...)."""
+    uri = grpc_target(address).uri
+    scheme = _SCHEME.match(uri)
+    if scheme is None:
+        first = uri
+    elif scheme.group(1).lower() == "dns":
+        first = re.sub(r"^dns:(//[^/]*/)?", "", uri, flags=re.IGNORECASE)  # dns:[//authority/]host:port
+    elif scheme.group(1).lower() in ("ipv4", "ipv6"):
+        first = uri[scheme.end() :].split(",")[0]
+    else:
+        return None
+    try:
+        host, port = _host_port(first)
+    except AddressError:
+        return None
+    return host.removeprefix("[").removesuffix("]"), port
+
+
 def _host_port(address: str) -> tuple[str, int]:
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
