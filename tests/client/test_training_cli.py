@@ -217,3 +217,14 @@ def test_train_follow_shows_losses_and_figures_per_epoch_and_the_regression_head
     assert {c["label"] for c in evaluation["classes"]} == {"good", "poor"}
     table = invoke(cli, "status", "--dataset", "grades", "--trainer", stack.server.target)
     assert "classifiers, on held-out rows" in stdout_of(table)
+
+
+def test_no_trainer_is_reported_at_once_naming_oddity_up(cli):
+    """A refused connection is told at once (exit 3), not after every retry, and says what starts one."""
+    result = invoke(cli, "status", "--trainer", "127.0.0.1:1")
+    assert result.exit_code == 3
+    assert result.stderr.strip() == (
+        "error: trainer at 127.0.0.1:1: cannot connect; `oddity up` starts the local services "
+        "(no connection to 127.0.0.1:1: is the trainer running there, with TLS settings that match?)"
+    )
+
