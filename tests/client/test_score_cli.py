@@ -1,7 +1,9 @@
 """`oddity score` on real files against a real detector: csv, parquet, jsonl and xlsx in;
 csv (stdout), jsonl and parquet out; every row matches Detect on the same rows (scores,
-decisions, groups, top features), across batch boundaries. Exit codes and messages for an
-unknown model and bad arguments; one run as a real process."""
+decisions, groups, top features), across batch boundaries. A row the model cannot read is
+named by its line (or row) in the file, or with --skip-invalid written with a reason while
+the others are scored. Exit codes and messages for an unknown model and bad arguments; one
+run as a real process."""
 
 from __future__ import annotations
 
@@ -14,9 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from tests.client.conftest import FEATURES, invoke, table, usage_error
+from tests.conftest import start_detector
+from tests.support import models
 from tests.support.client import detect_request
 
 WRITERS = {
@@ -157,18 +162,129 @@ def test_an_unknown_model_exits_1_with_one_red_line(served, cli, tmp_path):
     assert "nope" in lines[0]
 
 
-def test_rows_the_detector_refuses_are_named_by_their_place_in_the_file(served, cli, tmp_path):
-    path = tmp_path / "gaps.csv"
+# Where data row 13 (from 0) stands in each format: a csv file's header is line 1.
+PLACE_OF_ROW_13 = {"csv": "line 15", "jsonl": "line 14", "parquet": "row 14", "xlsx": "row 15"}
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet", "jsonl", "xlsx"])
+def test_a_blank_cell_fails_the_file_naming_its_line_and_column(served, cli, tmp_path, suffix):
+    path = tmp_path / f"gaps.{suffix}"
     frame = table(20)
-    frame.loc[13, "f1"] = np.nan
-    frame.to_csv(path, index=False)
-    result = invoke(
-        cli, "score", path, "-m", "sensors", "-o", tmp_path / "out.csv", "--batch-rows", 10, "--detector", served.target
-    )
+    frame.loc[13, "f1"] = np.nan  # in the second batch
+    WRITERS[suffix](frame, path)
+    out = tmp_path / "out.csv"
+    result = invoke(cli, "score", path, "-m", "sensors", "-o", out, "--batch-rows", 10, "--detector", served.target)
     assert result.exit_code == 1
-    (line,) = result.stderr.splitlines()[-1:]
-    assert line.startswith(f"error: gaps.csv, rows 11-20: detector at {served.target}: INVALID_ARGUMENT: ")
-    assert not (tmp_path / "out.csv").exists()
+    assert result.stderr.splitlines()[-1] == (
+        f"error: gaps.{suffix}, {PLACE_OF_ROW_13[suffix]}: blank value in column 'f1' "
+        "(--skip-invalid scores the other rows and gives this one a reason)"
+    )
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet", "jsonl", "xlsx"])
+def test_skip_invalid_scores_every_other_row_and_gives_the_skipped_ones_a_reason(served, cli, tmp_path, suffix):
+    path = tmp_path / f"gaps.{suffix}"
+    frame = table(20)
+    frame.loc[3, "age"] = np.nan  # the routing column, first batch
+    frame.loc[13, "f1"] = np.nan  # a feature, second batch
+    WRITERS[suffix](frame, path)
+    result = invoke(
+        cli, "score", path, "-m", "routed", "--skip-invalid", "--batch-rows", 10, "--detector", served.target
+    )
+    assert result.exit_code == 0, result.stderr
+    scored = pd.read_csv(StringIO(result.stdout))
+    skipped = [3, 13]
+    assert scored["reason"].isna().tolist() == [i not in skipped for i in range(20)]
+    assert scored["reason"][skipped].tolist() == ["blank value in column 'age'", "blank value in column 'f1'"]
+    assert scored.loc[skipped, ["score", "is_anomaly", "group", "top_features"]].isna().all().all()
+    kept = scored.drop(index=skipped).reset_index(drop=True)
+    source = READERS[suffix](path).drop(index=skipped).reset_index(drop=True)
+    expected = expected_results(served, "routed", source, routed=True)
+    assert_rows_match(kept.drop(columns=["reason"]), source, expected)
+    assert result.stderr.splitlines()[-1].startswith(f"scored 18 rows, {int(expected['is_anomaly'].sum())} anomalies ")
+    assert ", 2 invalid rows skipped (see the reason column), in " in result.stderr.splitlines()[-1]
+
+
+def test_skip_invalid_names_text_infinite_and_out_of_range_values(served, cli, tmp_path):
+    path = tmp_path / "odd.csv"
+    frame = table(6).astype({"f0": object})
+    frame.loc[1, "f0"] = "n/a?"
+    frame.loc[2, "f2"] = np.inf
+    frame.loc[4, "f3"] = 1e39  # beyond float32
+    frame.to_csv(path, index=False)
+    result = invoke(cli, "score", path, "-m", "sensors", "--skip-invalid", "--detector", served.target)
+    assert result.exit_code == 0, result.stderr
+    scored = pd.read_csv(StringIO(result.stdout))
+    assert scored["reason"].fillna("").tolist() == [
+        "",
+        "value 'n/a?' in column 'f0' is not a number",
+        "value inf in column 'f2' is not finite",
+        "",
+        "value 1e+39 in column 'f3' is beyond the range of float32",
+        "",
+    ]
+    assert scored["score"].notna().tolist() == [True, False, False, True, False, True]
+
+
+def test_a_first_batch_with_no_scorable_row_keeps_the_columns_of_the_others(served, cli, tmp_path):
+    path = tmp_path / "late.csv"
+    frame = table(12)
+    frame.loc[:4, "f0"] = np.nan  # the whole first batch
+    frame.to_csv(path, index=False)
+    out = tmp_path / "scored.parquet"
+    result = invoke(
+        cli, "score", path, "-m", "sensors", "-o", out, "--skip-invalid", "--batch-rows", 5, "--detector", served.target
+    )
+    assert result.exit_code == 0, result.stderr
+    scored = pd.read_parquet(out)
+    assert scored["reason"].fillna("").tolist() == ["blank value in column 'f0'"] * 5 + [""] * 7
+    assert scored.loc[:4, "score"].isna().all()
+    source = pd.read_csv(path).iloc[5:].reset_index(drop=True)
+    kept = scored.iloc[5:].reset_index(drop=True).drop(columns=["reason"])
+    assert_rows_match(kept, source, expected_results(served, "sensors", source, routed=False))
+    types = {field.name: str(field.type) for field in pq.read_schema(out)}
+    assert [types[c] for c in ("score", "is_anomaly", "group", "top_features")] == [
+        "double",
+        "bool",
+        "large_string",
+        "large_string",
+    ]
+
+
+def test_a_row_the_detector_refuses_is_named_by_its_line(cli, repository, tmp_path):
+    fitted = models.fit_pca_group(models.normal_rows(200, len(FEATURES)), components=2)
+    groups = {
+        "young": (models.group_proto("young", fitted, upper=6.0), fitted.onnx),
+        "old": (models.group_proto("old", fitted, lower=6.0, upper=12.0), fitted.onnx),
+    }
+    models.publish(repository, "bounded", groups, dimension=len(FEATURES), routing_key="age", feature_names=FEATURES)
+    detector = start_detector(repository)
+    try:
+        path = tmp_path / "ages.csv"
+        frame = table(20)
+        frame.loc[2, "f0"] = np.nan  # skipped: the detector's row 11 is the file's row 12
+        frame.loc[12, "age"] = 40.0  # in no group, and the model has no 'all' group
+        frame.to_csv(path, index=False)
+        result = invoke(
+            cli,
+            "score",
+            path,
+            "-m",
+            "bounded",
+            "--skip-invalid",
+            "--top-features",
+            0,
+            "--detector",
+            detector.server.target,
+        )
+    finally:
+        detector.close()
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[-1] == (
+        f"error: ages.csv, line 14: detector at {detector.server.target}: FAILED_PRECONDITION: "
+        "age=40 is outside every group of model 'bounded' and there is no active 'all' group"
+    )
 
 
 @pytest.mark.parametrize(
@@ -209,6 +325,7 @@ def test_a_detector_that_cannot_be_reached_exits_3(cli, tmp_path):
         (["--model", "sensors", "--batch-rows", "0"], "Invalid value for '--batch-rows'"),
         (["--model", "sensors", "--out", "scored.xml"], "write .csv, .jsonl or .parquet"),
         (["--model", "sensors", "--threshold-percentile", "100"], "100 is not within (0, 100)"),
+        (["--model", "sensors", "--engine", "spark", "--skip-invalid"], "--skip-invalid goes with --engine grpc"),
     ],
 )
 def test_bad_arguments_exit_2(served, cli, tmp_path, args, message):

@@ -6,6 +6,10 @@ mode, row by row; the first sheet, its first row the header). Each batch comes w
 into the file it reaches, in bytes: the position read for csv and jsonl, the share of rows
 done for parquet and xlsx.
 
+A row is named as the file's format counts: csv and jsonl by line (a csv file's header is line
+1; blank lines count, as do the lines of a quoted cell that spans several), parquet by row from
+1, xlsx by the sheet's row number (as the spreadsheet shows it).
+
 Written by suffix: `.csv`, `.jsonl` (numbers exactly as they are, NaN as null) and
 `.parquet` (one row group per batch; the first batch's column types are the file's). A file
 is written under a hidden temporary name and renamed when complete, so a failed run never
@@ -17,11 +21,12 @@ Reason to change: the table formats the command line reads and writes.
 # pyarrow and openpyxl ship no type information.
 from __future__ import annotations
 
+import csv
 import json
 import math
 import sys
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +39,12 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 READ_FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".xlsx": "xlsx"}
+PLACE_WORDS = {
+    "csv": ("line", "lines"),
+    "jsonl": ("line", "lines"),
+    "parquet": ("row", "rows"),
+    "xlsx": ("row", "rows"),
+}
 WRITE_FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
@@ -98,23 +109,14 @@ def _parquet(path: Path, batch_rows: int) -> Iterator[Batch]:
 
 
 def _xlsx(path: Path, batch_rows: int) -> Iterator[Batch]:
-    import openpyxl  # only xlsx input pays for the import
-
     size = path.stat().st_size
-    workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
-    try:
-        sheet = workbook.worksheets[0]
-        rows = sheet.iter_rows(values_only=True)
-        header = next(rows, None)
+    with _sheet(path) as (header, total, rows):
         if header is None:
             return
         columns = [str(name) if name is not None else f"column_{i + 1}" for i, name in enumerate(header)]
-        total = max((sheet.max_row or 0) - 1, 1)  # from the sheet's dimension; may be unknown
         buffer: list[tuple[Any, ...]] = []
         done = 0
-        for row in rows:
-            if all(value is None for value in row):
-                continue  # openpyxl reports trailing formatted-but-empty rows
+        for _, row in rows:
             buffer.append(row)
             if len(buffer) == batch_rows:
                 done += len(buffer)
@@ -122,8 +124,87 @@ def _xlsx(path: Path, batch_rows: int) -> Iterator[Batch]:
                 buffer = []
         if buffer:
             yield Batch(pd.DataFrame(buffer, columns=columns), size)
+
+
+@contextmanager
+def _sheet(path: Path) -> Iterator[tuple[tuple[Any, ...] | None, int, Iterator[tuple[int, tuple[Any, ...]]]]]:
+    """The first sheet's header row, its row count (from the sheet's dimension, which may be
+    unknown: at least 1) and its other rows with their row numbers, the empty ones left out."""
+    import openpyxl  # only xlsx input pays for the import
+
+    workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    try:
+        sheet = workbook.worksheets[0]
+        rows = sheet.iter_rows(values_only=True)  # from the sheet's row 1
+        header = next(rows, None)
+        numbered = (
+            (number, row)
+            for number, row in enumerate(rows, start=2)
+            if not all(value is None for value in row)  # openpyxl reports trailing formatted-but-empty rows
+        )
+        yield header, max((sheet.max_row or 0) - 1, 1), numbered
     finally:
         workbook.close()
+
+
+def place(path: Path, record: int) -> str:
+    """Where data row `record` (from 0, in the order read_batches yields them) stands in the
+    file, e.g. "line 7"; reads the file again up to it (a message's cost, not a row's)."""
+    (number,) = _numbers(path, [record])
+    return f"{PLACE_WORDS[_format(path)][0]} {number}"
+
+
+def places(path: Path, first: int, last: int) -> str:
+    """Where data rows `first`..`last` (from 0) stand in the file, e.g. "lines 12-21"."""
+    start, end = _numbers(path, [first, last])
+    return f"{PLACE_WORDS[_format(path)][1]} {start}-{end}"
+
+
+def _format(path: Path) -> str:
+    file_format = read_format(path)
+    if file_format is None:
+        raise TableError(f"{path.name}: cannot read {path.suffix or 'files without a suffix'} files")
+    return file_format
+
+
+def _numbers(path: Path, records: Sequence[int]) -> list[int]:
+    """The line or row numbers (module docstring) of data rows `records` (from 0)."""
+    file_format = _format(path)
+    if file_format == "parquet":
+        return [record + 1 for record in records]
+    wanted, last = dict.fromkeys(records, 0), max(records)
+    for record, number in enumerate(_data_row_numbers(path, file_format)):
+        if record in wanted:
+            wanted[record] = number
+        if record >= last:
+            break
+    return [wanted[record] for record in records]
+
+
+def _data_row_numbers(path: Path, file_format: str) -> Iterator[int]:
+    """The number of each data row in turn, skipping what the reader skips (blank lines; a
+    csv file's header; a sheet's empty rows)."""
+    if file_format == "xlsx":
+        with _sheet(path) as (_, _, rows):
+            yield from (number for number, _ in rows)
+        return
+    with path.open(encoding="utf-8", errors="replace", newline="") as handle:
+        if file_format == "jsonl":
+            yield from (number for number, line in enumerate(handle, start=1) if line.strip())
+            return
+        reader = csv.reader(handle)
+        header_seen = False
+        for record in reader:
+            if not any(cell.strip() for cell in record) and len(record) <= 1:
+                continue  # a blank line: pandas skips it
+            if header_seen:
+                yield reader.line_num - _line_breaks(record)
+            header_seen = True
+
+
+def _line_breaks(record: list[str]) -> int:
+    """Line breaks inside the record's quoted cells: reader.line_num is its last line."""
+    return sum(cell.count("\n") for cell in record)
 
 
 class TableWriter(Protocol):
