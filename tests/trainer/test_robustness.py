@@ -115,13 +115,13 @@ def test_a_few_bad_rows_are_dropped_and_counted(stack):
         (folder / "normal.csv").write_bytes(good)
 
 
-def test_data_path_must_stay_inside_the_data_volume(stack):
+def test_data_path_must_stay_inside_the_dataset_folder(stack):
     trainer, _, _ = stack
     for path in ("../../etc/passwd", "/etc/passwd"):
         with pytest.raises(grpc.RpcError) as info:
             trainer.stub.Train(trainer_pb2.TrainRequest(dataset="plant", data_path=path))
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "outside the data volume" in info.value.details()
+        assert f"data_path {path!r} leads outside the dataset folder" in info.value.details()
 
 
 def test_invalid_spec_marks_only_that_dataset(stack):

@@ -5,7 +5,10 @@ fields than the header is malformed (never shifted into other columns). A file t
 be read at all fails the load with a message that names the file and the reason.
 
 Every file read is confined to its dataset folder: paths are resolved (symlinks followed)
-and must stay inside it, so neither `../` nor a link can reach another team's data.
+and must stay inside it, so neither `../` nor a link can reach another team's data; nothing
+under a `.oddity` folder (where the trainer keeps its own state) is ever data. A Train
+request's `data_path` is held to the same rules, and may not be a hard link to a file
+elsewhere in the data volume (`data_path_file`).
 
 Reason to change: which files and formats are read, and what makes a row usable.
 """
@@ -16,9 +19,10 @@ import csv
 import hashlib
 import io
 import itertools
+import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,16 +49,103 @@ class OutsideDatasetFolder(DataError, PermissionError):
     read the trainer is not permitted to make."""
 
 
+class TrainerStateNotData(DataError, PermissionError):
+    """A path under a `.oddity` folder: the trainer keeps its state (history, jobs, checkpoints,
+    embeddings) in such a folder, and nothing there is ever read as data."""
+
+
+class LinkedElsewhere(DataError, PermissionError):
+    """A hard link to a file that also has a name outside the dataset folder: another name for
+    another team's data (or the trainer's state), refused like a symbolic link out."""
+
+
+# The folder of the trainer's own state, `<data volume>/.oddity`: never data, wherever it appears.
+STATE_FOLDER = ".oddity"
+# Longest caller-given text quoted in an error (a request may carry a path of megabytes).
+SHOWN_CHARS = 200
+
+
 def inside(folder: Path, path: Path, what: str) -> Path:
-    """`path` with every link resolved, when it stays inside `folder`; else OutsideDatasetFolder."""
+    """`path` with every link resolved, when it stays inside `folder` and out of any `.oddity`
+    folder in it; else OutsideDatasetFolder or TrainerStateNotData."""
     resolved = path.resolve()
+    shown = path.relative_to(folder) if path.is_relative_to(folder) else path
     if not resolved.is_relative_to(folder.resolve()):
-        shown = path.relative_to(folder) if path.is_relative_to(folder) else path
         raise OutsideDatasetFolder(
             f"{what} {str(shown)!r} leads outside the dataset folder (through '..' or a symbolic link); "
             "only files inside it are read"
         )
+    if STATE_FOLDER in resolved.relative_to(folder.resolve()).parts:
+        raise TrainerStateNotData(
+            f"{what} {str(shown)!r} is under a {STATE_FOLDER} folder, which holds the trainer's state, never data"
+        )
     return resolved
+
+
+def data_path_file(data_path: str, folder: Path, volume: Path, link_roots: Iterable[Path]) -> Path:
+    """The file a Train request's `data_path` names, resolved. It is relative to the dataset
+    folder; a path relative to the data volume (`datasets/<name>/...`, what the API first took)
+    is still accepted when it lands in the same folder. Either way it must resolve (`..` and
+    symbolic links followed) to a file inside the dataset folder, out of any `.oddity` folder,
+    and must not be a hard link to a file elsewhere under `link_roots` (another dataset's
+    folder, the trainer's state). Else a DataError saying which rule and which folder."""
+    shown = cut(data_path)
+    own = folder.resolve()
+    where = _in_volume(own, volume)
+    candidates = [(folder / data_path).resolve(), (volume / data_path).resolve()]
+    path = next((path for path in candidates if path.is_file()), candidates[0])
+    if not path.is_relative_to(own):
+        raise OutsideDatasetFolder(
+            f"data_path {shown!r} leads outside the dataset folder (through '..', a symbolic link or "
+            f"another folder); it must name a file under {str(where)!r}"
+        )
+    if not path.is_file():
+        raise DataError(f"data_path {shown!r} is not a file under the dataset folder {str(where)!r}")
+    if STATE_FOLDER in path.relative_to(own).parts:
+        raise TrainerStateNotData(
+            f"data_path {shown!r} is under a {STATE_FOLDER} folder, which holds the trainer's state, never data"
+        )
+    elsewhere = other_name(path, link_roots, own)
+    if elsewhere is not None:
+        other = str(_in_volume(elsewhere, volume))
+        raise LinkedElsewhere(
+            f"data_path {shown!r} is a hard link to {other!r}, outside the dataset folder {str(where)!r}; "
+            "a dataset reads only its own files (copy the file instead of linking it)"
+        )
+    return path
+
+
+def other_name(path: Path, roots: Iterable[Path], own: Path) -> Path | None:
+    """A name of `path` under one of `roots` but outside the folder `own`, when the file has
+    several (hard links: link count > 1; None for an ordinary file). The walk compares the inode
+    numbers the directory listings carry (no stat per file) and follows no symbolic link."""
+    stat = path.stat()
+    if stat.st_nlink < 2:
+        return None
+    resolved = sorted({root.resolve() for root in roots}, key=lambda root: len(root.parts))
+    pending = [str(root) for i, root in enumerate(resolved) if not any(root.is_relative_to(r) for r in resolved[:i])]
+    while pending:
+        try:
+            with os.scandir(pending.pop()) as listing:
+                for item in listing:
+                    if item.is_dir(follow_symlinks=False):
+                        if not Path(item.path).is_relative_to(own):
+                            pending.append(item.path)
+                    elif item.inode() == stat.st_ino and item.stat(follow_symlinks=False).st_dev == stat.st_dev:
+                        return Path(item.path)
+        except OSError:  # a folder that cannot be listed (gone, no permission): nothing to compare
+            continue
+    return None
+
+
+def _in_volume(path: Path, volume: Path) -> Path:
+    """`path` as a caller names it: relative to the data volume when it is in it."""
+    return path.relative_to(volume.resolve()) if path.is_relative_to(volume.resolve()) else path
+
+
+def cut(text: str) -> str:
+    """Caller-given text as an error quotes it: at most SHOWN_CHARS characters."""
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "..."
 
 
 @dataclass
@@ -124,7 +215,10 @@ def source_units(folder: Path, spec: DatasetSpec) -> list[tuple[Path, str]]:
         matches = sorted(
             p
             for p in folder.glob(source.path)
-            if not in_progress(p) and p.name != SPEC_FILE and (p.is_file() or _parquet_folder(p, source.format))
+            if not in_progress(p)
+            and not in_hidden_folder(folder, p)
+            and p.name != SPEC_FILE
+            and (p.is_file() or _parquet_folder(p, source.format))
         )
         units.extend(m for m in matches if m not in units and not any(m.is_relative_to(u) for u in units))
     for path in units:
@@ -163,6 +257,12 @@ def in_progress(path: Path) -> bool:
     return name.startswith(".") or name.lower().endswith(IN_PROGRESS_SUFFIXES) or name == READY_MARKER
 
 
+def in_hidden_folder(folder: Path, path: Path) -> bool:
+    """A path under a hidden folder of the dataset (`.oddity`, `.git`, `.ipynb_checkpoints`, ...):
+    like dotfiles, never data, whatever a source's glob (`**/*.csv`) would match."""
+    return any(part.startswith(".") for part in path.relative_to(folder).parts[:-1])
+
+
 def file_states(folder: Path, spec: DatasetSpec) -> dict[str, tuple[int, int]]:
     """(size, mtime_ns) of the spec and every data file: two equal looks mean nothing moved."""
     states = {}
@@ -196,8 +296,9 @@ class FileDigests:
     def __len__(self) -> int:
         return len(self._known)
 
-    def digest(self, path: Path) -> str:
-        stat = path.stat()
+    def digest(self, path: Path, stat: os.stat_result | None = None) -> str:
+        """The file's sha256; `stat`: the file's, when the caller has just taken it."""
+        stat = stat if stat is not None else path.stat()
         with self._lock:
             cached = self._known.get(path)
             if cached is not None and cached[:2] == (stat.st_size, stat.st_mtime_ns):
@@ -220,16 +321,30 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fingerprint(folder: Path, spec: DatasetSpec, digests: FileDigests | None = None) -> str:
+# A file as the file system knows it, whatever its name: (device, inode).
+FileIdentity = tuple[int, int]
+
+
+def fingerprint(
+    folder: Path,
+    spec: DatasetSpec,
+    digests: FileDigests | None = None,
+    hard_links: dict[FileIdentity, Path] | None = None,
+) -> str:
     """Content hash of the spec and every source file: unchanged data, unchanged fingerprint.
-    `digests`: the caller's remembered file hashes (None: every file is hashed)."""
+    `digests`: the caller's remembered file hashes (None: every file is hashed). `hard_links`:
+    filled with the source files that have more than one name (link count > 1), by identity,
+    from the stat the hashing takes anyway."""
     digest = hashlib.sha256()
     spec_path = folder / SPEC_FILE
     if spec_path.exists():
         digest.update(spec_path.read_bytes())
     for path in source_files(folder, spec):
+        stat = path.stat()
+        if hard_links is not None and stat.st_nlink > 1:
+            hard_links[(stat.st_dev, stat.st_ino)] = path
         digest.update(str(path.relative_to(folder)).encode())
-        digest.update((digests.digest(path) if digests is not None else file_digest(path)).encode())
+        digest.update((digests.digest(path, stat) if digests is not None else file_digest(path)).encode())
     return digest.hexdigest()
 
 
@@ -260,6 +375,8 @@ def load_dataset(
     rows: at most `training.max_rows` per group, a uniform sample of the usable rows, with every
     row counted and each column's figures over all rows. `check` is called between chunks (it
     raises to stop a job)."""
+    if data_path is not None:  # checked when the job was asked for; again, as it may have moved since
+        inside(folder, data_path, "data_path")
     units = [(data_path, _format(data_path, spec))] if data_path is not None else source_units(folder, spec)
     if not units:
         raise DataError(f"no files match {[s.path for s in spec.sources]}")

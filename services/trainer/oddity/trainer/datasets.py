@@ -3,7 +3,10 @@ make them invalid, their content fingerprints, and which of them changed since t
 version of their model was trained.
 
 `refresh()` rereads the data volume (specs and fingerprints; it reads files, so call it off
-the event loop) and replaces the entries; everything else reads those entries.
+the event loop) and replaces the entries; everything else reads those entries. Hidden folders
+(`.oddity`, where the trainer keeps its state, among them) are never datasets. A file that is
+in two dataset folders at once (hard links) and a model name that two specs give belong to
+one folder; the other is invalid.
 
 Reason to change: how datasets are found and described (folders, specs, fingerprints).
 """
@@ -17,7 +20,7 @@ from pathlib import Path
 from oddity.common import bundle
 from oddity.common.errors import InvalidArgument, NotFound
 from oddity.common.logging import get_logger
-from oddity.trainer.data import FileDigests, fingerprint
+from oddity.trainer.data import FileDigests, FileIdentity, fingerprint
 from oddity.trainer.metrics import TrainerMetrics
 from oddity.trainer.spec import DatasetSpec, SpecError, SpecMissing, load_spec
 from oddity.v1 import manifest_pb2
@@ -49,6 +52,7 @@ class Datasets:
         self.metrics = metrics
         self._entries: dict[str, DatasetEntry] = {}
         self._owners: dict[str, str] = {}  # model name -> the dataset folder that has it
+        self._file_owners: dict[FileIdentity, str] = {}  # a file in several folders -> the one that has it
         self.digests = FileDigests()  # scans rehash only the files that changed
         self._lock = threading.Lock()
 
@@ -61,7 +65,9 @@ class Datasets:
                 if self.root.is_dir()
                 else []
             )
-            entries = self._unique_models({name: self._read(name, self._entries.get(name)) for name in names})
+            entries = self._unique_models(
+                self._unique_files({name: self._read(name, self._entries.get(name)) for name in names})
+            )
             changed = set()
             for name, entry in entries.items():
                 if entry.spec is None:
@@ -76,6 +82,40 @@ class Datasets:
             self.metrics.keep_live({e.name: e.spec.name if e.spec is not None else None for e in entries.values()})
             self.metrics.invalid_datasets.set(sum(1 for e in entries.values() if e.error))
             return changed
+
+    def _unique_files(self, read: dict[str, tuple[DatasetEntry, dict[FileIdentity, Path]]]) -> dict[str, DatasetEntry]:
+        """One dataset folder per data file: a source file with hard links in several folders
+        (one file, several names) belongs to the folder that had it first (the one this process
+        saw first with it, else the oldest folder); the others are invalid, naming the file and
+        the folder that has it. So a link never hands one dataset another's data. Only files
+        with more than one name are compared, from the stat the fingerprint takes anyway."""
+        entries = {name: entry for name, (entry, _) in read.items()}
+        holders: dict[FileIdentity, dict[str, Path]] = {}
+        for name, (_, hard_links) in read.items():
+            for identity, path in hard_links.items():
+                holders.setdefault(identity, {})[name] = path
+        owners: dict[FileIdentity, str] = {}
+        for identity, names in holders.items():
+            if len(names) < 2:
+                continue
+            known = self._file_owners.get(identity)
+            owner = known if known in names else min(names, key=self._age)
+            owners[identity] = owner
+            theirs = names[owner].relative_to(self.root / owner)
+            for name, path in names.items():
+                entry = entries[name]
+                if name == owner or entry.spec is None:
+                    continue
+                error = (
+                    f"{name}/{path.relative_to(self.root / name)} is a hard link to {owner}/{theirs}, a file of "
+                    f"the dataset folder {owner!r}; a dataset folder reads only its own files: copy the file "
+                    f"into {name!r} instead of linking it"
+                )
+                if self._entries.get(name, entry).error != error:
+                    log.warning("data file linked from another dataset", dataset=name, owner=owner, file=str(path))
+                entries[name] = DatasetEntry(name, entry.folder, error=error)
+        self._file_owners = owners
+        return entries
 
     def _unique_models(self, entries: dict[str, DatasetEntry]) -> dict[str, DatasetEntry]:
         """One dataset folder per model name: when several specs name the same model, the folder
@@ -112,16 +152,17 @@ class Datasets:
         live = self.live_manifest(model)
         if live is not None and live.dataset in folders:
             return live.dataset
+        return min(folders, key=self._age)
 
-        def age(name: str) -> tuple[float, str]:
-            try:
-                return (self.root.joinpath(name).stat().st_ctime, name)
-            except OSError:
-                return (float("inf"), name)
+    def _age(self, name: str) -> tuple[float, str]:
+        """A dataset folder's place in time, oldest first (its ctime, then its name)."""
+        try:
+            return (self.root.joinpath(name).stat().st_ctime, name)
+        except OSError:
+            return (float("inf"), name)
 
-        return min(folders, key=age)
-
-    def _read(self, name: str, previous: DatasetEntry | None) -> DatasetEntry:
+    def _read(self, name: str, previous: DatasetEntry | None) -> tuple[DatasetEntry, dict[FileIdentity, Path]]:
+        """The folder's entry, and its source files that have other names (hard links)."""
         folder = self.root / name
         try:
             spec = load_spec(folder)
@@ -131,12 +172,13 @@ class Datasets:
                     log.info("dataset folder has no spec yet", dataset=name)
                 else:
                     log.warning("invalid dataset spec", dataset=name, error=str(exc))
-            return DatasetEntry(name, folder, error=str(exc))
+            return DatasetEntry(name, folder, error=str(exc)), {}
+        hard_links: dict[FileIdentity, Path] = {}
         try:
-            digest = fingerprint(folder, spec, self.digests)
+            digest = fingerprint(folder, spec, self.digests, hard_links)
         except OSError as exc:
-            return DatasetEntry(name, folder, spec, error=f"cannot read the data: {exc}")
-        return DatasetEntry(name, folder, spec, fingerprint=digest)
+            return DatasetEntry(name, folder, spec, error=f"cannot read the data: {exc}"), {}
+        return DatasetEntry(name, folder, spec, fingerprint=digest), hard_links
 
     def live_manifest(self, model: str) -> manifest_pb2.ModelManifest | None:
         """The manifest of the live version (the newest complete one), if any (completeness

@@ -21,6 +21,7 @@ from oddity.common.logging import get_logger
 from oddity.trainer import learners
 from oddity.trainer.announcer import Announcer
 from oddity.trainer.auto_training import Backoff
+from oddity.trainer.data import STATE_FOLDER, DataError, cut, data_path_file
 from oddity.trainer.datasets import DatasetEntry, Datasets
 from oddity.trainer.decisions import DecisionBook, Pin
 from oddity.trainer.history import History
@@ -101,7 +102,7 @@ class TrainerService:
     async def train(self, dataset: str, *, force: bool = False, data_path: str = "", model_kind: str = "") -> Job:
         await asyncio.to_thread(self.datasets.refresh)
         entry, spec = self.datasets.valid(dataset)
-        override = self._resolve_data_path(data_path) if data_path else None
+        override = await asyncio.to_thread(self._resolve_data_path, data_path, entry.folder) if data_path else None
         if model_kind and model_kind not in learners.kinds():
             raise InvalidArgument(f"unknown model_kind {model_kind!r}; choose one of {learners.kinds()}")
         if model_kind and learners.learner_class(model_kind).is_classifier_kind() != spec.is_classifier:
@@ -127,17 +128,18 @@ class TrainerService:
             )
         )
 
-    def _resolve_data_path(self, data_path: str) -> Path:
-        root = self.data_volume.resolve()
-        try:  # a NUL byte, a name too long, ... are the caller's mistake, not ours
-            path = (root / data_path).resolve()
-            if not path.is_relative_to(root):
-                raise InvalidArgument(f"data_path {data_path!r} resolves outside the data volume")
-            if not path.is_file():
-                raise InvalidArgument(f"data_path {data_path!r} is not a file in the data volume")
-        except (OSError, ValueError) as exc:
-            raise InvalidArgument(f"data_path {data_path!r} is not a usable path: {exc}") from exc
-        return path
+    def _resolve_data_path(self, data_path: str, folder: Path) -> Path:
+        """The file `data_path` names in the dataset's own folder, like every other read (see
+        data.data_path_file); a hard link is looked for across the volume (it lists folders, so
+        call it off the event loop)."""
+        link_roots = (self.data_volume, self.datasets.root, self.data_volume / STATE_FOLDER)
+        try:
+            return data_path_file(data_path, folder, self.data_volume, link_roots)
+        except DataError as exc:
+            raise InvalidArgument(str(exc)) from exc
+        except (OSError, ValueError) as exc:  # a NUL byte, a name too long, ... are the caller's mistake
+            reason = getattr(exc, "strerror", None) or exc  # an OSError's text would repeat the whole path
+            raise InvalidArgument(f"data_path {cut(data_path)!r} is not a usable path: {reason}") from exc
 
     def get_job(self, job_id: str) -> Job:
         job = self.runner.job(job_id)
