@@ -8,6 +8,7 @@ count against the rate limit like any call."""
 import grpc
 import pytest
 
+from oddity.common.errors import shown
 from oddity.v1 import detector_pb2, detector_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 from tests.conftest import start_detector
 from tests.support import datasets, models
@@ -85,7 +86,7 @@ def test_detector_audit_lines_name_the_model_and_the_version(repository, token_f
         {**admin, "rpc": "LoadModel", "model": "m", "version": 1, "code": "OK"},
         {**admin, "rpc": "LoadModel", "model": "m", "version": 2, "code": "OK"},
         {**admin, "rpc": "UnloadModel", "model": "m", "version": 2, "code": "OK"},
-        {**admin, "rpc": "LoadModel", "model": "x" * 200, "version": 3, "code": "NOT_FOUND"},
+        {**admin, "rpc": "LoadModel", "model": shown("x" * 1000), "version": 3, "code": "NOT_FOUND"},
         {**admin, "principal": "anonymous", "rpc": "UnloadModel", "code": "UNAUTHENTICATED"},
         {**admin, "principal": "dashboard", "rpc": "UnloadModel", "code": "PERMISSION_DENIED"},
         {**admin, "rpc": "UnloadModel", "code": "INVALID_ARGUMENT"},
@@ -133,7 +134,7 @@ def test_trainer_audit_lines_name_the_dataset_and_the_version(data_volume, repos
         {**admin, "rpc": "Rollback", "version": 3, "restored_from": 1, "code": "OK"},
         {**admin, "rpc": "SetThreshold", "percentile": 99.0, "version": 4, "code": "OK"},
         {**admin, "rpc": "Rollback", "restored_from": 42, "code": "NOT_FOUND"},
-        {**admin, "rpc": "Train", "dataset": "y" * 200, "code": "NOT_FOUND"},
+        {**admin, "rpc": "Train", "dataset": shown("y" * 1000), "code": "NOT_FOUND"},
     ]
 
 

@@ -245,15 +245,15 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
 
     # The admin RPCs name what they change in the call's audit line: the version asked for
     # (0: the newest) until the one loaded is known, and the version an unload stops serving.
-    # Names are cut to 200 characters: a log field is no place for a megabyte of name.
+    # (Log lines cut long names: oddity.common.logging.)
     async def LoadModel(self, request, context):
-        annotate_request(model=request.model[:200], version=request.version)
+        annotate_request(model=request.model, version=request.version)
         status = await self._service.load_model(request.model, request.version)
         annotate_request(version=status.serving_version)
         return detector_pb2.LoadModelResponse(status=status_to_proto(status))
 
     async def UnloadModel(self, request, context):
-        annotate_request(model=request.model[:200], version=self._serving_version(request.model))
+        annotate_request(model=request.model, version=self._serving_version(request.model))
         status = await self._service.unload_model(request.model)
         return detector_pb2.UnloadModelResponse(status=status_to_proto(status))
 

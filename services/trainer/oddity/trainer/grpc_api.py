@@ -131,9 +131,9 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         self._service = service
 
     # The admin RPCs (Train, Rollback, SetThreshold) name what they change in the call's audit
-    # line as soon as they know it; names are cut to 200 characters for the log.
+    # line as soon as they know it (log lines cut long names: oddity.common.logging).
     async def Train(self, request, context):
-        annotate_request(dataset=request.dataset[:200])
+        annotate_request(dataset=request.dataset)
         job = await self._service().train(
             request.dataset, force=request.force, data_path=request.data_path, model_kind=request.model_kind
         )
@@ -156,13 +156,13 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         return trainer_pb2.HistoryResponse(events=[event_to_proto(e) for e in events])
 
     async def Rollback(self, request, context):
-        annotate_request(dataset=request.dataset[:200], restored_from=request.version)
+        annotate_request(dataset=request.dataset, restored_from=request.version)
         version, restored, next_step = await self._service().rollback(request.dataset, request.version)
         annotate_request(version=version, restored_from=restored)
         return trainer_pb2.RollbackResponse(version=version, restored_from=restored, next=next_step)
 
     async def SetThreshold(self, request, context):
-        annotate_request(dataset=request.dataset[:200], percentile=request.percentile)
+        annotate_request(dataset=request.dataset, percentile=request.percentile)
         version, next_step = await self._service().set_threshold(request.dataset, request.percentile)
         annotate_request(version=version)
         return trainer_pb2.SetThresholdResponse(version=version, next=next_step)
