@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from oddity.trainer.data import DataError, load_dataset
-from oddity.trainer.spec import SpecError, load_spec
+from oddity.trainer.spec import DatasetSpec, SpecError, load_spec
 from oddity.trainer.validation import ValidationFailed, check_anomaly_rate
 from tests.support.servers import repo_root
 
@@ -41,6 +41,40 @@ def test_bad_specs_name_the_problem(tmp_path, text, message):
     (tmp_path / "dataset.yaml").write_text(text)
     with pytest.raises(SpecError, match=re.escape(message)):
         load_spec(tmp_path)
+
+
+TOP_LEVEL_KEYS = ", ".join(sorted(DatasetSpec.model_fields))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "treshold_percentile: 90\n",
+            f"treshold_percentile: unknown key, did you mean 'threshold_percentile'? (allowed keys: {TOP_LEVEL_KEYS})",
+        ),
+        ("surprise: 1\n", f"surprise: unknown key (allowed keys: {TOP_LEVEL_KEYS})"),
+        (
+            "retrain: {polcy: manual}\n",
+            "retrain.polcy: unknown key, did you mean 'policy'? "
+            "(allowed keys in retrain: after_rollback, debounce_seconds, interval_hours, policy, ready_marker)",
+        ),
+        (
+            "sources: [{path: a.csv}, {path: b.csv, pth: c.csv}]\n",
+            "sources.1.pth: unknown key, did you mean 'path'? (allowed keys in sources: format, path)",
+        ),
+        (
+            "features: {colums: [a]}\n",
+            "features.colums: unknown key, did you mean 'columns'? (allowed keys in features: columns, exclude)",
+        ),
+    ],
+)
+def test_an_unknown_key_is_named_with_the_closest_allowed_key_and_all_allowed_there(tmp_path, text, message):
+    source = "" if text.startswith("sources") else "sources: [{path: a.csv}]\n"
+    (tmp_path / "dataset.yaml").write_text(source + text)
+    with pytest.raises(SpecError) as refused:
+        load_spec(tmp_path)
+    assert message in str(refused.value).removeprefix("dataset.yaml: ").split("; ")
 
 
 def test_missing_spec(tmp_path):

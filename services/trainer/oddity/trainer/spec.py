@@ -1,19 +1,25 @@
 """Dataset specs: the `dataset.yaml` in each dataset folder of the data volume.
 
 A bad spec marks only its own dataset invalid (with the message in GetStatus); the others
-keep working. See docs/datasets.md for the full reference with an example per model kind.
+keep working. An unknown key is named with the closest allowed one and every key allowed
+where it stands, e.g. "treshold_percentile: unknown key, did you mean 'threshold_percentile'?
+(allowed keys: contamination, embedder, ...)". See docs/datasets.md for the full reference
+with an example per model kind.
 
 Reason to change: what a dataset.yaml may say.
 """
 
 from __future__ import annotations
 
+import difflib
 import itertools
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from oddity.common.bundle import is_valid_model_name
 from oddity.trainer.learners import learner_class, learners
@@ -313,10 +319,50 @@ def load_spec(folder: Path) -> DatasetSpec:
     try:
         spec = DatasetSpec.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(_problem(e) for e in exc.errors())
         raise SpecError(f"{SPEC_FILE}: {problems}") from exc
     if not spec.name:
         if not is_valid_model_name(folder.name):
             raise SpecError(f"folder name {folder.name!r} is not a valid model name; set `name`")
         spec.name = folder.name
     return spec
+
+
+# The spec's sections by class name: pydantic names the union member in an error's location
+# (`features.FeatureSelection.colums`).
+_SECTIONS: dict[str, type[BaseModel]] = {model.__name__: model for model in _Strict.__subclasses__()}
+
+
+def _problem(error: ErrorDetails) -> str:
+    """One validation error as "where: what"; an unknown key with the keys allowed there."""
+    if error["type"] != "extra_forbidden":
+        return f"{'.'.join(str(p) for p in error['loc']) or 'spec'}: {error['msg']}"
+    *section, key = error["loc"]
+    allowed = _keys_at(section)
+    close = difflib.get_close_matches(str(key), allowed, n=1)
+    guess = f", did you mean {close[0]!r}?" if close else ""
+    where = [str(p) for p in section if p not in _SECTIONS]
+    named = [p for p in section if isinstance(p, str) and p not in _SECTIONS]
+    here = f" in {'.'.join(named)}" if named else ""
+    return f"{'.'.join([*where, str(key)])}: unknown key{guess} (allowed keys{here}: {', '.join(allowed)})"
+
+
+def _keys_at(section: list[int | str]) -> list[str]:
+    """The keys allowed in the section an error's location leads to."""
+    models: list[type[BaseModel]] = [DatasetSpec]
+    for part in section:
+        if isinstance(part, int):
+            continue  # an item of a list: the list's section
+        if part in _SECTIONS:
+            models = [_SECTIONS[part]]
+            continue
+        fields = [model.model_fields[part] for model in models if part in model.model_fields]
+        models = [model for field in fields for model in _models_in(field.annotation)]
+    return sorted({key for model in models for key in model.model_fields})
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The spec sections a field's type holds: `Routing | None` -> [Routing]."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for argument in typing.get_args(annotation) for model in _models_in(argument)]
