@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +166,16 @@ def test_demo_with_its_own_stack_reports_figures_that_the_written_files_reproduc
             assert (folder / "datasets" / name / "dataset.yaml").is_file()
             assert (folder / "demo" / f"{name}-scored.csv").is_file()
         assert document["seconds"] < DEMO_SECONDS
+        # The demo asks each model only for what it answers: no refused Detect in the detector.
+        with urllib.request.urlopen(document["metrics"]["detector"], timeout=10) as response:
+            refused = [
+                line
+                for line in response.read().decode().splitlines()
+                if line.startswith("oddity_grpc_requests_total")
+                and 'code="OK"' not in line
+                and not line.endswith(" 0.0")
+            ]
+        assert refused == []
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0

@@ -22,6 +22,7 @@ import pandas as pd
 
 from oddity.cli.demo_data import ANOMALOUS, DECISION, EXPECTED, POSITIVE_CLASS, DemoDataset
 from oddity.client import DetectorClient, DetectResult, FailedPrecondition
+from oddity.v1 import manifest_pb2
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,10 @@ def _share(flags: np.ndarray, among: np.ndarray) -> float:
 
 
 def _detect_rows(detector: DetectorClient, model: str, frame: pd.DataFrame) -> DetectResult:
+    """The rows' results, with each row's leading feature when the model explains its scores
+    (a classifier is never asked: it answers FAILED_PRECONDITION, a warning in its log)."""
+    if detector.model(model).manifest.task == manifest_pb2.MODEL_TASK_CLASSIFICATION:
+        return detector.detect(model, frame)
     try:
         return detector.detect(model, frame, explain_top_k=1)
     except FailedPrecondition:  # a model that does not explain its scores
