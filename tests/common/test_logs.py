@@ -96,3 +96,27 @@ def test_lines_of_two_threads_never_run_into_each_other():
     lines = result.stdout.splitlines()
     assert len(lines) == 6000
     assert [line for line in lines if not _is_json_object(line)] == []
+
+
+@pytest.mark.slow
+def test_asking_while_a_model_loads_is_answered_unavailable_without_a_warning(tmp_path):
+    """A start-up state is expected: the embedder answers UNAVAILABLE while its model loads,
+    and logs it at debug level, not as a warning on every console that calls it early."""
+    vit = encoders.tiny_vit(tmp_path / "vit")
+    embedder = embedder_process(tmp_path / "cache", {"vit": {"model_id": str(vit), "modality": "image"}})
+    try:
+        loading = 0
+        with channel(embedder.target) as ch:
+            stub = embedder_pb2_grpc.EmbedderStub(ch)
+            for _ in range(3000):
+                try:
+                    stub.GetInfo(embedder_pb2.GetInfoRequest(), timeout=30, wait_for_ready=True)
+                    break
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc.details()
+                    loading += 1
+        assert loading > 0, "the model loaded before the first call: nothing was checked"
+        assert embedder.terminate() == 0
+        assert [e for e in embedder.events("request failed") if e.get("code") == "UNAVAILABLE"] == []
+    finally:
+        embedder.kill()

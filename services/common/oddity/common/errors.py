@@ -37,6 +37,8 @@ def _cut(head: str, text: str) -> str:
 class OddityError(Exception):
     """Base class: an expected failure with a message fit for the caller."""
 
+    log_level = "warning"  # of the server's "request failed" line
+
     def __init__(self, message: str) -> None:
         message = _bounded(message)
         super().__init__(message)
@@ -61,6 +63,13 @@ class ResourceExhausted(OddityError):
 
 class Unavailable(OddityError):
     """Not ready yet, or a dependency is down; retrying later may succeed."""
+
+
+class StillLoading(Unavailable):
+    """UNAVAILABLE while the service starts (a model loading, a repository not scanned yet):
+    expected, so its log line is at debug level, not a warning."""
+
+    log_level = "debug"
 
 
 class AlreadyExists(OddityError):

@@ -197,7 +197,7 @@ class _Call:
             return
         if isinstance(exc, errors.OddityError):
             self.code = status_for(exc)
-            log.warning("request failed", code=self.code.name, error=exc.message)
+            getattr(log, exc.log_level)("request failed", code=self.code.name, error=exc.message)
             await self.context.abort(self.code, exc.message)
         self.code = grpc.StatusCode.INTERNAL
         log.error("unhandled error", exc_info=exc)

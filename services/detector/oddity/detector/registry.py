@@ -32,7 +32,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from oddity.common import bundle
-from oddity.common.errors import FailedPrecondition, NotFound, OddityError, Unavailable, shown
+from oddity.common.errors import FailedPrecondition, NotFound, OddityError, StillLoading, shown
 from oddity.common.logging import get_logger
 from oddity.common.scoring import ModelLoadError
 from oddity.detector.metrics import DetectorMetrics
@@ -355,7 +355,7 @@ class ModelRegistry:
 def _missing(table: ModelTable, name: str, entry: ModelEntry | None) -> OddityError:
     """The error for a request to a model that does not serve."""
     if not table.scanned:
-        return Unavailable(
+        return StillLoading(
             "the model repository has not been scanned yet (the detector is starting, or the repository is missing)"
         )
     if entry is None:

@@ -15,7 +15,14 @@ from typing import Any
 import numpy as np
 from prometheus_client import Counter, Histogram
 
-from oddity.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable, shown
+from oddity.common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    StillLoading,
+    shown,
+)
 from oddity.common.logging import annotate_request, get_logger
 from oddity.embedder.batching import DynamicBatcher
 from oddity.embedder.export import ExportError, ensure_exported
@@ -115,7 +122,7 @@ class EmbedderService:
             if name in self.errors:  # retrying will not help until its weights are provided
                 raise FailedPrecondition(f"model {name!r} is not loaded: {self.errors[name]}")
             if name in self.settings.models:
-                raise Unavailable(f"model {name!r} is still loading")
+                raise StillLoading(f"model {name!r} is still loading")
             raise NotFound(f"model {shown(name)!r} not found; served: {sorted(self.settings.models)}")
         return served
 
@@ -174,7 +181,7 @@ class EmbedderService:
         among the models (the trainer picking a text model) would decide on half the list."""
         loading = sorted(set(self.settings.models) - set(self.models) - set(self.errors))
         if not name and loading:
-            raise Unavailable(f"models still loading: {', '.join(loading)}; ask again, or name a loaded model")
+            raise StillLoading(f"models still loading: {', '.join(loading)}; ask again, or name a loaded model")
         names = [name] if name else sorted(self.models)
         result = []
         for model_name in names:
