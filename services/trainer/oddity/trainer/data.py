@@ -68,14 +68,14 @@ SHOWN_CHARS = 200
 def inside(folder: Path, path: Path, what: str) -> Path:
     """`path` with every link resolved, when it stays inside `folder` and out of any `.oddity`
     folder in it; else OutsideDatasetFolder or TrainerStateNotData."""
-    resolved = path.resolve()
+    resolved, root = path.resolve(), folder.resolve()
     shown = path.relative_to(folder) if path.is_relative_to(folder) else path
-    if not resolved.is_relative_to(folder.resolve()):
+    if not resolved.is_relative_to(root):
         raise OutsideDatasetFolder(
             f"{what} {str(shown)!r} leads outside the dataset folder (through '..' or a symbolic link); "
             "only files inside it are read"
         )
-    if STATE_FOLDER in resolved.relative_to(folder.resolve()).parts:
+    if STATE_FOLDER in resolved.relative_to(root).parts:
         raise TrainerStateNotData(
             f"{what} {str(shown)!r} is under a {STATE_FOLDER} folder, which holds the trainer's state, never data"
         )
@@ -211,16 +211,23 @@ def source_units(folder: Path, spec: DatasetSpec) -> list[tuple[Path, str]]:
     Parquet files (hive partitions such as `day=2026-12-01/part-0.parquet`), each inside the folder."""
     inside(folder.parent, folder, "the dataset folder")
     units: list[Path] = []
+    taken: set[Path] = set()
+    parquet_folders: list[Path] = []  # only a folder can hold a later match (a file is compared by `taken`)
     for source in spec.sources:
-        matches = sorted(
+        for match in sorted(
             p
             for p in folder.glob(source.path)
             if not in_progress(p)
             and not in_hidden_folder(folder, p)
             and p.name != SPEC_FILE
             and (p.is_file() or _parquet_folder(p, source.format))
-        )
-        units.extend(m for m in matches if m not in units and not any(m.is_relative_to(u) for u in units))
+        ):
+            if match in taken or any(match.is_relative_to(f) for f in parquet_folders):
+                continue
+            units.append(match)
+            taken.add(match)
+            if match.is_dir():
+                parquet_folders.append(match)
     for path in units:
         inside(folder, path, "folder" if path.is_dir() else "file")
     return [(path, _format(path, spec)) for path in units]
