@@ -133,10 +133,10 @@ def test_a_file_under_the_folders_own_oddity_folder_is_refused(volume):
 def test_a_long_path_is_named_cut_to_200_characters(volume):
     trainer, _ = volume
     data_path = "../b/" + ("x" * 200 + "/") * 4
-    assert refused(trainer, data_path) == outside(data_path[:200] + "...")
+    assert refused(trainer, data_path) == outside(data_path[:200] + "…(809 characters)")
     too_long = "x" * 5_000
     reason = "is not a usable path: File name too long"
-    assert refused(trainer, too_long) == f"data_path {too_long[:200] + '...'!r} {reason}"
+    assert refused(trainer, too_long) == f"data_path {too_long[:200] + '…(5000 characters)'!r} {reason}"
 
 
 def test_a_path_that_names_no_file_of_the_folder_is_refused(volume):

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from oddity.common.errors import shown
 from oddity.trainer.row_sample import IN_ALL, IN_GROUP, ColumnFigures, RowSample
 from oddity.trainer.spec import READY_MARKER, SPEC_FILE, DatasetSpec
 from oddity.trainer.table_chunks import Chunk, ReadCounts, Unreadable, chunks, release_buffers
@@ -61,23 +62,21 @@ class LinkedElsewhere(DataError, PermissionError):
 
 # The folder of the trainer's own state, `<data volume>/.oddity`: never data, wherever it appears.
 STATE_FOLDER = ".oddity"
-# Longest caller-given text quoted in an error (a request may carry a path of megabytes).
-SHOWN_CHARS = 200
 
 
 def inside(folder: Path, path: Path, what: str) -> Path:
     """`path` with every link resolved, when it stays inside `folder` and out of any `.oddity`
     folder in it; else OutsideDatasetFolder or TrainerStateNotData."""
     resolved, root = path.resolve(), folder.resolve()
-    shown = path.relative_to(folder) if path.is_relative_to(folder) else path
+    named = path.relative_to(folder) if path.is_relative_to(folder) else path
     if not resolved.is_relative_to(root):
         raise OutsideDatasetFolder(
-            f"{what} {str(shown)!r} leads outside the dataset folder (through '..' or a symbolic link); "
+            f"{what} {str(named)!r} leads outside the dataset folder (through '..' or a symbolic link); "
             "only files inside it are read"
         )
     if STATE_FOLDER in resolved.relative_to(root).parts:
         raise TrainerStateNotData(
-            f"{what} {str(shown)!r} is under a {STATE_FOLDER} folder, which holds the trainer's state, never data"
+            f"{what} {str(named)!r} is under a {STATE_FOLDER} folder, which holds the trainer's state, never data"
         )
     return resolved
 
@@ -89,27 +88,27 @@ def data_path_file(data_path: str, folder: Path, volume: Path, link_roots: Itera
     symbolic links followed) to a file inside the dataset folder, out of any `.oddity` folder,
     and must not be a hard link to a file elsewhere under `link_roots` (another dataset's
     folder, the trainer's state). Else a DataError saying which rule and which folder."""
-    shown = cut(data_path)
+    quoted = shown(data_path)  # a request may carry a path of megabytes
     own = folder.resolve()
     where = _in_volume(own, volume)
     candidates = [(folder / data_path).resolve(), (volume / data_path).resolve()]
     path = next((path for path in candidates if path.is_file()), candidates[0])
     if not path.is_relative_to(own):
         raise OutsideDatasetFolder(
-            f"data_path {shown!r} leads outside the dataset folder (through '..', a symbolic link or "
+            f"data_path {quoted!r} leads outside the dataset folder (through '..', a symbolic link or "
             f"another folder); it must name a file under {str(where)!r}"
         )
     if not path.is_file():
-        raise DataError(f"data_path {shown!r} is not a file under the dataset folder {str(where)!r}")
+        raise DataError(f"data_path {quoted!r} is not a file under the dataset folder {str(where)!r}")
     if STATE_FOLDER in path.relative_to(own).parts:
         raise TrainerStateNotData(
-            f"data_path {shown!r} is under a {STATE_FOLDER} folder, which holds the trainer's state, never data"
+            f"data_path {quoted!r} is under a {STATE_FOLDER} folder, which holds the trainer's state, never data"
         )
     elsewhere = other_name(path, link_roots, own)
     if elsewhere is not None:
         other = str(_in_volume(elsewhere, volume))
         raise LinkedElsewhere(
-            f"data_path {shown!r} is a hard link to {other!r}, outside the dataset folder {str(where)!r}; "
+            f"data_path {quoted!r} is a hard link to {other!r}, outside the dataset folder {str(where)!r}; "
             "a dataset reads only its own files (copy the file instead of linking it)"
         )
     return path
@@ -141,11 +140,6 @@ def other_name(path: Path, roots: Iterable[Path], own: Path) -> Path | None:
 def _in_volume(path: Path, volume: Path) -> Path:
     """`path` as a caller names it: relative to the data volume when it is in it."""
     return path.relative_to(volume.resolve()) if path.is_relative_to(volume.resolve()) else path
-
-
-def cut(text: str) -> str:
-    """Caller-given text as an error quotes it: at most SHOWN_CHARS characters."""
-    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "..."
 
 
 @dataclass

@@ -16,12 +16,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from oddity.common.errors import AlreadyExists, InvalidArgument, NotFound
+from oddity.common.errors import AlreadyExists, InvalidArgument, NotFound, shown
 from oddity.common.logging import get_logger
 from oddity.trainer import learners
 from oddity.trainer.announcer import Announcer
 from oddity.trainer.auto_training import Backoff
-from oddity.trainer.data import STATE_FOLDER, DataError, cut, data_path_file
+from oddity.trainer.data import STATE_FOLDER, DataError, data_path_file
 from oddity.trainer.datasets import DatasetEntry, Datasets
 from oddity.trainer.decisions import DecisionBook, Pin
 from oddity.trainer.history import History
@@ -139,7 +139,7 @@ class TrainerService:
             raise InvalidArgument(str(exc)) from exc
         except (OSError, ValueError) as exc:  # a NUL byte, a name too long, ... are the caller's mistake
             reason = getattr(exc, "strerror", None) or exc  # an OSError's text would repeat the whole path
-            raise InvalidArgument(f"data_path {cut(data_path)!r} is not a usable path: {reason}") from exc
+            raise InvalidArgument(f"data_path {shown(data_path)!r} is not a usable path: {reason}") from exc
 
     def get_job(self, job_id: str) -> Job:
         job = self.runner.job(job_id)
