@@ -1,5 +1,7 @@
 """What commands print: rich tables for people on stdout, JSON for programs on stdout
-(`--json`), progress, notes and errors on stderr (so stdout stays clean for pipes).
+(`--json`), progress, notes and errors on stderr (so stdout stays clean for pipes). Text for
+people carries the services' hints in the command line's words (`oddity.cli.cli_words`);
+JSON keeps the API's.
 
 Reason to change: how the command line looks.
 """
@@ -17,9 +19,20 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from oddity.cli.cli_words import in_cli_words
+
+
+class _PeoplesConsole(Console):
+    """A console whose plain strings (a job's message, what happens next) read in the command
+    line's words."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        super().print(*(in_cli_words(o) if isinstance(o, str) else o for o in objects), **kwargs)
+
+
 # Consoles look up sys.stdout / sys.stderr when they print, so redirected streams are honoured.
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = _PeoplesConsole(highlight=False)
+err = _PeoplesConsole(stderr=True, highlight=False)
 PIPE_WIDTH = 200  # columns of a table written to a pipe or file (rich would take 80)
 
 
@@ -37,12 +50,12 @@ def print_json_line(value: Any) -> None:
 
 def error(message: str) -> None:
     """One red line on stderr."""
-    err.print(Text(f"error: {' '.join(message.split())}", style="red"), soft_wrap=True)
+    err.print(Text(f"error: {' '.join(in_cli_words(message).split())}", style="red"), soft_wrap=True)
 
 
 def note(message: str, style: str = "yellow") -> None:
     """One line on stderr for people (warnings, summaries)."""
-    err.print(Text(message, style=style), soft_wrap=True)
+    err.print(Text(in_cli_words(message), style=style), soft_wrap=True)
 
 
 def show(renderable: Table) -> None:
@@ -71,4 +84,4 @@ def cell(value: Any) -> str:
         return f"{value:.4g}"
     if isinstance(value, datetime):
         return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
-    return str(value)
+    return in_cli_words(str(value))
