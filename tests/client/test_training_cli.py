@@ -228,3 +228,40 @@ def test_no_trainer_is_reported_at_once_naming_oddity_up(cli):
         "(no connection to 127.0.0.1:1: is the trainer running there, with TLS settings that match?)"
     )
 
+
+def test_status_tells_the_threshold_served_and_a_failing_dataset(stack, sdk):
+    """After a rollback the live version serves the restored version's percentile while the
+    override waits for the next version; a dataset whose last run failed is failing, not ready."""
+    from oddity.cli.training import _served_percentile, _state
+
+    trained = train_to_end(sdk, "people", force=True).published_version
+    assert sdk.set_threshold("people", 98).version == trained + 1
+    assert sdk.rollback("people", trained).version == trained + 2
+    (people,) = sdk.status("people")
+    assert (_served_percentile(people), people.threshold_override, _state(people)) == ("p95", 98.0, "ready")
+
+    job = sdk.train("broken")
+    *_, last = sdk.watch_job(job.id, timeout=180)
+    assert last.state == "failed"
+    (broken,) = sdk.status("broken")
+    assert (_state(broken), _served_percentile(broken)) == ("failing (oddity train tries again)", None)
+
+
+def test_samples_survive_a_restart(tmp_path):
+    data_volume, repository = tmp_path / "data", tmp_path / "models"
+    (data_volume / "datasets").mkdir(parents=True)
+    repository.mkdir()
+    datasets.write_dataset(data_volume, "kept", manual_spec(), {"rows.csv": datasets.sensor_frame(300)})
+    trainer = start_trainer(data_volume, repository)
+    try:
+        with TrainerClient(trainer.server.target, timeout=30) as client:
+            train_to_end(client, "kept")
+    finally:
+        trainer.close()
+    restarted = start_trainer(data_volume, repository)
+    try:
+        with TrainerClient(restarted.server.target, timeout=30) as client:
+            (kept,) = client.status("kept")
+        assert (kept.live_version, kept.samples) == (1, 300)
+    finally:
+        restarted.close()

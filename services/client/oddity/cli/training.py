@@ -166,11 +166,13 @@ def status(
         return
     rows = []
     for s in statuses:
-        problem = s.error or s.last_error
+        served = _served_percentile(s)
         decisions = []
         if s.pinned_version:
             decisions.append(f"pinned v{s.pinned_version} until {s.pinned_until}")
-        if s.threshold_override:
+        if s.threshold_override and served != f"p{s.threshold_override:g}":
+            decisions.append(f"threshold p{s.threshold_override:g} from the next version")
+        elif s.threshold_override:
             decisions.append(f"threshold p{s.threshold_override:g}")
         rows.append(
             (
@@ -178,20 +180,59 @@ def status(
                 s.model,
                 s.kind,
                 s.live_version or None,
+                served,
                 s.samples,
-                "training" if s.training_in_progress else ("ready" if s.valid else "invalid"),
+                _state(s),
                 s.last_training_time,
                 "; ".join(decisions) or None,
-                problem or None,
+                (s.error or s.last_error) or None,
             )
         )
-    columns = ("dataset", "model", "kind", "live", "samples", "state", "last training", "decisions", "error")
+    columns = (
+        "dataset",
+        "model",
+        "kind",
+        "live",
+        "threshold",
+        "samples",
+        "state",
+        "last training",
+        "decisions",
+        "error",
+    )
     output.show(output.table(None, columns, rows))
     for line in _choices_and_left_out(statuses):
         output.out.print(line, soft_wrap=True, markup=False)
     evaluated = [(s, g) for s in statuses for g in s.live_groups if g.evaluation]
     if evaluated:
         output.show(output.table("classifiers, on held-out rows", EVALUATION_COLUMNS, map(_evaluation_row, evaluated)))
+
+
+def _served_percentile(status: DatasetStatus) -> str | None:
+    """The threshold percentile the live version serves ("p95"; "p90-p95" when its groups differ)."""
+    served = sorted({g.threshold_percentile for g in status.live_groups if g.status == "active"})
+    if not served:
+        return None
+    return f"p{served[0]:g}" if len(served) == 1 else f"p{served[0]:g}-p{served[-1]:g}"
+
+
+def _state(status: DatasetStatus) -> str:
+    """What the dataset is doing: training, invalid, failing (and when it is tried again),
+    waiting for a first model, or ready."""
+    if status.training_in_progress:
+        return "training"
+    if not status.valid:
+        return "invalid"
+    if status.consecutive_failures:
+        retry = status.next_retry_time
+        if retry:
+            when = f"next try at {retry.astimezone():%H:%M:%S}"
+        elif status.policy == "manual":
+            when = "oddity train tries again"
+        else:
+            when = "next try when the data changes"
+        return f"failing ({when})"
+    return "ready" if status.live_version else "no model yet"
 
 
 def _choices_and_left_out(statuses: list[DatasetStatus]) -> list[str]:

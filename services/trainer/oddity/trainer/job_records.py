@@ -81,14 +81,24 @@ class JobRecords:
         return self._last_runs.get(dataset, LastRun())
 
     def restore(self) -> None:
-        """At start: each dataset's last successful run as the history tells it (so GetStatus
-        and its metric survive a restart)."""
+        """At start: each dataset's last successful run as the history tells it (so GetStatus,
+        its samples and left-out columns, and its metric survive a restart)."""
         for event in self.history.read(event_types=("TRAINING_COMPLETED",), limit=RESTORED_SUCCESSES):
             try:
                 dataset, at = str(event["dataset"]), datetime.fromisoformat(event["timestamp"])
-            except (KeyError, TypeError, ValueError):
+                details = event.get("details") or {}
+                samples = int(details.get("samples", 0))
+                left_out = tuple(str(c) for c in details.get("left_out_columns", ()))
+                left_out_count = int(details.get("left_out_column_count", len(left_out)))
+            except (KeyError, TypeError, ValueError, AttributeError):
                 continue
-            self._last_runs[dataset] = replace(self.last_run(dataset), trained_at=at)  # oldest first: newest wins
+            self._last_runs[dataset] = replace(  # oldest first: the newest wins
+                self.last_run(dataset),
+                trained_at=at,
+                samples=samples,
+                left_out_columns=left_out,
+                left_out_column_count=left_out_count,
+            )
             self.metrics.last_success.labels(dataset).set(at.timestamp())
 
     def interrupted(self, job: Job, reason: str) -> Job:

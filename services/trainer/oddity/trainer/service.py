@@ -164,7 +164,9 @@ class TrainerService:
         run = self.runner.last_run(entry.name)
         live = self.datasets.live_manifest(entry.model)
         decided = self.decisions.get(entry.name)
-        retry = self.backoff.next_retry(run, entry.fingerprint)
+        # A manual dataset is never retried by itself: no retry time to announce.
+        automatic = spec is not None and spec.retrain.policy != "manual"
+        retry = self.backoff.next_retry(run, entry.fingerprint) if automatic else None
         return DatasetStatus(
             dataset=entry.name,
             valid=spec is not None,
