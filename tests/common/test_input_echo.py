@@ -71,13 +71,16 @@ def test_an_unknown_dataset_of_any_name_length_is_not_found(data_volume, reposit
     try:
         for length in LENGTHS:
             error = refusal(trainer.stub.GetStatus, trainer_pb2.GetStatusRequest(dataset="d" * length))
-            assert error.code() == grpc.StatusCode.NOT_FOUND
-            assert len(error.details().encode()) <= MESSAGE_LIMIT_BYTES + 30
+            assert (error.code(), len(error.details()) <= 300 + len(str(data_volume))) == (
+                grpc.StatusCode.NOT_FOUND,
+                True,
+            )
+            assert f"…({length} characters)" in error.details()
     finally:
         trainer.close()
     lines = failed_lines(capfd)
     assert len(lines) == len(LENGTHS)
-    assert max(len(line) for line in lines) <= 3 * MESSAGE_LIMIT_BYTES
+    assert max(len(line) for line in lines) <= 1_000 + len(str(data_volume))
 
 
 def test_log_lines_cut_names_and_long_texts(capfd):

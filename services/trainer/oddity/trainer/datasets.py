@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from oddity.common import bundle
-from oddity.common.errors import InvalidArgument, NotFound
+from oddity.common.errors import InvalidArgument, NotFound, shown
 from oddity.common.logging import get_logger
 from oddity.trainer.data import FileDigests, FileIdentity, fingerprint
 from oddity.trainer.metrics import TrainerMetrics
@@ -207,7 +207,7 @@ class Datasets:
     def get(self, name: str) -> DatasetEntry:
         entry = self._entries.get(name)
         if entry is None:
-            raise NotFound(f"dataset {name!r} not found under {self.root}")
+            raise NotFound(f"dataset {shown(name)!r} not found under {self.root}")
         return entry
 
     def valid(self, name: str) -> tuple[DatasetEntry, DatasetSpec]:

@@ -144,7 +144,7 @@ class TrainerService:
     def get_job(self, job_id: str) -> Job:
         job = self.runner.job(job_id)
         if job is None:
-            raise NotFound(f"job {job_id!r} not found")
+            raise NotFound(f"job {shown(job_id)!r} not found")
         return job
 
     def watch_job(self, job_id: str) -> AsyncIterator[Job]:
