@@ -1,7 +1,8 @@
 """The services' hints in the command line's words (`oddity.cli.cli_words`): each API phrase
 as the services write it reads as the CLI's command or flag; real services giving the hints
-and the command line printing them (errors, notes, lines) in its words, while --json and the
-SDK keep the API's."""
+and the command line printing them (errors, notes, lines, table cells) in its words, while
+--json and the SDK keep the API's. (`oddity score`'s note for a model without explanations:
+test_score_cli.)"""
 
 from __future__ import annotations
 

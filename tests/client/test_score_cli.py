@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from tests.client import batch_models
 from tests.client.conftest import FEATURES, invoke, table, usage_error
 from tests.conftest import start_detector
 from tests.support import models
@@ -284,6 +285,57 @@ def test_a_row_the_detector_refuses_is_named_by_its_line(cli, repository, tmp_pa
     assert result.stderr.splitlines()[-1] == (
         f"error: ages.csv, line 14: detector at {detector.server.target}: FAILED_PRECONDITION: "
         "age=40 is outside every group of model 'bounded' and there is no active 'all' group"
+    )
+
+
+@pytest.fixture(scope="module")
+def kinds_detector(tmp_path_factory):
+    """A detector serving real trained kinds: an isolation forest (no per-feature errors) and a
+    random-forest classifier (`batch_models`)."""
+    repository = tmp_path_factory.mktemp("kinds") / "models"
+    repository.mkdir()
+    batch_models.publish_all(repository)
+    detector = start_detector(repository)
+    yield detector
+    detector.close()
+
+
+@pytest.mark.slow
+def test_a_classifiers_first_batch_with_no_scorable_row_has_the_columns_of_its_answers(cli, kinds_detector, tmp_path):
+    path = tmp_path / "grades.csv"
+    frame = batch_models.table(8)
+    frame.loc[:3, "f5"] = np.nan  # the whole first batch
+    frame.to_csv(path, index=False)
+    target = kinds_detector.server.target
+    whole = invoke(cli, "score", path, "-m", "classes", "--skip-invalid", "--detector", target)
+    batched = invoke(cli, "score", path, "-m", "classes", "--skip-invalid", "--batch-rows", 4, "--detector", target)
+    assert (whole.exit_code, batched.exit_code) == (0, 0), batched.stderr
+    assert batched.stdout == whole.stdout  # its columns, as when the first batch has a scorable row
+    scored = pd.read_csv(StringIO(batched.stdout))
+    assert list(scored.columns[len(frame.columns) :]) == [
+        "predicted_class",
+        "confidence",
+        "group",
+        "probability_high",
+        "probability_low",
+        "reason",
+    ]
+    assert scored["predicted_class"].isna().tolist() == [True] * 4 + [False] * 4
+
+
+@pytest.mark.slow
+def test_a_model_without_explanations_is_scored_without_top_features_saying_so_in_cli_words(
+    cli, kinds_detector, tmp_path
+):
+    path = tmp_path / "readings.csv"
+    batch_models.table(6).to_csv(path, index=False)
+    target = kinds_detector.server.target
+    result = invoke(cli, "score", path, "-m", "forest", "--detector", target)
+    assert result.exit_code == 0, result.stderr
+    assert "top_features" not in pd.read_csv(StringIO(result.stdout)).columns
+    assert result.stderr.splitlines()[0] == (
+        f"no top_features column: detector at {target}: FAILED_PRECONDITION: "
+        "model 'forest' (isolation_forest) does not report per-feature errors; use --top-features 0"
     )
 
 

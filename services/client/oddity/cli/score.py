@@ -182,7 +182,8 @@ class BatchScorer:
 
     def _expected_results(self) -> pd.DataFrame:
         """No rows, the columns Detect answers with for this model: for a first batch whose rows
-        are all skipped, before any answer."""
+        are all skipped, before any answer (a model then found not to explain its scores leaves
+        top_features empty)."""
         columns: dict[str, str]
         if self.layout.classifier:
             columns = {"predicted_class": "str", "confidence": "float64", "group": "str"}
