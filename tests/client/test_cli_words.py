@@ -41,6 +41,7 @@ SAID_AND_PRINTED = [
         "or raise the tolerance (or oddity rollback, then oddity train) to accept a lower figure",
     ),
     ("data_path '../x.csv' is not a usable path", "--data-path '../x.csv' is not a usable path"),
+    ('data_path "it\'s.csv" is not a file under', '--data-path "it\'s.csv" is not a file under'),
     ("unknown model_kind 'nope'; choose one of ['knn']", "unknown --model-kind 'nope'; choose one of ['knn']"),
     (
         "send extra_features for ['age'] (or one routing value per item)",

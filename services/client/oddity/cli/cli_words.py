@@ -23,8 +23,8 @@ HINTS: tuple[tuple[str, str], ...] = (
     (r"SetThreshold\(0\)", "oddity threshold --percentile 0"),
     (r"Train is called \(after_rollback: hold\)", "oddity train is run (after_rollback: hold)"),
     (r"\(or Rollback and Train\)", "(or oddity rollback, then oddity train)"),
-    (r"\bdata_path (?=')", "--data-path "),  # before the path it names: not a column called data_path
-    (r"\bmodel_kind (?=')", "--model-kind "),
+    (r"\bdata_path (?=['\"])", "--data-path "),  # before the path it quotes: not a column called data_path
+    (r"\bmodel_kind (?=['\"])", "--model-kind "),
     # detector
     (
         r"send extra_features for \['(?P<name>[^'\]]*)'\] \(or one routing value per item\)",
