@@ -10,7 +10,7 @@ Every command that calls a service takes, after its own options:
 
 `@connects("detector")` adds these options to a command's signature (so typer shows and parses
 them like the command's own) and calls the command with `client=` an open SDK client, closed
-when the command returns; a service that cannot be reached is reported at once.
+when the command returns; a service that cannot be reached is reported at its first call.
 `@connection_options("detector", "trainer", ...)` adds the options of several services and
 calls the command with `connection=` what they say (`oddity demo`).
 Options win over env vars, env vars over defaults (the endpoints table).
@@ -22,23 +22,20 @@ from __future__ import annotations
 
 import functools
 import inspect
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-import grpc
 import typer
 
 from oddity.cli.endpoints import ENDPOINTS, Service
 from oddity.client import DetectorClient, EmbedderClient, TrainerClient
 from oddity.client.connection import DEFAULT_TIMEOUT_SECONDS, ServiceClient, tls_files
-from oddity.common.errors import Unavailable
 
 PANEL = "Connection"
-# How long a command waits for a service to answer before it says there is none.
+# How long a command's first call waits for a service to answer before it says there is none.
 CONNECT_SECONDS = 2.0
 CLIENTS: dict[Service, type[ServiceClient]] = {
     "embedder": EmbedderClient,
@@ -64,40 +61,15 @@ class Connection:
         """An SDK client of `service`; unusable TLS files are a usage error (exit code 2)."""
         try:
             tls = tls_files(None, self.tls_ca_file, self.tls_cert_file, self.tls_key_file)
-            return CLIENTS[service](self.targets[service], tls=tls, token_file=self.token_file, timeout=self.timeout)
+            return CLIENTS[service](
+                self.targets[service],
+                tls=tls,
+                token_file=self.token_file,
+                timeout=self.timeout,
+                connect_timeout=CONNECT_SECONDS,
+            )
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--tls-cert-file/--tls-key-file") from exc
-
-
-    def connect(self, service: Service) -> ServiceClient:
-        """`open`, once the service answers: one that refuses the connection (or fails the TLS
-        handshake) is UNAVAILABLE at once, one that is silent after CONNECT_SECONDS (or the
-        deadline, if shorter) too, naming `oddity up`, instead of after every retry the client
-        would make."""
-        client = self.open(service)
-        wait = min(CONNECT_SECONDS, self.timeout)
-        settled = threading.Event()
-        states: list[grpc.ChannelConnectivity] = []
-
-        def seen(state: grpc.ChannelConnectivity) -> None:
-            states.append(state)
-            if state in (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE):
-                settled.set()
-
-        client.channel.subscribe(seen, try_to_connect=True)
-        try:
-            settled.wait(wait)
-        finally:
-            client.channel.unsubscribe(seen)
-        if states and states[-1] == grpc.ChannelConnectivity.READY:
-            return client
-        client.close()
-        target = self.targets[service]
-        why = "cannot connect" if settled.is_set() else f"no answer within {wait:g} s"
-        raise Unavailable(
-            f"{service} at {target}: {why}; `oddity up` starts the local services (no connection to {target}: "
-            f"is the {service} running there, with TLS settings that match?)"
-        )
 
 
 def _file_option(name: str, env_var: str, help_text: str, panel: str) -> Any:
@@ -192,4 +164,4 @@ def connection_options(*services: Service, panel: str = PANEL) -> Callable[[Comm
 
 def connects(service: Service) -> Callable[[Command], Command]:
     """Give a command the connection options of `service`; it is called with `client=`."""
-    return lambda command: _with_options(command, (service,), PANEL, "client", lambda c: c.connect(service))
+    return lambda command: _with_options(command, (service,), PANEL, "client", lambda c: c.open(service))

@@ -126,7 +126,9 @@ def train(
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Follow the job to its end; exit 1 if it fails.")
     ] = False,
-    data_path: Annotated[str | None, typer.Option(help="One file of the dataset's folder to train this job on (relative to the folder).")] = None,
+    data_path: Annotated[
+        str | None, typer.Option(help="One file of the dataset's folder to train this job on (relative to it).")
+    ] = None,
     model_kind: Annotated[str | None, typer.Option(help="Model kind for this job (e.g. knn, autoencoder).")] = None,
     json_output: JsonFlag = False,
     *,

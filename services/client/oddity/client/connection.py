@@ -20,6 +20,7 @@ Reason to change: how the SDK talks on the wire.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -30,7 +31,7 @@ import grpc
 from oddity.client.errors import rpc_error
 from oddity.common.auth import AUTHORIZATION_KEY
 from oddity.common.clients.channel import DEFAULT_MAX_MESSAGE_BYTES, RetryPolicy, channel_options
-from oddity.common.errors import OddityError
+from oddity.common.errors import OddityError, Unavailable
 from oddity.common.logging import REQUEST_ID_KEY
 from oddity.common.tls import TlsFiles, channel_credentials
 from oddity.common.token_files import read_token
@@ -83,6 +84,7 @@ class ServiceClient:
         wait_for_ready: bool = False,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         options: Sequence[tuple[str, Any]] = (),
+        connect_timeout: float | None = None,
     ) -> None:
         if token is not None and token_file is not None:
             raise ValueError("give token or token_file, not both")
@@ -99,6 +101,10 @@ class ServiceClient:
         else:
             self.channel = grpc.secure_channel(target, channel_credentials(self.tls), options=channel_settings)
         self._stub = self.stub_class(self.channel)
+        # With connect_timeout, the first call first waits that long at most for a connection:
+        # a service that refuses it (or fails the TLS handshake) or stays silent is reported at
+        # once, not after every retry of the call (see _check_reachable).
+        self._connect_timeout = connect_timeout
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         metadata = []
@@ -109,8 +115,36 @@ class ServiceClient:
             metadata.append((AUTHORIZATION_KEY, f"Bearer {token}"))
         return tuple(metadata)
 
+    def _check_reachable(self) -> None:
+        """Once, before the first call (with connect_timeout): Unavailable naming `oddity up`
+        unless the channel connects within connect_timeout (or the call's deadline, if shorter)."""
+        if self._connect_timeout is None or self.wait_for_ready:
+            return
+        wait, self._connect_timeout = min(self._connect_timeout, self.timeout), None
+        settled = threading.Event()
+        states: list[grpc.ChannelConnectivity] = []
+
+        def seen(state: grpc.ChannelConnectivity) -> None:
+            states.append(state)
+            if state in (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE):
+                settled.set()
+
+        self.channel.subscribe(seen, try_to_connect=True)
+        try:
+            settled.wait(wait)
+        finally:
+            self.channel.unsubscribe(seen)
+        if states and states[-1] == grpc.ChannelConnectivity.READY:
+            return
+        why = "cannot connect" if settled.is_set() else f"no answer within {wait:g} s"
+        raise Unavailable(
+            f"{self.label} at {self.target}: {why}; `oddity up` starts the local services (no connection to "
+            f"{self.target}: is the {self.label} running there, with TLS settings that match?)"
+        )
+
     def _call(self, method: str, request: Any, *, timeout: float | None = None) -> Any:
         """One unary call of the stub's `method`; raises the domain error when it fails."""
+        self._check_reachable()
         try:
             return getattr(self._stub, method)(
                 request,
@@ -142,6 +176,7 @@ class ServiceClient:
 
     def _stream(self, method: str, request: Any, *, timeout: float | None) -> Iterator[Any]:
         """The responses of a server-streaming call; stopping early cancels the call."""
+        self._check_reachable()
         call = getattr(self._stub, method)(
             request, timeout=timeout, metadata=self._metadata(), wait_for_ready=self.wait_for_ready
         )
