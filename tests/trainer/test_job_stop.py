@@ -13,9 +13,12 @@ import pytest
 
 from oddity.common import bundle
 from oddity.trainer.job_control import STOPPED_MESSAGE
+from oddity.trainer.runner import JobRunner
 from oddity.v1 import trainer_pb2, trainer_pb2_grpc
+from tests.conftest import start_trainer
 from tests.support import datasets
 from tests.support.servers import ServiceProcess, channel
+from tests.trainer.test_robustness import run_job
 
 pytestmark = pytest.mark.slow  # real trainer processes on a dataset that trains for a minute or more
 
@@ -109,3 +112,29 @@ def test_a_job_past_its_time_budget_fails_and_publishes_nothing(data_volume, rep
     events = history(data_volume)
     assert [e["event_type"] for e in events] == ["TRAINING_STARTED", "TRAINING_FAILED"]
     assert events[-1]["message"] == final.message
+
+
+def test_a_stop_after_training_and_before_publishing_publishes_nothing(data_volume, repository, monkeypatch):
+    """The stop arrives once the model is trained (Ctrl-C during validation and export): the
+    job ends stopped at the publish stage's check, and no version is written."""
+    trained = JobRunner._train
+
+    def train_then_stop(self, *args, **kwargs):
+        built = trained(self, *args, **kwargs)
+        self.stop_jobs()
+        return built
+
+    monkeypatch.setattr(JobRunner, "_train", train_then_stop)
+    datasets.write_dataset(
+        data_volume,
+        "late",
+        {"sources": [{"path": "*.csv"}], "retrain": {"policy": "manual"}},
+        {"rows.csv": datasets.sensor_frame(300)},
+    )
+    trainer = start_trainer(data_volume, repository, watch=False)
+    try:
+        last = run_job(trainer, "late")
+    finally:
+        trainer.close()
+    assert (last.state, last.message, last.published_version) == (trainer_pb2.JOB_STATE_FAILED, STOPPED_MESSAGE, 0)
+    assert bundle.list_versions(repository / "late") == []

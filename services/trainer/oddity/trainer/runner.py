@@ -262,6 +262,7 @@ class JobRunner:
         """Stage 4: unless a rollback came while the job trained, write the version and tell
         the detectors; from then on the job succeeds, even if the trainer is stopping."""
         request, record, spec = job.request, job.record, planned.spec
+        job.limits.check()  # the last moment a stop (Ctrl-C, SIGTERM) ends the job unpublished
         job.progress("publishing", {"group": ""})
         pin = self.env.decisions.get(request.dataset).pin
         rows = len(loaded.data.features)
