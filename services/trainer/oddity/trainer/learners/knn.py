@@ -45,6 +45,10 @@ BLOCK_ROWS = 256
 METRICS = ("euclidean", "cosine", "whitened")
 AGGREGATES = ("mean", "kth")
 _SPARE = 8  # candidates beyond k whose exact distances are computed
+# References of at least this many rows find their candidates group by group (_grouped_candidates).
+GROUPED_MIN_REFERENCE = 4096
+GROUP_ROWS = 32
+FAR = 1e30  # |r|^2 of the columns that pad a grouped reference: never a candidate
 _EPS = 1e-12
 
 
@@ -169,12 +173,14 @@ class KnnLearner(AnomalyLearner):
     def to_onnx(self) -> bytes:
         d = self.reference_.shape[1]
         reference = self._graph_reference()
+        ranking, groups = ranking_matrix(reference, self.candidates_)
         initializers = [
             numpy_helper.from_array(reference, "knn_reference"),
-            numpy_helper.from_array(np.einsum("ij,ij->i", reference, reference)[None, :], "knn_reference_sq"),
+            numpy_helper.from_array(ranking, "knn_ranking"),
+            numpy_helper.from_array(np.array([0, 0, 0, 1], dtype=np.int64), "knn_pad_one"),
+            numpy_helper.from_array(np.array(1.0, dtype=np.float32), "knn_one"),
             numpy_helper.from_array(np.array([self.k_], dtype=np.int64), "knn_k"),
             numpy_helper.from_array(np.array([self.candidates_], dtype=np.int64), "knn_candidates"),
-            numpy_helper.from_array(np.array(-2.0, dtype=np.float32), "knn_minus_two"),
             numpy_helper.from_array(np.array([1], dtype=np.int64), "knn_axis1"),
             numpy_helper.from_array(np.array([2], dtype=np.int64), "knn_axis2"),
             numpy_helper.from_array(np.array([0], dtype=np.int64), "knn_first"),
@@ -206,22 +212,27 @@ class KnnLearner(AnomalyLearner):
                 helper.make_node("Div", ["knn_centred", "knn_scale"], ["knn_z"]),
             ]
         nodes += [
-            # Which rows may be nearest: |z|^2 + |r|^2 - 2 z.r ranks them (one matrix product).
-            helper.make_node("Mul", ["knn_z", "knn_z"], ["knn_z_squares"]),
-            helper.make_node("ReduceSum", ["knn_z_squares", "knn_axis1"], ["knn_z_sq"], keepdims=1),
-            helper.make_node("Gemm", ["knn_z", "knn_reference"], ["knn_dot"], transB=1),
-            helper.make_node("Mul", ["knn_dot", "knn_minus_two"], ["knn_cross"]),
-            helper.make_node("Add", ["knn_z_sq", "knn_reference_sq"], ["knn_squares"]),
-            helper.make_node("Add", ["knn_squares", "knn_cross"], ["knn_rank_d2"]),
-            helper.make_node(
-                "TopK", ["knn_rank_d2", "knn_candidates"], ["knn_rank_top", "knn_candidate_index"], axis=1, largest=0
-            ),
+            # Which rows may be nearest: [z, 1] @ [-2 r; |r|^2] ranks them as |z - r|^2 does
+            # (|z|^2 is the same for every reference row), in one matrix product and nothing else.
+            helper.make_node("Pad", ["knn_z", "knn_pad_one", "knn_one"], ["knn_z_one"], mode="constant"),
+            helper.make_node("MatMul", ["knn_z_one", "knn_ranking"], ["knn_rank"]),
+        ]
+        if groups:
+            candidate_nodes, candidate_initializers = _grouped_candidates(groups, ranking.shape[1], self.candidates_)
+            nodes += candidate_nodes
+            initializers += candidate_initializers
+        else:
+            nodes.append(
+                helper.make_node(
+                    "TopK", ["knn_rank", "knn_candidates"], ["knn_rank_top", "knn_candidate_index"], axis=1, largest=0
+                )
+            )
+        nodes += [
             # How far they are: from the differences, exactly; then the k nearest of them.
             helper.make_node("Gather", ["knn_reference", "knn_candidate_index"], ["knn_neighbours"], axis=0),
             helper.make_node("Unsqueeze", ["knn_z", "knn_axis1"], ["knn_z3"]),
             helper.make_node("Sub", ["knn_z3", "knn_neighbours"], ["knn_diff"]),
-            helper.make_node("Mul", ["knn_diff", "knn_diff"], ["knn_diff_sq"]),
-            helper.make_node("ReduceSum", ["knn_diff_sq", "knn_axis2"], ["knn_exact_d2"], keepdims=0),
+            helper.make_node("ReduceSumSquare", ["knn_diff"], ["knn_exact_d2"], axes=[2], keepdims=0),
             helper.make_node("TopK", ["knn_exact_d2", "knn_k"], ["knn_top_d2", "knn_top_slot"], axis=1, largest=0),
             helper.make_node("Sqrt", ["knn_top_d2"], ["knn_distance"]),
             # TopK sorts nearest first: the k-th distance is the largest of the k.
@@ -232,16 +243,13 @@ class KnnLearner(AnomalyLearner):
                 axes=[1],
                 keepdims=0,
             ),
-            # Explanations: squared differences to the nearest reference row.
+            # Explanations: squared differences to the nearest reference row, gathered again
+            # (one row of D, not the candidates' differences kept for it).
             helper.make_node("Gather", ["knn_top_slot", "knn_first"], ["knn_nearest_slot"], axis=1),
-            helper.make_node("Unsqueeze", ["knn_nearest_slot", "knn_axis2"], ["knn_nearest_slot3"]),
-            # GatherElements takes the shape of its indices: spread the slot over [N, 1, D].
-            helper.make_node("Shape", ["knn_z"], ["knn_z_shape"]),
-            helper.make_node("Gather", ["knn_z_shape", "knn_first"], ["knn_rows"], axis=0),
-            helper.make_node("Gather", ["knn_z_shape", "knn_axis1"], ["knn_columns"], axis=0),
-            helper.make_node("Concat", ["knn_rows", "knn_axis1", "knn_columns"], ["knn_slot_shape"], axis=0),
-            helper.make_node("Expand", ["knn_nearest_slot3", "knn_slot_shape"], ["knn_nearest_slots"]),
-            helper.make_node("GatherElements", ["knn_diff_sq", "knn_nearest_slots"], ["knn_nearest_sq"], axis=1),
+            helper.make_node("GatherElements", ["knn_candidate_index", "knn_nearest_slot"], ["knn_nearest"], axis=1),
+            helper.make_node("Gather", ["knn_reference", "knn_nearest"], ["knn_nearest_row"], axis=0),
+            helper.make_node("Sub", ["knn_z3", "knn_nearest_row"], ["knn_nearest_diff"]),
+            helper.make_node("Mul", ["knn_nearest_diff", "knn_nearest_diff"], ["knn_nearest_sq"]),
             helper.make_node("Squeeze", ["knn_nearest_sq", "knn_axis1"], [bundle.FEATURE_ERRORS_OUTPUT]),
         ]
         graph = helper.make_graph(
@@ -255,3 +263,49 @@ class KnnLearner(AnomalyLearner):
             initializers,
         )
         return contract_model(graph).SerializeToString()
+
+
+def ranking_matrix(reference: np.ndarray, candidates: int) -> tuple[np.ndarray, int]:
+    """[D + 1, R'] for the ranking product: -2 r^T over |r|^2, stored [D, R] so MatMul reads it
+    as it multiplies; and the rows per group of the candidate search (0: none). A grouped
+    reference is padded to whole groups with columns no row can rank near (|r|^2 = FAR)."""
+    r64 = reference.astype(np.float64)
+    columns = np.vstack([-2.0 * r64.T, np.einsum("ij,ij->i", r64, r64)[None, :]])
+    groups = GROUP_ROWS if len(reference) >= GROUPED_MIN_REFERENCE and len(reference) >= 2 * candidates else 0
+    if groups:
+        padding = -len(reference) % groups
+        far = np.zeros((columns.shape[0], padding))
+        far[-1] = FAR
+        columns = np.hstack([columns, far])
+    return columns.astype(np.float32), groups
+
+
+def _grouped_candidates(group_rows: int, columns: int, candidates: int):
+    """Nodes finding the `candidates` lowest of `knn_rank` [N, columns] without a TopK over
+    all columns (its per-element cost dominated large references): the lowest values lie in
+    the `candidates` groups of `group_rows` columns with the lowest minima, so a TopK over the
+    group minima and one over those groups' columns find them."""
+    groups = columns // group_rows
+    initializers = [
+        numpy_helper.from_array(np.array([0, groups, group_rows], dtype=np.int64), "knn_group_shape"),
+        numpy_helper.from_array(np.array([0, candidates * group_rows], dtype=np.int64), "knn_chosen_shape"),
+        numpy_helper.from_array(np.array([min(candidates, groups)], dtype=np.int64), "knn_groups_kept"),
+        numpy_helper.from_array(np.array(group_rows, dtype=np.int64), "knn_group_rows"),
+    ]
+    n = helper.make_node
+    nodes = [
+        n("Reshape", ["knn_rank", "knn_group_shape"], ["knn_rank_groups"]),
+        n("ReduceMin", ["knn_rank_groups"], ["knn_group_min"], axes=[2], keepdims=0),
+        n("TopK", ["knn_group_min", "knn_groups_kept"], ["knn_group_top", "knn_group_index"], axis=1, largest=0),
+        n("Unsqueeze", ["knn_group_index", "knn_axis2"], ["knn_group_index3"]),
+        n("GatherND", ["knn_rank_groups", "knn_group_index3"], ["knn_chosen_groups"], batch_dims=1),
+        n("Reshape", ["knn_chosen_groups", "knn_chosen_shape"], ["knn_chosen"]),
+        n("TopK", ["knn_chosen", "knn_candidates"], ["knn_rank_top", "knn_chosen_slot"], axis=1, largest=0),
+        # A chosen column's reference row: its group's first row plus its place in the group.
+        n("Div", ["knn_chosen_slot", "knn_group_rows"], ["knn_chosen_group"]),
+        n("Mod", ["knn_chosen_slot", "knn_group_rows"], ["knn_within_group"]),
+        n("GatherElements", ["knn_group_index", "knn_chosen_group"], ["knn_candidate_group"], axis=1),
+        n("Mul", ["knn_candidate_group", "knn_group_rows"], ["knn_group_start"]),
+        n("Add", ["knn_group_start", "knn_within_group"], ["knn_candidate_index"]),
+    ]
+    return nodes, initializers
