@@ -2,7 +2,9 @@
 
 One interceptor decides, before a handler runs, whether the call is admitted:
   - while the server drains for shutdown, new calls get UNAVAILABLE (the code retry policies
-    retry, so clients move to another replica or wait for the restart), never CANCELLED;
+    retry, so clients move to another replica or wait for the restart), never CANCELLED, with
+    gRPC's retry pushback (`grpc-retry-pushback-ms`) saying when to retry: the server picks
+    that time so that no retry lands in the moment of its final stop (see server.py);
   - beyond `max_concurrent` calls in progress, RESOURCE_EXHAUSTED at once: no queue grows
     behind a busy server;
   - with a per-client rate, a token bucket per client (the principal it authenticated as, or
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 import time
 from collections import OrderedDict
 from typing import Any
@@ -27,6 +30,8 @@ from oddity.common.auth import OPEN_SERVICES, authenticated_caller
 from oddity.common.interceptors import HandlerInterceptor, split_method, with_behavior
 
 MAX_TRACKED_CLIENTS = 10_000  # buckets kept (least recently seen dropped first)
+# gRPC's retry pushback (gRFC A6): a retrying client waits this many milliseconds before its next attempt.
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
 
 class TokenBucket:
@@ -84,11 +89,30 @@ class AdmissionInterceptor(HandlerInterceptor):
         self.rate_limiter = rate_limiter
         self.active = 0
         self.draining = False
+        self._retry_after = 0.0  # while draining: how long a refused client is told to wait
+        self._retry_not_before = 0.0  # once the stop is planned: refused clients retry after it
+        self._last_seen = 0.0  # when a call last arrived or finished (time.monotonic())
+        self._last_busy = 0.0  # ... the last one while draining, before the stop was planned
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def start_draining(self) -> None:
+    def start_draining(self, retry_after: float = 0.0) -> None:
+        """Refuse new calls from now on, telling retrying clients to wait `retry_after` seconds."""
         self.draining = True
+        self._retry_after = retry_after
+
+    def quiet_from(self, margin: float) -> float:
+        """The first moment (time.monotonic()) from which no call is expected: `margin` after
+        the last call seen, and twice `retry_after` after the last one seen while draining
+        before the stop was planned. Such a call was refused and retries `retry_after` later,
+        or it finished and its client calls again at once; as long again lets that next call
+        arrive on a loaded machine."""
+        return max(time.monotonic(), self._last_seen + margin, self._last_busy + 2 * self._retry_after)
+
+    def retry_not_before(self, when: float) -> None:
+        """The stop is planned: calls refused from now on are told to retry at `when`
+        (time.monotonic()), after it."""
+        self._retry_not_before = when
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no admitted call is in progress (or the timeout passes); True if idle."""
@@ -104,7 +128,11 @@ class AdmissionInterceptor(HandlerInterceptor):
         return self._wrap(handler)
 
     def _refusal(self, context: grpc.aio.ServicerContext) -> tuple[grpc.StatusCode, str] | None:
+        now = self._seen()
         if self.draining:
+            delay = max(self._retry_after, self._retry_not_before - now)
+            if delay > 0:
+                context.set_trailing_metadata(((RETRY_PUSHBACK_KEY, str(math.ceil(delay * 1000))),))
             return grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry"
         if self.active >= self.max_concurrent:
             return grpc.StatusCode.RESOURCE_EXHAUSTED, f"the server is busy ({self.max_concurrent} calls in progress)"
@@ -119,7 +147,14 @@ class AdmissionInterceptor(HandlerInterceptor):
         self.active += 1
         self._idle.clear()
 
+    def _seen(self) -> float:
+        now = self._last_seen = time.monotonic()
+        if self.draining and not self._retry_not_before:
+            self._last_busy = now
+        return now
+
     def _leave(self) -> None:
+        self._seen()
         self.active -= 1
         if self.active == 0:
             self._idle.set()

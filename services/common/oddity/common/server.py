@@ -18,8 +18,9 @@ configured, admission (drain, concurrency cap, per-client rate), then any extra 
 They wrap each method's handler once as the services register (no per-call interceptor
 pipeline: see oddity.common.interceptors).
 
-Shutdown (SIGTERM): readiness goes NOT_SERVING, new calls get UNAVAILABLE (retryable) while
-the calls in progress finish within the grace period, then the server stops.
+Shutdown (SIGTERM): readiness goes NOT_SERVING, new calls get UNAVAILABLE (retryable, with
+gRPC's retry pushback saying when) while the calls in progress finish within the grace period;
+then, at a moment when no call is on its way, the server stops.
 
 Reason to change: the lifecycle of a gRPC server (start, health, reflection, drain, stop).
 """
@@ -29,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import signal
+import time
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
@@ -49,6 +51,13 @@ from oddity.common.tls import server_credentials
 log = get_logger("oddity.server")
 
 SettingsT = TypeVar("SettingsT", bound=ServiceSettings)
+
+# Shutdown: the server stops once no call has been seen for DRAIN_QUIET_SECONDS (a busy
+# client's next call follows its answer at once), plus DRAIN_LAG_FACTOR times the event loop's
+# lag, measured every DRAIN_POLL_SECONDS while waiting.
+DRAIN_QUIET_SECONDS = 0.05
+DRAIN_LAG_FACTOR = 4
+DRAIN_POLL_SECONDS = 0.01
 
 LIVENESS = ""  # grpc.health.v1: the empty service name answers "is the process up".
 
@@ -213,23 +222,27 @@ class ServiceHost:
         return self.port
 
     async def stop(self, grace: float | None = None) -> None:
-        """Graceful stop: NOT_SERVING, new RPCs get UNAVAILABLE while in-flight ones finish
-        within the grace period, then the server stops and the service is released."""
+        """Graceful stop: new RPCs get UNAVAILABLE while in-flight ones finish within the grace
+        period, the server waits for a moment when no call is on its way, then stops and the
+        service is released."""
         if self._stopped.is_set():
             return
         self._stopped.set()
         grace = self.settings.grace_period_seconds if grace is None else grace
+        retry_after = self.settings.drain_retry_after_seconds
+        # Stopping the gRPC server at once would answer the calls that arrive meanwhile with
+        # CANCELLED, which clients do not retry: until the calls in progress are done, the
+        # admission interceptor answers them UNAVAILABLE (from here, before an await lets one in).
+        self.admission.start_draining(retry_after)
         log.info("stopping", grpc_service=self.app.name, grace_seconds=grace)
         await self.health.enter_graceful_shutdown()
         if self.server is not None:
-            # Stopping the gRPC server at once would answer calls that arrive meanwhile with
-            # CANCELLED, which clients do not retry; the admission interceptor answers them
-            # UNAVAILABLE until the calls in progress are done.
             loop = asyncio.get_running_loop()
             deadline = loop.time() + grace
-            self.admission.start_draining()
             if not await self.admission.wait_idle(grace):
                 log.warning("grace period over; cancelling the calls still running", calls=self.admission.active)
+            if retry_after > 0:
+                await self._wait_quiet(retry_after)
             await self.server.stop(max(0.0, deadline - loop.time()))
         try:
             await self.app.stop()
@@ -237,6 +250,26 @@ class ServiceHost:
             if self.metrics is not None:
                 self.metrics.close()
             log.info("stopped", grpc_service=self.app.name)
+
+    async def _wait_quiet(self, retry_after: float) -> None:
+        """Wait until no call is on its way to the server. gRPC core answers CANCELLED to the
+        calls that reach it in the moment of the final stop, before the server has taken them
+        (grpc/grpc issue 41785), and clients do not retry CANCELLED. The calls refused so far
+        retry within `retry_after`; those refused from now on are told to retry after the stop.
+        On a loaded machine a call waits in gRPC core before the server sees it: the quiet
+        margin grows with the event loop's lag, up to half of `retry_after`."""
+        planned = self.admission.quiet_from(DRAIN_QUIET_SECONDS)
+        self.admission.retry_not_before(planned + retry_after)
+        latest = planned + retry_after / 2
+        lag = 0.0
+        while True:
+            now = time.monotonic()
+            stop_at = min(latest, self.admission.quiet_from(DRAIN_QUIET_SECONDS + DRAIN_LAG_FACTOR * lag))
+            if now >= stop_at:
+                return
+            step = min(stop_at - now, DRAIN_POLL_SECONDS)
+            await asyncio.sleep(step)
+            lag = max(lag, time.monotonic() - now - step)
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()

@@ -38,6 +38,14 @@ class ServiceSettings(BaseSettings):
     grace_period_seconds: float = Field(
         10.0, ge=0, description="On SIGTERM, how long in-flight requests may run before the server stops."
     )
+    drain_retry_after_seconds: float = Field(
+        0.25,
+        ge=0,
+        description="On SIGTERM, calls refused while the server drains tell their clients' gRPC retry policy to "
+        "retry after this long. Once the calls in progress are done, the server stops at a moment when no call is "
+        "on its way (gRPC would answer it CANCELLED): up to 2.5 times this long later, with the calls refused by "
+        "then told to retry after the stop. 0: stop as soon as the calls in progress are done.",
+    )
     max_message_bytes: int = Field(
         64 * 1024 * 1024, gt=0, description="Largest request or response message; larger -> RESOURCE_EXHAUSTED."
     )
