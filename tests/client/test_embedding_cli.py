@@ -123,3 +123,36 @@ def test_files_and_routing_values_that_do_not_fit_are_usage_errors(cli, stack, t
     csv = tmp_path / "rows.csv"
     csv.write_text("a\n1\n")
     assert invoke(cli, "embed", csv, "--embedder", "127.0.0.1:1").exit_code == 2
+
+
+def test_a_model_on_an_encoder_the_embedder_does_not_serve_says_which_oddity_up_serves_it(cli, embedder, tmp_path):
+    """Trained on google/vit-base-patch16-224 as `vit`, served by an embedder whose `vit` is
+    another ViT: `oddity models` lists the problem, and DetectImages' refusal names the same
+    `oddity up --model` that restores it."""
+    repository = tmp_path / "models"
+    repository.mkdir()
+    served = embedder.stub.GetInfo(embedder_pb2.GetInfoRequest(model="vit")).models[0]
+    other = embedder_pb2.ModelInfo()
+    other.CopyFrom(served)
+    other.model_id = "google/vit-base-patch16-224"
+    models.publish_image_model(repository, other)
+    detector = start_detector(repository, embedder=embedder.server.target)
+    try:
+        target = ("--detector", detector.server.target, "--embedder", embedder.server.target)
+        listed = invoke(cli, "models", "--json", *target)
+        assert listed.exit_code == 0, listed.stderr
+        (pictures,) = json.loads(listed.stdout)
+        restore = "`oddity up --model vit=google/vit-base-patch16-224` serves it"
+        assert pictures["encoder_problem"] == (
+            f"the embedder does not serve vit = google/vit-base-patch16-224; {restore}"
+        )
+        image = tmp_path / "drawing.png"
+        image.write_bytes(drawings.drawing(5.0, np.random.default_rng(0)))
+        scored = invoke(cli, "detect-images", image, "--model", "pictures", "--age", 5, *target[:2])
+        assert scored.exit_code == 1
+        assert scored.stderr.rstrip().endswith(
+            f"the embedder serves {served.model_id} (revision {served.revision}, {served.dimension} values); "
+            "`oddity up --model vit=google/vit-base-patch16-224` serves the weights it needs"
+        )
+    finally:
+        detector.close()

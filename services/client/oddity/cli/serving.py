@@ -12,11 +12,12 @@ from typing import Annotated
 import typer
 
 from oddity.cli import output
-from oddity.cli.connection import connects
+from oddity.cli.connection import Connection, connection_options, connects
 from oddity.cli.exit_codes import reports_failures
 from oddity.cli.items import read_items
 from oddity.cli.options import JsonFlag, ThresholdPercentile
-from oddity.client import DetectorClient, ModelDetails
+from oddity.client import DetectorClient, ModelDetails, OddityError
+from oddity.common.clients.embedder import serving_command
 from oddity.v1 import manifest_pb2
 
 
@@ -55,24 +56,28 @@ def _show_model(details: ModelDetails) -> None:
 
 
 @reports_failures
-@connects("detector")
+@connection_options("detector", "embedder")
 def models(
     name: Annotated[str | None, typer.Argument(help="One model: show its manifest.")] = None,
     json_output: JsonFlag = False,
     *,
-    client: DetectorClient,
+    connection: Connection,
 ) -> None:
-    """Models the detector knows: serving version, versions on disk, pins, refusals."""
-    if name is not None:
-        details = client.model(name)
-        if json_output:
-            output.print_json(details.to_dict())
-        else:
-            _show_model(details)
-        return
-    statuses = client.models()
+    """Models the detector knows: serving version, versions on disk, pins, refusals, and models
+    trained on an encoder the embedder does not serve."""
+    with connection.open("detector") as client:
+        if name is not None:
+            details = client.model(name)
+            if json_output:
+                output.print_json(details.to_dict())
+            else:
+                _show_model(details)
+            return
+        statuses = client.models()
+        sources = {s.name: _embedding(client, s.name) for s in statuses if s.serving_version}
+    unserved = _unserved_encoders({n: e for n, e in sources.items() if e is not None}, connection)
     if json_output:
-        output.print_json([s.to_dict() for s in statuses])
+        output.print_json([s.to_dict() | {"encoder_problem": unserved.get(s.name)} for s in statuses])
         return
     rows = [
         (
@@ -82,12 +87,44 @@ def models(
             ", ".join(map(str, s.available_versions)) or None,
             s.pinned_version or None,
             s.unloaded,
-            s.last_error or "; ".join(f"v{v}: {why}" for v, why in sorted(s.rejected_versions.items())) or None,
+            "; ".join(
+                filter(
+                    None,
+                    [
+                        unserved.get(s.name),
+                        s.last_error or "; ".join(f"v{v}: {why}" for v, why in sorted(s.rejected_versions.items())),
+                    ],
+                )
+            )
+            or None,
         )
         for s in statuses
     ]
     columns = ("model", "kind", "serving", "available", "pinned", "unloaded", "problem")
     output.show(output.table(None, columns, rows))
+
+
+def _embedding(client: DetectorClient, model: str) -> manifest_pb2.EmbeddingSource | None:
+    manifest = client.model(model).manifest
+    return manifest.embedding if manifest.HasField("embedding") else None
+
+
+def _unserved_encoders(sources: dict[str, manifest_pb2.EmbeddingSource], connection: Connection) -> dict[str, str]:
+    """Per model trained on embeddings whose encoder the embedder does not serve (by name, with
+    the same weights and revision): what is wrong and the `oddity up --model` that serves it."""
+    if not sources:
+        return {}
+    try:
+        with connection.open("embedder") as embedder:
+            served = {(m.name, m.model_id, m.revision) for m in embedder.models()}
+    except OddityError as exc:
+        return {name: f"the embedder does not answer ({exc.message})" for name in sources}
+    return {
+        name: f"the embedder does not serve {s.model} = {s.model_id}; "
+        f"`{serving_command(s.model, s.model_id, s.modality)}` serves it"
+        for name, s in sources.items()
+        if (s.model, s.model_id, s.revision) not in served
+    }
 
 
 @reports_failures

@@ -22,7 +22,7 @@ from oddity.common.errors import FailedPrecondition, InvalidArgument, NotFound, 
 from oddity.common.logging import annotate_request
 from oddity.common.scoring import Scores
 from oddity.detector.batching import MicroBatcher
-from oddity.detector.embedder_calls import EmbedderSource, check_embedded_by
+from oddity.detector.embedder_calls import EmbedderSource, embed_for
 from oddity.detector.metrics import DetectorMetrics
 from oddity.detector.model import LoadedModel
 from oddity.detector.registry import ModelRegistry, ModelStatus
@@ -257,8 +257,9 @@ class DetectorService:
             raise FailedPrecondition(f"model {request.model!r} was not trained on embeddings; use Detect")
         if (source.modality == "image") != bool(request.images):
             raise InvalidArgument(f"model {request.model!r} scores {source.modality}s")
-        embeddings = await self._embedder().embed(source.model, images=request.images, texts=request.texts)
-        vectors = check_embedded_by(embeddings, source, f"model {request.model!r} v{version} was trained on")
+        made = f"model {shown(request.model)!r} v{version} was trained on"
+        embeddings = await embed_for(self._embedder(), source, made, images=request.images, texts=request.texts)
+        vectors = embeddings.vectors
         extra = self._extra_features(source, request, n)
         rows = np.hstack([vectors, extra]).astype(np.float32) if extra is not None else vectors
         output = await self.detect(

@@ -26,7 +26,7 @@ import numpy as np
 from oddity.common.bundle import index_contract as contract
 from oddity.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable, shown
 from oddity.common.logging import annotate_request
-from oddity.detector.embedder_calls import EmbedderSource, check_embedded_by
+from oddity.detector.embedder_calls import EmbedderSource, embed_for
 from oddity.detector.index_analytics import ClusterAssignment, TagSuggestion
 from oddity.detector.item_attributes import MetadataFilter
 from oddity.detector.item_index import ClusterInfo, ItemIndex, Ranked, SimilarItem, TagMatch
@@ -323,8 +323,8 @@ class SimilarityService:
         made the index (as DetectImages refuses them)."""
         if self._embedder is None:
             raise Unavailable("no embedder is configured on this detector (--embedder)")
-        embeddings = await self._embedder().embed(source.model, images=images, texts=texts)
-        return check_embedded_by(embeddings, source, f"model {model.name!r} v{model.version} was indexed with")
+        made = f"model {model.name!r} v{model.version} was indexed with"
+        return (await embed_for(self._embedder(), source, made, images=images, texts=texts)).vectors
 
 
 async def _nearest(

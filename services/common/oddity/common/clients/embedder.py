@@ -88,3 +88,9 @@ class EmbedderClient(RemoteService):
             "GetInfo", embedder_pb2.GetInfoRequest(model=model), timeout=timeout, request_id=request_id
         )
         return [EmbedderModel.from_proto(m) for m in response.models]
+
+
+def serving_command(name: str, model_id: str, modality: str) -> str:
+    """The `oddity up` option that has a local stack's embedder serve these weights as `name`
+    (what a version trained on them needs)."""
+    return f"oddity up --model {name}={'text:' if modality == 'text' else ''}{model_id}"
