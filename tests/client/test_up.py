@@ -3,20 +3,26 @@ its datasets/ is trained and served, `oddity score` scores it row for row as Det
 SIGTERM stops every service and exits 0 with no child left; a service killed with SIGKILL
 is reported with its last lines, the other is stopped and the exit code is 1; a killed
 `oddity up` leaves no service behind; TLS and token options reach every service, which call
-each other with them."""
+each other with them; a second `oddity up` on the folder of a running one, or on a port in
+use, says so in one line and starts nothing."""
 
 from __future__ import annotations
 
 import json
 import signal
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pandas as pd
 import psutil
 import pytest
 import trustme
 
-from oddity.client import DetectorClient
+from oddity.cli.exit_codes import IN_USE
+from oddity.client import DetectorClient, TrainerClient
 from tests.client.conftest import UpProcess, invoke, start_up
 from tests.support import datasets
 from tests.support.certificates import identity
@@ -162,3 +168,59 @@ def test_tls_and_tokens_reach_every_service_and_their_calls_to_each_other(tmp_pa
         assert up.proc.wait(timeout=60) == 0
     finally:
         up.kill()
+
+
+def up_once(folder: Path, *args: str) -> subprocess.CompletedProcess:
+    """`oddity up` on `folder` that is expected to stop by itself."""
+    return subprocess.run(
+        [sys.executable, "-m", "oddity.cli.main", "up", "--data-volume", str(folder), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_second_up_on_the_folder_of_a_running_one_says_so_and_leaves_it_alone(up_process):
+    up = up_process
+    wait_for(lambda: any("Oddity is up" in line for line in up.stderr), timeout=120, what="the welcome panel")
+    logs = {path.name: path.read_bytes() for path in (up.folder / "logs").iterdir()}
+    detector, trainer = up.serving("detector"), up.serving("trainer")
+
+    # The same command again: the same folder, the ports the first one listens on.
+    second = up_once(
+        up.folder,
+        "--no-embedder",
+        *("--detector-port", str(detector["port"]), "--trainer-port", str(trainer["port"])),
+        *("--detector-metrics-port", str(detector["metrics_port"])),
+        *("--trainer-metrics-port", str(trainer["metrics_port"])),
+    )
+
+    assert second.returncode == IN_USE
+    assert second.stderr == (
+        f"error: {up.folder} is used by another `oddity up` (pid {up.proc.pid}): stop it with Ctrl-C, "
+        "or pass another --data-volume\n"
+    )
+    assert second.stdout == ""
+    assert {path.name: path.read_bytes() for path in (up.folder / "logs").iterdir()} == logs
+    with DetectorClient(up.target("detector")) as client:
+        assert client.models() == []
+    with TrainerClient(up.target("trainer")) as client:
+        assert client.status() == []
+
+
+def test_up_on_a_port_in_use_names_it_and_starts_nothing(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = up_once(
+            tmp_path / "stack",
+            "--no-embedder",
+            *("--detector-port", str(port), "--trainer-port", "0", "--metrics-port-base", "0"),
+        )
+
+    assert result.returncode == IN_USE
+    assert result.stderr == (
+        f"error: port {port} is in use (another `oddity up`? stop it with Ctrl-C, or pass --detector-port)\n"
+    )
+    assert not (tmp_path / "stack" / "logs").exists()

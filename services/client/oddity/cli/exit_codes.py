@@ -7,6 +7,7 @@
     2  usage error: unknown option, missing or invalid argument (typer's, and ours)
     3  a service could not be reached or is not ready (UNAVAILABLE, deadline passed):
        retrying later may work
+    4  `oddity up`: its folder or a port it listens on is in use (another `oddity up`)
     130 interrupted (Ctrl-C)
 
 Reason to change: what the command line tells scripts when something fails.
@@ -30,6 +31,7 @@ OK = 0
 FAILED = 1
 USAGE = 2
 UNAVAILABLE = 3
+IN_USE = 4
 INTERRUPTED = 130
 
 HELP = (

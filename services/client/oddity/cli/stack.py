@@ -5,20 +5,28 @@ each service is started with.
     <folder>/models/            the model repository (the trainer writes, the detector reads)
     <folder>/embedder-cache/    the embedder's exported ONNX graphs
     <folder>/logs/<service>.log every service's JSON log lines, appended
+    <folder>/.oddity-up.lock    locked while a stack runs on the folder; holds its pid
 
-Ports: 0 picks a free one (the supervisor reads the bound port from the service's "serving"
-log line). The embedder is needed for datasets with `images:` or `texts:`; its address is
-fixed before the detector and trainer start (they are told it at start), so an embedder that
-starts later is found where they expect it.
+Before anything starts, the folder is locked and every port the stack will listen on is
+checked: a folder or port taken (by another `oddity up`, most likely) is one line saying what
+to do (`StackInUse`), and nothing of the running stack is touched. gRPC port 0 picks a free
+one before the services start (each is told the addresses of the others at start, so they
+can start at once); metrics port 0 is left to the service (the supervisor reads the bound
+port from its "serving" log line). The embedder is needed for datasets with `images:` or
+`texts:`; an embedder that starts later is found at the address the others were told.
 
 Reason to change: the stack's folder layout, or the settings each service is started with.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import importlib
 import importlib.util
 import json
+import os
 import re
 import socket
 import sys
@@ -35,10 +43,15 @@ WILDCARD_HOSTS = {"0.0.0.0", "", "::", "[::]"}
 ITEM_KEYS = re.compile(r"(?m)^[\s{,]*[\"']?(images|texts)[\"']?\s*:")
 TEXT_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 IMAGE_FILES = ("preprocessor_config.json",)
+LOCK_FILE = ".oddity-up.lock"
 
 
 class StackError(Exception):
     """The stack cannot be started as asked (missing service, bad option): one line for people."""
+
+
+class StackInUse(StackError):
+    """The folder or a port is taken, by another stack most likely: one line saying what to do."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +73,10 @@ class DataFolder:
     @property
     def logs(self) -> Path:
         return self.root / "logs"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / LOCK_FILE
 
     def create(self) -> None:
         for folder in (self.datasets, self.models, self.embedder_cache, self.logs):
@@ -217,12 +234,108 @@ def install_hint(names: list[Service]) -> str:
     )
 
 
-def reserve_port(host: str) -> int:
-    """A port free right now, for a service whose address others must know before it starts."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+class FolderLock:
+    """The stack's hold on its folder: an exclusive flock on <folder>/.oddity-up.lock, whose
+    content is the holder's pid. The kernel drops the lock when this process ends, however it
+    ends (the services, started with close_fds, never hold it)."""
+
+    def __init__(self, folder: DataFolder) -> None:
+        self.folder = folder
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.folder.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.folder.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            pid = f" (pid {holder})" if holder.isdigit() else ""
+            raise StackInUse(
+                f"{self.folder.root} is used by another `oddity up`{pid}: stop it with Ctrl-C, "
+                "or pass another --data-volume"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the only descriptor drops the flock
+            self._fd = None
+
+
+def _socket_address(host: str, port: int) -> tuple[socket.AddressFamily, tuple[str, int]]:
+    bare = host.strip("[]")
+    return (socket.AF_INET6 if ":" in bare else socket.AF_INET), (bare, port)
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether a service could not listen on host:port now. Probed as the services bind
+    (SO_REUSEADDR: a port left in TIME_WAIT by a stopped stack is free); a host that is no
+    address of this machine is left for the service to report."""
+    family, address = _socket_address(host, port)
     with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
+@dataclass(frozen=True)
+class PortUse:
+    """One port the stack listens on, and the `oddity up` option that moves it."""
+
+    service: Service
+    port: int
+    metrics: bool
+
+    @property
+    def flag(self) -> str:
+        return f"--{self.service}-metrics-port" if self.metrics else f"--{self.service}-port"
+
+
+def check_ports(settings: StackSettings) -> None:
+    """Raise StackInUse naming every fixed port (gRPC and metrics) that is taken, and the
+    options that move them."""
+    services = [name for name in SERVICES if name != "embedder" or settings.embedder != "off"]
+    uses = [PortUse(name, settings.ports.grpc[name], metrics=False) for name in services]
+    uses += [PortUse(name, settings.ports.metrics[name], metrics=True) for name in services]
+    busy = [
+        use
+        for use in uses
+        if use.port and port_in_use(settings.metrics_host if use.metrics else settings.host, use.port)
+    ]
+    if not busy:
+        return
+    flags = [use.flag for use in busy if not use.metrics]
+    metrics_flags = [use.flag for use in busy if use.metrics]
+    flags += metrics_flags if len(metrics_flags) < 2 else ["--metrics-port-base"]
+    if len(busy) == 1:
+        raise StackInUse(
+            f"port {busy[0].port} is in use (another `oddity up`? stop it with Ctrl-C, or pass {flags[0]})"
+        )
+    ports = ", ".join(str(use.port) for use in busy)
+    raise StackInUse(
+        f"ports {ports} are in use (another `oddity up`? stop it with Ctrl-C, "
+        f"or pass {', '.join(flags)}; 0 picks a free one)"
+    )
+
+
+def reserve_ports(host: str, count: int) -> list[int]:
+    """`count` different ports free right now, for services whose addresses others must know
+    before they start (the probes stay bound until all are chosen, so no port comes twice)."""
+    family, address = _socket_address(host, 0)
+    with contextlib.ExitStack() as probes:
+        ports = []
+        for _ in range(count):
+            probe = probes.enter_context(socket.socket(family, socket.SOCK_STREAM))
+            probe.bind(address)
+            ports.append(int(probe.getsockname()[1]))
+        return ports
 
 
 def embedder_models(overrides: tuple[EmbedderModel, ...]) -> tuple[dict[str, dict[str, str]], str]:

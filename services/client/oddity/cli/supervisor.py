@@ -1,6 +1,11 @@
-"""Running the stack's services as child processes of this one: start them in order, read
-their log lines, notice one that dies, stop them all.
+"""Running the stack's services as child processes of this one: start them, read their log
+lines, notice one that dies, stop them all (in order).
 
+- Nothing starts before the folder is locked and the ports are checked (`oddity.cli.stack`):
+  a second stack on the same folder or ports stops there, its one line said, the first one's
+  logs untouched.
+- The services needed at start are started at once (the gRPC addresses are fixed first), then
+  waited for together: the panel comes after the slowest one's start, not after their sum.
 - Each service is `python -m oddity.<service>.main` with this interpreter, in its own process
   group: a Ctrl-C in the terminal reaches this process only, which stops the services in order
   (SIGTERM, then their grace period). On Linux each child also gets SIGTERM when this process
@@ -34,12 +39,14 @@ from typing import IO, Any, Protocol
 
 from oddity.cli.endpoints import ENDPOINTS, SERVICES, Service
 from oddity.cli.stack import (
+    FolderLock,
     StackError,
     StackSettings,
+    check_ports,
     install_hint,
     metrics_url,
     missing_services,
-    reserve_port,
+    reserve_ports,
     service_args,
     service_env,
 )
@@ -182,16 +189,19 @@ class ServiceProcess:
     def failure(self, reason: str = "") -> ServiceFailed:
         return ServiceFailed(self.name, self.returncode, self.last_lines(LAST_LINES), reason)
 
-    def wait_serving(self, timeout: float, stop_requested: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.serving.wait(0.1):
-            if self.returncode is not None:
-                raise self.failure()
-            if stop_requested():
-                raise Interrupted()
-            if time.monotonic() > deadline:
-                self.kill()
-                raise self.failure(f"the {self.name} did not start serving within {timeout:g} s")
+    def started(self, deadline: float, stop_requested: Callable[[], bool]) -> bool:
+        """Whether it serves yet; raises when it exited, a stop was asked for, or `deadline`
+        (time.monotonic) passed (then it is killed)."""
+        if self.serving.is_set():
+            return True
+        if self.returncode is not None:
+            raise self.failure()
+        if stop_requested():
+            raise Interrupted()
+        if time.monotonic() > deadline:
+            self.kill()
+            raise self.failure(f"the {self.name} did not start serving within {START_TIMEOUT_SECONDS:g} s")
+        return False
 
     def terminate(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -219,6 +229,7 @@ class Stack:
         self.output = output
         self.processes: dict[str, ServiceProcess] = {}
         self.targets: dict[Service, str] = {}
+        self._lock = FolderLock(settings.folder)
         self._last_look = 0.0
 
     def check_installed(self) -> None:
@@ -228,42 +239,54 @@ class Stack:
             raise StackError(install_hint(missing))
 
     def start(self, stop_requested: Callable[[], bool] = lambda: False) -> None:
-        """Start the services in order (each told the addresses of those it calls); on a failure
-        the ones started are stopped and ServiceFailed says which and why."""
+        """Lock the folder, check the ports, then start the services needed now (each told the
+        addresses of those it calls) and wait until they serve. StackInUse says what is in the
+        way; on a failure the services started are stopped and ServiceFailed says which and why."""
         self.settings.security.check()
         self.check_installed()
-        self.settings.folder.create()
-        host = self.settings.connect_host
+        self._lock.acquire()
         try:
+            check_ports(self.settings)
+            self.settings.folder.create()
+            self._fix_addresses()
+            needed: tuple[Service, ...] = ("detector", "trainer")
             if self._embedder_needed_now():
-                self._start("embedder", stop_requested)
-            else:
-                port = self.settings.ports.grpc["embedder"] or reserve_port(host)
-                self.settings = self.settings.with_ports({"embedder": port})
-                self.targets["embedder"] = f"{host}:{port}"
-            self._start("detector", stop_requested)
-            self._start("trainer", stop_requested)
+                needed = ("embedder", *needed)
+            self._start(needed, stop_requested)
         except BaseException:
             self.stop()
             raise
+
+    def _fix_addresses(self) -> None:
+        """Every gRPC port decided (a free one for 0), so each service can be told the others'
+        addresses before any of them serves; an embedder started later is found there too."""
+        grpc = self.settings.ports.grpc
+        free = iter(reserve_ports(self.settings.connect_host, sum(1 for name in SERVICES if not grpc[name])))
+        self.settings = self.settings.with_ports({name: grpc[name] or next(free) for name in SERVICES})
+        host = self.settings.connect_host
+        self.targets = {name: f"{host}:{self.settings.ports.grpc[name]}" for name in SERVICES}
 
     def _embedder_needed_now(self) -> bool:
         mode = self.settings.embedder
         return mode == "on" or (mode == "auto" and bool(self.settings.folder.item_datasets()))
 
-    def _start(self, name: Service, stop_requested: Callable[[], bool]) -> None:
-        process = ServiceProcess(
-            name,
-            service_args(self.settings, name, self.targets),
-            self.settings.folder.logs / f"{name}.log",
-            self.output,
-        )
-        self.processes[name] = process
-        process.start()
-        process.wait_serving(START_TIMEOUT_SECONDS, stop_requested)
-        self.targets[name] = f"{self.settings.connect_host}:{process.port}"
-        if name == "embedder":  # a later restart finds the same address
-            self.settings = self.settings.with_ports({"embedder": process.port})
+    def _start(self, names: tuple[Service, ...], stop_requested: Callable[[], bool]) -> None:
+        """Start `names` at once and wait until every one of them serves."""
+        for name in names:
+            process = ServiceProcess(
+                name,
+                service_args(self.settings, name, self.targets),
+                self.settings.folder.logs / f"{name}.log",
+                self.output,
+            )
+            self.processes[name] = process
+            process.start()
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        waiting = [self.processes[name] for name in names]
+        while waiting:
+            waiting = [process for process in waiting if not process.started(deadline, stop_requested)]
+            if waiting:
+                time.sleep(0.05)
 
     def check(self, stop_requested: Callable[[], bool] = lambda: False) -> None:
         """Raise ServiceFailed when a service has exited; in `auto` mode start the embedder once
@@ -280,7 +303,7 @@ class Stack:
         datasets = self.settings.folder.item_datasets()
         if datasets:
             self.output.note(f"starting the embedder: dataset {datasets[0]!r} has images or texts")
-            self._start("embedder", stop_requested)
+            self._start(("embedder",), stop_requested)
             self.output.note(f"embedder serving at {self.targets['embedder']}")
 
     def endpoints(self) -> list[Endpoint]:
@@ -314,4 +337,5 @@ class Stack:
             time.sleep(0.05)
         for process in order:
             process.last_lines(1)  # read the output to its end (the stop lines reach the log)
+        self._lock.release()
         return {p.name: p.returncode for p in order}

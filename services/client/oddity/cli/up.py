@@ -9,7 +9,9 @@ It prints where everything is (addresses, metrics URLs, the folder to drop datas
 then the services' log lines made short (`--log-json`: as they are; every line also goes to
 `<folder>/logs/<service>.log`). Ctrl-C or SIGTERM stops the three cleanly and exits 0; a
 service that dies is reported with its last lines, the others are stopped, and the exit code
-is 1. The embedder starts only when it is needed (`--embedder/--no-embedder` decide instead).
+is 1. A folder that another `oddity up` runs on, or a port in use, is one line and exit code 4,
+before anything starts. The embedder starts only when it is needed (`--embedder/--no-embedder`
+decide instead).
 
 Reason to change: the up command's options and what it shows.
 """
@@ -31,7 +33,7 @@ from rich.text import Text
 
 from oddity.cli import output
 from oddity.cli.endpoints import ENDPOINTS, METRICS_PORT_BASE, SERVICES, Service
-from oddity.cli.exit_codes import FAILED, INTERRUPTED, OK, USAGE
+from oddity.cli.exit_codes import FAILED, IN_USE, INTERRUPTED, OK, USAGE
 from oddity.cli.service_logs import TerminalOutput, human_line
 from oddity.cli.stack import (
     DataFolder,
@@ -39,6 +41,7 @@ from oddity.cli.stack import (
     Ports,
     Security,
     StackError,
+    StackInUse,
     StackSettings,
     parse_model,
 )
@@ -268,7 +271,8 @@ def up(
 ) -> None:
     """Run the embedder, detector and trainer here, on one folder, until Ctrl-C.
 
-    Exit codes: 0 stopped cleanly; 1 a service failed (its last lines are shown); 2 usage error.
+    Exit codes: 0 stopped cleanly; 1 a service failed (its last lines are shown); 2 usage error;
+    4 the folder or a port is in use (another oddity up).
     """
     if log_level not in ("debug", "info", "warning", "error"):
         raise typer.BadParameter("debug, info, warning or error", param_hint="--log-level")
@@ -312,6 +316,9 @@ def run(stack: Stack) -> int:
     with StopSignals() as signals:
         try:
             stack.start(signals.requested)
+        except StackInUse as exc:
+            output.error(str(exc))
+            return IN_USE
         except StackError as exc:
             output.error(str(exc))
             return USAGE
