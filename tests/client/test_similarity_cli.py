@@ -71,6 +71,7 @@ def test_similar_prints_the_nearest_items_as_json(served, sdk):
         "cluster": 0,
         "tags": list(expected.items[0].tags),
         "metadata": expected.items[0].metadata,
+        "text": "",
     }
 
 

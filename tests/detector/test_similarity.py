@@ -138,6 +138,7 @@ def test_items_carry_metadata_tags_and_cluster(served):
     assert item.id == "item-53"
     assert dict(item.metadata) == {"subject": "dog", "age": "3", "weight": "1.5"}
     assert sorted(item.tags) == ["black", "dog", "pet"]
+    assert item.text == ""  # no caption and no text: a catalog as those built before texts were kept
     clusters = served.stub.Clusters(detector_pb2.ClustersRequest(model="lib")).clusters
     dog_cluster = next(c.id for c in clusters if c.top_tags[0] == "dog")
     assert item.cluster == dog_cluster

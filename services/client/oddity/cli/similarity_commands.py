@@ -110,9 +110,18 @@ def _tags(tags: tuple[str, ...]) -> str | None:
 
 def _show_similar(result: SimilarResult) -> None:
     metadata = result.metadata_columns()
-    columns = ("rank", "id", "similarity", "cluster", "tags", *metadata)
+    texts = ("text",) if result.has_texts else ()  # captions, or a text dataset's texts
+    columns = ("rank", "id", "similarity", "cluster", "tags", *texts, *metadata)
     rows = [
-        (rank, item.id, item.similarity, item.cluster, _tags(item.tags), *(item.metadata.get(c) for c in metadata))
+        (
+            rank,
+            item.id,
+            item.similarity,
+            item.cluster,
+            _tags(item.tags),
+            *((item.text or None,) if texts else ()),
+            *(item.metadata.get(c) for c in metadata),
+        )
         for rank, item in enumerate(result.items, 1)
     ]
     search = "approximate index" if result.approximate else "exact search"
@@ -152,7 +161,8 @@ def similar(
     *,
     client: DetectorClient,
 ) -> None:
-    """Items most similar to an item, an image, a text or a vector: similarity, cluster, tags, metadata."""
+    """Items most similar to an item, an image, a text or a vector: similarity, cluster, tags, caption or
+    text, metadata."""
     filters = [parse_where(w) for w in where or ()]
     chosen = one_query(item_id, image, text, vector)
     if exclude_self and chosen.kind != "id":

@@ -31,6 +31,7 @@ class SimilarItem:
     metadata: dict[str, str] = field(default_factory=dict)
     tags: tuple[str, ...] = ()
     cluster: int | None = None  # None: in no cluster
+    text: str = ""  # its caption, or its text for a text dataset (first 200 characters); "" for neither
 
     @classmethod
     def from_proto(cls, item: detector_pb2.SimilarItem) -> SimilarItem:
@@ -85,10 +86,15 @@ class SimilarResult:
         """Every metadata column of the items, by name."""
         return sorted({column for item in self.items for column in item.metadata})
 
+    @property
+    def has_texts(self) -> bool:
+        """Whether any item has a caption or text to show."""
+        return any(item.text for item in self.items)
+
     def to_frame(self) -> pd.DataFrame:
-        """One row per item: id, similarity, cluster (None: none), tags, then each metadata column
-        (prefixed `metadata_` when it has the name of one of those)."""
-        fixed = ("id", "similarity", "cluster", "tags")
+        """One row per item: id, similarity, cluster (None: none), tags, text (when any item has
+        one), then each metadata column (prefixed `metadata_` when it has the name of one of those)."""
+        fixed = ("id", "similarity", "cluster", "tags", "text")
         frame = pd.DataFrame(
             {
                 "id": self.ids,
@@ -97,6 +103,8 @@ class SimilarResult:
                 "tags": [list(item.tags) for item in self.items],
             }
         )
+        if self.has_texts:
+            frame["text"] = [item.text for item in self.items]
         for column in self.metadata_columns():
             name = f"metadata_{column}" if column in fixed else column
             frame[name] = [item.metadata.get(column) for item in self.items]

@@ -71,7 +71,7 @@ class SimilarRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., query: _Optional[_Union[ItemQuery, _Mapping]] = ..., top_k: _Optional[int] = ..., filters: _Optional[_Iterable[_Union[MetadataFilter, _Mapping]]] = ..., exclude_self: _Optional[bool] = ..., with_tags: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SimilarItem(_message.Message):
-    __slots__ = ("id", "similarity", "metadata", "tags", "cluster")
+    __slots__ = ("id", "similarity", "metadata", "tags", "cluster", "text")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -84,12 +84,14 @@ class SimilarItem(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
     id: str
     similarity: float
     metadata: _containers.ScalarMap[str, str]
     tags: _containers.RepeatedScalarFieldContainer[str]
     cluster: int
-    def __init__(self, id: _Optional[str] = ..., similarity: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ..., tags: _Optional[_Iterable[str]] = ..., cluster: _Optional[int] = ...) -> None: ...
+    text: str
+    def __init__(self, id: _Optional[str] = ..., similarity: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ..., tags: _Optional[_Iterable[str]] = ..., cluster: _Optional[int] = ..., text: _Optional[str] = ...) -> None: ...
 
 class TagMatch(_message.Message):
     __slots__ = ("tag", "similarity")

@@ -278,7 +278,7 @@ class HnswParameters(_message.Message):
     def __init__(self, m: _Optional[int] = ..., ef_construction: _Optional[int] = ..., ef_search: _Optional[int] = ...) -> None: ...
 
 class ItemCatalog(_message.Message):
-    __slots__ = ("ids", "metadata", "tag_names", "tag_counts", "item_tags", "tag_pairs", "item_clusters", "clusters", "captions")
+    __slots__ = ("ids", "metadata", "tag_names", "tag_counts", "item_tags", "tag_pairs", "item_clusters", "clusters", "captions", "texts")
     IDS_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     TAG_NAMES_FIELD_NUMBER: _ClassVar[int]
@@ -288,6 +288,7 @@ class ItemCatalog(_message.Message):
     ITEM_CLUSTERS_FIELD_NUMBER: _ClassVar[int]
     CLUSTERS_FIELD_NUMBER: _ClassVar[int]
     CAPTIONS_FIELD_NUMBER: _ClassVar[int]
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
     ids: _containers.RepeatedScalarFieldContainer[str]
     metadata: _containers.RepeatedCompositeFieldContainer[MetadataColumn]
     tag_names: _containers.RepeatedScalarFieldContainer[str]
@@ -297,7 +298,8 @@ class ItemCatalog(_message.Message):
     item_clusters: _containers.RepeatedScalarFieldContainer[int]
     clusters: _containers.RepeatedCompositeFieldContainer[ItemCluster]
     captions: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, ids: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Iterable[_Union[MetadataColumn, _Mapping]]] = ..., tag_names: _Optional[_Iterable[str]] = ..., tag_counts: _Optional[_Iterable[int]] = ..., item_tags: _Optional[_Iterable[_Union[TagSet, _Mapping]]] = ..., tag_pairs: _Optional[_Iterable[_Union[TagPair, _Mapping]]] = ..., item_clusters: _Optional[_Iterable[int]] = ..., clusters: _Optional[_Iterable[_Union[ItemCluster, _Mapping]]] = ..., captions: _Optional[_Iterable[str]] = ...) -> None: ...
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Iterable[_Union[MetadataColumn, _Mapping]]] = ..., tag_names: _Optional[_Iterable[str]] = ..., tag_counts: _Optional[_Iterable[int]] = ..., item_tags: _Optional[_Iterable[_Union[TagSet, _Mapping]]] = ..., tag_pairs: _Optional[_Iterable[_Union[TagPair, _Mapping]]] = ..., item_clusters: _Optional[_Iterable[int]] = ..., clusters: _Optional[_Iterable[_Union[ItemCluster, _Mapping]]] = ..., captions: _Optional[_Iterable[str]] = ..., texts: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class MetadataColumn(_message.Message):
     __slots__ = ("name", "text", "numbers", "numeric")

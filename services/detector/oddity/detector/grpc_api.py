@@ -158,7 +158,12 @@ def similar_input(request: detector_pb2.SimilarRequest) -> SimilarInput:
 
 def similar_item(item: SimilarItem) -> detector_pb2.SimilarItem:
     return detector_pb2.SimilarItem(
-        id=item.id, similarity=item.similarity, metadata=item.metadata, tags=item.tags, cluster=item.cluster
+        id=item.id,
+        similarity=item.similarity,
+        metadata=item.metadata,
+        tags=item.tags,
+        cluster=item.cluster,
+        text=item.text,
     )
 
 

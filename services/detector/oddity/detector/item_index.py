@@ -61,6 +61,7 @@ class SimilarItem:
     metadata: dict[str, str]
     tags: list[str]
     cluster: int
+    text: str  # its caption, else a text dataset's text (cut short); "" for neither
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +103,10 @@ class ItemIndex:
         self.attributes = ItemAttributes(catalog, self.items)
         self.clusters = Clusters(catalog, self.items, self.dimension)
         self.tags = TagSuggester(catalog, self.attributes)
+        # Shown with each item: its caption, else its text (an index from before texts were kept
+        # has none: "").
+        self._caption_of = list(catalog.captions)
+        self._text_of = list(catalog.texts)
         # Text search: the tags' vectors, then one per caption (a zero row: no caption).
         self._text = text_vectors
         self._captions = len(catalog.captions)
@@ -175,9 +180,15 @@ class ItemIndex:
                 metadata=self.attributes.metadata(position),
                 tags=self.attributes.tag_list(position),
                 cluster=self.clusters.of(position),
+                text=self.text(position),
             )
             for position, similarity in zip(ranked.positions.tolist(), ranked.similarities.tolist(), strict=True)
         ]
+
+    def text(self, position: int) -> str:
+        """The item's caption, else its text, as answered (cut to contract.SHOWN_TEXT)."""
+        caption = self._caption_of[position] if self._caption_of else ""
+        return contract.shown_text(caption or (self._text_of[position] if self._text_of else ""))
 
     def cluster_infos(self, representatives: int) -> list[ClusterInfo]:
         """Every cluster, largest first, with its first `representatives` representatives."""

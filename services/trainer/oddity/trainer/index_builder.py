@@ -55,6 +55,7 @@ class IndexItems:
     metadata: dict[str, list[Any]] = field(default_factory=dict)  # column -> N values
     tags: list[list[str]] | None = None
     captions: list[str] | None = None
+    texts: list[str] | None = None  # a text dataset's texts, shown with the items (kept cut short)
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,8 @@ def build_index(
         _add_tags(catalog, items.tags, settings.min_cooccurrence)
     if items.captions is not None:
         catalog.captions.extend(str(c) for c in items.captions)
+    if items.texts is not None:
+        catalog.texts.extend(contract.shown_text(str(t)) for t in items.texts)
     grouping = group_items(normalized, settings)
     _add_clusters(catalog, normalized, grouping)
     contract.validate_catalog(catalog, n, d)
@@ -192,7 +195,7 @@ def _check_items(items: IndexItems) -> np.ndarray:
     duplicates = [i for i, count in Counter(items.ids).items() if count > 1]
     if duplicates:
         raise ValueError(f"item ids must be unique; repeated: {', '.join(map(repr, duplicates[:5]))}")
-    for what, values in (("tags", items.tags), ("captions", items.captions)):
+    for what, values in (("tags", items.tags), ("captions", items.captions), ("texts", items.texts)):
         if values is not None and len(values) != n:
             raise ValueError(f"{len(values)} {what} for {n} items")
     for name, column in items.metadata.items():

@@ -1,5 +1,5 @@
 """A version's similarity index from a training run's rows: which columns become the items'
-ids, metadata, tags and captions (the `similarity:` section of dataset.yaml, checked against
+ids, metadata, tags, captions and shown texts (the `similarity:` section of dataset.yaml, checked against
 the data before training starts), which vectors are indexed (image and text datasets: the
 embeddings without the extra features; tables: the feature rows), and the embedder text
 model whose vectors of the tags and captions make text search.
@@ -122,6 +122,8 @@ def plan_index(
         if section.caption_column
         else None
     )
+    # A text dataset's texts, to show with the items (the index keeps their beginnings).
+    texts = [str(v) for v in columns.values(spec.texts.text_column)] if spec.texts is not None else None
     if embedding is not None:  # the embeddings, without the extra features appended to them
         vectors, space = data.features[:, : embedding.dimension], contract.EMBEDDING_SPACE
     else:
@@ -132,7 +134,7 @@ def plan_index(
         cluster_reach=section.cluster_reach,
         min_cooccurrence=section.min_cooccurrence,
     )
-    items = IndexItems(ids=ids, vectors=vectors, metadata=metadata, tags=tags, captions=captions)
+    items = IndexItems(ids=ids, vectors=vectors, metadata=metadata, tags=tags, captions=captions, texts=texts)
     return IndexPlan(items=items, space=space, settings=settings, text_model_name=section.text_model)
 
 

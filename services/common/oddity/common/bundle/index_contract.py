@@ -5,7 +5,8 @@ the detector serves them (`oddity.detector.item_index`); both normalize with `no
 Files (plain names in the version folder, each with a sha256 in manifest.similarity):
   index_vectors.npy       float32 [items, dimension], normalized, catalog order (.npy, no pickles)
   index_hnsw.faiss        FAISS HNSW index over those vectors (FAISS's own binary format)
-  index_catalog.pb        ItemCatalog, binary protobuf
+  index_catalog.pb        ItemCatalog, binary protobuf (a text dataset's texts cut to SHOWN_TEXT
+                          characters: an index of long documents stays small)
   index_text_vectors.npy  float32 text-model vectors of the tags, then of the captions
 
 Reason to change: what an index file holds or how vectors are normalized.
@@ -32,6 +33,7 @@ TEXT_VECTORS_FILE = "index_text_vectors.npy"
 EMBEDDING_SPACE = "embedding"
 FEATURES_SPACE = "features"
 NO_CLUSTER = -1
+SHOWN_TEXT = 200  # characters of an item's caption or text kept and answered with it
 
 
 def normalize(vectors: np.ndarray, center: np.ndarray | None = None, scale: np.ndarray | None = None) -> np.ndarray:
@@ -43,6 +45,11 @@ def normalize(vectors: np.ndarray, center: np.ndarray | None = None, scale: np.n
         out = out / scale
     norms = np.linalg.norm(out, axis=1, keepdims=True)
     return np.ascontiguousarray(out / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+def shown_text(text: str) -> str:
+    """An item's caption or text as the index keeps and answers it: its first SHOWN_TEXT characters."""
+    return text[:SHOWN_TEXT]
 
 
 def normalize_tag(tag: str) -> str:
@@ -130,6 +137,8 @@ def validate_catalog(catalog: manifest_pb2.ItemCatalog, items: int, dimension: i
         raise BundleError(f"{CATALOG_FILE}: {len(catalog.item_clusters)} cluster labels for {items} items")
     if catalog.captions and len(catalog.captions) != items:
         raise BundleError(f"{CATALOG_FILE}: {len(catalog.captions)} captions for {items} items")
+    if catalog.texts and len(catalog.texts) != items:
+        raise BundleError(f"{CATALOG_FILE}: {len(catalog.texts)} texts for {items} items")
     n_tags = len(catalog.tag_names)
     where = CATALOG_FILE
     if any(t < 0 or t >= n_tags for s in catalog.item_tags for t in s.tags):
