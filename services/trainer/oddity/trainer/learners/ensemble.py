@@ -30,7 +30,7 @@ import numpy as np
 from oddity.trainer import calibration, job_control
 from oddity.trainer.learners.base import AnomalyLearner, Member, Progress
 from oddity.trainer.learners.registry import learner_class, make_anomaly_learner, register_learner
-from oddity.trainer.learners.selection import profile, recipe_for
+from oddity.trainer.learners.selection import profile, recipe_for, serving_cost
 from oddity.trainer.onnx_graphs import MemberGraph, ensemble_graph
 from oddity.trainer.validation import onnx_scores, onnx_session
 
@@ -152,6 +152,7 @@ class EnsembleLearner(AnomalyLearner):
             start=np.zeros(len(x)),
         )
         self.dimension_ = x.shape[1]
+        self.fitted_rows_ = len(x)
 
     def anomaly_scores(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         total = sum(m.weight for m in self.members_)
@@ -256,6 +257,12 @@ class AutoLearner(EnsembleLearner):
 
     def selection(self) -> str:
         return self.selection_
+
+    def training_figures(self) -> dict[str, float]:
+        """What the members used cost to serve (selection.serving_cost), when it is known."""
+        used = tuple({"kind": m.kind, "params": m.params} for m in self.members_ if m.weight > 0)
+        cost = serving_cost(used, self.dimension_, self.fitted_rows_)
+        return {} if cost is None else {"serving_multiply_adds_per_row": float(cost)}
 
     def evidence(self) -> list[Member]:
         return list(self.considered_)

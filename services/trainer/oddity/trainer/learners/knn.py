@@ -44,7 +44,7 @@ MIN_REFERENCE_ROWS = 500
 BLOCK_ROWS = 256
 METRICS = ("euclidean", "cosine", "whitened")
 AGGREGATES = ("mean", "kth")
-_SPARE = 8  # candidates beyond k whose exact distances are computed
+SPARE_CANDIDATES = 8  # candidates beyond k whose exact distances are computed
 # References of at least this many rows find their candidates group by group (_grouped_candidates).
 GROUPED_MIN_REFERENCE = 4096
 GROUP_ROWS = 32
@@ -113,7 +113,7 @@ class KnnLearner(AnomalyLearner):
         self.reference_source_ = np.asarray(x[rows], dtype=np.float32)  # as served: float32
         self.reference_ = self._transform(x[rows])
         self.k_ = min(self.k, len(rows) - 1)
-        self.candidates_ = min(self.k_ + _SPARE, len(rows) - 1)
+        self.candidates_ = min(self.k_ + SPARE_CANDIDATES, len(rows) - 1)
         if progress is not None:
             progress(1, 1, 0.0)
         return self
@@ -182,7 +182,6 @@ class KnnLearner(AnomalyLearner):
             numpy_helper.from_array(np.array([self.k_], dtype=np.int64), "knn_k"),
             numpy_helper.from_array(np.array([self.candidates_], dtype=np.int64), "knn_candidates"),
             numpy_helper.from_array(np.array([1], dtype=np.int64), "knn_axis1"),
-            numpy_helper.from_array(np.array([2], dtype=np.int64), "knn_axis2"),
             numpy_helper.from_array(np.array([0], dtype=np.int64), "knn_first"),
         ]
         if self.metric == "cosine":
@@ -291,6 +290,7 @@ def _grouped_candidates(group_rows: int, columns: int, candidates: int):
         numpy_helper.from_array(np.array([0, candidates * group_rows], dtype=np.int64), "knn_chosen_shape"),
         numpy_helper.from_array(np.array([min(candidates, groups)], dtype=np.int64), "knn_groups_kept"),
         numpy_helper.from_array(np.array(group_rows, dtype=np.int64), "knn_group_rows"),
+        numpy_helper.from_array(np.array([2], dtype=np.int64), "knn_axis2"),
     ]
     n = helper.make_node
     nodes = [

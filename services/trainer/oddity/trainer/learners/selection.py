@@ -15,7 +15,9 @@ development corpus (bench/quality.py, judged leaving one dataset out):
 So the rows are profiled (`profile`): many continuous features is what an encoder's output
 looks like; anything else is a table. The recipe of each profile (RECIPES) is the alternative
 of CHOICES with the best mean ROC-AUC on the development sets of that profile; bench/quality.py
-re-derives the choice leaving each dataset out and prints both.
+re-derives the choice leaving each dataset out and prints both. Alternatives whose mean
+ROC-AUCs tie (within QUALITY_TIE) are told apart by what they cost to serve (`serving_cost`,
+multiply-adds per scored row; `best_choice`): the cheaper one wins.
 
 Reason to change: which detectors the default trains, and on what evidence.
 """
@@ -27,12 +29,16 @@ from typing import Any
 
 import numpy as np
 
+from oddity.trainer.learners.knn import SPARE_CANDIDATES, default_reference_cap
+
 TABLE, EMBEDDING = "table", "embedding"
 # An encoder's vectors have hundreds of dimensions, each taking many values; tables that wide
 # are one-hot, count or binary columns, which take few.
 EMBEDDING_MIN_FEATURES = 128
 EMBEDDING_MIN_DISTINCT = 0.1  # mean share of distinct values per column, over a sample of rows
 PROFILE_ROWS = 2000
+# Mean ROC-AUCs closer than this are a tie, decided by the serving cost.
+QUALITY_TIE = 0.002
 
 Recipe = tuple[dict[str, Any], ...]
 
@@ -73,3 +79,30 @@ def profile(x: np.ndarray, seed: int = 0) -> Profile:
 def recipe_for(found: Profile) -> tuple[str, Recipe]:
     name = RECIPES[found.kind]
     return name, CHOICES[name]
+
+
+def serving_cost(recipe: Recipe, features: int, rows: int) -> int | None:
+    """Multiply-adds per scored row of the recipe's graphs, fitted on `rows` rows of `features`
+    columns: their matrix products, which their serving time follows. None when a member's
+    kind has no estimate here."""
+    total = 0
+    for member in recipe:
+        params = member.get("params", {})
+        if member["kind"] == "knn":
+            reference = min(rows, int(params.get("max_reference") or default_reference_cap(features)))
+            whitening = features * features if params.get("metric") == "whitened" else 0
+            # The ranking product, then the exact distances to k + spare candidates.
+            total += reference * (features + 1) + (int(params.get("k", 5)) + SPARE_CANDIDATES) * features + whitening
+        elif member["kind"] in ("mahalanobis", "pca"):
+            total += features * features
+        else:
+            return None
+    return total
+
+
+def best_choice(mean_auc: dict[str, float], features: int, rows: int) -> str:
+    """The alternative of CHOICES with the best mean ROC-AUC; among those tied with it (within
+    QUALITY_TIE), the cheapest to serve on rows of this shape."""
+    top = max(mean_auc.values())
+    tied = [name for name, value in mean_auc.items() if value >= top - QUALITY_TIE]
+    return min(tied, key=lambda name: (serving_cost(CHOICES[name], features, rows) or 0, -mean_auc[name]))
