@@ -3,6 +3,7 @@ request ids, the /metrics endpoint and settings from flags and env vars."""
 
 import subprocess
 import sys
+import time
 
 import grpc
 import pytest
@@ -76,6 +77,35 @@ def test_internal_errors_do_not_leak_and_carry_the_request_id(repository, detect
     assert "secret" not in info.value.details()
     assert "request id req-42" in info.value.details()
     assert len(detector.stub.Detect(detect_request("m", models.normal_rows(1, 4))).scores) == 1
+
+
+def test_a_call_refused_while_draining_says_when_to_retry(detector):
+    """UNAVAILABLE with gRPC's retry pushback: retrying clients wait it out, first for
+    `retry_after`, then, once the stop is planned, until after it."""
+    admission = detector.server.host.admission
+
+    async def drain() -> None:
+        admission.start_draining(retry_after=0.25)
+
+    planned = time.monotonic() + 60
+
+    async def plan_stop() -> None:
+        admission.retry_not_before(planned)
+
+    def refusal() -> tuple[grpc.StatusCode, int]:
+        with pytest.raises(grpc.RpcError) as info:
+            detector.stub.ListModels(detector_pb2.ListModelsRequest())
+        pushback = dict(info.value.trailing_metadata())["grpc-retry-pushback-ms"]
+        return info.value.code(), int(pushback)
+
+    detector.server.call(drain)
+    assert refusal() == (grpc.StatusCode.UNAVAILABLE, 250)
+    detector.server.call(plan_stop)
+    before = time.monotonic()
+    code, pushback = refusal()
+    after = time.monotonic()
+    assert code == grpc.StatusCode.UNAVAILABLE
+    assert (planned - after) * 1000 <= pushback <= (planned - before) * 1000 + 1
 
 
 def test_settings_from_flags_then_env_then_defaults(monkeypatch, tmp_path):
