@@ -3,9 +3,10 @@
 With `--start` it runs its own stack (a small local ViT for the drawings: no hub here), and
 every figure of its table (`--json`) is computed again from the files it wrote: the held-out
 files re-scored with the SDK against the stack it left running (`--keep-running`), ROC-AUC
-with scikit-learn. Against a running `oddity up` (embedder started on demand, its default
-image model not loadable offline) it trains what that stack can serve and says how to
-restart it for the drawings."""
+with scikit-learn; the library's example (the nearest items to its first item, the clusters,
+the tags suggested for a new image) is asked again through the SDK. Against a running
+`oddity up` (embedder started on demand, its default image model not loadable offline) it
+trains what that stack can serve and says how to restart it for the drawings and the library."""
 
 from __future__ import annotations
 
@@ -114,6 +115,28 @@ def assert_figures_match(report: dict, expected: dict[tuple[str, str], dict]) ->
             assert row[name] == pytest.approx(figures[name], abs=1e-12), (key, name)
 
 
+def assert_library_example_matches(folder: Path, detector: str, library: dict) -> None:
+    """The demo's library example is what the SDK answers for its first item and its new image."""
+    items = pd.read_csv(folder / "datasets" / "demo-library" / "metadata.csv")
+    held_out = pd.read_csv(folder / "demo" / "demo-library-held-out.csv")
+    assert len(items) == 150
+    first, image = str(items["id"][0]), folder.resolve() / "demo" / held_out["file"][0]
+    with DetectorClient(detector) as client:
+        similar = client.similar("demo-library", item_id=first, top_k=5, exclude_self=True)
+        clusters = client.clusters("demo-library", representatives=3)
+        suggested = client.suggest_tags("demo-library", image=image, top_k=3)
+    assert library == {
+        "model": "demo-library",
+        "version": 1,
+        "similar": {"id": first, "tags": items["tags"][0].split(", "), **similar.to_dict()},
+        "clusters": clusters.to_dict(),
+        "tags": {"image": str(image), "true_tags": held_out["tags"][0].split(", "), **suggested.to_dict()},
+    }
+    assert len(similar.items) == 5 and first not in similar.ids
+    assert sum(c.size for c in clusters.clusters) + clusters.unclustered == 150
+    assert suggested.tags[0] == "face"  # the new image is a face
+
+
 def read_json_document(stream, lines: list[str]) -> dict:
     """The first JSON document on `stream` (the demo keeps running after printing it)."""
     for line in stream:
@@ -160,11 +183,13 @@ def test_demo_with_its_own_stack_reports_figures_that_the_written_files_reproduc
             ("demo-texts", "all"),
         ]
         assert_figures_match(document, expected)
+        assert_library_example_matches(folder, document["targets"]["detector"], document["library"])
         for row in document["results"]:  # the sample data are made to be told apart
             assert row["roc_auc"] > 0.9, row
         for name in ("demo-sensors", "demo-decisions", "demo-drawings", "demo-texts"):
             assert (folder / "datasets" / name / "dataset.yaml").is_file()
             assert (folder / "demo" / f"{name}-scored.csv").is_file()
+        assert (folder / "datasets" / "demo-library" / "dataset.yaml").is_file()
         assert document["seconds"] < DEMO_SECONDS
         # The demo asks each model only for what it answers: no refused Detect in the detector.
         with urllib.request.urlopen(document["metrics"]["detector"], timeout=10) as response:
@@ -204,11 +229,13 @@ def test_demo_against_a_running_stack_trains_what_it_can_serve_and_says_how_to_s
         document = json.loads(run.stdout)
         assert document["started_stack"] is False
         assert document["failed"] == {}
-        assert sorted(document["skipped"]) == ["demo-drawings"]
+        assert sorted(document["skipped"]) == ["demo-drawings", "demo-library"]
         small_vit = up.folder.resolve() / "demo" / "small-vit"
-        assert document["skipped"]["demo-drawings"].endswith(
-            f"restart the stack with oddity up --model vit={small_vit} to serve one"
-        )
+        for skipped in ("demo-drawings", "demo-library"):  # both need vit
+            assert document["skipped"][skipped].endswith(
+                f"restart the stack with oddity up --model vit={small_vit} to serve one"
+            )
+        assert document["library"] is None
         assert (small_vit / "config.json").is_file()
         assert_figures_match(document, rescore(up.folder, detector, set()))
         stack_output = up.stderr_text()

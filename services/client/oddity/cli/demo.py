@@ -1,5 +1,6 @@
 """`oddity demo`: sample datasets dropped into a stack, followed until their models serve,
-then held-out normal and anomalous samples scored, in a few minutes on a laptop.
+then held-out normal and anomalous samples scored and a tagged image library's index asked
+for one item's nearest items, its clusters and a new image's tags, in a few minutes on a laptop.
 
     oddity demo                      # against `oddity up` (./oddity-data), or a stack of its own
     oddity demo --start --json       # its own stack on a temporary folder; the figures as JSON
@@ -11,10 +12,11 @@ when nothing answers at the detector and trainer addresses) it runs the same sup
 `oddity up` on free ports and on `--data-volume` or a new temporary folder, and stops it at
 the end (`--keep-running`: keeps it until Ctrl-C).
 
-The drawings need an image model that loads offline: the embedder's `vit` when its weights
-are local (or cached), else a small ViT made in `<folder>/demo/small-vit` that the stack
-started here serves as `vit`. A running stack that cannot embed with `vit` (or `minilm`)
-gets the datasets it can serve, and the command to restart it so it can serve the others.
+The drawings and the library need an image model that loads offline: the embedder's `vit`
+when its weights are local (or cached), else a small ViT made in `<folder>/demo/small-vit`
+that the stack started here serves as `vit`. A running stack that cannot embed with `vit` (or
+`minilm`) gets the datasets it can serve, and the command to restart it so it can serve the
+others.
 
 Reason to change: the demo command's options and flow.
 """
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import grpc
+import pandas as pd
 import typer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -39,7 +42,7 @@ from oddity.cli import demo_data, demo_report, output
 from oddity.cli.connection import Connection, connection_options
 from oddity.cli.demo_encoder import MODEL_NAME, EncoderUnavailable, default_image_model_id, loads_offline, small_vit
 from oddity.cli.demo_progress import DemoTimeout, Follower, follow
-from oddity.cli.demo_report import Outcome
+from oddity.cli.demo_report import LibraryExample, Outcome
 from oddity.cli.demo_scoring import score_held_out
 from oddity.cli.endpoints import Service
 from oddity.cli.exit_codes import FAILED, INTERRUPTED, OK, UNAVAILABLE, USAGE
@@ -57,6 +60,10 @@ EMBEDDER_WAIT_SECONDS = 300.0  # until each model the demo needs is loaded or ha
 EMBEDDER_START_SECONDS = 60.0  # for `oddity up` to start its embedder once a dataset needs it
 DEFAULT_SEED = 7
 TEXT_MODEL = "minilm"
+# The library's example: nearest items shown, central items per cluster, tags suggested.
+LIBRARY_NEAREST = 5
+LIBRARY_REPRESENTATIVES = 3
+LIBRARY_TAGS = 3
 
 
 def _answers(client: ServiceClient) -> bool:
@@ -134,7 +141,7 @@ def _wake_embedder(outcome: Outcome, embedder: EmbedderClient) -> bool:
 
 def _embeddable(outcome: Outcome, embedder: EmbedderClient, started: bool) -> list[str]:
     """The item datasets the embedder can embed; the others are skipped, saying what to do."""
-    items = {"demo-drawings": MODEL_NAME, "demo-texts": TEXT_MODEL}
+    items = {"demo-drawings": MODEL_NAME, "demo-texts": TEXT_MODEL, "demo-library": MODEL_NAME}
     if not started and not _wake_embedder(outcome, embedder):
         for dataset in items:
             outcome.skipped[dataset] = (
@@ -142,7 +149,7 @@ def _embeddable(outcome: Outcome, embedder: EmbedderClient, started: bool) -> li
                 "oddity up --embedder"
             )
         return []
-    states = _model_states(embedder, list(items.values()), EMBEDDER_WAIT_SECONDS)
+    states = _model_states(embedder, sorted(set(items.values())), EMBEDDER_WAIT_SECONDS)
     names = []
     for dataset, model in items.items():
         if states[model] is None:
@@ -160,7 +167,7 @@ def _embeddable(outcome: Outcome, embedder: EmbedderClient, started: bool) -> li
 
 
 def _run(outcome: Outcome, clients: dict[Service, Any], check: Any, started: bool, max_wait: float) -> None:
-    """Write the datasets, follow them until served, score the held-out files."""
+    """Write the datasets, follow them until served, score the held-out files, ask the library's index."""
     detector: DetectorClient = clients["detector"]
     trainer: TrainerClient = clients["trainer"]
     since = datetime.now(UTC) - timedelta(seconds=5)  # the trainer's clock may run a little behind
@@ -172,8 +179,30 @@ def _run(outcome: Outcome, clients: dict[Service, Any], check: Any, started: boo
     for item in tracked:
         if item.error:
             outcome.failed[item.dataset.name] = item.error
-            continue
-        outcome.figures += score_held_out(detector, item.dataset, item.model)
+        elif item.dataset.kind == "library":
+            outcome.library = _library_example(detector, outcome.folder, item.dataset, item.model)
+        else:
+            outcome.figures += score_held_out(detector, item.dataset, item.model)
+
+
+def _library_example(
+    detector: DetectorClient, root: Path, dataset: demo_data.DemoDataset, model: str
+) -> LibraryExample:
+    """The library's first item and its nearest items, the clusters, and the tags suggested for
+    the held-out new image."""
+    first = demo_data.library_items(root).iloc[0]
+    query = str(first["id"])
+    new = pd.read_csv(dataset.held_out).iloc[0]
+    image = dataset.held_out.parent / str(new["file"])
+    return LibraryExample(
+        query=query,
+        query_tags=demo_data.tag_list(str(first["tags"])),
+        similar=detector.similar(model, item_id=query, top_k=LIBRARY_NEAREST, exclude_self=True),
+        clusters=detector.clusters(model, representatives=LIBRARY_REPRESENTATIVES),
+        image=image,
+        image_tags=demo_data.tag_list(str(new["tags"])),
+        suggested=detector.suggest_tags(model, image=image, top_k=LIBRARY_TAGS),
+    )
 
 
 @connection_options("detector", "trainer", "embedder", panel=CONNECTION)
@@ -220,8 +249,9 @@ def demo(
     *,
     connection: Connection,
 ) -> None:
-    """Drop sample datasets (sensors, a decision log, drawings by age, texts) into a stack, follow
-    them until they serve, and score held-out normal and anomalous samples.
+    """Drop sample datasets (sensors, a decision log, drawings by age, texts, a tagged image library)
+    into a stack, follow them until they serve, score held-out normal and anomalous samples, and
+    show the library's similar items, clusters and a tag suggestion.
 
     Exit codes: 0 done; 1 a dataset failed to train or a service failed; 2 usage error; 3 the
     stack at the given addresses is only partly there; 130 interrupted.

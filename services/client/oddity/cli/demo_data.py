@@ -12,6 +12,8 @@ what they are (`expected`: normal or anomalous; the decision log's true `decisio
   by age), embedded by the embedder's image model `vit`.
 - `demo-texts`: short delivery-support messages, embedded by the text model `minilm`; held
   out: more such messages and off-topic ones.
+- `demo-library`: a made-up tagged image library (demo_library.py: faces, houses, cars) with a
+  `similarity:` section, embedded by `vit`; held out: one new image whose tags are asked for.
 
 The same seed writes the same bytes, so a second run on the same folder finds its models
 already trained.
@@ -30,7 +32,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-Kind = Literal["anomaly", "classifier", "images", "texts"]
+Kind = Literal["anomaly", "classifier", "images", "texts", "library"]
 EXPECTED = "expected"  # held-out column: normal or anomalous
 NORMAL, ANOMALOUS = "normal", "anomalous"
 DECISION_FEATURES = ["signal_dbm", "battery_pct", "failed_login_rate", "km_from_home", "hour"]
@@ -288,11 +290,54 @@ def write_texts(root: Path, rng: np.random.Generator) -> DemoDataset:
     return DemoDataset(name, "texts", held_out_path(root, name), embedder_model="minilm")
 
 
+# -- library ------------------------------------------------------------------------------
+
+LIBRARY_PER_SUBJECT = 50  # 150 images: a library to search, group and tag, trained in seconds
+
+
+def write_library(root: Path, rng: np.random.Generator) -> DemoDataset:
+    """Needs Pillow (the embedder's dependency) to draw. Held out: one new image (file, its true tags)."""
+    from oddity.cli import demo_library  # Pillow: only when the library is asked for
+
+    name = "demo-library"
+    folder = root / "datasets" / name
+    seed = int(rng.integers(2**31))
+    demo_library.generate_library(folder, per_subject=LIBRARY_PER_SUBJECT, seed=seed)
+    new = demo_library.make_items(1, seed=seed + 1, subjects=(demo_library.SUBJECTS[0],), prefix="new")[0]
+    held_folder = root / "demo" / f"{name}-held-out"
+    held_folder.mkdir(parents=True, exist_ok=True)
+    (held_folder / new.file_name).write_bytes(new.image)
+    held_out = pd.DataFrame({"file": [f"{held_folder.name}/{new.file_name}"], "tags": [", ".join(new.tags)]})
+    _write_csv(held_out, held_out_path(root, name))
+    _write_spec(
+        folder,
+        "# A tagged image library: similar items, clusters and tag suggestions (oddity similar, clusters, tags).\n"
+        "images: {path: images, metadata: metadata.csv, file_column: file_name}\n"
+        "embedder: {model: vit, batch_size: 32}\n"
+        "similarity: {id_column: id, tags_column: tags}\n"
+        "min_samples: 40\n" + RETRAIN,
+    )
+    return DemoDataset(name, "library", held_out_path(root, name), embedder_model="vit")
+
+
+def library_items(root: Path) -> pd.DataFrame:
+    """The library's items as written (id, file_name, subject, tags), in the file's order."""
+    from oddity.cli import demo_library
+
+    return pd.read_csv(root / "datasets" / "demo-library" / demo_library.METADATA_FILE)
+
+
+def tag_list(tags: str) -> tuple[str, ...]:
+    """Tags as the library's files write them: comma-separated."""
+    return tuple(t.strip() for t in tags.split(","))
+
+
 WRITERS: dict[str, Callable[[Path, np.random.Generator], DemoDataset]] = {
     "demo-sensors": write_sensors,
     "demo-decisions": write_decisions,
     "demo-drawings": write_drawings,
     "demo-texts": write_texts,
+    "demo-library": write_library,  # last: the others keep their seeds
 }
 
 

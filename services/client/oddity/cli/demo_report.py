@@ -14,6 +14,32 @@ from oddity.cli import demo_data, output
 from oddity.cli.demo_scoring import GroupFigures
 from oddity.cli.endpoints import ENDPOINTS, Service
 from oddity.cli.stack import EmbedderModel
+from oddity.client import ClustersResult, SimilarResult, TagSuggestions
+
+SHOWN_CLUSTER_TAGS = 3
+
+
+@dataclass
+class LibraryExample:
+    """What the library's index answers: the items nearest to one item, the clusters, and the
+    tags suggested for a new image (with the tags it was drawn with)."""
+
+    query: str  # the item whose nearest items are shown
+    query_tags: tuple[str, ...]
+    similar: SimilarResult
+    clusters: ClustersResult
+    image: Path  # the new image
+    image_tags: tuple[str, ...]  # what it shows
+    suggested: TagSuggestions
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.similar.model,
+            "version": self.similar.version,
+            "similar": {"id": self.query, "tags": list(self.query_tags), **self.similar.to_dict()},
+            "clusters": self.clusters.to_dict(),
+            "tags": {"image": str(self.image), "true_tags": list(self.image_tags), **self.suggested.to_dict()},
+        }
 
 
 @dataclass
@@ -31,6 +57,7 @@ class Outcome:
     next_steps: list[str] = field(default_factory=list)
     targets: dict[Service, str] = field(default_factory=dict)
     metrics: dict[str, str] = field(default_factory=dict)
+    library: LibraryExample | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -43,6 +70,7 @@ class Outcome:
             "metrics": self.metrics,
             "results": [f.to_dict() for f in self.figures],
             "failed": self.failed,
+            "library": self.library.to_dict() if self.library else None,
             "skipped": self.skipped,
             "next": self.next_steps,
         }
@@ -81,6 +109,8 @@ def show(outcome: Outcome) -> None:
         "ROC-AUC of P(deny).",
         style="dim",
     )
+    if outcome.library is not None:
+        _show_library(outcome.library)
     for dataset, reason in {**outcome.failed, **outcome.skipped}.items():
         style = "red" if dataset in outcome.failed else "yellow"
         output.out.print(f"{dataset}: {reason}", style=style)
@@ -88,6 +118,23 @@ def show(outcome: Outcome) -> None:
     output.out.print("where to look next:", style="bold")
     for step in outcome.next_steps:
         output.out.print(f"  {step}")
+
+
+def _show_library(example: LibraryExample) -> None:
+    similar = example.similar
+    rows = [(rank, i.id, i.similarity, ", ".join(i.tags)) for rank, i in enumerate(similar.items, 1)]
+    title = (
+        f"{similar.model} v{similar.version}: the items nearest to {example.query} ({', '.join(example.query_tags)})"
+    )
+    output.show(output.table(title, ("rank", "id", "similarity", "tags"), rows))
+    clusters = example.clusters
+    groups = "; ".join(f"{c.size} ({', '.join(c.top_tags[:SHOWN_CLUSTER_TAGS])})" for c in clusters.clusters)
+    output.out.print(f"clusters: {len(clusters.clusters)}: {groups}; {clusters.unclustered} items in none")
+    suggested = ", ".join(f"{s.tag} ({s.score:.2f})" for s in example.suggested.suggestions)
+    output.out.print(
+        f"tags suggested for the new image {example.image.name} (drawn as {', '.join(example.image_tags)}): "
+        f"{suggested or 'none'}"
+    )
 
 
 def _flags(targets: dict[Service, str]) -> dict[Service, str]:
@@ -111,6 +158,10 @@ def next_steps(outcome: Outcome, running: bool, restart: str) -> list[str]:
         f"{flags['detector']}",
         f"scored held-out files: {outcome.folder / 'demo'}/*-scored.csv",
     ]
+    if outcome.library is not None:
+        steps.append(
+            f"oddity similar demo-library --id {outcome.library.query}{flags['detector']}   (and clusters, tags)"
+        )
     return steps
 
 
