@@ -4,9 +4,12 @@ references of every size, with the rows it was fitted on (distance 0) and their 
 the scored rows."""
 
 import numpy as np
+import onnx
 import pytest
+from onnx import shape_inference
 
 from oddity.common import bundle
+from oddity.trainer.graph_memory import scratch_bytes_per_row
 from oddity.trainer.learners import make_anomaly_learner
 from oddity.trainer.learners.knn import GROUP_ROWS, GROUPED_MIN_REFERENCE, ranking_matrix
 from oddity.trainer.validation import onnx_session
@@ -52,3 +55,23 @@ def test_a_grouped_reference_is_padded_with_columns_no_row_ranks_near():
     np.testing.assert_allclose(ranking[:4, : len(reference)], -2 * reference.T, rtol=1e-6)
     assert (ranking[:4, len(reference) :] == 0).all() and (ranking[4, len(reference) :] > 1e29).all()
     assert ranking_matrix(reference[:1000], 13)[1] == 0
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_every_tensor_of_the_graph_has_a_known_width_so_its_declared_memory_is_its_own(metric):
+    """The detector sizes its runs by the memory per row the trainer declares from the graph's
+    inferred shapes; a width inference cannot name counts as the input's. The graph before
+    this one spread the nearest slot with a computed shape ([N, ?, ?]): 7.2 MB a row declared
+    on 769-d embeddings, so no run of 64 rows fit the detector's 128 MB budget."""
+    train = normal_rows(1000, 300, seed=3)
+    graph = make_anomaly_learner("knn", {"metric": metric}).fit(train).to_onnx()
+    inferred = shape_inference.infer_shapes(onnx.load_from_string(graph), strict_mode=True).graph
+    widths = {
+        value.name: [
+            dim.dim_value if dim.HasField("dim_value") else None for dim in value.type.tensor_type.shape.dim[1:]
+        ]
+        for value in [*inferred.value_info, *inferred.output]
+    }
+    assert {name: dims for name, dims in widths.items() if None in dims} == {}
+    # The candidates' neighbours and differences (2 x 13 x 300 floats), the ranks (1,000), rows of 300.
+    assert scratch_bytes_per_row(graph, 300) < 50_000
