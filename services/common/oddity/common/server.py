@@ -257,7 +257,8 @@ class ServiceHost:
         (grpc/grpc issue 41785), and clients do not retry CANCELLED. The calls refused so far
         retry within `retry_after`; those refused from now on are told to retry after the stop.
         On a loaded machine a call waits in gRPC core before the server sees it: the quiet
-        margin grows with the event loop's lag, up to half of `retry_after`."""
+        margin grows with the event loop's lag, the stop moving at most half of `retry_after`
+        past the plan, so the retries told to come after it still do."""
         planned = self.admission.quiet_from(DRAIN_QUIET_SECONDS)
         self.admission.retry_not_before(planned + retry_after)
         latest = planned + retry_after / 2
