@@ -7,7 +7,7 @@ Reason to change: the detector commands' behaviour.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 
@@ -16,7 +16,7 @@ from oddity.cli.connection import Connection, connection_options, connects
 from oddity.cli.exit_codes import reports_failures
 from oddity.cli.items import read_items
 from oddity.cli.options import JsonFlag, ThresholdPercentile
-from oddity.client import DetectorClient, ModelDetails, OddityError
+from oddity.client import DetectorClient, EmbedderClient, ModelDetails, OddityError
 from oddity.common.clients.embedder import serving_command
 from oddity.v1 import manifest_pb2
 
@@ -65,7 +65,7 @@ def models(
 ) -> None:
     """Models the detector knows: serving version, versions on disk, pins, refusals, and models
     trained on an encoder the embedder does not serve."""
-    with connection.open("detector") as client:
+    with cast(DetectorClient, connection.open("detector")) as client:
         if name is not None:
             details = client.model(name)
             if json_output:
@@ -115,7 +115,7 @@ def _unserved_encoders(sources: dict[str, manifest_pb2.EmbeddingSource], connect
     if not sources:
         return {}
     try:
-        with connection.open("embedder") as embedder:
+        with cast(EmbedderClient, connection.open("embedder")) as embedder:
             served = {(m.name, m.model_id, m.revision) for m in embedder.models()}
     except OddityError as exc:
         return {name: f"the embedder does not answer ({exc.message})" for name in sources}
