@@ -114,6 +114,8 @@ def test_asking_while_a_model_loads_is_answered_unavailable_without_a_warning(tm
                     break
                 except grpc.RpcError as exc:
                     assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc.details()
+                    # The trailer that tells callers (a training job) to wait for it, not give up.
+                    assert ("oddity-state", "loading") in tuple(exc.trailing_metadata())
                     loading += 1
         assert loading > 0, "the model loaded before the first call: nothing was checked"
         assert embedder.terminate() == 0

@@ -32,7 +32,7 @@ import grpc
 from oddity.common import errors
 from oddity.common.logging import REQUEST_ID_KEY, get_logger, start_request
 from oddity.common.metrics import RpcMetrics
-from oddity.common.status import status_for
+from oddity.common.status import status_for, trailers_for
 
 log = get_logger("oddity.rpc")
 
@@ -198,7 +198,7 @@ class _Call:
         if isinstance(exc, errors.OddityError):
             self.code = status_for(exc)
             getattr(log, exc.log_level)("request failed", code=self.code.name, error=exc.message)
-            await self.context.abort(self.code, exc.message)
+            await self.context.abort(self.code, exc.message, trailers_for(exc))
         self.code = grpc.StatusCode.INTERNAL
         log.error("unhandled error", exc_info=exc)
         await self.context.abort(

@@ -45,6 +45,20 @@ def status_for(error: errors.OddityError) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
-def remote_error(code: grpc.StatusCode, message: str) -> errors.OddityError:
-    """The domain error for a status a called service answered with."""
+# Trailing metadata of an UNAVAILABLE that means "up, still starting" (errors.StillLoading),
+# so a caller can wait for a loading service longer than for one that is not there.
+STATE_KEY, LOADING = "oddity-state", "loading"
+
+
+def trailers_for(error: errors.OddityError) -> tuple[tuple[str, str], ...]:
+    """What the server sends beside the status of `error`."""
+    return ((STATE_KEY, LOADING),) if isinstance(error, errors.StillLoading) else ()
+
+
+def remote_error(
+    code: grpc.StatusCode, message: str, trailers: tuple[tuple[str, str | bytes], ...] | None = ()
+) -> errors.OddityError:
+    """The domain error for a status a called service answered with (and its trailers)."""
+    if code == grpc.StatusCode.UNAVAILABLE and (STATE_KEY, LOADING) in tuple(trailers or ()):
+        return errors.StillLoading(message)
     return _REMOTE_ERRORS.get(code, errors.FailedPrecondition)(message)

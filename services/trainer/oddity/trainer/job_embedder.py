@@ -7,7 +7,8 @@ times; a job is more patient still: an embedder that answers UNAVAILABLE while i
 (still loading its model) is asked again until the job's patience runs out.
 
 - First contact (which model, what dimension; which text models): `connect_timeout` seconds,
-  so a job whose embedder is missing fails soon with the reason.
+  so a job whose embedder is missing fails soon with the reason; one that answers it is
+  still loading its models is waited for as long as a batch.
 - Each batch once embedding has begun: `batch_timeout` seconds, enough to wait out a restart.
 - Up to `batches_in_flight` batches at once (item_datasets.embed_cached calls from that many
   threads): with several embedder replicas behind the client's address, each gets some.
@@ -24,7 +25,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from oddity.common.clients import EmbedderClient, EmbedderModel
-from oddity.common.errors import FailedPrecondition, Unavailable
+from oddity.common.errors import FailedPrecondition, StillLoading, Unavailable
 from oddity.trainer import job_control
 from oddity.trainer.loop_calls import LoopBridge
 
@@ -75,14 +76,19 @@ class JobEmbedder:
 
     def _patiently(self, call: Callable[[float], Coroutine[Any, Any, T]], patience: float) -> T:
         """call(remaining seconds) until it answers; UNAVAILABLE is asked again until
-        `patience` seconds have passed, then raised with how long the job waited."""
-        deadline = time.monotonic() + patience
+        `patience` seconds have passed, then raised with how long the job waited. An embedder
+        that answers it is still loading (a first export takes minutes) is waited for as long
+        as a batch (`batch_timeout`), however short the patience for one that is not there."""
+        start = time.monotonic()
+        deadline = start + patience
         while True:
             remaining = deadline - time.monotonic()
             try:
                 return self.bridge.call(call(max(remaining, 0.001)))
             except Unavailable as exc:
                 job_control.check()  # a stop or a spent time budget ends the waiting too
+                if isinstance(exc, StillLoading) and patience < self.batch_timeout:
+                    patience, deadline = self.batch_timeout, start + self.batch_timeout
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise Unavailable(f"{exc.message} (the job waited {patience:g} s for the embedder)") from exc

@@ -193,7 +193,8 @@ class RemoteService:
                 failure = await self._handshake_failure()
                 if failure is not None:
                     details = f"{details}; TLS handshake failure: {failure}"
-            raise remote_error(code, f"{self.label} at {self.target}: {code.name}: {details}") from exc
+            message = f"{self.label} at {self.target}: {code.name}: {details}"
+            raise remote_error(code, message, exc.trailing_metadata()) from exc
 
     async def _handshake_failure(self) -> str | None:
         """Why TLS handshakes with the server fail, when the channel is not connected; one check
