@@ -68,9 +68,9 @@ def test_calls_after_sigterm_get_unavailable_never_cancelled(repository):
     while the server drains get UNAVAILABLE (what retry policies retry), none CANCELLED.
 
     The light clients stop once each has seen its UNAVAILABLEs, while the heavy calls still
-    run: a call that reaches the transport in the microseconds of the final stop, without
-    being handed to the server yet, is cancelled by gRPC core itself (an upstream bug, see the
-    README's Security section), which no server code can answer otherwise."""
+    run: a call that reaches gRPC core in the moment of the final stop, before the server has
+    taken it, is cancelled by gRPC core itself (grpc/grpc issue 41785); the drain stops when no
+    call is on its way (tests/common/test_drain.py measures it under 16 busy callers)."""
     publish_heavy(repository)
     process = ServiceProcess(
         "oddity.detector.main",
