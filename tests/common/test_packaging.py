@@ -13,7 +13,7 @@ from packaging.requirements import Requirement
 from tests.support.servers import repo_root
 
 SERVICES = ("common", "detector", "trainer", "embedder", "client")
-#: The packages of each distribution whose modules the README's layout table lists.
+#: The packages of each distribution whose modules docs/architecture.md's layout table lists.
 PACKAGES = {name: (name,) for name in SERVICES} | {"client": ("client", "cli")}
 
 
@@ -76,10 +76,10 @@ def test_detector_runs_without_importing_torch_or_transformers():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_readme_layout_names_every_module_of_every_service():
-    """The README's layout table lists each service's modules: none missing, none stale."""
+def test_the_layout_names_every_module_of_every_service():
+    """docs/architecture.md's layout table lists each service's modules: none missing, none stale."""
     root = repo_root()
-    readme = (root / "README.md").read_text()
+    readme = (root / "docs" / "architecture.md").read_text()
     for name in SERVICES:
         row = next(line for line in readme.splitlines() if line.startswith(f"| `services/{name}/` |"))
         listed = set(re.findall(r"`([a-z_0-9]+\.py)`", row)) | {f"{d}/" for d in re.findall(r"`([a-z_0-9]+)/`", row)}
@@ -92,6 +92,6 @@ def test_readme_layout_names_every_module_of_every_service():
             for folder in subfolders:
                 modules |= {p.name for p in (package / folder).glob("*.py") if p.name != "__init__.py"}
             folders |= subfolders
-        assert listed >= modules | folders, f"{name}: not in the README layout: {sorted((modules | folders) - listed)}"
+        assert listed >= modules | folders, f"{name}: not in the layout of docs/architecture.md: {sorted((modules | folders) - listed)}"
         stale = listed - modules - folders
-        assert not stale, f"{name}: the README layout names what is not there: {sorted(stale)}"
+        assert not stale, f"{name}: the layout of docs/architecture.md names what is not there: {sorted(stale)}"
