@@ -4,7 +4,7 @@ SIGTERM stops every service and exits 0 with no child left; a service killed wit
 is reported with its last lines, the other is stopped and the exit code is 1; a killed
 `oddity up` leaves no service behind; TLS and token options reach every service, which call
 each other with them; a second `oddity up` on the folder of a running one, or on a port in
-use, says so in one line and starts nothing."""
+use, says so in one line and starts nothing; `--prometheus` runs a Prometheus on the stack."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import pytest
 import trustme
 
 from oddity.cli.exit_codes import IN_USE
+from oddity.cli.local_prometheus import LocalPrometheus
 from oddity.client import DetectorClient, TrainerClient
 from tests.client.conftest import UpProcess, invoke, start_up
 from tests.support import datasets
@@ -224,3 +226,42 @@ def test_up_on_a_port_in_use_names_it_and_starts_nothing(tmp_path):
         f"error: port {port} is in use (another `oddity up`? stop it with Ctrl-C, or pass --detector-port)\n"
     )
     assert not (tmp_path / "stack" / "logs").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.skipif(not LocalPrometheus.installed(), reason="Debian's prometheus is not installed")
+def test_prometheus_scrapes_the_stack_and_stops_with_it(tmp_path):
+    """`oddity up --prometheus`: a real Prometheus whose targets are the services' /metrics,
+    up, with the recording rules the dashboard reads; it stops with the stack."""
+    port = _free_port()
+    up = start_up(tmp_path / "stack", "--no-embedder", "--prometheus", "--prometheus-port", str(port))
+    try:
+        wait_for(lambda: f"prometheus http://127.0.0.1:{port}" in up.stderr_text(), timeout=120, what="prometheus")
+
+        def targets() -> dict[str, str]:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/targets", timeout=5) as response:
+                    active = json.load(response)["data"]["activeTargets"]
+            except OSError:
+                return {}
+            return {t["labels"]["job"]: t["health"] for t in active}
+
+        wait_for(
+            lambda: targets() == {"oddity-detector": "up", "oddity-trainer": "up"},
+            timeout=60,
+            what="both targets scraped",
+        )
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/rules", timeout=5) as response:
+            groups = json.load(response)["data"]["groups"]
+        assert groups, "no recording rules loaded"
+        prometheus = next(p for p in psutil.Process(up.proc.pid).children() if p.name() == "prometheus")
+        up.proc.send_signal(signal.SIGTERM)
+        assert up.proc.wait(timeout=60) == 0
+        assert not prometheus.is_running()
+    finally:
+        up.kill()

@@ -4,6 +4,7 @@ Ctrl-C or SIGTERM.
     oddity up                                  # ./oddity-data, ports 50051-50053, metrics 9101-9103
     oddity up --data-volume /srv/oddity --detector-port 0 --metrics-port-base 0   # 0: free ports
     oddity up --model vit=/weights/vit-base --model minilm=text:/weights/minilm
+    oddity up --prometheus                     # + Debian's prometheus on :9090 scraping the three
 
 It prints where everything is (addresses, metrics URLs, the folder to drop datasets into),
 then the services' log lines made short (`--log-json`: as they are; every line also goes to
@@ -34,6 +35,8 @@ from rich.text import Text
 from oddity.cli import output
 from oddity.cli.endpoints import ENDPOINTS, METRICS_PORT_BASE, SERVICES, Service
 from oddity.cli.exit_codes import FAILED, IN_USE, INTERRUPTED, OK, USAGE
+from oddity.cli.local_prometheus import DEFAULT_PORT as DEFAULT_PROMETHEUS_PORT
+from oddity.cli.local_prometheus import LocalPrometheus, scrape_config
 from oddity.cli.service_logs import TerminalOutput, human_line
 from oddity.cli.stack import (
     DataFolder,
@@ -44,6 +47,7 @@ from oddity.cli.stack import (
     StackInUse,
     StackSettings,
     parse_model,
+    port_in_use,
 )
 from oddity.cli.supervisor import Interrupted, ServiceFailed, Stack, parse_line
 
@@ -268,6 +272,16 @@ def up(
     log_json: Annotated[
         bool, typer.Option("--log-json", help="Print the services' JSON log lines as they are.")
     ] = False,
+    prometheus: Annotated[
+        bool,
+        typer.Option(
+            "--prometheus",
+            help="Run Debian's prometheus (when installed) scraping the services; else print its scrape config.",
+        ),
+    ] = False,
+    prometheus_port: Annotated[int, _port("--prometheus-port", "Port of --prometheus's web UI and API.")] = (
+        DEFAULT_PROMETHEUS_PORT
+    ),
 ) -> None:
     """Run the embedder, detector and trainer here, on one folder, until Ctrl-C.
 
@@ -308,10 +322,11 @@ def up(
         log_level=log_level,
     )
     stack = Stack(settings, TerminalOutput(raw=log_json))
-    raise typer.Exit(run(stack))
+    watcher = LocalPrometheus(settings.folder.root / "prometheus", settings.folder.logs, prometheus_port)
+    raise typer.Exit(run(stack, watcher if prometheus else None))
 
 
-def run(stack: Stack) -> int:
+def run(stack: Stack, prometheus: LocalPrometheus | None = None) -> int:
     """Start the stack, show where it is, supervise it until stopped. Returns the exit code."""
     with StopSignals() as signals:
         try:
@@ -329,4 +344,28 @@ def run(stack: Stack) -> int:
             report_failure(failure)
             return FAILED
         show_panel(welcome(stack))
-        return supervise(stack, signals)
+        if prometheus is None:
+            return supervise(stack, signals)
+        watch(stack, prometheus)
+        try:
+            return supervise(stack, signals)
+        finally:
+            prometheus.stop()
+
+
+def watch(stack: Stack, prometheus: LocalPrometheus) -> None:
+    """Start Prometheus on the stack's /metrics endpoints, or print the config to give one."""
+    ports: dict[str, int] = {
+        name: process.metrics_port if (process := stack.processes.get(name)) else stack.settings.ports.metrics[name]
+        for name in SERVICES
+        if not (name == "embedder" and stack.settings.embedder == "off")
+    }
+    config = scrape_config(stack.settings, ports)
+    if not prometheus.installed():
+        output.note("prometheus is not installed (apt install prometheus); scrape config for your own:")
+        output.err.print(config, markup=False, highlight=False, soft_wrap=True)
+    elif port_in_use("127.0.0.1", prometheus.port):
+        output.error(f"port {prometheus.port} is in use: no Prometheus (pass --prometheus-port)")
+    else:
+        prometheus.start(config)
+        output.note(f"prometheus {prometheus.url} scrapes the services (logs/prometheus.log)", style="green")
