@@ -10,7 +10,9 @@ from contextlib import ExitStack
 
 import pytest
 
+from oddity.cli.exit_codes import IN_USE
 from oddity.cli.stack import DataFolder, FolderLock, Ports, StackInUse, StackSettings, check_ports
+from tests.client.conftest import invoke
 
 
 @pytest.fixture
@@ -57,3 +59,15 @@ def test_the_folder_lock_names_its_holder_until_released(tmp_path):
     second = FolderLock(DataFolder(tmp_path))
     second.acquire()
     second.release()
+
+
+@pytest.mark.slow
+def test_the_demo_on_a_folder_in_use_exits_4_naming_the_holder(tmp_path, cli):
+    held = FolderLock(DataFolder(tmp_path))
+    held.acquire()
+    try:
+        result = invoke(cli, "demo", "--start", "--data-volume", tmp_path)
+    finally:
+        held.release()
+    assert result.exit_code == IN_USE
+    assert f"{tmp_path} is used by another `oddity up` (pid {os.getpid()})" in result.stderr

@@ -45,10 +45,10 @@ from oddity.cli.demo_progress import DemoTimeout, Follower, follow
 from oddity.cli.demo_report import LibraryExample, Outcome
 from oddity.cli.demo_scoring import score_held_out
 from oddity.cli.endpoints import Service
-from oddity.cli.exit_codes import FAILED, INTERRUPTED, OK, UNAVAILABLE, USAGE
+from oddity.cli.exit_codes import FAILED, IN_USE, INTERRUPTED, OK, UNAVAILABLE, USAGE
 from oddity.cli.options import JsonFlag
 from oddity.cli.service_logs import TerminalOutput
-from oddity.cli.stack import DataFolder, EmbedderModel, Ports, StackError, StackSettings, parse_model
+from oddity.cli.stack import DataFolder, EmbedderModel, Ports, StackError, StackInUse, StackSettings, parse_model
 from oddity.cli.supervisor import ServiceFailed, Stack
 from oddity.cli.up import DEFAULT_FOLDER, StopSignals, report_failure, supervise
 from oddity.client import DetectorClient, EmbedderClient, OddityError, TrainerClient, Unavailable
@@ -254,7 +254,8 @@ def demo(
     show the library's similar items, clusters and a tag suggestion.
 
     Exit codes: 0 done; 1 a dataset failed to train or a service failed; 2 usage error; 3 the
-    stack at the given addresses is only partly there; 130 interrupted.
+    stack at the given addresses is only partly there; 4 the folder is used by another
+    oddity up; 130 interrupted.
     """
     clock_start = time.monotonic()
     try:
@@ -327,6 +328,9 @@ def _start_stack(data_volume: Path | None, given_models: tuple[EmbedderModel, ..
     stack = Stack(settings, TerminalOutput(raw=False, quiet=True))
     try:
         stack.start()
+    except StackInUse as exc:
+        output.error(str(exc))
+        return IN_USE
     except StackError as exc:
         output.error(str(exc))
         return USAGE
