@@ -92,6 +92,8 @@ def test_the_layout_names_every_module_of_every_service():
             for folder in subfolders:
                 modules |= {p.name for p in (package / folder).glob("*.py") if p.name != "__init__.py"}
             folders |= subfolders
-        assert listed >= modules | folders, f"{name}: not in the layout of docs/architecture.md: {sorted((modules | folders) - listed)}"
+        assert listed >= modules | folders, (
+            f"{name}: not in the layout of docs/architecture.md: {sorted((modules | folders) - listed)}"
+        )
         stale = listed - modules - folders
         assert not stale, f"{name}: the layout of docs/architecture.md names what is not there: {sorted(stale)}"
