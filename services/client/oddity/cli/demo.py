@@ -14,9 +14,9 @@ the end (`--keep-running`: keeps it until Ctrl-C).
 
 The drawings and the library need an image model that loads offline: the embedder's `vit`
 when its weights are local (or cached), else a small ViT made in `<folder>/demo/small-vit`
-that the stack started here serves as `vit`. A running stack that cannot embed with `vit` (or
-`minilm`) gets the datasets it can serve, and the command to restart it so it can serve the
-others.
+that the stack serves as `vit` (the one started here, or `oddity up`, which makes it the same
+way); the demo says which it uses. A running stack that cannot embed with `vit` (or `minilm`)
+gets the datasets it can serve, and the command to restart it so it can serve the others.
 
 Reason to change: the demo command's options and flow.
 """
@@ -40,7 +40,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from oddity.cli import demo_data, demo_report, output
 from oddity.cli.connection import Connection, connection_options
-from oddity.cli.demo_encoder import MODEL_NAME, EncoderUnavailable, default_image_model_id, loads_offline, small_vit
+from oddity.cli.demo_encoder import (
+    MODEL_NAME,
+    EncoderUnavailable,
+    default_image_model_id,
+    offline_image_model,
+    small_vit,
+)
 from oddity.cli.demo_progress import DemoTimeout, Follower, follow
 from oddity.cli.demo_report import LibraryExample, Outcome
 from oddity.cli.demo_scoring import score_held_out
@@ -111,16 +117,16 @@ def _sigterm_interrupts() -> Iterator[None]:
 def _image_models(folder: Path, given: tuple[EmbedderModel, ...]) -> tuple[tuple[EmbedderModel, ...], str]:
     """The embedder models for a stack the demo starts: `given`, plus a small local ViT as
     `vit` unless vit is given or the embedder's default loads offline."""
-    if any(m.name == MODEL_NAME for m in given):
-        return given, next(m.model_id for m in given if m.name == MODEL_NAME)
+    made = offline_image_model(folder, given)
+    if made is None:
+        given_vit = [m.model_id for m in given if m.name == MODEL_NAME]
+        return given, given_vit[0] if given_vit else str(default_image_model_id())
     default = default_image_model_id()
-    if default is not None and loads_offline(default):
-        return given, default
-    made = small_vit(folder / "demo" / "small-vit")
     output.note(
-        f"{default or 'the default image model'} is not available offline: the drawings use a small ViT ({made})"
+        f"{default or 'the default image model'} is not available offline: the drawings use a small ViT "
+        f"({made.model_id})"
     )
-    return (*given, EmbedderModel(MODEL_NAME, str(made.resolve()), "image")), str(made.resolve())
+    return (*given, made), made.model_id
 
 
 def _wake_embedder(outcome: Outcome, embedder: EmbedderClient) -> bool:
@@ -150,6 +156,9 @@ def _embeddable(outcome: Outcome, embedder: EmbedderClient, started: bool) -> li
             )
         return []
     states = _model_states(embedder, sorted(set(items.values())), EMBEDDER_WAIT_SECONDS)
+    if states[MODEL_NAME] is None and not outcome.image_model:
+        outcome.image_model = embedder.models(MODEL_NAME)[0].model_id
+        output.note(f"the drawings and the library use the stack's {MODEL_NAME} ({outcome.image_model})")
     names = []
     for dataset, model in items.items():
         if states[model] is None:

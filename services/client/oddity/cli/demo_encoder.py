@@ -1,13 +1,15 @@
-"""An image model the demo can always load: when the embedder's image model (a hub id by
-default) is neither a local folder nor in the local Hugging Face cache, a small ViT with
-random weights is made here with transformers and saved with `save_pretrained`; the
-embedder exports and serves it like any checkpoint. Random weights still map unusual
-drawings (noise, solid fills, scribbles) far from ordinary ones; real weights do better.
+"""An image model a stack can always load: when the embedder's image model (a hub id by
+default) is neither a local folder nor in the local Hugging Face cache, and no `--model`
+names `vit`, a small ViT with random weights is made in `<folder>/demo/small-vit` with
+transformers and saved with `save_pretrained`; the embedder exports and serves it as `vit`
+like any checkpoint (`oddity up` and `oddity demo --start` both do so). Random weights still
+map unusual drawings (noise, solid fills, scribbles) far from ordinary ones; real weights
+do better.
 
 This is the client's only torch/transformers code, imported only when that model is made
 (`pip install "oddity-embedder[export]"` brings both).
 
-Reason to change: how the demo finds or makes an image model that loads offline.
+Reason to change: how a stack finds or makes an image model that loads offline.
 """
 
 from __future__ import annotations
@@ -16,9 +18,14 @@ import importlib
 import shutil
 from pathlib import Path
 
+from oddity.cli.stack import EmbedderModel
+
 MODEL_NAME = "vit"  # the embedder model the drawings dataset names
 IMAGE_SIZE = 64  # the drawings' size: no resizing
 SEED = 0
+
+
+SMALL_VIT_FOLDER = Path("demo") / "small-vit"  # in the stack's folder
 
 
 class EncoderUnavailable(Exception):
@@ -48,6 +55,18 @@ def loads_offline(model_id: str) -> bool:
     return isinstance(cached, str) and any(isinstance(w, str) for w in weights)
 
 
+def offline_image_model(root: Path, models: tuple[EmbedderModel, ...]) -> EmbedderModel | None:
+    """The small ViT of the stack's folder `root` as `vit`, when `models` name no vit and the
+    embedder's default does not load offline; else None. EncoderUnavailable when it cannot be made."""
+    if any(m.name == MODEL_NAME for m in models):
+        return None
+    default = default_image_model_id()
+    if default is not None and loads_offline(default):
+        return None
+    made = small_vit(root / SMALL_VIT_FOLDER)
+    return EmbedderModel(MODEL_NAME, str(made.resolve()), "image")
+
+
 def small_vit(folder: Path) -> Path:
     """A ViT (2 layers, 64 wide) for 64x64 images in `folder`, made once and kept: the embedder
     caches its export by the folder's files, so the same files are not exported again."""
@@ -59,7 +78,7 @@ def small_vit(folder: Path) -> Path:
     except ImportError as exc:
         raise EncoderUnavailable(
             f"no image model loads offline and {exc.name} is missing to make a small one: "
-            'pip install "oddity-embedder[export]", or give one: oddity demo --model vit=/path/to/local/dir'
+            'pip install "oddity-embedder[export]", or give one: --model vit=/path/to/local/dir'
         ) from None
     transformers.logging.set_verbosity_error()  # e.g. the note that torchvision is not installed
     transformers.logging.disable_progress_bar()

@@ -6,6 +6,7 @@ each service is started with.
     <folder>/embedder-cache/    the embedder's exported ONNX graphs
     <folder>/logs/<service>.log every service's JSON log lines, appended
     <folder>/.oddity-up.lock    locked while a stack runs on the folder; holds its pid
+    <folder>/stack.json         the embedder models `oddity up` serves there, kept for the next start
 
 Before anything starts, the folder is locked and every port the stack will listen on is
 checked: a folder or port taken (by another `oddity up`, most likely) is one line saying what
@@ -44,6 +45,7 @@ ITEM_KEYS = re.compile(r"(?m)^[\s{,]*[\"']?(images|texts)[\"']?\s*:")
 TEXT_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 IMAGE_FILES = ("preprocessor_config.json",)
 LOCK_FILE = ".oddity-up.lock"
+STACK_FILE = "stack.json"
 
 
 class StackError(Exception):
@@ -77,6 +79,33 @@ class DataFolder:
     @property
     def lock_file(self) -> Path:
         return self.root / LOCK_FILE
+
+    @property
+    def stack_file(self) -> Path:
+        return self.root / STACK_FILE
+
+    def remembered_models(self) -> tuple[EmbedderModel, ...]:
+        """The embedder models the last `oddity up` on this folder served (none before the first)."""
+        try:
+            document = json.loads(self.stack_file.read_text())
+            return tuple(
+                EmbedderModel(str(m["name"]), str(m["model_id"]), m["modality"])
+                for m in document["models"]
+                if m["modality"] in ("image", "text")
+            )
+        except FileNotFoundError:
+            return ()
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise StackError(
+                f"{self.stack_file} cannot be read ({exc!r}): remove it, or give every model with --model"
+            ) from None
+
+    def remember_models(self, models: tuple[EmbedderModel, ...]) -> None:
+        """Keep `models` for the next start (written whole, then renamed: never half a file)."""
+        document = {"models": [{"name": m.name, **m.to_json()} for m in models]}
+        partial = self.stack_file.with_name(STACK_FILE + ".partial")
+        partial.write_text(json.dumps(document, indent=2) + "\n")
+        partial.replace(self.stack_file)
 
     def create(self) -> None:
         for folder in (self.datasets, self.models, self.embedder_cache, self.logs):

@@ -6,6 +6,13 @@ Ctrl-C or SIGTERM.
     oddity up --model vit=/weights/vit-base --model minilm=text:/weights/minilm
     oddity up --prometheus                     # + Debian's prometheus on :9090 scraping the three
 
+The `--model` choices are kept in `<folder>/stack.json` and served again by an `oddity up` on
+that folder without --model (models trained on an encoder keep it); --model replaces them.
+When no model is named `vit` and the embedder's default image model does not load offline
+(a hub id not in the local cache), a small local ViT is made in `<folder>/demo/small-vit` and
+served as `vit` (see demo_encoder), and kept the same way. The panel says which models come
+from where.
+
 It prints where everything is (addresses, metrics URLs, the folder to drop datasets into),
 then the services' log lines made short (`--log-json`: as they are; every line also goes to
 `<folder>/logs/<service>.log`). Ctrl-C or SIGTERM stops the three cleanly and exits 0; a
@@ -33,14 +40,17 @@ from rich.table import Table
 from rich.text import Text
 
 from oddity.cli import output
+from oddity.cli.demo_encoder import EncoderUnavailable, default_image_model_id, offline_image_model
 from oddity.cli.endpoints import ENDPOINTS, METRICS_PORT_BASE, SERVICES, Service
 from oddity.cli.exit_codes import FAILED, IN_USE, INTERRUPTED, OK, USAGE
 from oddity.cli.local_prometheus import DEFAULT_PORT as DEFAULT_PROMETHEUS_PORT
 from oddity.cli.local_prometheus import LocalPrometheus, scrape_config
 from oddity.cli.service_logs import TerminalOutput, human_line
 from oddity.cli.stack import (
+    STACK_FILE,
     DataFolder,
     EmbedderMode,
+    EmbedderModel,
     Ports,
     Security,
     StackError,
@@ -138,7 +148,33 @@ def signals_wait(seconds: float, signals: StopSignals) -> None:
         time.sleep(0.05)
 
 
-def welcome(stack: Stack) -> Panel:
+def choose_models(
+    folder: DataFolder, given: tuple[EmbedderModel, ...], mode: EmbedderMode
+) -> tuple[tuple[EmbedderModel, ...], list[str]]:
+    """The embedder models to serve, and the panel's lines saying where they come from: those
+    given, else those remembered in stack.json; plus the small local ViT as vit when none is
+    named vit and the default image model does not load offline."""
+    models = given or folder.remembered_models()
+    origin = "--model" if given else f"remembered from {STACK_FILE}"
+    lines = [f"embedder models: {', '.join(f'{m.name}={m.model_id}' for m in models)} ({origin})"] if models else []
+    if mode == "off":
+        return models, lines
+    try:
+        made = offline_image_model(folder.root, models)
+    except EncoderUnavailable as exc:
+        output.note(str(exc))
+        return models, lines
+    if made is not None:
+        default = default_image_model_id() or "the default image model"
+        lines.append(
+            f"embedder models: {made.name}={made.model_id} (a small local ViT, random weights: {default} "
+            f"does not load offline; kept in {STACK_FILE})"
+        )
+        models = (*models, made)
+    return models, lines
+
+
+def welcome(stack: Stack, model_lines: list[str]) -> Panel:
     """Where everything is, for the first five minutes."""
     folder = stack.settings.folder.root.resolve()
     grid = Table.grid(padding=(0, 2))
@@ -157,6 +193,7 @@ def welcome(stack: Stack) -> Panel:
     grid.add_row("models", str(folder / "models"), "")
     grid.add_row("logs", f"{folder / 'logs'}/<service>.log", "")
     lines: list[Any] = [grid, Text("")]
+    lines += [Text(line) for line in model_lines]
     exports = [
         f"{ENDPOINTS[e.service].target_env}={e.target}"
         for e in stack.endpoints()
@@ -291,12 +328,18 @@ def up(
     if log_level not in ("debug", "info", "warning", "error"):
         raise typer.BadParameter("debug, info, warning or error", param_hint="--log-level")
     try:
-        models = tuple(parse_model(value) for value in model or ())
+        given = tuple(parse_model(value) for value in model or ())
     except StackError as exc:
         raise typer.BadParameter(str(exc), param_hint="--model") from None
     mode: EmbedderMode = "auto" if embedder is None else ("on" if embedder else "off")
+    folder = DataFolder(data_volume)
+    try:
+        models, model_lines = choose_models(folder, given, mode)
+    except StackError as exc:
+        output.error(str(exc))
+        raise typer.Exit(USAGE) from None
     settings = StackSettings(
-        folder=DataFolder(data_volume),
+        folder=folder,
         host=host,
         metrics_host=metrics_host or host,
         ports=Ports(
@@ -323,11 +366,12 @@ def up(
     )
     stack = Stack(settings, TerminalOutput(raw=log_json))
     watcher = LocalPrometheus(settings.folder.root / "prometheus", settings.folder.logs, prometheus_port)
-    raise typer.Exit(run(stack, watcher if prometheus else None))
+    raise typer.Exit(run(stack, model_lines, watcher if prometheus else None))
 
 
-def run(stack: Stack, prometheus: LocalPrometheus | None = None) -> int:
-    """Start the stack, show where it is, supervise it until stopped. Returns the exit code."""
+def run(stack: Stack, model_lines: list[str], prometheus: LocalPrometheus | None = None) -> int:
+    """Start the stack, keep its models in stack.json (the folder is locked now), show where it
+    is, supervise it until stopped. Returns the exit code."""
     with StopSignals() as signals:
         try:
             stack.start(signals.requested)
@@ -343,7 +387,9 @@ def run(stack: Stack, prometheus: LocalPrometheus | None = None) -> int:
         except ServiceFailed as failure:
             report_failure(failure)
             return FAILED
-        show_panel(welcome(stack))
+        if stack.settings.models:
+            stack.settings.folder.remember_models(stack.settings.models)
+        show_panel(welcome(stack, model_lines))
         if prometheus is None:
             return supervise(stack, signals)
         watch(stack, prometheus)
