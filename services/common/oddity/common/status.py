@@ -7,6 +7,9 @@ Reason to change: the error model.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 import grpc
 
 from oddity.common import errors
@@ -56,7 +59,7 @@ def trailers_for(error: errors.OddityError) -> tuple[tuple[str, str], ...]:
 
 
 def remote_error(
-    code: grpc.StatusCode, message: str, trailers: tuple[tuple[str, str | bytes], ...] | None = ()
+    code: grpc.StatusCode, message: str, trailers: Iterable[tuple[str, Any]] | None = ()
 ) -> errors.OddityError:
     """The domain error for a status a called service answered with (and its trailers)."""
     if code == grpc.StatusCode.UNAVAILABLE and (STATE_KEY, LOADING) in tuple(trailers or ()):
