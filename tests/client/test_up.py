@@ -4,7 +4,8 @@ SIGTERM stops every service and exits 0 with no child left; a service killed wit
 is reported with its last lines, the other is stopped and the exit code is 1; a killed
 `oddity up` leaves no service behind; TLS and token options reach every service, which call
 each other with them; a second `oddity up` on the folder of a running one, or on a port in
-use, says so in one line and starts nothing; `--prometheus` runs a Prometheus on the stack."""
+use, says so in one line and starts nothing; `--prometheus` runs a Prometheus on the stack;
+`--model` is kept in the folder's stack.json and served again by an `oddity up` without it."""
 
 from __future__ import annotations
 
@@ -22,9 +23,10 @@ import psutil
 import pytest
 import trustme
 
+from oddity.cli.demo_encoder import small_vit
 from oddity.cli.exit_codes import IN_USE
 from oddity.cli.local_prometheus import LocalPrometheus
-from oddity.client import DetectorClient, TrainerClient
+from oddity.client import DetectorClient, EmbedderClient, TrainerClient, Unavailable
 from tests.client.conftest import UpProcess, invoke, start_up
 from tests.support import datasets
 from tests.support.certificates import identity
@@ -265,3 +267,38 @@ def test_prometheus_scrapes_the_stack_and_stops_with_it(tmp_path):
         assert not prometheus.is_running()
     finally:
         up.kill()
+
+
+def served_image_model(up: UpProcess) -> str:
+    """The model id the stack's embedder serves as vit, once loaded (a first export takes a while)."""
+    wait_for(lambda: up.serving("embedder"), timeout=120, what="the embedder serving")
+
+    def loaded() -> str | None:
+        try:
+            with EmbedderClient(up.target("embedder")) as client:
+                return client.models("vit")[0].model_id
+        except Unavailable:  # still loading
+            return None
+
+    return wait_for(loaded, timeout=180, what="vit loaded")
+
+
+def test_model_choices_are_kept_in_stack_json_and_served_again_without_model(tmp_path):
+    weights = small_vit(tmp_path / "weights" / "vit").resolve()
+    folder = tmp_path / "stack"
+    for args in (("--model", f"vit={weights}"), ()):  # the second start: no --model
+        up = start_up(folder, "--embedder", *args)
+        try:
+            wait_for(lambda up=up: "Oddity is up" in up.stderr_text(), timeout=120, what="the welcome panel")
+            assert served_image_model(up) == str(weights)
+            origin = "--model" if args else "remembered from stack.json"
+            panel = " ".join(up.stderr_text().replace("│", " ").split())
+            assert f"embedder models: vit={weights} ({origin})" in panel
+            assert json.loads((folder / "stack.json").read_text()) == {
+                "models": [{"name": "vit", "model_id": str(weights), "modality": "image"}]
+            }
+            assert not (folder / "demo" / "small-vit").exists()  # vit is given: no small ViT made
+            up.proc.send_signal(signal.SIGTERM)
+            assert up.proc.wait(timeout=60) == 0
+        finally:
+            up.kill()
