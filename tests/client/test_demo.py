@@ -5,8 +5,9 @@ every figure of its table (`--json`) is computed again from the files it wrote: 
 files re-scored with the SDK against the stack it left running (`--keep-running`), ROC-AUC
 with scikit-learn; the library's example (the nearest items to its first item, the clusters,
 the tags suggested for a new image) is asked again through the SDK. Against a running
-`oddity up` (embedder started on demand, its default image model not loadable offline) it
-trains what that stack can serve and says how to restart it for the drawings and the library."""
+`oddity up` with no --model (embedder started on demand, its default image model not
+loadable offline) every dataset trains on the small ViT that stack serves as vit, and a plain
+restart of the stack serves the same vit, so the drawings' model still detects images."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import psutil
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from oddity.client import DetectorClient, DetectResult
+from oddity.client import DetectorClient, DetectResult, Unavailable
 from tests.client.conftest import start_up
 from tests.support.waiting import wait_for
 
@@ -211,10 +212,16 @@ def test_demo_with_its_own_stack_reports_figures_that_the_written_files_reproduc
             proc.wait(timeout=30)
 
 
-def test_demo_against_a_running_stack_trains_what_it_can_serve_and_says_how_to_serve_the_rest(tmp_path):
-    up = start_up(tmp_path / "stack")  # embedder: started once a dataset needs it; its vit is a hub id
+def test_demo_on_the_readme_stack_offline_trains_every_dataset_and_a_restart_keeps_serving_images(tmp_path):
+    """`oddity up` with no --model (its default vit a hub id not loadable here), then `oddity demo`:
+    the stack serves the small local ViT as vit, so every dataset trains and scores; a plain
+    restart serves the same vit (stack.json), so the drawings' model still detects images."""
+    up = start_up(tmp_path / "stack")  # embedder: started once a dataset needs it
+    small_vit = up.folder.resolve() / "demo" / "small-vit"
     try:
         wait_for(lambda: "Oddity is up" in up.stderr_text(), timeout=120, what="the welcome panel")
+        panel = " ".join(up.stderr_text().replace("│", " ").split())
+        assert f"embedder models: vit={small_vit} (a small local ViT, random weights: " in panel
         embedder = re.search(r"embedder\s+(127\.0\.0\.1:\d+)\s+starts when", up.stderr_text()).group(1)
         detector, trainer = up.target("detector"), up.target("trainer")
         run = subprocess.run(
@@ -229,21 +236,58 @@ def test_demo_against_a_running_stack_trains_what_it_can_serve_and_says_how_to_s
         document = json.loads(run.stdout)
         assert document["started_stack"] is False
         assert document["failed"] == {}
-        assert sorted(document["skipped"]) == ["demo-drawings", "demo-library"]
-        small_vit = up.folder.resolve() / "demo" / "small-vit"
-        for skipped in ("demo-drawings", "demo-library"):  # both need vit
-            assert document["skipped"][skipped].endswith(
-                f"restart the stack with oddity up --model vit={small_vit} to serve one"
-            )
-        assert document["library"] is None
-        assert (small_vit / "config.json").is_file()
-        assert_figures_match(document, rescore(up.folder, detector, set()))
+        assert document["skipped"] == {}
+        assert document["image_model"] == str(small_vit)
+        assert f"the drawings and the library use the stack's vit ({small_vit})" in run.stderr
+        expected = rescore(up.folder, detector, {"demo-drawings"})
+        assert sorted({dataset for dataset, _ in expected}) == [
+            "demo-decisions",
+            "demo-drawings",
+            "demo-sensors",
+            "demo-texts",
+        ]
+        assert_figures_match(document, expected)
+        assert_library_example_matches(up.folder, detector, document["library"])
         stack_output = up.stderr_text()
         assert "starting the embedder: dataset 'demo-texts' has images or texts" in stack_output
-        assert "the embedder cannot load model 'vit' (google/vit-base-patch16-224)" in stack_output
-        assert sorted(up.children()) == ["oddity.detector.main", "oddity.embedder.main", "oddity.trainer.main"]
-
+        assert "cannot load model 'vit'" not in stack_output
+        assert json.loads((up.folder / "stack.json").read_text()) == {
+            "models": [{"name": "vit", "model_id": str(small_vit), "modality": "image"}]
+        }
         up.proc.send_signal(signal.SIGTERM)
         assert up.proc.wait(timeout=60) == 0
     finally:
         up.kill()
+
+    again = start_up(tmp_path / "stack")  # no --model: vit is the remembered small ViT
+    try:
+        wait_for(lambda: "Oddity is up" in again.stderr_text(), timeout=120, what="the welcome panel")
+        assert f"embedder models: vit={small_vit} (remembered from stack.json)" in " ".join(
+            again.stderr_text().replace("│", " ").split()
+        )
+        held_out = again.folder / "demo"
+        frame = pd.read_csv(held_out / "demo-drawings-held-out.csv")
+        images = [(held_out / name).read_bytes() for name in frame["file"]]
+        with DetectorClient(again.target("detector")) as client:
+            wait_for(
+                lambda: any(m.name == "demo-drawings" and m.serving_version for m in client.models()),
+                timeout=120,
+                what="demo-drawings serving",
+            )
+            result = wait_for(  # once the embedder has loaded vit again
+                lambda: _detect_images_when_loaded(client, images, frame["age"].tolist()),
+                timeout=180,
+                what="demo-drawings detecting images",
+            )
+        assert len(result.scores) == len(frame)
+        again.proc.send_signal(signal.SIGTERM)
+        assert again.proc.wait(timeout=60) == 0
+    finally:
+        again.kill()
+
+
+def _detect_images_when_loaded(client: DetectorClient, images: list[bytes], ages: list) -> DetectResult | None:
+    try:
+        return client.detect_images("demo-drawings", images, routing_values=ages)
+    except Unavailable:  # the embedder is still starting or loading vit
+        return None
