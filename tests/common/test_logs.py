@@ -52,6 +52,8 @@ def test_every_line_is_json_and_request_ids_cross_services(tmp_path, repository)
         for process in (embedder, detector):
             not_json = [line for line in process.lines if not _is_json_object(line)]
             assert not_json == [], f"{process.module} wrote lines that are not JSON objects"
+        # The transformer optimizer's line per fusion is kept at debug: none at info.
+        assert embedder.events("Sort graphs in topological order") == []
         embedded = [e for e in embedder.events("request") if e.get("rpc") == "Embed"]
         assert [e["request_id"] for e in embedded][:1] == ["trace-7f3a"]
     finally:

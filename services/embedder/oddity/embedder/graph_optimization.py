@@ -17,7 +17,9 @@ Reason to change: how exported graphs are fused for ONNX Runtime.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,26 +78,26 @@ def optimize(
 
     model = onnx.load(str(source))
     _match_transformers_5_attention(model)
-    logging.getLogger("onnxruntime.transformers").setLevel(logging.WARNING)  # one line per fusion otherwise
     options = FusionOptions(model_type)
     options.enable_attention = attention
-    try:
-        # opt_level 0: the optimizer's own fusions only; ONNX Runtime's graph optimizations run
-        # when a session loads the graph, for the provider it runs on.
-        optimized = optimizer.optimize_model(
-            model,
-            model_type=model_type,
-            num_heads=num_heads,
-            hidden_size=hidden_size,
-            optimization_options=options,
-            opt_level=0,
-        )
-    except Exception as exc:  # the optimizer raises on patterns it half-matches
-        return Optimization(False, reason=f"optimizer failed: {type(exc).__name__}: {exc}")
-    fused = {name: int(count) for name, count in optimized.get_fused_operator_statistics().items() if count}
-    if not fused:
-        return Optimization(False, reason="the optimizer found nothing to fuse")
-    optimized.save_model_to_file(str(target))
+    with _optimizer_lines_at_debug():
+        try:
+            # opt_level 0: the optimizer's own fusions only; ONNX Runtime's graph optimizations
+            # run when a session loads the graph, for the provider it runs on.
+            optimized = optimizer.optimize_model(
+                model,
+                model_type=model_type,
+                num_heads=num_heads,
+                hidden_size=hidden_size,
+                optimization_options=options,
+                opt_level=0,
+            )
+        except Exception as exc:  # the optimizer raises on patterns it half-matches
+            return Optimization(False, reason=f"optimizer failed: {type(exc).__name__}: {exc}")
+        fused = {name: int(count) for name, count in optimized.get_fused_operator_statistics().items() if count}
+        if not fused:
+            return Optimization(False, reason="the optimizer found nothing to fuse")
+        optimized.save_model_to_file(str(target))
     expected, got = outputs_of(source), outputs_of(target)
     cosine = float(_cosine(expected, got).min())
     close = np.allclose(got, expected, rtol=PARITY_RTOL, atol=PARITY_RTOL * float(np.abs(expected).max()))
@@ -108,6 +110,34 @@ def optimize(
             f"max abs difference {float(np.abs(got - expected).max()):.2e})",
         )
     return Optimization(True, fused)
+
+
+class _DebugLevel(logging.Filter):
+    """The transformer optimizer logs a line per fusion at info, from loggers named after its
+    modules (fusion_base, onnx_model, ...): those lines go to debug, so a console at info stays
+    quiet and the JSON logs keep them at debug level."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO and _OPTIMIZER_PATH in record.pathname:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return True
+
+
+_OPTIMIZER_PATH = f"{os.sep}onnxruntime{os.sep}transformers{os.sep}"
+
+
+@contextmanager
+def _optimizer_lines_at_debug() -> Iterator[None]:
+    handlers = list(logging.getLogger().handlers)
+    demote = _DebugLevel()
+    for handler in handlers:
+        handler.addFilter(demote)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(demote)
 
 
 def _match_transformers_5_attention(model) -> None:
