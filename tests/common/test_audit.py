@@ -10,6 +10,7 @@ import pytest
 
 from oddity.common.errors import shown
 from oddity.v1 import detector_pb2, detector_pb2_grpc, trainer_pb2, trainer_pb2_grpc
+from tests.common.test_auth import bearer
 from tests.conftest import start_detector
 from tests.support import datasets, models
 from tests.support.servers import ServiceProcess, channel
@@ -27,10 +28,6 @@ def token_files(tmp_path):
     read.write_text("dashboard:r3ad-token\n")
     admin.write_text("ops:adm1n-token\n")
     return read, admin
-
-
-def bearer(token: str) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {token}"),)
 
 
 ADMIN, READ = bearer("adm1n-token"), bearer("r3ad-token")

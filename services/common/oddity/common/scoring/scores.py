@@ -235,8 +235,9 @@ class ModelScorer:
 
     def _run(self, group: GroupScorer, outputs: Sequence[str], rows: np.ndarray, threads: int) -> list[np.ndarray]:
         """The group's outputs for rows, in runs that keep the call within the memory budget."""
-        what = f"model {self.model!r} (group {group.name!r})"
-        rows_per_run = self.config.rows_per_run(group.scratch_bytes_per_row, rows.shape[0], threads, what)
+        rows_per_run = self.config.rows_per_run(
+            group.scratch_bytes_per_row, rows.shape[0], threads, self.model, group.name
+        )
         return run_rows(group.session, outputs, rows, threads, rows_per_run)
 
     def score(

@@ -76,17 +76,16 @@ class SessionConfig:
     def threads(self, bulk: bool) -> int:
         return self.bulk_intra_op_threads if bulk else self.intra_op_threads
 
-    def rows_per_run(self, scratch_bytes_per_row: int, rows: int, threads: int, what: str) -> int:
+    def rows_per_run(self, scratch_bytes_per_row: int, rows: int, threads: int, model: str, group: str) -> int:
         """Rows one run of a call with `rows` rows on `threads` threads may take, so that the runs
-        side by side stay within the budget; raises ResourceExhausted naming `what` (the model
-        and group) when even the smallest run (ROW_ALIGNMENT rows, or the whole call if fewer)
-        would not."""
+        side by side stay within the budget; raises ResourceExhausted naming the model and group
+        when even the smallest run (ROW_ALIGNMENT rows, or the whole call if fewer) would not."""
         if scratch_bytes_per_row <= 0:
             return UNDECLARED_RUN_ROWS
         smallest = min(rows, ROW_ALIGNMENT)
         if smallest * scratch_bytes_per_row > self.run_memory_budget_bytes:
             raise ResourceExhausted(
-                f"scoring {smallest} rows at once with {what} takes "
+                f"scoring {smallest} rows at once with model {model!r} (group {group!r}) takes "
                 f"{_megabytes(smallest * scratch_bytes_per_row)} of scratch memory, above the run "
                 f"memory budget of {_megabytes(self.run_memory_budget_bytes)} (run_memory_budget_mb)"
             )
