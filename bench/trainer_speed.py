@@ -1,6 +1,7 @@
 """Trainer speed, with baselines in the same run.
 
     python -m bench.trainer_speed [--rows 50000] [--features 20] [--trees 100] [--skip-serving]
+                                  [--landing-only] [--landings 3] [--debounce 0.5]
 
 1. Train + publish an autoencoder on rows x features with the trainer's defaults (what a
    dataset.yaml with `model: {kind: autoencoder}` gets), split by phase: load, train (the
@@ -13,8 +14,12 @@
    with one seed each, the seed alone moves either model between ~0.82 and ~0.86 on these
    rows. The measure is `python -m bench.quality --kind autoencoder` (and without --kind, the
    default `auto`) before and after a change: mean ROC-AUC per group on real sets.
-2. A data file landing -> the new version serving in the detector, excluding training time;
-   baseline: the dataset's own debounce (the wait the user asked for).
+2. A data file landing -> the new version serving in the detector, excluding training time,
+   medians over --landings landings, each on a trainer started afresh and left to finish its
+   start-up imports; split: the file detected -> the job started -> the job without its
+   training -> training -> the detector serving (from the trainer's and detector's JSON logs
+   and the history). Baseline: the dataset's own debounce (the wait the user asked for);
+   target: <= 2 s beyond it.
 3. Scoring all rows through the detector in one Detect call; baseline: in-process ONNX
    Runtime on the same rows and graph.
 4. An isolation forest (--trees) on the same rows: its ONNX graph built, loaded into an ONNX
@@ -30,6 +35,7 @@ import argparse
 import json
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -161,13 +167,28 @@ def bench_training(root: Path, rows: int, features: int) -> None:
     )
 
 
-def bench_landing(root: Path, debounce: float) -> None:
-    data_volume, repository = root / "landing" / "data", root / "landing" / "models"
-    repository.mkdir(parents=True)
+LANDING_TARGET_SECONDS = 2.0  # landing -> serving, training excluded, beyond the debounce
+
+
+def _log_time(process: ServiceProcess, event: str, timeout: float = 120.0, **fields: object) -> float:
+    """time.time() of the first JSON log line `event` (with `fields`) the process writes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for line in process.events(event):
+            if all(line.get(k) == v for k, v in fields.items()):
+                return datetime.fromisoformat(line["timestamp"].replace("Z", "+00:00")).timestamp()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{process.module} logged no {event!r} {fields or ''}")
+        time.sleep(0.01)
+
+
+def _land_once(root: Path, repository: Path, detector: ServiceProcess, debounce: float) -> dict[str, float]:
+    """One trainer started afresh (its first job is the one that used to pay the lazy imports),
+    left to finish its start-up prewarm, then a dataset folder renamed into its data volume
+    (written, then renamed, as datasets land); the times of each step of the way, in seconds."""
+    data_volume = root / "data"
     (data_volume / "datasets").mkdir(parents=True)
-    detector = ServiceProcess(
-        "oddity.detector.main", ["--model-repository", str(repository), "--poll-interval-seconds", "30"]
-    ).start()
+    name = root.name
     trainer = ServiceProcess(
         "oddity.trainer.main",
         [
@@ -177,38 +198,76 @@ def bench_landing(root: Path, debounce: float) -> None:
             str(repository),
             "--detectors",
             json.dumps([detector.target]),
+            "--log-level",
+            "debug",
         ],
     ).start()
-    trainer.wait_ready("oddity.v1.Trainer")
     try:
-        landed = time.perf_counter()
-        write_dataset(
-            data_volume / "datasets" / "landing",
-            table(5000, 20),
-            {"kind": "autoencoder", "params": {"epochs": 3}},
-            debounce,
-        )
+        trainer.wait_ready("oddity.v1.Trainer")
+        _log_time(trainer, "imports prewarmed")
+        staged = root / "staging" / name
+        write_dataset(staged, table(5000, 20), {"kind": "autoencoder", "params": {"epochs": 3}}, debounce)
+        landed = time.time()
+        staged.rename(data_volume / "datasets" / name)
         with channel(detector.target) as ch:
             stub = detector_pb2_grpc.DetectorStub(ch)
-            while True:
-                models = stub.ListModels(detector_pb2.ListModelsRequest()).models
-                if any(m.name == "landing" and m.serving_version for m in models):
-                    break
+            while not any(
+                m.name == name and m.serving_version for m in stub.ListModels(detector_pb2.ListModelsRequest()).models
+            ):
                 time.sleep(0.005)
-        serving = time.perf_counter()
+        serving = time.time()
         history = [json.loads(line) for line in (data_volume / ".oddity" / "history.jsonl").read_text().splitlines()]
+        started = next(e for e in history if e["event_type"] == "TRAINING_STARTED")
         done = next(e for e in history if e["event_type"] == "TRAINING_COMPLETED")
-        train_seconds = done["details"]["phase_seconds"]["train"]
-        total = serving - landed
-        rest = total - train_seconds
-        print("2. data file landing -> version serving in the detector")
-        print(
-            f"   total {total:.2f}s, of which training {train_seconds:.2f}s; without training {rest:.2f}s "
-            f"(target < 2 s), of which the debounce {debounce:.2f}s; without it {rest - debounce:.2f}s"
-        )
+        detected = _log_time(trainer, "dataset files changed", datasets=[name])
+        job_start = datetime.fromisoformat(started["timestamp"]).timestamp()
+        published = _log_time(trainer, "version published", model=name)
+        loaded = _log_time(detector, "version loaded", model=name)
+        prewarmed = trainer.events("imports prewarmed")[0]
     finally:
         trainer.terminate()
+    training = done["details"]["phase_seconds"]["train"]
+    return {
+        "detect": detected - landed,
+        "job start": job_start - detected,
+        "training": training,
+        "publish": published - job_start - training,  # the job's other stages, to the version written
+        "serving": loaded - published,
+        "total": serving - landed,
+        "prewarm": prewarmed["seconds"],
+    }
+
+
+def bench_landing(root: Path, debounce: float, landings: int) -> None:
+    repository = root / "landing" / "models"
+    repository.mkdir(parents=True)
+    # The detector polls the repository only every 30 s: a version serving sooner was sent by LoadModel.
+    detector = ServiceProcess(
+        "oddity.detector.main", ["--model-repository", str(repository), "--poll-interval-seconds", "30"]
+    ).start()
+    try:
+        rounds = [
+            _land_once(root / "landing" / f"landing-{i}", repository, detector, debounce) for i in range(landings)
+        ]
+    finally:
         detector.terminate()
+    median = {step: float(np.median([r[step] for r in rounds])) for step in rounds[0]}
+    beyond = median["total"] - median["training"] - debounce
+    verdict = "met" if beyond <= LANDING_TARGET_SECONDS else "NOT met"
+    steps = ("detect", "job start", "training", "publish", "serving")
+    print(f"2. data file landing -> version serving in the detector, medians of {landings} landings")
+    print(
+        "   split: the file detected, the job started (the debounce and the look at the files), its "
+        "training, its other stages to the version written, the detector serving it"
+    )
+    for label, figures in [("median", median), *((f"landing {i + 1}", r) for i, r in enumerate(rounds))]:
+        split = " -> ".join(f"{step} {figures[step]:.2f}s" for step in steps)
+        print(f"   {label}: {split}; total {figures['total']:.2f}s (ListModels)")
+    print(
+        f"   without training {median['total'] - median['training']:.2f}s; baseline: the debounce {debounce:.2f}s; "
+        f"beyond it {beyond:.2f}s (target <= {LANDING_TARGET_SECONDS:g} s): {verdict}"
+    )
+    print(f"   paid at trainer start instead, in the background before data lands: imports {median['prewarm']:.2f}s")
 
 
 def bench_scoring(root: Path, rows: int, features: int) -> None:
@@ -318,14 +377,19 @@ def main() -> None:
     parser.add_argument("--features", type=int, default=20)
     parser.add_argument("--trees", type=int, default=100, help="isolation forest trees (skl2onnx's time grows faster)")
     parser.add_argument("--debounce", type=float, default=0.5)
+    parser.add_argument("--landings", type=int, default=3, help="landings measured (a fresh trainer each)")
     parser.add_argument("--skip-serving", action="store_true", help="run 1 and 4 only (no services started)")
+    parser.add_argument("--landing-only", action="store_true", help="run 2 only")
     args = parser.parse_args()
     print(describe(), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
+        if args.landing_only:
+            bench_landing(root, args.debounce, args.landings)
+            return
         bench_training(root, args.rows, args.features)
         if not args.skip_serving:
-            bench_landing(root, args.debounce)
+            bench_landing(root, args.debounce, args.landings)
             bench_scoring(root, args.rows, args.features)
         bench_isolation_forest(args.rows, args.features, args.trees)
 

@@ -3,7 +3,9 @@
 - `on_change` datasets train when their data differs from the live version's (by content
   fingerprint): after file events, at start-up and on every periodic scan (the fallback for
   missed events) — but only once their files have settled: quiet for `debounce_seconds`
-  (the same rule for events, scans and new folders) and unchanged between two looks, and,
+  (the same rule for events, scans and new folders) and unchanged between two looks (after
+  a file event the first look is taken as the quiet time starts, so the look that ends it
+  settles the files at once; a scan looks again `CONFIRM_SECONDS` later), and,
   with `retrain.ready_marker`, handed off by a `_READY` file newer than the data. Files named
   as in progress (dotfiles, `*.tmp`, `*.partial`, ...) are never read: write, then rename.
 - `interval` datasets train every `interval_hours` (a run on unchanged data is skipped by the
@@ -40,7 +42,7 @@ from oddity.trainer.decisions import DecisionBook
 from oddity.trainer.job_records import LastRun
 from oddity.trainer.jobs import Job, JobRequest
 from oddity.trainer.runner import JobRunner
-from oddity.trainer.spec import DEFAULT_DEBOUNCE_SECONDS
+from oddity.trainer.spec import DEFAULT_DEBOUNCE_SECONDS, DatasetSpec
 
 log = get_logger("oddity.trainer.auto_training")
 
@@ -91,7 +93,9 @@ class AutoTrainer:
 
     def files_changed(self, datasets: Iterable[str]) -> None:
         """File events in these dataset folders: evaluate each once it has been quiet."""
-        for name in datasets:
+        names = sorted(datasets)
+        log.debug("dataset files changed", datasets=names)
+        for name in names:
             previous = self._quiet.pop(name, None)
             if previous is not None:
                 previous.cancel()
@@ -109,9 +113,21 @@ class AutoTrainer:
         entry = self.datasets.find(name)
         # A folder no scan has read yet (a new dataset) waits for its own spec's debounce too.
         spec = entry.spec if entry is not None else await asyncio.to_thread(self.datasets.read_spec, name)
-        await asyncio.sleep(spec.retrain.debounce_seconds if spec is not None else DEFAULT_DEBOUNCE_SECONDS)
+        loop = asyncio.get_running_loop()
+        quiet_until = loop.time() + (spec.retrain.debounce_seconds if spec is not None else DEFAULT_DEBOUNCE_SECONDS)
+        if spec is not None:
+            await self._first_look(name, spec)
+        await asyncio.sleep(quiet_until - loop.time())
         self._quiet.pop(name, None)
         await self._evaluate_one("file_change", name)
+
+    async def _first_look(self, name: str, spec: DatasetSpec) -> None:
+        """The files as the quiet time starts: the look after the debounce compares with this
+        one, so files that did not move settle then, with no second look `CONFIRM_SECONDS` later."""
+        try:
+            self._looks[name] = await asyncio.to_thread(file_states, self.datasets.root / name, spec)
+        except OSError:
+            self._looks.pop(name, None)  # the look after the debounce starts afresh
 
     async def _evaluate_one(self, trigger: str, name: str) -> None:
         """A delayed look at one dataset: a failure is logged, never raised into a timer task."""

@@ -34,18 +34,15 @@ class LoopBridge:
         if self._stopping.is_set():
             raise Stopped()
 
-    def call(self, coro: Coroutine[Any, Any, T], *, interruptible: bool = True) -> T:
-        """Run `coro` on the loop and return its result; called from a worker thread.
-
-        Interruptible calls are cancelled when the trainer stops (Stopped); the others
-        (telling detectors about a version already published) run to their own deadline."""
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` on the loop and return its result; called from a worker thread. The call
+        is cancelled when the trainer stops (Stopped)."""
         with self._lock:
-            if interruptible and self._stopping.is_set():
+            if self._stopping.is_set():
                 coro.close()
                 raise Stopped()
             future = asyncio.run_coroutine_threadsafe(coro, self._loop)
-            if interruptible:
-                self._pending.add(future)
+            self._pending.add(future)
         try:
             return future.result()
         except concurrent.futures.CancelledError:
@@ -53,6 +50,12 @@ class LoopBridge:
         finally:
             with self._lock:
                 self._pending.discard(future)
+
+    def begin(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Start `coro` on the loop and return at once (its `result()` waits). Not cancelled when
+        the trainer stops: it runs to its own deadline (telling detectors about a version
+        already published)."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
     def sleep(self, seconds: float) -> None:
         """Wait in a worker thread; Stopped as soon as the trainer stops."""

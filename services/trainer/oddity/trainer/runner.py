@@ -23,7 +23,7 @@ from oddity.common import bundle
 from oddity.common.clients import EmbedderClient
 from oddity.common.errors import OddityError
 from oddity.common.logging import get_logger
-from oddity.trainer import job_control, job_stages, pipeline
+from oddity.trainer import job_control, job_stages, pipeline, runtime
 from oddity.trainer.announcer import Announcer
 from oddity.trainer.checkpoints import CheckpointStore
 from oddity.trainer.data import DataError, FileDigests
@@ -186,6 +186,7 @@ class JobRunner:
     def _execute(self, job_id: str, request: JobRequest) -> None:
         """Worker thread: one job through its stages, within its limits; whatever happens is recorded."""
         limits = JobLimits(self.env.bridge.check)
+        runtime.wait_prewarmed()
         with job_control.running(limits):
             self._run_stages(job_id, request, limits)
 
@@ -260,7 +261,8 @@ class JobRunner:
 
     def _publish(self, job: RunningJob, planned: Plan, baseline: Baseline, loaded: Loaded, built: Built) -> None:
         """Stage 4: unless a rollback came while the job trained, write the version and tell
-        the detectors; from then on the job succeeds, even if the trainer is stopping."""
+        the detectors at once (the history and tracking are written while they load it); from
+        then on the job succeeds, even if the trainer is stopping."""
         request, record, spec = job.request, job.record, planned.spec
         job.limits.check()  # the last moment a stop (Ctrl-C, SIGTERM) ends the job unpublished
         job.progress("publishing", {"group": ""})
@@ -269,6 +271,7 @@ class JobRunner:
         holds = pin.restored_from if pin is not None else None
         skip_unless_go(facts(request, planned, baseline, rows=rows, rollback_holds=holds))
         version = job_stages.publish(self.env.publisher, built, spec.keep_versions)
+        announced = self.env.bridge.begin(self.env.announcer.notify(spec.name, request_id=record.job_id))
         record.details.update(job_stages.completed_details(built, record.started))
         self.records.completed(record, f"trained {planned.kind} on {rows} rows")
         if pin is not None:  # a new version replaces the rolled-back one
@@ -277,7 +280,7 @@ class JobRunner:
         built.trained.manifest.version = version
         record.tracker.set_tags({"oddity.version": str(version)})
         self.env.metrics.live(request.dataset, built.trained.manifest)
-        self.env.bridge.call(self.env.announcer.notify(spec.name, request_id=record.job_id), interruptible=False)
+        announced.result()  # the job ends once every detector has answered, as before
         unchanged = facts(request, planned, baseline).unchanged_since
         again = f" (data and spec unchanged since version {unchanged})" if unchanged else ""
         self.records.succeeded(record, f"published version {version}{again}", version, built.trained.metrics)
