@@ -96,7 +96,7 @@ def serving(seconds: float) -> None:
         x = vectors(reference, rng, d) if metric == "cosine" else table(reference, rng, d)
         learner = make_anomaly_learner("knn", {"metric": metric, "max_reference": reference}).fit(x)
         graph = learner.to_onnx()
-        product = ranking_product(ranking_matrix(learner._graph_reference(), learner.candidates_)[0])
+        product = ranking_product(ranking_matrix(learner._graph_reference(), learner.k_)[0])
         queries = np.vstack([x] * (-(-max(SERVED_BATCHES) // len(x))))[: max(SERVED_BATCHES)].astype(np.float32)
         cells = []
         for batch in SERVED_BATCHES:

@@ -151,8 +151,8 @@ def test_auto_records_what_its_members_cost_to_serve_and_ties_go_to_the_cheaper(
     from oddity.trainer.learners.selection import CHOICES, QUALITY_TIE, best_choice, serving_cost
 
     learner = make_learner("auto", {"trim": 0.0}).fit(ROWS)  # a table: kNN against every row
-    assert learner.training_figures() == {"serving_multiply_adds_per_row": 800 * 7 + 13 * 6}
-    assert serving_cost(CHOICES["mahalanobis+cosine"], 769, 3000) == 769 * 769 + 975 * 770 + 13 * 769
+    assert learner.training_figures() == {"serving_multiply_adds_per_row": 800 * 7 + 5 * 6}
+    assert serving_cost(CHOICES["mahalanobis+cosine"], 769, 3000) == 769 * 769 + 975 * 770 + 5 * 769
     mean_auc = {"knn": 0.80, "knn+cosine": 0.80 + QUALITY_TIE / 2, "knn+mahalanobis": 0.79}
     assert best_choice(mean_auc, 20, 50_000) == "knn"  # tied with knn+cosine, and cheaper
     assert best_choice({**mean_auc, "knn+cosine": 0.81}, 20, 50_000) == "knn+cosine"

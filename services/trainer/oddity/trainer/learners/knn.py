@@ -6,14 +6,17 @@ standardized; or L2-normalized for `metric: cosine`, which suits embeddings; or 
 shrinkage covariance for `metric: whitened` (gaussian.whitening: distances that discount
 correlated features, a local Mahalanobis distance). The ONNX
 graph is brute force over the reference matrix: standardization, one matrix product to find
-the k + 8 nearest candidates ([z, 1] @ [-2 r; |r|^2], the reference stored pre-transposed with
-|r|^2 as one more row, so nothing but the product touches the rows x reference matrix; on
-references of 4,096 rows or more, the candidates are found group by group), their distances
-computed exactly from the differences, and the k nearest of those (the product's float32
-cancellation blurs near-duplicates: it can rank them, not measure them), mean. Per-feature
+the k nearest ([z, 1] @ [-2 r; |r|^2], the reference stored pre-transposed with |r|^2 as one
+more row, so nothing but the product touches the rows x reference matrix; on references of
+4,096 rows or more, they are found group by group), then their distances computed exactly
+from the differences (the product's float32 cancellation blurs near-duplicates: it can rank
+them, not measure them), mean. Spare candidates beyond k bought nothing: the product misranks
+only rows whose distances differ by less than its rounding, and their exact distances differ
+as little; without them the exact pass costs k / (k + 8) of what it did. Per-feature
 errors for explanations are the squared differences to the nearest reference row. Measured
 in-process on one thread, the product, then the TopK over every column, made the cost on
-tables; on embeddings the exact pass over the candidates' differences is about half of it.
+tables; on embeddings the two products (with the Mahalanobis member's) are half of it and the
+exact pass over the k nearest's differences a fifth.
 
 Serving cost grows with reference rows x dimensions, so the reference is capped: at most
 `max_reference` rows (default: about 750,000 values, e.g. 975 rows of a 769-d embedding,
@@ -48,7 +51,6 @@ MIN_REFERENCE_ROWS = 500
 BLOCK_ROWS = 256
 METRICS = ("euclidean", "cosine", "whitened")
 AGGREGATES = ("mean", "kth")
-SPARE_CANDIDATES = 8  # candidates beyond k whose exact distances are computed
 # References of at least this many rows find their candidates group by group (_grouped_candidates).
 GROUPED_MIN_REFERENCE = 4096
 GROUP_ROWS = 32
@@ -117,7 +119,6 @@ class KnnLearner(AnomalyLearner):
         self.reference_source_ = np.asarray(x[rows], dtype=np.float32)  # as served: float32
         self.reference_ = self._transform(x[rows])
         self.k_ = min(self.k, len(rows) - 1)
-        self.candidates_ = min(self.k_ + SPARE_CANDIDATES, len(rows) - 1)
         if progress is not None:
             progress(1, 1, 0.0)
         return self
@@ -128,7 +129,7 @@ class KnnLearner(AnomalyLearner):
         reference index row i may not use (itself), or -1."""
         reference = self.reference_
         reference_sq = np.einsum("ij,ij->i", reference, reference)
-        k, c = self.k_, self.candidates_
+        k = self.k_
         distances = np.empty((len(z), k))
         errors = np.empty(z.shape)
         for start in range(0, len(z), BLOCK_ROWS):
@@ -139,8 +140,8 @@ class KnnLearner(AnomalyLearner):
                 own = exclude[start : start + BLOCK_ROWS]
                 mine = own >= 0
                 d2[np.flatnonzero(mine), own[mine]] = np.inf
-            candidates = np.argpartition(d2, c - 1, axis=1)[:, :c]
-            squares = (block[:, None, :] - reference[candidates]) ** 2  # [rows, c, D]
+            candidates = np.argpartition(d2, k - 1, axis=1)[:, :k]
+            squares = (block[:, None, :] - reference[candidates]) ** 2  # [rows, k, D]
             exact = squares.sum(axis=2)
             if exclude is not None:  # a row's own copy stays excluded among the candidates
                 exact[candidates == exclude[start : start + BLOCK_ROWS, None]] = np.inf
@@ -177,14 +178,13 @@ class KnnLearner(AnomalyLearner):
     def to_onnx(self) -> bytes:
         d = self.reference_.shape[1]
         reference = self._graph_reference()
-        ranking, groups = ranking_matrix(reference, self.candidates_)
+        ranking, groups = ranking_matrix(reference, self.k_)
         initializers = [
             numpy_helper.from_array(reference, "knn_reference"),
             numpy_helper.from_array(ranking, "knn_ranking"),
             numpy_helper.from_array(np.array([0, 0, 0, 1], dtype=np.int64), "knn_pad_one"),
             numpy_helper.from_array(np.array(1.0, dtype=np.float32), "knn_one"),
             numpy_helper.from_array(np.array([self.k_], dtype=np.int64), "knn_k"),
-            numpy_helper.from_array(np.array([self.candidates_], dtype=np.int64), "knn_candidates"),
             numpy_helper.from_array(np.array([1], dtype=np.int64), "knn_axis1"),
             numpy_helper.from_array(np.array([0], dtype=np.int64), "knn_first"),
         ]
@@ -221,13 +221,13 @@ class KnnLearner(AnomalyLearner):
             helper.make_node("MatMul", ["knn_z_one", "knn_ranking"], ["knn_rank"]),
         ]
         if groups:
-            candidate_nodes, candidate_initializers = _grouped_candidates(groups, ranking.shape[1], self.candidates_)
+            candidate_nodes, candidate_initializers = _grouped_candidates(groups, ranking.shape[1], self.k_)
             nodes += candidate_nodes
             initializers += candidate_initializers
         else:
             nodes.append(
                 helper.make_node(
-                    "TopK", ["knn_rank", "knn_candidates"], ["knn_rank_top", "knn_candidate_index"], axis=1, largest=0
+                    "TopK", ["knn_rank", "knn_k"], ["knn_rank_top", "knn_candidate_index"], axis=1, largest=0
                 )
             )
         nodes += [
@@ -304,7 +304,7 @@ def _grouped_candidates(group_rows: int, columns: int, candidates: int):
         n("Unsqueeze", ["knn_group_index", "knn_axis2"], ["knn_group_index3"]),
         n("GatherND", ["knn_rank_groups", "knn_group_index3"], ["knn_chosen_groups"], batch_dims=1),
         n("Reshape", ["knn_chosen_groups", "knn_chosen_shape"], ["knn_chosen"]),
-        n("TopK", ["knn_chosen", "knn_candidates"], ["knn_rank_top", "knn_chosen_slot"], axis=1, largest=0),
+        n("TopK", ["knn_chosen", "knn_k"], ["knn_rank_top", "knn_chosen_slot"], axis=1, largest=0),
         # A chosen column's reference row: its group's first row plus its place in the group.
         n("Div", ["knn_chosen_slot", "knn_group_rows"], ["knn_chosen_group"]),
         n("Mod", ["knn_chosen_slot", "knn_group_rows"], ["knn_within_group"]),

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from oddity.trainer.learners.knn import SPARE_CANDIDATES, default_reference_cap
+from oddity.trainer.learners.knn import default_reference_cap
 
 TABLE, EMBEDDING = "table", "embedding"
 # An encoder's vectors have hundreds of dimensions, each taking many values; tables that wide
@@ -91,8 +91,8 @@ def serving_cost(recipe: Recipe, features: int, rows: int) -> int | None:
         if member["kind"] == "knn":
             reference = min(rows, int(params.get("max_reference") or default_reference_cap(features)))
             whitening = features * features if params.get("metric") == "whitened" else 0
-            # The ranking product, then the exact distances to k + spare candidates.
-            total += reference * (features + 1) + (int(params.get("k", 5)) + SPARE_CANDIDATES) * features + whitening
+            # The ranking product, then the exact distances to the k nearest.
+            total += reference * (features + 1) + int(params.get("k", 5)) * features + whitening
         elif member["kind"] in ("mahalanobis", "pca"):
             total += features * features
         else:
