@@ -5,9 +5,11 @@ RECIPES, chosen among CHOICES by mean ROC-AUC on the development sets of that pr
 every alternative of CHOICES is trained in-process with the trainer's own learners (auto with
 the alternative as its candidates: the same trimming and calibration) on the benchmark's
 splits. Then, for each set, the alternative with the best mean AUC over the *other* sets of
-its profile is the leave-one-out choice; for embeddings the whole collection (CIFAR10_*,
-SVHN_*) is left out, as its sets are alike. Printed: the leave-one-out mean AUC per group beside
-the in-sample choice's and the shipped recipe's.
+its profile is the leave-one-out choice (the trainer's own rule, `selection.best_choice`: among
+alternatives tied within QUALITY_TIE, the cheaper to serve on rows of those sets' shape); for
+embeddings the whole collection (CIFAR10_*, SVHN_*) is left out, as its sets are alike.
+Printed: the leave-one-out mean AUC per group beside the in-sample choice's and the shipped
+recipe's.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from oddity.trainer.learners import make_anomaly_learner
-from oddity.trainer.learners.selection import CHOICES, RECIPES, profile
+from oddity.trainer.learners.selection import CHOICES, RECIPES, best_choice, profile
 
 
 @dataclass
@@ -28,6 +30,7 @@ class StudyRun:
     group: str
     profile: str
     aucs: dict[str, float]  # alternative -> ROC-AUC on this split
+    shape: tuple[int, int]  # training rows, features
 
 
 def collection(name: str) -> str:
@@ -41,22 +44,23 @@ def study_split(name: str, group: str, seed: int, train: np.ndarray, test: np.nd
         learner = make_anomaly_learner("auto", {"candidates": [dict(m) for m in recipe], "seed": seed})
         learner.fit(train.astype(np.float64))
         aucs[alternative] = auc(y, learner.anomaly_scores(test.astype(np.float64))[0])
-    return StudyRun(name, group, profile(train, seed).kind, aucs)
+    return StudyRun(name, group, profile(train, seed).kind, aucs, train.shape)
 
 
 def summarize(runs: list[StudyRun]) -> dict[str, Any]:
     """Per profile: each alternative's mean AUC over sets, the in-sample winner, the shipped
     recipe, and per group the leave-one-out mean AUC."""
     by_set: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    kind_of, group_of = {}, {}
+    kind_of, group_of, shape_of = {}, {}, {}
     for run in runs:
-        kind_of[run.set], group_of[run.set] = run.profile, run.group
+        kind_of[run.set], group_of[run.set], shape_of[run.set] = run.profile, run.group, run.shape
         for alternative, value in run.aucs.items():
             by_set[run.set][alternative].append(value)
     mean = {s: {a: float(np.mean(v)) for a, v in alts.items()} for s, alts in by_set.items()}
 
     def best(sets: list[str]) -> str:
-        return max(CHOICES, key=lambda a: float(np.mean([mean[s][a] for s in sets])))
+        rows, features = (int(np.median([shape_of[s][i] for s in sets])) for i in (0, 1))
+        return best_choice({a: float(np.mean([mean[s][a] for s in sets])) for a in CHOICES}, features, rows)
 
     profiles: dict[str, Any] = {}
     for kind in sorted(set(kind_of.values())):
