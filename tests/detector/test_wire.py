@@ -218,7 +218,7 @@ def test_every_field_of_a_walked_request_decodes_like_protobuf():
     assert_decodes_like_protobuf(data)
 
 
-ENCODERS = {"length_delimited", "packed_doubles", "packed_bools", "packed_uints", "repeated_strings", "explanations"}
+ENCODERS = {"length_tag", "length_delimited", "packed_doubles", "packed_uints", "repeated_strings", "explanations"}
 
 
 @pytest.mark.parametrize("module", [wire, grpc_api], ids=lambda m: m.__name__)

@@ -5,9 +5,12 @@ Reason to change: the Detector protobuf API (protos/oddity/v1/detector.proto).
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import grpc
+import numpy as np
 
 from oddity.common.errors import NotFound
 from oddity.common.logging import annotate_request
@@ -44,10 +47,11 @@ def status_to_proto(status: ModelStatus) -> detector_pb2.ModelStatus:
 
 def detect_input(request: DecodedDetect) -> DetectInput:
     message = request.message
+    rows = wire.raw_rows(message.rows, request.rows_raw)
     return DetectInput(
         model=message.model,
         version=message.version,
-        rows=tensor_to_array(message.rows, raw_data=request.rows_raw),
+        rows=tensor_to_array(message.rows, raw_data=request.rows_raw) if rows is None else rows,
         feature_names=message.feature_names,
         routing_values=message.routing_values,
         threshold_percentile=message.threshold_percentile if message.HasField("threshold_percentile") else None,
@@ -59,35 +63,44 @@ Column = detector_pb2.DetectColumn
 ALL_COLUMNS = frozenset(Column.values()) - {Column.DETECT_COLUMN_UNSPECIFIED}
 
 
-def detect_response(output: DetectOutput, columns: Collection[int] = ()) -> bytes:
-    """A serialized DetectResponse with the per-row `columns` asked for (all when empty)."""
+def detect_response(output: DetectOutput, columns: Sequence[int] = ()) -> bytes:
+    """A serialized DetectResponse with the per-row `columns` asked for (all when empty).
+
+    The fields that are the same for every answer of a version (model, version, kind, group
+    names, and each group's encoded entry of `groups`) are serialized once per version, and
+    what the columns asked for write is planned once per column list: a one-row answer costs
+    a few concatenations, not a protobuf message built and serialized per call."""
     s = output.scores
-    wanted = ALL_COLUMNS.intersection(columns) if columns else ALL_COLUMNS
-    head = detector_pb2.DetectResponse(
-        model=output.model, model_version=output.version, kind=output.kind, group_names=s.group_names
-    )
-    row_groups = s.row_groups
-    parts = []
+    plan = _column_plan(tuple(columns))
+    head, group_entries = _version_head(output.model, output.version, output.kind, s.group_names)
+    parts = [head]
     if s.classes is not None and s.probabilities is not None:
-        head.probabilities.CopyFrom(array_to_tensor(s.probabilities))
-        head.class_labels.extend(output.class_labels)
+        classified = detector_pb2.DetectResponse(class_labels=output.class_labels)
+        classified.probabilities.CopyFrom(array_to_tensor(s.probabilities))
+        parts.append(classified.SerializeToString())
         parts.append(wire.repeated_strings(_PREDICTED_CLASSES, output.class_labels, s.classes))
         if s.predicted_scores is not None:
             parts.append(wire.packed_doubles(_PREDICTED_SCORES, s.predicted_scores))
-    for column, attribute, number in _DOUBLE_COLUMNS:
-        if column in wanted:
-            parts.append(wire.packed_doubles(number, getattr(s, attribute)))
-    for column, attribute, number in _BOOL_COLUMNS:
-        if column in wanted:
-            parts.append(wire.packed_bools(number, getattr(s, attribute)))
-    if Column.DETECT_COLUMN_GROUPS in wanted:
-        parts.append(wire.repeated_strings(_GROUPS, s.group_names, row_groups))
-    if len(s.group_names) > 1:
+    row_groups = s.row_groups
+    rows = len(row_groups)
+    if s.classes is None and rows <= _STRUCT_ROWS:  # every column has a value per row
+        packer, prefixes = wire.fixed_columns(plan.fixed, rows)
+        values: list[object] = []
+        for prefix, (attribute, _) in zip(prefixes, plan.columns, strict=True):
+            values.append(prefix)
+            values.extend(getattr(s, attribute).tolist())
+        parts.append(packer.pack(*values))
+    else:
+        for attribute, tag in plan.columns:
+            parts.append(wire.packed_column(tag, getattr(s, attribute), _DTYPES[attribute]))
+    if plan.groups:
+        parts.append(wire.gather(group_entries, row_groups))
+    if len(group_entries) > 1:
         parts.append(wire.packed_uints(_ROW_GROUPS, row_groups))
     if s.explanations is not None:
         indices, errors, shares = s.explanations
         parts.append(wire.explanations(_EXPLANATIONS, output.feature_names, indices, errors, shares))
-    return head.SerializeToString() + b"".join(parts)
+    return b"".join(parts)
 
 
 def _field(name: str) -> int:
@@ -108,6 +121,53 @@ _BOOL_COLUMNS = [
     (Column.DETECT_COLUMN_IS_ANOMALY, "is_anomaly", _field("is_anomaly")),
     (Column.DETECT_COLUMN_FALLBACK, "fallback", _field("fallback")),
 ]
+
+
+# Per Scores attribute written as a packed column: its type on the wire, as numpy and struct name it.
+_DTYPES = {attribute: np.dtype("<f8") for _, attribute, _ in _DOUBLE_COLUMNS} | {
+    attribute: np.dtype(np.uint8) for _, attribute, _ in _BOOL_COLUMNS
+}
+_STRUCT_CODES = {attribute: "d" for _, attribute, _ in _DOUBLE_COLUMNS} | {a: "?" for _, a, _ in _BOOL_COLUMNS}
+# Answers up to this many rows write their packed columns with one struct call (see wire.fixed_columns).
+_STRUCT_ROWS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class _ColumnPlan:
+    """What an answer writes for one list of columns asked for."""
+
+    columns: tuple[tuple[str, bytes], ...]  # (Scores attribute, field tag) of each packed column
+    fixed: tuple[tuple[bytes, str], ...]  # (field tag, struct code) of each, for wire.fixed_columns
+    groups: bool
+
+
+@functools.lru_cache(maxsize=256)
+def _column_plan(columns: tuple[int, ...]) -> _ColumnPlan:
+    wanted = ALL_COLUMNS.intersection(columns) if columns else ALL_COLUMNS
+    packed = tuple((a, wire.length_tag(n)) for c, a, n in _DOUBLE_COLUMNS + _BOOL_COLUMNS if c in wanted)
+    return _ColumnPlan(
+        columns=packed,
+        fixed=tuple((tag, _STRUCT_CODES[a]) for a, tag in packed),
+        groups=Column.DETECT_COLUMN_GROUPS in wanted,
+    )
+
+
+def _version_head(model: str, version: int, kind: str, group_names: list[str]) -> tuple[bytes, list[bytes]]:
+    """The serialized fields every answer of a version begins with, and each group's encoded
+    entry of the per-row `groups` field (made once per version and group list)."""
+    key = (model, version, kind, tuple(group_names))
+    found = _HEADS.get(key)
+    if found is None:
+        if len(_HEADS) >= _MAX_HEADS:
+            _HEADS.clear()  # versions come and go; the serving ones are made again at once
+        head = detector_pb2.DetectResponse(model=model, model_version=version, kind=kind, group_names=group_names)
+        entries = [wire.length_delimited(_GROUPS, name.encode()) for name in group_names]
+        found = _HEADS[key] = (head.SerializeToString(), entries)
+    return found
+
+
+_HEADS: dict[tuple[str, int, str, tuple[str, ...]], tuple[bytes, list[bytes]]] = {}
+_MAX_HEADS = 1024
 
 
 def detect_images_input(request: detector_pb2.DetectImagesRequest) -> DetectImagesInput:

@@ -26,6 +26,7 @@ from prometheus_client.utils import floatToGoString
 
 from oddity.common import bundle
 from oddity.common.metrics import LATENCY_BUCKETS
+from oddity.common.scoring import Scores
 from oddity.v1 import manifest_pb2
 
 # Normalized scores live in [0, 1); alerts care about the top few percent, so the buckets
@@ -122,6 +123,39 @@ class ServingSeries:
         self.fallback = metrics.fallback_rows.labels(model)
         self.scores = metrics.normalized_scores.labels(model)
         self.groups: dict[str, tuple] = {}
+
+    def observe(self, scores: Scores) -> None:
+        """Rows, anomalies, fallback rows and normalized scores of scored rows (a request, or
+        a whole micro-batch at once), by group: no Python loop over rows."""
+        names = scores.group_names
+        flags = scores.is_anomaly  # empty for classifiers
+        n = len(scores.row_groups)
+        if n == 1:
+            rows, anomalies = self.group(names[0] if len(names) == 1 else names[int(scores.row_groups[0])])
+            rows.inc()
+            if flags.size:
+                if flags[0]:
+                    anomalies.inc()
+                self.scores.observe(float(scores.normalized[0]))
+            if scores.fallback[0]:
+                self.fallback.inc()
+            return
+        if flags.size:
+            self.scores.observe_many(scores.normalized)
+        if len(names) == 1:
+            per_group, flagged = [n], [int(np.count_nonzero(flags))]
+        else:
+            per_group = np.bincount(scores.row_groups, minlength=len(names)).tolist()
+            flagged = np.bincount(scores.row_groups[flags], minlength=len(names)).tolist() if flags.size else []
+        for index, count in enumerate(per_group):
+            if count:
+                rows, anomalies = self.group(names[index])
+                rows.inc(count)
+                if flagged and flagged[index]:
+                    anomalies.inc(flagged[index])
+        fallback_count = int(np.count_nonzero(scores.fallback))
+        if fallback_count:
+            self.fallback.inc(fallback_count)
 
     def group(self, name: str) -> tuple:
         """(rows, anomalies) counters of a group; both exist from its first row, so the

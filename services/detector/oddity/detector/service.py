@@ -72,6 +72,7 @@ class DetectLimits:
     inline_max_batch_values: int = 32768  # micro-batches up to this many values: on the event loop
     inline_max_batch_seconds: float = 0.002  # ... and expected to take at most this long
     max_batch_delay: float = 0.003
+    max_batch_gap: float = 0.0005
 
 
 def check_rows(model: LoadedModel, rows: np.ndarray, feature_names: Sequence[str]) -> np.ndarray:
@@ -136,10 +137,12 @@ class DetectorService:
             max_batch_rows=limits.max_batch_rows,
             max_delay=limits.max_batch_delay,
             observe_batch=metrics.observe_batch,
+            observe_scores=self._observe_scores,
             max_batch_values=limits.max_batch_values,
             inline_max_values=limits.inline_max_batch_values,
             inline_max_seconds=limits.inline_max_batch_seconds,
             batch_thread=self._batch_thread,
+            max_gap=limits.max_batch_gap,
         )
         self._embedder = embedder
         self._on_serving_changed = on_serving_changed
@@ -165,19 +168,22 @@ class DetectorService:
                 )
             rows = check_rows(model, request.rows, request.feature_names)
             start = time.perf_counter()
+            series = self.metrics.series(model.name, model.version)
             if rows.size <= self.limits.inline_max_values and not request.explain_top_k:
+                # The batcher records its batches' calls and rows (once per batch, not per request).
                 scores = await self._batcher.score(model, rows, request.routing_values, request.threshold_percentile)
-            elif rows.size <= self.limits.inline_max_values:
-                self.metrics.observe_batch(1, n)  # scored alone (the batcher records its own calls)
-                scores = self._score(model, rows, request)
             else:
-                self.metrics.observe_batch(1, n)
-                future = asyncio.get_running_loop().run_in_executor(
-                    self._pool, self._score_and_release, model, rows, request
-                )
-                handed_off = True  # the worker returns the lease, even if this call is cancelled
-                scores = await future
-            self._record(model, n, scores, time.perf_counter() - start)
+                self.metrics.observe_batch(1, n)  # scored alone
+                if rows.size <= self.limits.inline_max_values:
+                    scores = self._score(model, rows, request)
+                else:
+                    future = asyncio.get_running_loop().run_in_executor(
+                        self._pool, self._score_and_release, model, rows, request
+                    )
+                    handed_off = True  # the worker returns the lease, even if this call is cancelled
+                    scores = await future
+                series.observe(scores)
+            series.latency.observe(time.perf_counter() - start)
             return DetectOutput(
                 model=model.name,
                 version=model.version,
@@ -189,6 +195,9 @@ class DetectorService:
         finally:
             if not handed_off:
                 model.release()
+
+    def _observe_scores(self, model: LoadedModel, scores: Scores) -> None:
+        self.metrics.series(model.name, model.version).observe(scores)
 
     @staticmethod
     def _score(model: LoadedModel, rows: np.ndarray, request: DetectInput, *, bulk: bool = False) -> Scores:
@@ -205,40 +214,6 @@ class DetectorService:
             return self._score(model, rows, request, bulk=True)
         finally:
             model.release()
-
-    def _record(self, model: LoadedModel, n: int, scores: Scores, seconds: float) -> None:
-        """Rows, anomalies and normalized scores of one request, by group and version: cached
-        label children only (see metrics.py) and no Python loop over rows."""
-        series = self.metrics.series(model.name, model.version)
-        series.latency.observe(seconds)
-        names = scores.group_names
-        flags = scores.is_anomaly  # empty for classifiers
-        if n == 1:
-            rows, anomalies = series.group(names[0] if len(names) == 1 else names[int(scores.row_groups[0])])
-            rows.inc()
-            if flags.size:
-                if flags[0]:
-                    anomalies.inc()
-                series.scores.observe(float(scores.normalized[0]))
-            if scores.fallback[0]:
-                series.fallback.inc()
-            return
-        if flags.size:
-            series.scores.observe_many(scores.normalized)
-        if len(names) == 1:
-            per_group, flagged = [n], [int(np.count_nonzero(flags))]
-        else:
-            per_group = np.bincount(scores.row_groups, minlength=len(names)).tolist()
-            flagged = np.bincount(scores.row_groups[flags], minlength=len(names)).tolist() if flags.size else []
-        for index, count in enumerate(per_group):
-            if count:
-                rows, anomalies = series.group(names[index])
-                rows.inc(count)
-                if flagged and flagged[index]:
-                    anomalies.inc(flagged[index])
-        fallback_count = int(np.count_nonzero(scores.fallback))
-        if fallback_count:
-            series.fallback.inc(fallback_count)
 
     async def detect_images(self, request: DetectImagesInput) -> tuple[DetectOutput, str, str]:
         """Embed the items with the embedder model the manifest names, append the extra

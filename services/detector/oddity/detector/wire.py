@@ -16,6 +16,8 @@ written.
 
 from __future__ import annotations
 
+import functools
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -79,6 +81,23 @@ def decode_detect_request(data: bytes) -> DecodedDetect:
                 rest.append(tensor[start:end])
         message.rows.MergeFromString(b"".join(rest))
     return DecodedDetect(message, raw)
+
+
+def raw_rows(tensor: tensor_pb2.Tensor, raw_data: memoryview | None = None) -> np.ndarray | None:
+    """The rows of a well-formed [rows, features] tensor of raw float32 data, read in place;
+    None for any other tensor (`oddity.common.tensors.tensor_to_array` decodes those, or says
+    what is wrong with them). The common case without that function's general checks."""
+    shape = tensor.shape
+    if len(shape) != 2 or tensor.values:
+        return None
+    rows, features = shape[0], shape[1]
+    raw = tensor.raw_data if raw_data is None else raw_data
+    if rows <= 0 or features <= 0 or len(raw) != rows * features * _FLOAT32.itemsize:
+        return None
+    return np.frombuffer(raw, dtype=_FLOAT32).reshape(rows, features)
+
+
+_FLOAT32 = np.dtype("<f4")
 
 
 def _varint(data: memoryview, i: int, end: int) -> tuple[int, int]:
@@ -156,22 +175,46 @@ def _varint_bytes(value: int) -> bytes:
 _SMALL = [bytes((i,)) for i in range(0x80)]
 
 
-def length_delimited(number: int, payload: bytes) -> bytes:
+def length_tag(number: int) -> bytes:
+    """The tag of a length-delimited field."""
     tag = _TAGS.get(number)
     if tag is None:
         tag = _TAGS[number] = _varint_bytes(number << 3 | _LENGTH)
-    return tag + _varint_bytes(len(payload)) + payload
+    return tag
 
 
 _TAGS: dict[int, bytes] = {}  # length-delimited tags by field number
 
 
+def length_delimited(number: int, payload: bytes) -> bytes:
+    return length_tag(number) + _varint_bytes(len(payload)) + payload
+
+
+def packed_column(tag: bytes, values: np.ndarray, dtype: np.dtype | str | type) -> bytes:
+    """A packed repeated field of fixed-size values (its `tag` from `length_tag`): the values
+    as `dtype`, little-endian (b"" when there are none)."""
+    if not len(values):
+        return b""
+    data = np.asarray(values, dtype=dtype).tobytes()
+    return tag + _varint_bytes(len(data)) + data
+
+
+@functools.lru_cache(maxsize=1024)
+def fixed_columns(columns: tuple[tuple[bytes, str], ...], rows: int) -> tuple[struct.Struct, tuple[bytes, ...]]:
+    """For packed fields of `rows` values each, given as (tag from `length_tag`, struct code:
+    "d" a double, "?" a bool), a Struct that writes them all in one call from (prefix, *values)
+    per field, and each field's prefix (tag and length). Small answers: one call instead of a
+    numpy array and a join per field."""
+    layout, prefixes = "<", []
+    for tag, code in columns:
+        prefix = tag + _varint_bytes(rows * struct.calcsize("<" + code))
+        layout += f"{len(prefix)}s{rows}{code}"
+        prefixes.append(prefix)
+    return struct.Struct(layout), tuple(prefixes)
+
+
 def packed_doubles(number: int, values: np.ndarray) -> bytes:
-    return length_delimited(number, np.ascontiguousarray(values, dtype="<f8").tobytes()) if len(values) else b""
-
-
-def packed_bools(number: int, values: np.ndarray) -> bytes:
-    return length_delimited(number, np.asarray(values, dtype=np.uint8).tobytes()) if len(values) else b""
+    return packed_column(length_tag(number), values, "<f8")
 
 
 def packed_uints(number: int, values: np.ndarray) -> bytes:
