@@ -96,7 +96,7 @@ def test_a_cancelled_request_leaves_its_batch_before_it_runs(repository):
     only the next request."""
     fit = models.fit_pca_group(models.normal_rows(300, D), components=2)
     models.publish_simple(repository, "m", fit, dimension=D)
-    detector = start_detector(repository, max_batch_delay_ms=1000, max_batch_gap_ms=1000)
+    detector = start_detector(repository, max_batch_delay_ms=1000)
     try:
         request = detect_request("m", models.normal_rows(1, D))
         with pytest.raises(grpc.RpcError) as late:
@@ -114,7 +114,7 @@ def test_a_batch_closes_at_max_batch_values(repository):
     """Batches of two one-row requests (2 x D values) run at once, not after the delay."""
     fit = models.fit_pca_group(models.normal_rows(300, D), components=2)
     models.publish_simple(repository, "m", fit, dimension=D)
-    detector = start_detector(repository, max_batch_delay_ms=60_000, max_batch_gap_ms=60_000, max_batch_values=2 * D)
+    detector = start_detector(repository, max_batch_delay_ms=60_000, max_batch_values=2 * D)
     try:
         rows = models.normal_rows(4, D, seed=5)
         with ThreadPoolExecutor(max_workers=4) as pool:
@@ -211,27 +211,4 @@ def test_while_the_batch_thread_is_busy_a_due_batch_gathers_requests(repository,
             assert thread.submitted == 3  # the busy task, the first batch, the three requests' batch
     finally:
         free.set()
-        model.release()
-
-
-def test_a_batch_whose_callers_stopped_arriving_is_scored_without_waiting_out_the_delay(repository, detector):
-    """Requests that arrive together share a batch, and the batch is scored once no more join
-    (`max_gap`), not at `max_delay`: closed-loop callers have all sent their requests."""
-    fit = models.fit_pca_group(models.normal_rows(300, D), components=2)
-    models.publish_simple(repository, "m", fit, dimension=D)
-    detector.stub.LoadModel(detector_pb2.LoadModelRequest(model="m"))
-    rows = models.normal_rows(2, D, seed=7)
-    model = detector.model_registry.acquire("m")
-    batches: list[tuple[int, int]] = []
-    try:
-        batcher = MicroBatcher(max_delay=600.0, max_gap=0.001, observe_batch=lambda *batch: batches.append(batch))
-
-        async def together() -> list:
-            calls = [batcher.score(model, rows[i : i + 1], (), None) for i in range(2)]
-            return await asyncio.wait_for(asyncio.gather(*calls), timeout=30)
-
-        scores = asyncio.run(together())
-        np.testing.assert_allclose([s.scores[0] for s in scores], models.score_with_onnx(fit.onnx, rows), rtol=1e-5)
-        assert batches == [(2, 2)]
-    finally:
         model.release()

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import secrets
+import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -41,7 +41,8 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_KEY:
             return value if isinstance(value, str) else value.decode(errors="replace")
-    return secrets.token_hex(8)
+    # A label for log lines, not a secret: the cheap generator (secrets costs a system call).
+    return f"{random.getrandbits(64):016x}"
 
 
 class _Undecodable:
@@ -170,18 +171,38 @@ def split_method(method: str) -> tuple[str, str]:
     return service, name
 
 
+class _MethodMetrics:
+    """One method's metric children, made when its handler is wrapped. The calls in flight
+    are a plain count the gauge reads at scrape time: calls start and end on the event loop,
+    so a lock per call (what Gauge.inc costs) buys nothing."""
+
+    __slots__ = ("counters", "in_flight", "latency", "method", "requests", "service")
+
+    def __init__(self, metrics: RpcMetrics, service: str, method: str) -> None:
+        self.service, self.method = service, method
+        self.requests = metrics.requests
+        self.latency = metrics.latency.labels(service, method)
+        self.counters: dict[grpc.StatusCode, Any] = {}
+        self.in_flight = 0
+        metrics.in_flight.labels(service, method).set_function(lambda: self.in_flight)
+
+    def counter(self, code: grpc.StatusCode) -> Any:
+        child = self.counters.get(code)
+        if child is None:
+            child = self.counters[code] = self.requests.labels(self.service, self.method, code.name)
+        return child
+
+
 class _Call:
     """Bookkeeping of one RPC: log context, timing, metrics, error mapping."""
 
-    __slots__ = ("code", "context", "fields", "in_flight", "method", "owner", "service", "start")
+    __slots__ = ("access_log", "code", "context", "fields", "metrics", "start")
 
-    def __init__(
-        self, owner: ServerInterceptor, service: str, method: str, in_flight: Any, context: grpc.aio.ServicerContext
-    ) -> None:
-        self.owner, self.service, self.method, self.in_flight, self.context = owner, service, method, in_flight, context
-        self.fields = start_request(request_id=_request_id(context), rpc=method)
+    def __init__(self, metrics: _MethodMetrics, access_log: bool, context: grpc.aio.ServicerContext) -> None:
+        self.metrics, self.access_log, self.context = metrics, access_log, context
+        self.fields = start_request(request_id=_request_id(context), rpc=metrics.method)
         self.code = grpc.StatusCode.OK
-        in_flight.inc()
+        metrics.in_flight += 1
         self.start = time.perf_counter()
 
     async def fail(self, exc: BaseException) -> None:
@@ -207,11 +228,11 @@ class _Call:
 
     def finish(self) -> None:
         elapsed = time.perf_counter() - self.start
-        self.in_flight.dec()
-        owner = self.owner
-        owner.latency(self.service, self.method).observe(elapsed)
-        owner.counter(self.service, self.method, self.code).inc()
-        if owner.access_log:
+        metrics = self.metrics
+        metrics.in_flight -= 1
+        metrics.latency.observe(elapsed)
+        metrics.counter(self.code).inc()
+        if self.access_log:
             log.info("request", code=self.code.name, duration_ms=round(elapsed * 1000, 3))
         if self.fields.get("audit"):  # an admin call (oddity.common.auth): who, what, result
             log.info("audit", code=self.code.name)
@@ -223,26 +244,20 @@ class ServerInterceptor(HandlerInterceptor):
     def __init__(self, metrics: RpcMetrics, *, access_log: bool = False) -> None:
         self.metrics = metrics
         self.access_log = access_log
-        self._latency: dict[tuple[str, str], Any] = {}
-        self._counters: dict[tuple[str, str, grpc.StatusCode], Any] = {}
+        self._methods: dict[tuple[str, str], _MethodMetrics] = {}
 
-    def latency(self, service: str, method: str):
-        key = (service, method)
-        child = self._latency.get(key)
-        if child is None:
-            child = self._latency[key] = self.metrics.latency.labels(service, method)
-        return child
+    def _method_metrics(self, service: str, method: str) -> _MethodMetrics:
+        """One per method (a handler wrapped again, say by a grpc.aio interceptor, shares it)."""
+        found = self._methods.get((service, method))
+        if found is None:
+            found = self._methods[(service, method)] = _MethodMetrics(self.metrics, service, method)
+        return found
 
-    def counter(self, service: str, method: str, code: grpc.StatusCode):
-        key = (service, method, code)
-        child = self._counters.get(key)
-        if child is None:
-            child = self._counters[key] = self.metrics.requests.labels(service, method, code.name)
-        return child
+    def _wrap_stream(self, metrics: _MethodMetrics, behavior: Any) -> Callable[..., Any]:
+        access_log = self.access_log
 
-    def _wrap_stream(self, service: str, method: str, behavior: Any, in_flight: Any) -> Callable[..., Any]:
         async def wrapped(request, context):
-            call = _Call(self, service, method, in_flight, context)
+            call = _Call(metrics, access_log, context)
             stream = behavior(request, context)
             try:
                 async for item in stream:
@@ -258,11 +273,12 @@ class ServerInterceptor(HandlerInterceptor):
 
         return wrapped
 
-    def _wrap_unary(self, service: str, method: str, behavior: Any, in_flight: Any) -> Callable[..., Any]:
+    def _wrap_unary(self, metrics: _MethodMetrics, behavior: Any) -> Callable[..., Any]:
         """Unary responses, and streaming handlers that write with context.write()."""
+        access_log = self.access_log
 
         async def wrapped(request, context):
-            call = _Call(self, service, method, in_flight, context)
+            call = _Call(metrics, access_log, context)
             try:
                 return await behavior(request, context)
             except BaseException as exc:
@@ -274,13 +290,12 @@ class ServerInterceptor(HandlerInterceptor):
         return wrapped
 
     def wrap(self, method: str, handler: Any) -> Any:
-        service, method = split_method(method)
-        in_flight = self.metrics.in_flight.labels(service, method)
+        metrics = self._method_metrics(*split_method(method))
         behavior = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
         wrapped = (
-            self._wrap_stream(service, method, behavior, in_flight)
+            self._wrap_stream(metrics, behavior)
             if inspect.isasyncgenfunction(behavior)
-            else self._wrap_unary(service, method, behavior, in_flight)
+            else self._wrap_unary(metrics, behavior)
         )
         return with_behavior(handler, wrapped)
 

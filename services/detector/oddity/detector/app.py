@@ -63,7 +63,6 @@ class DetectorApp:
                 inline_max_batch_values=settings.inline_max_batch_values,
                 inline_max_batch_seconds=settings.inline_max_batch_ms / 1000,
                 max_batch_delay=settings.max_batch_delay_ms / 1000,
-                max_batch_gap=settings.max_batch_gap_ms / 1000,
             ),
             workers=settings.inference_workers,
             embedder=self._embedder_client if settings.embedder else None,

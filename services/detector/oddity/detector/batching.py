@@ -24,12 +24,7 @@ take the cores. A batch on the batch thread holds its own lease on the version, 
 version outlives callers that give up while it runs.
 
 The first request of a batch schedules its flush; requests arriving before the flush join
-it. A waiting batch flushes `max_delay` after its first request, or earlier once no request
-joined it for `max_gap`: closed-loop callers send their next requests as answers reach them,
-so a batch whose callers have all arrived gains nothing by waiting out `max_delay` (with 32
-one-row callers the fixed wait bounded the calls/s below the echo server's, and the p99).
-
-Waiting pays only under load, so the batcher learns whether it does: a batch that
+it. Waiting pays only under load, so the batcher learns whether it does: a batch that
 waited (up to `max_delay`, or until it was full) records how many requests joined it. While
 waiting batches gather company the next batch waits too; once they stop (a lone caller)
 batches flush on the next loop iteration and nothing waits, except one probe every
@@ -74,8 +69,6 @@ class _Batch:
     rows: int = 0
     values: int = 0
     waited: bool = False
-    deadline: float = 0.0  # a waiting batch flushes by then (loop time) ...
-    last_joined: float = 0.0  # ... or once no request joined it for `max_gap`
     held: bool = False  # due, but waits (and gathers requests) until the batch thread is free
 
 
@@ -97,12 +90,10 @@ class MicroBatcher:
         inline_max_values: int = 32768,
         inline_max_seconds: float = 0.002,
         batch_thread: Executor | None = None,
-        max_gap: float | None = None,
     ) -> None:
         self.max_batch_rows = max_batch_rows
         self.max_batch_values = max_batch_values
         self.max_delay = max_delay
-        self.max_gap = max_delay if max_gap is None else min(max_gap, max_delay)
         self.inline_max_values = inline_max_values
         self.inline_max_seconds = inline_max_seconds
         self._batch_thread = batch_thread  # one thread; None: every batch on the event loop
@@ -130,12 +121,9 @@ class MicroBatcher:
             self._batches += 1
             if self.max_delay > 0 and (self._company >= 0.5 or self._batches % PROBE_EVERY == 0):
                 batch.waited = True
-                batch.deadline = loop.time() + self.max_delay
-                loop.call_later(self.max_gap, self._flush_when_due, key, batch)
+                loop.call_later(self.max_delay, self._flush, key, batch)
             else:
                 loop.call_soon(self._flush, key, batch)
-        if batch.waited:
-            batch.last_joined = loop.time()
         batch.waiting.append(waiting)
         batch.rows += rows.shape[0]
         batch.values += rows.size
@@ -151,17 +139,6 @@ class MicroBatcher:
                 batch.rows -= rows.shape[0]
                 batch.values -= rows.size
             raise
-
-    def _flush_when_due(self, key: tuple, batch: _Batch) -> None:
-        """A waiting batch's timer: flush it at its deadline or once requests stopped joining."""
-        if self._pending.get(key) is not batch or batch.held:
-            return  # flushed because it was full, or held until the batch thread is free
-        loop = asyncio.get_running_loop()
-        due = min(batch.deadline, batch.last_joined + self.max_gap)
-        if loop.time() < due:
-            loop.call_at(due, self._flush_when_due, key, batch)
-        else:
-            self._flush(key, batch)
 
     def _flush(self, key: tuple, batch: _Batch) -> None:
         if self._pending.get(key) is not batch:

@@ -72,7 +72,6 @@ class DetectLimits:
     inline_max_batch_values: int = 32768  # micro-batches up to this many values: on the event loop
     inline_max_batch_seconds: float = 0.002  # ... and expected to take at most this long
     max_batch_delay: float = 0.003
-    max_batch_gap: float = 0.0005
 
 
 def check_rows(model: LoadedModel, rows: np.ndarray, feature_names: Sequence[str]) -> np.ndarray:
@@ -142,7 +141,6 @@ class DetectorService:
             inline_max_values=limits.inline_max_batch_values,
             inline_max_seconds=limits.inline_max_batch_seconds,
             batch_thread=self._batch_thread,
-            max_gap=limits.max_batch_gap,
         )
         self._embedder = embedder
         self._on_serving_changed = on_serving_changed

@@ -81,12 +81,6 @@ class DetectorSettings(ServiceSettings):
     max_batch_delay_ms: float = Field(
         3.0, ge=0, description="Under load, how long a micro-batch may wait for more requests (0: never wait)."
     )
-    max_batch_gap_ms: float = Field(
-        0.5,
-        ge=0,
-        description="A waiting micro-batch is scored once no request joined it for this long (at most "
-        "max_batch_delay_ms after its first): its callers have all arrived.",
-    )
     embedder: str = Field(
         "",
         description="Embedder address for DetectImages (empty: none): host:port, e.g. 127.0.0.1:50051; "
