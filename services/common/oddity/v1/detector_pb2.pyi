@@ -68,7 +68,7 @@ class SimilarRequest(_message.Message):
     filters: _containers.RepeatedCompositeFieldContainer[MetadataFilter]
     exclude_self: bool
     with_tags: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., query: _Optional[_Union[ItemQuery, _Mapping]] = ..., top_k: _Optional[int] = ..., filters: _Optional[_Iterable[_Union[MetadataFilter, _Mapping]]] = ..., exclude_self: _Optional[bool] = ..., with_tags: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., query: _Optional[_Union[ItemQuery, _Mapping]] = ..., top_k: _Optional[int] = ..., filters: _Optional[_Iterable[_Union[MetadataFilter, _Mapping]]] = ..., exclude_self: bool = ..., with_tags: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SimilarItem(_message.Message):
     __slots__ = ("id", "similarity", "metadata", "tags", "cluster", "text")
@@ -113,7 +113,7 @@ class SimilarResponse(_message.Message):
     items: _containers.RepeatedCompositeFieldContainer[SimilarItem]
     approximate: bool
     matched_tags: _containers.RepeatedCompositeFieldContainer[TagMatch]
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., items: _Optional[_Iterable[_Union[SimilarItem, _Mapping]]] = ..., approximate: _Optional[bool] = ..., matched_tags: _Optional[_Iterable[_Union[TagMatch, _Mapping]]] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., items: _Optional[_Iterable[_Union[SimilarItem, _Mapping]]] = ..., approximate: bool = ..., matched_tags: _Optional[_Iterable[_Union[TagMatch, _Mapping]]] = ...) -> None: ...
 
 class ClustersRequest(_message.Message):
     __slots__ = ("model", "version", "representatives", "assign")
@@ -147,7 +147,7 @@ class ClusterAssignment(_message.Message):
     cluster: int
     is_new: bool
     similarity: float
-    def __init__(self, cluster: _Optional[int] = ..., is_new: _Optional[bool] = ..., similarity: _Optional[float] = ...) -> None: ...
+    def __init__(self, cluster: _Optional[int] = ..., is_new: bool = ..., similarity: _Optional[float] = ...) -> None: ...
 
 class ClustersResponse(_message.Message):
     __slots__ = ("model", "version", "clusters", "unclustered", "assignments")
@@ -328,7 +328,7 @@ class ModelStatus(_message.Message):
     kind: str
     last_error: str
     rejected_versions: _containers.ScalarMap[int, str]
-    def __init__(self, name: _Optional[str] = ..., serving_version: _Optional[int] = ..., available_versions: _Optional[_Iterable[int]] = ..., pinned_version: _Optional[int] = ..., unloaded: _Optional[bool] = ..., kind: _Optional[str] = ..., last_error: _Optional[str] = ..., rejected_versions: _Optional[_Mapping[int, str]] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., serving_version: _Optional[int] = ..., available_versions: _Optional[_Iterable[int]] = ..., pinned_version: _Optional[int] = ..., unloaded: bool = ..., kind: _Optional[str] = ..., last_error: _Optional[str] = ..., rejected_versions: _Optional[_Mapping[int, str]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

@@ -5,7 +5,7 @@ import warnings
 
 from oddity.v1 import detector_pb2 as oddity_dot_v1_dot_detector__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.72.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in oddity/v1/detector_pb2_grpc.py depends on'
+        + f' but the generated code in oddity/v1/detector_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class DetectorStub:
+class DetectorStub(object):
     """Scores rows with the versioned anomaly models of a model repository and
     swaps in new versions while serving.
     """
@@ -83,7 +83,7 @@ class DetectorStub:
                 _registered_method=True)
 
 
-class DetectorServicer:
+class DetectorServicer(object):
     """Scores rows with the versioned anomaly models of a model repository and
     swaps in new versions while serving.
     """
@@ -215,7 +215,7 @@ def add_DetectorServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Detector:
+class Detector(object):
     """Scores rows with the versioned anomaly models of a model repository and
     swaps in new versions while serving.
     """

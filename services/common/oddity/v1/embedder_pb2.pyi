@@ -72,7 +72,7 @@ class ModelInfo(_message.Message):
     preprocessing: _containers.ScalarMap[str, str]
     is_default: bool
     precision: str
-    def __init__(self, name: _Optional[str] = ..., model_id: _Optional[str] = ..., revision: _Optional[str] = ..., dimension: _Optional[int] = ..., modality: _Optional[str] = ..., preprocessing: _Optional[_Mapping[str, str]] = ..., is_default: _Optional[bool] = ..., precision: _Optional[str] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., model_id: _Optional[str] = ..., revision: _Optional[str] = ..., dimension: _Optional[int] = ..., modality: _Optional[str] = ..., preprocessing: _Optional[_Mapping[str, str]] = ..., is_default: bool = ..., precision: _Optional[str] = ...) -> None: ...
 
 class GetInfoRequest(_message.Message):
     __slots__ = ("model",)

@@ -5,7 +5,7 @@ import warnings
 
 from oddity.v1 import embedder_pb2 as oddity_dot_v1_dot_embedder__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.72.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in oddity/v1/embedder_pb2_grpc.py depends on'
+        + f' but the generated code in oddity/v1/embedder_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class EmbedderStub:
+class EmbedderStub(object):
     """Turns images and text into vectors with Hugging Face encoders exported to ONNX.
     """
 
@@ -52,7 +52,7 @@ class EmbedderStub:
                 _registered_method=True)
 
 
-class EmbedderServicer:
+class EmbedderServicer(object):
     """Turns images and text into vectors with Hugging Face encoders exported to ONNX.
     """
 
@@ -103,7 +103,7 @@ def add_EmbedderServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Embedder:
+class Embedder(object):
     """Turns images and text into vectors with Hugging Face encoders exported to ONNX.
     """
 

@@ -1,5 +1,3 @@
-import datetime
-
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -38,7 +36,7 @@ class RoutingBounds(_message.Message):
     lower: float
     upper: float
     upper_inclusive: bool
-    def __init__(self, lower: _Optional[float] = ..., upper: _Optional[float] = ..., upper_inclusive: _Optional[bool] = ...) -> None: ...
+    def __init__(self, lower: _Optional[float] = ..., upper: _Optional[float] = ..., upper_inclusive: bool = ...) -> None: ...
 
 class QuantileTable(_message.Message):
     __slots__ = ("probabilities", "values")
@@ -227,7 +225,7 @@ class ModelManifest(_message.Message):
     embedding: EmbeddingSource
     score_column: str
     similarity: SimilarityIndex
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., kind: _Optional[str] = ..., task: _Optional[_Union[ModelTask, str]] = ..., feature_names: _Optional[_Iterable[str]] = ..., input_dimension: _Optional[int] = ..., routing_key: _Optional[str] = ..., groups: _Optional[_Iterable[_Union[ModelGroup, _Mapping]]] = ..., class_labels: _Optional[_Iterable[str]] = ..., training_metrics: _Optional[_Mapping[str, float]] = ..., data_fingerprint: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dataset: _Optional[str] = ..., description: _Optional[str] = ..., embedding: _Optional[_Union[EmbeddingSource, _Mapping]] = ..., score_column: _Optional[str] = ..., similarity: _Optional[_Union[SimilarityIndex, _Mapping]] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., kind: _Optional[str] = ..., task: _Optional[_Union[ModelTask, str]] = ..., feature_names: _Optional[_Iterable[str]] = ..., input_dimension: _Optional[int] = ..., routing_key: _Optional[str] = ..., groups: _Optional[_Iterable[_Union[ModelGroup, _Mapping]]] = ..., class_labels: _Optional[_Iterable[str]] = ..., training_metrics: _Optional[_Mapping[str, float]] = ..., data_fingerprint: _Optional[str] = ..., created_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., dataset: _Optional[str] = ..., description: _Optional[str] = ..., embedding: _Optional[_Union[EmbeddingSource, _Mapping]] = ..., score_column: _Optional[str] = ..., similarity: _Optional[_Union[SimilarityIndex, _Mapping]] = ...) -> None: ...
 
 class BundleFile(_message.Message):
     __slots__ = ("file", "sha256")
@@ -311,7 +309,7 @@ class MetadataColumn(_message.Message):
     text: _containers.RepeatedScalarFieldContainer[str]
     numbers: _containers.RepeatedScalarFieldContainer[float]
     numeric: bool
-    def __init__(self, name: _Optional[str] = ..., text: _Optional[_Iterable[str]] = ..., numbers: _Optional[_Iterable[float]] = ..., numeric: _Optional[bool] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., text: _Optional[_Iterable[str]] = ..., numbers: _Optional[_Iterable[float]] = ..., numeric: bool = ...) -> None: ...
 
 class TagSet(_message.Message):
     __slots__ = ("tags",)

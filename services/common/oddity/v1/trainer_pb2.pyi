@@ -1,5 +1,3 @@
-import datetime
-
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from oddity.v1 import manifest_pb2 as _manifest_pb2
@@ -83,7 +81,7 @@ class Job(_message.Message):
     epoch_metrics: _containers.ScalarMap[str, float]
     resumed_from_epoch: int
     progress_unit: str
-    def __init__(self, id: _Optional[str] = ..., dataset: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., phase: _Optional[str] = ..., epoch: _Optional[int] = ..., total_epochs: _Optional[int] = ..., loss: _Optional[float] = ..., group: _Optional[str] = ..., message: _Optional[str] = ..., trigger: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., published_version: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., train_loss: _Optional[float] = ..., validation_loss: _Optional[float] = ..., epoch_metrics: _Optional[_Mapping[str, float]] = ..., resumed_from_epoch: _Optional[int] = ..., progress_unit: _Optional[str] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., dataset: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., phase: _Optional[str] = ..., epoch: _Optional[int] = ..., total_epochs: _Optional[int] = ..., loss: _Optional[float] = ..., group: _Optional[str] = ..., message: _Optional[str] = ..., trigger: _Optional[str] = ..., created_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., published_version: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., train_loss: _Optional[float] = ..., validation_loss: _Optional[float] = ..., epoch_metrics: _Optional[_Mapping[str, float]] = ..., resumed_from_epoch: _Optional[int] = ..., progress_unit: _Optional[str] = ...) -> None: ...
 
 class TrainRequest(_message.Message):
     __slots__ = ("dataset", "force", "data_path", "model_kind")
@@ -95,7 +93,7 @@ class TrainRequest(_message.Message):
     force: bool
     data_path: str
     model_kind: str
-    def __init__(self, dataset: _Optional[str] = ..., force: _Optional[bool] = ..., data_path: _Optional[str] = ..., model_kind: _Optional[str] = ...) -> None: ...
+    def __init__(self, dataset: _Optional[str] = ..., force: bool = ..., data_path: _Optional[str] = ..., model_kind: _Optional[str] = ...) -> None: ...
 
 class TrainResponse(_message.Message):
     __slots__ = ("job",)
@@ -139,7 +137,7 @@ class AutoTraining(_message.Message):
     interval_hours: float
     debounce_seconds: float
     min_samples: int
-    def __init__(self, policy: _Optional[str] = ..., enabled: _Optional[bool] = ..., interval_hours: _Optional[float] = ..., debounce_seconds: _Optional[float] = ..., min_samples: _Optional[int] = ...) -> None: ...
+    def __init__(self, policy: _Optional[str] = ..., enabled: bool = ..., interval_hours: _Optional[float] = ..., debounce_seconds: _Optional[float] = ..., min_samples: _Optional[int] = ...) -> None: ...
 
 class DatasetStatus(_message.Message):
     __slots__ = ("dataset", "valid", "error", "model", "kind", "training_in_progress", "last_training_time", "auto_training", "samples", "group_samples", "last_error", "live_version", "data_fingerprint", "live_groups", "pinned_version", "pinned_until", "threshold_override", "consecutive_failures", "next_retry_time", "left_out_columns", "left_out_column_count")
@@ -192,7 +190,7 @@ class DatasetStatus(_message.Message):
     next_retry_time: _timestamp_pb2.Timestamp
     left_out_columns: _containers.RepeatedScalarFieldContainer[str]
     left_out_column_count: int
-    def __init__(self, dataset: _Optional[str] = ..., valid: _Optional[bool] = ..., error: _Optional[str] = ..., model: _Optional[str] = ..., kind: _Optional[str] = ..., training_in_progress: _Optional[bool] = ..., last_training_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., auto_training: _Optional[_Union[AutoTraining, _Mapping]] = ..., samples: _Optional[int] = ..., group_samples: _Optional[_Mapping[str, int]] = ..., last_error: _Optional[str] = ..., live_version: _Optional[int] = ..., data_fingerprint: _Optional[str] = ..., live_groups: _Optional[_Iterable[_Union[GroupEvidence, _Mapping]]] = ..., pinned_version: _Optional[int] = ..., pinned_until: _Optional[str] = ..., threshold_override: _Optional[float] = ..., consecutive_failures: _Optional[int] = ..., next_retry_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., left_out_columns: _Optional[_Iterable[str]] = ..., left_out_column_count: _Optional[int] = ...) -> None: ...
+    def __init__(self, dataset: _Optional[str] = ..., valid: bool = ..., error: _Optional[str] = ..., model: _Optional[str] = ..., kind: _Optional[str] = ..., training_in_progress: bool = ..., last_training_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., auto_training: _Optional[_Union[AutoTraining, _Mapping]] = ..., samples: _Optional[int] = ..., group_samples: _Optional[_Mapping[str, int]] = ..., last_error: _Optional[str] = ..., live_version: _Optional[int] = ..., data_fingerprint: _Optional[str] = ..., live_groups: _Optional[_Iterable[_Union[GroupEvidence, _Mapping]]] = ..., pinned_version: _Optional[int] = ..., pinned_until: _Optional[str] = ..., threshold_override: _Optional[float] = ..., consecutive_failures: _Optional[int] = ..., next_retry_time: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., left_out_columns: _Optional[_Iterable[str]] = ..., left_out_column_count: _Optional[int] = ...) -> None: ...
 
 class GroupEvidence(_message.Message):
     __slots__ = ("group", "status", "train_samples", "threshold", "threshold_percentile", "calibration", "members", "evaluation", "metrics", "selection")
@@ -251,7 +249,7 @@ class HistoryEvent(_message.Message):
     message: str
     details: _struct_pb2.Struct
     details_json: str
-    def __init__(self, timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., event_type: _Optional[str] = ..., dataset: _Optional[str] = ..., message: _Optional[str] = ..., details: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., details_json: _Optional[str] = ...) -> None: ...
+    def __init__(self, timestamp: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., event_type: _Optional[str] = ..., dataset: _Optional[str] = ..., message: _Optional[str] = ..., details: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., details_json: _Optional[str] = ...) -> None: ...
 
 class HistoryRequest(_message.Message):
     __slots__ = ("dataset", "event_types", "limit")

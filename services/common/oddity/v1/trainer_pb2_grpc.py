@@ -5,7 +5,7 @@ import warnings
 
 from oddity.v1 import trainer_pb2 as oddity_dot_v1_dot_trainer__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.72.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in oddity/v1/trainer_pb2_grpc.py depends on'
+        + f' but the generated code in oddity/v1/trainer_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class TrainerStub:
+class TrainerStub(object):
     """Watches the data volume, trains per-group models, validates them and publishes
     versioned bundles into the model repository.
     """
@@ -73,7 +73,7 @@ class TrainerStub:
                 _registered_method=True)
 
 
-class TrainerServicer:
+class TrainerServicer(object):
     """Watches the data volume, trains per-group models, validates them and publishes
     versioned bundles into the model repository.
     """
@@ -175,7 +175,7 @@ def add_TrainerServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Trainer:
+class Trainer(object):
     """Watches the data volume, trains per-group models, validates them and publishes
     versioned bundles into the model repository.
     """

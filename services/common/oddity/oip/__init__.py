@@ -1,0 +1,1 @@
+"""Generated from protos/oddity/oip by protos/generate.py; do not edit."""
