@@ -15,6 +15,9 @@ from oddity.embedder.quantization import VARIANTS as quantization_variants
 from oddity.embedder.runtime import EmbeddingModel, Item
 from tests.support import encoders
 
+# Parity tests compare the exported graph itself: ONNX Runtime fp32, no measured choice.
+AS_EXPORTED = {"precision": "fp32", "backend": "onnxruntime"}
+
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
@@ -45,7 +48,7 @@ def test_image_embeddings_match_transformers(tmp_path, make):
     from transformers import AutoConfig, AutoImageProcessor, AutoModel, CLIPVisionModel
 
     weights = make(tmp_path / "weights")
-    folder = ensure_exported(ModelSource(model_id=str(weights), modality="image"), tmp_path / "cache")
+    folder = ensure_exported(ModelSource(model_id=str(weights), modality="image", **AS_EXPORTED), tmp_path / "cache")
     served = EmbeddingModel("m", folder, limits=ImageLimits())
     images = sample_images()
     got = served.embed([Item(image=i) for i in images])
@@ -67,7 +70,7 @@ def test_text_embeddings_match_transformers_with_minilm(tmp_path):
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    source = ModelSource(model_id=encoders.minilm_path(), modality="text")
+    source = ModelSource(model_id=encoders.minilm_path(), modality="text", **AS_EXPORTED)
     served = EmbeddingModel("text", ensure_exported(source, tmp_path / "cache"), limits=ImageLimits())
     texts = [
         "A child drew a house with a red roof.",
@@ -88,14 +91,15 @@ def test_text_embeddings_match_transformers_with_minilm(tmp_path):
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_export_is_cached_and_keyed_by_settings(tmp_path, vit):
     cache = tmp_path / "cache"
-    fp32 = ensure_exported(ModelSource(model_id=str(vit), modality="image"), cache)
+    fp32 = ensure_exported(ModelSource(model_id=str(vit), modality="image", precision="fp32"), cache)
     mtime = (fp32 / "model.onnx").stat().st_mtime_ns
-    assert ensure_exported(ModelSource(model_id=str(vit), modality="image"), cache) == fp32
+    assert ensure_exported(ModelSource(model_id=str(vit), modality="image", precision="fp32"), cache) == fp32
     assert (fp32 / "model.onnx").stat().st_mtime_ns == mtime  # not exported again
     int8 = ensure_exported(ModelSource(model_id=str(vit), modality="image", precision="int8"), cache)
-    assert int8 != fp32 and (int8 / "model.int8.onnx").exists()
+    assert int8 != fp32 and read_meta(int8)["precision"] == "int8" and (int8 / read_meta(int8)["graph"]).exists()
     images = [Item(image=i) for i in sample_images(1)]
     full = EmbeddingModel("f", fp32, limits=ImageLimits()).embed(images)
     quantized = EmbeddingModel("q", int8, limits=ImageLimits()).embed(images)
@@ -117,8 +121,10 @@ def test_unreachable_weights_say_how_to_provide_them_at_once(tmp_path):
 def test_fused_attention_gives_the_embeddings_of_the_exported_graph(tmp_path, make):
     weights = make(tmp_path / "weights")
     cache = tmp_path / "cache"
-    plain = ensure_exported(ModelSource(model_id=str(weights), modality="image", optimize=False), cache)
-    fused = ensure_exported(ModelSource(model_id=str(weights), modality="image", fuse_attention=True), cache)
+    plain = ensure_exported(ModelSource(model_id=str(weights), modality="image", optimize=False, **AS_EXPORTED), cache)
+    fused = ensure_exported(
+        ModelSource(model_id=str(weights), modality="image", fuse_attention=True, **AS_EXPORTED), cache
+    )
     meta = read_meta(fused)
     assert meta["optimization"]["applied"] and meta["optimization"]["fused"]["Attention"] == 2
     assert read_meta(plain)["optimization"]["reason"] == "optimize is off for this model"
@@ -129,7 +135,9 @@ def test_fused_attention_gives_the_embeddings_of_the_exported_graph(tmp_path, ma
 
 
 def test_an_optimized_graph_that_differs_is_not_kept(tmp_path, vit):
-    folder = ensure_exported(ModelSource(model_id=str(vit), modality="image", optimize=False), tmp_path / "cache")
+    folder = ensure_exported(
+        ModelSource(model_id=str(vit), modality="image", optimize=False, **AS_EXPORTED), tmp_path / "cache"
+    )
     target = tmp_path / "fused.onnx"
 
     def outputs_of(path):  # the fused graph's embeddings come out 1% off
@@ -148,18 +156,20 @@ def test_an_optimized_graph_that_differs_is_not_kept(tmp_path, vit):
     assert unknown.reason == "no fusion patterns for model type 'swin'"
 
 
+@pytest.mark.slow
 def test_int8_records_its_variant_and_cosine_and_fails_below_the_gate(tmp_path, vit):
     cache = tmp_path / "cache"
     int8 = ensure_exported(ModelSource(model_id=str(vit), modality="image", precision="int8"), cache)
     quantization = read_meta(int8)["quantization"]
     assert quantization["variant"] == "per-tensor" and quantization["min_cosine"] >= 0.998
-    strict = ModelSource(model_id=str(vit), modality="image", precision="int8", int8_min_cosine=1.0)
+    strict = ModelSource(model_id=str(vit), modality="image", precision="int8", min_cosine=1.0)
     with pytest.raises(ExportError) as error:
         ensure_exported(strict, cache)
     message = str(error.value)
     assert "int8 embeddings are too far from fp32 on the sample inputs" in message
     assert all(variant.name in message for variant in quantization_variants)
-    assert "serve this model in fp32, or lower its int8_min_cosine" in message
+    assert "serve this model in fp32, or lower its min_cosine" in message
+    assert "no candidate keeps cosine >= 1.0 to ONNX Runtime fp32" in message
     assert not (cache / strict.cache_key()).exists()
     assert not [p for p in cache.iterdir() if p.name.startswith(".export-")]
 

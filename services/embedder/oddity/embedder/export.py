@@ -6,8 +6,9 @@ onnxruntime, tokenizers and Pillow only. Loading goes through transformers'
 access a hub id fails, and the error says how to provide the weights.
 
 After the export, ONNX Runtime's transformer optimizer fuses the graph where its outputs
-stay the same (graph_optimization.py), and int8 models are quantized behind a cosine gate
-against fp32 (quantization.py); both are checked on sample inputs made here.
+stay the same (graph_optimization.py), and the serving runtime and precision are chosen by
+measuring them behind a cosine gate against fp32 (precision_choice.py); both are checked on
+sample inputs made here.
 
 Reason to change: how Hugging Face models become ONNX graphs.
 """
@@ -69,7 +70,7 @@ def ensure_exported(source: ModelSource, cache_dir: Path) -> Path:
     try:
         export = _export_image if source.modality == "image" else _export_text
         architecture = export(source, staging)
-        _optimize_and_quantize(source, staging, architecture)
+        _optimize_and_choose(source, staging, architecture)
         try:
             staging.rename(folder)
         except OSError:
@@ -283,17 +284,17 @@ def _common_meta(source: ModelSource, dimension: int) -> dict:
         "model_id": source.model_id,
         "revision": "local" if source.is_local else source.revision,
         "modality": source.modality,
-        "precision": source.precision,
         "dimension": dimension,
         "graph": "model.onnx",
     }
 
 
-def _optimize_and_quantize(source: ModelSource, folder: Path, architecture: Architecture) -> None:
-    """Fuse model.onnx in place where it pays and stays equal; for int8, quantize it behind the
-    cosine gate. The outcome of each step is recorded in meta.json."""
+def _optimize_and_choose(source: ModelSource, folder: Path, architecture: Architecture) -> None:
+    """Fuse model.onnx in place where it pays and stays equal; then choose the runtime and
+    precision by measuring them here, behind the cosine gate. The outcome of each step is
+    recorded in meta.json."""
     from oddity.embedder.graph_optimization import Optimization, optimize
-    from oddity.embedder.quantization import QuantizationRejected, quantize
+    from oddity.embedder.precision_choice import NoCandidateKept, choose
 
     meta = read_meta(folder)
     inputs = sample_inputs(folder, meta)
@@ -318,29 +319,30 @@ def _optimize_and_quantize(source: ModelSource, folder: Path, architecture: Arch
     else:
         outcome = Optimization(False, reason="optimize is off for this model")
     meta["optimization"] = outcome.as_meta()
-    if source.precision == "int8":
-        try:
-            quantized = quantize(
-                graph, folder / "model.int8.onnx", min_cosine=source.int8_min_cosine, outputs_of=outputs_of
-            )
-        except QuantizationRejected as exc:
-            raise ExportError(f"{source.model_id!r}: {exc}") from exc
-        graph.unlink()
-        meta["graph"] = "model.int8.onnx"
-        meta["quantization"] = quantized.as_meta()
+    try:
+        choice = choose(folder, source, inputs, sample_inputs(folder, meta, calibration=True))
+    except NoCandidateKept as exc:
+        raise ExportError(f"{source.model_id!r}: {exc}") from exc
+    meta["graph"] = choice.chosen.graph
+    meta["backend"] = choice.chosen.backend
+    meta["precision"] = choice.chosen.precision
+    meta["choice"] = choice.as_meta()
+    if choice.quantization is not None:
+        meta["quantization"] = choice.quantization
     write_meta(folder, meta)
 
 
-def sample_inputs(folder: Path, meta: dict) -> dict[str, np.ndarray]:
+def sample_inputs(folder: Path, meta: dict, *, calibration: bool = False) -> dict[str, np.ndarray]:
     """Model inputs made the way serving makes them, to check fused and quantized graphs
     against the exported one: smooth synthetic images (noise would be far from any real
-    input), or sentences of several lengths."""
+    input), or sentences of several lengths. The calibration set (for static int8) is
+    another such set, so the cosine gate is not measured on the inputs it was fitted to."""
     from PIL import Image
 
     from oddity.embedder.preprocessing import ImageLimits, ImagePreprocessor, TextPreprocessor
 
     if meta["modality"] == "image":
-        rng = np.random.default_rng(0)
+        rng = np.random.default_rng(1 if calibration else 0)
         images = []
         for _ in range(8):
             coarse = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
@@ -349,7 +351,8 @@ def sample_inputs(folder: Path, meta: dict) -> dict[str, np.ndarray]:
             image.save(buffer, format="PNG")
             images.append(buffer.getvalue())
         return {"pixel_values": ImagePreprocessor(meta["preprocessing"], ImageLimits())(images)}
-    return TextPreprocessor(folder, meta["preprocessing"])(SAMPLE_SENTENCES)
+    sentences = CALIBRATION_SENTENCES if calibration else SAMPLE_SENTENCES
+    return TextPreprocessor(folder, meta["preprocessing"])(sentences)
 
 
 SAMPLE_SENTENCES = [
@@ -361,6 +364,16 @@ SAMPLE_SENTENCES = [
     "error: connection reset by peer",
     "She walked the dog along the river every morning before work.",
     "Invoice 1182 was paid twice by mistake.",
+]
+CALIBRATION_SENTENCES = [
+    "The train to the coast was cancelled because of the storm.",
+    "Temperature sensor 12 reported values far above its usual range overnight.",
+    "thanks!",
+    "Two customers asked for a refund after the update broke the login page.",
+    "The museum opened a new wing with paintings from the early twentieth century.",
+    "warning: disk usage above 90 percent on node 3",
+    "He planted tomatoes and beans in the garden behind the house.",
+    "Order 5531 shipped to the wrong address and came back.",
 ]
 
 

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-EXPORT_FORMAT = 2  # bump when the exported graph or its metadata change shape
+EXPORT_FORMAT = 3  # bump when the exported graph or its metadata change shape
 META_FILE = "meta.json"
 
 
@@ -25,7 +25,10 @@ class ModelSource(BaseModel):
     model_id: str
     modality: Literal["image", "text"]
     revision: str = "main"
-    precision: Literal["fp32", "int8"] = "fp32"
+    # auto: the fastest candidate measured on this machine at export whose embeddings keep
+    # min_cosine to ONNX Runtime fp32 (precision_choice.py); or one precision / runtime forced.
+    precision: Literal["auto", "fp32", "int8", "bf16"] = "auto"
+    backend: Literal["auto", "onnxruntime", "openvino"] = "auto"
     # Text: longest input in tokens (0: the tokenizer's own limit).
     max_length: int = 0
     # ONNX Runtime's transformer optimizer at export (fused LayerNorm, GELU); the fused graph
@@ -37,8 +40,9 @@ class ModelSource(BaseModel):
     # MultiHeadAttention beside quantized projections (68 vs 61 ms/image);
     # `python -m bench.embedder_speed --explore` compares them on a CPU.
     fuse_attention: bool = False
-    # int8: the export fails unless every sample embedding keeps this cosine to fp32.
-    int8_min_cosine: float = Field(default=0.998, gt=0, le=1)
+    # The cosine gate: a candidate other than ONNX Runtime fp32 serves only if every sample
+    # embedding keeps this cosine to ONNX Runtime fp32's.
+    min_cosine: float = Field(default=0.998, gt=0, le=1)
 
     @property
     def is_local(self) -> bool:

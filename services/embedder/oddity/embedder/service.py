@@ -107,10 +107,12 @@ class EmbedderService:
             model_id=source.model_id,
             dimension=model.dimension,
             modality=model.modality,
-            precision=source.precision,
+            backend=model.meta["backend"],
+            precision=model.meta["precision"],
             graph=model.meta["graph"],
             optimization=model.meta.get("optimization"),
             quantization=model.meta.get("quantization"),
+            choice=model.meta["choice"],
             session=model.session_config.describe(),
         )
         return True

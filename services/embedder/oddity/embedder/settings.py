@@ -64,6 +64,14 @@ class EmbedderSettings(ServiceSettings):
         '"CPUExecutionProvider"] (needs onnxruntime-gpu).',
     )
     preprocess_workers: int = Field(2, ge=1, description="Threads decoding and resizing images.")
+    precision: Literal["auto", "fp32", "int8", "bf16"] = Field(
+        "auto",
+        description="Precision of the models that set none: auto measures the candidates at export on this "
+        "machine and keeps the fastest whose embeddings keep the cosine gate (min_cosine, 0.998) to fp32.",
+    )
+    backend: Literal["auto", "onnxruntime", "openvino"] = Field(
+        "auto", description="Runtime of the models that set none: auto measures both at export (openvino if installed)."
+    )
 
     @field_validator("execution_providers")
     @classmethod
@@ -77,6 +85,16 @@ class EmbedderSettings(ServiceSettings):
             graph_optimization=self.graph_optimization,
             providers=tuple(self.execution_providers),
         )
+
+    @model_validator(mode="after")
+    def _models_inherit_precision_and_backend(self) -> EmbedderSettings:
+        """--precision and --backend apply to every model that does not set its own."""
+        for name, source in self.models.items():
+            inherited = {
+                key: getattr(self, key) for key in ("precision", "backend") if key not in source.model_fields_set
+            }
+            self.models[name] = source.model_copy(update=inherited)
+        return self
 
     @model_validator(mode="after")
     def _default_is_served(self) -> EmbedderSettings:

@@ -1,0 +1,121 @@
+"""The runtime and precision chosen per CPU at export: measured, recorded, gated, forceable."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from oddity.common.settings import load_settings
+from oddity.embedder.export import ExportError, ensure_exported
+from oddity.embedder.models import ModelSource, read_meta
+from oddity.embedder.settings import EmbedderSettings
+from oddity.v1 import embedder_pb2
+from tests.conftest import start_embedder
+from tests.support import encoders
+from tests.support.servers import wait_models
+
+
+@pytest.fixture(scope="module")
+def vit(tmp_path_factory):
+    return encoders.tiny_vit(tmp_path_factory.mktemp("vit"))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.mark.slow
+def test_the_fastest_candidate_keeping_the_gate_is_chosen_and_recorded(vit, cache):
+    folder = ensure_exported(ModelSource(model_id=str(vit), modality="image"), cache)
+    meta = read_meta(folder)
+    choice = meta["choice"]
+    names = [c["name"] for c in choice["candidates"]]
+    assert {"onnxruntime fp32", "onnxruntime int8 dynamic", "openvino fp32", "openvino int8 static"} <= set(names)
+    gated = [c for c in choice["candidates"] if c["cosine"] is not None and c["cosine"] >= 0.998]
+    fastest = max(gated, key=lambda c: c["items_per_second"])
+    assert choice["chosen"] == fastest["name"] and fastest["outcome"] == "chosen"
+    assert (meta["backend"], meta["precision"], meta["graph"]) == (
+        fastest["backend"],
+        fastest["precision"],
+        fastest["graph"],
+    )
+    assert [p.name for p in folder.glob("*.onnx")] == [meta["graph"]]  # graphs not chosen are gone
+    assert choice["setting"] == {"backend": "auto", "precision": "auto"} and choice["cpu"]
+
+
+@pytest.mark.slow
+def test_a_forced_backend_and_precision_are_the_only_candidate(vit, cache):
+    folder = ensure_exported(
+        ModelSource(model_id=str(vit), modality="image", backend="openvino", precision="fp32"), cache
+    )
+    meta = read_meta(folder)
+    assert [c["name"] for c in meta["choice"]["candidates"]] == ["openvino fp32"]
+    assert (meta["backend"], meta["precision"], meta["graph"]) == ("openvino", "fp32", "model.onnx")
+
+
+@pytest.mark.slow
+def test_the_cosine_gate_rejects_int8_below_it(vit, cache):
+    folder = ensure_exported(ModelSource(model_id=str(vit), modality="image", min_cosine=0.99999), cache)
+    candidates = {c["name"]: c for c in read_meta(folder)["choice"]["candidates"]}
+    assert candidates["onnxruntime int8 static"]["outcome"] == "below the cosine gate"
+    assert candidates["openvino int8 static"]["outcome"] == "below the cosine gate"
+    assert candidates["onnxruntime int8 dynamic"]["outcome"].startswith("int8 embeddings are too far from fp32")
+    assert read_meta(folder)["precision"] == "fp32"
+
+
+@pytest.mark.slow
+def test_bf16_forced_where_it_cannot_run_fails_the_export_saying_why(vit, cache):
+    with pytest.raises(ExportError, match="no candidate runs backend 'onnxruntime' in precision 'bf16'"):
+        ensure_exported(
+            ModelSource(model_id=str(vit), modality="image", backend="onnxruntime", precision="bf16"), cache
+        )
+
+
+def test_precision_and_backend_flags_apply_to_models_that_set_none():
+    models = {
+        "images": {"model_id": "/weights/vit", "modality": "image"},
+        "texts": {"model_id": "/weights/minilm", "modality": "text", "precision": "fp32"},
+    }
+    settings = load_settings(
+        EmbedderSettings,
+        ["--models", json.dumps(models), "--default-model", "images", "--precision", "int8", "--backend", "openvino"],
+    )
+    assert (settings.models["images"].precision, settings.models["images"].backend) == ("int8", "openvino")
+    assert (settings.models["texts"].precision, settings.models["texts"].backend) == ("fp32", "openvino")
+
+
+@pytest.mark.slow
+def test_openvino_answers_as_onnxruntime_fp32_does_over_grpc(vit, tmp_path):
+    models = {
+        "onnxruntime": ModelSource(model_id=str(vit), modality="image", backend="onnxruntime", precision="fp32"),
+        "openvino": ModelSource(model_id=str(vit), modality="image", backend="openvino"),
+    }
+    handle = start_embedder(tmp_path / "cache", models)
+    try:
+        wait_models(handle)
+        assert handle.service.models["openvino"].model.meta["backend"] == "openvino"
+        rng = np.random.default_rng(0)
+        images = []
+        for _ in range(6):
+            image = Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)).resize((80, 60))
+            images.append(png(image))
+
+        def embed(model: str) -> np.ndarray:
+            request = embedder_pb2.EmbedRequest(model=model, items=[embedder_pb2.EmbedItem(image=i) for i in images])
+            response = handle.stub.Embed(request)
+            return np.frombuffer(response.embeddings.raw_data, "<f4").reshape(list(response.embeddings.shape))
+
+        reference, got = embed("onnxruntime"), embed("openvino")
+        cosine = (reference * got).sum(1) / np.linalg.norm(reference, axis=1) / np.linalg.norm(got, axis=1)
+        assert got.shape == reference.shape and cosine.min() >= 0.998
+    finally:
+        handle.close()
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
