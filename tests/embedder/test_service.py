@@ -128,7 +128,7 @@ def test_info_names_models_dimensions_and_preprocessing(embedder):
     assert info["vit"].dimension == 32 and info["vit"].modality == "image" and info["vit"].is_default
     assert info["text"].dimension == 384 and info["text"].modality == "text" and not info["text"].is_default
     assert "resize" in info["vit"].preprocessing and info["text"].preprocessing["max_length"] == "512"
-    assert info["vit"].precision == "fp32"
+    assert info["vit"].precision == embedder.service.models["vit"].model.meta["precision"]  # the one chosen
 
 
 def bomb() -> bytes:
