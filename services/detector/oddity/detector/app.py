@@ -15,6 +15,7 @@ from oddity.common.clients import EmbedderClient
 from oddity.common.logging import get_logger
 from oddity.common.scoring import SessionConfig
 from oddity.common.server import HandlerRegistry, Readiness
+from oddity.detector import oip_api
 from oddity.detector.grpc_api import DetectorServicer, add_to_server
 from oddity.detector.metrics import DetectorMetrics
 from oddity.detector.model import LoadedModel
@@ -97,6 +98,8 @@ class DetectorApp:
 
     def register(self, server: HandlerRegistry) -> None:
         add_to_server(DetectorServicer(self.service, self.similarity), server)
+        # The Open Inference Protocol (KServe v2) on the same port, over the same use cases.
+        oip_api.add_to_server(oip_api.InferenceServicer(self.service), server)
 
     async def start(self, readiness: Readiness) -> None:
         self._readiness = readiness
