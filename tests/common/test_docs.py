@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 
+from oddity.detector import oip_api
 from oddity.detector.app import DetectorApp
 from oddity.embedder.app import EmbedderApp
 from oddity.trainer.app import TrainerApp
@@ -36,4 +37,5 @@ def test_the_api_table_names_every_rpc_and_its_role():
         for service in module.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
                 expected[method.name] = "admin" if method.name in app.admin_methods else "read"
+    expected |= {name: "admin" if name in DetectorApp.admin_methods else "read" for name in oip_api.SERVED_METHODS}
     assert listed == expected

@@ -13,13 +13,13 @@ from tests.support.servers import repo_root
 
 # The distribution under services/<folder> and the top-level packages of `oddity` it holds.
 DISTRIBUTIONS = {
-    "common": ("common", "v1"),
+    "common": ("common", "v1", "oip"),
     "detector": ("detector",),
     "trainer": ("trainer",),
     "embedder": ("embedder",),
     "client": ("client", "cli"),
 }
-SHARED = ("common", "v1")
+SHARED = ("common", "v1", "oip")
 
 
 def _modules(folder: str) -> dict[str, Path]:

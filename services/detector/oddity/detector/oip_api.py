@@ -20,6 +20,7 @@ import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import grpc
 import numpy as np
@@ -31,6 +32,8 @@ from oddity.oip import grpc_predict_v2_pb2 as oip
 from oddity.v1 import manifest_pb2
 
 SERVICE = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+# The RPCs served: health, metadata and inference (not the repository extension).
+SERVED_METHODS = ("ServerLive", "ServerReady", "ServerMetadata", "ModelReady", "ModelMetadata", "ModelInfer")
 SERVER_NAME = "oddity-detector"
 MATRIX_INPUT = "input"  # the [rows, features] form of the inputs
 PLATFORM = "oddity"
@@ -40,14 +43,14 @@ InferOutput = oip.ModelInferResponse.InferOutputTensor
 TensorMetadata = oip.ModelMetadataResponse.TensorMetadata
 
 # Datatypes read and written as numbers: their little-endian numpy type and typed-contents field.
-_NUMERIC = {
+_NUMERIC: dict[str, tuple[np.dtype, str]] = {
     "FP32": (np.dtype("<f4"), "fp32_contents"),
     "FP64": (np.dtype("<f8"), "fp64_contents"),
     "INT32": (np.dtype("<i4"), "int_contents"),
     "INT64": (np.dtype("<i8"), "int64_contents"),
 }
 # Datatypes answered as numbers: their little-endian numpy type.
-_ANSWERED = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"), "BOOL": np.dtype("?")}
+_ANSWERED: dict[str, np.dtype] = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"), "BOOL": np.dtype("?")}
 _FEATURE_TYPES = ("FP32", "FP64")
 _ROUTING_TYPES = (*_NUMERIC, "BYTES")
 _BYTES_LENGTH = struct.Struct("<I")  # a BYTES element's raw length prefix
@@ -336,7 +339,12 @@ class InferenceServicer:
         manifest = self._manifest(request.model_name, version)
         rows, routing = _rows_and_routing(manifest, tensors)
         output = await self._service.detect(
-            DetectInput(model=request.model_name, rows=rows, version=version, routing_values=routing)
+            DetectInput(
+                model=request.model_name,
+                rows=rows,
+                version=version,
+                routing_values=cast(Sequence[float], routing),  # the scorer reads arrays as they are
+            )
         )
         response = oip.ModelInferResponse(model_name=output.model, model_version=str(output.version), id=request.id)
         _write(response, _asked_for(_outputs(output), request), raw)
@@ -347,7 +355,7 @@ def add_to_server(servicer: InferenceServicer, server: HandlerRegistry) -> None:
     """Register the six RPCs of inference.GRPCInferenceService (its repository extension,
     RepositoryModelLoad/Unload, stays UNIMPLEMENTED: oddity.v1's LoadModel/UnloadModel do that)."""
     handlers = {}
-    for name in ("ServerLive", "ServerReady", "ServerMetadata", "ModelReady", "ModelMetadata", "ModelInfer"):
+    for name in SERVED_METHODS:
         method = SERVICE.methods_by_name[name]
         request_type = getattr(oip, method.input_type.name)
         response_type = getattr(oip, method.output_type.name)
