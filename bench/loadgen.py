@@ -6,8 +6,10 @@ server it is pointed at)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -21,6 +23,11 @@ class LoadResult:
     errors: int
     seconds: float
     latencies_ms: np.ndarray
+    server_cpu_seconds: float = float("nan")  # the server process's CPU while measuring (given its pid)
+
+    @property
+    def server_cpu_us_per_call(self) -> float:
+        return self.server_cpu_seconds / self.requests * 1e6 if self.requests else float("nan")
 
     @property
     def rps(self) -> float:
@@ -30,7 +37,18 @@ class LoadResult:
         return float(np.percentile(self.latencies_ms, p)) if len(self.latencies_ms) else float("nan")
 
 
-async def _run(target: str, method: str, payload: bytes, concurrency: int, seconds: float, warmup: float) -> LoadResult:
+def process_cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, TypeError):
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _run(
+    target: str, method: str, payload: bytes, concurrency: int, seconds: float, warmup: float, server_pid: int | None
+) -> LoadResult:
     options = [("grpc.max_receive_message_length", LIMIT), ("grpc.max_send_message_length", LIMIT)]
     async with grpc.aio.insecure_channel(target, options=options) as channel:
         call = channel.unary_unary(method)  # bytes in, bytes out
@@ -57,16 +75,24 @@ async def _run(target: str, method: str, payload: bytes, concurrency: int, secon
         tasks = [asyncio.create_task(caller()) for _ in range(concurrency)]
         await asyncio.sleep(warmup)
         measuring = True
-        begin = time.perf_counter()
+        begin, cpu = time.perf_counter(), process_cpu_seconds(server_pid)
         await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - begin
-    return LoadResult(len(latencies), errors, elapsed, np.array(latencies) * 1000)
+        elapsed, cpu = time.perf_counter() - begin, process_cpu_seconds(server_pid) - cpu
+    return LoadResult(len(latencies), errors, elapsed, np.array(latencies) * 1000, cpu)
 
 
 def run_load(
-    target: str, method: str, payload: bytes, *, concurrency: int, seconds: float, warmup: float = 0.5
+    target: str,
+    method: str,
+    payload: bytes,
+    *,
+    concurrency: int,
+    seconds: float,
+    warmup: float = 0.5,
+    server_pid: int | None = None,
 ) -> LoadResult:
-    return asyncio.run(_run(target, method, payload, concurrency, seconds, warmup))
+    """`server_pid`: also measure that process's CPU time while measuring (the server's cost per call)."""
+    return asyncio.run(_run(target, method, payload, concurrency, seconds, warmup, server_pid))
 
 
 def run_mixed(
@@ -76,7 +102,7 @@ def run_mixed(
     channel, as separate clients would; one result per load."""
 
     async def together() -> list[LoadResult]:
-        runs = (_run(target, method, payload, concurrency, seconds, warmup) for payload, concurrency in loads)
+        runs = (_run(target, method, payload, concurrency, seconds, warmup, None) for payload, concurrency in loads)
         return list(await asyncio.gather(*runs))
 
     return asyncio.run(together())

@@ -66,6 +66,7 @@ class DetectorApp:
                 max_batch_delay=settings.max_batch_delay_ms / 1000,
             ),
             workers=settings.inference_workers,
+            worker_nice=settings.inference_worker_nice,
             embedder=self._embedder_client if settings.embedder else None,
             on_serving_changed=self._serving_changed,
         )

@@ -51,6 +51,13 @@ class DetectorSettings(ServiceSettings):
     inference_workers: int = Field(
         2, ge=1, description="Threads that run large batches outside the event loop (about one per core)."
     )
+    inference_worker_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="How much lower those threads (and the threads they split rows over) run in the CPU "
+        "scheduler (Linux nice): while large requests take every core, small requests keep their latency.",
+    )
     inline_max_values: int = Field(
         32768,
         ge=0,
