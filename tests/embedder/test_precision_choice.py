@@ -2,6 +2,7 @@
 
 import io
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from PIL import Image
 from oddity.common.settings import load_settings
 from oddity.embedder.export import ExportError, ensure_exported
 from oddity.embedder.models import ModelSource, read_meta
+from oddity.embedder.precision_choice import NoCandidateKept, candidates
 from oddity.embedder.settings import EmbedderSettings
 from oddity.v1 import embedder_pb2
 from tests.conftest import start_embedder
@@ -72,6 +74,15 @@ def test_bf16_forced_where_it_cannot_run_fails_the_export_saying_why(vit, cache)
         ensure_exported(
             ModelSource(model_id=str(vit), modality="image", backend="onnxruntime", precision="bf16"), cache
         )
+
+
+def test_without_openvino_auto_measures_onnxruntime_only_and_says_so(monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # what `import openvino` meets where it is not installed
+    allowed, notes = candidates(ModelSource(model_id="/weights/vit", modality="image"))
+    assert [c.name for c in allowed] == ["onnxruntime fp32", "onnxruntime int8 dynamic", "onnxruntime int8 static"]
+    assert notes == ["openvino is not installed: ONNX Runtime candidates only (pip install openvino)"]
+    with pytest.raises(NoCandidateKept, match="no candidate runs backend 'openvino' in precision 'auto'"):
+        candidates(ModelSource(model_id="/weights/vit", modality="image", backend="openvino"))
 
 
 def test_precision_and_backend_flags_apply_to_models_that_set_none():

@@ -140,22 +140,7 @@ def choose(
     session = session or SessionConfig()
     allowed, notes = candidates(source)
     reference = OnnxRuntimeBackend(folder / FP32_GRAPH, session)(inputs)
-    quantization = None
-    graphs = {c.graph for c in allowed}
-    missing: dict[str, str] = {}
-    if DYNAMIC_INT8_GRAPH in graphs:
-        try:
-            quantized = quantize(
-                folder / FP32_GRAPH,
-                folder / DYNAMIC_INT8_GRAPH,
-                min_cosine=source.min_cosine,
-                outputs_of=lambda path: OnnxRuntimeBackend(path, session)(inputs),
-            )
-            quantization = quantized.as_meta()
-        except QuantizationRejected as exc:
-            missing[DYNAMIC_INT8_GRAPH] = str(exc)
-    if STATIC_INT8_GRAPH in graphs:
-        quantize_static_qdq(folder / FP32_GRAPH, folder / STATIC_INT8_GRAPH, calibration)
+    missing, quantization = make_graphs(folder, allowed, source, inputs, calibration, session)
     runnable = [c for c in allowed if c.graph not in missing]
     ran = _measure(folder, runnable, inputs, reference, source.min_cosine, session)
     measured = [ran.get(c) or Measured(c, missing[c.graph]) for c in allowed]
@@ -184,6 +169,35 @@ def choose(
         notes=notes,
     )
     return choice
+
+
+def make_graphs(
+    folder: Path,
+    allowed: list[Candidate],
+    source: ModelSource,
+    inputs: dict[str, np.ndarray],
+    calibration: dict[str, np.ndarray],
+    session: SessionConfig,
+) -> tuple[dict[str, str], dict | None]:
+    """Write the int8 graphs the candidates need beside the fp32 one: the graphs that could not
+    be made (with why), and the dynamic int8 variants tried."""
+    graphs = {c.graph for c in allowed}
+    missing: dict[str, str] = {}
+    quantization = None
+    if DYNAMIC_INT8_GRAPH in graphs:
+        try:
+            quantized = quantize(
+                folder / FP32_GRAPH,
+                folder / DYNAMIC_INT8_GRAPH,
+                min_cosine=source.min_cosine,
+                outputs_of=lambda path: OnnxRuntimeBackend(path, session)(inputs),
+            )
+            quantization = quantized.as_meta()
+        except QuantizationRejected as exc:
+            missing[DYNAMIC_INT8_GRAPH] = str(exc)
+    if STATIC_INT8_GRAPH in graphs:
+        quantize_static_qdq(folder / FP32_GRAPH, folder / STATIC_INT8_GRAPH, calibration)
+    return missing, quantization
 
 
 def _measure(
