@@ -160,14 +160,15 @@ class MicroBatcher:
         parts = [(w.rows, w.routing_values) for w in waiting]
         if small:
             start = time.thread_time()
-            results = _score_batch(model, parts, routed, percentile, self._observe_scores)
+            results, scored = _score_batch(model, parts, routed, percentile)
             self._timed(model, batch.rows, time.thread_time() - start)
+            self._observe_all(model, scored)
             _deliver_all(waiting, results)
             return
         model.add_lease()  # released by the batch thread, whoever is still waiting
         self._running += 1
         future = asyncio.get_running_loop().run_in_executor(
-            self._batch_thread, _score_batch_and_release, model, parts, routed, percentile, self._observe_scores
+            self._batch_thread, _score_batch_and_release, model, parts, routed, percentile
         )
 
         def done(future: asyncio.Future) -> None:
@@ -176,14 +177,19 @@ class MicroBatcher:
             if error is not None:
                 _deliver_all(waiting, [error] * len(waiting))
             else:
-                results, seconds = future.result()
+                results, scored, seconds = future.result()
                 self._timed(model, batch.rows, seconds)
+                self._observe_all(model, scored)
                 _deliver_all(waiting, results)
             if not self._running:
                 for held_key, held in [(k, b) for k, b in self._pending.items() if b.held]:
                     self._flush(held_key, held)
 
         future.add_done_callback(done)
+
+    def _observe_all(self, model: LoadedModel, scored: list[Scores]) -> None:
+        for scores in scored:
+            self._observe_scores(model, scores)
 
     def _small(self, model: LoadedModel, batch: _Batch) -> bool:
         """Whether the batch may run on the event loop (see module docstring)."""
@@ -207,11 +213,10 @@ def _score_batch(
     parts: list[tuple[np.ndarray, Sequence[float]]],
     routed: bool,
     percentile: float | None,
-    observe: Callable[[LoadedModel, Scores], None],
-) -> _Results:
+) -> tuple[_Results, list[Scores]]:
     """Each part's scores: one call for the whole batch, or one per part when the batch fails
-    on somebody's input. `observe` is told the scores of each call that succeeds (the metrics
-    of a batch's rows, recorded once for the batch)."""
+    on somebody's input; and the scores of each call that succeeded (the batch's metrics are
+    recorded from these, once per call, on the event loop)."""
     if len(parts) > 1:
         rows = np.concatenate([r for r, _ in parts])
         routing: RoutingValues = ()
@@ -222,21 +227,21 @@ def _score_batch(
         except OddityError:
             pass  # somebody's input is at fault: score one by one below
         except Exception as exc:
-            return [exc] * len(parts)
+            return [exc] * len(parts), []
         else:
-            observe(model, scores)
             stops = np.cumsum([r.shape[0] for r, _ in parts]).tolist()
-            return [scores.slice(start, stop) for start, stop in zip([0, *stops[:-1]], stops, strict=True)]
+            return [scores.slice(start, stop) for start, stop in zip([0, *stops[:-1]], stops, strict=True)], [scores]
     results: _Results = []
+    scored: list[Scores] = []
     for rows, routing_values in parts:
         try:
             scores = model.score(rows, routing_values, threshold_percentile=percentile)
         except Exception as exc:
             results.append(exc)
         else:
-            observe(model, scores)
+            scored.append(scores)
             results.append(scores)
-    return results
+    return results, scored
 
 
 def _score_batch_and_release(
@@ -244,15 +249,15 @@ def _score_batch_and_release(
     parts: list[tuple[np.ndarray, Sequence[float]]],
     routed: bool,
     percentile: float | None,
-    observe: Callable[[LoadedModel, Scores], None],
-) -> tuple[_Results, float]:
-    """On the batch thread: the batch and the CPU seconds it took, then the batch's own lease
-    back. With the single-threaded sessions, as on the loop (with the multi-threaded ones the
+) -> tuple[_Results, list[Scores], float]:
+    """On the batch thread: the batch (as `_score_batch`) and the CPU seconds it took, then the
+    batch's own lease back. With the single-threaded sessions, as on the loop (with the multi-threaded ones the
     scoring threads oversubscribed 2 cores: health-check p99 26-55 ms instead of 14-15 ms in
     bench/health_under_load.py)."""
     try:
         start = time.thread_time()
-        return _score_batch(model, parts, routed, percentile, observe), time.thread_time() - start
+        results, scored = _score_batch(model, parts, routed, percentile)
+        return results, scored, time.thread_time() - start
     finally:
         model.release()
 
