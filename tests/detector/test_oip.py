@@ -136,14 +136,17 @@ def test_typed_contents_are_answered_typed_with_the_outputs_asked_for(sensors):
     request.inputs.add(name="input", datatype="FP32", shape=[3, D]).contents.fp32_contents.extend(rows.ravel().tolist())
     request.outputs.add(name="is_anomaly")
     request.outputs.add(name="score")
+    request.outputs.add(name="group")
     answer = oip_grpc.GRPCInferenceServiceStub(sensors.channel).ModelInfer(request)
     assert (answer.id, answer.model_version, len(answer.raw_output_contents)) == ("call-7", "1", 0)
     assert [(o.name, o.datatype, list(o.shape)) for o in answer.outputs] == [
         ("is_anomaly", "BOOL", [3]),
         ("score", "FP64", [3]),
+        ("group", "BYTES", [3]),
     ]
     assert list(answer.outputs[0].contents.bool_contents) == list(expected.is_anomaly)
     assert list(answer.outputs[1].contents.fp64_contents) == list(expected.scores)
+    assert list(answer.outputs[2].contents.bytes_contents) == [b"all"] * 3
 
 
 def test_a_bad_request_is_invalid_argument_naming_the_input(sensors):

@@ -119,10 +119,6 @@ def _split_bytes(raw: bytes, label: str) -> list[bytes]:
     return strings
 
 
-def _pack_bytes(strings: Sequence[bytes]) -> bytes:
-    return b"".join(_BYTES_LENGTH.pack(len(s)) + s for s in strings)
-
-
 def _check_type(tensor: _Tensor, allowed: Sequence[str]) -> None:
     if tensor.datatype not in allowed:
         raise InvalidArgument(
@@ -233,27 +229,26 @@ class _Output:
     name: str
     datatype: str
     shape: list[int]
-    values: np.ndarray | list[bytes]  # numbers, or the encoded strings of a BYTES output
+    values: np.ndarray  # numbers; for BYTES, each row's index into `table`
+    table: Sequence[bytes] = ()  # BYTES: the distinct strings (group names, class labels)
 
 
 def _outputs(output: DetectOutput) -> list[_Output]:
     s = output.scores
     rows = len(s.row_groups)
-    group_names = [name.encode() for name in s.group_names]
-    groups = [group_names[i] for i in s.row_groups.tolist()]
+    groups = _Output("group", "BYTES", [rows], s.row_groups, [name.encode() for name in s.group_names])
     if s.classes is not None and s.probabilities is not None:
-        labels = [label.encode() for label in output.class_labels]
         probabilities = np.ascontiguousarray(s.probabilities, dtype=np.float32)
         return [
-            _Output("class", "BYTES", [rows], [labels[i] for i in s.classes.tolist()]),
+            _Output("class", "BYTES", [rows], s.classes, [label.encode() for label in output.class_labels]),
             _Output("probabilities", "FP32", list(probabilities.shape), probabilities),
-            _Output("group", "BYTES", [rows], groups),
+            groups,
         ]
     return [
-        _Output("score", "FP64", [rows], np.asarray(s.scores, dtype=np.float64)),
-        _Output("normalized_score", "FP64", [rows], np.asarray(s.normalized, dtype=np.float64)),
-        _Output("is_anomaly", "BOOL", [rows], np.asarray(s.is_anomaly, dtype=bool)),
-        _Output("group", "BYTES", [rows], groups),
+        _Output("score", "FP64", [rows], s.scores),
+        _Output("normalized_score", "FP64", [rows], s.normalized),
+        _Output("is_anomaly", "BOOL", [rows], s.is_anomaly),
+        groups,
     ]
 
 
@@ -272,18 +267,25 @@ def _asked_for(outputs: list[_Output], request: oip.ModelInferRequest) -> list[_
 def _write(response: oip.ModelInferResponse, outputs: list[_Output], raw: bool) -> None:
     for out in outputs:
         tensor = response.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
-        values = out.values
-        if raw:
-            if isinstance(values, list):
-                response.raw_output_contents.append(_pack_bytes(values))
+        if out.datatype == "BYTES":
+            if raw:
+                response.raw_output_contents.append(_pack_rows(out.table, out.values))
             else:
-                response.raw_output_contents.append(values.astype(_ANSWERED[out.datatype], copy=False).tobytes())
-        elif isinstance(values, list):
-            tensor.contents.bytes_contents.extend(values)
+                tensor.contents.bytes_contents.extend([out.table[i] for i in out.values.tolist()])
+        elif raw:
+            response.raw_output_contents.append(out.values.astype(_ANSWERED[out.datatype], copy=False).tobytes())
         elif out.datatype == "BOOL":
-            tensor.contents.bool_contents.extend(values.ravel().tolist())
+            tensor.contents.bool_contents.extend(out.values.ravel().tolist())
         else:
-            getattr(tensor.contents, _NUMERIC[out.datatype][1]).extend(values.ravel().tolist())
+            getattr(tensor.contents, _NUMERIC[out.datatype][1]).extend(out.values.ravel().tolist())
+
+
+def _pack_rows(table: Sequence[bytes], index: np.ndarray) -> bytes:
+    """A raw BYTES tensor of table[i] for each row's i, each string encoded once."""
+    entries = [_BYTES_LENGTH.pack(len(s)) + s for s in table]
+    if len(entries) == 1:
+        return entries[0] * len(index)
+    return b"".join([entries[i] for i in index.tolist()])
 
 
 class InferenceServicer:
