@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,12 @@ from oddity.common.server import ServiceHost
 from oddity.detector.app import DetectorApp
 from oddity.detector.settings import DetectorSettings
 from oddity.embedder.app import EmbedderApp
+from oddity.embedder.models import ModelSource
 from oddity.embedder.settings import EmbedderSettings
 from oddity.trainer.app import TrainerApp
 from oddity.trainer.settings import TrainerSettings
 from oddity.v1 import detector_pb2_grpc, embedder_pb2_grpc, trainer_pb2_grpc
+from tests.support import encoders
 from tests.support.servers import ServerThread, channel
 
 configure_logging(level="warning", json=True)
@@ -39,9 +42,7 @@ class ServiceHandle:
         def make_host() -> ServiceHost:
             metrics_registry = new_metrics_registry(process_metrics=False)
             holder["app"] = make_app(settings, metrics_registry)
-            return ServiceHost(
-                holder["app"], settings, metrics_registry=metrics_registry, interceptors=interceptors
-            )
+            return ServiceHost(holder["app"], settings, metrics_registry=metrics_registry, interceptors=interceptors)
 
         self.server = ServerThread(make_host).start()
         self.app = holder["app"]
@@ -115,3 +116,22 @@ def detector(repository: Path) -> Iterator[ServiceHandle]:
     handle = start_detector(repository)
     yield handle
     handle.close()
+
+
+@dataclass(frozen=True)
+class SharedEncoders:
+    """The tiny ViT ("vit") and MiniLM ("text"), made once per session, with one export cache:
+    the embedders of tests that serve them (and do not test the export itself, which
+    tests/embedder/test_export.py does) export them once between them, not once each."""
+
+    models: dict[str, ModelSource]
+    cache_dir: Path
+
+    def only(self, *names: str) -> dict[str, ModelSource]:
+        return {name: self.models[name] for name in names}
+
+
+@pytest.fixture(scope="session")
+def shared_encoders(tmp_path_factory) -> SharedEncoders:
+    root = tmp_path_factory.mktemp("shared-encoders")
+    return SharedEncoders(encoders.vit_and_minilm(root), root / "cache")

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -19,8 +20,9 @@ import pytest
 from typer.testing import CliRunner
 
 from oddity.cli.main import app
-from tests.conftest import ServiceHandle, start_detector, start_embedder
-from tests.support import encoders, models
+from oddity.embedder.export import ensure_exported
+from tests.conftest import ServiceHandle, SharedEncoders, start_detector, start_embedder
+from tests.support import models
 from tests.support.servers import wait_models
 
 FEATURES = ["f0", "f1", "f2", "f3"]
@@ -67,11 +69,10 @@ def served(tmp_path_factory) -> Iterator[Served]:
 
 
 @pytest.fixture(scope="package")
-def embedder(tmp_path_factory) -> Iterator[ServiceHandle]:
+def embedder(shared_encoders: SharedEncoders) -> Iterator[ServiceHandle]:
     """One embedder for the modules that embed: a tiny ViT ("vit", the default) and MiniLM
     ("text"), exported once (the export is most of an embedder's start)."""
-    root = tmp_path_factory.mktemp("embedder")
-    handle = start_embedder(root / "cache", encoders.vit_and_minilm(root))
+    handle = start_embedder(shared_encoders.cache_dir, shared_encoders.models)
     try:
         wait_models(handle, timeout=300)
         yield handle
@@ -136,11 +137,12 @@ class UpProcess:
         return f"127.0.0.1:{self.serving(service)['port']}"
 
     def children(self) -> dict[str, psutil.Process]:
-        """The service processes by module, e.g. {"oddity.trainer.main": Process}."""
+        """The service processes by module, e.g. {"oddity.trainer.main": Process}; any other
+        child (--prometheus's) by its name."""
         found = {}
         for child in psutil.Process(self.proc.pid).children(recursive=True):
             command = child.cmdline()
-            found[command[command.index("-m") + 1]] = child
+            found[command[command.index("-m") + 1] if "-m" in command else child.name()] = child
         return found
 
     def stderr_text(self) -> str:
@@ -156,6 +158,15 @@ class UpProcess:
 def _read(stream, sink) -> None:
     for line in stream:
         sink(line.rstrip("\n"))
+
+
+def with_text_model_exported(folder: Path, shared: SharedEncoders) -> Path:
+    """`folder`, a stack's, with MiniLM's export already in its embedder-cache/ (a copy of the
+    session's): the stack's embedder serves that MiniLM as its default text model and loads it
+    instead of exporting it again (tens of seconds of what tests/embedder/test_export.py tests)."""
+    exported = ensure_exported(shared.models["text"], shared.cache_dir)
+    shutil.copytree(exported, folder / "embedder-cache" / exported.name)
+    return folder
 
 
 def start_up(folder: Path, *args: str) -> UpProcess:

@@ -27,7 +27,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from oddity.client import DetectorClient, DetectResult, Unavailable
-from tests.client.conftest import start_up
+from tests.client.conftest import start_up, with_text_model_exported
 from tests.support.waiting import wait_for
 
 # The whole demo as processes: a stack, four datasets trained and served (about a minute a test).
@@ -147,8 +147,8 @@ def read_json_document(stream, lines: list[str]) -> dict:
     raise AssertionError("the demo printed no JSON document:\n" + "".join(lines))
 
 
-def test_demo_with_its_own_stack_reports_figures_that_the_written_files_reproduce(tmp_path):
-    folder = tmp_path / "demo"
+def test_demo_with_its_own_stack_reports_figures_that_the_written_files_reproduce(tmp_path, shared_encoders):
+    folder = with_text_model_exported(tmp_path / "demo", shared_encoders)
     proc = subprocess.Popen(
         demo_command("--start", "--keep-running", "--data-volume", str(folder)),
         stdout=subprocess.PIPE,
@@ -212,11 +212,13 @@ def test_demo_with_its_own_stack_reports_figures_that_the_written_files_reproduc
             proc.wait(timeout=30)
 
 
-def test_demo_on_the_readme_stack_offline_trains_every_dataset_and_a_restart_keeps_serving_images(tmp_path):
+def test_demo_on_the_readme_stack_offline_trains_every_dataset_and_a_restart_keeps_serving_images(
+    tmp_path, shared_encoders
+):
     """`oddity up` with no --model (its default vit a hub id not loadable here), then `oddity demo`:
     the stack serves the small local ViT as vit, so every dataset trains and scores; a plain
     restart serves the same vit (stack.json), so the drawings' model still detects images."""
-    up = start_up(tmp_path / "stack")  # embedder: started once a dataset needs it
+    up = start_up(with_text_model_exported(tmp_path / "stack", shared_encoders))  # embedder: once a dataset needs it
     small_vit = up.folder.resolve() / "demo" / "small-vit"
     try:
         wait_for(lambda: "Oddity is up" in up.stderr_text(), timeout=120, what="the welcome panel")

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -27,7 +28,7 @@ from oddity.cli.demo_encoder import small_vit
 from oddity.cli.exit_codes import IN_USE
 from oddity.cli.local_prometheus import LocalPrometheus
 from oddity.client import DetectorClient, EmbedderClient, TrainerClient, Unavailable
-from tests.client.conftest import UpProcess, invoke, start_up
+from tests.client.conftest import UpProcess, invoke, start_up, with_text_model_exported
 from tests.support import datasets
 from tests.support.certificates import identity
 from tests.support.waiting import wait_for
@@ -41,52 +42,6 @@ def up_process(tmp_path) -> Iterator[UpProcess]:
     up = start_up(tmp_path / "stack", "--no-embedder")
     yield up
     up.kill()
-
-
-def test_up_serves_a_dropped_dataset_and_stops_every_service_on_sigterm(up_process, cli, tmp_path):
-    up = up_process
-    wait_for(lambda: any("Oddity is up" in line for line in up.stderr), timeout=120, what="the welcome panel")
-    stderr = "\n".join(up.stderr)
-    assert f"{up.folder.resolve() / 'datasets'}/<name>/" in stderr
-    children = up.children()
-    assert sorted(children) == ["oddity.detector.main", "oddity.trainer.main"]  # --no-embedder
-    metrics_port = up.serving("detector")["metrics_port"]
-    assert f"http://127.0.0.1:{metrics_port}/metrics" in stderr
-
-    spec = {"sources": [{"path": "*.csv"}], "model": {"kind": "knn"}, "retrain": {"debounce_seconds": 0.2}}
-    datasets.write_dataset(up.folder, "sensors", spec, {"readings.csv": datasets.sensor_frame(300, 4)})
-    detector = up.target("detector")
-    with DetectorClient(detector) as client:
-        wait_for(
-            lambda: any(m.name == "sensors" and m.serving_version == 1 for m in client.models()),
-            timeout=180,
-            what="sensors version 1 serving",
-        )
-        rows = pd.concat([datasets.sensor_frame(40, 4, seed=9), datasets.anomalies(datasets.sensor_frame(10, 4))])
-        rows.insert(0, "id", [f"row-{i}" for i in range(len(rows))])
-        source = tmp_path / "new.csv"
-        rows.to_csv(source, index=False)
-        result = invoke(cli, "score", source, "--model", "sensors", "--detector", detector, "--out", tmp_path / "o.csv")
-        assert result.exit_code == 0, result.stderr
-        scored = pd.read_csv(tmp_path / "o.csv")
-        expected = client.detect("sensors", pd.read_csv(source), explain_top_k=3).to_frame()
-    assert len(scored) == 50
-    assert scored["id"].tolist() == rows["id"].tolist()
-    for column in ("score", "normalized_score", "is_anomaly", "threshold", "group", "fallback", "top_features"):
-        assert scored[column].tolist() == expected[column].tolist(), column
-    assert int(scored["is_anomaly"].sum()) == int(expected["is_anomaly"].sum())
-    children |= up.children()  # anything started while training
-
-    up.proc.send_signal(signal.SIGTERM)
-    assert up.proc.wait(timeout=60) == 0
-    assert [name for name, child in children.items() if child.is_running()] == []
-    wait_for(lambda: up.stderr and up.stderr[-1] == "stopped", timeout=10, what="the last line")
-    for service in ("detector", "trainer"):
-        logged = [
-            json.loads(line)["event"] for line in (up.folder / "logs" / f"{service}.log").read_text().splitlines()
-        ]
-        assert logged[0] == "serving"
-        assert logged[-1] == "stopped"
 
 
 def test_a_service_that_dies_is_reported_and_the_others_are_stopped(up_process):
@@ -184,34 +139,6 @@ def up_once(folder: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_a_second_up_on_the_folder_of_a_running_one_says_so_and_leaves_it_alone(up_process):
-    up = up_process
-    wait_for(lambda: any("Oddity is up" in line for line in up.stderr), timeout=120, what="the welcome panel")
-    logs = {path.name: path.read_bytes() for path in (up.folder / "logs").iterdir()}
-    detector, trainer = up.serving("detector"), up.serving("trainer")
-
-    # The same command again: the same folder, the ports the first one listens on.
-    second = up_once(
-        up.folder,
-        "--no-embedder",
-        *("--detector-port", str(detector["port"]), "--trainer-port", str(trainer["port"])),
-        *("--detector-metrics-port", str(detector["metrics_port"])),
-        *("--trainer-metrics-port", str(trainer["metrics_port"])),
-    )
-
-    assert second.returncode == IN_USE
-    assert second.stderr == (
-        f"error: {up.folder} is used by another `oddity up` (pid {up.proc.pid}): stop it with Ctrl-C, "
-        "or pass another --data-volume\n"
-    )
-    assert second.stdout == ""
-    assert {path.name: path.read_bytes() for path in (up.folder / "logs").iterdir()} == logs
-    with DetectorClient(up.target("detector")) as client:
-        assert client.models() == []
-    with TrainerClient(up.target("trainer")) as client:
-        assert client.status() == []
-
-
 def test_up_on_a_port_in_use_names_it_and_starts_nothing(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -230,43 +157,142 @@ def test_up_on_a_port_in_use_names_it_and_starts_nothing(tmp_path):
     assert not (tmp_path / "stack" / "logs").exists()
 
 
+PROMETHEUS = LocalPrometheus.installed()
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
 
-@pytest.mark.skipif(not LocalPrometheus.installed(), reason="Debian's prometheus is not installed")
-def test_prometheus_scrapes_the_stack_and_stops_with_it(tmp_path):
-    """`oddity up --prometheus`: a real Prometheus whose targets are the services' /metrics,
-    up, with the recording rules the dashboard reads; it stops with the stack."""
+@dataclass
+class RunningStack:
+    up: UpProcess
+    prometheus_port: int
+
+
+@pytest.fixture(scope="module")
+def running_stack(tmp_path_factory) -> Iterator[RunningStack]:
+    """One `oddity up --no-embedder --prometheus` (when Debian's prometheus is installed) for
+    the tests below, in file order: Prometheus scrapes it, a second `oddity up` on its folder
+    leaves it alone, a dropped dataset is served, and SIGTERM stops it all (one stack start
+    instead of four)."""
     port = _free_port()
-    up = start_up(tmp_path / "stack", "--no-embedder", "--prometheus", "--prometheus-port", str(port))
+    prometheus = ("--prometheus", "--prometheus-port", str(port)) if PROMETHEUS else ()
+    up = start_up(tmp_path_factory.mktemp("up") / "stack", "--no-embedder", *prometheus)
     try:
-        wait_for(lambda: f"prometheus http://127.0.0.1:{port}" in up.stderr_text(), timeout=120, what="prometheus")
-
-        def targets() -> dict[str, str]:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/targets", timeout=5) as response:
-                    active = json.load(response)["data"]["activeTargets"]
-            except OSError:
-                return {}
-            return {t["labels"]["job"]: t["health"] for t in active}
-
-        wait_for(
-            lambda: targets() == {"oddity-detector": "up", "oddity-trainer": "up"},
-            timeout=60,
-            what="both targets scraped",
-        )
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/rules", timeout=5) as response:
-            groups = json.load(response)["data"]["groups"]
-        assert groups, "no recording rules loaded"
-        prometheus = next(p for p in psutil.Process(up.proc.pid).children() if p.name() == "prometheus")
-        up.proc.send_signal(signal.SIGTERM)
-        assert up.proc.wait(timeout=60) == 0
-        assert not prometheus.is_running()
+        wait_for(lambda: "Oddity is up" in up.stderr_text(), timeout=120, what="the welcome panel")
+        yield RunningStack(up, port)
     finally:
         up.kill()
+
+
+@pytest.mark.skipif(not PROMETHEUS, reason="Debian's prometheus is not installed")
+def test_prometheus_scrapes_the_stack(running_stack):
+    """`oddity up --prometheus`: a real Prometheus whose targets are the services' /metrics,
+    up, with the recording rules the dashboard reads (it stops with the stack: the last test)."""
+    up, port = running_stack.up, running_stack.prometheus_port
+    wait_for(lambda: f"prometheus http://127.0.0.1:{port}" in up.stderr_text(), timeout=120, what="prometheus")
+
+    def targets() -> dict[str, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/targets", timeout=5) as response:
+                active = json.load(response)["data"]["activeTargets"]
+        except OSError:
+            return {}
+        return {t["labels"]["job"]: t["health"] for t in active}
+
+    wait_for(
+        lambda: targets() == {"oddity-detector": "up", "oddity-trainer": "up"},
+        timeout=60,
+        what="both targets scraped",
+    )
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/rules", timeout=5) as response:
+        groups = json.load(response)["data"]["groups"]
+    assert groups, "no recording rules loaded"
+
+
+def service_logs(up: UpProcess) -> dict[str, bytes]:
+    """The services' log files (Prometheus appends to its own as it runs)."""
+    return {path.name: path.read_bytes() for path in (up.folder / "logs").iterdir() if path.name != "prometheus.log"}
+
+
+def test_a_second_up_on_the_folder_of_a_running_one_says_so_and_leaves_it_alone(running_stack):
+    up = running_stack.up
+    logs = service_logs(up)
+    detector, trainer = up.serving("detector"), up.serving("trainer")
+
+    # The same command again: the same folder, the ports the first one listens on.
+    second = up_once(
+        up.folder,
+        "--no-embedder",
+        *("--detector-port", str(detector["port"]), "--trainer-port", str(trainer["port"])),
+        *("--detector-metrics-port", str(detector["metrics_port"])),
+        *("--trainer-metrics-port", str(trainer["metrics_port"])),
+    )
+
+    assert second.returncode == IN_USE
+    assert second.stderr == (
+        f"error: {up.folder} is used by another `oddity up` (pid {up.proc.pid}): stop it with Ctrl-C, "
+        "or pass another --data-volume\n"
+    )
+    assert second.stdout == ""
+    assert service_logs(up) == logs
+    with DetectorClient(up.target("detector")) as client:
+        assert client.models() == []
+    with TrainerClient(up.target("trainer")) as client:
+        assert client.status() == []
+
+
+def test_up_serves_a_dropped_dataset(running_stack, cli, tmp_path):
+    up = running_stack.up
+    stderr = up.stderr_text()
+    assert f"{up.folder.resolve() / 'datasets'}/<name>/" in stderr
+    services = sorted(name for name in up.children() if name.startswith("oddity."))
+    assert services == ["oddity.detector.main", "oddity.trainer.main"]  # --no-embedder
+    metrics_port = up.serving("detector")["metrics_port"]
+    assert f"http://127.0.0.1:{metrics_port}/metrics" in stderr
+
+    spec = {"sources": [{"path": "*.csv"}], "model": {"kind": "knn"}, "retrain": {"debounce_seconds": 0.2}}
+    datasets.write_dataset(up.folder, "sensors", spec, {"readings.csv": datasets.sensor_frame(300, 4)})
+    detector = up.target("detector")
+    with DetectorClient(detector) as client:
+        wait_for(
+            lambda: any(m.name == "sensors" and m.serving_version == 1 for m in client.models()),
+            timeout=180,
+            what="sensors version 1 serving",
+        )
+        rows = pd.concat([datasets.sensor_frame(40, 4, seed=9), datasets.anomalies(datasets.sensor_frame(10, 4))])
+        rows.insert(0, "id", [f"row-{i}" for i in range(len(rows))])
+        source = tmp_path / "new.csv"
+        rows.to_csv(source, index=False)
+        result = invoke(cli, "score", source, "--model", "sensors", "--detector", detector, "--out", tmp_path / "o.csv")
+        assert result.exit_code == 0, result.stderr
+        scored = pd.read_csv(tmp_path / "o.csv")
+        expected = client.detect("sensors", pd.read_csv(source), explain_top_k=3).to_frame()
+    assert len(scored) == 50
+    assert scored["id"].tolist() == rows["id"].tolist()
+    for column in ("score", "normalized_score", "is_anomaly", "threshold", "group", "fallback", "top_features"):
+        assert scored[column].tolist() == expected[column].tolist(), column
+    assert int(scored["is_anomaly"].sum()) == int(expected["is_anomaly"].sum())
+
+
+def test_sigterm_stops_every_service_and_prometheus(running_stack):
+    up = running_stack.up
+    children = up.children()  # with whatever was started while training
+    assert sorted(children) == ["oddity.detector.main", "oddity.trainer.main", *(["prometheus"] if PROMETHEUS else [])]
+
+    up.proc.send_signal(signal.SIGTERM)
+    assert up.proc.wait(timeout=60) == 0
+    assert [name for name, child in children.items() if child.is_running()] == []
+    wait_for(lambda: up.stderr and up.stderr[-1] == "stopped", timeout=10, what="the last line")
+    for service in ("detector", "trainer"):
+        logged = [
+            json.loads(line)["event"] for line in (up.folder / "logs" / f"{service}.log").read_text().splitlines()
+        ]
+        assert logged[0] == "serving"
+        assert logged[-1] == "stopped"
 
 
 def served_image_model(up: UpProcess) -> str:
@@ -283,9 +309,9 @@ def served_image_model(up: UpProcess) -> str:
     return wait_for(loaded, timeout=180, what="vit loaded")
 
 
-def test_model_choices_are_kept_in_stack_json_and_served_again_without_model(tmp_path):
+def test_model_choices_are_kept_in_stack_json_and_served_again_without_model(tmp_path, shared_encoders):
     weights = small_vit(tmp_path / "weights" / "vit").resolve()
-    folder = tmp_path / "stack"
+    folder = with_text_model_exported(tmp_path / "stack", shared_encoders)
     for args in (("--model", f"vit={weights}"), ()):  # the second start: no --model
         up = start_up(folder, "--embedder", *args)
         try:

@@ -11,19 +11,15 @@ from PIL import Image
 from oddity.common import errors
 from oddity.common.clients import EmbedderClient, RetryPolicy
 from oddity.common.logging import start_request
-from oddity.embedder.models import ModelSource
 from tests.conftest import start_embedder
-from tests.support import encoders
 from tests.support.interceptors import RequestIds
 from tests.support.servers import wait_models
 
 
 @pytest.fixture(scope="module")
-def embedder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("clients")
+def embedder(shared_encoders):
     ids = RequestIds(lambda method: method.startswith("/oddity.v1.Embedder/"))
-    models = {"vit": ModelSource(model_id=str(encoders.tiny_vit(root / "vit")), modality="image")}
-    handle = start_embedder(root / "cache", models, interceptors=[ids])
+    handle = start_embedder(shared_encoders.cache_dir, shared_encoders.only("vit"), interceptors=[ids])
     wait_models(handle, timeout=120)
     handle.request_ids = ids
     yield handle

@@ -21,11 +21,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from oddity.embedder.models import ModelSource
 from oddity.trainer.spec import SpecError, load_spec
 from oddity.v1 import detector_pb2, embedder_pb2, tensor_pb2, trainer_pb2
 from tests.conftest import ServiceHandle, start_detector, start_embedder, start_trainer
-from tests.support import datasets, encoders, models
+from tests.support import datasets, models
 from tests.support.client import detect_request
 from tests.support.servers import wait_models
 
@@ -51,10 +50,9 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory) -> Iterator[Stack]:
+def stack(tmp_path_factory, shared_encoders) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("fuzz")
-    vit = {"vit": ModelSource(model_id=str(encoders.tiny_vit(root / "vit")), modality="image")}
-    embedder = start_embedder(root / "cache", vit)
+    embedder = start_embedder(shared_encoders.cache_dir, shared_encoders.only("vit"))
     repository = root / "models"
     repository.mkdir()
     data_volume = root / "data"

@@ -13,10 +13,9 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from oddity.common.metrics import new_metrics_registry
-from oddity.embedder.models import ModelSource
 from oddity.v1 import detector_pb2, embedder_pb2, trainer_pb2
-from tests.conftest import start_detector, start_embedder, start_trainer
-from tests.support import datasets, encoders, models
+from tests.conftest import SharedEncoders, start_detector, start_embedder, start_trainer
+from tests.support import datasets, models
 from tests.support.client import detect_request
 from tests.support.servers import repo_root, wait_models
 from tests.trainer.test_robustness import run_job
@@ -91,9 +90,8 @@ def trainer_metrics(data_volume: Path, repository: Path) -> str:
         trainer.close()
 
 
-def embedder_metrics(root: Path) -> str:
-    model = ModelSource(model_id=str(encoders.tiny_vit(root / "vit")), modality="image")
-    embedder = start_embedder(root / "cache", {"vit": model})
+def embedder_metrics(shared: SharedEncoders) -> str:
+    embedder = start_embedder(shared.cache_dir, shared.only("vit"))
     try:
         wait_models(embedder, timeout=120)
         embedder.stub.Embed(embedder_pb2.EmbedRequest(items=[embedder_pb2.EmbedItem(image=png())]))
@@ -103,14 +101,14 @@ def embedder_metrics(root: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def services(tmp_path_factory) -> dict[str, dict]:
+def services(tmp_path_factory, shared_encoders) -> dict[str, dict]:
     root = tmp_path_factory.mktemp("metrics-doc")
     for folder in ("models", "trained", "data/datasets"):
         (root / folder).mkdir(parents=True)
     return {
         "detector": exposed(detector_metrics(root / "models")),
         "trainer": exposed(trainer_metrics(root / "data", root / "trained")),
-        "embedder": exposed(embedder_metrics(root)),
+        "embedder": exposed(embedder_metrics(shared_encoders)),
     }
 
 

@@ -24,10 +24,9 @@ from oddity.common.clients import DetectorAdminClient
 from oddity.common.errors import Unavailable
 from oddity.common.tls import TlsFiles
 from oddity.common.watched_files import CHECK_SECONDS
-from oddity.embedder.models import ModelSource
 from oddity.v1 import detector_pb2, detector_pb2_grpc, embedder_pb2, embedder_pb2_grpc
 from tests.conftest import start_detector, start_embedder, start_trainer
-from tests.support import datasets, drawings, encoders, models
+from tests.support import datasets, drawings, models
 from tests.support.certificates import identity
 from tests.support.client import detect_request
 from tests.support.waiting import wait_for
@@ -335,14 +334,13 @@ def test_the_trainer_tells_a_mutual_tls_detector_over_tls(data_volume, repositor
         detector.close()
 
 
-def test_the_detector_calls_a_mutual_tls_embedder_over_tls(repository, tmp_path):
+def test_the_detector_calls_a_mutual_tls_embedder_over_tls(repository, tmp_path, shared_encoders):
     ca = trustme.CA()
     embedder_files = identity(tmp_path / "embedder", ca, "localhost", "127.0.0.1")
     detector_files = identity(tmp_path / "detector", ca, "localhost", "127.0.0.1")
-    vit = {"vit": ModelSource(model_id=str(encoders.tiny_vit(tmp_path / "vit")), modality="image")}
     embedder = start_embedder(
-        tmp_path / "cache",
-        vit,
+        shared_encoders.cache_dir,
+        shared_encoders.only("vit"),
         tls_cert_file=embedder_files.cert,
         tls_key_file=embedder_files.key,
         tls_ca_file=embedder_files.ca,

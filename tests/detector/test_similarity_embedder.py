@@ -12,7 +12,7 @@ import pytest
 from oddity.common.tensors import tensor_to_array
 from oddity.v1 import detector_pb2, embedder_pb2, manifest_pb2
 from tests.conftest import start_detector, start_embedder
-from tests.support import drawings, encoders
+from tests.support import drawings
 from tests.support.servers import wait_models
 from tests.support.similarity import publish_indexed
 from tests.support.waiting import wait_for
@@ -49,10 +49,9 @@ def embed(embedder, model: str, *, images=(), texts=()) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def stack(tmp_path_factory, shared_encoders):
     root = tmp_path_factory.mktemp("similarity-embedder")
-    sources = encoders.vit_and_minilm(root)
-    embedder = start_embedder(root / "cache", sources)
+    embedder = start_embedder(shared_encoders.cache_dir, shared_encoders.models)
     wait_models(embedder, timeout=180)
     info = {m.name: m for m in embedder.stub.GetInfo(embedder_pb2.GetInfoRequest()).models}
     vit, text = source(info["vit"]), source(info["text"])

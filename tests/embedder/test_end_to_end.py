@@ -37,9 +37,8 @@ def write_drawings(folder, ages, rng):
 
 
 @pytest.fixture
-def stack(tmp_path, data_volume, repository):
-    models = encoders.vit_and_minilm(tmp_path)
-    embedder = start_embedder(tmp_path / "cache", models)
+def stack(shared_encoders, data_volume, repository):
+    embedder = start_embedder(shared_encoders.cache_dir, shared_encoders.models)
     wait_models(embedder, timeout=120)
     detector = start_detector(repository, embedder=embedder.server.target)
     trainer = start_trainer(

@@ -11,16 +11,15 @@ from oddity.embedder.metrics import EmbedderMetrics
 from oddity.embedder.models import ModelSource
 from oddity.embedder.service import EmbedderService
 from oddity.embedder.settings import EmbedderSettings
-from tests.support import encoders
 
 
 @pytest.mark.slow
-def test_every_model_is_listed_once_none_is_still_loading(tmp_path):
+def test_every_model_is_listed_once_none_is_still_loading(tmp_path, shared_encoders):
     models = {
-        **encoders.vit_and_minilm(tmp_path),
+        **shared_encoders.models,
         "missing": ModelSource(model_id=str(tmp_path / "no-weights"), modality="image"),
     }
-    settings = EmbedderSettings(cache_dir=tmp_path / "cache", models=models, default_model="vit")  # type: ignore[call-arg]
+    settings = EmbedderSettings(cache_dir=shared_encoders.cache_dir, models=models, default_model="vit")  # type: ignore[call-arg]
     service = EmbedderService(settings, EmbedderMetrics(new_metrics_registry(process_metrics=False)))
 
     assert service.load("vit")

@@ -9,7 +9,6 @@ from PIL import Image
 
 from oddity.v1 import embedder_pb2
 from tests.conftest import start_embedder
-from tests.support import encoders
 from tests.support.servers import wait_models
 
 pytestmark = pytest.mark.slow  # a scenario through real services; `-m "not slow"` leaves it out
@@ -26,10 +25,13 @@ def png(seed: int) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def embedder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("embedder-metrics")
-    models = encoders.vit_and_minilm(root)
-    handle = start_embedder(root / "cache", models, max_batch_size=BATCH_SIZE, max_batch_delay_ms=DELAY_SECONDS * 1000)
+def embedder(shared_encoders):
+    handle = start_embedder(
+        shared_encoders.cache_dir,
+        shared_encoders.models,
+        max_batch_size=BATCH_SIZE,
+        max_batch_delay_ms=DELAY_SECONDS * 1000,
+    )
     wait_models(handle, timeout=120)
     yield handle
     handle.close()

@@ -16,7 +16,6 @@ from oddity.embedder.preprocessing import ImageLimits, decode_image
 from oddity.embedder.settings import default_models
 from oddity.v1 import embedder_pb2
 from tests.conftest import start_embedder
-from tests.support import encoders
 from tests.support.servers import wait_models
 from tests.support.waiting import wait_for
 
@@ -44,12 +43,10 @@ def images_request(images: list[bytes], model: str = "") -> embedder_pb2.EmbedRe
 
 
 @pytest.fixture(scope="module")
-def embedder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("embedder")
-    models = encoders.vit_and_minilm(root)
+def embedder(shared_encoders):
     handle = start_embedder(
-        root / "cache",
-        models,
+        shared_encoders.cache_dir,
+        shared_encoders.models,
         max_batch_size=8,
         max_batch_delay_ms=20,
         max_items_per_request=64,
@@ -228,8 +225,10 @@ def test_the_default_models_offline_serve_text_and_name_the_image_model_that_fai
         serving = health_pb2.HealthCheckResponse.SERVING
         wait_for(lambda: status("oddity.v1.Embedder") == serving, 120, "the embedder ready")
         wait_for(
-            lambda: status("oddity.v1.Embedder/vit") == health_pb2.HealthCheckResponse.NOT_SERVING
-            and "vit" in embedder.service.errors,
+            lambda: (
+                status("oddity.v1.Embedder/vit") == health_pb2.HealthCheckResponse.NOT_SERVING
+                and "vit" in embedder.service.errors
+            ),
             120,
             "the image model reported",
         )

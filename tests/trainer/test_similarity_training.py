@@ -19,7 +19,7 @@ from oddity.common.bundle import index_contract as contract
 from oddity.trainer.spec import DatasetSpec
 from oddity.v1 import trainer_pb2
 from tests.conftest import start_embedder, start_trainer
-from tests.support import datasets, encoders
+from tests.support import datasets
 from tests.support.servers import wait_models
 from tests.trainer.test_robustness import run_job
 
@@ -78,10 +78,8 @@ def write_library(folder: Path, items: list[Picture]) -> None:
 
 
 @pytest.fixture(scope="module")
-def embedder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("similarity-embedder")
-    models = encoders.vit_and_minilm(root)
-    handle = start_embedder(root / "cache", models)
+def embedder(shared_encoders):
+    handle = start_embedder(shared_encoders.cache_dir, shared_encoders.models)
     wait_models(handle, timeout=120)
     yield handle
     handle.close()

@@ -8,10 +8,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from oddity.embedder.models import ModelSource
 from oddity.v1 import detector_pb2, trainer_pb2
 from tests.conftest import start_detector, start_embedder, start_trainer
-from tests.support import drawings, encoders
+from tests.support import drawings
 from tests.support.servers import wait_models
 from tests.support.waiting import wait_for
 from tests.trainer.test_supervised import serving_version, train
@@ -59,9 +58,8 @@ def write_drawings(volume) -> None:
 
 
 @pytest.fixture
-def services(tmp_path, data_volume, repository):
-    vit = {"vit": ModelSource(model_id=str(encoders.tiny_vit(tmp_path / "vit")), modality="image")}
-    embedder = start_embedder(tmp_path / "cache", vit)
+def services(shared_encoders, data_volume, repository):
+    embedder = start_embedder(shared_encoders.cache_dir, shared_encoders.only("vit"))
     wait_models(embedder, timeout=120)
     detector = start_detector(repository, embedder=embedder.server.target)
     trainer = start_trainer(
