@@ -153,9 +153,11 @@ def _rows_and_routing(manifest: manifest_pb2.ModelManifest, tensors: list[_Tenso
     matrix: np.ndarray | None = None
     columns: dict[str, np.ndarray] = {}
     routing = np.empty(0, dtype=np.float64)
+    seen: set[str] = set()
     for tensor in tensors:
-        if tensor.name in columns or (tensor.name == MATRIX_INPUT and matrix is not None):
+        if tensor.name in seen:
             raise InvalidArgument(f"input {shown(tensor.name)!r} is sent twice")
+        seen.add(tensor.name)
         if routing_key and tensor.name == routing_key:
             _check_type(tensor, _ROUTING_TYPES)
             routing = _routing_values(tensor)
@@ -184,6 +186,8 @@ def _rows_and_routing(manifest: manifest_pb2.ModelManifest, tensors: list[_Tenso
         if len(rows) > 1:
             raise InvalidArgument(f"the feature inputs differ in rows ({sorted(rows)}); send one value per row in each")
         matrix = np.column_stack([columns[f] for f in features])
+    if matrix.shape[0] == 0:
+        raise InvalidArgument("the feature inputs have no rows")
     return np.ascontiguousarray(matrix, dtype=np.float32), routing
 
 
