@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from oddity.common.server import ServiceHost
 from oddity.detector.app import DetectorApp
 from oddity.detector.settings import DetectorSettings
 from oddity.embedder.app import EmbedderApp
+from oddity.embedder.export import ensure_exported
 from oddity.embedder.models import ModelSource
 from oddity.embedder.settings import EmbedderSettings
 from oddity.trainer.app import TrainerApp
@@ -129,6 +131,16 @@ class SharedEncoders:
 
     def only(self, *names: str) -> dict[str, ModelSource]:
         return {name: self.models[name] for name in names}
+
+    def exported(self, name: str) -> Path:
+        """The model's export in the session's cache (made on first use)."""
+        return ensure_exported(self.models[name], self.cache_dir)
+
+    def copy_export(self, name: str, cache_dir: Path) -> None:
+        """Put a copy of the model's export into another cache (e.g. a stack's), where a model
+        of the same settings (MiniLM as a default text model) loads instead of exporting."""
+        exported = self.exported(name)
+        shutil.copytree(exported, cache_dir / exported.name)
 
 
 @pytest.fixture(scope="session")

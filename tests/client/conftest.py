@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import threading
@@ -20,7 +19,6 @@ import pytest
 from typer.testing import CliRunner
 
 from oddity.cli.main import app
-from oddity.embedder.export import ensure_exported
 from tests.conftest import ServiceHandle, SharedEncoders, start_detector, start_embedder
 from tests.support import models
 from tests.support.servers import wait_models
@@ -164,8 +162,7 @@ def with_text_model_exported(folder: Path, shared: SharedEncoders) -> Path:
     """`folder`, a stack's, with MiniLM's export already in its embedder-cache/ (a copy of the
     session's): the stack's embedder serves that MiniLM as its default text model and loads it
     instead of exporting it again (tens of seconds of what tests/embedder/test_export.py tests)."""
-    exported = ensure_exported(shared.models["text"], shared.cache_dir)
-    shutil.copytree(exported, folder / "embedder-cache" / exported.name)
+    shared.copy_export("text", folder / "embedder-cache")
     return folder
 
 

@@ -175,9 +175,8 @@ def test_int8_records_its_variant_and_cosine_and_fails_below_the_gate(tmp_path, 
 
 
 @pytest.mark.slow
-def test_texts_of_mixed_lengths_embed_the_same_in_one_batch_as_alone(tmp_path):
-    source = ModelSource(model_id=encoders.minilm_path(), modality="text")
-    served = EmbeddingModel("text", ensure_exported(source, tmp_path / "cache"), limits=ImageLimits())
+def test_texts_of_mixed_lengths_embed_the_same_in_one_batch_as_alone(shared_encoders):
+    served = EmbeddingModel("text", shared_encoders.exported("text"), limits=ImageLimits())
     rng = np.random.default_rng(0)
     words = ["red", "house", "pressure", "line", "spike", "child", "drew", "a", "the", "valve"]
     texts = [" ".join(rng.choice(words, int(rng.integers(1, 40)))) for _ in range(40)]

@@ -211,10 +211,11 @@ def test_unloadable_model_stays_not_serving_with_one_clear_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_default_models_offline_serve_text_and_name_the_image_model_that_failed(tmp_path, capfd):
+def test_the_default_models_offline_serve_text_and_name_the_image_model_that_failed(tmp_path, capfd, shared_encoders):
     """The default configuration on a machine without a hub: the MiniLM shipped offline serves,
     the ViT hub id is NOT_SERVING by name with one line saying what to do, and the embedder as a
-    whole is ready."""
+    whole is ready. (MiniLM's export is copied in: exporting it is test_export.py's part.)"""
+    shared_encoders.copy_export("text", tmp_path / "cache")
     embedder = start_embedder(tmp_path / "cache", default_models(), default_model="minilm")
     try:
         health = health_pb2_grpc.HealthStub(embedder.channel)
