@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 
 from oddity.embedder.app import EmbedderApp
-from oddity.embedder.models import ModelSource
 from oddity.embedder.settings import EmbedderSettings
 from oddity.v1 import detector_pb2, detector_pb2_grpc, embedder_pb2, embedder_pb2_grpc
 from tests.conftest import LOOPBACK, ServiceHandle, start_detector
-from tests.support import drawings, encoders, models
+from tests.support import drawings, models
 from tests.support.servers import channel, wait_models
 
 
@@ -24,13 +23,13 @@ def start_embedder_on(port: int, cache_dir, sources) -> ServiceHandle:
 
 
 @pytest.fixture
-def vit(tmp_path):
-    return {"vit": ModelSource(model_id=str(encoders.tiny_vit(tmp_path / "vit")), modality="image")}
+def vit(shared_encoders):
+    return shared_encoders.only("vit")
 
 
 @pytest.mark.slow
-def test_detect_images_rides_over_an_embedder_restart(tmp_path, repository, vit):
-    first = start_embedder_on(0, tmp_path / "cache", vit)
+def test_detect_images_rides_over_an_embedder_restart(shared_encoders, repository, vit):
+    first = start_embedder_on(0, shared_encoders.cache_dir, vit)
     second = detector = None
     try:
         wait_models(first, timeout=120)
@@ -68,7 +67,7 @@ def test_detect_images_rides_over_an_embedder_restart(tmp_path, repository, vit)
             first.close()
             time.sleep(0.5)  # the outage: no embedder answers, calls wait for one
             restarted = time.monotonic()
-            second = start_embedder_on(port, tmp_path / "cache", vit)
+            second = start_embedder_on(port, shared_encoders.cache_dir, vit)
             assert wait(lambda: answered_after(restarted), timeout=90), failures
         finally:
             stop.set()

@@ -28,7 +28,7 @@ from oddity.common.clients import RemoteService
 from oddity.common.errors import Unavailable
 from oddity.v1 import detector_pb2, trainer_pb2
 from tests.conftest import start_detector, start_trainer
-from tests.support import drawings, encoders
+from tests.support import drawings
 from tests.support.certificates import identity
 from tests.support.servers import ServiceProcess, embedder_process, wait_serving
 from tests.support.waiting import wait_for
@@ -43,11 +43,10 @@ DELAY_MS = 40
 
 
 @pytest.fixture(scope="module")
-def vit(tmp_path_factory):
-    """The tiny ViT, and an export cache the embedders share (the second one loads, not exports)."""
-    folder = tmp_path_factory.mktemp("vit")
-    models = {"vit": {"model_id": str(encoders.tiny_vit(folder / "weights")), "modality": "image"}}
-    return models, folder / "cache"
+def vit(shared_encoders):
+    """The tiny ViT, and the session's export cache, which the embedders share (they load, not export)."""
+    models = {"vit": {"model_id": shared_encoders.models["vit"].model_id, "modality": "image"}}
+    return models, shared_encoders.cache_dir
 
 
 def two_embedders(vit, hosts: tuple[str, str] = ("127.0.0.1", "127.0.0.1"), *flags: str) -> list[ServiceProcess]:

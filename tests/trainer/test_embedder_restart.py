@@ -14,12 +14,11 @@ import yaml
 
 from oddity.common import bundle
 from oddity.embedder.app import EmbedderApp
-from oddity.embedder.models import ModelSource
 from oddity.embedder.settings import EmbedderSettings
 from oddity.trainer.job_control import STOPPED_MESSAGE
 from oddity.v1 import embedder_pb2_grpc, trainer_pb2
 from tests.conftest import LOOPBACK, ServiceHandle, start_trainer
-from tests.support import drawings, encoders
+from tests.support import drawings
 from tests.support.servers import wait_models
 from tests.support.waiting import wait_for
 
@@ -43,8 +42,6 @@ def start_embedder_on(port: int, cache_dir, models) -> ServiceHandle:
     return handle
 
 
-
-
 def write_drawings(folder, n: int) -> None:
     rng = np.random.default_rng(5)
     (folder / "images").mkdir(parents=True)
@@ -65,13 +62,13 @@ def write_drawings(folder, n: int) -> None:
 
 
 @pytest.fixture
-def vit_models(tmp_path):
-    return {"vit": ModelSource(model_id=str(encoders.tiny_vit(tmp_path / "vit")), modality="image")}
+def vit_models(shared_encoders):
+    return shared_encoders.only("vit")
 
 
-def test_a_job_waits_out_an_embedder_restart_and_publishes(tmp_path, data_volume, repository, vit_models):
+def test_a_job_waits_out_an_embedder_restart_and_publishes(shared_encoders, data_volume, repository, vit_models):
     write_drawings(data_volume / "datasets" / "drawings", ITEMS)
-    first = start_embedder_on(0, tmp_path / "cache", vit_models)
+    first = start_embedder_on(0, shared_encoders.cache_dir, vit_models)
     port = first.server.port
     second = None
     trainer = start_trainer(data_volume, repository, embedder=f"127.0.0.1:{port}")
@@ -87,7 +84,7 @@ def test_a_job_waits_out_an_embedder_restart_and_publishes(tmp_path, data_volume
         waiting = trainer.stub.GetJob(trainer_pb2.GetJobRequest(job_id=job.id)).job
         assert (waiting.state, waiting.phase) == (trainer_pb2.JOB_STATE_RUNNING, "embedding"), waiting.message
         time.sleep(1.0)  # the outage
-        second = start_embedder_on(port, tmp_path / "cache", vit_models)
+        second = start_embedder_on(port, shared_encoders.cache_dir, vit_models)
 
         updates = list(trainer.stub.WatchJob(trainer_pb2.WatchJobRequest(job_id=job.id), timeout=120))
         final = updates[-1].job
