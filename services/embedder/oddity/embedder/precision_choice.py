@@ -1,7 +1,8 @@
 """Which runtime and precision serve an encoder on this machine, chosen at export by measuring.
 
-The candidates: ONNX Runtime fp32 (the reference), int8 dynamic and int8 static; OpenVINO
-fp32, int8 static and, where the CPU reports BF16, bf16. Each runs the sample batch in
+The candidates: ONNX Runtime fp32 (the reference), int8 static and, only when int8 is forced,
+int8 dynamic (whose vectors depend on the batch); OpenVINO fp32, int8 static and, where the
+CPU reports BF16, bf16. Each runs the sample batch in
 alternating timed rounds (load from other processes hits all alike), and the fastest whose
 embeddings keep `min_cosine` to ONNX Runtime fp32's on every sample serves. No table of CPUs:
 on Intel with AMX, OpenVINO bf16 ran ViT-base at 4.0x torch eager; on a Xeon without BF16
@@ -121,6 +122,11 @@ def candidates(source: ModelSource) -> tuple[list[Candidate], list[str]]:
         else:
             notes.append("this CPU reports no BF16 to OpenVINO: no bf16 candidate")
     allowed = [c for c in pool if source.backend in ("auto", c.backend) and source.precision in ("auto", c.precision)]
+    if source.precision == "auto":
+        # Dynamic int8 scales each batch by its own range, so an item's vector depends on the
+        # items batched with it (an image searched alone found itself at cosine 0.991): the
+        # index and the detector compare vectors made in different batches. Only when forced.
+        allowed = [c for c in allowed if c.graph != DYNAMIC_INT8_GRAPH]
     if not allowed:
         raise NoCandidateKept(
             f"no candidate runs backend {source.backend!r} in precision {source.precision!r} here ({'; '.join(notes)})"
