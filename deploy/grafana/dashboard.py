@@ -11,7 +11,8 @@ series) and `dataset` (trainer series); "All" is the regex `.*`, which also matc
 without the label (Prometheus outside Kubernetes sets no `namespace`). Every selector filters
 on `namespace=~"$namespace"`. The gRPC, anomaly-rate and embedder throughput panels read the
 recording rules of deploy/prometheus/rules.yml (5-minute windows, as the alerts see them);
-the rest compute over Grafana's `$__rate_interval`.
+the rest compute over Grafana's `$__rate_interval`, among them the detector's scoring panels,
+which show the Open Inference Protocol's ModelInfer beside oddity.v1's Detect.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ UID = "oddity-overview"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 NS = 'namespace=~"$namespace"'
 OWN_RPCS = 'service=~"oddity[.]v1[.].+"'
+#: Scoring through either protocol: oddity.v1's Detect and the Open Inference Protocol's ModelInfer
+#: (inference.GRPCInferenceService, which the recording rules leave out: read from the raw series).
+SCORING_RPCS = ('service=~"oddity[.]v1[.]Detector|inference[.]GRPCInferenceService"', 'method=~"Detect|ModelInfer"')
+SERVER_ERRORS = 'code=~"INTERNAL|UNKNOWN|DATA_LOSS|UNAVAILABLE|DEADLINE_EXCEEDED"'
 
 
 def selector(metric: str, *matchers: str) -> str:
@@ -268,6 +273,7 @@ def requests_row(layout: Layout) -> None:
 
 def detector_row(layout: Layout) -> None:
     layout.row("Detector")
+    scoring_panels(layout)
     model = 'model=~"$model"'
     layout.add(
         timeseries(
@@ -465,6 +471,57 @@ def detector_row(layout: Layout) -> None:
             "s",
         ),
         12,
+    )
+
+
+def scoring_panels(layout: Layout) -> None:
+    """Rate, server errors and duration of Detect and ModelInfer side by side, per method."""
+    job = 'job=~"$service"'
+    requests = selector("oddity_grpc_requests_total", job, *SCORING_RPCS)
+    errors = selector("oddity_grpc_requests_total", job, *SCORING_RPCS, SERVER_ERRORS)
+    buckets = selector("oddity_grpc_request_duration_seconds_bucket", job, *SCORING_RPCS)
+    calls = f"sum by (method) (rate({requests}[$__rate_interval]))"
+    layout.add(
+        timeseries(
+            "Scoring calls: Detect and ModelInfer",
+            "Calls per second of oddity.v1's Detect and of the Open Inference Protocol's ModelInfer "
+            "(inference.GRPCInferenceService), by final code.",
+            [
+                (
+                    f"sum by (method, code) (rate({requests}[$__rate_interval]))",
+                    "{{method}} {{code}}",
+                )
+            ],
+            "reqps",
+        ),
+        8,
+    )
+    layout.add(
+        timeseries(
+            "Scoring server error ratio",
+            "Share of Detect and ModelInfer calls ending INTERNAL, UNKNOWN, DATA_LOSS, UNAVAILABLE or "
+            "DEADLINE_EXCEEDED (0 while none fail).",
+            [
+                (
+                    f"(sum by (method) (rate({errors}[$__rate_interval])) or 0 * {calls}) / {calls}",
+                    "{{method}}",
+                )
+            ],
+            "percentunit",
+        ),
+        8,
+    )
+    layout.add(
+        timeseries(
+            "Scoring latency",
+            "Server-side handling time of Detect and ModelInfer: 99th percentile and median.",
+            [
+                (quantile(0.99, buckets, "method"), "{{method}} p99"),
+                (quantile(0.5, buckets, "method"), "{{method}} p50"),
+            ],
+            "s",
+        ),
+        8,
     )
 
 

@@ -31,6 +31,8 @@ import pytest
 import yaml
 from PIL import Image
 
+from oddity.oip import grpc_predict_v2_pb2 as oip
+from oddity.oip import grpc_predict_v2_pb2_grpc as oip_grpc
 from oddity.v1 import detector_pb2, detector_pb2_grpc, embedder_pb2, embedder_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 from tests.deploy import promql
 from tests.deploy.prometheus import PrometheusServer, tool
@@ -140,8 +142,8 @@ def prometheus_config(services: dict[str, ServiceProcess], credentials: Path) ->
 
 class Traffic(threading.Thread):
     """Detect calls every 50 ms (while `anomalous` is set, a fifth of their rows are anomalies),
-    an Embed call every 250 ms, and every 2 s a refused Detect: an unknown model or rows of the
-    wrong width."""
+    an Embed call and an Open Inference Protocol ModelInfer every 250 ms, and every 2 s a refused
+    Detect: an unknown model or rows of the wrong width."""
 
     def __init__(self, detector: str, embedder: str, normal: np.ndarray, unusual: np.ndarray) -> None:
         super().__init__(daemon=True)
@@ -149,6 +151,11 @@ class Traffic(threading.Thread):
         self.calm = detect_request(DATASET, normal)
         self.drifting = detect_request(DATASET, np.vstack([normal[: -len(unusual)], unusual]))
         self.refusals = [detect_request("unknown", normal[:1]), detect_request(DATASET, normal[:, :3])]
+        self.infer = oip.ModelInferRequest(model_name=DATASET)
+        rows = normal.astype(np.float32)
+        self.infer.inputs.add(name="input", datatype="FP32", shape=rows.shape).contents.fp32_contents.extend(
+            rows.ravel()
+        )
         self.anomalous = threading.Event()
         self.stopping = threading.Event()
         self.errors: list[str] = []
@@ -159,12 +166,14 @@ class Traffic(threading.Thread):
         image = embedder_pb2.EmbedRequest(items=[embedder_pb2.EmbedItem(image=png())] * 2)
         with channel(self.detector) as d, channel(self.embedder) as e:
             detect, embed = detector_pb2_grpc.DetectorStub(d), embedder_pb2_grpc.EmbedderStub(e)
+            infer = oip_grpc.GRPCInferenceServiceStub(d)
             while not self.stopping.wait(0.05):
                 self.calls += 1
                 try:
                     detect.Detect(self.drifting if self.anomalous.is_set() else self.calm, timeout=10)
                     if self.calls % 5 == 0:
                         embed.Embed(image, timeout=30)
+                        infer.ModelInfer(self.infer, timeout=10)
                 except grpc.RpcError as exc:
                     self.errors.append(f"{exc.code()}: {exc.details()}")
                 if self.calls % 40 == 0:
@@ -350,6 +359,17 @@ def test_every_dashboard_query_returns_series(stack):
                 empty.append(f"{panel['title']} ({target['refId']}): {expr}")
     assert count >= 30
     assert not empty, "dashboard queries without data:\n" + "\n".join(empty)
+
+
+def test_the_scoring_panels_show_model_infer_beside_detect(stack):
+    values = dashboard_values()
+    panels = [p for p in json.loads(DASHBOARD.read_text())["panels"] if "ModelInfer" in json.dumps(p.get("targets"))]
+    assert len(panels) == 3
+    for panel in panels:
+        for target in panel["targets"]:
+            series = stack.prometheus.query(promql.substitute(target["expr"], values))
+            methods = {s["metric"]["method"] for s in series}
+            assert methods == {"Detect", "ModelInfer"}, f"{panel['title']} ({target['refId']}): {methods}"
 
 
 def test_the_dashboard_variables_find_their_values(stack):
