@@ -2,10 +2,14 @@
 
 import io
 import json
+import os
+import subprocess
 import sys
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper
 from PIL import Image
 
 from oddity.common.settings import load_settings
@@ -138,3 +142,41 @@ def png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+_NO_TELEMETRY = """
+import sys
+started = []
+processes = {"os.fork", "os.posix_spawn", "subprocess.Popen"}
+sys.addaudithook(lambda event, args: started.append(event) if event in processes else None)
+import numpy as np
+from pathlib import Path
+from oddity.embedder.backends import OpenVinoBackend
+from oddity.embedder.session_options import SessionConfig
+embedding = OpenVinoBackend(Path(sys.argv[1]), "fp32", SessionConfig())({"x": np.ones((1, 4), np.float32)})
+import time; time.sleep(1.0)  # telemetry is sent from a thread
+print(started, sys.modules.get("openvino_telemetry") is None, float(embedding.sum()))
+"""
+
+
+def test_openvino_serves_without_starting_a_telemetry_process(tmp_path):
+    """OpenVINO's usage telemetry forks a process that sends data to Intel's analytics when a
+    graph is read (outside CI): a server does neither."""
+    graph = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Relu", ["x"], ["embedding"])],
+            "relu",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+            [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [1, 4])],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    path = tmp_path / "model.onnx"
+    onnx.save(graph, path)
+    environment = {k: v for k, v in os.environ.items() if k not in {"CI", "TF_BUILD", "JENKINS_URL"}}
+    environment["HOME"] = str(tmp_path)  # where OpenVINO looks for the user's telemetry consent
+    ran = subprocess.run(
+        [sys.executable, "-c", _NO_TELEMETRY, str(path)], env=environment, capture_output=True, text=True, timeout=120
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.split() == ["[]", "True", "4.0"]

@@ -13,8 +13,9 @@ Reason to change: how a graph is run by one runtime.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -45,8 +46,7 @@ class OpenVinoBackend:
     """One compiled model and one infer request: the embedder runs one call at a time."""
 
     def __init__(self, graph: Path, precision: Precision, session: SessionConfig) -> None:
-        import openvino as ov  # type: ignore[import-untyped]  # no type information shipped
-
+        ov = _openvino()
         core = ov.Core()
         compiled = core.compile_model(
             core.read_model(str(graph)),
@@ -81,7 +81,7 @@ def open_backend(graph: Path, backend: BackendName, precision: Precision, sessio
 def openvino_version() -> str | None:
     """The installed OpenVINO runtime's version, or None."""
     try:
-        import openvino as ov
+        ov = _openvino()
     except ImportError:
         return None
     return str(ov.get_version())
@@ -89,6 +89,14 @@ def openvino_version() -> str | None:
 
 def openvino_has_bf16() -> bool:
     """Whether OpenVINO's CPU plugin reports bf16 kernels on this CPU (AMX, AVX512-BF16)."""
-    import openvino as ov
+    return "BF16" in _openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
-    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+def _openvino() -> Any:
+    """The openvino module with its usage telemetry off: reading an ONNX graph otherwise forks a
+    process that sends usage data to Intel's analytics (and gRPC logs a line about the fork). A
+    module set to None cannot be imported, so openvino takes its own stand-in."""
+    sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
+    import openvino  # type: ignore[import-untyped]  # no type information shipped
+
+    return openvino
