@@ -7,6 +7,7 @@ import time
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -38,11 +39,27 @@ def test_liveness_at_once_readiness_once_a_model_serves(repository, detector):
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_reflection_lists_the_services(detector):
+def test_reflection_lists_the_services_and_describes_each(detector):
     stub = reflection_pb2_grpc.ServerReflectionStub(detector.channel)
     responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
     names = {s.name for r in responses for s in r.list_services_response.service}
-    assert {"oddity.v1.Detector", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
+    assert names == {
+        "oddity.v1.Detector",
+        "inference.GRPCInferenceService",  # the Open Inference Protocol, its descriptors in a pool of their own
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
+    for service, file in [
+        ("oddity.v1.Detector", "oddity/v1/detector.proto"),
+        ("inference.GRPCInferenceService", "oddity/oip/grpc_predict_v2.proto"),
+    ]:
+        request = reflection_pb2.ServerReflectionRequest(file_containing_symbol=service)
+        (answer,) = stub.ServerReflectionInfo(iter([request]))
+        described = [
+            descriptor_pb2.FileDescriptorProto.FromString(b)
+            for b in answer.file_descriptor_response.file_descriptor_proto
+        ]
+        assert file in [d.name for d in described], service
 
 
 def test_metrics_count_requests_by_status_code(repository, detector):

@@ -35,6 +35,8 @@ from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
 import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf.descriptor import FileDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
@@ -111,6 +113,31 @@ class HostedApp(Protocol):
         """Release resources; called after the server has drained."""
 
 
+def _reflection_pool(services: Sequence[str], other_pool_files: Sequence[FileDescriptor]):
+    """The pool reflection answers from: the default pool's, unless the app serves services whose
+    descriptors live in a pool of their own (the detector's Open Inference Protocol, kept apart
+    from tritonclient's same names); then one pool holding the files of both."""
+    if not other_pool_files:
+        return None
+    pool, added = descriptor_pool.DescriptorPool(), set()
+
+    def add(file: FileDescriptor) -> None:
+        if file.name in added:
+            return
+        for dependency in file.dependencies:
+            add(dependency)
+        proto = descriptor_pb2.FileDescriptorProto()
+        file.CopyToProto(proto)
+        pool.Add(proto)
+        added.add(file.name)
+
+    for name in services:
+        add(descriptor_pool.Default().FindServiceByName(name).file)
+    for file in other_pool_files:
+        add(file)
+    return pool
+
+
 def _connection_age(settings: ServiceSettings) -> list[tuple[str, object]]:
     """gRPC's server-side connection age (GOAWAY after max_connection_age_seconds)."""
     if settings.max_connection_age_seconds is None:
@@ -182,7 +209,11 @@ class ServiceHost:
         self.app.register(registry)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, registry)
         names = [self.app.name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
-        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(names), registry)
+        files = getattr(self.app, "other_pool_files", ())
+        names += [service.full_name for file in files for service in file.services_by_name.values()]
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer(names, pool=_reflection_pool(names[:3], files)), registry
+        )
         target = f"{settings.host}:{settings.port}"
         if self._credentials is None:
             if not _loopback(settings.host):

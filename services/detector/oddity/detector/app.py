@@ -35,6 +35,8 @@ class DetectorApp:
 
     name = SERVICE_NAME
     admin_methods = frozenset({"LoadModel", "UnloadModel"})
+    # Served beside oddity.v1, its descriptors in a pool of their own: listed by reflection too.
+    other_pool_files = (oip_api.SERVICE.file,)
 
     def __init__(self, settings: DetectorSettings, metrics_registry: CollectorRegistry) -> None:
         self.settings = settings
