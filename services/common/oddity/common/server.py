@@ -102,6 +102,8 @@ class HostedApp(Protocol):
     name: str
     #: Methods that change what serves: they need an admin token when tokens are configured.
     admin_methods: frozenset[str]
+    # Optional: `other_pool_files`, the files of served services whose descriptors live in a
+    # descriptor pool of their own (see _reflection_pool).
 
     def register(self, server: HandlerRegistry) -> None:
         """Add the servicer(s) to the server (e.g. with a generated add_*Servicer_to_server)."""
