@@ -19,6 +19,11 @@ in flight >= 0.7 x echo's req/s with p99 <= 2 x echo's, and the one-row p99 besi
 4096-row callers <= 2 x alone; printed with the server's CPU time per call, echo's and the
 detector's (`--cells 1x32 --models autoencoder` measures just these).
 
+The Open Inference Protocol's target (issue 27), against oddity.v1 in the same run: the 1-row
+and 4096-row cells through `inference.GRPCInferenceService/ModelInfer` (one FP32 tensor `input`
+[rows, features] as raw_input_contents, as tritonclient sends it) >= 0.9 x Detect's rows/s
+(`--no-oip` leaves them out).
+
 Every cell is measured `rounds` times, alternating echo and each model; figures are medians.
 """
 
@@ -38,12 +43,16 @@ import onnxruntime as ort
 
 from bench.loadgen import run_load, run_mixed
 from bench.machine import describe
+from oddity.oip import grpc_predict_v2_pb2 as oip
 from tests.support import models
 from tests.support.client import detect_request
 from tests.support.servers import ServiceProcess
 
 D = 769
 METHOD = "/oddity.v1.Detector/Detect"
+OIP_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+OIP_ROWS = (1, 4096)  # the request sizes measured through the Open Inference Protocol too
+OIP = " oip"  # results key suffix: the model's cells through ModelInfer
 CELLS = [(1, 1), (1, 32), (256, 1), (256, 32), (4096, 1), (4096, 32)]  # (rows per request, concurrency)
 
 
@@ -76,6 +85,12 @@ def main() -> None:
     parser.add_argument("--detector-arg", action="append", default=[], help="extra oddity-detector flag (repeatable)")
     parser.add_argument("--cells", default=",".join(f"{b}x{c}" for b, c in CELLS), help="rows x concurrency list")
     parser.add_argument("--models", default="autoencoder,auto", help=f"models to serve, of {sorted(MODELS)}")
+    parser.add_argument(
+        "--oip",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"also measure the {'- and '.join(map(str, OIP_ROWS))}-row cells through the Open Inference Protocol",
+    )
     args = parser.parse_args()
     print(describe(), flush=True)
     cells = [tuple(int(v) for v in cell.split("x")) for cell in args.cells.split(",")]
@@ -109,14 +124,17 @@ def main() -> None:
             for batch, concurrency in cells:
                 for _ in range(args.rounds):
                     echo_payload = detect_request("echo", rows[:batch]).SerializeToString()
-                    runs = [("echo", echo_target, echo_payload)] + [
-                        (name, detector.target, detect_request(name, rows[:batch]).SerializeToString())
-                        for name in graphs
-                    ]
-                    for name, target, payload in runs:
+                    runs = [("echo", echo_target, METHOD, echo_payload)]
+                    for name in graphs:
+                        payload = detect_request(name, rows[:batch]).SerializeToString()
+                        runs.append((name, detector.target, METHOD, payload))
+                        if args.oip and batch in OIP_ROWS:
+                            payload = oip_request(name, rows[:batch]).SerializeToString()
+                            runs.append((name + OIP, detector.target, OIP_METHOD, payload))
+                    for name, target, method, payload in runs:
                         pid = echo.pid if name == "echo" else detector.proc.pid
                         result = run_load(
-                            target, METHOD, payload, concurrency=concurrency, seconds=args.seconds, server_pid=pid
+                            target, method, payload, concurrency=concurrency, seconds=args.seconds, server_pid=pid
                         )
                         assert result.errors == 0, f"{name}: {result.errors} failed requests"
                         results.setdefault((name, batch, concurrency), []).append(result)
@@ -194,9 +212,41 @@ def main() -> None:
             f"  4096 rows x 32: p99 {med(name, 4096, 32, 99):,.0f} ms against 32 requests served one after "
             f"another at the 1-in-flight rate ({queueing:,.0f} ms): {med(name, 4096, 32, 99) / queueing:.2f}"
         )
+    if args.oip:
+        print_oip_beside_v1(med, results, graphs, [(b, c) for b, c in cells if b in OIP_ROWS])
+
+
+def print_oip_beside_v1(med, results, graphs, cells) -> None:
+    """Issue 27's target: ModelInfer's rows/s against Detect's on the same cell, same rounds."""
+    print("\n(e) the Open Inference Protocol (ModelInfer, raw contents) beside oddity.v1 (Detect), medians:")
+    print(f"  {describe()}")
+    print(f"  {'model':>12} {'rows':>5} {'conc':>4} | {'OIP rows/s':>11} {'v1 rows/s':>11} | ", end="")
+    print(f"{'OIP p99':>7} {'v1 p99':>7} | {'CPU us/call OIP':>15} {'v1':>7} | target >= 0.9 x oddity.v1's rows/s")
+    for name in graphs:
+        for batch, conc in cells:
+            rps, v1_rps = med(name + OIP, batch, conc, "rps"), med(name, batch, conc, "rps")
+            cpu, v1_cpu = (
+                statistics.median(r.server_cpu_us_per_call for r in results[n, batch, conc]) for n in (name + OIP, name)
+            )
+            ratio = rps / v1_rps
+            print(
+                f"  {name:>12} {batch:>5} {conc:>4} | {rps * batch:>11,.0f} {v1_rps * batch:>11,.0f} | "
+                f"{med(name + OIP, batch, conc, 99):>7.2f} {med(name, batch, conc, 99):>7.2f} | "
+                f"{cpu:>15,.0f} {v1_cpu:>7,.0f} | ratio {ratio:4.2f}  {'met' if ratio >= 0.9 else 'NOT met'}"
+            )
 
 
 SMALL_CALLERS, LARGE_CALLERS = 8, 2
+
+
+def oip_request(model: str, rows: np.ndarray) -> oip.ModelInferRequest:
+    """ModelInfer as tritonclient sends it: one FP32 tensor `input` [rows, features], raw contents."""
+    data = np.ascontiguousarray(rows, dtype="<f4")
+    return oip.ModelInferRequest(
+        model_name=model,
+        inputs=[oip.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=list(data.shape))],
+        raw_input_contents=[data.tobytes()],
+    )
 
 
 def small_beside_large(target: str, name: str, rows: np.ndarray, rounds: int, seconds: float):
