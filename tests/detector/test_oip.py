@@ -87,6 +87,26 @@ def test_routed_answers_equal_detects_with_the_routing_value_as_an_input(routed)
         assert [g.decode() for g in answer.as_numpy("group")] == groups
 
 
+def test_a_large_request_read_in_place_answers_what_detect_answers(routed):
+    """From 64 KiB on, raw contents are read in place from the request bytes (the age as raw BYTES too)."""
+    detector, _, young, older = routed
+    rows = np.vstack([young, older, young])[:4096]
+    ages = np.resize(np.array([4.0, 7.0, 10.0]), len(rows))
+    expected = detector.stub.Detect(detect_request("drawings", rows, routing_values=ages.tolist()))
+    text = np.array([str(a).encode() for a in ages], dtype=np.object_)
+    answer = client(detector).infer("drawings", [tensor("input", rows, "FP32"), tensor("age", text, "BYTES")])
+    np.testing.assert_array_equal(answer.as_numpy("score"), np.array(expected.scores))
+    np.testing.assert_array_equal(answer.as_numpy("is_anomaly"), np.array(expected.is_anomaly))
+    assert [g.decode() for g in answer.as_numpy("group")] == [expected.group_names[i] for i in expected.row_groups]
+    short = tensor("input", rows, "FP32")
+    short.set_shape([len(rows) + 1, D])
+    assert refusal(lambda: client(detector).infer("drawings", [short])) == (
+        "StatusCode.INVALID_ARGUMENT",
+        f"input 'input': raw content has {len(rows) * D * 4} bytes; shape [{len(rows) + 1}, {D}] of FP32 needs "
+        f"{(len(rows) + 1) * D * 4}",
+    )
+
+
 @pytest.mark.slow
 def test_classifier_answers_classes_and_probabilities_equal_to_detects(repository, detector):
     from tests.detector.test_classifier_scores import fitted, publish_classifier

@@ -10,6 +10,9 @@ one more input, numeric or BYTES holding decimal text. Outputs: `score`, `normal
 `probabilities` (FP32 [rows, classes]) and `group`. Raw contents are answered raw, typed
 contents typed. `model_version` is the serving version's number; empty means the serving one.
 
+A large ModelInferRequest is read as Detect's is (wire.py): its raw_input_contents stay views
+into the request bytes, since protobuf would copy a 4096 x 769 tensor twice on the event loop.
+
 Reason to change: the Open Inference Protocol API (protos/oddity/oip/grpc_predict_v2.proto).
 """
 
@@ -28,6 +31,7 @@ import numpy as np
 from oddity.common.errors import InvalidArgument, NotFound, OddityError, shown
 from oddity.common.server import HandlerRegistry
 from oddity.detector.service import DetectInput, DetectorService, DetectOutput
+from oddity.detector.wire import WALK_FROM_BYTES, _fields, field_number
 from oddity.oip import grpc_predict_v2_pb2 as oip
 from oddity.v1 import manifest_pb2
 
@@ -54,6 +58,33 @@ _ANSWERED: dict[str, np.dtype] = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8
 _FEATURE_TYPES = ("FP32", "FP64")
 _ROUTING_TYPES = (*_NUMERIC, "BYTES")
 _BYTES_LENGTH = struct.Struct("<I")  # a BYTES element's raw length prefix
+_RAW_INPUT_FIELD = field_number(oip.ModelInferRequest, "raw_input_contents")
+_LENGTH_DELIMITED = 2  # the wire type of bytes fields
+
+
+@dataclass(slots=True)
+class DecodedInfer:
+    """A ModelInferRequest whose raw_input_contents may live outside the message."""
+
+    message: oip.ModelInferRequest
+    raw_inputs: Sequence[bytes | memoryview]  # raw_input_contents (views into the request bytes when walked)
+
+
+def decode_infer_request(data: bytes) -> DecodedInfer:
+    """Parse a request; from WALK_FROM_BYTES on, raw_input_contents are kept as views into
+    `data` and protobuf parses the rest."""
+    if len(data) < WALK_FROM_BYTES:
+        message = oip.ModelInferRequest.FromString(data)
+        return DecodedInfer(message, message.raw_input_contents)
+    view = memoryview(data)
+    kept: list[memoryview] = []
+    raw_inputs: list[memoryview] = []
+    for number, wire_type, start, value_start, end in _fields(view, 0, len(view)):
+        if number == _RAW_INPUT_FIELD and wire_type == _LENGTH_DELIMITED:
+            raw_inputs.append(view[value_start:end])
+        else:
+            kept.append(view[start:end])
+    return DecodedInfer(oip.ModelInferRequest.FromString(b"".join(kept)), raw_inputs)
 
 
 def model_version(text: str) -> int:
@@ -77,7 +108,7 @@ class _Tensor:
     values: np.ndarray | list[bytes]
 
 
-def _read_input(tensor: InferInput, raw: bytes | None) -> _Tensor:
+def _read_input(tensor: InferInput, raw: bytes | memoryview | None) -> _Tensor:
     name, datatype = tensor.name, tensor.datatype
     shape = [int(d) for d in tensor.shape]
     label = f"input {shown(name)!r}"
@@ -85,7 +116,7 @@ def _read_input(tensor: InferInput, raw: bytes | None) -> _Tensor:
         raise InvalidArgument(f"{label} has shape {shape}; dimensions cannot be negative")
     count = math.prod(shape)
     if datatype == "BYTES":
-        strings = _split_bytes(raw, label) if raw is not None else list(tensor.contents.bytes_contents)
+        strings = _split_bytes(bytes(raw), label) if raw is not None else list(tensor.contents.bytes_contents)
         if len(strings) != count:
             raise InvalidArgument(f"{label} holds {len(strings)} BYTES elements; shape {shape} needs {count}")
         return _Tensor(name, datatype, shape, strings)
@@ -333,9 +364,9 @@ class InferenceServicer:
             outputs=output_metadata(manifest),
         )
 
-    async def ModelInfer(self, request: oip.ModelInferRequest, context) -> oip.ModelInferResponse:
+    async def ModelInfer(self, decoded: DecodedInfer, context) -> oip.ModelInferResponse:
+        request, raw_contents = decoded.message, decoded.raw_inputs
         version = model_version(request.model_version)
-        raw_contents = request.raw_input_contents
         raw = len(raw_contents) > 0
         if raw and len(raw_contents) != len(request.inputs):
             raise InvalidArgument(
@@ -359,7 +390,8 @@ class InferenceServicer:
 
 def add_to_server(servicer: InferenceServicer, server: HandlerRegistry) -> None:
     """Register the six RPCs of inference.GRPCInferenceService (its repository extension,
-    RepositoryModelLoad/Unload, stays UNIMPLEMENTED: oddity.v1's LoadModel/UnloadModel do that)."""
+    RepositoryModelLoad/Unload, stays UNIMPLEMENTED: oddity.v1's LoadModel/UnloadModel do that).
+    ModelInfer reads its request with `decode_infer_request`."""
     handlers = {}
     for name in SERVED_METHODS:
         method = SERVICE.methods_by_name[name]
@@ -368,5 +400,8 @@ def add_to_server(servicer: InferenceServicer, server: HandlerRegistry) -> None:
         handlers[name] = grpc.unary_unary_rpc_method_handler(
             getattr(servicer, name), request_type.FromString, response_type.SerializeToString
         )
+    handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(
+        servicer.ModelInfer, decode_infer_request, oip.ModelInferResponse.SerializeToString
+    )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
     server.add_registered_method_handlers(SERVICE.full_name, handlers)
