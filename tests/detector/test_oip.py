@@ -169,6 +169,23 @@ def test_typed_contents_are_answered_typed_with_the_outputs_asked_for(sensors):
     assert list(answer.outputs[2].contents.bytes_contents) == [b"all"] * 3
 
 
+def test_a_new_version_is_read_by_its_own_feature_names(sensors, repository):
+    oip_client = client(sensors)
+    rows = models.normal_rows(4, D, seed=8)
+
+    def per_feature(names: list[str]) -> list[triton.InferInput]:
+        return [tensor(name, rows[:, i], "FP32") for i, name in enumerate(names)]
+
+    assert oip_client.infer("sensors", per_feature(FEATURES)).get_response().model_version == "1"
+    renamed = [f"g{i}" for i in range(D)]
+    fitted = models.fit_pca_group(models.normal_rows(1000, D, seed=3), components=3)
+    assert models.publish_simple(repository, "sensors", fitted, dimension=D, feature_names=renamed) == 2
+    sensors.stub.LoadModel(detector_pb2.LoadModelRequest(model="sensors"))
+    assert oip_client.infer("sensors", per_feature(renamed)).get_response().model_version == "2"
+    status, message = refusal(lambda: oip_client.infer("sensors", per_feature(FEATURES)))
+    assert (status, message.split(";")[0]) == ("StatusCode.INVALID_ARGUMENT", "unknown input 'f0'")
+
+
 def test_a_bad_request_is_invalid_argument_naming_the_input(sensors):
     oip_client = client(sensors)
     rows = models.normal_rows(2, D)
