@@ -122,15 +122,15 @@ def main() -> None:
             rows = np.random.default_rng(1).normal(size=(max(b for b, _ in cells), D)).astype(np.float32)
             results: dict[tuple[str, int, int], list] = {}
             for batch, concurrency in cells:
-                for _ in range(args.rounds):
+                for round_number in range(args.rounds):
                     echo_payload = detect_request("echo", rows[:batch]).SerializeToString()
                     runs = [("echo", echo_target, METHOD, echo_payload)]
                     for name in graphs:
-                        payload = detect_request(name, rows[:batch]).SerializeToString()
-                        runs.append((name, detector.target, METHOD, payload))
+                        both = [(name, detector.target, METHOD, detect_request(name, rows[:batch]).SerializeToString())]
                         if args.oip and batch in OIP_ROWS:
                             payload = oip_request(name, rows[:batch]).SerializeToString()
-                            runs.append((name + OIP, detector.target, OIP_METHOD, payload))
+                            both.append((name + OIP, detector.target, OIP_METHOD, payload))
+                        runs += both[:: -1 if round_number % 2 else 1]  # neither protocol always goes first
                     for name, target, method, payload in runs:
                         pid = echo.pid if name == "echo" else detector.proc.pid
                         result = run_load(
