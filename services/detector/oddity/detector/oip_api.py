@@ -31,7 +31,7 @@ import numpy as np
 from oddity.common.errors import InvalidArgument, NotFound, OddityError, shown
 from oddity.common.server import HandlerRegistry
 from oddity.detector.service import DetectInput, DetectorService, DetectOutput
-from oddity.detector.wire import WALK_FROM_BYTES, _fields, field_number
+from oddity.detector.wire import WALK_FROM_BYTES, field_number, message_fields
 from oddity.oip import grpc_predict_v2_pb2 as oip
 from oddity.v1 import manifest_pb2
 
@@ -79,7 +79,7 @@ def decode_infer_request(data: bytes) -> DecodedInfer:
     view = memoryview(data)
     kept: list[memoryview] = []
     raw_inputs: list[memoryview] = []
-    for number, wire_type, start, value_start, end in _fields(view, 0, len(view)):
+    for number, wire_type, start, value_start, end in message_fields(view, 0, len(view)):
         if number == _RAW_INPUT_FIELD and wire_type == _LENGTH_DELIMITED:
             raw_inputs.append(view[value_start:end])
         else:

@@ -65,7 +65,7 @@ def decode_detect_request(data: bytes) -> DecodedDetect:
     view = memoryview(data)
     kept: list[memoryview] = []
     tensors: list[memoryview] = []
-    for number, wire_type, start, value_start, end in _fields(view, 0, len(view)):
+    for number, wire_type, start, value_start, end in message_fields(view, 0, len(view)):
         if number == _ROWS_FIELD and wire_type == _LENGTH:
             tensors.append(view[value_start:end])
         else:
@@ -74,7 +74,7 @@ def decode_detect_request(data: bytes) -> DecodedDetect:
     raw: memoryview | None = None
     for tensor in tensors:  # repeated occurrences of a message field merge, in order
         rest = []
-        for number, wire_type, start, value_start, end in _fields(tensor, 0, len(tensor)):
+        for number, wire_type, start, value_start, end in message_fields(tensor, 0, len(tensor)):
             if number == _RAW_DATA_FIELD and wire_type == _LENGTH:
                 raw = tensor[value_start:end]  # a singular bytes field: the last one wins
             else:
@@ -113,7 +113,7 @@ def _varint(data: memoryview, i: int, end: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(data: memoryview, i: int, end: int):
+def message_fields(data: memoryview, i: int, end: int):
     """(field number, wire type, start of the tag, start of the value, end) of each field."""
     while i < end:
         start = i
