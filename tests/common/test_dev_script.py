@@ -18,8 +18,7 @@ INSTALLS = [
     "-m pip install --quiet --upgrade pip",
     "-m pip install --quiet torch==2.13.0",
     "-m pip install --quiet -e services/common -e services/detector -e services/embedder[export] "
-    "-e services/trainer -e services/client[spark]",
-    "-m pip install --quiet --group dev",
+    "-e services/trainer -e services/client[spark] --group dev",
 ]
 
 
